@@ -1,0 +1,54 @@
+"""Hydra callbacks: what a multirun prints when it ends."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from study.records import RESULT_FILE
+
+log = logging.getLogger("study.sweep")
+
+
+def count_statuses(sweep_dir: Path) -> Counter:
+    counts: Counter = Counter()
+    for path in sweep_dir.rglob(RESULT_FILE):
+        try:
+            counts[json.loads(path.read_text()).get("status", "unreadable")] += 1
+        except (OSError, ValueError):
+            counts["unreadable"] += 1
+    return counts
+
+
+class SweepSummary(Callback):
+    """At multirun end: where the results are, counts by status, the report.
+
+    The report is built from the sweep dir's records; a report that cannot be
+    built leaves the results intact and says why in one line.
+    """
+
+    def __init__(self, report: bool = True) -> None:
+        self.report = report
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        counts = count_statuses(sweep_dir)
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no runs"
+        log.info("results: %s (%s)", sweep_dir, summary)
+        if not self.report or not counts:
+            return
+        try:
+            from analysis import build_report
+
+            report_dir = build_report([sweep_dir], out_dir=sweep_dir / "report")
+        except Exception as e:  # the sweep's results stand even if the report fails
+            log.error("report not built (%s: %s); the results above are intact; "
+                      "retry with: python -m analysis %s", type(e).__name__, e, sweep_dir)
+            return
+        log.info("report: %s", Path(report_dir) / "report.html")

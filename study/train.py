@@ -1,0 +1,226 @@
+"""The training loop: in-memory tensors, minibatches drawn by index.
+
+`train_runs` trains one or more runs that differ only in their seed as one
+`PackedMLP` (a single run is a pack of one). Each run keeps its own
+initialization (`torch.manual_seed(seed)` then `build_mlp`) and its own
+minibatch order (a `torch.Generator` seeded with `seed`), so a run's numbers
+do not depend on what it was packed with.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from study.data import MNISTSplits
+from study.model import PackedMLP, build_mlp
+
+log = logging.getLogger(__name__)
+
+# A non-finite loss is looked for on the host every this many steps (and at
+# every epoch end); the exact step is tracked on the device in between, so
+# the recorded step is exact while the loop avoids a host sync per step.
+DIVERGENCE_CHECK_EVERY = 25
+
+
+@dataclass
+class RunOutcome:
+    seed: int
+    status: str = "completed"  # completed | diverged
+    diverged_at_step: Optional[int] = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict[str, Any]:
+        if self.status != "completed" or not self.history:
+            return {"train_loss": None, "val_acc": None, "test_acc": None, "val_loss": None,
+                    "epoch": self.history[-1]["epoch"] if self.history else 0,
+                    "step": self.diverged_at_step}
+        last = self.history[-1]
+        return {k: last[k] for k in ("train_loss", "val_acc", "test_acc", "val_loss", "epoch", "step")}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def configure_determinism(threads: Optional[int]) -> int:
+    """Deterministic kernels, a fixed thread count; returns the thread count."""
+    # cuBLAS needs this set before its first use to be deterministic.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_member(cfg: Any, seed: int) -> nn.Sequential:
+    """The reference MLP for one run, initialized from its seed."""
+    seed_everything(seed)
+    m = cfg.model
+    return build_mlp(
+        in_features=m.in_features, hidden=list(m.hidden), out_features=m.out_features,
+        activation=str(m.activation), norm=str(m.norm), bn_momentum=m.bn_momentum,
+        bn_eps=m.bn_eps, bias_before_norm=m.bias_before_norm,
+    )
+
+
+def build_optimizer(cfg: Any, params) -> torch.optim.Optimizer:
+    o, name = cfg.optimizer, str(cfg.optimizer.name)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=o.momentum,
+                               weight_decay=o.weight_decay, nesterov=o.nesterov)
+    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+    return kind(params, lr=cfg.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+
+
+def batches_per_epoch(n_train: int, batch_size: int) -> int:
+    """Full batches, plus the trailing partial one unless it has one example.
+
+    A trailing batch of a single example is dropped (for every norm, so both
+    arms see the same data): BN cannot normalize one example.
+    """
+    full, rest = divmod(n_train, batch_size)
+    return full + (1 if rest >= 2 else 0)
+
+
+@torch.inference_mode()
+def evaluate(model: PackedMLP, x: torch.Tensor, y: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accuracy and mean cross-entropy per run (eval mode: BN running stats)."""
+    was_training = model.training
+    model.eval()
+    r = model.runs
+    correct = torch.zeros(r, dtype=torch.long, device=x.device)
+    loss = torch.zeros(r, dtype=torch.float64, device=x.device)
+    for s in range(0, len(x), chunk):
+        xb, yb = x[s:s + chunk], y[s:s + chunk]
+        logits = model(xb.unsqueeze(0).expand(r, -1, -1))
+        correct += (logits.argmax(-1) == yb).sum(1)
+        loss += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.repeat(r),
+                                reduction="none").view(r, -1).sum(1, dtype=torch.float64)
+    model.train(was_training)
+    n = len(x)
+    return correct.double() / n, loss / n
+
+
+def _finite_or_none(v: float) -> Optional[float]:
+    return v if math.isfinite(v) else None
+
+
+def train_runs(
+    cfg: Any,
+    seeds: list[int],
+    data: MNISTSplits,
+    device: torch.device,
+    tag: str = "",
+    on_epoch: Optional[Callable[[int, list[RunOutcome]], None]] = None,
+) -> list[RunOutcome]:
+    """Train len(seeds) runs of `cfg` (seed aside) together; one outcome each.
+
+    `on_epoch(epoch, outcomes)` is called after every evaluated epoch (pruning
+    and progress hooks); it may raise to stop training.
+    """
+    members = [build_member(cfg, s) for s in seeds]
+    model = PackedMLP(members).to(device)
+    model.train()
+    opt = build_optimizer(cfg, model.parameters())
+    gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    outcomes = [RunOutcome(seed=s) for s in seeds]
+    r = len(seeds)
+
+    x_train, y_train = data.train_x, data.train_y
+    n_train, bs = len(x_train), cfg.batch_size
+    per_epoch = batches_per_epoch(n_train, bs)
+    total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * per_epoch
+    n_epochs = math.ceil(total_steps / per_epoch)
+
+    step = 0
+    first_bad = torch.full((r,), -1, dtype=torch.long, device=device)
+    alive = [True] * r
+    for epoch in range(1, n_epochs + 1):
+        perms = torch.stack([torch.randperm(n_train, generator=g, device=device) for g in gens])
+        epoch_steps = min(per_epoch, total_steps - step)
+        loss_sum = torch.zeros(r, device=device)
+        t0 = last_note = time.perf_counter()
+        samples = 0
+        for i in range(epoch_steps):
+            idx = perms[:, i * bs:(i + 1) * bs]  # (R, b)
+            logits = model(x_train[idx])  # (R, b, classes)
+            losses = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(),
+                                     reduction="none").view(r, -1).mean(1)
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()  # runs are independent: d(sum)/d(run's loss) = 1
+            opt.step()
+            step += 1
+            samples += idx.shape[1]
+            loss_sum += losses.detach()
+            bad = ~torch.isfinite(losses.detach())
+            first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
+            if step % DIVERGENCE_CHECK_EVERY == 0 or i == epoch_steps - 1:
+                if _mark_diverged(first_bad, outcomes, alive, tag) and not any(alive):
+                    return outcomes
+                now = time.perf_counter()
+                if cfg.progress_every and now - last_note >= cfg.progress_every:
+                    last_note = now
+                    log.info("%sepoch %d/%d step %d/%d | %.0f samples/s", tag, epoch, n_epochs,
+                             step, total_steps, samples / (now - t0))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        val_acc, val_loss = evaluate(model, data.val_x, data.val_y, cfg.eval_batch_size)
+        test_acc, _ = evaluate(model, data.test_x, data.test_y, cfg.eval_batch_size)
+        eval_seconds = time.perf_counter() - t1
+        train_loss = (loss_sum / max(epoch_steps, 1)).tolist()
+        for k, out in enumerate(outcomes):
+            if not alive[k]:
+                continue
+            out.history.append({
+                "epoch": epoch, "step": step, "train_loss": train_loss[k],
+                "val_acc": float(val_acc[k]), "test_acc": float(test_acc[k]),
+                "val_loss": _finite_or_none(float(val_loss[k])),
+                "epoch_seconds": seconds, "samples_per_second": samples / seconds,
+                "eval_seconds": eval_seconds, "pack_size": r,
+            })
+        live = [o.history[-1] for k, o in enumerate(outcomes) if alive[k]]
+        log.info("%sepoch %d/%d step %d | %.0f samples/s%s | loss %.4f val %.4f test %.4f",
+                 tag, epoch, n_epochs, step, samples / seconds * r,
+                 f" ({r} runs)" if r > 1 else "",
+                 float(np.mean([h["train_loss"] for h in live])),
+                 float(np.mean([h["val_acc"] for h in live])),
+                 float(np.mean([h["test_acc"] for h in live])))
+        if on_epoch is not None:
+            on_epoch(epoch, outcomes)
+    return outcomes
+
+
+def _mark_diverged(first_bad: torch.Tensor, outcomes: list[RunOutcome], alive: list[bool], tag: str) -> bool:
+    """Move runs whose loss went non-finite to `diverged`; True if any did now."""
+    changed = False
+    for k, s in enumerate(first_bad.tolist()):
+        if s >= 0 and alive[k]:
+            alive[k] = False
+            outcomes[k].status, outcomes[k].diverged_at_step = "diverged", s
+            log.warning("%sseed %d diverged: non-finite loss at step %d", tag, outcomes[k].seed, s)
+            changed = True
+    return changed

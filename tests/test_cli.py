@@ -1,0 +1,85 @@
+"""The command line as users run it: bad input, and a real Hydra multirun."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, tiny_overrides
+
+RUN = [sys.executable, str(REPO / "study" / "run.py")]
+
+
+def run_cli(args, cwd, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run(RUN + list(args), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize(
+    "bad, key, allowed",
+    [
+        (["batch_size=0"], "batch_size", ">= 1"),
+        (["batch_size=abc"], "batch_size", "Integer"),
+        (["lr=-1"], "lr", "> 0"),
+        (["epochs=0"], "epochs", ">= 1"),
+        (["model.norm=bogus"], "model.norm", "none, batch"),
+        (["foo=1"], "foo", "not in"),
+        (["batch_size=1", "model.norm=batch"], "batch_size", ">= 2 with model.norm=batch"),
+        (["experiment=nope"], "experiment/nope", "Could not find"),
+    ],
+)
+def test_bad_input_one_line_no_traceback_no_record(tmp_path, tiny_mnist, bad, key, allowed):
+    proc = run_cli(tiny_overrides(tiny_mnist) + bad + [f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and key in lines[0] and allowed in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not list(tmp_path.rglob("result.json"))
+    assert not (tmp_path / "run").exists()  # no half-made run dir either
+
+
+def test_bad_value_in_a_sweep_stops_it_with_one_line(tmp_path, tiny_mnist):
+    proc = run_cli(["-m"] + tiny_overrides(tiny_mnist) + ["lr=0", "epochs=1",
+                   f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [
+        "error: lr=0.0 is not allowed: a finite number > 0"]
+    assert not list(tmp_path.rglob("result.json"))
+
+
+@pytest.mark.slow
+def test_real_multirun_bn_vs_no_bn_grid(tmp_path, tiny_mnist):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m"] + tiny_overrides(tiny_mnist) + ["epochs=1", "batch_size=16,64",
+                   f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = sorted(sweep.glob("*/result.json"))
+    # The primary config's sweep adds model.norm=none,batch x seed=0,1,2.
+    assert len(records) == 12
+    cells = set()
+    for path in records:
+        rec = json.loads(path.read_text())
+        assert rec["status"] == "completed"
+        cfg = rec["config"]
+        cells.add((cfg["batch_size"], cfg["model"]["norm"], cfg["seed"]))
+        # the dir name says which run it is
+        name = path.parent.name
+        assert f"batch_size={cfg['batch_size']}" in name and f"model.norm={cfg['model']['norm']}" in name
+        assert f"seed={cfg['seed']}" in name
+    assert cells == {(b, n, s) for b in (16, 64) for n in ("none", "batch") for s in (0, 1, 2)}
+    assert f"results: {sweep.resolve()} (12 completed)" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_user_override_replaces_the_default_sweep(tmp_path, tiny_mnist):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m"] + tiny_overrides(tiny_mnist) + ["epochs=1", "batch_size=32", "model.norm=batch",
+                   "seed=7", f"hydra.sweep.dir={sweep}", "hydra.callbacks={}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recs = [json.loads(p.read_text()) for p in sweep.glob("*/result.json")]
+    assert [(r["config"]["model"]["norm"], r["seed"]) for r in recs] == [("batch", 7)]

@@ -1,0 +1,149 @@
+"""The trainer on tiny MNIST-format data: records, determinism, divergence."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from helpers import compose_config, tiny_overrides
+from study.data import load_mnist
+from study.records import RESULT_FILE
+from study.runner import claim_dir, objective, plain_config, run_job
+from study.train import batches_per_epoch, train_runs
+
+RECORD_KEYS = {"schema_version", "status", "seed", "config", "overrides", "started_at", "finished_at",
+               "wall_seconds", "diverged_at_step", "final", "history", "data", "env", "error"}
+HISTORY_KEYS = {"epoch", "step", "train_loss", "val_acc", "test_acc", "val_loss", "epoch_seconds",
+                "samples_per_second", "eval_seconds", "pack_size"}
+ENV_KEYS = {"torch", "device", "threads", "git_commit", "hostname", "python", "numpy"}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_mnist):
+    return load_mnist(tiny_mnist, val_size=200, verify=False)
+
+
+def cfg_for(tiny_mnist, *overrides):
+    return compose_config(tiny_overrides(tiny_mnist) + list(overrides))
+
+
+def test_record_schema_and_numbers(tiny_mnist, tmp_path):
+    cfg = cfg_for(tiny_mnist, "epochs=2", "batch_size=32", "model.norm=batch", "seed=3")
+    rec = run_job(cfg, tmp_path / "run", overrides=["batch_size=32"])
+    on_disk = json.loads((tmp_path / "run" / RESULT_FILE).read_text())
+    assert on_disk == rec
+    assert RECORD_KEYS <= set(rec)
+    assert rec["status"] == "completed" and rec["seed"] == 3 and rec["error"] is None
+    assert rec["config"]["model"]["norm"] == "batch" and rec["config"]["batch_size"] == 32
+    assert len(rec["history"]) == 2
+    for h in rec["history"]:
+        assert HISTORY_KEYS <= set(h)
+        assert 0 <= h["val_acc"] <= 1 and 0 <= h["test_acc"] <= 1
+        assert h["samples_per_second"] > 0 and h["epoch_seconds"] > 0
+    n_train = rec["data"]["n_train"]
+    assert n_train == 1000 and rec["data"]["verified"] is False
+    assert [h["step"] for h in rec["history"]] == [32, 64]  # ceil(1000 / 32) = 32 per epoch
+    assert rec["final"]["val_acc"] == rec["history"][-1]["val_acc"]
+    assert rec["final"]["test_acc"] == rec["history"][-1]["test_acc"]
+    assert ENV_KEYS <= set(rec["env"]) and rec["env"]["device"] == "cpu"
+    assert rec["env"]["threads"] == torch.get_num_threads()
+    # The prototypes in the tiny data are learnable: well above chance.
+    assert rec["final"]["val_acc"] > 0.5
+    assert objective(rec, "val_acc") == rec["final"]["val_acc"]
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tiny_mnist, tiny_data):
+    cfg = plain_config(cfg_for(tiny_mnist, "epochs=1", "batch_size=16", "model.norm=batch"))
+    a = train_runs(cfg, [5], tiny_data, torch.device("cpu"))[0].history
+    b = train_runs(cfg, [5], tiny_data, torch.device("cpu"))[0].history
+    c = train_runs(cfg, [6], tiny_data, torch.device("cpu"))[0].history
+    strip = lambda hs: [{k: v for k, v in h.items() if "second" not in k} for h in hs]  # noqa: E731
+    assert strip(a) == strip(b)
+    assert a[0]["train_loss"] != c[0]["train_loss"]
+
+
+def test_divergence_is_recorded_not_raised(tiny_mnist, tmp_path):
+    cfg = cfg_for(tiny_mnist, "epochs=2", "batch_size=50", "lr=1e6")
+    rec = run_job(cfg, tmp_path / "run")
+    assert rec["status"] == "diverged"
+    assert isinstance(rec["diverged_at_step"], int) and 1 <= rec["diverged_at_step"] <= 40
+    assert rec["final"]["val_acc"] is None and rec["history"] == []
+    assert math.isnan(objective(rec, "val_acc"))
+    # strict JSON on disk (no NaN tokens)
+    json.loads((tmp_path / "run" / RESULT_FILE).read_text(), parse_constant=pytest.fail)
+
+
+def test_crash_during_training_is_recorded_as_failed(tiny_mnist, tmp_path, monkeypatch):
+    import study.runner
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(study.runner, "train_runs", boom)
+    rec = run_job(cfg_for(tiny_mnist, "epochs=1"), tmp_path / "run")
+    assert rec["status"] == "failed" and rec["error"]["message"] == "simulated crash"
+    assert math.isnan(objective(rec, "val_acc"))
+    assert json.loads((tmp_path / "run" / RESULT_FILE).read_text())["status"] == "failed"
+
+
+def test_trailing_batch_of_one_is_dropped_and_bn_does_not_crash(tiny_mnist, tiny_data):
+    assert batches_per_epoch(1000, 999) == 1  # 1000 = 999 + 1: the lone example is dropped
+    assert batches_per_epoch(1000, 998) == 2  # a trailing pair is kept
+    assert batches_per_epoch(1000, 8) == 125
+    cfg = plain_config(cfg_for(tiny_mnist, "epochs=1", "batch_size=999", "model.norm=batch"))
+    (out,) = train_runs(cfg, [0], tiny_data, torch.device("cpu"))
+    assert out.status == "completed" and out.history[-1]["step"] == 1
+
+
+def test_step_budget_replaces_epochs(tiny_mnist, tiny_data):
+    cfg = plain_config(cfg_for(tiny_mnist, "epochs=50", "steps=45", "batch_size=32"))
+    (out,) = train_runs(cfg, [0], tiny_data, torch.device("cpu"))
+    # 32 steps per epoch: one full epoch, then a partial one ending at step 45.
+    assert [h["step"] for h in out.history] == [32, 45]
+    assert out.final["step"] == 45
+
+
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_packed_runs_equal_runs_trained_one_by_one(tiny_mnist, tiny_data, norm):
+    cfg = plain_config(cfg_for(tiny_mnist, "epochs=2", "batch_size=8", f"model.norm={norm}"))
+    seeds = [0, 1, 2]
+    packed = train_runs(cfg, seeds, tiny_data, torch.device("cpu"))
+    for s, p in zip(seeds, packed):
+        (alone,) = train_runs(cfg, [s], tiny_data, torch.device("cpu"))
+        assert p.seed == s
+        for hp, ha in zip(p.history, alone.history, strict=True):
+            assert hp["step"] == ha["step"]
+            assert hp["train_loss"] == pytest.approx(ha["train_loss"], rel=1e-4, abs=1e-5)
+            assert hp["val_acc"] == pytest.approx(ha["val_acc"], abs=1 / 200 + 1e-9)
+            assert hp["test_acc"] == pytest.approx(ha["test_acc"], abs=1 / 400 + 1e-9)
+            assert hp["val_loss"] == pytest.approx(ha["val_loss"], rel=1e-3, abs=1e-4)
+
+
+def test_a_diverging_run_does_not_disturb_its_pack(tiny_mnist, tiny_data, monkeypatch):
+    """One run blows up (its weights are scaled to overflow); the others match solo runs."""
+    cfg = plain_config(cfg_for(tiny_mnist, "epochs=1", "batch_size=50", "model.norm=none"))
+    import study.train as tr
+
+    real = tr.build_member
+
+    def build(cfg_, seed):
+        net = real(cfg_, seed)
+        if seed == 1:
+            with torch.no_grad():
+                net[-1].weight.mul_(1e38)
+        return net
+
+    monkeypatch.setattr(tr, "build_member", build)
+    packed = train_runs(cfg, [0, 1, 2], tiny_data, torch.device("cpu"))
+    assert [p.status for p in packed] == ["completed", "diverged", "completed"]
+    assert packed[1].diverged_at_step == 1
+    for k in (0, 2):
+        (alone,) = train_runs(cfg, [packed[k].seed], tiny_data, torch.device("cpu"))
+        assert packed[k].history[-1]["train_loss"] == pytest.approx(alone.history[-1]["train_loss"], rel=1e-4)
+
+
+def test_an_output_dir_is_never_reused(tmp_path):
+    claim_dir(tmp_path / "run")
+    with pytest.raises(RuntimeError, match="already holds a run"):
+        claim_dir(tmp_path / "run")
