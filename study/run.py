@@ -26,7 +26,10 @@ register_configs()
 
 
 # The only targets a config may instantiate (Hydra 1.4 asks for this list).
-TRUSTED_TARGETS = ["study.callbacks.SweepSummary"]
+TRUSTED_TARGETS = [
+    "study.callbacks.SweepSummary",
+    "hydra_plugins.bn_study_launcher.packed_launcher.PackedLauncher",
+]
 
 
 @hydra.main(config_path="../conf", config_name="config", execution_whitelist=TRUSTED_TARGETS)

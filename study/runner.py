@@ -6,13 +6,14 @@ other launchers can call it with a composed config and an output dir.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -26,6 +27,32 @@ log = logging.getLogger(__name__)
 
 # Jobs launched in one process (Hydra's basic launcher) share the loaded split.
 _DATA_CACHE: dict[tuple, MNISTSplits] = {}
+
+# Packing (set by the `packed` launcher, hydra_plugins/bn_study_launcher):
+# the seeds planned together for a config, and the finished runs of a pack
+# waiting for their own jobs to record them.
+_PACK_PLAN: dict[str, list[int]] = {}
+_PACK_DONE: dict[tuple[str, int], tuple[RunOutcome, dict[str, Any]]] = {}
+_DEFAULT_THREADS: Optional[int] = None
+
+
+def pack_key(cfg: DictConfig) -> str:
+    """Jobs with equal keys differ only in their seed and can be packed."""
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    plain.pop("seed", None)
+    plain.pop("hydra", None)
+    return json.dumps(plain, sort_keys=True)
+
+
+def plan_pack(cfg: DictConfig, seeds: list[int]) -> None:
+    """Announce that the jobs of `cfg` with these seeds run next, as one pack."""
+    _PACK_PLAN[pack_key(cfg)] = sorted(set(int(s) for s in seeds))
+
+
+def set_default_threads(threads: int) -> None:
+    """Thread count for runs whose config leaves `threads` unset (launcher workers)."""
+    global _DEFAULT_THREADS
+    _DEFAULT_THREADS = threads
 
 
 def plain_config(cfg: DictConfig) -> DictConfig:
@@ -99,7 +126,7 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] = ()) -> dict[s
     validate(cfg)
     cfg = plain_config(cfg)
     out_dir = Path(out_dir)
-    threads = configure_determinism(cfg.threads)
+    threads = configure_determinism(cfg.threads if cfg.threads is not None else _DEFAULT_THREADS)
     device = resolve_device(cfg.device)
     data = get_data(cfg, device)
     claim_dir(out_dir)
@@ -107,17 +134,41 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] = ()) -> dict[s
     env = environment(device, threads)
     t0 = time.perf_counter()
     try:
-        (outcome,) = train_runs(cfg, [cfg.seed], data, device, tag=run_tag(cfg))
+        outcome, pack = _train_or_take_from_pack(cfg, data, device)
         record = outcome_record(base, outcome, data, env, time.perf_counter() - t0)
+        record["pack"] = pack
     except Exception as e:  # a crash is a result to record, not a reason to stop a sweep
         log.error("%srun failed: %s", run_tag(cfg), e)
         record = dict(base, status="failed", final={}, history=[], data=data.info, env=env,
                       finished_at=now_iso(), wall_seconds=time.perf_counter() - t0,
-                      diverged_at_step=None,
+                      diverged_at_step=None, pack=None,
                       error={"type": type(e).__name__, "message": str(e),
                              "traceback": traceback.format_exc()})
     write_json_atomic(out_dir / RESULT_FILE, record)
     return record
+
+
+def _train_or_take_from_pack(cfg: DictConfig, data: MNISTSplits,
+                             device: torch.device) -> tuple[RunOutcome, dict[str, Any]]:
+    """This job's run: trained alone, or as part of the pack planned for it.
+
+    The first job of a planned pack trains every seed of it together; each
+    later job takes its own finished run. A run's numbers do not depend on
+    its pack (tests/test_train.py checks packed against solo runs).
+    """
+    key = pack_key(cfg)
+    seeds = _PACK_PLAN.get(key, [])
+    if len(seeds) < 2 or cfg.seed not in seeds:
+        (outcome,) = train_runs(cfg, [cfg.seed], data, device, tag=run_tag(cfg))
+        return outcome, {"size": 1, "seeds": [cfg.seed]}
+    if (key, cfg.seed) not in _PACK_DONE:
+        t0 = time.perf_counter()
+        tag = run_tag(cfg).replace(f"seed={cfg.seed}", "seeds=" + ",".join(map(str, seeds)))
+        outcomes = train_runs(cfg, seeds, data, device, tag=tag)
+        info = {"size": len(seeds), "seeds": seeds, "wall_seconds": time.perf_counter() - t0}
+        for o in outcomes:
+            _PACK_DONE[(key, o.seed)] = (o, info)
+    return _PACK_DONE.pop((key, cfg.seed))
 
 
 def objective(record: dict[str, Any], name: str) -> float:

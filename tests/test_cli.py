@@ -43,12 +43,14 @@ def test_bad_input_one_line_no_traceback_no_record(tmp_path, tiny_mnist, bad, ke
     assert not (tmp_path / "run").exists()  # no half-made run dir either
 
 
-def test_bad_value_in_a_sweep_stops_it_with_one_line(tmp_path, tiny_mnist):
-    proc = run_cli(["-m"] + tiny_overrides(tiny_mnist) + ["lr=0", "epochs=1",
+def test_a_bad_job_stops_the_sweep_before_any_run(tmp_path, tiny_mnist):
+    # batch_size=64 is valid and comes first; the launcher checks every job's
+    # values before it starts the first one.
+    proc = run_cli(["-m"] + tiny_overrides(tiny_mnist) + ["batch_size=64,1", "model.norm=batch", "epochs=1",
                    f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
     assert proc.returncode == 2
     assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [
-        "error: lr=0.0 is not allowed: a finite number > 0"]
+        "error: batch_size=1 is not allowed: an integer >= 2 with model.norm=batch (batch statistics need 2+ examples)"]
     assert not list(tmp_path.rglob("result.json"))
 
 
@@ -83,3 +85,30 @@ def test_user_override_replaces_the_default_sweep(tmp_path, tiny_mnist):
     assert proc.returncode == 0, proc.stderr[-3000:]
     recs = [json.loads(p.read_text()) for p in sweep.glob("*/result.json")]
     assert [(r["config"]["model"]["norm"], r["seed"]) for r in recs] == [("batch", 7)]
+
+
+def _finals(sweep):
+    out = {}
+    for path in sweep.glob("*/result.json"):
+        rec = json.loads(path.read_text())
+        out[(rec["config"]["model"]["norm"], rec["seed"])] = rec
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["hydra/launcher=packed hydra.launcher.n_jobs=2",
+                                      "hydra/launcher=basic"])
+def test_packed_sweep_matches_other_launchers(tmp_path, tiny_mnist, launcher):
+    """The default (packed, in-process) sweep gives the numbers of a basic-launcher
+    sweep and of the packed launcher on 2 joblib workers (one thread each)."""
+    common = ["-m"] + tiny_overrides(tiny_mnist) + ["epochs=1", "batch_size=16", "threads=1",
+                                                    "hydra.callbacks={}"]
+    packed = run_cli(common + [f"hydra.sweep.dir={tmp_path}/packed"], cwd=tmp_path)
+    other = run_cli(common + launcher.split() + [f"hydra.sweep.dir={tmp_path}/other"], cwd=tmp_path)
+    assert packed.returncode == 0 and other.returncode == 0, packed.stderr[-2000:] + other.stderr[-2000:]
+    a, b = _finals(tmp_path / "packed"), _finals(tmp_path / "other")
+    assert set(a) == set(b) == {(n, s) for n in ("none", "batch") for s in (0, 1, 2)}
+    assert all(r["pack"]["size"] == 3 for r in a.values())
+    for key in a:
+        assert a[key]["final"]["train_loss"] == pytest.approx(b[key]["final"]["train_loss"], rel=1e-4)
+        assert a[key]["final"]["val_acc"] == pytest.approx(b[key]["final"]["val_acc"], abs=1 / 200 + 1e-9)

@@ -1,0 +1,141 @@
+"""The `packed` launcher: the joblib launcher, plus packing and pre-validation.
+
+Before anything runs it composes every job's config and checks its values
+(study.config.validate), so a bad value anywhere in a sweep stops it before
+the first run instead of after some. Then it groups the jobs whose resolved
+configs differ only in `seed` and tells study.runner about each group: the
+group's first job trains all of its seeds as one vectorized model
+(study.model.PackedMLP), the others take their finished run from it. Every
+job still goes through Hydra's `run_job`, so output dirs, saved configs,
+logs, callbacks and return values are exactly those of any Hydra launcher.
+
+`n_jobs: 1` runs the groups one after another in this process; more runs
+them on joblib workers (loky processes), each with `threads` torch threads
+when the config leaves `threads` unset (cores / n_jobs, at least 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PackedLauncherConf:
+    _target_: str = "hydra_plugins.bn_study_launcher.packed_launcher.PackedLauncher"
+    # Worker processes; 1 = in this process, -1 = one per core.
+    n_jobs: int = 1
+    # Most seeds trained as one model; larger groups are split.
+    max_pack: int = 16
+    # false: one run per job, as Hydra's basic launcher does.
+    pack: bool = True
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedLauncherConf,
+                             provider="bn_study")
+
+
+def _job_config(hydra_context: HydraContext, config: DictConfig, overrides: Sequence[str],
+                idx: int) -> DictConfig:
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+        sweep_config.hydra.job.num = idx
+    return sweep_config
+
+
+def _run_group(group: list[tuple[int, list[str]]], seeds: list[int], hydra_context: HydraContext,
+               config: DictConfig, task_function: TaskFunction, singleton_state: Any,
+               threads: Optional[int]) -> list[JobReturn]:
+    """Run one group's jobs in order; the first trains the pack (study.runner)."""
+    from study import runner
+
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    if threads is not None:
+        runner.set_default_threads(threads)
+    results = []
+    for idx, overrides in group:
+        sweep_config = _job_config(hydra_context, config, overrides, idx)
+        HydraConfig.instance().set_config(sweep_config)
+        task_cfg = OmegaConf.masked_copy(sweep_config, [k for k in sweep_config if k != "hydra"])
+        runner.plan_pack(task_cfg, seeds)
+        results.append(run_job(hydra_context=hydra_context, task_function=task_function,
+                               config=sweep_config, job_dir_key="hydra.sweep.dir",
+                               job_subdir_key="hydra.sweep.subdir"))
+    return results
+
+
+class PackedLauncher(Launcher):
+    def __init__(self, n_jobs: int = 1, max_pack: int = 16, pack: bool = True) -> None:
+        self.n_jobs, self.max_pack, self.pack = n_jobs, max_pack, pack
+        self.config: Optional[DictConfig] = None
+        self.task_function: Optional[TaskFunction] = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from study.config import validate
+        from study.runner import pack_key
+
+        setup_globals()
+        assert self.config is not None and self.task_function is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose,
+                      execution_whitelist=self.hydra_context.execution_whitelist)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+
+        # Compose and check every job first: a bad value stops the sweep before any run.
+        jobs = []
+        for i, overrides in enumerate(job_overrides):
+            cfg = _job_config(self.hydra_context, self.config, overrides, initial_job_idx + i)
+            task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+            validate(task_cfg)
+            jobs.append((initial_job_idx + i, list(overrides), pack_key(task_cfg), int(task_cfg.seed)))
+
+        groups: dict[str, list[tuple[int, list[str], int]]] = {}
+        for idx, overrides, key, seed in jobs:
+            groups.setdefault(key if self.pack else f"{key}#{idx}", []).append((idx, overrides, seed))
+        chunks = []
+        for members in groups.values():
+            for s in range(0, len(members), max(1, self.max_pack)):
+                chunk = members[s:s + self.max_pack]
+                chunks.append(([(i, o) for i, o, _ in chunk], [seed for _, _, seed in chunk]))
+
+        n_workers = (os.cpu_count() or 1) if self.n_jobs == -1 else max(1, self.n_jobs)
+        n_workers = min(n_workers, len(chunks))
+        log.info("Launching %d jobs as %d packs on %d worker%s", len(jobs), len(chunks), n_workers,
+                 "s" if n_workers > 1 else "")
+        for group, seeds in chunks:
+            for idx, overrides in group:
+                log.info("\t#%d : %s%s", idx, " ".join(filter_overrides(overrides)),
+                         f"  [pack of {len(seeds)}]" if len(seeds) > 1 else "")
+
+        singleton_state = Singleton.get_state()
+        if n_workers == 1:
+            runs = [_run_group(g, s, self.hydra_context, self.config, self.task_function,
+                               singleton_state, None) for g, s in chunks]
+        else:
+            from joblib import Parallel, delayed
+
+            threads = max(1, (os.cpu_count() or 1) // n_workers)
+            runs = Parallel(n_jobs=n_workers, backend="loky")(
+                delayed(_run_group)(g, s, self.hydra_context, self.config, self.task_function,
+                                    singleton_state, threads)
+                for g, s in chunks)
+        by_idx = {idx: ret for (group, _), rets in zip(chunks, runs) for (idx, _), ret in zip(group, rets)}
+        return [by_idx[idx] for idx, _, _, _ in jobs]

@@ -1,0 +1,477 @@
+"""Throughput benchmark: the notebook's pipeline vs the project's trainer.
+
+`python -m study.bench` measures, in one process and so under one machine
+load, samples per second of
+
+- ``notebook``: the notebook's own pipeline, as it was written:
+  ``torchvision.datasets.MNIST`` with ``Compose([ToTensor(), Normalize(...)])``
+  (per-sample PIL -> tensor work), ``DataLoader(batch_size=B, shuffle=True)``
+  with no workers, ``build_mlp``, ``nn.CrossEntropyLoss``, ``SGD(lr)``, the
+  zero_grad/backward/step loop;
+- ``trainer``: the project's trainer, ``study.train.train_runs`` (one run, a
+  pack of one), on the same model, data and thread count;
+- at batch 8 (``--pack-batches``): ``K`` seeds trained together as one
+  ``PackedMLP`` (``trainer-pack``) against the same ``K`` seeds trained one
+  after another (``trainer-sequential``), each with the same step budget;
+  both are aggregate samples/s over the ``K`` runs;
+
+for every batch size and norm, plus the machine's fp32 matmul ceiling: the
+best of several 2048x2048 ``torch.mm``, in GFLOP/s, turned into a samples/s
+ceiling for the model (3 x the forward matmul flops per training sample:
+forward, and the two matmuls of the backward pass).
+
+The trainer's samples/s is its own number (the history's
+``samples_per_second`` times ``epoch_seconds``, summed over epochs: training
+time only, evaluation excluded); the notebook is timed here around its loop.
+Each measurement follows a warm-up, which for ``--seconds`` also sizes the
+step budget. Ratios are meant to be read within one run (one table): this is
+a benchmark, not a test, and the machine it runs on may be noisy.
+
+The notebook pipeline runs as the notebook did, without
+``torch.use_deterministic_algorithms``; the trainer runs as the project runs
+it (deterministic algorithms on, `configure_determinism`). Both use the same
+``--threads``. Results: a table on stdout and, with ``--json PATH``, the same
+numbers with the environment (written atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from study.config import register_configs, validate
+from study.errors import describe_user_error
+from study.records import environment, now_iso, write_json_atomic
+from study.runner import get_data, plain_config
+from study.train import build_member, configure_determinism, resolve_device, train_runs
+
+log = logging.getLogger(__name__)
+
+BENCH_SCHEMA_VERSION = 1
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+PIPELINES = ("notebook", "trainer", "trainer-pack", "trainer-sequential")
+
+# The issue's targets, as ratios measured within one run.
+TARGET_X_NOTEBOOK = (64, 15.0)  # batch 64: trainer >= 15x the notebook's samples/s
+TARGET_CEILING = (512, 0.60)  # batch 512: trainer >= 60% of the matmul-ceiling rate
+TARGET_PACK = (8, 5.0)  # batch 8: a pack >= 5x the aggregate samples/s of one-by-one runs
+
+MATMUL_N = 2048
+
+
+# ------------------------------------------------------------------ config
+
+
+def compose_config(overrides: Sequence[str]) -> DictConfig:
+    """The project's real config (conf/, schema-checked), as plain values."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    validate(cfg)
+    return plain_config(cfg)
+
+
+def cell_config(cfg: DictConfig, batch_size: int, norm: str, steps: Optional[int] = None) -> DictConfig:
+    """`cfg` with one cell's batch size and norm (and a step budget)."""
+    c = OmegaConf.create(OmegaConf.to_container(cfg))
+    c.batch_size, c.model.norm, c.steps, c.progress_every = batch_size, norm, steps, 0
+    return c
+
+
+def architecture(cfg: DictConfig) -> str:
+    m = cfg.model
+    return "-".join(str(w) for w in [m.in_features, *m.hidden, m.out_features])
+
+
+def flops_per_sample(cfg: DictConfig) -> int:
+    """Matmul flops of one training sample: 3 x forward (2 x in x out per Linear).
+
+    The backward pass does two matmuls per Linear (input and weight
+    gradients), each as costly as the forward one. Biases, norms and
+    activations are elementwise and left out.
+    """
+    model = build_member(cfg, 0)
+    return 3 * sum(2 * m.in_features * m.out_features for m in model.modules()
+                   if isinstance(m, torch.nn.Linear))
+
+
+# -------------------------------------------------------------- measuring
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_ceiling(device: torch.device, n: int = MATMUL_N, reps: int = 10) -> dict[str, Any]:
+    """Best-of-`reps` fp32 n x n `torch.mm`, in GFLOP/s."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device)
+    b = torch.randn(n, n, generator=g).to(device)
+    out = torch.empty(n, n, device=device)
+    for _ in range(2):
+        torch.mm(a, b, out=out)
+    _sync(device)
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return {"n": n, "reps": reps, "best_seconds": best, "gflops": 2 * n**3 / best / 1e9}
+
+
+@contextmanager
+def deterministic(flag: bool) -> Iterator[None]:
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(flag)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def notebook_dataset(root: Path):
+    """The notebook's dataset: per-sample ToTensor + Normalize on PIL images."""
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    # download=False: the files were prepared (and verified, unless --no-verify) by load_mnist.
+    return datasets.MNIST(root, train=True, download=False, transform=transform)
+
+
+def measure_notebook(cfg: DictConfig, dataset, device: torch.device, budget: "Budget") -> dict[str, Any]:
+    """The notebook's training loop, timed over the budget after a warm-up."""
+    from torch.utils.data import DataLoader
+
+    model = build_member(cfg, cfg.seed).to(device)
+    criterion = torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True)
+    model.train()
+
+    def batches():
+        while True:  # as many epochs as the budget needs
+            yield from loader
+
+    it = batches()
+    running_loss = 0.0
+
+    def step() -> int:
+        nonlocal running_loss
+        images, labels = next(it)
+        images, labels = images.to(device), labels.to(device)
+        optimizer.zero_grad()
+        outputs = model(images.view(images.size(0), -1))
+        loss = criterion(outputs, labels)
+        loss.backward()
+        optimizer.step()
+        running_loss += loss.item()
+        return images.size(0)
+
+    with deterministic(False):  # the notebook never turned it on
+        warm = 0
+        while warm < budget.warmup:
+            warm += step()
+        _sync(device)
+        samples, t0 = 0, time.perf_counter()
+        while True:
+            samples += step()
+            if budget.samples is not None:
+                if samples >= budget.samples:
+                    break
+            elif time.perf_counter() - t0 >= budget.seconds:
+                break
+        _sync(device)
+        seconds = time.perf_counter() - t0
+    return {"samples": samples, "seconds": seconds, "samples_per_second": samples / seconds}
+
+
+def run_trainer(cfg: DictConfig, seeds: list[int], data, device: torch.device) -> dict[str, Any]:
+    """`train_runs` once; samples/s of one run from its own history (training time only)."""
+    t0 = time.perf_counter()
+    outcomes = train_runs(cfg, seeds, data, device)
+    wall = time.perf_counter() - t0
+    history = max((o.history for o in outcomes), key=len)
+    if not history:
+        raise RuntimeError(f"train_runs left no history (status {[o.status for o in outcomes]})")
+    seconds = sum(h["epoch_seconds"] for h in history)
+    per_run = sum(h["samples_per_second"] * h["epoch_seconds"] for h in history)  # one run's samples
+    return {"samples": round(per_run * len(seeds)), "seconds": seconds, "wall_seconds": wall,
+            "steps": history[-1]["step"], "per_run_samples_per_second": per_run / seconds,
+            "samples_per_second": per_run * len(seeds) / seconds}
+
+
+class Budget:
+    """How much each measurement runs: a sample count, or seconds after a warm-up."""
+
+    def __init__(self, seconds: float, samples: Optional[int], warmup: int) -> None:
+        self.seconds, self.samples, self.warmup = seconds, samples, warmup
+
+    def trainer_steps(self, cfg: DictConfig, seeds: list[int], data, device: torch.device) -> int:
+        """Warm up `train_runs` for this cell, and size its step budget."""
+        bs = cfg.batch_size
+        warm = run_trainer(cell_config(cfg, bs, cfg.model.norm, max(2, math.ceil(self.warmup / bs))),
+                           seeds, data, device)
+        if self.samples is not None:
+            return max(1, math.ceil(self.samples / bs))
+        return max(2, math.ceil(self.seconds * warm["per_run_samples_per_second"] / bs))
+
+
+def measure_sequential(cfg: DictConfig, seeds: list[int], data, device: torch.device,
+                       steps: int) -> dict[str, Any]:
+    """The same seeds trained one after another, `steps` each; aggregate samples/s."""
+    c = cell_config(cfg, cfg.batch_size, cfg.model.norm, steps)
+    parts = [run_trainer(c, [s], data, device) for s in seeds]
+    samples, seconds = sum(p["samples"] for p in parts), sum(p["seconds"] for p in parts)
+    return {"samples": samples, "seconds": seconds, "wall_seconds": sum(p["wall_seconds"] for p in parts),
+            "steps": steps, "per_run_samples_per_second": samples / seconds,
+            "samples_per_second": samples / seconds}
+
+
+def best(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest of repeated measurements (noise only ever slows a run down)."""
+    top = max(results, key=lambda r: r["samples_per_second"])
+    return dict(top, repeats=[r["samples_per_second"] for r in results])
+
+
+def measure_cell(cfg: DictConfig, seeds: list[int], pack: bool, data, dataset, device: torch.device,
+                 budget: Budget, repeats: int) -> dict[str, dict[str, Any]]:
+    """Every pipeline of one (batch size, norm) cell, best of `repeats`.
+
+    The pipelines take turns within each repeat, so that a burst of load on
+    the machine hits them alike rather than one pipeline's every repeat.
+    """
+    single = cell_config(cfg, cfg.batch_size, cfg.model.norm, budget.trainer_steps(cfg, seeds[:1], data, device))
+    packed = (cell_config(cfg, cfg.batch_size, cfg.model.norm, budget.trainer_steps(cfg, seeds, data, device))
+              if pack else None)
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in PIPELINES}
+    for _ in range(repeats):
+        runs["notebook"].append(measure_notebook(cfg, dataset, device, budget))
+        runs["trainer"].append(run_trainer(single, seeds[:1], data, device))
+        if packed is not None:
+            runs["trainer-pack"].append(run_trainer(packed, seeds, data, device))
+            runs["trainer-sequential"].append(measure_sequential(packed, seeds, data, device, packed.steps))
+    return {p: best(r) for p, r in runs.items() if r}
+
+
+# ---------------------------------------------------------------- the run
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = list(args.overrides)
+    if args.data_root is not None:
+        overrides.append(f"data.root={args.data_root}")
+    if args.no_verify:
+        overrides.append("data.verify=false")
+    cfg = compose_config(overrides)
+    for bs in args.batch_sizes:  # every cell's values are checked before anything runs
+        for norm in args.norms:
+            validate(cell_config(cfg, bs, norm))
+    threads = configure_determinism(args.threads)
+    device = resolve_device(args.device)
+    cfg.device, cfg.threads = str(device), threads
+    data = get_data(cfg, device)
+    dataset = notebook_dataset(Path(data.info["root"]))
+    budget = Budget(args.seconds, args.samples, args.warmup)
+    seeds = list(range(cfg.seed, cfg.seed + args.pack))
+    fps = flops_per_sample(cfg)
+    arch = architecture(cfg)
+
+    started, t_start = now_iso(), time.perf_counter()
+    # The ceiling is measured before and after the cells; the better of the two counts.
+    ceilings = [matmul_ceiling(device, reps=args.matmul_reps)]
+    ceiling: dict[str, Any] = {}
+
+    def set_ceiling() -> None:
+        ceiling.update(max(ceilings, key=lambda c: c["gflops"]), flops_per_sample=fps,
+                       gflops_measured=[c["gflops"] for c in ceilings])
+        ceiling["samples_per_second"] = ceiling["gflops"] * 1e9 / fps
+
+    set_ceiling()
+
+    rows: list[dict[str, Any]] = []
+    packs: list[dict[str, Any]] = []
+
+    def row(pipeline: str, bs: int, norm: str, runs: int, m: dict[str, Any], base: float,
+            deterministic_on: bool) -> dict[str, Any]:
+        sps = m["samples_per_second"]
+        r = {"pipeline": pipeline, "batch_size": bs, "norm": norm, "runs": runs,
+             "samples_per_second": sps,
+             "x_notebook": sps / base,
+             "fraction_of_ceiling": None,  # set once the ceiling's second measurement is in
+             "deterministic": deterministic_on, **{k: v for k, v in m.items() if k != "samples_per_second"}}
+        rows.append(r)
+        log.info("%-18s batch %4d %-5s runs %d: %.0f samples/s", pipeline, bs, norm, runs, sps)
+
+    for bs in args.batch_sizes:
+        for norm in args.norms:
+            c = cell_config(cfg, bs, norm)
+            pack = bs in args.pack_batches and args.pack > 1
+            m = measure_cell(c, seeds, pack, data, dataset, device, budget, args.repeats)
+            base = m["notebook"]["samples_per_second"]
+            row("notebook", bs, norm, 1, m["notebook"], base, False)
+            row("trainer", bs, norm, 1, m["trainer"], base, True)
+            if pack:
+                pk, sq = m["trainer-pack"], m["trainer-sequential"]
+                row("trainer-pack", bs, norm, args.pack, pk, base, True)
+                row("trainer-sequential", bs, norm, args.pack, sq, base, True)
+                packs.append({"batch_size": bs, "norm": norm, "runs": args.pack, "steps_per_run": pk["steps"],
+                              "pack_samples_per_second": pk["samples_per_second"],
+                              "sequential_samples_per_second": sq["samples_per_second"],
+                              "ratio": pk["samples_per_second"] / sq["samples_per_second"]})
+
+    ceilings.append(matmul_ceiling(device, reps=args.matmul_reps))
+    set_ceiling()
+    for r in rows:
+        r["fraction_of_ceiling"] = r["samples_per_second"] / ceiling["samples_per_second"]
+
+    return {
+        "schema_version": BENCH_SCHEMA_VERSION,
+        "kind": "bench",
+        "started_at": started,
+        "finished_at": now_iso(),
+        "wall_seconds": time.perf_counter() - t_start,
+        "command": ["python", "-m", "study.bench", *args.argv],
+        "settings": {"batch_sizes": args.batch_sizes, "norms": args.norms, "pack": args.pack,
+                     "pack_batches": args.pack_batches, "seconds": args.seconds, "samples": args.samples,
+                     "warmup_samples": args.warmup, "repeats": args.repeats, "threads": threads,
+                     "device": str(device), "overrides": overrides},
+        "model": {"architecture": arch, "activation": cfg.model.activation, "lr": cfg.lr,
+                  "optimizer": cfg.optimizer.name, "flops_per_sample": fps},
+        "data": data.info,
+        "env": environment(device, threads),
+        "ceiling": ceiling,
+        "rows": rows,
+        "packs": packs,
+        "targets": targets(rows, packs),
+    }
+
+
+def targets(rows: list[dict[str, Any]], packs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, per norm, for the batch sizes that were measured."""
+    out = []
+    for r in rows:
+        if r["pipeline"] != "trainer":
+            continue
+        if r["batch_size"] == TARGET_X_NOTEBOOK[0]:
+            out.append({"name": "trainer_x_notebook", "batch_size": r["batch_size"], "norm": r["norm"],
+                        "value": r["x_notebook"], "target": TARGET_X_NOTEBOOK[1],
+                        "met": r["x_notebook"] >= TARGET_X_NOTEBOOK[1]})
+        if r["batch_size"] == TARGET_CEILING[0]:
+            out.append({"name": "trainer_fraction_of_ceiling", "batch_size": r["batch_size"], "norm": r["norm"],
+                        "value": r["fraction_of_ceiling"], "target": TARGET_CEILING[1],
+                        "met": r["fraction_of_ceiling"] >= TARGET_CEILING[1]})
+    for p in packs:
+        if p["batch_size"] == TARGET_PACK[0]:
+            out.append({"name": "pack_x_sequential", "batch_size": p["batch_size"], "norm": p["norm"],
+                        "value": p["ratio"], "target": TARGET_PACK[1], "met": p["ratio"] >= TARGET_PACK[1]})
+    return out
+
+
+# ----------------------------------------------------------------- output
+
+
+def format_table(result: dict[str, Any]) -> str:
+    head = f"{'pipeline':<19}{'batch':>6}  {'norm':<6}{'runs':>5}{'samples/s':>12}{'x notebook':>12}{'% ceiling':>11}"
+    lines = [head, "-" * len(head)]
+    for r in result["rows"]:
+        lines.append(f"{r['pipeline']:<19}{r['batch_size']:>6}  {r['norm']:<6}{r['runs']:>5}"
+                     f"{r['samples_per_second']:>12,.0f}{r['x_notebook']:>11.2f}x"
+                     f"{100 * r['fraction_of_ceiling']:>10.1f}%")
+    c, s, e = result["ceiling"], result["settings"], result["env"]
+    lines += [
+        "",
+        f"matmul ceiling: {c['n']}x{c['n']} fp32 torch.mm, best of 2 x {c['reps']}: {c['gflops']:.1f} GFLOP/s"
+        f" / {c['flops_per_sample'] / 1e6:.3f} MFLOP per training sample ({result['model']['architecture']},"
+        f" 3 x forward matmuls) = {c['samples_per_second']:,.0f} samples/s",
+    ]
+    for p in result["packs"]:
+        lines.append(f"pack at batch {p['batch_size']}, norm {p['norm']}: {p['runs']} runs packed "
+                     f"{p['pack_samples_per_second']:,.0f} samples/s vs one after another "
+                     f"{p['sequential_samples_per_second']:,.0f} -> {p['ratio']:.2f}x")
+    for t in result["targets"]:
+        shown = (f"{100 * t['value']:.1f}% (target >= {100 * t['target']:.0f}%)"
+                 if t["name"] == "trainer_fraction_of_ceiling"
+                 else f"{t['value']:.2f}x (target >= {t['target']:g}x)")
+        lines.append(f"target {t['name']} batch {t['batch_size']} norm {t['norm']}: {shown} "
+                     f"{'met' if t['met'] else 'NOT MET'}")
+    budget = f"{s['samples']} samples" if s["samples"] is not None else f"{s['seconds']:g} s"
+    lines.append(f"device {e['device']} ({e['device_name']}), {s['threads']} threads, torch {e['torch']}; "
+                 f"{budget} per measurement after {s['warmup_samples']} warm-up samples, best of "
+                 f"{s['repeats']}; data {result['data']['source']}; {result['wall_seconds']:.0f} s in all")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    def ints(text: str) -> list[int]:
+        return [int(v) for v in text.split(",") if v]
+
+    p = argparse.ArgumentParser(
+        prog="python -m study.bench",
+        description="Samples/s of the notebook's pipeline vs the project's trainer, and the fp32 matmul ceiling.")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides of conf/config.yaml (e.g. model.hidden=[256,128])")
+    p.add_argument("--batch-sizes", type=ints, default=[8, 64, 512], help="comma-separated (default 8,64,512)")
+    p.add_argument("--norms", type=lambda t: t.split(","), default=["none", "batch"],
+                   help="comma-separated (default none,batch)")
+    p.add_argument("--seconds", type=float, default=1.5, help="time budget per measurement (default 1.5)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="sample budget per measurement (per run), instead of --seconds")
+    p.add_argument("--warmup", type=int, default=2048, help="warm-up samples before each measurement (default 2048)")
+    p.add_argument("--repeats", type=int, default=1, help="measure each cell this many times, keep the fastest")
+    p.add_argument("--pack", type=int, default=6, help="runs (seeds) in the packed measurement (default 6)")
+    p.add_argument("--pack-batches", type=ints, default=[8],
+                   help="batch sizes at which to measure the pack (default 8)")
+    p.add_argument("--matmul-reps", type=int, default=10, help="timed 2048x2048 matmuls, before and after the cells (default 10 each)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for everything (default: torch's)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="default cpu")
+    p.add_argument("--data-root", default=None, help="MNIST root (default: the config's data.root)")
+    p.add_argument("--no-verify", action="store_true", help="use the IDX files under the root unchecked")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here (JSON)")
+    args = p.parse_args(list(argv))
+    for name in ("seconds", "warmup", "repeats", "pack", "matmul_reps"):
+        if getattr(args, name) <= 0 and not (name == "warmup" and args.warmup == 0):
+            p.error(f"--{name.replace('_', '-')} must be > 0")
+    if args.samples is not None and args.samples <= 0:
+        p.error("--samples must be > 0")
+    if not args.batch_sizes or min(args.batch_sizes) < 1:
+        p.error("--batch-sizes must be integers >= 1")
+    bad = [n for n in args.norms if n not in ("none", "batch")]
+    if bad:
+        p.error(f"--norms: unknown {bad}; known: none, batch")
+    args.argv = list(argv)
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="[%(name)s][%(levelname)s] - %(message)s")
+    try:
+        result = bench(args)
+    except Exception as e:
+        line = describe_user_error(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(format_table(result))
+    if args.json is not None:
+        write_json_atomic(args.json, result)
+        print(f"wrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
