@@ -85,6 +85,16 @@ class OptimizerConfig:
 
 
 @dataclass
+class TrialConfig:
+    """Set by the Optuna sweeper for the job of a trial; null otherwise."""
+
+    storage: Optional[str] = None  # SQLAlchemy URL of the study's storage
+    study: Optional[str] = None
+    number: Optional[int] = None  # trial number within the study
+    prune: bool = False  # report val_acc each epoch and stop when the pruner says so
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -104,6 +114,11 @@ class Config:
     objective: str = "val_acc"
     # Seconds between progress lines inside an epoch (0 = only per epoch).
     progress_every: float = 15.0
+    # A job whose resolved config and code match a finished run's reuses that
+    # record instead of training again; force=true retrains.
+    force: bool = False
+    run_index: str = "outputs/.run-index"  # where finished runs are indexed by config hash
+    trial: TrialConfig = field(default_factory=TrialConfig)
 
 
 OBJECTIVES = ("val_acc", "test_acc", "train_loss")

@@ -6,6 +6,8 @@ other launchers can call it with a composed config and an output dir.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import math
@@ -20,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from study.config import validate
 from study.data import MNISTSplits, load_mnist
-from study.records import RESULT_FILE, SCHEMA_VERSION, environment, now_iso, write_json_atomic
+from study.records import (REPO_ROOT, RESULT_FILE, SCHEMA_VERSION, environment, now_iso, read_record,
+                           write_json_atomic)
 from study.train import RunOutcome, configure_determinism, resolve_device, train_runs
 
 log = logging.getLogger(__name__)
@@ -36,12 +39,64 @@ _PACK_DONE: dict[tuple[str, int], tuple[RunOutcome, dict[str, Any]]] = {}
 _DEFAULT_THREADS: Optional[int] = None
 
 
-def pack_key(cfg: DictConfig) -> str:
-    """Jobs with equal keys differ only in their seed and can be packed."""
+# Keys that say how a run is launched or reported, not what it computes.
+NOT_IN_IDENTITY = ("trial", "force", "run_index", "progress_every", "hydra")
+CODE_DIRS = ("study", "hydra_plugins")
+
+
+def _identity(cfg: DictConfig) -> dict[str, Any]:
     plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    for k in NOT_IN_IDENTITY:
+        plain.pop(k, None)
+    return plain
+
+
+def pack_key(cfg: DictConfig) -> str:
+    """Jobs with equal keys differ only in their seed and can be packed.
+
+    A job that reports to an Optuna trial (pruning) is never packed.
+    """
+    plain = _identity(cfg)
     plain.pop("seed", None)
-    plain.pop("hydra", None)
+    trial = OmegaConf.select(cfg, "trial.number")
+    if trial is not None:
+        plain["trial"] = trial
     return json.dumps(plain, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """A hash of the code that computes a run (the .py files that train)."""
+    h = hashlib.sha256()
+    for d in CODE_DIRS:
+        for path in sorted((REPO_ROOT / d).rglob("*.py")):
+            h.update(str(path.relative_to(REPO_ROOT)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def run_hash(cfg: DictConfig) -> str:
+    """Same resolved config (launch-only keys aside) and same code -> same hash."""
+    ident = json.dumps({"config": _identity(cfg), "code": code_version()}, sort_keys=True)
+    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+def find_reusable(cfg: DictConfig) -> Optional[tuple[Path, dict[str, Any]]]:
+    """A finished run (completed or diverged) of exactly this config and code."""
+    entry = Path(cfg.run_index) / f"{run_hash(cfg)}.json"
+    try:
+        path = Path(json.loads(entry.read_text())["record"])
+        rec = read_record(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if rec.get("run_hash") != run_hash(cfg) or rec.get("status") not in ("completed", "diverged"):
+        return None
+    return path, rec
+
+
+def _index(cfg: DictConfig, record_path: Path) -> None:
+    write_json_atomic(Path(cfg.run_index) / f"{run_hash(cfg)}.json",
+                      {"record": str(record_path.resolve()), "indexed_at": now_iso()})
 
 
 def plan_pack(cfg: DictConfig, seeds: list[int]) -> None:
@@ -126,6 +181,10 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] = ()) -> dict[s
     validate(cfg)
     cfg = plain_config(cfg)
     out_dir = Path(out_dir)
+    if not cfg.force:
+        found = find_reusable(cfg)
+        if found is not None:
+            return _reuse(found, out_dir, overrides)
     threads = configure_determinism(cfg.threads if cfg.threads is not None else _DEFAULT_THREADS)
     device = resolve_device(cfg.device)
     data = get_data(cfg, device)
@@ -144,7 +203,21 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] = ()) -> dict[s
                       diverged_at_step=None, pack=None,
                       error={"type": type(e).__name__, "message": str(e),
                              "traceback": traceback.format_exc()})
+    record["run_hash"], record["code_version"] = run_hash(cfg), code_version()
     write_json_atomic(out_dir / RESULT_FILE, record)
+    if record["status"] in ("completed", "diverged"):
+        _index(cfg, out_dir / RESULT_FILE)
+    return record
+
+
+def _reuse(found: tuple[Path, dict[str, Any]], out_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """Record a finished identical run in this job's dir instead of retraining."""
+    path, old = found
+    claim_dir(out_dir)
+    record = dict(old, overrides=list(overrides), reused_from=str(path), reused_at=now_iso())
+    write_json_atomic(out_dir / RESULT_FILE, record)
+    log.info("%sreusing the finished run %s (same config and code; force=true retrains)",
+             run_tag(OmegaConf.create(old["config"])), path)
     return record
 
 
@@ -157,9 +230,11 @@ def _train_or_take_from_pack(cfg: DictConfig, data: MNISTSplits,
     its pack (tests/test_train.py checks packed against solo runs).
     """
     key = pack_key(cfg)
-    seeds = _PACK_PLAN.get(key, [])
+    seeds = [s for s in _PACK_PLAN.get(key, [])
+             if s == cfg.seed or cfg.force or find_reusable(_with_seed(cfg, s)) is None]
     if len(seeds) < 2 or cfg.seed not in seeds:
-        (outcome,) = train_runs(cfg, [cfg.seed], data, device, tag=run_tag(cfg))
+        (outcome,) = train_runs(cfg, [cfg.seed], data, device, tag=run_tag(cfg),
+                                on_epoch=_trial_reporter(cfg))
         return outcome, {"size": 1, "seeds": [cfg.seed]}
     if (key, cfg.seed) not in _PACK_DONE:
         t0 = time.perf_counter()
@@ -171,8 +246,39 @@ def _train_or_take_from_pack(cfg: DictConfig, data: MNISTSplits,
     return _PACK_DONE.pop((key, cfg.seed))
 
 
+def _with_seed(cfg: DictConfig, seed: int) -> DictConfig:
+    other = cfg.copy()
+    other.seed = seed
+    return other
+
+
+def _trial_reporter(cfg: DictConfig):
+    """Per-epoch report of val_acc to the job's Optuna trial, for pruning.
+
+    Returns a callback for train_runs that answers True (stop: pruned) when
+    the study's pruner says so; None when the job has no trial to report to.
+    """
+    t = cfg.trial
+    if not t.prune or t.number is None or not t.storage:
+        return None
+    import optuna
+
+    study = optuna.load_study(study_name=t.study, storage=t.storage)
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, t.number)
+    trial = optuna.trial.Trial(study, trial_id)
+
+    def report(epoch: int, outcomes: list[RunOutcome]) -> bool:
+        (outcome,) = outcomes
+        if outcome.status != "completed" or not outcome.history:
+            return False
+        trial.report(outcome.history[-1]["val_acc"], epoch)
+        return trial.should_prune()
+
+    return report
+
+
 def objective(record: dict[str, Any], name: str) -> float:
-    """The number a sweeper optimizes; NaN for diverged or failed runs."""
+    """The number a sweeper optimizes; NaN for diverged, pruned or failed runs."""
     value = (record.get("final") or {}).get(name)
     if record["status"] != "completed" or value is None:
         return math.nan

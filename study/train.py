@@ -36,12 +36,15 @@ DIVERGENCE_CHECK_EVERY = 25
 @dataclass
 class RunOutcome:
     seed: int
-    status: str = "completed"  # completed | diverged
+    status: str = "completed"  # completed | diverged | pruned
     diverged_at_step: Optional[int] = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def final(self) -> dict[str, Any]:
+        if self.status == "pruned" and self.history:
+            last = self.history[-1]  # the metrics at the epoch it was stopped
+            return {k: last[k] for k in ("train_loss", "val_acc", "test_acc", "val_loss", "epoch", "step")}
         if self.status != "completed" or not self.history:
             return {"train_loss": None, "val_acc": None, "test_acc": None, "val_loss": None,
                     "epoch": self.history[-1]["epoch"] if self.history else 0,
@@ -133,12 +136,13 @@ def train_runs(
     data: MNISTSplits,
     device: torch.device,
     tag: str = "",
-    on_epoch: Optional[Callable[[int, list[RunOutcome]], None]] = None,
+    on_epoch: Optional[Callable[[int, list[RunOutcome]], bool]] = None,
 ) -> list[RunOutcome]:
     """Train len(seeds) runs of `cfg` (seed aside) together; one outcome each.
 
-    `on_epoch(epoch, outcomes)` is called after every evaluated epoch (pruning
-    and progress hooks); it may raise to stop training.
+    `on_epoch(epoch, outcomes)` is called after every evaluated epoch; when
+    it returns True the runs still training stop there with status `pruned`
+    (an Optuna pruner's decision), keeping the history so far.
     """
     members = [build_member(cfg, s) for s in seeds]
     model = PackedMLP(members).to(device)
@@ -155,12 +159,14 @@ def train_runs(
     n_epochs = math.ceil(total_steps / per_epoch)
 
     step = 0
-    first_bad = torch.full((r,), -1, dtype=torch.long, device=device)
     alive = [True] * r
     for epoch in range(1, n_epochs + 1):
         perms = torch.stack([torch.randperm(n_train, generator=g, device=device) for g in gens])
         epoch_steps = min(per_epoch, total_steps - step)
-        loss_sum = torch.zeros(r, device=device)
+        # Each step's per-run loss lands here (one copy per step, no host
+        # sync); divergence checks and the epoch's mean loss read it later.
+        losses_seen = torch.empty(epoch_steps, r, device=device)
+        checked = 0
         t0 = last_note = time.perf_counter()
         samples = 0
         for i in range(epoch_steps):
@@ -171,19 +177,19 @@ def train_runs(
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()  # runs are independent: d(sum)/d(run's loss) = 1
             opt.step()
-            step += 1
+            losses_seen[i] = losses.detach()
             samples += idx.shape[1]
-            loss_sum += losses.detach()
-            bad = ~torch.isfinite(losses.detach())
-            first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
-            if step % DIVERGENCE_CHECK_EVERY == 0 or i == epoch_steps - 1:
-                if _mark_diverged(first_bad, outcomes, alive, tag) and not any(alive):
+            if (i + 1) % DIVERGENCE_CHECK_EVERY == 0 or i == epoch_steps - 1:
+                if _mark_diverged(losses_seen[checked:i + 1], step + checked, outcomes, alive, tag) \
+                        and not any(alive):
                     return outcomes
+                checked = i + 1
                 now = time.perf_counter()
                 if cfg.progress_every and now - last_note >= cfg.progress_every:
                     last_note = now
                     log.info("%sepoch %d/%d step %d/%d | %.0f samples/s", tag, epoch, n_epochs,
-                             step, total_steps, samples / (now - t0))
+                             step + i + 1, total_steps, samples / (now - t0))
+        step += epoch_steps
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
@@ -191,7 +197,7 @@ def train_runs(
         val_acc, val_loss = evaluate(model, data.val_x, data.val_y, cfg.eval_batch_size)
         test_acc, _ = evaluate(model, data.test_x, data.test_y, cfg.eval_batch_size)
         eval_seconds = time.perf_counter() - t1
-        train_loss = (loss_sum / max(epoch_steps, 1)).tolist()
+        train_loss = losses_seen.mean(0).tolist()
         for k, out in enumerate(outcomes):
             if not alive[k]:
                 continue
@@ -209,18 +215,31 @@ def train_runs(
                  float(np.mean([h["train_loss"] for h in live])),
                  float(np.mean([h["val_acc"] for h in live])),
                  float(np.mean([h["test_acc"] for h in live])))
-        if on_epoch is not None:
-            on_epoch(epoch, outcomes)
+        if on_epoch is not None and epoch < n_epochs and on_epoch(epoch, outcomes):
+            for k, out in enumerate(outcomes):
+                if alive[k]:
+                    out.status = "pruned"
+            log.info("%spruned after epoch %d", tag, epoch)
+            return outcomes
     return outcomes
 
 
-def _mark_diverged(first_bad: torch.Tensor, outcomes: list[RunOutcome], alive: list[bool], tag: str) -> bool:
-    """Move runs whose loss went non-finite to `diverged`; True if any did now."""
+def _mark_diverged(window: torch.Tensor, first_step: int, outcomes: list[RunOutcome],
+                   alive: list[bool], tag: str) -> bool:
+    """Mark runs whose loss went non-finite in `window` (steps first_step+1...).
+
+    Returns True if any run diverged now. The recorded step is exact: the
+    1-based optimizer step whose loss was the first non-finite one.
+    """
+    bad = ~torch.isfinite(window)  # (steps, R)
+    if not bool(bad.any()):
+        return False
     changed = False
-    for k, s in enumerate(first_bad.tolist()):
-        if s >= 0 and alive[k]:
+    for k in range(len(outcomes)):
+        if alive[k] and bool(bad[:, k].any()):
             alive[k] = False
-            outcomes[k].status, outcomes[k].diverged_at_step = "diverged", s
-            log.warning("%sseed %d diverged: non-finite loss at step %d", tag, outcomes[k].seed, s)
+            at = first_step + int(bad[:, k].nonzero()[0, 0]) + 1
+            outcomes[k].status, outcomes[k].diverged_at_step = "diverged", at
+            log.warning("%sseed %d diverged: non-finite loss at step %d", tag, outcomes[k].seed, at)
             changed = True
     return changed

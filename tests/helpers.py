@@ -14,8 +14,12 @@ CONF = REPO / "conf"
 
 
 def tiny_overrides(root: Path) -> list[str]:
-    """Point the real config at the test's tiny MNIST-format files."""
-    return [f"data.root={root}", "data.verify=false", "data.val_size=200", "progress_every=0"]
+    """Point the real config at the test's tiny MNIST-format files.
+
+    force=true: every test trains (tests of reuse turn it off explicitly).
+    """
+    return [f"data.root={root}", "data.verify=false", "data.val_size=200", "progress_every=0",
+            "force=true", f"run_index={root}/.run-index"]
 
 
 def compose_config(overrides: list[str] = ()) -> DictConfig:

@@ -147,3 +147,45 @@ def test_an_output_dir_is_never_reused(tmp_path):
     claim_dir(tmp_path / "run")
     with pytest.raises(RuntimeError, match="already holds a run"):
         claim_dir(tmp_path / "run")
+
+
+def test_identical_rerun_reuses_the_finished_record_and_force_retrains(tiny_mnist, tmp_path):
+    common = ["epochs=1", "batch_size=64", "seed=4", "force=false", f"run_index={tmp_path}/index"]
+    first = run_job(cfg_for(tiny_mnist, *common), tmp_path / "a")
+    assert "reused_from" not in first and first["run_hash"]
+    again = run_job(cfg_for(tiny_mnist, *common), tmp_path / "b")
+    assert again["reused_from"] == str((tmp_path / "a" / RESULT_FILE).resolve())
+    assert again["history"] == first["history"] and again["run_hash"] == first["run_hash"]
+    assert json.loads((tmp_path / "b" / RESULT_FILE).read_text())["reused_from"]
+    # another seed, or force=true, trains
+    other = run_job(cfg_for(tiny_mnist, *common[:2], "seed=5", *common[3:]), tmp_path / "c")
+    assert "reused_from" not in other
+    forced = run_job(cfg_for(tiny_mnist, *common[:3], "force=true", common[4]), tmp_path / "d")
+    assert "reused_from" not in forced
+    assert forced["final"]["train_loss"] == first["final"]["train_loss"]  # deterministic
+
+
+def test_failed_runs_are_not_reused(tiny_mnist, tmp_path, monkeypatch):
+    import study.runner
+
+    common = ["epochs=1", "force=false", f"run_index={tmp_path}/index"]
+    real = study.runner.train_runs
+    monkeypatch.setattr(study.runner, "train_runs", lambda *a, **k: 1 / 0)
+    assert run_job(cfg_for(tiny_mnist, *common), tmp_path / "a")["status"] == "failed"
+    monkeypatch.setattr(study.runner, "train_runs", real)
+    rec = run_job(cfg_for(tiny_mnist, *common), tmp_path / "b")
+    assert rec["status"] == "completed" and "reused_from" not in rec
+
+
+def test_on_epoch_true_stops_runs_as_pruned_keeping_history(tiny_mnist, tiny_data):
+    cfg = plain_config(cfg_for(tiny_mnist, "epochs=4", "batch_size=100"))
+    seen = []
+
+    def prune_after_two(epoch, outcomes):
+        seen.append(epoch)
+        return epoch == 2
+
+    (out,) = train_runs(cfg, [0], tiny_data, torch.device("cpu"), on_epoch=prune_after_two)
+    assert seen == [1, 2] and out.status == "pruned"
+    assert [h["epoch"] for h in out.history] == [1, 2]
+    assert out.final["val_acc"] == out.history[-1]["val_acc"]
