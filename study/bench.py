@@ -16,9 +16,11 @@ load, samples per second of
   both are aggregate samples/s over the ``K`` runs;
 
 for every batch size and norm, plus the machine's fp32 matmul ceiling: the
-best of several 2048x2048 ``torch.mm``, in GFLOP/s, turned into a samples/s
-ceiling for the model (3 x the forward matmul flops per training sample:
-forward, and the two matmuls of the backward pass).
+fastest 2048x2048 ``torch.mm``, in GFLOP/s, sampled before, between and
+after the cells (so that a loaded moment cannot lower the ceiling and
+flatter the trainer), turned into a samples/s ceiling for the model (3 x the
+forward matmul flops per training sample: the forward matmul, and the two of
+the backward pass).
 
 The trainer's samples/s is its own number (the history's
 ``samples_per_second`` times ``epoch_seconds``, summed over epochs: training
@@ -65,7 +67,7 @@ TARGET_X_NOTEBOOK = (64, 15.0)  # batch 64: trainer >= 15x the notebook's sample
 TARGET_CEILING = (512, 0.60)  # batch 512: trainer >= 60% of the matmul-ceiling rate
 TARGET_PACK = (8, 5.0)  # batch 8: a pack >= 5x the aggregate samples/s of one-by-one runs
 
-MATMUL_N = 2048
+MATMUL_N = 2048  # the size the issue's background number (~380 GFLOP/s here) was taken at
 
 
 # ------------------------------------------------------------------ config
@@ -120,8 +122,7 @@ def matmul_ceiling(device: torch.device, n: int = MATMUL_N, reps: int = 10) -> d
     a = torch.randn(n, n, generator=g).to(device)
     b = torch.randn(n, n, generator=g).to(device)
     out = torch.empty(n, n, device=device)
-    for _ in range(2):
-        torch.mm(a, b, out=out)
+    torch.mm(a, b, out=out)  # warm-up
     _sync(device)
     best = math.inf
     for _ in range(reps):
@@ -216,8 +217,10 @@ def run_trainer(cfg: DictConfig, seeds: list[int], data, device: torch.device) -
 class Budget:
     """How much each measurement runs: a sample count, or seconds after a warm-up."""
 
-    def __init__(self, seconds: float, samples: Optional[int], warmup: int) -> None:
-        self.seconds, self.samples, self.warmup = seconds, samples, warmup
+    def __init__(self, seconds: float, samples: Optional[int], warmup: int, matmul_n: int,
+                 matmul_reps: int) -> None:
+        self.seconds, self.samples, self.warmup, self.matmul_n = seconds, samples, warmup, matmul_n
+        self.matmul_reps = min(3, matmul_reps)  # the ceiling's samples between cells
 
     def trainer_steps(self, cfg: DictConfig, seeds: list[int], data, device: torch.device) -> int:
         """Warm up `train_runs` for this cell, and size its step budget."""
@@ -247,17 +250,21 @@ def best(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure_cell(cfg: DictConfig, seeds: list[int], pack: bool, data, dataset, device: torch.device,
-                 budget: Budget, repeats: int) -> dict[str, dict[str, Any]]:
+                 budget: Budget, repeats: int, ceilings: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Every pipeline of one (batch size, norm) cell, best of `repeats`.
 
     The pipelines take turns within each repeat, so that a burst of load on
-    the machine hits them alike rather than one pipeline's every repeat.
+    the machine hits them alike rather than one pipeline's every repeat. The
+    matmul ceiling is sampled in every repeat too (appended to `ceilings`):
+    the best sample over the whole run is the ceiling, so a loaded moment
+    cannot lower it and flatter the trainer.
     """
     single = cell_config(cfg, cfg.batch_size, cfg.model.norm, budget.trainer_steps(cfg, seeds[:1], data, device))
     packed = (cell_config(cfg, cfg.batch_size, cfg.model.norm, budget.trainer_steps(cfg, seeds, data, device))
               if pack else None)
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in PIPELINES}
     for _ in range(repeats):
+        ceilings.append(matmul_ceiling(device, budget.matmul_n, reps=budget.matmul_reps))
         runs["notebook"].append(measure_notebook(cfg, dataset, device, budget))
         runs["trainer"].append(run_trainer(single, seeds[:1], data, device))
         if packed is not None:
@@ -284,22 +291,15 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     cfg.device, cfg.threads = str(device), threads
     data = get_data(cfg, device)
     dataset = notebook_dataset(Path(data.info["root"]))
-    budget = Budget(args.seconds, args.samples, args.warmup)
+    budget = Budget(args.seconds, args.samples, args.warmup, args.matmul_n, args.matmul_reps)
     seeds = list(range(cfg.seed, cfg.seed + args.pack))
     fps = flops_per_sample(cfg)
     arch = architecture(cfg)
 
     started, t_start = now_iso(), time.perf_counter()
-    # The ceiling is measured before and after the cells; the better of the two counts.
-    ceilings = [matmul_ceiling(device, reps=args.matmul_reps)]
-    ceiling: dict[str, Any] = {}
-
-    def set_ceiling() -> None:
-        ceiling.update(max(ceilings, key=lambda c: c["gflops"]), flops_per_sample=fps,
-                       gflops_measured=[c["gflops"] for c in ceilings])
-        ceiling["samples_per_second"] = ceiling["gflops"] * 1e9 / fps
-
-    set_ceiling()
+    # The ceiling is sampled before, between (measure_cell) and after the
+    # cells; the best sample counts (see measure_cell).
+    ceilings = [matmul_ceiling(device, args.matmul_n, reps=args.matmul_reps)]
 
     rows: list[dict[str, Any]] = []
     packs: list[dict[str, Any]] = []
@@ -310,7 +310,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         r = {"pipeline": pipeline, "batch_size": bs, "norm": norm, "runs": runs,
              "samples_per_second": sps,
              "x_notebook": sps / base,
-             "fraction_of_ceiling": None,  # set once the ceiling's second measurement is in
+             "fraction_of_ceiling": None,  # set once the last ceiling sample is in
              "deterministic": deterministic_on, **{k: v for k, v in m.items() if k != "samples_per_second"}}
         rows.append(r)
         log.info("%-18s batch %4d %-5s runs %d: %.0f samples/s", pipeline, bs, norm, runs, sps)
@@ -319,7 +319,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         for norm in args.norms:
             c = cell_config(cfg, bs, norm)
             pack = bs in args.pack_batches and args.pack > 1
-            m = measure_cell(c, seeds, pack, data, dataset, device, budget, args.repeats)
+            m = measure_cell(c, seeds, pack, data, dataset, device, budget, args.repeats, ceilings)
             base = m["notebook"]["samples_per_second"]
             row("notebook", bs, norm, 1, m["notebook"], base, False)
             row("trainer", bs, norm, 1, m["trainer"], base, True)
@@ -332,8 +332,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                               "sequential_samples_per_second": sq["samples_per_second"],
                               "ratio": pk["samples_per_second"] / sq["samples_per_second"]})
 
-    ceilings.append(matmul_ceiling(device, reps=args.matmul_reps))
-    set_ceiling()
+    ceilings.append(matmul_ceiling(device, args.matmul_n, reps=args.matmul_reps))
+    ceiling = dict(max(ceilings, key=lambda c: c["gflops"]), measurements=len(ceilings),
+                   reps=sum(c["reps"] for c in ceilings), flops_per_sample=fps)
+    ceiling["samples_per_second"] = ceiling["gflops"] * 1e9 / fps
+    ceiling["gflops_median"] = sorted(c["gflops"] for c in ceilings)[len(ceilings) // 2]
     for r in rows:
         r["fraction_of_ceiling"] = r["samples_per_second"] / ceiling["samples_per_second"]
 
@@ -393,7 +396,8 @@ def format_table(result: dict[str, Any]) -> str:
     c, s, e = result["ceiling"], result["settings"], result["env"]
     lines += [
         "",
-        f"matmul ceiling: {c['n']}x{c['n']} fp32 torch.mm, best of 2 x {c['reps']}: {c['gflops']:.1f} GFLOP/s"
+        f"matmul ceiling: {c['n']}x{c['n']} fp32 torch.mm, best of {c['reps']} (in {c['measurements']} bursts):"
+        f" {c['gflops']:.1f} GFLOP/s"
         f" / {c['flops_per_sample'] / 1e6:.3f} MFLOP per training sample ({result['model']['architecture']},"
         f" 3 x forward matmuls) = {c['samples_per_second']:,.0f} samples/s",
     ]
@@ -433,14 +437,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--pack", type=int, default=6, help="runs (seeds) in the packed measurement (default 6)")
     p.add_argument("--pack-batches", type=ints, default=[8],
                    help="batch sizes at which to measure the pack (default 8)")
-    p.add_argument("--matmul-reps", type=int, default=10, help="timed 2048x2048 matmuls, before and after the cells (default 10 each)")
+    p.add_argument("--matmul-n", type=int, default=MATMUL_N, help="matmul size for the ceiling (default 2048)")
+    p.add_argument("--matmul-reps", type=int, default=10,
+                   help="timed matmuls before and after the cells (default 10 each; up to 3 in every cell)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for everything (default: torch's)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="default cpu")
     p.add_argument("--data-root", default=None, help="MNIST root (default: the config's data.root)")
     p.add_argument("--no-verify", action="store_true", help="use the IDX files under the root unchecked")
     p.add_argument("--json", type=Path, default=None, help="also write the results here (JSON)")
     args = p.parse_args(list(argv))
-    for name in ("seconds", "warmup", "repeats", "pack", "matmul_reps"):
+    for name in ("seconds", "warmup", "repeats", "pack", "matmul_n", "matmul_reps"):
         if getattr(args, name) <= 0 and not (name == "warmup" and args.warmup == 0):
             p.error(f"--{name.replace('_', '-')} must be > 0")
     if args.samples is not None and args.samples <= 0:

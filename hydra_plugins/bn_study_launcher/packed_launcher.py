@@ -9,9 +9,12 @@ group's first job trains all of its seeds as one vectorized model
 job still goes through Hydra's `run_job`, so output dirs, saved configs,
 logs, callbacks and return values are exactly those of any Hydra launcher.
 
-`n_jobs: 1` runs the groups one after another in this process; more runs
-them on joblib workers (loky processes), each with `threads` torch threads
-when the config leaves `threads` unset (cores / n_jobs, at least 1).
+`n_jobs: 1` runs the groups one after another in this process; more (the
+default, -1, is one per core) runs them on joblib workers (loky processes),
+each with cores / workers torch threads when the config leaves `threads`
+unset. A run's numbers do not depend on its pack or launcher at a given
+thread count (tests/test_cli.py compares them); the thread count, recorded
+in each record's env, can change the last bits of float sums.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class PackedLauncherConf:
     _target_: str = "hydra_plugins.bn_study_launcher.packed_launcher.PackedLauncher"
-    # Worker processes; 1 = in this process, -1 = one per core.
-    n_jobs: int = 1
+    # Worker processes; 1 = in this process, -1 = one per core (at most one
+    # per pack). Workers cost a few seconds each to start (torch import).
+    n_jobs: int = -1
     # Most seeds trained as one model; larger groups are split.
     max_pack: int = 16
     # false: one run per job, as Hydra's basic launcher does.
@@ -79,8 +83,13 @@ def _run_group(group: list[tuple[int, list[str]]], seeds: list[int], hydra_conte
     return results
 
 
+def _steps(cfg: DictConfig) -> float:
+    """Rough optimizer-step count of a job (60,000 MNIST training images)."""
+    return cfg.steps if cfg.steps is not None else cfg.epochs * 60000 / cfg.batch_size
+
+
 class PackedLauncher(Launcher):
-    def __init__(self, n_jobs: int = 1, max_pack: int = 16, pack: bool = True) -> None:
+    def __init__(self, n_jobs: int = -1, max_pack: int = 16, pack: bool = True) -> None:
         self.n_jobs, self.max_pack, self.pack = n_jobs, max_pack, pack
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
@@ -100,18 +109,21 @@ class PackedLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
 
         # Compose and check every job first: a bad value stops the sweep before any run.
-        jobs = []
+        jobs, costs = [], {}
         for i, overrides in enumerate(job_overrides):
             cfg = _job_config(self.hydra_context, self.config, overrides, initial_job_idx + i)
             task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
             validate(task_cfg)
             jobs.append((initial_job_idx + i, list(overrides), pack_key(task_cfg), int(task_cfg.seed)))
+            costs[pack_key(task_cfg)] = _steps(task_cfg)
 
-        groups: dict[str, list[tuple[int, list[str], int]]] = {}
+        groups: dict[tuple[str, Optional[int]], list[tuple[int, list[str], int]]] = {}
         for idx, overrides, key, seed in jobs:
-            groups.setdefault(key if self.pack else f"{key}#{idx}", []).append((idx, overrides, seed))
+            groups.setdefault((key, None if self.pack else idx), []).append((idx, overrides, seed))
         chunks = []
-        for members in groups.values():
+        # Longest packs first (most optimizer steps: per-step overhead dominates
+        # small batches), so that parallel workers finish together.
+        for _, members in sorted(groups.items(), key=lambda kv: -costs[kv[0][0]]):
             for s in range(0, len(members), max(1, self.max_pack)):
                 chunk = members[s:s + self.max_pack]
                 chunks.append(([(i, o) for i, o, _ in chunk], [seed for _, _, seed in chunk]))
