@@ -17,9 +17,10 @@ def tiny_overrides(root: Path) -> list[str]:
     """Point the real config at the test's tiny MNIST-format files.
 
     force=true: every test trains (tests of reuse turn it off explicitly).
+    threads=1: two OpenMP threads on a busy 2-core machine can be 20x slower.
     """
     return [f"data.root={root}", "data.verify=false", "data.val_size=200", "progress_every=0",
-            "force=true", f"run_index={root}/.run-index"]
+            "force=true", f"run_index={root}/.run-index", "threads=1"]
 
 
 def compose_config(overrides: list[str] = ()) -> DictConfig:

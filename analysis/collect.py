@@ -1,0 +1,371 @@
+"""Run records -> two tidy tables: one row per run, one row per (run, epoch).
+
+Inputs are sweep dirs, any folder of runs (every `result.json` below it), a
+single `result.json`, or an Optuna storage URL with a study name. A record
+that cannot be read is listed as a problem, never fatal; a run dir that was
+claimed by a job but holds no record (killed, or still running) is listed as
+missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+RESULT_FILE = "result.json"  # written by study.runner (study/records.py); not imported: no torch here
+CLAIM_FILE = ".claimed"  # a job's marker that it started in this dir (study/runner.py)
+STATUSES = ("completed", "diverged", "failed")  # what the trainer writes; others are shown as found
+FINAL_METRICS = ("train_loss", "val_acc", "test_acc", "val_loss")
+HISTORY_FIELDS = ("epoch", "step", "train_loss", "val_acc", "test_acc", "val_loss",
+                  "epoch_seconds", "samples_per_second", "eval_seconds", "pack_size")
+# Study terms for config keys whose dotted name is long; every other key keeps its dotted name.
+COLUMN_NAMES = {"model.norm": "norm"}
+OPTUNA_STATES = {"COMPLETE": "completed", "FAIL": "failed", "PRUNED": "pruned",
+                 "RUNNING": "running", "WAITING": "waiting"}
+
+
+class AnalysisError(Exception):
+    """A problem with the analysis input; `str(e)` is one line for the user."""
+
+
+class NoRecordsError(AnalysisError):
+    pass
+
+
+@dataclass
+class Problem:
+    path: str
+    kind: str  # "unreadable" | "missing"
+    reason: str
+
+
+@dataclass
+class Collection:
+    runs: pd.DataFrame  # one row per run; config keys as columns (see `config_columns`)
+    history: pd.DataFrame  # one row per (run, epoch)
+    records: list[dict[str, Any]]  # the readable records, in `runs` order where they exist
+    config_columns: list[str]  # the flattened config keys, in config order
+    problems: list[Problem] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    study_name: str | None = None
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (record path, the path counted)
+
+
+def is_storage_url(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> {dotted key: value}; lists become JSON text (comparable, CSV-safe)."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[COLUMN_NAMES.get(key, key)] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def _num(x: Any) -> float:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
+
+
+def _median_after_first(values: list[float]) -> float:
+    """Median over epochs after the first one (warm-up), or the only epoch."""
+    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if len(vals) > 1:
+        vals = vals[1:]
+    return float(pd.Series(vals).median()) if vals else math.nan
+
+
+def check_record(rec: Any) -> str | None:
+    """Why a parsed JSON value is not a usable run record, or None."""
+    if not isinstance(rec, dict):
+        return f"not a JSON object ({type(rec).__name__})"
+    if not isinstance(rec.get("status"), str):
+        return "no 'status'"
+    if not isinstance(rec.get("config"), dict):
+        return "no 'config'"
+    for key, kind in (("final", dict), ("history", list), ("env", dict), ("data", dict)):
+        if rec.get(key) is not None and not isinstance(rec[key], kind):
+            return f"'{key}' is not a {kind.__name__}"
+    if any(not isinstance(h, dict) for h in rec.get("history") or []):
+        return "'history' holds a non-object"
+    return None
+
+
+def read_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"cannot read: {e.strerror or e}"
+    except ValueError as e:
+        return None, f"not valid JSON: {e}"
+    why = check_record(rec)
+    return (None, why) if why else (rec, None)
+
+
+def run_row(rec: dict[str, Any], run: str, record_path: str) -> dict[str, Any]:
+    final = rec.get("final") or {}
+    history = rec.get("history") or []
+    env = rec.get("env") or {}
+    data = rec.get("data") or {}
+    err = rec.get("error") or {}
+    row: dict[str, Any] = {"run": run, "record": record_path, "status": rec["status"]}
+    row.update(flatten(rec["config"]))
+    if rec.get("seed") is not None:
+        row["seed"] = rec["seed"]
+    row.update({k: _num(final.get(k)) for k in FINAL_METRICS})
+    row.update({
+        "epochs_done": _num(final.get("epoch", len(history) if history else math.nan)),
+        "steps_done": _num(final.get("step")),
+        "diverged_at_step": _num(rec.get("diverged_at_step")),
+        "seconds_per_epoch": _median_after_first([h.get("epoch_seconds") for h in history]),
+        "samples_per_second": _median_after_first([h.get("samples_per_second") for h in history]),
+        "pack_size": _num(history[-1].get("pack_size")) if history else math.nan,
+        "wall_seconds": _num(rec.get("wall_seconds")),
+        "started_at": rec.get("started_at"),
+        "finished_at": rec.get("finished_at"),
+        "data_verified": data.get("verified"),
+        "data_source": data.get("source"),
+        "n_train": data.get("n_train"),
+        "n_val": data.get("n_val"),
+        "n_test": data.get("n_test"),
+        "device_name": env.get("device_name"),
+        "threads": env.get("threads", row.get("threads")),
+        "host": env.get("hostname"),
+        "git_commit": env.get("git_commit"),
+        "git_dirty": env.get("git_dirty"),
+        "code_version": rec.get("code_version"),
+        "reused_from": rec.get("reused_from"),
+        "error": f"{err.get('type', 'error')}: {err.get('message', '')}" if err else None,
+    })
+    return row
+
+
+def history_rows(rec: dict[str, Any], run: str) -> list[dict[str, Any]]:
+    rows = []
+    for h in rec.get("history") or []:
+        row = {"run": run}
+        row.update({k: (_num(h.get(k)) if k != "epoch" else h.get(k)) for k in HISTORY_FIELDS})
+        rows.append(row)
+    return rows
+
+
+def run_identity(rec: dict[str, Any]) -> str:
+    """Equal for two records of one run: a reused copy (`reused_from`) or a deterministic retraining.
+
+    Counting such a record twice would pass one run off as two replicates.
+    """
+    return json.dumps([rec.get("config"), rec.get("seed"), rec.get("final"), rec.get("error"),
+                       rec.get("code_version"), (rec.get("data") or {}).get("md5")], sort_keys=True, default=str)
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []
+        self.records: list[dict[str, Any]] = []
+        self.problems: list[Problem] = []
+        self.config_columns: list[str] = []
+        self.seen: set[Path] = set()
+        self.identities: dict[str, str] = {}  # run identity -> path of the record counted
+        self.duplicates: list[tuple[str, str]] = []
+
+    def add_record(self, rec: dict[str, Any], run: str, path: Path, extra: dict[str, Any] | None = None) -> None:
+        identity = run_identity(rec)
+        if identity in self.identities:
+            self.duplicates.append((str(path), self.identities[identity]))
+            return
+        self.identities[identity] = str(path)
+        row = run_row(rec, run, str(path))
+        row.update(extra or {})
+        for k in flatten(rec["config"]):
+            if k not in self.config_columns:
+                self.config_columns.append(k)
+        self.rows.append(row)
+        self.history.extend(history_rows(rec, run))
+        self.records.append(rec)
+
+    def read(self, path: Path) -> dict[str, Any] | None:
+        """The record at `path`; None (and a listed problem) if unreadable or already read."""
+        real = path.resolve()
+        if real in self.seen:
+            return None
+        self.seen.add(real)
+        rec, why = read_record(path)
+        if rec is None:
+            self.problems.append(Problem(str(path), "unreadable", why or "unknown"))
+        return rec
+
+    def add_file(self, path: Path, run: str, extra: dict[str, Any] | None = None) -> bool:
+        rec = self.read(path)
+        if rec is not None:
+            self.add_record(rec, run, path, extra)
+        return rec is not None
+
+    def add_dir(self, root: Path) -> None:
+        loaded = [(p, rec) for p in sorted(root.rglob(RESULT_FILE), key=_natural_key)
+                  if (rec := self.read(p)) is not None]
+        # Originals before reused copies, so that a copy is the one left out.
+        for path, rec in sorted(loaded, key=lambda pr: bool(pr[1].get("reused_from"))):
+            self.add_record(rec, _run_name(path.parent, root), path)
+        for claim in sorted(root.rglob(CLAIM_FILE), key=_natural_key):
+            if not (claim.parent / RESULT_FILE).exists():
+                self.problems.append(Problem(str(claim.parent), "missing",
+                                             "the job started here but wrote no result.json "
+                                             "(killed, crashed, or still running)"))
+
+    def add_storage(self, url: str, study_name: str | None) -> str:
+        study = load_optuna_study(url, study_name)
+        objectives: set[Any] = set()
+        params_only = []
+        for trial in study.get_trials(deepcopy=False):
+            state = OPTUNA_STATES.get(trial.state.name, trial.state.name.lower())
+            value = trial.values[0] if trial.values else math.nan
+            extra = {"trial": trial.number, "trial_state": state, "objective_value": value}
+            run = f"trial {trial.number}"
+            record_path = trial.user_attrs.get("record_path")
+            if record_path:
+                path = _resolve_record_path(record_path, url)
+                if not path.is_file():
+                    self.problems.append(Problem(str(path), "missing", f"record of {run} not found"))
+                elif path.resolve() in self.seen:
+                    continue  # counted already, from another input or trial
+                elif (rec := self.read(path)) is not None:
+                    self.add_record(rec, run, path, extra)
+                    objectives.add(rec["config"].get("objective"))
+                    continue
+            params_only.append((trial, run, state, extra))
+        # Trials without a record: their objective value is the metric the sweep
+        # optimized, named by the other trials' records when they agree on it.
+        objectives.discard(None)
+        metric = objectives.pop() if len(objectives) == 1 else None
+        cell = study.user_attrs.get("cell") if isinstance(study.user_attrs.get("cell"), dict) else {}
+        for trial, run, state, extra in params_only:
+            # The sweeper's own word on a job (diverged, error, stale, ...) says more than FAIL.
+            status = trial.user_attrs.get("status")
+            status = status if isinstance(status, str) and state != "completed" else state
+            row: dict[str, Any] = {"run": run, "record": "", "status": status, **extra,
+                                   "diverged_at_step": _num(trial.user_attrs.get("diverged_at_step")),
+                                   "error": trial.user_attrs.get("error")}
+            for k, v in {**cell, **_config_attrs(trial.user_attrs), **trial.params}.items():
+                key = k.lstrip("+~")
+                key = COLUMN_NAMES.get(key, key)
+                row[key] = json.dumps(v) if isinstance(v, list) else v
+                if key not in self.config_columns and key != "seed":
+                    self.config_columns.append(key)
+            if metric in FINAL_METRICS and state == "completed":
+                row[metric] = _num(extra["objective_value"])
+            self.rows.append(row)
+        return study.study_name
+
+
+# Trial attributes the study's sweeper (hydra_plugins/bn_study_sweeper) writes about the job, not the config.
+TRIAL_BOOKKEEPING = ("record_path", "status", "diverged_at_step", "reused_from", "error", "sweep", "overrides")
+
+
+def _config_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Hydra's Optuna sweeper stores fixed (non-distribution) sweep values as user attributes."""
+    return {k: v for k, v in attrs.items() if k not in TRIAL_BOOKKEEPING and not isinstance(v, (dict, list))}
+
+
+def _resolve_record_path(record_path: str, url: str) -> Path:
+    path = Path(record_path).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    db = sqlite_path(url)
+    if db is not None and (db.parent / path).exists():
+        return db.parent / path
+    return path
+
+
+def sqlite_path(url: str) -> Path | None:
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url[len("sqlite:///"):].split("?", 1)[0])
+
+
+def load_optuna_study(url: str, study_name: str | None):
+    import optuna
+
+    db = sqlite_path(url)
+    if db is not None and not db.is_file():  # optuna would create an empty database there
+        raise AnalysisError(f"no Optuna storage at {url}: {db} does not exist")
+    try:
+        names = optuna.study.get_all_study_names(storage=url)
+    except Exception as e:  # a bad URL or an unreachable database: say so in one line
+        raise AnalysisError(f"cannot open Optuna storage {url}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if study_name is None:
+        if len(names) != 1:
+            listing = ", ".join(sorted(names)) or "none"
+            raise AnalysisError(f"{url} holds {len(names)} studies ({listing}): pick one with --study NAME")
+        study_name = names[0]
+    elif study_name not in names:
+        raise AnalysisError(f"no study named {study_name!r} in {url} (studies: {', '.join(sorted(names)) or 'none'})")
+    return optuna.load_study(study_name=study_name, storage=url)
+
+
+def _natural_key(path: Path) -> list[Any]:
+    """Sort `10_x` after `9_x` (Hydra job numbers)."""
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def _run_name(run_dir: Path, root: Path) -> str:
+    try:
+        rel = run_dir.relative_to(root)
+    except ValueError:
+        return str(run_dir)
+    return str(rel) if str(rel) != "." else run_dir.name
+
+
+def _tidy_types(df: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
+    """Integer config columns stay integers (nullable) when a row lacks them."""
+    for c in columns:
+        vals = df[c].dropna()
+        if len(vals) and all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+            df[c] = df[c].astype("Int64")
+    return df
+
+
+def collect(paths: Iterable[str | Path], study_name: str | None = None) -> Collection:
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise AnalysisError("no input: give a sweep dir, a folder of runs, or an Optuna storage URL")
+    b = _Builder()
+    found_study = None
+    for p in paths:
+        if is_storage_url(p):
+            found_study = b.add_storage(p, study_name)
+            continue
+        path = Path(p).expanduser()
+        if path.is_dir():
+            b.add_dir(path)
+        elif path.is_file():
+            b.add_file(path, _run_name(path.parent, path.parent.parent))
+        else:
+            raise AnalysisError(f"{p}: no such file or directory")
+    if not b.rows:
+        where = ", ".join(paths)
+        found = []
+        for kind, one, many in (("unreadable", "unreadable result.json", "unreadable result.json files"),
+                                ("missing", "run dir without a record", "run dirs without a record")):
+            n = sum(pr.kind == kind for pr in b.problems)
+            if n:
+                found.append(f"{n} {one if n == 1 else many}")
+        extra = f" ({'; '.join(found)})" if found else ""
+        raise NoRecordsError(f"no run records found under {where}{extra}")
+    runs = pd.DataFrame(b.rows)
+    runs = _tidy_types(runs, [c for c in [*b.config_columns, "seed"] if c in runs.columns])
+    history = pd.DataFrame(b.history, columns=["run", *HISTORY_FIELDS])
+    return Collection(runs=runs, history=history, records=b.records, config_columns=b.config_columns,
+                      problems=b.problems, sources=paths, study_name=found_study, duplicates=b.duplicates)

@@ -1,0 +1,434 @@
+"""The report's figures (seaborn on matplotlib's Agg canvas), each with its caption.
+
+Figures are drawn on `matplotlib.figure.Figure` objects, never through
+pyplot, so that building a report touches no global figure state and needs
+no display. Means over seeds carry the same 95% t-interval as the tables
+(`analysis.stats.interval_bounds`); a cell with one seed draws no interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display anywhere a report is built (sweeps, CI)
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import (FixedLocator, FuncFormatter, MaxNLocator, NullFormatter,  # noqa: E402
+                               NullLocator)
+
+from analysis.stats import interval_bounds  # noqa: E402
+from analysis.summary import (BASELINE_NORM, Analysis, fmt_value, norm_name, setting_groups,  # noqa: E402
+                              timings)
+
+DPI = 110
+PANEL = (3.4, 2.7)  # inches per facet
+MAX_LR_FACETS = 4  # more distinct lrs than this (a tuning run): figure 1 shows each cell's best lr
+INTERVAL_NOTE = "95% t-interval over seeds (none where a cell has one seed)"
+
+
+@dataclass
+class FigureOut:
+    number: int
+    name: str  # file stem
+    title: str
+    caption: str
+    file: str | None = None  # set when drawn
+    skipped: str | None = None  # why it was not drawn
+
+
+def palette(a: Analysis) -> dict[Any, Any]:
+    colors = sns.color_palette("colorblind", 10)
+    fixed = {"batch": colors[0], "none": colors[1], "ghost": colors[2], "layer": colors[3], "group": colors[4]}
+    spare = iter(colors[5:])
+    return {n: fixed.get(str(n)) or next(spare, "gray") for n in a.norms}
+
+
+def _n_phrase(counts: pd.Series, unit: str = "seed") -> str:
+    counts = counts[counts > 0]
+    if counts.empty:
+        return f"n = 0 {unit}s"
+    lo, hi = int(counts.min()), int(counts.max())
+    s = "s" if hi != 1 else ""
+    return f"n = {lo} {unit}{s} per cell" if lo == hi else f"n = {lo} to {hi} {unit}s per cell"
+
+
+def _excluded_phrase(df: pd.DataFrame, lead: str = "; not in the means: ") -> str:
+    counts = df.status[df.status != "completed"].value_counts()
+    if counts.empty:
+        return ""
+    return lead + ", ".join(f"{n} {s}" for s, n in counts.items())
+
+
+def _grid(rows: int, cols: int, **kw: Any) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(PANEL[0] * cols + 0.6, PANEL[1] * rows + 0.5), dpi=DPI, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _log2_batch_axis(ax, batch_sizes: list[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(batch_sizes))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([str(b) for b in batch_sizes])
+    if len(batch_sizes) == 1:
+        b = batch_sizes[0]
+        ax.set_xlim(b / 2, b * 2)
+
+
+def _legend(fig: Figure, axes: np.ndarray, title: str = "norm", diverged: int = 0) -> None:
+    """One legend for the figure, from the first axis that drew one (plus the diverged marker)."""
+    handles, labels = [], []
+    for ax in axes.flat:
+        leg = ax.get_legend()
+        if leg is not None and not handles:
+            handles, labels = ax.get_legend_handles_labels()
+        if leg is not None:
+            leg.remove()
+    if diverged:
+        handles = [*handles, Line2D([], [], marker="x", linestyle="none", color="0.3", markersize=6)]
+        labels = [*labels, "diverged"]
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", title=title, frameon=False)
+
+
+def _mark_diverged(ax, df: pd.DataFrame, x: str, pal: dict[Any, Any]) -> int:
+    """Diverged runs as crosses along the bottom edge at their x; returns how many."""
+    bad = df[df.status == "diverged"]
+    if bad.empty:
+        return 0
+    trans = ax.get_xaxis_transform()  # x in data, y in axes fraction
+    for norm, g in bad.groupby("norm"):
+        ax.scatter(g[x], np.full(len(g), 0.03), transform=trans, marker="x", s=36,
+                   color=pal.get(norm, "black"), linewidths=1.5, zorder=5, clip_on=False)
+    return len(bad)
+
+
+def _clamp_accuracy(axes: np.ndarray) -> None:
+    """Keep an accuracy axis within 0..100%: a t-interval from few seeds can reach past either end."""
+    for ax in axes.flat:
+        y0, y1 = ax.get_ylim()
+        ax.set_ylim(max(y0, -1.0), min(y1, 101.0))
+
+
+def _log_steps_axis(ax) -> None:
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _pct(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
+    df = df.copy()
+    for c in cols:
+        df[c] = df[c].astype(float) * 100
+    return df
+
+
+def _dodged(df: pd.DataFrame, a: Analysis, width: float = 0.05) -> pd.Series:
+    """batch_size nudged per norm on the log2 axis so that error bars do not overlap."""
+    k = len(a.norms)
+    offsets = {n: (i - (k - 1) / 2) * width for i, n in enumerate(a.norms)}
+    return df.batch_size.astype(float) * 2 ** df.norm.map(offsets).astype(float)
+
+
+def _budget(a: Analysis) -> str:
+    steps = a.fixed.get("steps")
+    if steps not in (None, "null"):
+        return f"{steps} steps"
+    if "epochs" in a.fixed:
+        return f"{a.fixed['epochs']} epochs"
+    return "epochs as in the table"
+
+
+def _lr_phrase(a: Analysis) -> str:
+    if not a.lr_varies:
+        return f"lr {fmt_value(a.fixed.get('lr'))} for every run"
+    return "lr as labelled"
+
+
+# ---------------------------------------------------------------- figure 1
+def fig_accuracy_vs_batch(a: Analysis) -> tuple[Figure | None, str]:
+    pal = palette(a)
+    runs = a.runs[a.runs.batch_size.notna() & a.runs.norm.notna()]
+    n_lr = runs.lr.nunique() if "lr" in runs else 1
+    lr_facets = a.lr_varies and n_lr <= MAX_LR_FACETS
+    if a.lr_varies and not lr_facets:
+        runs = a.best_lr_runs()
+        lr_note = "each cell at its best lr by mean validation accuracy (Figure 5 names it); "
+    else:
+        lr_note = "" if not lr_facets else "one panel per lr; "
+    done = runs[runs.status == "completed"]
+    if done.test_acc.notna().sum() == 0:
+        return None, "no completed run with a test accuracy"
+    cols = sorted(runs.lr.dropna().unique()) if lr_facets else [None]
+    groups = setting_groups(a, runs)
+    fig, axes = _grid(len(groups), len(cols), sharey=True)
+    bs = a.batch_sizes
+    n_div = 0
+    for i, (label, g) in enumerate(groups):
+        for j, lr in enumerate(cols):
+            ax = axes[i, j]
+            sub = g if lr is None else g[g.lr == lr]
+            d = _pct(sub[sub.status == "completed"], "test_acc")
+            d["x"] = _dodged(d, a)
+            if not d.empty:
+                sns.lineplot(data=d, x="x", y="test_acc", hue="norm", hue_order=a.norms, palette=pal,
+                             estimator="mean", errorbar=interval_bounds, err_style="bars", marker="o",
+                             err_kws={"capsize": 3}, ax=ax)
+                sns.scatterplot(data=d, x="x", y="test_acc", hue="norm", hue_order=a.norms, palette=pal,
+                                alpha=0.35, s=14, legend=False, ax=ax)
+            sub = sub.assign(x=_dodged(sub, a))
+            n_div += _mark_diverged(ax, sub, "x", pal)
+            _log2_batch_axis(ax, bs)
+            ax.set_xlabel("batch size (log2)")
+            ax.set_ylabel("final test accuracy (%)")
+            title = " | ".join(t for t in (label, f"lr={lr:g}" if lr is not None else "") if t)
+            if title:
+                ax.set_title(title, fontsize=9)
+    _clamp_accuracy(axes)
+    _legend(fig, axes, diverged=n_div)
+    n = done.groupby(a.cell_keys, dropna=False).size()
+    marks = ", crosses at the bottom = diverged runs" if n_div else ""
+    caption = (f"Final test accuracy vs batch size (log2 axis) per norm: mean over seeds (line, dots = "
+               f"single runs{marks}) with its {INTERVAL_NOTE}. {lr_note}{_lr_phrase(a)}, {_budget(a)}. "
+               f"{_n_phrase(n)} ({len(done)} completed runs{_excluded_phrase(runs)}).")
+    return fig, caption
+
+
+# ---------------------------------------------------------------- figures 2, 3
+def _curves(a: Analysis, metric: str, ylabel: str, what: str) -> tuple[Figure | None, str]:
+    pal = palette(a)
+    runs = a.best_lr_runs()
+    done = runs[runs.status == "completed"]
+    hist = a.col.history.merge(done[["run", *a.cell_keys, "seed"]], on="run", how="inner")
+    hist = hist[hist[metric].notna()]
+    if hist.empty:
+        return None, "no completed run with a per-epoch history"
+    if metric.endswith("_acc"):
+        hist = _pct(hist, metric)
+    style = None
+    if a.setting_keys:
+        hist["setting"] = hist.apply(a.setting_label, axis=1)
+        style = "setting"
+    bs = sorted(int(b) for b in hist.batch_size.unique())
+    fig, axes = _grid(2, len(bs), sharey=True, sharex="row")
+    for j, b in enumerate(bs):
+        d = hist[hist.batch_size == b]
+        for i, x in enumerate(("epoch", "step")):
+            ax = axes[i, j]
+            sns.lineplot(data=d, x=x, y=metric, hue="norm", hue_order=a.norms, palette=pal, style=style,
+                         estimator="mean", errorbar=interval_bounds, marker="o", markersize=3, ax=ax)
+            ax.set_xlabel("epoch" if x == "epoch" else "optimizer steps (log)")
+            ax.set_ylabel(ylabel)
+            if x == "step":
+                _log_steps_axis(ax)
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_title(f"batch size {b}", fontsize=9)
+    if metric == "train_loss":
+        lo, hi = hist[metric].min(), hist[metric].max()
+        if lo > 0 and hi / lo > 10:
+            axes[0, 0].set_yscale("log")
+    else:
+        _clamp_accuracy(axes)
+    _legend(fig, axes, "norm" if style is None else "")
+    n = done.groupby(a.cell_keys, dropna=False).size()
+    lr_note = ("each cell at its best lr by mean validation accuracy; " if a.lr_varies else "")
+    caption = (f"{what} vs epoch (top) and vs optimizer steps (bottom, log axis: the same epochs cost "
+               f"a large batch fewer updates), one panel per batch size: mean over seeds with its "
+               f"{INTERVAL_NOTE}. {lr_note}{_lr_phrase(a)}. "
+               f"{_n_phrase(n)} ({len(done)} completed runs; diverged and failed runs are not drawn"
+               f"{_excluded_phrase(runs, ': ')}).")
+    return fig, caption
+
+
+def fig_val_curves(a: Analysis) -> tuple[Figure | None, str]:
+    return _curves(a, "val_acc", "validation accuracy (%)", "Validation accuracy")
+
+
+def fig_loss_curves(a: Analysis) -> tuple[Figure | None, str]:
+    return _curves(a, "train_loss", "training loss (epoch mean)", "Training loss (mean over the epoch's steps)")
+
+
+# ---------------------------------------------------------------- figure 4
+def fig_lr_sensitivity(a: Analysis) -> tuple[Figure | None, str]:
+    if not a.lr_varies:
+        return None, f"lr does not vary in these runs (fixed at {fmt_value(a.fixed.get('lr'))})"
+    pal = palette(a)
+    runs = a.runs[a.runs.lr.notna()]
+    groups = setting_groups(a, runs)
+    bs = a.batch_sizes
+    fig, axes = _grid(len(groups), len(bs), sharey=True, sharex=True)
+    n_div = 0
+    for i, (label, g) in enumerate(groups):
+        for j, b in enumerate(bs):
+            ax = axes[i, j]
+            sub = g[g.batch_size == b]
+            d = _pct(sub[(sub.status == "completed") & sub.val_acc.notna()], "val_acc")
+            if not d.empty:
+                sns.lineplot(data=d, x="lr", y="val_acc", hue="norm", hue_order=a.norms, palette=pal,
+                             estimator="mean", errorbar=interval_bounds, err_style="bars", marker="o",
+                             err_kws={"capsize": 2}, ax=ax)
+                sns.scatterplot(data=d, x="lr", y="val_acc", hue="norm", hue_order=a.norms, palette=pal,
+                                alpha=0.35, s=14, legend=False, ax=ax)
+            n_div += _mark_diverged(ax, sub, "lr", pal)
+            ax.set_xscale("log")
+            ax.set_xlabel("learning rate (log)")
+            ax.set_ylabel("final validation accuracy (%)")
+            ax.set_title(" | ".join(t for t in (f"batch size {b}", label) if t), fontsize=9)
+    _clamp_accuracy(axes)
+    _legend(fig, axes, diverged=n_div)
+    n = runs.groupby(a.cell_keys, dropna=False).size()
+    caption = (f"Learning-rate sensitivity: final validation accuracy vs lr (log axis) per norm, one panel "
+               f"per batch size; mean over seeds with its {INTERVAL_NOTE}, dots = single runs, crosses at "
+               f"the bottom = diverged runs ({n_div}). {_budget(a)}. {_n_phrase(n, 'run')} "
+               f"({len(runs)} runs{_excluded_phrase(runs)}).")
+    return fig, caption
+
+
+# ---------------------------------------------------------------- figure 5
+def fig_isolation(a: Analysis) -> tuple[Figure | None, str]:
+    if not a.lr_varies:
+        return None, "lr does not vary: there is no per-cell lr to optimize away"
+    if a.best.empty:
+        return None, "no cell has a completed run at any lr"
+    pal = palette(a)
+    runs = a.best_lr_runs()
+    done = _pct(runs[(runs.status == "completed") & runs.test_acc.notna()], "test_acc")
+    groups = setting_groups(a, done)
+    fig, axes = _grid(1, len(groups), sharey=True)
+    bs = a.batch_sizes
+    norms = [n for n in a.norms if n in set(done.norm)]
+    width = 0.8 - 0.8 / max(len(norms), 1)
+    offsets = dict(zip(norms, np.linspace(-width / 2, width / 2, len(norms))))
+    for j, (label, d) in enumerate(groups):
+        ax = axes[0, j]
+        d = d.assign(batch=pd.Categorical(d.batch_size.astype(int), categories=bs))
+        sns.pointplot(data=d, x="batch", y="test_acc", hue="norm", hue_order=norms, palette=pal,
+                      estimator="mean", errorbar=interval_bounds, dodge=width, linestyle="none",
+                      capsize=0.08, markers="o", ax=ax)
+        sns.stripplot(data=d, x="batch", y="test_acc", hue="norm", hue_order=norms, palette=pal, dodge=True,
+                      alpha=0.4, size=3, legend=False, ax=ax)
+        for r in a.best.to_dict("records"):
+            if r["norm"] not in offsets or r["n"] == 0 or (label and a.setting_label(r) != label):
+                continue
+            ax.annotate(f"lr {r['lr']:g}", (bs.index(int(r["batch_size"])) + offsets[r["norm"]],
+                                            100 * r["test_acc_mean"]),
+                        xytext=(7, 0), textcoords="offset points", ha="left", va="center", fontsize=7,
+                        color="0.2", bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                                           "alpha": 0.8})
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("test accuracy at the best lr (%)")
+        _clamp_accuracy(axes)
+        if label:
+            ax.set_title(label, fontsize=9)
+    _legend(fig, axes)
+    n_tried = a.best.n_lr_tried
+    caption = (f"Isolation plot: for each norm and batch size, the test accuracy at the lr with the best mean "
+               f"validation accuracy (labelled; {int(n_tried.min())} to {int(n_tried.max())} lrs tried per "
+               f"cell; diverged runs count as 0 in the choice), mean with its {INTERVAL_NOTE}, dots = seeds. "
+               f"{_n_phrase(a.best.set_index([*a.cell_keys[:2]]).n)} at the chosen lr. The lr was chosen on the "
+               f"same seeds it is shown with: rerun it with fresh seeds before concluding.")
+    return fig, caption
+
+
+# ---------------------------------------------------------------- figure 6
+def fig_cost(a: Analysis) -> tuple[Figure | None, str]:
+    timed = timings(a)
+    if timed.empty:
+        return None, "no run recorded its timing"
+    pal = palette(a)
+    bs = a.batch_sizes
+    d = timed.assign(batch=pd.Categorical(timed.batch_size.astype(int), categories=bs))
+    norms = [n for n in a.norms if n in set(d.norm)]
+    groups = setting_groups(a, d)
+    fig, axes = _grid(len(groups), 2)
+    for i, (label, g) in enumerate(groups):
+        for ax, y, ylabel in ((axes[i, 0], "samples_per_second", "training samples per second"),
+                              (axes[i, 1], "epoch_seconds", "seconds per training epoch")):
+            sns.barplot(data=g, x="batch", y=y, hue="norm", hue_order=norms, palette=pal, estimator="mean",
+                        errorbar=interval_bounds, capsize=0.15, err_kws={"linewidth": 1}, alpha=0.85, ax=ax)
+            sns.stripplot(data=g, x="batch", y=y, hue="norm", hue_order=norms, palette=["0.2"] * len(norms),
+                          dodge=True, size=2.5, alpha=0.6, legend=False, ax=ax)
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 100 else f"{v:g}"))
+            ax.set_xlabel("batch size")
+            ax.set_ylabel(ylabel)
+            ax.margins(y=0.12)
+            if label:
+                ax.set_title(label, fontsize=9)
+        if "vs_baseline" in a.cost:
+            _label_overhead(axes[i, 0], a, label, norms, bs)
+    _legend(fig, axes)
+    machines = ", ".join(sorted(a.runs.device_name.dropna().astype(str).unique())) or "unknown machine"
+    threads = "/".join(sorted(a.runs.threads.dropna().astype(str).unique())) or "?"
+    n = timed.groupby(a.cell_keys, dropna=False).size()
+    packed = a.runs.pack_size.dropna()
+    pack = (f" Runs trained together in a pack (up to {int(packed.max())}) share one timing per epoch, "
+            "counted once." if len(packed) and packed.max() > 1 else "")
+    caption = (f"Cost of training per norm and batch size: throughput (samples per second, left; labels: "
+               f"change relative to {norm_name(BASELINE_NORM)}) and seconds per training epoch (evaluation "
+               f"excluded, right). Bars: mean over timed epochs (the first, warm-up, excluded) with its 95% "
+               f"t-interval; dots: single epochs. {machines}, threads {threads}. "
+               f"{_n_phrase(n, 'timed epoch')}.{pack}")
+    return fig, caption
+
+
+def _label_overhead(ax, a: Analysis, label: str, norms: list[Any], bs: list[int]) -> None:
+    """Write each norm's throughput change vs no norm above its bar."""
+    width = 0.8 / len(norms)
+    rel = a.cost[a.cost.vs_baseline.notna()]
+    for r in rel.to_dict("records"):
+        if label and a.setting_label(r) != label:
+            continue
+        x = bs.index(int(r["batch_size"])) - 0.4 + width * (norms.index(r["norm"]) + 0.5)
+        top = r["samples_per_second_high"]
+        ax.annotate(f"{100 * r['vs_baseline']:+.0f}%", (x, top if math.isfinite(top) else r["samples_per_second"]),
+                    xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=7,
+                    color="0.2")
+
+
+FIGURES: list[tuple[str, str, Callable[[Analysis], tuple[Figure | None, str]]]] = [
+    ("fig1_test_acc_vs_batch_size", "Final test accuracy vs batch size", fig_accuracy_vs_batch),
+    ("fig2_val_acc_curves", "Validation accuracy vs epoch and vs optimizer steps", fig_val_curves),
+    ("fig3_train_loss_curves", "Training loss curves", fig_loss_curves),
+    ("fig4_lr_sensitivity", "Learning-rate sensitivity", fig_lr_sensitivity),
+    ("fig5_isolation", "Isolation plot: each cell at its best lr", fig_isolation),
+    ("fig6_cost", "Cost: training throughput and epoch time", fig_cost),
+]
+
+
+def draw_figures(a: Analysis, out_dir: Path) -> list[FigureOut]:
+    """Draw every figure the data allows into `out_dir`; say why for the others."""
+    out = []
+    # Seaborn's categorical plots hand matplotlib batch sizes as strings ("64"),
+    # which makes matplotlib log an INFO line per axis; a sweep's log needs none.
+    category_log = logging.getLogger("matplotlib.category")
+    level = category_log.level
+    category_log.setLevel(logging.WARNING)
+    try:
+        _draw_all(a, out_dir, out)
+    finally:
+        category_log.setLevel(level)
+    return out
+
+
+def _draw_all(a: Analysis, out_dir: Path, out: list[FigureOut]) -> None:
+    with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
+        for number, (name, title, draw) in enumerate(FIGURES, start=1):
+            fig, text = draw(a)
+            item = FigureOut(number, name, title, caption="" if fig is None else text)
+            if fig is None:
+                item.skipped = text
+            else:
+                fig.savefig(out_dir / f"{name}.png", dpi=DPI)
+                item.file = f"{name}.png"
+            out.append(item)

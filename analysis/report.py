@@ -1,0 +1,375 @@
+"""`build_report`: run records -> a `report/` folder a reader can trust.
+
+The folder holds `results.csv` (one row per run), `history.csv` (one row per
+run and epoch), `cells.csv` and `differences.csv` (the tables' numbers), the
+figures (PNG), `report.md` and `report.html` (one file, figures embedded). It
+is written into a staging dir next to its destination and moved into place
+at the end, so a build that fails never leaves a half report that looks
+complete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.collect import AnalysisError, Collection, collect, is_storage_url
+from analysis.document import (Bullets, Details, Figure_, Para, Section, Table, Warning_, to_html,
+                               to_markdown)
+from analysis.figures import draw_figures
+from analysis.summary import (BASELINE_NORM, OPERATIONAL, Analysis, analyze, fmt_value, norm_name, pct)
+
+REPORT_HTML = "report.html"
+SECTION_TITLES = ("Findings", "Protocol", "Difference to no norm", "Figures", "Per-cell results",
+                  "Files")
+LIBRARIES = ("torch", "torchvision", "numpy", "hydra", "optuna", "python")
+MAX_LISTED = 25  # problem runs listed in the report; the rest are in results.csv
+
+
+def default_out_dir(paths: list[str], study_name: str | None) -> Path:
+    first = paths[0]
+    if is_storage_url(first):
+        return Path("outputs") / "reports" / (study_name or "study")
+    p = Path(first).expanduser()
+    return (p if p.is_dir() else p.parent) / "report"
+
+
+def build_report(paths: list[str | Path], out_dir: Path | None = None, *,
+                 study_name: str | None = None) -> Path:
+    """Collect every run record under `paths`, write the report folder, return it.
+
+    Raises `AnalysisError` (one-line message) for unusable input: no such
+    path, no records, an Optuna storage without the named study.
+    """
+    paths = [str(p) for p in paths]
+    col = collect(paths, study_name=study_name)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(paths, col.study_name)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / REPORT_HTML).exists())):
+        raise AnalysisError(f"refusing to replace {out}: it exists and is not a report folder")
+    a = analyze(col)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-building-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a report is for reading
+    try:
+        write_report(a, staging)
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
+        out.rename(old / out.name)
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------- tables
+def _lead_columns(a: Analysis) -> list[str]:
+    return ["run", "status", *a.cell_keys, "seed"]
+
+
+def results_table(a: Analysis) -> pd.DataFrame:
+    lead = [c for c in _lead_columns(a) if c in a.runs]
+    metrics = [c for c in ("val_acc", "test_acc", "train_loss", "val_loss", "epochs_done", "steps_done",
+                           "diverged_at_step", "seconds_per_epoch", "samples_per_second") if c in a.runs]
+    rest = [c for c in a.runs.columns if c not in lead and c not in metrics]
+    return a.runs[[*lead, *metrics, *rest]]
+
+
+def history_table(a: Analysis) -> pd.DataFrame:
+    keys = [c for c in _lead_columns(a) if c != "run" and c in a.runs]
+    return a.col.history.merge(a.runs[["run", *keys]], on="run", how="left")[
+        ["run", *keys, *[c for c in a.col.history.columns if c != "run"]]]
+
+
+def _interval(mean: float, low: float, high: float, n: int) -> str:
+    if n == 0 or not math.isfinite(mean):
+        return "n/a"
+    if n < 2 or not math.isfinite(low):
+        return "none: 1 seed"
+    return f"{100 * low:.2f} to {100 * high:.2f}"
+
+
+def _cell_display(a: Analysis) -> pd.DataFrame:
+    rows = []
+    for d in a.cells.to_dict("records"):
+        row = {k: fmt_value(d[k]) for k in a.cell_keys}
+        row.update({
+            "runs": d["n_runs"],
+            "completed": d["n_completed"],
+            "diverged": d["n_diverged"],
+            "failed or other": d["n_failed"] + d["n_other"],
+            "seeds": d["seeds"],
+            "val acc": pct(d["val_acc_mean"]),
+            "val 95% interval": _interval(d["val_acc_mean"], d["val_acc_low"], d["val_acc_high"], d["val_acc_n"]),
+            "test acc": pct(d["test_acc_mean"]),
+            "test 95% interval": _interval(d["test_acc_mean"], d["test_acc_low"], d["test_acc_high"],
+                                           d["test_acc_n"]),
+            "final train loss": f"{d['train_loss_mean']:.4f}" if math.isfinite(d["train_loss_mean"]) else "n/a",
+            "train s/epoch": (f"{d['seconds_per_epoch_mean']:.3g}" if math.isfinite(d["seconds_per_epoch_mean"])
+                              else "n/a"),
+        })
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _difference_display(a: Analysis, diffs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    rows = []
+    for d in diffs.to_dict("records"):
+        row = {k: fmt_value(d[k]) for k in keys}
+        row["comparison"] = f"{norm_name(d['norm'])} minus {norm_name(d['baseline'])}"
+        row["test acc difference (points)"] = (f"{100 * d['test_acc_diff']:+.2f}"
+                                               if math.isfinite(d["test_acc_diff"]) else "n/a")
+        row["95% interval (Welch)"] = (f"{100 * d['low']:.2f} to {100 * d['high']:.2f}"
+                                       if math.isfinite(d["low"]) else "none")
+        row["reading"] = d["reading"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------- sections
+def findings_section(a: Analysis) -> Section:
+    runs = a.runs
+    status = Counter(runs.status)
+    counts = ", ".join(f"{n} {s}" for s, n in status.most_common())
+    blocks: list[Any] = [Para(f"{len(runs)} runs ({counts}) in {len(a.cells)} cells "
+                              f"({' x '.join(a.cell_keys)}); seeds are the replicates.")]
+    if a.findings:
+        blocks.append(Bullets([f"{f['verdict']}: {f['claim']}. {f['evidence']} ({f['figure']})."
+                               for f in a.findings]))
+    else:
+        blocks.append(Para("No claim of the protocol can be tested with these runs alone (they need "
+                           "both norms at two or more batch sizes, an lr range, or timings)."))
+    if a.lr_varies and not a.best_differences.empty:
+        blocks.append(Para("At each cell's best lr (chosen on validation accuracy; Figure 5):"))
+        blocks.append(Bullets([f"batch {fmt_value(r['batch_size'])}"
+                               f"{(', ' + a.setting_label(r)) if a.setting_keys else ''}: {r['reading']}"
+                               for r in a.best_differences.to_dict("records")]))
+    return Section("Findings", blocks)
+
+
+def _distinct(records: list[dict[str, Any]], section: str, key: str) -> list[str]:
+    vals = Counter(str((r.get(section) or {}).get(key)) for r in records if (r.get(section) or {}).get(key)
+                   is not None)
+    return [f"{v} ({n})" if len(vals) > 1 else v for v, n in vals.most_common()]
+
+
+def protocol_section(a: Analysis) -> Section:
+    col: Collection = a.col
+    recs = col.records
+    runs = a.runs
+    blocks: list[Any] = []
+    # Data first: unverified data changes what every number means.
+    unverified = runs[runs.data_verified == False]  # noqa: E712 (pandas comparison)
+    if len(unverified):
+        sources = ", ".join(sorted(unverified.data_source.dropna().astype(str).unique()))
+        blocks.append(Warning_(f"{len(unverified)} of {len(runs)} runs trained on unverified data "
+                               f"(data.verified is false; source: {sources}): these numbers do not measure "
+                               "official MNIST."))
+    items = [f"Inputs: {', '.join(col.sources)}" + (f" (Optuna study {col.study_name})" if col.study_name else "")]
+    varied = []
+    for k in a.cell_keys:
+        vals = a.norms if k == "norm" else sorted(runs[k].dropna().unique(), key=lambda v: (str(type(v)), v))
+        varied.append(f"{k} in {{{', '.join(fmt_value(v) for v in vals)}}}")
+    seeds = runs.seed.dropna().unique() if "seed" in runs else []
+    lo, hi = int(a.cells.n_runs.min()), int(a.cells.n_runs.max())
+    items.append(f"Varied (the cell key): {'; '.join(varied)}. Seeds: {len(seeds)} distinct "
+                 f"({', '.join(str(s) for s in sorted(seeds))}); {lo if lo == hi else f'{lo} to {hi}'} "
+                 f"run{'s' if hi != 1 else ''} per cell.")
+    if a.operational_varying:
+        items.append("Varied but not part of the cell key (they change where or how a run executes, "
+                     "not what it learns): " + "; ".join(
+                         f"{k} in {{{', '.join(v)}}}" if len(v) <= 8 else f"{k} ({len(v)} values)"
+                         for k, v in a.operational_varying.items()))
+    caveats = []
+    if "lr" in a.fixed:
+        caveats.append(f"lr is fixed at {fmt_value(a.fixed['lr'])} for every arm, while the fair comparison "
+                       "tunes lr per arm (Tuning Playbook); at one fixed lr, norm and batch size are "
+                       "confounded with how well that lr suits each arm.")
+    if len(a.batch_sizes) > 1 and a.fixed.get("steps") in (None, "null") and "epochs" in a.fixed:
+        caveats.append(f"batch sizes are compared at an equal budget of {fmt_value(a.fixed['epochs'])} epochs, "
+                       "so larger batches take fewer optimizer steps (Figure 2, bottom row).")
+    items.extend(f"Caveat: {c}" for c in caveats)
+    items.append(_data_line(recs))
+    started = pd.to_datetime(runs.started_at.dropna(), utc=True, errors="coerce").dropna()
+    finished = pd.to_datetime(runs.finished_at.dropna(), utc=True, errors="coerce").dropna()
+    if len(started):
+        end = finished.max() if len(finished) else started.max()
+        items.append(f"Dates (UTC): {started.min():%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M}.")
+    commits = Counter((str(r.get("env", {}).get("git_commit") or "unknown")[:12],
+                       (r.get("env") or {}).get("git_dirty")) for r in recs)
+    if commits:
+        items.append("Code: " + "; ".join(
+            f"git {c}{' with local edits' if dirty else ''} ({n} runs)" if c != "unknown"
+            else f"no git commit recorded ({n} runs)" for (c, dirty), n in commits.most_common()) + ".")
+    libs = [f"{lib} {', '.join(v)}" for lib in LIBRARIES if (v := _distinct(recs, "env", lib))]
+    if libs:
+        items.append("Libraries: " + "; ".join(libs) + ".")
+    machine = [f"{k}: {', '.join(v)}" for k, v in (("device", _distinct(recs, "env", "device")),
+                                                    ("device name", _distinct(recs, "env", "device_name")),
+                                                    ("threads", _distinct(recs, "env", "threads")),
+                                                    ("host", _distinct(recs, "env", "hostname"))) if v]
+    if machine:
+        items.append("Machine: " + "; ".join(machine) + ".")
+    reused = runs.reused_from.notna().sum() if "reused_from" in runs else 0
+    if reused:
+        items.append(f"{reused} run{'s reuse' if reused != 1 else ' reuses'} the record of an earlier identical "
+                     "run (same config, seed and code; see reused_from in results.csv) instead of training again.")
+    if col.duplicates:
+        n = len(col.duplicates)
+        items.append(f"{n} record{' is a copy' if n == 1 else 's are copies'} of runs already counted (a reused "
+                     "record next to its original, or the same run reached twice): each run is counted once, "
+                     f"e.g. {col.duplicates[0][0]} (same run as {col.duplicates[0][1]}).")
+    params_only = runs[runs.record == ""] if "record" in runs else runs.iloc[:0]
+    if len(params_only):
+        items.append(f"{len(params_only)} Optuna trials have no run record: they appear with their "
+                     "parameters, state and objective value only (no history, no test accuracy).")
+    items.append("Out of scope: recurrent models (the notebook's limitation 9) are not studied here.")
+    blocks.append(Bullets(items))
+    blocks.extend(_problem_blocks(a))
+    fixed = pd.DataFrame([{"key": k, "value": fmt_value(v)} for k, v in a.fixed.items()])
+    blocks.append(Details(f"Fixed settings ({len(fixed)} config keys with one value in every run)",
+                          [Table(fixed, "Operational keys (" + ", ".join(OPERATIONAL) + ") are not listed.")]))
+    return Section("Protocol", blocks, boxed=True)
+
+
+def _data_line(recs: list[dict[str, Any]]) -> str:
+    splits = Counter()
+    for r in recs:
+        d = r.get("data") or {}
+        if not d:
+            continue
+        md5 = d.get("md5") or {}
+        tag = ",".join(sorted(str(v)[:8] for v in md5.values())) if isinstance(md5, dict) else ""
+        splits[(d.get("n_train"), d.get("n_val"), d.get("n_test"), d.get("split_seed"), d.get("source"),
+                d.get("verified"), tag)] += 1
+    if not splits:
+        return "Data: no data description in the records."
+    parts = []
+    for (n_train, n_val, n_test, split_seed, source, verified, tag), n in splits.most_common():
+        parts.append(f"{n_train} train / {n_val} validation / {n_test} test images, validation split "
+                     f"seed {split_seed}, source {source}, {'verified' if verified else 'NOT verified'} "
+                     f"(md5 {tag or 'unknown'}){f' ({n} runs)' if len(splits) > 1 else ''}")
+    warn = " Runs used different data: compare with care." if len(splits) > 1 else ""
+    return "Data: " + "; ".join(parts) + ". Model selection uses the validation split; the test split is " \
+        "reported, never selected on." + warn
+
+
+def _problem_blocks(a: Analysis) -> list[Any]:
+    runs = a.runs
+    blocks: list[Any] = []
+    bad = runs[runs.status != "completed"]
+    if len(bad):
+        rows = []
+        for d in bad.head(MAX_LISTED).to_dict("records"):
+            what = d.get("error") or ""
+            if d["status"] == "diverged":
+                what = f"non-finite loss at step {fmt_value(d.get('diverged_at_step'))}"
+            rows.append({"run": d["run"], "status": d["status"],
+                         **{k: fmt_value(d.get(k)) for k in a.cell_keys}, "seed": fmt_value(d.get("seed")),
+                         "detail": what or "-"})
+        more = f" and {len(bad) - MAX_LISTED} more (see results.csv)" if len(bad) > MAX_LISTED else ""
+        blocks.append(Para(f"Runs that did not complete ({len(bad)}){more}:"))
+        blocks.append(Table(pd.DataFrame(rows)))
+    else:
+        blocks.append(Para("Every run completed."))
+    for kind, label in (("missing", "Missing records"), ("unreadable", "Unreadable records (skipped)")):
+        probs = [p for p in a.col.problems if p.kind == kind]
+        if probs:
+            more = [f"... and {len(probs) - MAX_LISTED} more"] if len(probs) > MAX_LISTED else []
+            blocks.append(Para(f"{label} ({len(probs)}):"))
+            blocks.append(Bullets([f"{p.path}: {p.reason}" for p in probs[:MAX_LISTED]] + more))
+    return blocks
+
+
+def difference_section(a: Analysis) -> Section:
+    if BASELINE_NORM not in a.norms or len(a.norms) < 2:
+        return Section("Difference to no norm", [Para(
+            f"Not computed: the runs have norm in {{{', '.join(map(str, a.norms))}}}; a difference needs "
+            f"norm={BASELINE_NORM} and at least one other norm.")])
+    keys = [k for k in a.cell_keys if k != "norm"]
+    blocks: list[Any] = [Para("Final test accuracy of each norm minus no norm, in percentage points, per "
+                              f"{', '.join(keys)}: mean difference over seeds with Welch's 95% interval; "
+                              "completed runs only.")]
+    one_seed = ((a.differences.n < 2) | (a.differences.n_baseline < 2)).any()
+    blocks.append(Table(_difference_display(a, a.differences, keys),
+                        "An arm with one seed has no spread, so no interval is given for it." if one_seed else ""))
+    if a.lr_varies and not a.best_differences.empty:
+        bkeys = ["batch_size", *a.setting_keys]
+        blocks.append(Para("The same at each (norm, batch size)'s best lr (chosen on mean validation accuracy, "
+                           "Figure 5): the comparison the tuning protocol asks for."))
+        blocks.append(Table(_difference_display(a, a.best_differences, bkeys)))
+    return Section("Difference to no norm", blocks)
+
+
+def figures_section(a: Analysis, figs: list) -> Section:
+    return Section("Figures", [Figure_(f.number, f.title, f.file, f.caption, f.skipped) for f in figs])
+
+
+def cells_section(a: Analysis) -> Section:
+    blocks: list[Any] = [
+        Para("One row per cell. Accuracies are means over completed runs with a 95% t-interval over seeds; "
+             "training loss is the last epoch's mean; seconds per epoch exclude evaluation."),
+        Table(_cell_display(a), "'none: 1 seed': a single seed has no spread, so no interval is claimed."
+              if ((a.cells.val_acc_n == 1) | (a.cells.test_acc_n == 1)).any() else ""),
+    ]
+    if a.lr_varies and not a.best.empty:
+        best = a.best.copy()
+        show = pd.DataFrame({
+            **{k: best[k].map(fmt_value) for k in ["norm", "batch_size", *a.setting_keys]},
+            "best lr": best.lr.map(fmt_value),
+            "lrs tried": best.n_lr_tried,
+            "val acc": best.val_acc_mean.map(pct),
+            "test acc": best.test_acc_mean.map(pct),
+            "test 95% interval": [_interval(m, lo, hi, n) for m, lo, hi, n in
+                                  zip(best.test_acc_mean, best.test_acc_low, best.test_acc_high, best.n)],
+            "seeds": best.n,
+        })
+        blocks.append(Para("Best lr per (norm, batch size), chosen on mean validation accuracy "
+                           "(diverged runs count as 0):"))
+        blocks.append(Table(show))
+    return Section("Per-cell results", blocks)
+
+
+def files_section() -> Section:
+    return Section("Files", [Bullets([
+        "results.csv: one row per run (cell keys, seed, final metrics, timing, environment, error).",
+        "history.csv: one row per run and epoch (the curves' data).",
+        "cells.csv and differences.csv: the numbers of the tables above, unrounded.",
+        "fig*.png: the figures; report.md: this report in Markdown.",
+    ])])
+
+
+def write_report(a: Analysis, out: Path) -> None:
+    results_table(a).to_csv(out / "results.csv", index=False)
+    history_table(a).to_csv(out / "history.csv", index=False)
+    a.cells.to_csv(out / "cells.csv", index=False)
+    diffs = a.differences.drop(columns="_difference", errors="ignore")
+    if a.lr_varies and not a.best_differences.empty:
+        best = a.best_differences.drop(columns="_difference", errors="ignore").assign(lr="best")
+        diffs = pd.concat([diffs, best], ignore_index=True)
+    diffs.to_csv(out / "differences.csv", index=False)
+    figs = draw_figures(a, out)
+    sections = [findings_section(a), protocol_section(a), difference_section(a), figures_section(a, figs),
+                cells_section(a), files_section()]
+    assert tuple(s.title for s in sections) == SECTION_TITLES
+    name = a.col.study_name or ", ".join(Path(p).name or p for p in a.col.sources)
+    title = f"Batch Normalization study: {name}"
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    intro = [Para(f"Built {now} from {len(a.runs)} runs; rebuild with: python -m analysis "
+                  f"{' '.join(a.col.sources)}" + (f" --study {a.col.study_name}" if a.col.study_name else ""))]
+    (out / "report.md").write_text(to_markdown(title, intro, sections))
+    (out / REPORT_HTML).write_text(to_html(title, intro, sections, out))

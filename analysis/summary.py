@@ -1,0 +1,438 @@
+"""From the run table to the report's numbers: cells, differences, findings.
+
+A cell is (norm, batch_size) plus every other config key that varies across
+the runs (lr, activation, optimizer, ...), seed excepted: the seeds of a cell
+are its replicates. Keys that do not affect what is learned (threads, device,
+where the data lives, ...) never split cells; if they vary, the protocol box
+says so. Means and intervals use completed runs only; diverged, failed and
+other runs are counted beside them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.collect import Collection
+from analysis.stats import Difference, contrast, mean_interval, welch_difference
+
+# Config keys that change how or where a run executes or is bookkept, not what it learns.
+OPERATIONAL = ("threads", "device", "progress_every", "eval_batch_size", "objective",
+               "data.root", "data.source", "data.verify", "force", "run_index",
+               "trial.storage", "trial.study", "trial.number", "trial.prune")
+SCIENTIFIC = ("norm", "batch_size")  # always the leading cell keys, varying or not
+BASELINE_NORM = "none"
+NORM_NAMES = {"none": "no norm", "batch": "BN", "ghost": "ghost BN", "layer": "LayerNorm",
+              "group": "GroupNorm"}
+# Diverged runs count as this validation accuracy when picking a cell's best lr,
+# so that an lr at which some seed blew up is not "best" on its surviving seeds.
+DIVERGED_SELECTION_SCORE = 0.0
+
+
+def norm_name(norm: Any) -> str:
+    return NORM_NAMES.get(str(norm), f"norm={norm}")
+
+
+def points(x: float) -> str:
+    """An accuracy difference (fraction) in percentage points."""
+    return f"{100 * x:+.2f}" if math.isfinite(x) else "n/a"
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}%" if isinstance(x, (int, float)) and math.isfinite(x) else "n/a"
+
+
+def fmt_value(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return "null"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def seeds_phrase(n_a: int, n_b: int, name_a: str, name_b: str) -> str:
+    if n_a == n_b:
+        return f"n={n_a} seed{'s' if n_a != 1 else ''} each"
+    return f"n={n_a} {name_a}, {n_b} {name_b} seeds"
+
+
+@dataclass
+class Analysis:
+    col: Collection
+    runs: pd.DataFrame  # collection.runs with cell columns filled
+    cell_keys: list[str]  # norm, batch_size, then the other varying keys
+    setting_keys: list[str]  # varying keys other than norm, batch_size and lr
+    lr_varies: bool
+    fixed: dict[str, Any]  # non-varying config keys -> their value
+    operational_varying: dict[str, list[Any]]
+    cells: pd.DataFrame = field(default_factory=pd.DataFrame)
+    differences: pd.DataFrame = field(default_factory=pd.DataFrame)  # at each cell's own lr
+    best: pd.DataFrame = field(default_factory=pd.DataFrame)  # best lr per (norm, batch, setting)
+    best_differences: pd.DataFrame = field(default_factory=pd.DataFrame)
+    cost: pd.DataFrame = field(default_factory=pd.DataFrame)
+    findings: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def completed(self) -> pd.DataFrame:
+        return self.runs[self.runs.status == "completed"]
+
+    @property
+    def norms(self) -> list[Any]:
+        order = list(NORM_NAMES)
+        vals = [v for v in self.runs["norm"].dropna().unique()]
+        return sorted(vals, key=lambda v: (order.index(v) if v in order else len(order), str(v)))
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return sorted(int(b) for b in self.runs["batch_size"].dropna().unique())
+
+    def setting_label(self, row: pd.Series | dict[str, Any]) -> str:
+        return ", ".join(f"{k}={fmt_value(row[k])}" for k in self.setting_keys)
+
+    def best_lr_runs(self) -> pd.DataFrame:
+        """Runs at each (norm, batch_size, setting)'s best lr; all runs when lr is fixed."""
+        if not self.lr_varies or self.best.empty:
+            return self.runs
+        keys = [*SCIENTIFIC, *self.setting_keys]
+        chosen = self.best[[*keys, "lr"]]
+        return self.runs.merge(chosen, on=[*keys, "lr"], how="inner")
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _varies(s: pd.Series) -> bool:
+    return s.dropna().astype(str).nunique() > 1
+
+
+def analyze(col: Collection) -> Analysis:
+    runs = col.runs.copy()
+    for k in SCIENTIFIC:
+        if k not in runs.columns:
+            runs[k] = pd.NA
+    config = [c for c in col.config_columns if c in runs.columns and c != "seed"]
+    varying = [c for c in config if c not in OPERATIONAL and _varies(runs[c])]
+    cell_keys = [*SCIENTIFIC, *[c for c in varying if c not in SCIENTIFIC]]
+    setting_keys = [c for c in cell_keys if c not in (*SCIENTIFIC, "lr")]
+    fixed = {c: _plain(runs[c].dropna().iloc[0]) if runs[c].notna().any() else None for c in config
+             if c not in varying and c not in OPERATIONAL}
+    operational = {c: sorted(runs[c].dropna().astype(str).unique()) for c in OPERATIONAL
+                   if c in runs.columns and _varies(runs[c])}
+    a = Analysis(col=col, runs=runs, cell_keys=cell_keys, setting_keys=setting_keys,
+                 lr_varies="lr" in varying, fixed=fixed, operational_varying=operational)
+    a.cells = cell_table(a)
+    a.differences = difference_table(a, a.runs, [k for k in cell_keys if k != "norm"])
+    if a.lr_varies:
+        a.best = best_lr_table(a)
+        a.best_differences = difference_table(a, a.best_lr_runs(), ["batch_size", *setting_keys])
+    a.cost = cost_table(a)
+    a.findings = findings(a)
+    return a
+
+
+def _groups(df: pd.DataFrame, keys: list[str]):
+    """(key tuple, rows) per value of `keys`, norms in their study order (no norm first)."""
+    if not keys:
+        return [((), df)]
+    groups = [((k if isinstance(k, tuple) else (k,)), g) for k, g in df.groupby(keys, dropna=False, sort=True)]
+    if "norm" in keys:
+        i = keys.index("norm")
+        order = list(NORM_NAMES)
+        groups.sort(key=lambda kg: order.index(kg[0][i]) if kg[0][i] in order else len(order))  # stable
+    return groups
+
+
+def cell_table(a: Analysis) -> pd.DataFrame:
+    rows = []
+    for key, g in _groups(a.runs, a.cell_keys):
+        done = g[g.status == "completed"]
+        row: dict[str, Any] = dict(zip(a.cell_keys, key))
+        row.update({
+            "n_runs": len(g),
+            "n_completed": len(done),
+            "n_diverged": int((g.status == "diverged").sum()),
+            "n_failed": int((g.status == "failed").sum()),
+            "n_other": int((~g.status.isin(["completed", "diverged", "failed"])).sum()),
+            "seeds": " ".join(str(s) for s in sorted(g["seed"].dropna().unique())) if "seed" in g else "",
+        })
+        for metric in ("val_acc", "test_acc"):
+            m = mean_interval(done[metric])
+            row.update({f"{metric}_mean": m.mean, f"{metric}_low": m.low, f"{metric}_high": m.high,
+                        f"{metric}_sd": m.sd, f"{metric}_n": m.n})
+        row["train_loss_mean"] = done["train_loss"].mean() if len(done) else math.nan
+        row["seconds_per_epoch_mean"] = done["seconds_per_epoch"].mean() if len(done) else math.nan
+        row["samples_per_second_mean"] = done["samples_per_second"].mean() if len(done) else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _excluded(g: pd.DataFrame, name: str) -> list[str]:
+    out = []
+    for status, n in g.status.value_counts().items():
+        if status != "completed":
+            out.append(f"{n} {status} {name} run{'s' if n != 1 else ''}")
+    return out
+
+
+def reading(d: Difference, name: str, base: str, excluded: list[str]) -> str:
+    """One line: who is ahead, by how much, the interval, n; or why there is none."""
+    if d.n_a == 0 or d.n_b == 0:
+        missing = name if d.n_a == 0 else base
+        return f"no comparison: no completed {missing} run" + (f" ({'; '.join(excluded)})" if excluded else "")
+    size = abs(100 * d.diff)
+    if d.diff > 0:
+        head = f"{name} ahead by {size:.2f} points"
+    elif d.diff < 0:
+        head = f"{name} behind by {size:.2f} points"
+    else:
+        head = "no difference: 0.00 points"
+    n = seeds_phrase(d.n_a, d.n_b, name, base)
+    if math.isnan(d.low):
+        text = f"{head}, {n}: no interval (a single seed has no spread; run more seeds)"
+    else:
+        text = f"{head} ({100 * d.low:.2f} to {100 * d.high:.2f}), {n}"
+        if d.low <= 0 <= d.high and d.diff != 0:
+            text += "; the interval includes 0: no clear difference"
+    if excluded:
+        text += f" (excluded: {'; '.join(excluded)})"
+    return text
+
+
+def difference_table(a: Analysis, runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Each norm minus no norm in final test accuracy, per value of `keys`."""
+    if BASELINE_NORM not in a.norms:
+        return pd.DataFrame()
+    rows = []
+    for key, g in _groups(runs, keys):
+        base = g[g.norm == BASELINE_NORM]
+        for norm in a.norms:
+            if norm == BASELINE_NORM:
+                continue
+            arm = g[g.norm == norm]
+            if arm.empty or base.empty:
+                continue
+            d = welch_difference(arm.loc[arm.status == "completed", "test_acc"],
+                                 base.loc[base.status == "completed", "test_acc"])
+            name, bname = norm_name(norm), norm_name(BASELINE_NORM)
+            row = dict(zip(keys, key))
+            row.update({"norm": norm, "baseline": BASELINE_NORM, "test_acc_diff": d.diff,
+                        "low": d.low, "high": d.high, "n": d.n_a, "n_baseline": d.n_b,
+                        "reading": reading(d, name, bname, _excluded(arm, name) + _excluded(base, bname)),
+                        "_difference": d})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def best_lr_table(a: Analysis) -> pd.DataFrame:
+    """Per (norm, batch_size, setting): the lr with the best mean validation accuracy.
+
+    Selection is on validation accuracy (the protocol: test only in the final
+    table); diverged runs count as 0 so that a fragile lr is not picked.
+    """
+    keys = [*SCIENTIFIC, *a.setting_keys]
+    rows = []
+    for key, g in _groups(a.runs, keys):
+        scored = g[g.status.isin(["completed", "diverged"])].copy()
+        scored["score"] = np.where(scored.status == "diverged", DIVERGED_SELECTION_SCORE, scored.val_acc)
+        scored = scored[scored.score.notna()]
+        if scored.empty or not (scored.status == "completed").any():
+            continue
+        per_lr = scored.groupby("lr").score.mean()
+        lr = per_lr.idxmax()
+        at = g[(g.lr == lr) & (g.status == "completed")]
+        m = mean_interval(at.test_acc)
+        row = dict(zip(keys, key))
+        row.update({"lr": lr, "n_lr_tried": int(g.lr.nunique()), "val_acc_mean": at.val_acc.mean(),
+                    "test_acc_mean": m.mean, "test_acc_low": m.low, "test_acc_high": m.high,
+                    "n": m.n, "n_diverged_at_lr": int(((g.lr == lr) & (g.status == "diverged")).sum())})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def timings(a: Analysis) -> pd.DataFrame:
+    """One row per timed training epoch: the replicates of a cost measurement.
+
+    Seeds do not change the work, so the spread that matters is the
+    machine's: every epoch after the first (warm-up) is one measurement. Runs
+    trained together in a pack share their epochs' timing; it counts once.
+    """
+    keys = [k for k in a.cell_keys if k in a.runs]
+    hist = a.col.history.merge(a.runs[["run", *keys]], on="run", how="inner")
+    hist = hist[hist.samples_per_second.notna() & hist.epoch_seconds.notna()]
+    if hist.empty:
+        return hist
+    n_epochs = hist.groupby("run").epoch.transform("count")
+    first = hist.groupby("run").epoch.transform("min")
+    hist = hist[(n_epochs == 1) | (hist.epoch != first)]
+    return hist.drop_duplicates([*keys, "epoch", "step", "epoch_seconds", "samples_per_second"])
+
+
+def cost_table(a: Analysis) -> pd.DataFrame:
+    """Training throughput per (norm, batch_size[, setting]) and each norm's relative cost."""
+    timed = timings(a)
+    if timed.empty:
+        return pd.DataFrame()
+    keys = ["batch_size", *a.setting_keys]  # the lr changes the numbers, not the work per step
+    rows = []
+    for key, g in _groups(timed, keys):
+        base = g[g.norm == BASELINE_NORM]
+        for norm in a.norms:
+            arm = g[g.norm == norm]
+            if arm.empty:
+                continue
+            m = mean_interval(arm.samples_per_second)
+            row = dict(zip(keys, key))
+            row.update({"norm": norm, "n_epochs_timed": m.n, "samples_per_second": m.mean,
+                        "samples_per_second_low": m.low, "samples_per_second_high": m.high,
+                        "seconds_per_epoch": arm.epoch_seconds.mean()})
+            if norm != BASELINE_NORM and not base.empty:
+                d = welch_difference(arm.samples_per_second, base.samples_per_second)
+                ref = base.samples_per_second.mean()
+                # A throughput cannot fall by more than all of it: clip the t-interval at -100%.
+                row.update({"vs_baseline": d.diff / ref, "vs_baseline_low": max(d.low / ref, -1.0),
+                            "vs_baseline_high": d.high / ref})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def findings(a: Analysis) -> list[dict[str, str]]:
+    """The protocol's claims this sweep can answer, each with verdict, numbers and figure."""
+    out = []
+    for f in (finding_bn_vs_batch_size, finding_stable_lr, finding_cost):
+        out.extend(f(a))
+    return out
+
+
+def _verdict(d: Difference, positive: bool = True) -> str:
+    if math.isnan(d.low):
+        return "inconclusive"
+    if (d.low > 0) if positive else (d.high < 0):
+        return "supported"
+    if (d.high < 0) if positive else (d.low > 0):
+        return "not supported"
+    return "inconclusive"
+
+
+def setting_groups(a: Analysis, df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(label, rows) per combination of the varying keys other than norm, batch_size and lr."""
+    if not a.setting_keys:
+        return [("", df)]
+    return [(", ".join(f"{k}={fmt_value(v)}" for k, v in zip(a.setting_keys, key)), g)
+            for key, g in _groups(df, a.setting_keys)]
+
+
+def finding_bn_vs_batch_size(a: Analysis) -> list[dict[str, str]]:
+    """C1: at a fixed lr and epoch budget, BN's advantage grows with batch size."""
+    if a.lr_varies or a.differences.empty or len(a.batch_sizes) < 2:
+        return []
+    out = []
+    bn = a.differences[a.differences.norm == "batch"]
+    for label, g in setting_groups(a, bn):
+        where = f" at {label}" if label else ""
+        g = g.dropna(subset=["test_acc_diff"]).sort_values("batch_size")
+        if len(g) < 2:
+            continue
+        lo, hi = g.iloc[0], g.iloc[-1]
+        c = contrast(hi["_difference"], lo["_difference"])
+        by_batch = ", ".join(f"{points(d)}{' points' if i == 0 else ''} at batch {b}"
+                             for i, (d, b) in enumerate(zip(g.test_acc_diff, g.batch_size)))
+        spread = (f"{points(c.diff)} points ({100 * c.low:.2f} to {100 * c.high:.2f})"
+                  if not math.isnan(c.low) else f"{points(c.diff)} points (no interval: one seed per arm)")
+        budget = (f"{a.fixed['steps']} steps" if a.fixed.get("steps") not in (None, "null")
+                  else f"{fmt_value(a.fixed.get('epochs'))} epochs")
+        out.append({
+            "claim": "C1: at a fixed lr and epoch budget, BN's advantage grows with batch size",
+            "verdict": _verdict(c),
+            "evidence": (f"BN minus no-norm test accuracy{where} (lr {fmt_value(a.fixed.get('lr'))}, {budget}): "
+                         f"{by_batch}; batch {hi.batch_size} minus batch {lo.batch_size}: {spread}; "
+                         f"at least {int(min(g.n.min(), g.n_baseline.min()))} seeds per arm"),
+            "figure": "Figure 1",
+        })
+    return out
+
+
+def finding_stable_lr(a: Analysis) -> list[dict[str, str]]:
+    """C2: BN raises the largest stable learning rate."""
+    if not a.lr_varies or not {"none", "batch"} <= set(a.norms):
+        return []
+    out = []
+    keys = ["batch_size", *a.setting_keys]
+    for key, g in _groups(a.runs[a.runs.status.isin(["completed", "diverged"])], keys):
+        where = ", ".join(f"{k}={fmt_value(v)}" for k, v in zip(keys, key))
+        stable = {}
+        for norm in ("batch", "none"):
+            arm = g[g.norm == norm]
+            per_lr = arm.groupby("lr").status.apply(lambda s: (s == "diverged").any())
+            ok = per_lr[~per_lr]
+            bad = per_lr[per_lr]
+            # largest lr below the smallest lr at which any seed diverged
+            below = ok[ok.index < bad.index.min()] if len(bad) else ok
+            stable[norm] = (below.index.max() if len(below) else math.nan,
+                            bad.index.min() if len(bad) else math.nan, arm.lr.max())
+        (bn_ok, bn_bad, bn_max), (no_ok, no_bad, no_max) = stable["batch"], stable["none"]
+
+        def describe(ok: float, bad: float, top: float) -> str:
+            if math.isnan(bad):
+                return f"no divergence up to lr {top:g}"
+            if math.isnan(ok):
+                return f"diverged already at the smallest lr tried ({bad:g})"
+            return f"stable up to lr {ok:g}, diverged at {bad:g}"
+
+        if math.isnan(bn_bad) and math.isnan(no_bad):
+            verdict = "inconclusive"  # the range tried never reached either arm's limit
+        elif math.isnan(bn_bad):
+            verdict = "supported"
+        elif math.isnan(no_bad):
+            verdict = "not supported"
+        else:
+            verdict = "supported" if bn_bad > no_bad else "not supported"
+        out.append({
+            "claim": "C2: BN raises the largest stable learning rate",
+            "verdict": verdict,
+            "evidence": f"{where}: BN {describe(bn_ok, bn_bad, bn_max)}; no norm {describe(no_ok, no_bad, no_max)} "
+                        "(a run is unstable when its loss became non-finite)",
+            "figure": "Figure 4",
+        })
+    return out
+
+
+def finding_cost(a: Analysis) -> list[dict[str, str]]:
+    """C14: BN costs compute (throughput of the same trainer on the same machine)."""
+    if a.cost.empty or "vs_baseline" not in a.cost or "batch" not in a.norms:
+        return []
+    bn = a.cost[(a.cost.norm == "batch") & a.cost.vs_baseline.notna()]
+    if bn.empty:
+        return []
+    rows = bn.to_dict("records")
+    slower = [_verdict(Difference(r["vs_baseline"], r["vs_baseline_low"], r["vs_baseline_high"],
+                                  r["n_epochs_timed"], r["n_epochs_timed"]), positive=False) for r in rows]
+    verdict = ("supported" if all(v == "supported" for v in slower)
+               else "not supported" if all(v == "not supported" for v in slower) else "inconclusive")
+    labels = [", ".join(f"{k}={fmt_value(r[k])}" for k in ["batch_size", *a.setting_keys]) for r in rows]
+    clear = [lab for lab, v in zip(labels, slower) if v == "supported"]
+    mixed = (f" Slower beyond the timing noise at {'; '.join(clear)} only."
+             if clear and verdict == "inconclusive" else "")
+    parts = []
+    for r, label in zip(rows, labels):
+        iv = (f" ({100 * r['vs_baseline_low']:+.1f}% to {100 * r['vs_baseline_high']:+.1f}%)"
+              if not math.isnan(r["vs_baseline_low"]) else " (one timed epoch: no interval)")
+        parts.append(f"{label}: {100 * r['vs_baseline']:+.1f}%{iv}")
+    machines = sorted(a.runs.device_name.dropna().astype(str).unique())
+    threads = sorted(a.runs.threads.dropna().astype(str).unique())
+    packed = a.runs.pack_size.dropna()
+    note = (f" Runs were trained in packs of up to {int(packed.max())} (one model per seed, stepped together), "
+            "which share each epoch's timing." if len(packed) and packed.max() > 1 else "")
+    return [{
+        "claim": "C14: BN costs compute",
+        "verdict": verdict,
+        "evidence": (f"BN training throughput (samples/s) relative to no norm, interval over timed epochs "
+                     f"(the first excluded as warm-up): {'; '.join(parts)}. Machine: "
+                     f"{', '.join(machines) or 'unknown'}, threads {'/'.join(threads) or '?'}; a shared "
+                     f"machine makes timings noisier than accuracies.{mixed}{note}"),
+        "figure": "Figure 6",
+    }]

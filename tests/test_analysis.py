@@ -1,0 +1,418 @@
+"""The analysis package on records made by the real trainer on tiny data.
+
+Records come from `study.runner.run_job` in-process (the composed real
+config, tiny MNIST-format files); the report built from them is checked
+against the records themselves: every number in results.csv, the cell
+means, the BN-vs-no-norm readings, each figure and section. One slow test
+runs a real Hydra multirun in a subprocess and checks that it ends with a
+report.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from analysis import AnalysisError, build_report
+from analysis.__main__ import main as analysis_main
+from analysis.report import SECTION_TITLES
+from analysis.stats import mean_interval, t_quantile, welch_difference
+from helpers import REPO, compose_config, tiny_overrides
+from study.runner import run_job
+
+EPOCHS = 2
+NORMS = ["model.norm=none", "model.norm=batch"]
+
+
+def make_runs(root: Path, out: Path, grid: list[list[str]], extra: tuple[str, ...] = ()) -> list[tuple[Path, dict]]:
+    """Train one real run per combination of the grid's overrides; return (run dir, record) pairs."""
+    made = []
+    for i, combo in enumerate(itertools.product(*grid)):
+        # One thread: the runs are tiny, and on a busy 2-core machine two OpenMP
+        # threads per run wait on each other far longer than they compute.
+        overrides = [f"epochs={EPOCHS}", "threads=1", *extra, *combo]
+        run_dir = out / f"{i}_{','.join(combo)}"
+        made.append((run_dir, run_job(compose_config(tiny_overrides(root) + overrides), run_dir, overrides)))
+    return made
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def assert_real_figure(path: Path) -> None:
+    """A PNG of a plausible size whose pixels are not one flat colour."""
+    import matplotlib.image as mpimg
+
+    w, h = png_size(path)
+    assert w >= 300 and h >= 250, (path, w, h)
+    img = mpimg.imread(path)
+    assert img.std() > 0.05
+    assert len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 50  # lines, text, colours
+
+
+def final(rec: dict, key: str) -> float:
+    v = rec["final"].get(key)
+    return math.nan if v is None else v
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, tiny_mnist):
+    """norm x batch size x 2 seeds at lr 0.01: the C1 grid in miniature (8 runs)."""
+    out = tmp_path_factory.mktemp("grid")
+    made = make_runs(tiny_mnist, out, [NORMS, ["batch_size=16", "batch_size=64"], ["seed=0", "seed=1"]])
+    return out, made
+
+
+@pytest.fixture(scope="module")
+def grid_report(grid):
+    out, _ = grid
+    return build_report([out])
+
+
+@pytest.fixture(scope="module")
+def lr_sweep(tmp_path_factory, tiny_mnist):
+    """norm x lr {0.1, 1} x 2 seeds at batch 32: no norm diverges at lr 1 on this data."""
+    out = tmp_path_factory.mktemp("lr_sweep")
+    made = make_runs(tiny_mnist, out, [NORMS, ["lr=0.1", "lr=1"], ["seed=0", "seed=1"]],
+                     extra=("batch_size=32",))
+    return out, made, build_report([out])
+
+
+def results(report: Path) -> pd.DataFrame:
+    return pd.read_csv(report / "results.csv")
+
+
+# --------------------------------------------------------------- statistics
+def test_t_quantiles_match_the_table():
+    for df, ref in [(1, 12.7062), (2, 4.3027), (3, 3.1824), (10, 2.2281), (30, 2.0423)]:
+        assert t_quantile(0.975, df) == pytest.approx(ref, abs=1e-4)
+    assert t_quantile(0.025, 5) == pytest.approx(-2.5706, abs=1e-4)
+
+
+def test_intervals_need_two_seeds():
+    one = mean_interval([0.97])
+    assert one.mean == 0.97 and one.n == 1 and math.isnan(one.low) and math.isnan(one.high)
+    m = mean_interval([0.96, 0.97, 0.98])
+    assert m.low == pytest.approx(0.97 - 4.3027 * 0.01 / math.sqrt(3), abs=1e-5)  # t(0.975, df=2)
+    d = welch_difference([0.97, 0.98], [0.90])
+    assert d.diff == pytest.approx(0.075) and math.isnan(d.low)
+    # Welch by hand: equal variances and n, so df = 2 (n - 1) = 4.
+    d = welch_difference([0.97, 0.98, 0.99], [0.90, 0.91, 0.92])
+    half = 2.7764 * math.sqrt(2 * 0.0001 / 3)
+    assert d.df == pytest.approx(4) and d.low == pytest.approx(0.07 - half, abs=1e-5)
+
+
+# -------------------------------------------------------- the grid's report
+def test_results_csv_equals_the_records(grid, grid_report):
+    out, made = grid
+    df = results(grid_report).set_index("run")
+    assert len(df) == len(made) == 8
+    for run_dir, rec in made:
+        row = df.loc[run_dir.name]
+        assert row.status == rec["status"] == "completed"
+        assert row.norm == rec["config"]["model"]["norm"]
+        assert row.batch_size == rec["config"]["batch_size"] and row.seed == rec["seed"]
+        for key in ("val_acc", "test_acc", "train_loss", "val_loss"):
+            assert row[key] == final(rec, key), key
+        assert row.steps_done == rec["final"]["step"] and row.epochs_done == EPOCHS
+        epoch_seconds = [h["epoch_seconds"] for h in rec["history"]][1:]
+        assert row.seconds_per_epoch == pytest.approx(float(np.median(epoch_seconds)))
+        assert row.git_commit == rec["env"]["git_commit"] or (pd.isna(row.git_commit) and not rec["env"]["git_commit"])
+    hist = pd.read_csv(grid_report / "history.csv")
+    assert len(hist) == sum(len(rec["history"]) for _, rec in made) == 8 * EPOCHS
+    for run_dir, rec in made:
+        mine = hist[hist.run == run_dir.name].sort_values("epoch")
+        assert mine.val_acc.tolist() == [h["val_acc"] for h in rec["history"]]
+        assert mine.step.tolist() == [h["step"] for h in rec["history"]]
+        assert (mine.norm == rec["config"]["model"]["norm"]).all()
+
+
+def test_cells_and_bn_minus_no_norm_come_from_the_records(grid, grid_report):
+    _, made = grid
+    cells = pd.read_csv(grid_report / "cells.csv")
+    assert len(cells) == 4 and (cells.n_runs == 2).all() and (cells.n_completed == 2).all()
+    md = (grid_report / "report.md").read_text()
+    def arm(norm, bs):
+        return [final(r, "test_acc") for _, r in made
+                if r["config"]["model"]["norm"] == norm and r["config"]["batch_size"] == bs]
+
+    for bs in (16, 64):
+        cell = cells[(cells.norm == "batch") & (cells.batch_size == bs)].iloc[0]
+        assert cell.test_acc_mean == pytest.approx(np.mean(arm("batch", bs)))
+        diff = 100 * (np.mean(arm("batch", bs)) - np.mean(arm("none", bs)))
+        line = re.search(rf"\| {bs} \| BN minus no norm \| ([+-]\d+\.\d\d) \| [^|]+ \| ([^|]+) \|", md)
+        assert line, md
+        assert float(line.group(1)) == pytest.approx(diff, abs=0.006)
+        reading = line.group(2)
+        assert "n=2 seeds each" in reading
+        if abs(diff) >= 0.005:  # two seeds per arm: an interval, with its bounds
+            assert ("ahead by" in reading or "behind by" in reading) and " to " in reading
+    diffs = pd.read_csv(grid_report / "differences.csv")
+    assert set(diffs.batch_size) == {16, 64} and (diffs.n == 2).all()
+
+
+def test_every_figure_and_section_is_there(grid_report):
+    md = (grid_report / "report.md").read_text()
+    html = (grid_report / "report.html").read_text()
+    for title in SECTION_TITLES:
+        assert f"\n## {title}\n" in md, title
+        assert f">{title}</h2>" in html, title
+    drawn = sorted(p.name for p in grid_report.glob("*.png"))
+    assert drawn == ["fig1_test_acc_vs_batch_size.png", "fig2_val_acc_curves.png",
+                     "fig3_train_loss_curves.png", "fig6_cost.png"]
+    for name in drawn:
+        assert_real_figure(grid_report / name)
+        # each drawn figure has a caption that says what it shows and n
+        cap = re.search(rf"\]\({re.escape(name)}\)\n\n_(Figure \d\. [^\n]+)_", md)
+        assert cap and "n = 2 " in cap.group(1), name
+    # lr is fixed here: figures 4 and 5 say why they are not drawn
+    assert "Figure 4. Learning-rate sensitivity\n\n_Not drawn: lr does not vary" in md
+    assert "Figure 5. Isolation plot" in md and "there is no per-cell lr to optimize away" in md
+    # the protocol box: what varied, the fixed-lr caveat, data, dates, code, libraries
+    protocol = md.split("## Protocol")[1].split("## Difference")[0]
+    assert "norm in {none, batch}" in protocol and "batch_size in {16, 64}" in protocol
+    assert "lr is fixed at 0.01" in protocol and "tunes lr per arm" in protocol
+    assert "unverified data" in protocol and "do not measure official MNIST" in protocol
+    assert "1000 train / 200 validation / 400 test images" in protocol
+    assert re.search(r"Dates \(UTC\): \d{4}-\d\d-\d\d \d\d:\d\d to ", protocol)
+    assert "torch " in protocol and "Every run completed." in protocol
+    assert "Code: " in protocol and "Out of scope: recurrent models" in protocol
+    assert 'class="warning"' in html  # unverified data stands out in the HTML too
+
+
+def test_html_is_one_self_contained_file(grid_report):
+    html = (grid_report / "report.html").read_text()
+    srcs = re.findall(r'<img src="([^"]+)"', html)
+    assert len(srcs) == len(list(grid_report.glob("*.png"))) == 4
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http://" not in html and "https://" not in html  # opens anywhere, offline
+
+
+def test_one_seed_cells_show_no_interval_and_say_why(grid, tmp_path):
+    _, made = grid
+    for run_dir, rec in made:
+        if rec["seed"] == 0:
+            shutil.copytree(run_dir, tmp_path / "runs" / run_dir.name)
+    report = build_report([tmp_path / "runs"])
+    cells = pd.read_csv(report / "cells.csv")
+    assert (cells.n_completed == 1).all()
+    assert cells.test_acc_low.isna().all() and cells.val_acc_high.isna().all()
+    md = (report / "report.md").read_text()
+    assert "none: 1 seed" in md
+    assert "n=1 seed each: no interval (a single seed has no spread" in md
+    assert "n = 1 seed per cell" in md
+
+
+# ------------------------------------------------------------- an lr sweep
+def test_lr_sweep_draws_sensitivity_and_isolation(lr_sweep):
+    _, made, report = lr_sweep
+    df = results(report).set_index("run")
+    diverged = [(d, r) for d, r in made if r["status"] == "diverged"]
+    assert diverged and all(r["config"]["model"]["norm"] == "none" for _, r in diverged)
+    for run_dir, rec in made:
+        row = df.loc[run_dir.name]
+        assert row.status == rec["status"] and row.lr == rec["config"]["lr"]
+        if rec["status"] == "diverged":
+            assert row.diverged_at_step == rec["diverged_at_step"] and math.isnan(row.val_acc)
+    for name in ("fig4_lr_sensitivity.png", "fig5_isolation.png", "fig1_test_acc_vs_batch_size.png"):
+        assert_real_figure(report / name)
+    cells = pd.read_csv(report / "cells.csv")
+    assert list(cells.columns[:3]) == ["norm", "batch_size", "lr"]  # lr varies: part of the cell key
+    assert cells.n_diverged.sum() == len(diverged)
+    md = (report / "report.md").read_text()
+    assert f"crosses at the bottom = diverged runs ({len(diverged)})" in md
+    assert "supported: C2: BN raises the largest stable learning rate" in md
+    assert "Best lr per (norm, batch size)" in md
+    # the best lr is chosen on validation accuracy, diverged runs counting as 0
+    none_best = md.split("Best lr per (norm, batch size)")[1].split("\n| none | 32 | ")[1].split(" |")[0]
+    assert none_best == "0.1"
+    assert "lr is fixed" not in md
+
+
+# ------------------------------------------------ partial, failed, unreadable
+def test_failed_diverged_partial_and_unreadable_records_render_as_such(grid, lr_sweep, tmp_path):
+    (_, made), (_, lr_made, _) = grid, lr_sweep
+    runs = tmp_path / "runs"
+    good_dir, good = made[0]
+    shutil.copytree(good_dir, runs / "good")
+    div_dir = next(d for d, r in lr_made if r["status"] == "diverged")
+    shutil.copytree(div_dir, runs / "diverged")
+    # A failed record: the trainer writes one when training raises; none can be
+    # provoked on demand, so a real record is turned into one the same shape.
+    failed = dict(good, status="failed", final={}, history=[],
+                  error={"type": "RuntimeError", "message": "CUDA error: out of memory", "traceback": "..."})
+    (runs / "failed").mkdir(parents=True)
+    (runs / "failed" / "result.json").write_text(json.dumps(failed))
+    # A partial record (a later writer may save progress): status as found, one epoch.
+    partial = dict(good, status="running", final={}, history=good["history"][:1])
+    (runs / "partial").mkdir()
+    (runs / "partial" / "result.json").write_text(json.dumps(partial))
+    # Optional keys missing: tolerated.
+    sparse = {k: v for k, v in made[1][1].items() if k not in ("env", "data", "history", "overrides")}
+    (runs / "sparse").mkdir()
+    (runs / "sparse" / "result.json").write_text(json.dumps(sparse))
+    (runs / "garbage").mkdir()
+    (runs / "garbage" / "result.json").write_text('{"status": "completed", "config": {')
+    (runs / "list").mkdir()
+    (runs / "list" / "result.json").write_text("[1, 2]")
+    # A reused record (study.runner copies a finished identical run's record into
+    # the new job's dir): the same run, counted once.
+    (runs / "reused").mkdir()
+    (runs / "reused" / "result.json").write_text(json.dumps(dict(good, reused_from=str(good_dir / "result.json"))))
+    (runs / "killed").mkdir()
+    (runs / "killed" / ".claimed").write_text("123 2026-01-01T00:00:00+00:00\n")
+
+    report = build_report([runs])
+    df = results(report).set_index("run")
+    assert df.status.to_dict() == {"diverged": "diverged", "failed": "failed", "good": "completed",
+                                   "partial": "running", "sparse": "completed"}
+    assert df.loc["failed", "error"] == "RuntimeError: CUDA error: out of memory"
+    assert df.loc["sparse", "test_acc"] == final(made[1][1], "test_acc")
+    md = (report / "report.md").read_text()
+    assert "Runs that did not complete (3)" in md
+    assert "CUDA error: out of memory" in md and "non-finite loss at step" in md
+    assert "| partial | running |" in md
+    assert "Unreadable records (skipped) (2)" in md
+    assert f"{runs / 'garbage' / 'result.json'}: not valid JSON" in md
+    assert f"{runs / 'list' / 'result.json'}: not a JSON object (list)" in md
+    assert "Missing records (1)" in md and str(runs / "killed") in md
+    assert "1 record is a copy of runs already counted" in md and str(runs / "reused" / "result.json") in md
+    assert_real_figure(report / "fig1_test_acc_vs_batch_size.png")
+
+
+# ---------------------------------------------------------------- the CLI
+def test_cli_prints_the_report_path(grid, capsys):
+    out, _ = grid
+    assert analysis_main([str(out), "--out", str(out.parent / "cli_report")]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == str(out.parent / "cli_report" / "report.html") and Path(printed).is_file()
+
+
+def test_empty_and_bad_input_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert analysis_main([str(tmp_path / "empty")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: no run records found under {tmp_path / 'empty'}"]
+    assert not (tmp_path / "empty" / "report").exists()
+    assert analysis_main([str(tmp_path / "nope")]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {tmp_path / 'nope'}: no such file or directory"]
+    assert analysis_main(["sqlite:///" + str(tmp_path / "none.db")]) == 1
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "none.db").exists()
+
+
+def test_rebuild_replaces_the_report_and_never_clobbers_other_dirs(grid, tmp_path):
+    out, _ = grid
+    report = build_report([out], tmp_path / "r")
+    (report / "stale.txt").write_text("from an older build")
+    again = build_report([out], tmp_path / "r")
+    assert again == report and not (again / "stale.txt").exists() and (again / "report.html").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # no staging dirs left behind
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(AnalysisError, match="not a report folder"):
+        build_report([out], tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+# -------------------------------------------------------------- Optuna input
+def test_optuna_storage_with_and_without_records(grid, tmp_path, monkeypatch):
+    _, made = grid
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="bn", storage=url, direction="maximize")
+    space = {"model.norm": optuna.distributions.CategoricalDistribution(["none", "batch"]),
+             "batch_size": optuna.distributions.CategoricalDistribution([16, 64])}
+    for run_dir, rec in made[:4]:
+        study.enqueue_trial({"model.norm": rec["config"]["model"]["norm"], "batch_size": rec["config"]["batch_size"]})
+        trial = study.ask(space)
+        trial.set_user_attr("record_path", str(run_dir / "result.json"))
+        study.tell(trial, rec["final"]["val_acc"])
+    study.enqueue_trial({"model.norm": "batch", "batch_size": 64})
+    no_record = study.ask(space)
+    study.tell(no_record, 0.875)
+    study.tell(study.ask(space), state=optuna.trial.TrialState.FAIL)
+    study.tell(study.ask(space), state=optuna.trial.TrialState.PRUNED)
+    lost = study.ask(space)
+    lost.set_user_attr("record_path", str(tmp_path / "gone" / "result.json"))
+    study.tell(lost, state=optuna.trial.TrialState.FAIL)
+
+    monkeypatch.chdir(tmp_path)
+    report = build_report([url])  # the storage holds one study: it is used
+    assert report == Path("outputs") / "reports" / "bn"
+    df = results(report).set_index("trial")
+    assert len(df) == 8
+    for number, (run_dir, rec) in enumerate(made[:4]):
+        assert df.loc[number, "record"] == str(run_dir / "result.json")
+        assert df.loc[number, "test_acc"] == final(rec, "test_acc")
+    assert df.loc[no_record.number, "status"] == "completed"
+    assert df.loc[no_record.number, "val_acc"] == 0.875  # the objective the records name (val_acc)
+    assert math.isnan(df.loc[no_record.number, "test_acc"])
+    assert sorted(df.status.value_counts().items()) == [("completed", 5), ("failed", 2), ("pruned", 1)]
+    md = (report / "report.md").read_text()
+    assert "4 Optuna trials have no run record" in md
+    assert f"{tmp_path / 'gone' / 'result.json'}: record of trial 7 not found" in md
+
+    optuna.create_study(study_name="other", storage=url)
+    with pytest.raises(AnalysisError, match=r"2 studies \(bn, other\): pick one with --study"):
+        build_report([url])
+    with pytest.raises(AnalysisError, match="no run records found"):
+        build_report([url], tmp_path / "r", study_name="other")  # a study with no trials
+    assert analysis_main([url, "--study", "bn", "--out", str(tmp_path / "cli")]) == 0
+
+
+# ------------------------------------------------------- the multirun callback
+def test_a_sweep_whose_report_fails_keeps_its_results_and_says_so(grid, tmp_path, caplog):
+    from omegaconf import OmegaConf
+
+    from study.callbacks import SweepSummary
+
+    out, made = grid
+    sweep = tmp_path / "sweep"
+    shutil.copytree(out, sweep, ignore=shutil.ignore_patterns("report"))
+    (sweep / "report").write_text("a file where the report folder would go")
+    with caplog.at_level("INFO"):
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    assert "report not built" in caplog.text and "not a report folder" in caplog.text
+    assert f"python -m analysis {sweep}" in caplog.text
+    assert len(list(sweep.rglob("result.json"))) == len(made)
+    assert (sweep / "report").read_text() == "a file where the report folder would go"
+
+
+# ---------------------------------------------------- a real multirun, end to end
+@pytest.mark.slow
+def test_multirun_ends_with_its_report(tmp_path, tiny_mnist, capsys):
+    sweep = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run([sys.executable, str(REPO / "study" / "run.py"), "-m", *tiny_overrides(tiny_mnist),
+                           "epochs=1", "threads=1", "batch_size=16,64", f"hydra.sweep.dir={sweep}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = sweep / "report" / "report.html"
+    assert html.is_file() and str(html) in proc.stdout + proc.stderr
+    df = pd.read_csv(sweep / "report" / "results.csv")
+    assert len(df) == 12 and (df.status == "completed").all()
+    assert sorted(df.groupby(["norm", "batch_size"]).size().tolist()) == [3, 3, 3, 3]
+    # the command line on the same sweep gives the same table
+    assert analysis_main([str(sweep), "--out", str(tmp_path / "again")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "again" / "report.html")
+    again = pd.read_csv(tmp_path / "again" / "results.csv")
+    pd.testing.assert_frame_equal(df.drop(columns="run"), again.drop(columns="run"))
