@@ -304,9 +304,14 @@ def difference_section(a: Analysis) -> Section:
     blocks: list[Any] = [Para("Final test accuracy of each norm minus no norm, in percentage points, per "
                               f"{', '.join(keys)}: mean difference over seeds with Welch's 95% interval; "
                               "completed runs only.")]
-    one_seed = ((a.differences.n < 2) | (a.differences.n_baseline < 2)).any()
-    blocks.append(Table(_difference_display(a, a.differences, keys),
-                        "An arm with one seed has no spread, so no interval is given for it." if one_seed else ""))
+    if a.differences.empty:
+        # e.g. a tuning sweep: every arm ran at its own lrs, so no two arms share a setting.
+        blocks.append(Para("No norm has a no-norm run with the same other settings (lr included), "
+                           "so no difference at equal settings is computed."))
+    else:
+        one_seed = ((a.differences.n < 2) | (a.differences.n_baseline < 2)).any()
+        blocks.append(Table(_difference_display(a, a.differences, keys),
+                            "An arm with one seed has no spread, so no interval is given for it." if one_seed else ""))
     if a.lr_varies and not a.best_differences.empty:
         bkeys = ["batch_size", *a.setting_keys]
         blocks.append(Para("The same at each (norm, batch size)'s best lr (chosen on mean validation accuracy, "

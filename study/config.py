@@ -95,6 +95,16 @@ class TrialConfig:
 
 
 @dataclass
+class TuneConfig:
+    """Budget of experiment=tune (read by the bn_optuna sweeper)."""
+
+    n_trials: int = 8  # Optuna trials per cell of the scientific grid
+    # The best lr of each cell is rerun with these seeds (not the tuning seed:
+    # the run that chose the lr is biased upward, the winner's curse).
+    confirm_seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -119,6 +129,7 @@ class Config:
     force: bool = False
     run_index: str = "outputs/.run-index"  # where finished runs are indexed by config hash
     trial: TrialConfig = field(default_factory=TrialConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 OBJECTIVES = ("val_acc", "test_acc", "train_loss")
@@ -185,6 +196,10 @@ def validate(cfg: DictConfig) -> None:
     need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optimizer.betas", list(o.betas),
          "two numbers in [0, 1)")
     need(o.eps > 0, "optimizer.eps", o.eps, "a number > 0")
+
+    need(cfg.tune.n_trials >= 1, "tune.n_trials", cfg.tune.n_trials, "an integer >= 1")
+    need(all(s >= 0 for s in cfg.tune.confirm_seeds), "tune.confirm_seeds", list(cfg.tune.confirm_seeds),
+         "a list of integers >= 0")
 
     d = cfg.data
     need(d.name == "mnist", "data.name", d.name, "mnist")

@@ -67,6 +67,11 @@ def cli() -> None:
     except UserExit as e:
         print(f"error: {e.message}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        # Finished runs are on disk (atomic records); reuse and resume pick up from there.
+        print("interrupted: finished runs are kept; run the same command again to go on",
+              file=sys.stderr)
+        sys.exit(130)
     except Exception as e:
         message = describe_user_error(e)
         if message is None:

@@ -40,7 +40,7 @@ _DEFAULT_THREADS: Optional[int] = None
 
 
 # Keys that say how a run is launched or reported, not what it computes.
-NOT_IN_IDENTITY = ("trial", "force", "run_index", "progress_every", "hydra")
+NOT_IN_IDENTITY = ("trial", "tune", "force", "run_index", "progress_every", "hydra")
 CODE_DIRS = ("study", "hydra_plugins")
 
 
@@ -263,7 +263,10 @@ def _trial_reporter(cfg: DictConfig):
         return None
     import optuna
 
+    from hydra_plugins.bn_study_sweeper.pruning import stored_pruner
+
     study = optuna.load_study(study_name=t.study, storage=t.storage)
+    study.pruner = stored_pruner(study)  # the sweep's pruner (Optuna does not store pruners)
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, t.number)
     trial = optuna.trial.Trial(study, trial_id)
 

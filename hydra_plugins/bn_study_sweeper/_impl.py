@@ -1,0 +1,602 @@
+"""The `bn_optuna` sweep: cells -> one study each -> trials -> confirmation reruns.
+
+Per cell (one combination of the command line's comma lists):
+
+1. compose and check the cell's config; open its study (created with
+   `load_if_exists`); fail the trials that a dead sweep left RUNNING;
+2. ask the trials still missing in batches of `n_jobs`, launch their jobs
+   through the configured launcher with `trial.*` overrides (the job reports
+   validation accuracy per epoch and stops when the study's pruner says so),
+   and tell each trial its state from the job's run record;
+3. rerun the best trial's parameters with `confirm_seeds` (a plain batch of
+   jobs: the packed launcher trains them as one model; a finished run of the
+   same config is reused by the runner, not retrained).
+
+A trial counts toward `n_trials` when it is COMPLETE or PRUNED, or FAIL with a
+run record (the run diverged or crashed while training: a result). Trials
+that failed without a record (a dead or interrupted sweep, a job that raised)
+do not count and are asked again on the next run; RUNNING trials of a live
+sweep count as in flight.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import socket
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.utils import instantiate
+from hydra_plugins.hydra_optuna_sweeper._impl import (OptunaSweeperImpl,
+                                                      create_optuna_distribution_from_override)
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from .pruning import PRUNER_ATTR, pruner_spec
+
+log = logging.getLogger("study.tune")
+
+RESULT_FILE = "result.json"  # study/records.py (not imported: it imports torch)
+SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
+# The objective (study/config.py: OBJECTIVES) and which way is better.
+OBJECTIVE_DIRECTIONS = {"val_acc": "maximize", "test_acc": "maximize", "train_loss": "minimize"}
+# Keys that select a preset rather than say what a run computes; the fixed
+# config stored in each study covers what such a preset sets.
+NOT_IN_STUDY_NAME = ("experiment",)
+
+
+def _user_error(message: str) -> Exception:
+    from study.errors import UserError
+
+    return UserError(message)
+
+
+# ----------------------------------------------------------------- overrides
+@dataclass
+class SweepPlan:
+    grid: dict[str, list[str]]  # cell key -> its values (command-line comma lists)
+    search: dict[str, BaseDistribution]  # what Optuna tunes
+    fixed: dict[str, str]  # key -> value, passed to every job
+    passthrough: list[str]  # deletions (~key), passed as they are
+
+    def cells(self) -> list[dict[str, str]]:
+        keys = list(self.grid)
+        return [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
+
+
+def plan_sweep(arguments: Sequence[str], cells: bool) -> SweepPlan:
+    """Split sweep params (config params first, then the command line: later wins).
+
+    Simple comma lists (`batch_size=8,64`) are cells when `cells` is true;
+    Optuna syntax (`choice(...)`, `interval(...)`, `range(...)`, tags) and,
+    with `cells` false, comma lists too, are search dimensions (the plugin's
+    rules); single values are fixed.
+    """
+    plan = SweepPlan({}, {}, {}, [])
+    for override in OverridesParser.create().parse_overrides(list(arguments)):
+        if override.is_delete():
+            assert override.input_line is not None
+            plan.passthrough.append(override.input_line)
+            continue
+        key = override.get_key_element()
+        for d in (plan.grid, plan.search, plan.fixed):
+            d.pop(key, None)
+        if cells and override.is_choice_sweep() and getattr(override.value(), "simple_form", False):
+            plan.grid[key] = list(override.sweep_string_iterator())
+            continue
+        value = create_optuna_distribution_from_override(override)
+        if isinstance(value, BaseDistribution):
+            plan.search[key] = value
+        else:
+            plan.fixed[key] = value
+    return plan
+
+
+def hydra_quote(value: str) -> str:
+    """A value that Hydra's override parser reads back verbatim (URLs, study names)."""
+    for q in ("'", '"'):
+        if q not in value and "\\" not in value:
+            return f"{q}{value}{q}"
+    raise _user_error(f"cannot pass {value!r} to a job as an override (it holds both quote characters)")
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+# ------------------------------------------------------------------- storage
+def resolve_storage(url: Any) -> str:
+    """An absolute SQLite path (its folder made) with a lock timeout; other URLs as given."""
+    if not isinstance(url, str) or "://" not in url:
+        raise _user_error(f"hydra.sweeper.storage={url} is not allowed: an SQLAlchemy URL, e.g. "
+                          "sqlite:///outputs/optuna/studies.db (jobs report to it; a rerun resumes from it)")
+    if not url.startswith("sqlite:///"):
+        return url
+    path_part, _, query = url[len("sqlite:///"):].partition("?")
+    if not path_part or path_part == ":memory:":
+        raise _user_error(f"hydra.sweeper.storage={url} is not allowed: a database file "
+                          "(jobs run in other processes and report to it)")
+    path = Path(path_part).expanduser()
+    path = path if path.is_absolute() else Path.cwd() / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not any(p.split("=", 1)[0] == "timeout" for p in query.split("&") if p):
+        # Jobs report to the study while the sweeper writes: wait for the lock
+        # instead of failing with "database is locked".
+        query = "&".join(p for p in (query, "timeout=60") if p)
+    return f"sqlite:///{path}?{query}"
+
+
+# ------------------------------------------------------------ sweep process
+def _proc_stat(pid: int) -> Optional[tuple[str, str]]:
+    """(state, start time in clock ticks) of a Linux process; None if unknown."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    return fields[0], fields[19]
+
+
+def this_sweep() -> dict[str, Any]:
+    """Who runs a trial: stored on it so a later sweep can tell a dead owner."""
+    stat = _proc_stat(os.getpid())
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": stat[1] if stat else None}
+
+
+def sweep_is_gone(owner: Any) -> bool:
+    """True when the sweep process that owns a RUNNING trial is dead (this host only)."""
+    if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
+        return False  # another host (or no owner recorded): cannot tell, leave it
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return False
+    stat = _proc_stat(pid)
+    if stat is not None:
+        state, start = stat
+        return state in ("Z", "X") or (owner.get("start") is not None and start != owner["start"])
+    if Path("/proc/self/stat").exists():
+        return True  # /proc works here and has no such process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+# -------------------------------------------------------------- trial states
+def counts_toward_target(t: FrozenTrial) -> bool:
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return t.state == TrialState.FAIL and bool(t.user_attrs.get("record_path"))
+
+
+def state_counts(trials: Sequence[FrozenTrial]) -> dict[str, Any]:
+    """Trials by state, failures by cause (the `status` attribute), for the summary."""
+    counts: dict[str, Any] = {"complete": 0, "pruned": 0, "failed": {}}
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            why = str(t.user_attrs.get("status") or "unknown")
+            counts["failed"][why] = counts["failed"].get(why, 0) + 1
+        else:
+            key = t.state.name.lower()
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def add_counts(total: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
+    for k, v in counts.items():
+        if isinstance(v, dict):
+            add_counts(total.setdefault(k, {}), v)
+        else:
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def describe_counts(counts: dict[str, Any]) -> str:
+    parts = [f"{counts[k]} {k}" for k in ("complete", "pruned", "running", "waiting") if counts.get(k)]
+    failed = counts.get("failed") or {}
+    if failed:
+        parts.append(f"{sum(failed.values())} failed ("
+                     + ", ".join(f"{n} {why}" for why, n in sorted(failed.items())) + ")")
+    return ", ".join(parts) or "no trials"
+
+
+def read_record(path: Path) -> Optional[dict[str, Any]]:
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def record_path_of(ret: JobReturn) -> Optional[Path]:
+    out_dir = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret.hydra_cfg else None
+    return Path(str(out_dir)) / RESULT_FILE if out_dir else None
+
+
+def _finite(x: Any) -> Optional[float]:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def tell(study: optuna.Study, trial: Trial | int, state: TrialState, value: Optional[float] = None) -> None:
+    """`study.tell`, outside `optimize`: GridSampler's "grid exhausted" stop is
+    only possible inside `optimize` and is ignored here, as the plugin does
+    (the trial's state is stored before it is raised)."""
+    try:
+        study.tell(trial, values=None if value is None else [value], state=state)
+    except RuntimeError as e:
+        if "`Study.stop` is supposed to be invoked" not in str(e):
+            raise
+
+
+# -------------------------------------------------------------------- sweeper
+@dataclass
+class CellResult:
+    study: str
+    cell: dict[str, str]
+    objective: str
+    counts: dict[str, Any]
+    asked: int
+    best: Optional[FrozenTrial]
+    confirm: Optional[dict[str, Any]] = None
+    errors: list[str] = field(default_factory=list)
+
+
+class BnOptunaSweeperImpl(OptunaSweeperImpl):
+    def __init__(self, *, sampler_conf: DictConfig, direction: Any, storage: Any, study_name: Optional[str],
+                 n_trials: int, n_jobs: Optional[int], max_failure_rate: float,
+                 custom_search_space: Optional[str], params: Optional[DictConfig], pruner: Any,
+                 cells: bool, confirm_seeds: list[int]) -> None:
+        # The sampler is made per study (seeded per study), from its config.
+        super().__init__(None, direction, storage, study_name, n_trials, n_jobs or 1, max_failure_rate,
+                         custom_search_space, params)
+        self.sampler_conf = sampler_conf
+        self.batch = n_jobs
+        self.pruner = pruner_spec(OmegaConf.to_container(pruner, resolve=True)
+                                  if isinstance(pruner, DictConfig) else pruner) if pruner else None
+        self.cells = cells
+        self.confirm_seeds = [int(s) for s in confirm_seeds]
+        if n_trials < 1:
+            raise _user_error(f"hydra.sweeper.n_trials={n_trials} is not allowed: an integer >= 1")
+
+    # ------------------------------------------------------------- helpers
+    def _batch_size(self) -> int:
+        if self.batch is not None:
+            return max(1, int(self.batch))
+        n = OmegaConf.select(self.config, "hydra.launcher.n_jobs", default=1)
+        return max(1, (os.cpu_count() or 1) if n is None or n < 0 else int(n))
+
+    def _direction(self) -> str:
+        directions = self._get_directions()
+        objective = str(self.config.objective)
+        if len(directions) != 1:
+            raise _user_error(f"hydra.sweeper.direction={directions} is not allowed: one direction "
+                              f"(the objective, {objective}, is one number)")
+        direction = directions[0]
+        best = OBJECTIVE_DIRECTIONS.get(objective)
+        if best is not None and direction != best:
+            raise _user_error(f"hydra.sweeper.direction={direction} does not fit objective={objective}: "
+                              f"use hydra.sweeper.direction={best}")
+        return direction
+
+    def _launch_only_keys(self) -> set[str]:
+        """Keys that say how a job runs, not what it computes (the dir-name exclusions)."""
+        keys = OmegaConf.select(self.config, "hydra.job.config.override_dirname.exclude_keys", default=[])
+        return set(keys or [])
+
+    def _study_name(self, plan: SweepPlan, cell: dict[str, str]) -> str:
+        if self.study_name:
+            items = cell
+            prefix = str(self.study_name)
+        else:
+            skip = self._launch_only_keys() | set(NOT_IN_STUDY_NAME)
+            items = {k: v for k, v in plan.fixed.items() if override_key(k) not in skip}
+            items.update(cell)
+            prefix = "tune-" + "+".join(override_key(k) for k in plan.search)
+        pairs = sorted((override_key(k), v) for k, v in items.items())
+        suffix = ",".join(f"{k}={v}" for k, v in pairs)
+        return f"{prefix}__{suffix}" if suffix else prefix
+
+    def _cell_config(self, overrides: list[str]) -> DictConfig:
+        """The cell's composed, checked job config (search keys at their defaults)."""
+        from study.config import validate
+
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        validate(task)
+        return task
+
+    def _fixed_config(self, task: DictConfig, plan: SweepPlan) -> dict[str, Any]:
+        """What every trial of the study shares: the config minus tuned and launch-only keys."""
+        from study.runner import NOT_IN_IDENTITY
+
+        skip = set(NOT_IN_IDENTITY) | self._launch_only_keys() | {override_key(k) for k in plan.search}
+        flat: dict[str, Any] = {}
+
+        def walk(node: Any, prefix: str) -> None:
+            for k, v in node.items():
+                key = f"{prefix}{k}"
+                if any(key == s or key.startswith(s + ".") for s in skip):
+                    continue
+                if isinstance(v, dict):
+                    walk(v, key + ".")
+                else:
+                    flat[key] = v
+
+        walk(OmegaConf.to_container(task, resolve=True, enum_to_str=True), "")
+        return flat
+
+    def _sampler(self, study_name: str, n_existing: int, search: dict[str, BaseDistribution]):
+        """The configured sampler, seeded from (seed, study, trials so far) when seeded."""
+        conf = OmegaConf.to_container(self.sampler_conf, resolve=True)
+        seed = conf.get("seed")
+        if seed is not None:
+            digest = hashlib.sha256(f"{seed}|{study_name}|{n_existing}".encode()).hexdigest()
+            conf["seed"] = int(digest[:8], 16)
+        sampler = instantiate(conf, _execution_whitelist_=SAMPLER_WHITELIST)
+        if isinstance(sampler, functools.partial) and sampler.func == optuna.samplers.GridSampler:
+            sampler = sampler({k: self._to_grid_sampler_choices(d) for k, d in search.items()})
+        return sampler
+
+    def _open_study(self, storage: optuna.storages.BaseStorage, name: str, direction: str,
+                    fixed_config: dict[str, Any], cell: dict[str, str]) -> optuna.Study:
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction,
+                                    load_if_exists=True)
+        if study.direction.name.lower() != direction:
+            raise _user_error(f"study {name} exists with direction {study.direction.name.lower()}, "
+                              f"this sweep has {direction}: give another hydra.sweeper.study_name")
+        stored = study.user_attrs.get("fixed_config")
+        if stored is None:
+            study.set_user_attr("fixed_config", fixed_config)
+            study.set_user_attr("cell", {override_key(k): v for k, v in cell.items()})
+        elif stored != fixed_config:
+            diff = sorted(k for k in set(stored) | set(fixed_config) if stored.get(k) != fixed_config.get(k))
+            shown = "; ".join(f"{k}: {stored.get(k)!r} there, {fixed_config.get(k)!r} here" for k in diff[:4])
+            raise _user_error(f"study {name} was tuned with another config ({shown}"
+                              f"{'; ...' if len(diff) > 4 else ''}): give hydra.sweeper.study_name=NAME "
+                              f"for a new study, or delete it (optuna delete-study)")
+        if self.pruner is not None:
+            # Jobs rebuild the pruner from here (Optuna does not store pruners).
+            study.set_user_attr(PRUNER_ATTR, self.pruner)
+        return study
+
+    def _fail_stale(self, study: optuna.Study) -> int:
+        n = 0
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if sweep_is_gone(t.user_attrs.get("sweep")):
+                study._storage.set_trial_user_attr(t._trial_id, "status", "stale")
+                tell(study, t.number, TrialState.FAIL)
+                n += 1
+        return n
+
+    @staticmethod
+    def _done_or_in_flight(study: optuna.Study) -> int:
+        return sum(counts_toward_target(t) or t.state == TrialState.RUNNING
+                   for t in study.get_trials(deepcopy=False))
+
+    # ---------------------------------------------------------------- tell
+    def _tell(self, study: optuna.Study, trial: Trial, ret: JobReturn, objective: str,
+              errors: list[str]) -> None:
+        path = record_path_of(ret)
+        rec = read_record(path) if path is not None else None
+        attrs: dict[str, Any] = {"overrides": list(ret.overrides or [])}
+        if rec is not None:
+            attrs.update(record_path=str(path.resolve()), status=rec.get("status"),
+                         diverged_at_step=rec.get("diverged_at_step"))
+            if rec.get("reused_from"):
+                attrs["reused_from"] = rec["reused_from"]
+        elif ret.status == JobStatus.FAILED:
+            attrs["status"] = "error"
+            attrs["error"] = f"{type(ret._return_value).__name__}: {ret._return_value}"[:500]
+            errors.append(attrs["error"])
+        else:
+            attrs["status"] = "missing"
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        status = attrs["status"]
+        value = _finite((rec or {}).get("final", {}).get(objective)) if rec else None
+        if status == "completed" and value is not None:
+            tell(study, trial, TrialState.COMPLETE, value)
+        elif status == "pruned":
+            tell(study, trial, TrialState.PRUNED)
+        else:
+            tell(study, trial, TrialState.FAIL)
+
+    def _fail(self, study: optuna.Study, trials: Sequence[Trial], why: str) -> None:
+        for t in trials:
+            try:
+                if study._storage.get_trial(t._trial_id).state == TrialState.RUNNING:
+                    t.set_user_attr("status", why)
+                    tell(study, t, TrialState.FAIL)
+            except Exception as e:  # the original error matters more; the next run fails it as stale
+                log.warning("could not mark trial %d failed: %s", t.number, e)
+
+    # --------------------------------------------------------------- cells
+    def _tune_cell(self, storage: optuna.storages.BaseStorage, url: str, plan: SweepPlan,
+                   cell: dict[str, str], task: DictConfig, direction: str) -> CellResult:
+        name = self._study_name(plan, cell)
+        fixed = {**plan.fixed, **cell}
+        objective = str(task.objective)
+        study = self._open_study(storage, name, direction, self._fixed_config(task, plan), cell)
+        stale = self._fail_stale(study)
+        if stale:
+            log.info("%s: %d trial%s left RUNNING by a dead sweep marked failed (not counted)",
+                     name, stale, "s" if stale > 1 else "")
+        study.sampler = self._sampler(name, len(study.get_trials(deepcopy=False)), plan.search)
+        target = self.n_trials
+        if isinstance(study.sampler, optuna.samplers.GridSampler):
+            grid = [self._to_grid_sampler_choices(d) for d in plan.search.values()]
+            target = min(target, math.prod(len(g) for g in grid))
+        done = self._done_or_in_flight(study)
+        budget = max(0, target - done)
+        log.info("%s: %d of %d trials done or running; asking %d", name, done, target, budget)
+
+        owner = this_sweep()
+        batch = self._batch_size()
+        trial_overrides = (f"trial.storage={hydra_quote(url)}", f"trial.study={hydra_quote(name)}",
+                           f"trial.prune={'true' if self.pruner is not None else 'false'}")
+        errors: list[str] = []
+        asked = 0
+        while budget > 0:
+            k = min(batch, budget, target - self._done_or_in_flight(study))
+            if k <= 0:
+                break  # another sweep on this study filled it
+            trials = [study.ask() for _ in range(k)]
+            try:
+                for t in trials:
+                    t.set_user_attr("sweep", owner)
+                overrides = self._configure_trials(trials, plan.search, fixed, plan.passthrough)
+                overrides = [tuple(o) + trial_overrides + (f"trial.number={t.number}",)
+                             for o, t in zip(overrides, trials)]
+                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            except BaseException:
+                self._fail(study, trials, "interrupted")
+                raise
+            self.job_idx += len(returns)
+            raised = 0
+            for t, ret in zip(trials, returns):
+                self._tell(study, t, ret, objective, errors)
+                raised += ret.status == JobStatus.FAILED
+            asked += k
+            budget -= k
+            if raised / len(returns) > self.max_failure_rate:
+                log.error("%d of %d jobs raised (max_failure_rate=%s)", raised, len(returns),
+                          self.max_failure_rate)
+                for ret in returns:
+                    ret.return_value  # re-raises the job's exception, with its traceback
+        trials = study.get_trials(deepcopy=False)
+        result = CellResult(study=name, cell=cell, objective=objective, counts=state_counts(trials),
+                            asked=asked, best=self._best(study), errors=errors)
+        if result.best is not None and self.confirm_seeds:
+            result.confirm = self._confirm(study, plan, fixed, result.best)
+        return result
+
+    def _best(self, study: optuna.Study) -> Optional[FrozenTrial]:
+        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.value is not None and math.isfinite(t.value)]
+        if not done:
+            return None
+        pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+        return pick(done, key=lambda t: t.value)
+
+    def _confirm(self, study: optuna.Study, plan: SweepPlan, fixed: dict[str, str],
+                 best: FrozenTrial) -> dict[str, Any]:
+        """Rerun the best trial's parameters with each confirm seed (reused when finished)."""
+        params = {k: v for k, v in fixed.items() if override_key(k) != "seed"}
+        params.update({k: v for k, v in best.params.items()})
+        base = tuple(f"{k}={v}" for k, v in params.items()) + tuple(plan.passthrough)
+        jobs = [base + (f"seed={s}",) for s in self.confirm_seeds]
+        returns = self.launcher.launch(jobs, initial_job_idx=self.job_idx)
+        self.job_idx += len(returns)
+        runs = []
+        for seed, ret in zip(self.confirm_seeds, returns):
+            path = record_path_of(ret)
+            rec = read_record(path) if path is not None else None
+            final = (rec or {}).get("final") or {}
+            runs.append({"seed": seed, "record_path": str(path.resolve()) if rec else None,
+                         "status": rec.get("status") if rec else "missing",
+                         "reused": bool(rec and rec.get("reused_from")),
+                         "val_acc": _finite(final.get("val_acc")),
+                         "test_acc": _finite(final.get("test_acc"))})
+        tests = [r["test_acc"] for r in runs if r["status"] == "completed" and r["test_acc"] is not None]
+        confirm = {"trial": best.number, "params": dict(best.params), "seeds": self.confirm_seeds,
+                   "runs": runs, "n_completed": len(tests),
+                   "test_acc_mean": statistics.fmean(tests) if tests else None,
+                   "test_acc_sd": statistics.stdev(tests) if len(tests) > 1 else None}
+        study.set_user_attr("confirm", confirm)
+        return confirm
+
+    # --------------------------------------------------------------- sweep
+    def sweep(self, arguments: list[str]) -> None:
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        self._process_searchspace_config()
+        plan = plan_sweep(self._parse_sweeper_params_config() + list(arguments), self.cells)
+        if not plan.search:
+            raise _user_error("nothing to tune: give a search space, e.g. 'lr=tag(log, interval(1e-3, 1.0))' "
+                              "or hydra.sweeper.params.lr=...")
+        direction = self._direction()
+        url = resolve_storage(self.storage)
+        storage = optuna.storages.RDBStorage(url)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.job_idx = next_job_index(sweep_dir)
+        cells = plan.cells()
+        grid = " x ".join(f"{override_key(k)}={','.join(v)}" for k, v in plan.grid.items())
+        log.info("storage: %s; %d stud%s (%s); search space: %s", url, len(cells),
+                 "y" if len(cells) == 1 else "ies", grid or "one cell",
+                 ", ".join(f"{override_key(k)} {d}" for k, d in plan.search.items()))
+        # Every cell's config is composed and checked before the first trial runs.
+        tasks = [self._cell_config([f"{k}={v}" for k, v in {**plan.fixed, **cell}.items()]
+                                   + plan.passthrough) for cell in cells]
+        results = [self._tune_cell(storage, url, plan, cell, task, direction)
+                   for cell, task in zip(cells, tasks)]
+        self._report(results, url, sweep_dir)
+
+    def _report(self, results: list[CellResult], url: str, sweep_dir: Path) -> None:
+        totals: dict[str, Any] = {}
+        for r in results:
+            add_counts(totals, r.counts)
+            line = f"{r.study}: {describe_counts(r.counts)} ({r.asked} run now)"
+            if r.best is None:
+                line += "; no completed trial, so no best and no confirmation"
+            else:
+                params = ", ".join(f"{override_key(k)}={v:.4g}" if isinstance(v, float)
+                                   else f"{override_key(k)}={v}" for k, v in r.best.params.items())
+                line += f"; best {params} ({r.objective} {r.best.value:.4f}, trial {r.best.number})"
+            if r.confirm:
+                c = r.confirm
+                reused = sum(run["reused"] for run in c["runs"])
+                acc = "n/a" if c["test_acc_mean"] is None else f"{c['test_acc_mean']:.4f}"
+                if c["test_acc_sd"] is not None:
+                    acc += f" +- {c['test_acc_sd']:.4f} sd"
+                line += (f"; confirm test_acc {acc} ({c['n_completed']}/{len(c['runs'])} seeds completed, "
+                         f"{reused} reused finished runs)")
+            log.info(line)
+            for e in r.errors[:3]:
+                log.warning("%s: a job raised: %s", r.study, e)
+        log.info("all studies: %s", describe_counts(totals))
+        log.info("storage: %s", url)
+        log.info("dashboard: optuna-dashboard '%s'  (serves on 127.0.0.1:8080; no authentication)", url)
+        OmegaConf.save(OmegaConf.create(results_yaml(results, url)), sweep_dir / "optimization_results.yaml")
+
+
+def results_yaml(results: list[CellResult], url: str) -> dict[str, Any]:
+    """The plugin's optimization_results.yaml, one entry per study (and the plugin's
+    top-level best_params/best_value when there is one study)."""
+    studies = []
+    for r in results:
+        studies.append({
+            "study": r.study,
+            "cell": {override_key(k): v for k, v in r.cell.items()},
+            "best_params": dict(r.best.params) if r.best else None,
+            "best_value": r.best.value if r.best else None,
+            "best_trial": r.best.number if r.best else None,
+            "trials": r.counts,
+            "confirm": r.confirm,
+        })
+    out: dict[str, Any] = {"name": "optuna", "storage": url}
+    if len(studies) == 1:
+        out.update(best_params=studies[0]["best_params"], best_value=studies[0]["best_value"])
+    out["studies"] = studies
+    return out
+
+
+def next_job_index(sweep_dir: Path) -> int:
+    """Past the job numbers already in `sweep_dir`: a rerun into the same dir adds, never reuses."""
+    nums = [int(m.group(1)) for p in sweep_dir.iterdir() if (m := re.match(r"(\d+)(?:_|$)", p.name))]
+    return max(nums, default=-1) + 1

@@ -1,0 +1,294 @@
+"""Optuna sweeps: the plugin path, per-cell tuning (`experiment=tune`), pruning,
+divergence, kill-and-resume, two joblib workers on SQLite, and reuse of a
+finished plain multirun. Tiny data, 1-3 epochs, a temp SQLite storage each."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra import compose, initialize_config_dir
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+
+from helpers import CONF, tiny_overrides
+from hydra_plugins.bn_study_sweeper._impl import counts_toward_target, plan_sweep, sweep_is_gone, this_sweep
+from hydra_plugins.bn_study_sweeper.pruning import pruner_spec, stored_pruner
+from study.config import register_configs
+from test_cli import RUN, run_cli
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def storage_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/optuna.db?timeout=60"
+
+
+def multirun_args(tmp_path: Path, root: Path, *extra: str) -> list[str]:
+    """A multirun on the tiny data that reuses finished runs (no force), with
+    its own run index, in-process jobs on one thread and no report."""
+    base = [o for o in tiny_overrides(root) if not o.startswith(("force=", "run_index="))]
+    return ["-m", *base, f"run_index={tmp_path}/.run-index", "threads=1", "hydra.launcher.n_jobs=1",
+            "hydra.callbacks.summary.report=false", *extra]
+
+
+def sweep_args(tmp_path: Path, root: Path, *extra: str) -> list[str]:
+    """An Optuna sweep (its sweeper chosen in `extra`): temp storage and sweep dir."""
+    return multirun_args(tmp_path, root, f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+                         f"hydra.sweep.dir={tmp_path}/sweep", *extra)
+
+
+def studies(tmp_path: Path) -> dict[str, optuna.Study]:
+    url = storage_url(tmp_path)
+    return {name: optuna.load_study(study_name=name, storage=url)
+            for name in optuna.get_all_study_names(url)}
+
+
+def records(sweep: Path) -> list[dict]:
+    return [dict(json.loads(p.read_text()), _path=str(p)) for p in sorted(sweep.glob("*/result.json"))]
+
+
+def trained(recs: list[dict]) -> Counter:
+    """Runs actually trained (not reused), by (norm, lr, seed)."""
+    return Counter((r["config"]["model"]["norm"], r["config"]["lr"], r["seed"])
+                   for r in recs if not r.get("reused_from"))
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+# ------------------------------------------------------------------ fast
+def hydra_sweeper(overrides: list[str]):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF)):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True).hydra.sweeper
+
+
+def test_presets_pick_the_sweeper_and_drop_the_basic_grid():
+    basic = hydra_sweeper([])
+    assert dict(basic.params) == {"model.norm": "none,batch", "seed": "0,1,2"}
+
+    tune = hydra_sweeper(["experiment=tune"])
+    assert tune._target_.endswith("bn_study_sweeper.bn_optuna_sweeper.BnOptunaSweeper")
+    assert dict(tune.params) == {"lr": "tag(log, interval(1e-3, 1.0))", "model.norm": "none,batch"}
+    assert tune.cells and list(tune.confirm_seeds) == [1, 2, 3] and tune.n_trials == 8
+    assert tune.sampler.seed == 0 and tune.direction.name == "maximize"
+    assert tune.storage == "sqlite:///outputs/optuna/studies.db?timeout=60"
+    assert tune.pruner._target_ == "optuna.pruners.MedianPruner"
+
+    plugin = hydra_sweeper(["hydra/sweeper=optuna"])
+    assert plugin._target_ == tune._target_ and not plugin.cells and list(plugin.confirm_seeds) == []
+    assert dict(plugin.params) == {"lr": "tag(log, interval(1e-3, 1.0))"}  # no seed grid to "tune"
+
+    random = hydra_sweeper(["experiment=tune", "hydra/sweeper/sampler=random"])
+    assert random.sampler._target_ == "optuna.samplers.RandomSampler" and random.sampler.seed == 0
+
+
+def test_comma_lists_are_cells_optuna_syntax_is_the_search_space():
+    args = ["lr=tag(log, interval(1e-3, 1.0))", "model.norm=none,batch", "batch_size=8,64", "epochs=3",
+            "optimizer.momentum=choice(0.0, 0.9)", "model.norm=batch,none"]
+    plan = plan_sweep(args, cells=True)
+    assert plan.grid == {"batch_size": ["8", "64"], "model.norm": ["batch", "none"]}  # the later list wins
+    assert plan.search["lr"] == FloatDistribution(1e-3, 1.0, log=True)
+    assert set(plan.search) == {"lr", "optimizer.momentum"} and plan.fixed == {"epochs": "3"}
+    assert len(plan.cells()) == 4
+
+    flat = plan_sweep(args, cells=False)  # the plugin's rule: every sweep is a search dimension
+    assert not flat.grid and set(flat.search) == {"lr", "model.norm", "batch_size", "optimizer.momentum"}
+
+
+def test_a_trial_of_a_dead_sweep_is_told_apart_from_a_live_one():
+    assert not sweep_is_gone(this_sweep())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    owner = dict(this_sweep(), pid=child.pid, start=None)
+    child.wait()
+    assert sweep_is_gone(owner)
+    assert not sweep_is_gone(dict(owner, host="another-host"))  # cannot tell: left alone
+    assert not sweep_is_gone(None)
+
+
+def test_the_sweeps_pruner_is_what_a_job_rebuilds(tmp_path):
+    study = optuna.create_study(storage=storage_url(tmp_path), study_name="s")
+    spec = pruner_spec({"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 7, "n_warmup_steps": 2})
+    study.set_user_attr("pruner", spec)
+    pruner = stored_pruner(optuna.load_study(study_name="s", storage=storage_url(tmp_path)))
+    assert isinstance(pruner, optuna.pruners.MedianPruner)
+    assert (pruner._n_startup_trials, pruner._n_warmup_steps) == (7, 2)
+    with pytest.raises(ValueError, match="optuna.pruners"):
+        pruner_spec({"_target_": "os.system"})
+
+
+# ------------------------------------------------------- end to end (slow)
+@pytest.mark.slow
+def test_plugin_path_one_study_with_records_as_trial_attributes(tmp_path, tiny_mnist):
+    # The preset's search space (lr log-uniform in [1e-3, 1]), narrowed so that no trial diverges.
+    out = ok(run_cli(sweep_args(tmp_path, tiny_mnist, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3",
+                                "hydra.sweeper.params.lr='tag(log, interval(0.01, 0.1))'",
+                                "batch_size=32", "epochs=1"), cwd=tmp_path))
+    (name, study), = studies(tmp_path).items()
+    assert name == "tune-lr__batch_size=32,data.val_size=200,epochs=1"
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for t in trials:
+        rec = json.loads(Path(t.user_attrs["record_path"]).read_text())
+        assert Path(t.user_attrs["record_path"]).is_absolute()
+        assert rec["config"]["lr"] == t.params["lr"] and rec["final"]["val_acc"] == t.value
+        assert t.user_attrs["status"] == "completed" and t.user_attrs["diverged_at_step"] is None
+        assert f"trial.number={t.number}" in t.user_attrs["overrides"] and "batch_size=32" in t.user_attrs["overrides"]
+        assert t.user_attrs["batch_size"] == "32"  # the plugin's fixed params as attributes
+    results = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
+    assert f"best_value: {study.best_value}" in results
+    assert f"optuna-dashboard '{storage_url(tmp_path)}'" in out
+
+
+@pytest.mark.slow
+def test_tune_one_study_per_cell_confirm_reruns_then_a_rerun_reuses_everything(tmp_path, tiny_mnist):
+    args = sweep_args(tmp_path, tiny_mnist, "experiment=tune", "batch_size=32", "model.norm=none,batch",
+                      "epochs=1", "tune.n_trials=2", "tune.confirm_seeds=[0,1]")
+    out = ok(run_cli(args, cwd=tmp_path))
+    found = studies(tmp_path)
+    assert set(found) == {f"tune-lr__batch_size=32,data.val_size=200,epochs=1,model.norm={n}"
+                          for n in ("none", "batch")}
+    for name, study in found.items():
+        norm = name.rsplit("=", 1)[1]
+        trials = study.get_trials()
+        assert len(trials) == 2 and all(counts_toward_target(t) for t in trials)
+        assert all(json.loads(Path(t.user_attrs["record_path"]).read_text())["config"]["model"]["norm"] == norm
+                   for t in trials)
+        confirm = study.user_attrs["confirm"]
+        best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+        assert confirm["params"] == best.params and [r["seed"] for r in confirm["runs"]] == [0, 1]
+        assert [r["reused"] for r in confirm["runs"]] == [True, False]  # seed 0 is the best trial's own run
+        assert all(r["status"] == "completed" and Path(r["record_path"]).is_file() for r in confirm["runs"])
+        assert study.user_attrs["cell"] == {"model.norm": norm}
+    assert "confirm test_acc" in out
+    first = records(tmp_path / "sweep")
+    assert len(first) == 2 * (2 + 2)
+    # The report of a tuning sweep: lr varies per cell, so it has the lr
+    # sensitivity and isolation figures and the best-lr comparison.
+    from analysis import build_report
+
+    report = build_report([tmp_path / "sweep"], out_dir=tmp_path / "report")
+    assert (report / "fig4_lr_sensitivity.png").is_file() and (report / "fig5_isolation.png").is_file()
+    assert "each (norm, batch size)'s best lr" in (report / "report.md").read_text()
+
+    again = ok(run_cli(args, cwd=tmp_path))
+    assert "2 of 2 trials done or running; asking 0" in again
+    assert all(len(s.get_trials()) == 2 for s in studies(tmp_path).values())
+    new = [r for r in records(tmp_path / "sweep") if r["_path"] not in {f["_path"] for f in first}]
+    assert len(new) == 4 and all(r.get("reused_from") for r in new)  # confirm reruns reused, none trained
+    assert "2 reused finished runs" in again
+
+
+@pytest.mark.slow
+def test_pruning_stops_a_hopeless_lr_and_records_it(tmp_path, tiny_mnist):
+    # Two finished trials that reached 0.99 validation accuracy after epochs 1 and 2.
+    study = optuna.create_study(study_name="prune-me", storage=storage_url(tmp_path), direction="maximize")
+    for lr in (0.1, 0.2):
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": lr}, distributions={"lr": FloatDistribution(1e-3, 1.0, log=True)},
+            intermediate_values={1: 0.99, 2: 0.99}, value=0.99))
+    ok(run_cli(sweep_args(tmp_path, tiny_mnist, "hydra/sweeper=optuna", "hydra.sweeper.study_name=prune-me",
+                          "hydra.sweeper.n_trials=3", "lr=tag(log, interval(1e-7, 2e-7))", "epochs=3",
+                          "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=0"),
+               cwd=tmp_path))
+    trial = optuna.load_study(study_name="prune-me", storage=storage_url(tmp_path)).get_trials()[-1]
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["status"] == "pruned"
+    assert list(trial.intermediate_values) == [1]  # stopped after its first epoch
+    rec = json.loads(Path(trial.user_attrs["record_path"]).read_text())
+    assert rec["status"] == "pruned" and len(rec["history"]) == 1
+
+
+@pytest.mark.slow
+def test_a_diverging_lr_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_mnist):
+    out = ok(run_cli(sweep_args(tmp_path, tiny_mnist, "experiment=tune", "hydra/sweeper/sampler=grid",
+                                "lr=choice(0.05, 1000.0)", "model.norm=none", "batch_size=32", "epochs=1",
+                                "hydra.sweeper.confirm_seeds=[0]"), cwd=tmp_path))
+    (study,) = studies(tmp_path).values()
+    by_lr = {t.params["lr"]: t for t in study.get_trials()}
+    bad, good = by_lr[1000.0], by_lr[0.05]
+    assert bad.state == TrialState.FAIL and bad.user_attrs["status"] == "diverged"
+    assert isinstance(bad.user_attrs["diverged_at_step"], int) and counts_toward_target(bad)
+    assert good.state == TrialState.COMPLETE and study.user_attrs["confirm"]["params"] == {"lr": 0.05}
+    assert "1 complete, 1 failed (1 diverged)" in out
+
+
+def _finished(url: str) -> tuple[int, int]:
+    try:
+        trials = [t for name in optuna.get_all_study_names(url)
+                  for t in optuna.load_study(study_name=name, storage=url).get_trials()]
+    except Exception:  # not created yet
+        return 0, 0
+    return (sum(t.state.is_finished() for t in trials), sum(t.state == TrialState.RUNNING for t in trials))
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_to_the_requested_counts_without_retraining(tmp_path, tiny_mnist):
+    args = sweep_args(tmp_path, tiny_mnist, "experiment=tune", "model.norm=none", "batch_size=8", "epochs=15",
+                      "hydra.sweeper.n_trials=3", "hydra.sweeper.confirm_seeds=[0]", "hydra.sweeper.pruner=null")
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen(RUN + args, cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while min(_finished(storage_url(tmp_path))) < 1:  # a trial told, the next one training
+            assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before it was killed"
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    out = ok(run_cli(args, cwd=tmp_path))  # the same command, the same sweep dir
+    assert "1 trial left RUNNING by a dead sweep marked failed (not counted)" in out
+    (study,) = studies(tmp_path).values()
+    trials = study.get_trials()
+    assert sum(counts_toward_target(t) for t in trials) == 3
+    stale = [t for t in trials if t.user_attrs.get("status") == "stale"]
+    assert len(stale) == 1 and stale[0].state == TrialState.FAIL and "record_path" not in stale[0].user_attrs
+    recs = records(tmp_path / "sweep")
+    assert max(trained(recs).values()) == 1  # no (norm, lr, seed) trained twice
+    # The rerun numbered its jobs after the killed sweep's: no dir was reused.
+    # The killed job's dir, if it got one, keeps its claim and has no record.
+    dirs = [d for d in (tmp_path / "sweep").iterdir() if d.is_dir()]
+    assert len({d.name.split("_", 1)[0] for d in dirs}) == len(dirs)
+    assert sum(not (d / "result.json").exists() for d in dirs) <= 1
+
+
+@pytest.mark.slow
+def test_two_joblib_workers_share_one_sqlite_study(tmp_path, tiny_mnist):
+    # Two trials at a time, both reporting each epoch (pruning after 1 trial).
+    out = ok(run_cli(sweep_args(tmp_path, tiny_mnist, "experiment=tune", "hydra/launcher=joblib",
+                                "hydra.launcher.n_jobs=2", "model.norm=batch", "batch_size=16", "epochs=3",
+                                "hydra.sweeper.n_trials=4", "hydra.sweeper.confirm_seeds=[0,1]",
+                                "hydra.sweeper.pruner.n_startup_trials=1",
+                                "hydra.sweeper.pruner.n_warmup_steps=0"), cwd=tmp_path))
+    assert "database is locked" not in out
+    (study,) = studies(tmp_path).values()
+    trials = study.get_trials()
+    assert len(trials) == 4 and all(counts_toward_target(t) for t in trials)
+    assert all(t.intermediate_values or t.user_attrs.get("reused_from") for t in trials)
+    assert len(study.user_attrs["confirm"]["runs"]) == 2
+
+
+@pytest.mark.slow
+def test_rerun_of_a_plain_multirun_reuses_finished_runs_and_force_retrains(tmp_path, tiny_mnist):
+    args = multirun_args(tmp_path, tiny_mnist, "batch_size=32", "epochs=1", "model.norm=none", "seed=0,1")
+    ok(run_cli(args + [f"hydra.sweep.dir={tmp_path}/a"], cwd=tmp_path))
+    again = ok(run_cli(args + [f"hydra.sweep.dir={tmp_path}/b"], cwd=tmp_path))
+    forced = ok(run_cli(args + [f"hydra.sweep.dir={tmp_path}/c", "force=true"], cwd=tmp_path))
+    first, second, third = (records(tmp_path / d) for d in "abc")
+    assert len(first) == len(second) == len(third) == 2
+    assert not any(r.get("reused_from") for r in first + third)
+    assert sorted(r["reused_from"] for r in second) == sorted(r["_path"] for r in first)
+    assert "reusing the finished run" in again and "reusing" not in forced
