@@ -67,6 +67,7 @@ TARGET_X_NOTEBOOK = (64, 15.0)  # batch 64: trainer >= 15x the notebook's sample
 TARGET_CEILING = (512, 0.60)  # batch 512: trainer >= 60% of the matmul-ceiling rate
 TARGET_PACK = (8, 5.0)  # batch 8: a pack >= 5x the aggregate samples/s of one-by-one runs
 
+LOADED = 0.10  # a row whose cpu wait exceeds this is flagged in the table
 MATMUL_N = 2048  # the size the issue's background number (~380 GFLOP/s here) was taken at
 
 
@@ -133,6 +134,52 @@ def matmul_ceiling(device: torch.device, n: int = MATMUL_N, reps: int = 10) -> d
     return {"n": n, "reps": reps, "best_seconds": best, "gflops": 2 * n**3 / best / 1e9}
 
 
+PSI_CPU = Path("/proc/pressure/cpu")
+
+
+def cpu_wait_us() -> Optional[int]:
+    """Linux pressure stall info: total microseconds in which some runnable task
+    waited for a CPU (None where the kernel does not expose it)."""
+    try:
+        for line in PSI_CPU.read_text().splitlines():
+            if line.startswith("some "):
+                return int(line.rsplit("total=", 1)[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+@contextmanager
+def cpu_wait(into: dict[str, Any]) -> Iterator[None]:
+    """Put into `into["cpu_wait"]` the share of the block's wall time in which
+    some task waited for a CPU: ~0 on a quiet machine; high when other
+    processes competed with this one (such a measurement reads low)."""
+    w0, t0 = cpu_wait_us(), time.perf_counter()
+    yield
+    w1, t1 = cpu_wait_us(), time.perf_counter()
+    # (clamped: the kernel's counter and this clock are read at slightly different instants)
+    into["cpu_wait"] = None if w0 is None or w1 is None else min(1.0, (w1 - w0) / 1e6 / max(t1 - t0, 1e-9))
+
+
+def settle(max_seconds: float, window: float = 0.5, threshold: float = 0.02) -> float:
+    """Wait (up to `max_seconds`) for a `window` in which tasks waited for a CPU
+    less than `threshold` of the time; return the seconds waited.
+
+    On a shared machine other jobs come and go; measuring in their gaps
+    keeps their load out of the numbers (best-of-repeats does the rest).
+    """
+    if max_seconds <= 0 or cpu_wait_us() is None:
+        return 0.0
+    t0 = time.perf_counter()
+    while True:
+        probe: dict[str, Any] = {}
+        with cpu_wait(probe):
+            time.sleep(window)
+        waited = time.perf_counter() - t0
+        if probe["cpu_wait"] < threshold or waited >= max_seconds:
+            return waited
+
+
 @contextmanager
 def deterministic(flag: bool) -> Iterator[None]:
     before = torch.are_deterministic_algorithms_enabled()
@@ -172,38 +219,44 @@ def measure_notebook(cfg: DictConfig, dataset, device: torch.device, budget: "Bu
     def step() -> int:
         nonlocal running_loss
         images, labels = next(it)
+        while len(images) < 2:  # an epoch's trailing batch of one, which BN cannot train on
+            images, labels = next(it)
         images, labels = images.to(device), labels.to(device)
         optimizer.zero_grad()
         outputs = model(images.view(images.size(0), -1))
         loss = criterion(outputs, labels)
         loss.backward()
         optimizer.step()
-        running_loss += loss.item()
+        running_loss += loss.item()  # the notebook's loss bookkeeping (a host sync per step)
         return images.size(0)
 
+    out: dict[str, Any] = {}
     with deterministic(False):  # the notebook never turned it on
         warm = 0
         while warm < budget.warmup:
             warm += step()
         _sync(device)
-        samples, t0 = 0, time.perf_counter()
-        while True:
-            samples += step()
-            if budget.samples is not None:
-                if samples >= budget.samples:
+        with cpu_wait(out):
+            samples, t0 = 0, time.perf_counter()
+            while True:
+                samples += step()
+                if budget.samples is not None:
+                    if samples >= budget.samples:
+                        break
+                elif time.perf_counter() - t0 >= budget.seconds:
                     break
-            elif time.perf_counter() - t0 >= budget.seconds:
-                break
-        _sync(device)
-        seconds = time.perf_counter() - t0
-    return {"samples": samples, "seconds": seconds, "samples_per_second": samples / seconds}
+            _sync(device)
+            seconds = time.perf_counter() - t0
+    return {"samples": samples, "seconds": seconds, "samples_per_second": samples / seconds, **out}
 
 
 def run_trainer(cfg: DictConfig, seeds: list[int], data, device: torch.device) -> dict[str, Any]:
     """`train_runs` once; samples/s of one run from its own history (training time only)."""
-    t0 = time.perf_counter()
-    outcomes = train_runs(cfg, seeds, data, device)
-    wall = time.perf_counter() - t0
+    out: dict[str, Any] = {}
+    with cpu_wait(out):
+        t0 = time.perf_counter()
+        outcomes = train_runs(cfg, seeds, data, device)
+        wall = time.perf_counter() - t0
     history = max((o.history for o in outcomes), key=len)
     if not history:
         raise RuntimeError(f"train_runs left no history (status {[o.status for o in outcomes]})")
@@ -211,36 +264,51 @@ def run_trainer(cfg: DictConfig, seeds: list[int], data, device: torch.device) -
     per_run = sum(h["samples_per_second"] * h["epoch_seconds"] for h in history)  # one run's samples
     return {"samples": round(per_run * len(seeds)), "seconds": seconds, "wall_seconds": wall,
             "steps": history[-1]["step"], "per_run_samples_per_second": per_run / seconds,
-            "samples_per_second": per_run * len(seeds) / seconds}
+            "samples_per_second": per_run * len(seeds) / seconds, **out}
 
 
 class Budget:
     """How much each measurement runs: a sample count, or seconds after a warm-up."""
 
     def __init__(self, seconds: float, samples: Optional[int], warmup: int, matmul_n: int,
-                 matmul_reps: int) -> None:
+                 matmul_reps: int, settle_seconds: float) -> None:
         self.seconds, self.samples, self.warmup, self.matmul_n = seconds, samples, warmup, matmul_n
         self.matmul_reps = min(3, matmul_reps)  # the ceiling's samples between cells
+        self.settle_seconds = settle_seconds
 
-    def trainer_steps(self, cfg: DictConfig, seeds: list[int], data, device: torch.device) -> int:
-        """Warm up `train_runs` for this cell, and size its step budget."""
-        bs = cfg.batch_size
-        warm = run_trainer(cell_config(cfg, bs, cfg.model.norm, max(2, math.ceil(self.warmup / bs))),
-                           seeds, data, device)
+    def settle(self) -> float:
+        return settle(self.settle_seconds)
+
+    def warm_up(self, cfg: DictConfig, seeds: list[int], data, device: torch.device) -> float:
+        """A short `train_runs` of this cell; its samples/s per run (sizes the first budget)."""
+        self.settle()
+        steps = max(2, math.ceil(self.warmup / cfg.batch_size))
+        return run_trainer(cell_config(cfg, cfg.batch_size, cfg.model.norm, steps),
+                           seeds, data, device)["per_run_samples_per_second"]
+
+    def trainer_steps(self, batch_size: int, per_run_rate: float) -> int:
+        """Steps that take `seconds` at this rate, or cover `samples`."""
         if self.samples is not None:
-            return max(1, math.ceil(self.samples / bs))
-        return max(2, math.ceil(self.seconds * warm["per_run_samples_per_second"] / bs))
+            return max(1, math.ceil(self.samples / batch_size))
+        # Never fewer samples than the warm-up: a rate sized in a loaded moment
+        # would otherwise give a measurement too short to mean anything.
+        return max(2, math.ceil(max(self.seconds * per_run_rate, self.warmup) / batch_size))
 
 
 def measure_sequential(cfg: DictConfig, seeds: list[int], data, device: torch.device,
-                       steps: int) -> dict[str, Any]:
-    """The same seeds trained one after another, `steps` each; aggregate samples/s."""
-    c = cell_config(cfg, cfg.batch_size, cfg.model.norm, steps)
-    parts = [run_trainer(c, [s], data, device) for s in seeds]
+                       budget: "Budget") -> dict[str, Any]:
+    """The same seeds trained one after another, `cfg.steps` each; aggregate samples/s."""
+    parts = []
+    for s in seeds:
+        budget.settle()
+        parts.append(run_trainer(cfg, [s], data, device))
     samples, seconds = sum(p["samples"] for p in parts), sum(p["seconds"] for p in parts)
-    return {"samples": samples, "seconds": seconds, "wall_seconds": sum(p["wall_seconds"] for p in parts),
-            "steps": steps, "per_run_samples_per_second": samples / seconds,
-            "samples_per_second": samples / seconds}
+    wall = sum(p["wall_seconds"] for p in parts)
+    waits = [p["cpu_wait"] for p in parts]
+    return {"samples": samples, "seconds": seconds, "wall_seconds": wall,
+            "steps": cfg.steps, "per_run_samples_per_second": samples / seconds,
+            "samples_per_second": samples / seconds,
+            "cpu_wait": None if None in waits else sum(w * p["wall_seconds"] for w, p in zip(waits, parts)) / wall}
 
 
 def best(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -259,17 +327,32 @@ def measure_cell(cfg: DictConfig, seeds: list[int], pack: bool, data, dataset, d
     the best sample over the whole run is the ceiling, so a loaded moment
     cannot lower it and flatter the trainer.
     """
-    single = cell_config(cfg, cfg.batch_size, cfg.model.norm, budget.trainer_steps(cfg, seeds[:1], data, device))
-    packed = (cell_config(cfg, cfg.batch_size, cfg.model.norm, budget.trainer_steps(cfg, seeds, data, device))
-              if pack else None)
+    bs, norm = cfg.batch_size, cfg.model.norm
+    # Per-run samples/s: from a warm-up first, then the best measured so far,
+    # so that a step budget sized in a loaded moment is corrected next time.
+    rate = {"trainer": budget.warm_up(cfg, seeds[:1], data, device)}
+    if pack:
+        rate["trainer-pack"] = budget.warm_up(cfg, seeds, data, device)
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in PIPELINES}
+
+    def take(pipeline: str, measure) -> dict[str, Any]:
+        waited = budget.settle()
+        runs[pipeline].append(dict(measure(), settled_seconds=waited))
+        if pipeline in rate:
+            rate[pipeline] = max(rate[pipeline], runs[pipeline][-1]["per_run_samples_per_second"])
+        return runs[pipeline][-1]
+
     for _ in range(repeats):
+        budget.settle()
         ceilings.append(matmul_ceiling(device, budget.matmul_n, reps=budget.matmul_reps))
-        runs["notebook"].append(measure_notebook(cfg, dataset, device, budget))
-        runs["trainer"].append(run_trainer(single, seeds[:1], data, device))
-        if packed is not None:
-            runs["trainer-pack"].append(run_trainer(packed, seeds, data, device))
-            runs["trainer-sequential"].append(measure_sequential(packed, seeds, data, device, packed.steps))
+        take("notebook", lambda: measure_notebook(cfg, dataset, device, budget))
+        single = cell_config(cfg, bs, norm, budget.trainer_steps(bs, rate["trainer"]))
+        take("trainer", lambda: run_trainer(single, seeds[:1], data, device))
+        if pack:
+            packed = cell_config(cfg, bs, norm, budget.trainer_steps(bs, rate["trainer-pack"]))
+            take("trainer-pack", lambda: run_trainer(packed, seeds, data, device))
+            # The same runs, the same steps each, one after another.
+            take("trainer-sequential", lambda: measure_sequential(packed, seeds, data, device, budget))
     return {p: best(r) for p, r in runs.items() if r}
 
 
@@ -291,7 +374,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     cfg.device, cfg.threads = str(device), threads
     data = get_data(cfg, device)
     dataset = notebook_dataset(Path(data.info["root"]))
-    budget = Budget(args.seconds, args.samples, args.warmup, args.matmul_n, args.matmul_reps)
+    budget = Budget(args.seconds, args.samples, args.warmup, args.matmul_n, args.matmul_reps, args.settle)
     seeds = list(range(cfg.seed, cfg.seed + args.pack))
     fps = flops_per_sample(cfg)
     arch = architecture(cfg)
@@ -349,7 +432,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "command": ["python", "-m", "study.bench", *args.argv],
         "settings": {"batch_sizes": args.batch_sizes, "norms": args.norms, "pack": args.pack,
                      "pack_batches": args.pack_batches, "seconds": args.seconds, "samples": args.samples,
-                     "warmup_samples": args.warmup, "repeats": args.repeats, "threads": threads,
+                     "warmup_samples": args.warmup, "repeats": args.repeats, "settle_seconds": args.settle,
+                     "threads": threads,
                      "device": str(device), "overrides": overrides},
         "model": {"architecture": arch, "activation": cfg.model.activation, "lr": cfg.lr,
                   "optimizer": cfg.optimizer.name, "flops_per_sample": fps},
@@ -387,12 +471,14 @@ def targets(rows: list[dict[str, Any]], packs: list[dict[str, Any]]) -> list[dic
 
 
 def format_table(result: dict[str, Any]) -> str:
-    head = f"{'pipeline':<19}{'batch':>6}  {'norm':<6}{'runs':>5}{'samples/s':>12}{'x notebook':>12}{'% ceiling':>11}"
+    head = (f"{'pipeline':<19}{'batch':>6}  {'norm':<6}{'runs':>5}{'samples/s':>12}{'x notebook':>12}"
+            f"{'% ceiling':>11}{'cpu wait':>10}")
     lines = [head, "-" * len(head)]
     for r in result["rows"]:
+        wait = "n/a" if r["cpu_wait"] is None else f"{100 * r['cpu_wait']:.0f}%"
         lines.append(f"{r['pipeline']:<19}{r['batch_size']:>6}  {r['norm']:<6}{r['runs']:>5}"
                      f"{r['samples_per_second']:>12,.0f}{r['x_notebook']:>11.2f}x"
-                     f"{100 * r['fraction_of_ceiling']:>10.1f}%")
+                     f"{100 * r['fraction_of_ceiling']:>10.1f}%{wait:>10}")
     c, s, e = result["ceiling"], result["settings"], result["env"]
     lines += [
         "",
@@ -411,6 +497,13 @@ def format_table(result: dict[str, Any]) -> str:
                  else f"{t['value']:.2f}x (target >= {t['target']:g}x)")
         lines.append(f"target {t['name']} batch {t['batch_size']} norm {t['norm']}: {shown} "
                      f"{'met' if t['met'] else 'NOT MET'}")
+    lines.append("cpu wait: share of a measurement's time in which some task waited for a CPU (Linux PSI);"
+                 " well above 0, other processes competed and that row reads low")
+    loaded = [r for r in result["rows"] if (r["cpu_wait"] or 0) > LOADED]
+    if loaded:
+        lines.append(f"WARNING: {len(loaded)} row(s) measured while other processes competed (cpu wait > "
+                     f"{100 * LOADED:.0f}%): " + ", ".join(f"{r['pipeline']} {r['batch_size']} {r['norm']}"
+                                                          for r in loaded) + "; rerun on a quieter machine")
     budget = f"{s['samples']} samples" if s["samples"] is not None else f"{s['seconds']:g} s"
     lines.append(f"device {e['device']} ({e['device_name']}), {s['threads']} threads, torch {e['torch']}; "
                  f"{budget} per measurement after {s['warmup_samples']} warm-up samples, best of "
@@ -429,11 +522,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--batch-sizes", type=ints, default=[8, 64, 512], help="comma-separated (default 8,64,512)")
     p.add_argument("--norms", type=lambda t: t.split(","), default=["none", "batch"],
                    help="comma-separated (default none,batch)")
-    p.add_argument("--seconds", type=float, default=1.5, help="time budget per measurement (default 1.5)")
+    p.add_argument("--seconds", type=float, default=0.75, help="time budget per measurement (default 0.75)")
     p.add_argument("--samples", type=int, default=None,
                    help="sample budget per measurement (per run), instead of --seconds")
-    p.add_argument("--warmup", type=int, default=2048, help="warm-up samples before each measurement (default 2048)")
-    p.add_argument("--repeats", type=int, default=1, help="measure each cell this many times, keep the fastest")
+    p.add_argument("--warmup", type=int, default=2048,
+                   help="warm-up samples before each measurement, and the fewest a trainer "
+                        "measurement covers (default 2048)")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="measure each cell this many times, pipelines taking turns; keep the fastest (default 2)")
+    p.add_argument("--settle", type=float, default=10.0,
+                   help="before each measurement wait up to this many seconds for the CPUs to be free of "
+                        "other processes' load (Linux PSI; 0 = don't wait; default 10)")
     p.add_argument("--pack", type=int, default=6, help="runs (seeds) in the packed measurement (default 6)")
     p.add_argument("--pack-batches", type=ints, default=[8],
                    help="batch sizes at which to measure the pack (default 8)")
@@ -449,6 +548,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     for name in ("seconds", "warmup", "repeats", "pack", "matmul_n", "matmul_reps"):
         if getattr(args, name) <= 0 and not (name == "warmup" and args.warmup == 0):
             p.error(f"--{name.replace('_', '-')} must be > 0")
+    if args.settle < 0:
+        p.error("--settle must be >= 0")
     if args.samples is not None and args.samples <= 0:
         p.error("--samples must be > 0")
     if not args.batch_sizes or min(args.batch_sizes) < 1:

@@ -143,3 +143,80 @@ class PackedMLP(nn.Module):
                     for name, value in packed.unpack(r).items():
                         getattr(plain, name).copy_(value)
         return like
+
+
+@torch.no_grad()
+def fused_sgd_step(model: PackedMLP, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
+    """One plain-SGD step (no momentum, no weight decay) without autograd.
+
+    The same math as `loss.backward(); SGD.step()` with PyTorch's own kernels
+    for each piece (native batch norm forward/backward, threshold/sigmoid/tanh
+    backward), but each weight is updated in place from its gradient product
+    (`W.baddbmm_(a^T, g, alpha=-lr)`) instead of writing a gradient tensor
+    that an optimizer then reads: at small batches the per-step overhead of
+    autograd and the optimizer, not arithmetic, is the limit. Returns each
+    run's mean cross-entropy (R,). tests/test_train.py checks it against the
+    autograd path.
+    """
+    r, b, _ = x.shape
+    saved: list[tuple] = []
+    h = x
+    for layer in model.layers:
+        if isinstance(layer, PackedLinear):
+            saved.append((layer, h))
+            h = layer(h)
+        elif isinstance(layer, PackedBatchNorm):
+            f = layer.features
+            flat = h.transpose(0, 1).reshape(b, r * f)
+            out, mean, invstd = torch.native_batch_norm(
+                flat, layer.weight, layer.bias, layer.running_mean, layer.running_var,
+                True, layer.momentum, layer.eps)
+            saved.append((layer, flat, mean, invstd))
+            h = out.view(b, r, f).transpose(0, 1)
+        else:
+            h = layer(h)
+            saved.append((layer, h))
+    logp = torch.log_softmax(h, dim=-1)  # (R, b, classes)
+    target = y.view(r, b, 1)
+    losses = -logp.gather(-1, target).mean((1, 2))
+    g = logp.exp_()  # d(mean CE)/d(logits) = (softmax - onehot) / b, per run
+    g.scatter_add_(-1, target, torch.full_like(target, -1.0, dtype=g.dtype))
+    g.div_(b)
+    first = model.layers[0]
+    for item in reversed(saved):
+        layer = item[0]
+        if isinstance(layer, PackedLinear):
+            a = item[1]
+            g_in = torch.bmm(g, layer.weight.transpose(1, 2)) if layer is not first else None
+            layer.weight.baddbmm_(a.transpose(1, 2), g, alpha=-lr)
+            if layer.bias is not None:
+                layer.bias.sub_(g.sum(1, keepdim=True), alpha=lr)
+            g = g_in
+        elif isinstance(layer, PackedBatchNorm):
+            _, flat, mean, invstd = item
+            f = layer.features
+            g_flat = g.transpose(0, 1).reshape(b, r * f)
+            g_in, g_w, g_b = torch.ops.aten.native_batch_norm_backward(
+                g_flat, flat, layer.weight, layer.running_mean, layer.running_var, mean, invstd,
+                True, layer.eps, [True, True, True])
+            layer.weight.sub_(g_w, alpha=lr)
+            layer.bias.sub_(g_b, alpha=lr)
+            g = g_in.view(b, r, f).transpose(0, 1)
+        else:
+            out = item[1]
+            if isinstance(layer, nn.ReLU):
+                g = torch.ops.aten.threshold_backward(g, out, 0)
+            elif isinstance(layer, nn.Sigmoid):
+                g = torch.ops.aten.sigmoid_backward(g, out)
+            elif isinstance(layer, nn.Tanh):
+                g = torch.ops.aten.tanh_backward(g, out)
+            else:
+                raise TypeError(f"fused_sgd_step has no backward for {type(layer).__name__}")
+    return losses
+
+
+def fused_step_applies(optimizer: dict | object, activation: str) -> bool:
+    """Plain SGD (no momentum, weight decay or nesterov) on a supported activation."""
+    get = optimizer.get if isinstance(optimizer, dict) else lambda k: getattr(optimizer, k)
+    return (str(get("name")) == "sgd" and get("momentum") == 0 and get("weight_decay") == 0
+            and not get("nesterov") and activation in ACTIVATIONS)

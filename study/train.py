@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from study.data import MNISTSplits
-from study.model import PackedMLP, build_mlp
+from study.model import PackedMLP, build_mlp, fused_sgd_step, fused_step_applies
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,13 @@ def build_member(cfg: Any, seed: int) -> nn.Sequential:
 def build_optimizer(cfg: Any, params) -> torch.optim.Optimizer:
     o, name = cfg.optimizer, str(cfg.optimizer.name)
     if name == "sgd":
+        # foreach: one multi-tensor kernel per step instead of one per parameter
+        # (plain SGD would otherwise take the single-tensor path).
         return torch.optim.SGD(params, lr=cfg.lr, momentum=o.momentum,
-                               weight_decay=o.weight_decay, nesterov=o.nesterov)
+                               weight_decay=o.weight_decay, nesterov=o.nesterov, foreach=True)
     kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
-    return kind(params, lr=cfg.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    return kind(params, lr=cfg.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+                foreach=True)
 
 
 def batches_per_epoch(n_train: int, batch_size: int) -> int:
@@ -147,7 +150,8 @@ def train_runs(
     members = [build_member(cfg, s) for s in seeds]
     model = PackedMLP(members).to(device)
     model.train()
-    opt = build_optimizer(cfg, model.parameters())
+    fused = cfg.fused and fused_step_applies(cfg.optimizer, str(cfg.model.activation))
+    opt = None if fused else build_optimizer(cfg, model.parameters())
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     outcomes = [RunOutcome(seed=s) for s in seeds]
     r = len(seeds)
@@ -170,15 +174,20 @@ def train_runs(
         t0 = last_note = time.perf_counter()
         samples = 0
         for i in range(epoch_steps):
-            idx = perms[:, i * bs:(i + 1) * bs]  # (R, b)
-            logits = model(x_train[idx])  # (R, b, classes)
-            losses = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(),
-                                     reduction="none").view(r, -1).mean(1)
-            opt.zero_grad(set_to_none=True)
-            losses.sum().backward()  # runs are independent: d(sum)/d(run's loss) = 1
-            opt.step()
+            idx = perms[:, i * bs:(i + 1) * bs].reshape(-1)  # run-major: R blocks of b
+            b = idx.numel() // r
+            # index_select on a flat index: 3-4x faster than x_train[idx] (measured).
+            xb, yb = x_train.index_select(0, idx).view(r, b, -1), y_train.index_select(0, idx)
+            if fused:
+                losses = fused_sgd_step(model, xb, yb, cfg.lr)
+            else:
+                logits = model(xb)  # (R, b, classes)
+                losses = F.cross_entropy(logits.view(r * b, -1), yb, reduction="none").view(r, b).mean(1)
+                opt.zero_grad(set_to_none=True)
+                losses.sum().backward()  # runs are independent: d(sum)/d(run's loss) = 1
+                opt.step()
             losses_seen[i] = losses.detach()
-            samples += idx.shape[1]
+            samples += b
             if (i + 1) % DIVERGENCE_CHECK_EVERY == 0 or i == epoch_steps - 1:
                 if _mark_diverged(losses_seen[checked:i + 1], step + checked, outcomes, alive, tag) \
                         and not any(alive):

@@ -189,3 +189,41 @@ def test_on_epoch_true_stops_runs_as_pruned_keeping_history(tiny_mnist, tiny_dat
     assert seen == [1, 2] and out.status == "pruned"
     assert [h["epoch"] for h in out.history] == [1, 2]
     assert out.final["val_acc"] == out.history[-1]["val_acc"]
+
+
+@pytest.mark.parametrize("norm, activation", [("none", "relu"), ("batch", "relu"), ("batch", "sigmoid"),
+                                              ("none", "tanh")])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_sgd_step_equals_autograd_and_torch_sgd(tiny_mnist, tiny_data, norm, activation, bias):
+    """The fused path is the same math as loss.backward() + torch.optim.SGD.step()."""
+    over = ["epochs=2", "batch_size=16", f"model.norm={norm}", f"model.activation={activation}",
+            f"model.bias_before_norm={str(bias).lower()}", "lr=0.05"]
+    fused = train_runs(plain_config(cfg_for(tiny_mnist, *over, "fused=true")), [0, 1], tiny_data,
+                       torch.device("cpu"))
+    plain = train_runs(plain_config(cfg_for(tiny_mnist, *over, "fused=false")), [0, 1], tiny_data,
+                       torch.device("cpu"))
+    for f, p in zip(fused, plain, strict=True):
+        for hf, hp in zip(f.history, p.history, strict=True):
+            assert hf["train_loss"] == pytest.approx(hp["train_loss"], rel=1e-5, abs=1e-6)
+            assert hf["val_loss"] == pytest.approx(hp["val_loss"], rel=1e-4, abs=1e-5)
+            assert hf["val_acc"] == pytest.approx(hp["val_acc"], abs=1 / 200 + 1e-9)
+
+
+def test_fused_step_updates_parameters_and_bn_statistics_like_autograd():
+    from study.model import PackedMLP, build_mlp, fused_sgd_step
+
+    def make():
+        torch.manual_seed(0)
+        return PackedMLP([build_mlp(20, [8, 6], 3, "relu", "batch") for _ in range(2)])
+
+    a, b = make(), make()
+    x, y = torch.randn(2, 10, 20), torch.randint(0, 3, (2, 10))
+    opt = torch.optim.SGD(a.parameters(), lr=0.1)
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(a(x).reshape(20, 3), y.reshape(-1), reduction="none")
+        opt.zero_grad()
+        loss.view(2, 10).mean(1).sum().backward()
+        opt.step()
+        fused_sgd_step(b, x, y.reshape(-1), 0.1)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)

@@ -1,0 +1,105 @@
+"""The benchmark runs end to end on tiny data and reports what it promises.
+
+No timing is asserted: a benchmark's numbers are not a test's business
+(only that they are there, positive and consistent with each other).
+"""
+
+import json
+import math
+
+import pytest
+
+from study import bench
+
+PIPELINE_RUNS = {"notebook": 1, "trainer": 1, "trainer-pack": 2, "trainer-sequential": 2}
+ROW_KEYS = {"pipeline", "batch_size", "norm", "runs", "samples_per_second", "x_notebook",
+            "fraction_of_ceiling", "samples", "seconds", "deterministic", "cpu_wait"}
+TOP_KEYS = {"schema_version", "kind", "started_at", "finished_at", "wall_seconds", "command", "settings",
+            "model", "data", "env", "ceiling", "rows", "packs", "targets"}
+ENV_KEYS = {"torch", "device", "device_name", "threads", "cpu_count", "deterministic", "git_commit"}
+
+
+def tiny_args(root, *extra):
+    # One thread: the test machine may be shared, and oversubscribed threads are slow.
+    return ["--data-root", str(root), "--no-verify", "--samples", "16", "--warmup", "8", "--pack", "2",
+            "--matmul-n", "256", "--matmul-reps", "1", "--settle", "0", "--repeats", "1", "--threads", "1",
+            *extra, "data.val_size=200"]
+
+
+@pytest.fixture(scope="module")
+def bench_run(tiny_mnist, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "sub" / "bench.json"
+    result = bench.main(tiny_args(tiny_mnist, "--json", str(out)))
+    return result, out
+
+
+def test_json_has_the_documented_fields(bench_run):
+    result, out = bench_run
+    on_disk = json.loads(out.read_text())
+    assert on_disk == json.loads(json.dumps(result))  # what was returned is what was written
+    assert TOP_KEYS <= set(on_disk)
+    assert on_disk["kind"] == "bench" and on_disk["schema_version"] == bench.BENCH_SCHEMA_VERSION
+    assert ENV_KEYS <= set(on_disk["env"]) and on_disk["env"]["threads"] == 1
+    assert on_disk["data"]["verified"] is False and on_disk["data"]["n_train"] == 1000
+    s = on_disk["settings"]
+    assert s["batch_sizes"] == [8, 64, 512] and s["norms"] == ["none", "batch"] and s["pack"] == 2
+    assert on_disk["model"]["architecture"] == "784-128-64-10"
+    assert on_disk["model"]["flops_per_sample"] == 3 * 2 * (784 * 128 + 128 * 64 + 64 * 10)
+    c = on_disk["ceiling"]
+    assert c["n"] == 256 and c["gflops"] > 0 and c["measurements"] == 2 + 6  # before, each cell, after
+    assert math.isclose(c["samples_per_second"], c["gflops"] * 1e9 / c["flops_per_sample"])
+
+
+def test_every_pipeline_batch_norm_row_is_there(bench_run):
+    result, _ = bench_run
+    rows = {(r["pipeline"], r["batch_size"], r["norm"]): r for r in result["rows"]}
+    expected = {(p, b, n) for b in (8, 64, 512) for n in ("none", "batch") for p in ("notebook", "trainer")}
+    expected |= {(p, 8, n) for n in ("none", "batch") for p in ("trainer-pack", "trainer-sequential")}
+    assert set(rows) == expected
+    for (pipeline, b, n), r in rows.items():
+        assert ROW_KEYS <= set(r)
+        assert r["runs"] == PIPELINE_RUNS[pipeline]
+        assert r["samples_per_second"] > 0 and r["seconds"] > 0
+        base = rows[("notebook", b, n)]["samples_per_second"]
+        assert math.isclose(r["x_notebook"], r["samples_per_second"] / base)
+        assert math.isclose(r["fraction_of_ceiling"],
+                            r["samples_per_second"] / result["ceiling"]["samples_per_second"])
+        # The sample budget is met (whole batches; every run of a pack counts).
+        assert r["samples"] >= 16 * (r["runs"] if pipeline.startswith("trainer-") else 1)
+    assert rows[("notebook", 8, "none")]["deterministic"] is False
+    assert rows[("trainer", 8, "none")]["deterministic"] is True
+
+
+def test_packs_and_targets_are_consistent(bench_run):
+    result, _ = bench_run
+    assert {(p["batch_size"], p["norm"]) for p in result["packs"]} == {(8, "none"), (8, "batch")}
+    for p in result["packs"]:
+        assert p["runs"] == 2
+        assert math.isclose(p["ratio"], p["pack_samples_per_second"] / p["sequential_samples_per_second"])
+    names = {(t["name"], t["batch_size"], t["norm"]) for t in result["targets"]}
+    assert names == {(name, b, n) for n in ("none", "batch")
+                     for name, b in (("trainer_x_notebook", 64), ("trainer_fraction_of_ceiling", 512),
+                                     ("pack_x_sequential", 8))}
+    for t in result["targets"]:
+        assert t["met"] == (t["value"] >= t["target"])
+
+
+def test_table_prints_every_row(capsys, tiny_mnist):
+    # Printing is checked on a second, smaller run so the captured output is its own.
+    result = bench.main(tiny_args(tiny_mnist, "--batch-sizes", "8,16", "--norms", "batch"))
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["pipeline", "batch", "norm", "runs"]
+    for r in result["rows"]:
+        assert any(line.split()[:4] == [r["pipeline"], str(r["batch_size"]), r["norm"], str(r["runs"])]
+                   for line in lines), (r["pipeline"], r["batch_size"], r["norm"])
+    assert "matmul ceiling" in out and "GFLOP/s" in out
+    assert "pack at batch 8, norm batch: 2 runs packed" in out
+
+
+def test_bad_input_is_one_line_exit_2(tiny_mnist, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(tiny_args(tiny_mnist, "lr=-1"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: lr=") and "\n" not in err
