@@ -230,19 +230,20 @@ def _train_or_take_from_pack(cfg: DictConfig, data: MNISTSplits,
     its pack (tests/test_train.py checks packed against solo runs).
     """
     key = pack_key(cfg)
+    if (key, cfg.seed) in _PACK_DONE:  # trained with an earlier job of its pack
+        return _PACK_DONE.pop((key, cfg.seed))
     seeds = [s for s in _PACK_PLAN.get(key, [])
              if s == cfg.seed or cfg.force or find_reusable(_with_seed(cfg, s)) is None]
     if len(seeds) < 2 or cfg.seed not in seeds:
         (outcome,) = train_runs(cfg, [cfg.seed], data, device, tag=run_tag(cfg),
                                 on_epoch=_trial_reporter(cfg))
         return outcome, {"size": 1, "seeds": [cfg.seed]}
-    if (key, cfg.seed) not in _PACK_DONE:
-        t0 = time.perf_counter()
-        tag = run_tag(cfg).replace(f"seed={cfg.seed}", "seeds=" + ",".join(map(str, seeds)))
-        outcomes = train_runs(cfg, seeds, data, device, tag=tag)
-        info = {"size": len(seeds), "seeds": seeds, "wall_seconds": time.perf_counter() - t0}
-        for o in outcomes:
-            _PACK_DONE[(key, o.seed)] = (o, info)
+    t0 = time.perf_counter()
+    tag = run_tag(cfg).replace(f"seed={cfg.seed}", "seeds=" + ",".join(map(str, seeds)))
+    outcomes = train_runs(cfg, seeds, data, device, tag=tag)
+    info = {"size": len(seeds), "seeds": seeds, "wall_seconds": time.perf_counter() - t0}
+    for o in outcomes:
+        _PACK_DONE[(key, o.seed)] = (o, info)
     return _PACK_DONE.pop((key, cfg.seed))
 
 

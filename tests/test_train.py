@@ -227,3 +227,19 @@ def test_fused_step_updates_parameters_and_bn_statistics_like_autograd():
         fused_sgd_step(b, x, y.reshape(-1), 0.1)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_planned_pack_trains_once_even_when_reuse_is_on(tiny_mnist, tmp_path, monkeypatch):
+    """The packed launcher's plan: the first job trains all seeds, the others
+    take their run (once indexed, earlier seeds must not shrink the pack)."""
+    import study.runner as runner
+
+    calls = []
+    real = runner.train_runs
+    monkeypatch.setattr(runner, "train_runs", lambda cfg, seeds, *a, **k: calls.append(list(seeds)) or
+                        real(cfg, seeds, *a, **k))
+    common = ["epochs=1", "batch_size=100", "force=false", f"run_index={tmp_path}/index"]
+    runner.plan_pack(cfg_for(tiny_mnist, *common), [0, 1, 2])
+    recs = [run_job(cfg_for(tiny_mnist, *common, f"seed={s}"), tmp_path / f"s{s}") for s in (0, 1, 2)]
+    assert calls == [[0, 1, 2]]
+    assert [r["pack"]["seeds"] for r in recs] == [[0, 1, 2]] * 3 and not any("reused_from" in r for r in recs)
