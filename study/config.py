@@ -22,7 +22,10 @@ from study.errors import UserError
 
 class Norm(str, Enum):
     none = "none"
-    batch = "batch"
+    batch = "batch"  # BatchNorm1d (Ioffe & Szegedy 2015)
+    ghost = "ghost"  # BN over virtual batches of model.ghost_size (Hoffer et al. 2017)
+    layer = "layer"  # LayerNorm over a layer's features (Ba et al. 2016)
+    group = "group"  # GroupNorm, model.groups groups of features (Wu & He 2018)
 
 
 class Activation(str, Enum):
@@ -72,6 +75,8 @@ class ModelConfig:
     # adds its own shift). The notebook keeps it (nn.Linear's default), so do
     # we; false drops it for Linear layers that feed a norm.
     bias_before_norm: bool = True
+    ghost_size: int = 32  # norm=ghost: examples per virtual batch
+    groups: int = 8  # norm=group: feature groups (must divide every hidden width)
 
 
 @dataclass
@@ -185,11 +190,15 @@ def validate(cfg: DictConfig) -> None:
     need(m.out_features >= 2, "model.out_features", m.out_features, "an integer >= 2")
     need(0 < m.bn_momentum <= 1, "model.bn_momentum", m.bn_momentum, "a number in (0, 1]")
     need(m.bn_eps > 0, "model.bn_eps", m.bn_eps, "a number > 0")
-    if _enum_value(m.norm) == Norm.batch.value:
+    need(m.ghost_size >= 2, "model.ghost_size", m.ghost_size, "an integer >= 2")
+    if _enum_value(m.norm) == Norm.group.value:
+        need(m.groups >= 1 and all(h % m.groups == 0 for h in m.hidden), "model.groups", m.groups,
+             f"an integer >= 1 that divides every hidden width {list(m.hidden)}")
+    if _enum_value(m.norm) in (Norm.batch.value, Norm.ghost.value):
         # BN in training mode cannot normalize a single example (zero variance);
         # nn.BatchNorm1d raises on it.
         need(cfg.batch_size >= 2, "batch_size", cfg.batch_size,
-             "an integer >= 2 with model.norm=batch (batch statistics need 2+ examples)")
+             f"an integer >= 2 with model.norm={_enum_value(m.norm)} (batch statistics need 2+ examples)")
 
     o = cfg.optimizer
     need(o.momentum >= 0, "optimizer.momentum", o.momentum, "a number >= 0")

@@ -19,7 +19,38 @@ import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
-NORMS = ("none", "batch")
+NORMS = ("none", "batch", "ghost", "layer", "group")
+
+
+class GhostBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm whose training statistics come from virtual ("ghost") batches.
+
+    Hoffer et al. 2017: the batch is split into consecutive chunks of
+    `ghost_size` examples; each chunk is normalized with its own mean and
+    (biased) variance, and the running statistics are updated once per chunk,
+    in order, as BatchNorm1d would for each chunk alone. A trailing chunk of
+    one example joins the chunk before it (one example has no variance).
+    Eval mode uses the running statistics, like BatchNorm1d.
+    """
+
+    def __init__(self, num_features: int, ghost_size: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.ghost_size = ghost_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        return torch.cat([F.batch_norm(c, self.running_mean, self.running_var, self.weight, self.bias,
+                                       True, self.momentum, self.eps)
+                          for c in ghost_chunks(x, self.ghost_size, dim=0)], dim=0)
+
+
+def ghost_chunks(x: torch.Tensor, size: int, dim: int) -> list[torch.Tensor]:
+    """Consecutive chunks of `size` along `dim`; a last chunk of one joins the one before."""
+    chunks = list(torch.split(x, size, dim=dim))
+    if len(chunks) > 1 and chunks[-1].shape[dim] == 1:
+        chunks[-2:] = [torch.cat(chunks[-2:], dim=dim)]
+    return chunks
 
 
 def build_mlp(
@@ -31,8 +62,16 @@ def build_mlp(
     bn_momentum: float = 0.1,
     bn_eps: float = 1e-5,
     bias_before_norm: bool = True,
+    ghost_size: int = 32,
+    groups: int = 8,
 ) -> nn.Sequential:
-    """Linear -> norm -> activation per hidden layer, then Linear -> logits."""
+    """Linear -> norm -> activation per hidden layer, then Linear -> logits.
+
+    norm: none; batch (BatchNorm1d); ghost (BN over virtual batches of
+    `ghost_size`); layer (LayerNorm over a layer's features); group
+    (GroupNorm with `groups` groups of features; `groups` must divide every
+    hidden width).
+    """
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
     if norm not in NORMS:
@@ -40,9 +79,17 @@ def build_mlp(
     layers: list[nn.Module] = []
     width = in_features
     for h in hidden:
-        layers.append(nn.Linear(width, h, bias=bias_before_norm or norm == "none"))
+        # Only batch statistics make the bias redundant (the batch mean removes
+        # it); LayerNorm/GroupNorm remove just its mean over features.
+        layers.append(nn.Linear(width, h, bias=bias_before_norm or norm not in ("batch", "ghost")))
         if norm == "batch":
             layers.append(nn.BatchNorm1d(h, eps=bn_eps, momentum=bn_momentum))
+        elif norm == "ghost":
+            layers.append(GhostBatchNorm1d(h, ghost_size, eps=bn_eps, momentum=bn_momentum))
+        elif norm == "layer":
+            layers.append(nn.LayerNorm(h, eps=bn_eps))
+        elif norm == "group":
+            layers.append(nn.GroupNorm(groups, h, eps=bn_eps))
         layers.append(ACTIVATIONS[activation]())
         width = h
     layers.append(nn.Linear(width, out_features))
@@ -110,6 +157,43 @@ class PackedBatchNorm(nn.Module):
         }
 
 
+class PackedGhostBatchNorm(PackedBatchNorm):
+    """R GhostBatchNorm1d layers: each run's batch split into the same chunks."""
+
+    def __init__(self, members: Sequence[GhostBatchNorm1d]) -> None:
+        super().__init__(members)
+        self.ghost_size = members[0].ghost_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        return torch.cat([super(PackedGhostBatchNorm, self).forward(c)
+                          for c in ghost_chunks(x, self.ghost_size, dim=1)], dim=1)
+
+
+class PackedPerSampleNorm(nn.Module):
+    """R LayerNorm or GroupNorm layers: statistics per example, affine per run."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        first = members[0]
+        self.groups = first.num_groups if isinstance(first, nn.GroupNorm) else None
+        self.eps = first.eps
+        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in members]).unsqueeze(1).contiguous())
+        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in members]).unsqueeze(1).contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r, b, f = x.shape
+        if self.groups is None:
+            normed = F.layer_norm(x, (f,), eps=self.eps)
+        else:
+            normed = F.group_norm(x.reshape(r * b, f), self.groups, eps=self.eps).view(r, b, f)
+        return torch.addcmul(self.bias, normed, self.weight)
+
+    def unpack(self, r: int) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight[r, 0], "bias": self.bias[r, 0]}
+
+
 class PackedMLP(nn.Module):
     """R MLPs of one architecture; forward maps (R, B, in) to (R, B, out)."""
 
@@ -126,8 +210,12 @@ class PackedMLP(nn.Module):
             column = [net[i] for net in members]
             if isinstance(layer, nn.Linear):
                 layers.append(PackedLinear(column))
+            elif isinstance(layer, GhostBatchNorm1d):
+                layers.append(PackedGhostBatchNorm(column))
             elif isinstance(layer, nn.BatchNorm1d):
                 layers.append(PackedBatchNorm(column))
+            elif isinstance(layer, (nn.LayerNorm, nn.GroupNorm)):
+                layers.append(PackedPerSampleNorm(column))
             else:  # activations are stateless and elementwise
                 layers.append(layer)
         self.layers = nn.Sequential(*layers)
@@ -215,8 +303,9 @@ def fused_sgd_step(model: PackedMLP, x: torch.Tensor, y: torch.Tensor, lr: float
     return losses
 
 
-def fused_step_applies(optimizer: dict | object, activation: str) -> bool:
-    """Plain SGD (no momentum, weight decay or nesterov) on a supported activation."""
+def fused_step_applies(optimizer: dict | object, activation: str, norm: str) -> bool:
+    """Plain SGD (no momentum, weight decay or nesterov), a supported activation,
+    and no norm or plain BN (other norms train with autograd)."""
     get = optimizer.get if isinstance(optimizer, dict) else lambda k: getattr(optimizer, k)
     return (str(get("name")) == "sgd" and get("momentum") == 0 and get("weight_decay") == 0
-            and not get("nesterov") and activation in ACTIVATIONS)
+            and not get("nesterov") and activation in ACTIVATIONS and norm in ("none", "batch"))

@@ -84,7 +84,7 @@ def build_member(cfg: Any, seed: int) -> nn.Sequential:
     return build_mlp(
         in_features=m.in_features, hidden=list(m.hidden), out_features=m.out_features,
         activation=str(m.activation), norm=str(m.norm), bn_momentum=m.bn_momentum,
-        bn_eps=m.bn_eps, bias_before_norm=m.bias_before_norm,
+        bn_eps=m.bn_eps, bias_before_norm=m.bias_before_norm, ghost_size=m.ghost_size, groups=m.groups,
     )
 
 
@@ -150,7 +150,7 @@ def train_runs(
     members = [build_member(cfg, s) for s in seeds]
     model = PackedMLP(members).to(device)
     model.train()
-    fused = cfg.fused and fused_step_applies(cfg.optimizer, str(cfg.model.activation))
+    fused = cfg.fused and fused_step_applies(cfg.optimizer, str(cfg.model.activation), str(cfg.model.norm))
     opt = None if fused else build_optimizer(cfg, model.parameters())
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     outcomes = [RunOutcome(seed=s) for s in seeds]

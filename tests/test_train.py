@@ -243,3 +243,23 @@ def test_a_planned_pack_trains_once_even_when_reuse_is_on(tiny_mnist, tmp_path, 
     recs = [run_job(cfg_for(tiny_mnist, *common, f"seed={s}"), tmp_path / f"s{s}") for s in (0, 1, 2)]
     assert calls == [[0, 1, 2]]
     assert [r["pack"]["seeds"] for r in recs] == [[0, 1, 2]] * 3 and not any("reused_from" in r for r in recs)
+
+
+@pytest.mark.parametrize("norm", ["ghost", "layer", "group"])
+def test_other_norms_train_with_autograd_and_pack(tiny_mnist, tiny_data, norm):
+    cfg = plain_config(cfg_for(tiny_mnist, "epochs=2", "batch_size=64", f"model.norm={norm}",
+                               "model.ghost_size=16", "model.groups=8", "lr=0.05"))
+    packed = train_runs(cfg, [0, 1], tiny_data, torch.device("cpu"))
+    (alone,) = train_runs(cfg, [1], tiny_data, torch.device("cpu"))
+    assert all(o.status == "completed" for o in packed)
+    assert packed[0].final["val_acc"] > 0.5
+    assert packed[1].history[-1]["train_loss"] == pytest.approx(alone.history[-1]["train_loss"], rel=1e-4)
+
+
+def test_group_count_must_divide_the_widths(tiny_mnist):
+    from study.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=r"model.groups=5 is not allowed: .*divides every hidden width \[128, 64\]"):
+        validate(cfg_for(tiny_mnist, "model.norm=group", "model.groups=5"))
+    with pytest.raises(ConfigError, match="batch_size=1 .* model.norm=ghost"):
+        validate(cfg_for(tiny_mnist, "model.norm=ghost", "batch_size=1"))
