@@ -73,7 +73,8 @@ class ModelConfig:
     bn_eps: float = 1e-5
     # A Linear followed by BN has a redundant bias (BN subtracts the mean and
     # adds its own shift). The notebook keeps it (nn.Linear's default), so do
-    # we; false drops it for Linear layers that feed a norm.
+    # we; false drops it for Linear layers that feed a batch-statistics norm
+    # (batch, ghost), where it is redundant.
     bias_before_norm: bool = True
     ghost_size: int = 32  # norm=ghost: examples per virtual batch
     groups: int = 8  # norm=group: feature groups (must divide every hidden width)
@@ -190,7 +191,8 @@ def validate(cfg: DictConfig) -> None:
     need(m.out_features >= 2, "model.out_features", m.out_features, "an integer >= 2")
     need(0 < m.bn_momentum <= 1, "model.bn_momentum", m.bn_momentum, "a number in (0, 1]")
     need(m.bn_eps > 0, "model.bn_eps", m.bn_eps, "a number > 0")
-    need(m.ghost_size >= 2, "model.ghost_size", m.ghost_size, "an integer >= 2")
+    if _enum_value(m.norm) == Norm.ghost.value:
+        need(m.ghost_size >= 2, "model.ghost_size", m.ghost_size, "an integer >= 2")
     if _enum_value(m.norm) == Norm.group.value:
         need(m.groups >= 1 and all(h % m.groups == 0 for h in m.hidden), "model.groups", m.groups,
              f"an integer >= 1 that divides every hidden width {list(m.hidden)}")

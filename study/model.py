@@ -253,7 +253,7 @@ def fused_sgd_step(model: PackedMLP, x: torch.Tensor, y: torch.Tensor, lr: float
         if isinstance(layer, PackedLinear):
             saved.append((layer, h))
             h = layer(h)
-        elif isinstance(layer, PackedBatchNorm):
+        elif type(layer) is PackedBatchNorm:  # not ghost BN: its statistics differ
             f = layer.features
             flat = h.transpose(0, 1).reshape(b, r * f)
             out, mean, invstd = torch.native_batch_norm(
@@ -261,9 +261,11 @@ def fused_sgd_step(model: PackedMLP, x: torch.Tensor, y: torch.Tensor, lr: float
                 True, layer.momentum, layer.eps)
             saved.append((layer, flat, mean, invstd))
             h = out.view(b, r, f).transpose(0, 1)
-        else:
+        elif isinstance(layer, (nn.ReLU, nn.Sigmoid, nn.Tanh)):
             h = layer(h)
             saved.append((layer, h))
+        else:
+            raise TypeError(f"fused_sgd_step does not handle {type(layer).__name__}")
     logp = torch.log_softmax(h, dim=-1)  # (R, b, classes)
     target = y.view(r, b, 1)
     losses = -logp.gather(-1, target).mean((1, 2))
@@ -280,7 +282,7 @@ def fused_sgd_step(model: PackedMLP, x: torch.Tensor, y: torch.Tensor, lr: float
             if layer.bias is not None:
                 layer.bias.sub_(g.sum(1, keepdim=True), alpha=lr)
             g = g_in
-        elif isinstance(layer, PackedBatchNorm):
+        elif type(layer) is PackedBatchNorm:
             _, flat, mean, invstd = item
             f = layer.features
             g_flat = g.transpose(0, 1).reshape(b, r * f)

@@ -14,6 +14,7 @@ import math
 import os
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,12 +36,12 @@ _DATA_CACHE: dict[tuple, MNISTSplits] = {}
 # the seeds planned together for a config, and the finished runs of a pack
 # waiting for their own jobs to record them.
 _PACK_PLAN: dict[str, list[int]] = {}
-_PACK_DONE: dict[tuple[str, int], tuple[RunOutcome, dict[str, Any]]] = {}
+_PACK_DONE: dict[tuple[str, int], "_Trained"] = {}
 _DEFAULT_THREADS: Optional[int] = None
 
 
 # Keys that say how a run is launched or reported, not what it computes.
-NOT_IN_IDENTITY = ("trial", "tune", "force", "run_index", "progress_every", "hydra")
+NOT_IN_IDENTITY = ("trial", "tune", "force", "run_index", "progress_every", "objective", "hydra")
 CODE_DIRS = ("study", "hydra_plugins")
 
 
@@ -76,8 +77,14 @@ def code_version() -> str:
 
 
 def run_hash(cfg: DictConfig) -> str:
-    """Same resolved config (launch-only keys aside) and same code -> same hash."""
-    ident = json.dumps({"config": _identity(cfg), "code": code_version()}, sort_keys=True)
+    """Same resolved config (launch-only keys aside), code and torch -> same hash.
+
+    Not included: the data files' content. With data.verify=true they are the
+    official MNIST (checked); with data.verify=false, replacing the files
+    under the same root needs force=true to retrain.
+    """
+    ident = json.dumps({"config": _identity(cfg), "code": code_version(), "torch": torch.__version__},
+                       sort_keys=True)
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
@@ -191,18 +198,14 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] = ()) -> dict[s
     claim_dir(out_dir)
     base = base_record(cfg, overrides)
     env = environment(device, threads)
-    t0 = time.perf_counter()
-    try:
-        outcome, pack = _train_or_take_from_pack(cfg, data, device)
-        record = outcome_record(base, outcome, data, env, time.perf_counter() - t0)
-        record["pack"] = pack
-    except Exception as e:  # a crash is a result to record, not a reason to stop a sweep
-        log.error("%srun failed: %s", run_tag(cfg), e)
+    trained = _train_or_take_from_pack(cfg, data, device)
+    if trained.error is None:
+        record = outcome_record(base, trained.outcome, data, env, trained.wall_seconds)
+    else:  # a crash is a result to record, not a reason to stop a sweep
         record = dict(base, status="failed", final={}, history=[], data=data.info, env=env,
-                      finished_at=now_iso(), wall_seconds=time.perf_counter() - t0,
-                      diverged_at_step=None, pack=None,
-                      error={"type": type(e).__name__, "message": str(e),
-                             "traceback": traceback.format_exc()})
+                      wall_seconds=trained.wall_seconds, diverged_at_step=None, error=trained.error)
+    # A packed run's times are its pack's: its runs trained together.
+    record.update(started_at=trained.started_at, finished_at=trained.finished_at, pack=trained.pack)
     record["run_hash"], record["code_version"] = run_hash(cfg), code_version()
     write_json_atomic(out_dir / RESULT_FILE, record)
     if record["status"] in ("completed", "diverged"):
@@ -221,13 +224,41 @@ def _reuse(found: tuple[Path, dict[str, Any]], out_dir: Path, overrides: list[st
     return record
 
 
-def _train_or_take_from_pack(cfg: DictConfig, data: MNISTSplits,
-                             device: torch.device) -> tuple[RunOutcome, dict[str, Any]]:
+@dataclass
+class _Trained:
+    """One run's training, alone or in a pack (shared times, shared crash)."""
+
+    outcome: Optional[RunOutcome]
+    error: Optional[dict[str, Any]]
+    pack: dict[str, Any]
+    started_at: str
+    finished_at: str
+    wall_seconds: float
+
+
+def _train(cfg: DictConfig, seeds: list[int], data: MNISTSplits, device: torch.device,
+           tag: str) -> dict[int, _Trained]:
+    started, t0 = now_iso(), time.perf_counter()
+    outcomes, error = None, None
+    try:
+        outcomes = train_runs(cfg, seeds, data, device, tag=tag,
+                              on_epoch=_trial_reporter(cfg) if len(seeds) == 1 else None)
+    except Exception as e:
+        log.error("%srun failed: %s", tag, e)
+        error = {"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}
+    wall, finished = time.perf_counter() - t0, now_iso()
+    pack = {"size": len(seeds), "seeds": seeds}
+    return {s: _Trained(outcomes[i] if outcomes else None, error, pack, started, finished, wall)
+            for i, s in enumerate(seeds)}
+
+
+def _train_or_take_from_pack(cfg: DictConfig, data: MNISTSplits, device: torch.device) -> _Trained:
     """This job's run: trained alone, or as part of the pack planned for it.
 
-    The first job of a planned pack trains every seed of it together; each
-    later job takes its own finished run. A run's numbers do not depend on
-    its pack (tests/test_train.py checks packed against solo runs).
+    The first job of a planned pack trains every seed of it together (or
+    fails for all of them); each later job takes its own result. A run's
+    numbers do not depend on its pack (tests/test_train.py checks packed
+    against solo runs).
     """
     key = pack_key(cfg)
     if (key, cfg.seed) in _PACK_DONE:  # trained with an earlier job of its pack
@@ -235,15 +266,10 @@ def _train_or_take_from_pack(cfg: DictConfig, data: MNISTSplits,
     seeds = [s for s in _PACK_PLAN.get(key, [])
              if s == cfg.seed or cfg.force or find_reusable(_with_seed(cfg, s)) is None]
     if len(seeds) < 2 or cfg.seed not in seeds:
-        (outcome,) = train_runs(cfg, [cfg.seed], data, device, tag=run_tag(cfg),
-                                on_epoch=_trial_reporter(cfg))
-        return outcome, {"size": 1, "seeds": [cfg.seed]}
-    t0 = time.perf_counter()
+        return _train(cfg, [cfg.seed], data, device, run_tag(cfg))[cfg.seed]
     tag = run_tag(cfg).replace(f"seed={cfg.seed}", "seeds=" + ",".join(map(str, seeds)))
-    outcomes = train_runs(cfg, seeds, data, device, tag=tag)
-    info = {"size": len(seeds), "seeds": seeds, "wall_seconds": time.perf_counter() - t0}
-    for o in outcomes:
-        _PACK_DONE[(key, o.seed)] = (o, info)
+    for seed, trained in _train(cfg, seeds, data, device, tag).items():
+        _PACK_DONE[(key, seed)] = trained
     return _PACK_DONE.pop((key, cfg.seed))
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from study.config import ConfigError
 from study.data import MNISTSplits
 from study.model import PackedMLP, build_mlp, fused_sgd_step, fused_step_applies
 
@@ -57,7 +58,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but no CUDA device is available")
+        raise ConfigError("device", name, "cpu or auto here: torch sees no CUDA device")
     return torch.device(name)
 
 
@@ -208,6 +209,12 @@ def train_runs(
         eval_seconds = time.perf_counter() - t1
         train_loss = losses_seen.mean(0).tolist()
         for k, out in enumerate(outcomes):
+            # Losses are taken before each update: weights made non-finite by
+            # the epoch's last update show up only here, in the evaluation.
+            if alive[k] and not math.isfinite(float(val_loss[k])):
+                alive[k] = False
+                out.status, out.diverged_at_step = "diverged", step
+                log.warning("%sseed %d diverged: non-finite validation loss after step %d", tag, out.seed, step)
             if not alive[k]:
                 continue
             out.history.append({
@@ -224,6 +231,8 @@ def train_runs(
                  float(np.mean([h["train_loss"] for h in live])),
                  float(np.mean([h["val_acc"] for h in live])),
                  float(np.mean([h["test_acc"] for h in live])))
+        if not any(alive):
+            return outcomes
         if on_epoch is not None and epoch < n_epochs and on_epoch(epoch, outcomes):
             for k, out in enumerate(outcomes):
                 if alive[k]:

@@ -263,3 +263,58 @@ def test_group_count_must_divide_the_widths(tiny_mnist):
         validate(cfg_for(tiny_mnist, "model.norm=group", "model.groups=5"))
     with pytest.raises(ConfigError, match="batch_size=1 .* model.norm=ghost"):
         validate(cfg_for(tiny_mnist, "model.norm=ghost", "batch_size=1"))
+
+
+def test_a_crashing_pack_fails_every_member_without_retraining(tiny_mnist, tmp_path, monkeypatch):
+    import study.runner as runner
+
+    calls = []
+
+    def crash(cfg, seeds, *a, **k):
+        calls.append(list(seeds))
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(runner, "train_runs", crash)
+    common = ["epochs=1", "force=false", f"run_index={tmp_path}/index"]
+    runner.plan_pack(cfg_for(tiny_mnist, *common), [0, 1, 2])
+    recs = [run_job(cfg_for(tiny_mnist, *common, f"seed={s}"), tmp_path / f"s{s}") for s in (0, 1, 2)]
+    assert calls == [[0, 1, 2]]
+    assert [r["status"] for r in recs] == ["failed"] * 3
+    assert all(r["error"]["message"] == "out of memory (simulated)" for r in recs)
+    assert len({r["started_at"] for r in recs}) == 1  # the pack's times, shared
+
+
+def test_weights_broken_by_the_last_update_are_a_divergence(tiny_mnist, tiny_data, monkeypatch):
+    import study.train as tr
+
+    real = tr.evaluate
+
+    def nan_for_run_one(model, x, y, chunk):
+        acc, loss = real(model, x, y, chunk)
+        loss = loss.clone()  # an inference tensor cannot be edited in place
+        loss[1] = float("nan")
+        return acc, loss
+
+    monkeypatch.setattr(tr, "evaluate", nan_for_run_one)
+    cfg = plain_config(cfg_for(tiny_mnist, "epochs=2", "batch_size=100"))
+    out = train_runs(cfg, [0, 1], tiny_data, torch.device("cpu"))
+    assert out[0].status == "completed" and len(out[0].history) == 2
+    assert out[1].status == "diverged" and out[1].diverged_at_step == 10 and out[1].history == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_a_config_error(tiny_mnist, tmp_path):
+    from study.config import ConfigError
+
+    with pytest.raises(ConfigError, match="device=cuda is not allowed"):
+        run_job(cfg_for(tiny_mnist, "device=cuda"), tmp_path / "run")
+
+
+def test_launcher_rejects_bad_pack_and_worker_counts():
+    from hydra_plugins.bn_study_launcher.packed_launcher import PackedLauncher
+    from study.config import ConfigError
+
+    with pytest.raises(ConfigError, match="hydra.launcher.max_pack=0"):
+        PackedLauncher(max_pack=0)
+    with pytest.raises(ConfigError, match="hydra.launcher.n_jobs=0"):
+        PackedLauncher(n_jobs=0)

@@ -90,6 +90,12 @@ def _steps(cfg: DictConfig) -> float:
 
 class PackedLauncher(Launcher):
     def __init__(self, n_jobs: int = -1, max_pack: int = 16, pack: bool = True) -> None:
+        from study.config import ConfigError
+
+        if max_pack < 1:
+            raise ConfigError("hydra.launcher.max_pack", max_pack, "an integer >= 1")
+        if n_jobs == 0 or n_jobs < -1:
+            raise ConfigError("hydra.launcher.n_jobs", n_jobs, "-1 (one per core) or an integer >= 1")
         self.n_jobs, self.max_pack, self.pack = n_jobs, max_pack, pack
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None

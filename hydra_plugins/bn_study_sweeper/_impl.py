@@ -21,6 +21,7 @@ sweep count as in flight.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import itertools
@@ -154,6 +155,18 @@ def this_sweep() -> dict[str, Any]:
     """Who runs a trial: stored on it so a later sweep can tell a dead owner."""
     stat = _proc_stat(os.getpid())
     return {"host": socket.gethostname(), "pid": os.getpid(), "start": stat[1] if stat else None}
+
+
+# A RUNNING trial without an owner older than this is from a sweep that died
+# between asking it and recording itself on it.
+OWNERLESS_STALE_AFTER = datetime.timedelta(minutes=10)
+
+
+def _ask_again(study: optuna.Study, trial: Any) -> None:
+    """Queue a failed trial's params so the next ask retries them (and the
+    runner reuses the run if its job had finished)."""
+    if trial.params:
+        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
 
 
 def sweep_is_gone(owner: Any) -> bool:
@@ -376,11 +389,24 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         return study
 
     def _fail_stale(self, study: optuna.Study) -> int:
+        """Fail RUNNING trials of dead sweeps; their params are asked again first.
+
+        A stale trial's job may have finished and indexed its run before the
+        sweep died: asking the same params again lets the runner reuse that
+        run instead of losing it. A RUNNING trial with no owner (a sweep
+        killed between ask and recording itself) counts as stale once it is
+        older than OWNERLESS_STALE_AFTER.
+        """
         n = 0
+        now = datetime.datetime.now()
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if sweep_is_gone(t.user_attrs.get("sweep")):
+            owner = t.user_attrs.get("sweep")
+            ownerless_old = (owner is None and t.datetime_start is not None
+                             and now - t.datetime_start > OWNERLESS_STALE_AFTER)
+            if sweep_is_gone(owner) or ownerless_old:
                 study._storage.set_trial_user_attr(t._trial_id, "status", "stale")
                 tell(study, t.number, TrialState.FAIL)
+                _ask_again(study, t)
                 n += 1
         return n
 
@@ -423,6 +449,7 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
                 if study._storage.get_trial(t._trial_id).state == TrialState.RUNNING:
                     t.set_user_attr("status", why)
                     tell(study, t, TrialState.FAIL)
+                    _ask_again(study, study._storage.get_trial(t._trial_id))
             except Exception as e:  # the original error matters more; the next run fails it as stale
                 log.warning("could not mark trial %d failed: %s", t.number, e)
 
