@@ -27,8 +27,8 @@ from matplotlib.ticker import (FixedLocator, FuncFormatter, MaxNLocator, NullFor
                                NullLocator)
 
 from analysis.stats import interval_bounds  # noqa: E402
-from analysis.summary import (BASELINE_NORM, Analysis, fmt_value, norm_name, setting_groups,  # noqa: E402
-                              timings)
+from analysis.summary import (BASELINE_NORM, BASIS_ALL, BASIS_TRIAL, BIASED_NOTE, Analysis,  # noqa: E402
+                              best_lr_phrase, fmt_value, norm_name, setting_groups, timings)
 
 DPI = 110
 PANEL = (3.4, 2.7)  # inches per facet
@@ -163,7 +163,7 @@ def fig_accuracy_vs_batch(a: Analysis) -> tuple[Figure | None, str]:
     lr_facets = a.lr_varies and n_lr <= MAX_LR_FACETS
     if a.lr_varies and not lr_facets:
         runs = a.best_lr_runs()
-        lr_note = "each cell at its best lr by mean validation accuracy (Figure 5 names it); "
+        lr_note = f"each cell at its best lr, {best_lr_phrase(a)} (Figure 5 names it); "
     else:
         lr_note = "" if not lr_facets else "one panel per lr; "
     done = runs[runs.status == "completed"]
@@ -242,7 +242,7 @@ def _curves(a: Analysis, metric: str, ylabel: str, what: str) -> tuple[Figure | 
         _clamp_accuracy(axes)
     _legend(fig, axes, "norm" if style is None else "")
     n = done.groupby(a.cell_keys, dropna=False).size()
-    lr_note = ("each cell at its best lr by mean validation accuracy; " if a.lr_varies else "")
+    lr_note = (f"each cell at its best lr, {best_lr_phrase(a)}; " if a.lr_varies else "")
     caption = (f"{what} vs epoch (top) and vs optimizer steps (bottom, log axis: the same epochs cost "
                f"a large batch fewer updates), one panel per batch size: mean over seeds with its "
                f"{INTERVAL_NOTE}. {lr_note}{_lr_phrase(a)}. "
@@ -333,11 +333,21 @@ def fig_isolation(a: Analysis) -> tuple[Figure | None, str]:
             ax.set_title(label, fontsize=9)
     _legend(fig, axes)
     n_tried = a.best.n_lr_tried
-    caption = (f"Isolation plot: for each norm and batch size, the test accuracy at the lr with the best mean "
-               f"validation accuracy (labelled; {int(n_tried.min())} to {int(n_tried.max())} lrs tried per "
-               f"cell; diverged runs count as 0 in the choice), mean with its {INTERVAL_NOTE}, dots = seeds. "
-               f"{_n_phrase(a.best.set_index([*a.cell_keys[:2]]).n)} at the chosen lr. The lr was chosen on the "
-               f"same seeds it is shown with: rerun it with fresh seeds before concluding.")
+    basis = a.best.basis
+    if (basis == BASIS_ALL).all():
+        chosen = ("The lr was chosen on the same seeds it is shown with: rerun it with fresh seeds before "
+                  "concluding.")
+    else:
+        biased = int((basis == BASIS_TRIAL).sum())
+        chosen = ("The lr was chosen on the tuning trials; the runs shown are the confirmation runs at it "
+                  "(fresh seeds, the trial that chose it left out)"
+                  + (f", except at {biased} cell{'s' if biased != 1 else ''} without confirmation runs, shown "
+                     f"with the trial that chose the lr ({BIASED_NOTE})." if biased else "."))
+    lo, hi = int(n_tried.min()), int(n_tried.max())
+    caption = (f"Isolation plot: for each norm and batch size, the test accuracy at its best lr (labelled; "
+               f"{lo if lo == hi else f'{lo} to {hi}'} lrs tried per cell; diverged runs count as 0 in the "
+               f"choice), {best_lr_phrase(a)}: mean with its {INTERVAL_NOTE}, dots = seeds. "
+               f"{_n_phrase(a.best.set_index([*a.cell_keys[:2]]).n)} at the chosen lr. {chosen}")
     return fig, caption
 
 
@@ -350,9 +360,15 @@ def fig_cost(a: Analysis) -> tuple[Figure | None, str]:
     bs = a.batch_sizes
     d = timed.assign(batch=pd.Categorical(timed.batch_size.astype(int), categories=bs))
     norms = [n for n in a.norms if n in set(d.norm)]
-    groups = setting_groups(a, d)
+    # Per-run throughput depends on how many models a pack steps together: one row of panels per pack size.
+    packs = sorted(d.pack_size.dropna().unique())
+    groups = [(label, g, None) for label, g in setting_groups(a, d)]
+    if len(packs) > 1:
+        groups = [(label, g[g.pack_size == p], p) for label, g, _ in groups for p in packs
+                  if (g.pack_size == p).any()]
     fig, axes = _grid(len(groups), 2)
-    for i, (label, g) in enumerate(groups):
+    for i, (label, g, pack_size) in enumerate(groups):
+        title = ", ".join(t for t in (label, f"pack size {int(pack_size)}" if pack_size is not None else "") if t)
         for ax, y, ylabel in ((axes[i, 0], "samples_per_second", "training samples per second"),
                               (axes[i, 1], "epoch_seconds", "seconds per training epoch")):
             sns.barplot(data=g, x="batch", y=y, hue="norm", hue_order=norms, palette=pal, estimator="mean",
@@ -363,10 +379,10 @@ def fig_cost(a: Analysis) -> tuple[Figure | None, str]:
             ax.set_xlabel("batch size")
             ax.set_ylabel(ylabel)
             ax.margins(y=0.12)
-            if label:
-                ax.set_title(label, fontsize=9)
+            if title:
+                ax.set_title(title, fontsize=9)
         if "vs_baseline" in a.cost:
-            _label_overhead(axes[i, 0], a, label, norms, bs)
+            _label_overhead(axes[i, 0], a, label, pack_size, norms, bs)
     _legend(fig, axes)
     machines = ", ".join(sorted(a.runs.device_name.dropna().astype(str).unique())) or "unknown machine"
     threads = "/".join(sorted(a.runs.threads.dropna().astype(str).unique())) or "?"
@@ -374,6 +390,9 @@ def fig_cost(a: Analysis) -> tuple[Figure | None, str]:
     packed = a.runs.pack_size.dropna()
     pack = (f" Runs trained together in a pack (up to {int(packed.max())}) share one timing per epoch, "
             "counted once." if len(packed) and packed.max() > 1 else "")
+    if len(packs) > 1:
+        pack += (" A pack's per-run throughput is not comparable with a lone run's: one row per pack size, "
+                 "and norms are compared only at equal pack sizes.")
     caption = (f"Cost of training per norm and batch size: throughput (samples per second, left; labels: "
                f"change relative to {norm_name(BASELINE_NORM)}) and seconds per training epoch (evaluation "
                f"excluded, right). Bars: mean over timed epochs (the first, warm-up, excluded) with its 95% "
@@ -382,12 +401,15 @@ def fig_cost(a: Analysis) -> tuple[Figure | None, str]:
     return fig, caption
 
 
-def _label_overhead(ax, a: Analysis, label: str, norms: list[Any], bs: list[int]) -> None:
-    """Write each norm's throughput change vs no norm above its bar."""
+def _label_overhead(ax, a: Analysis, label: str, pack_size: float | None, norms: list[Any],
+                    bs: list[int]) -> None:
+    """Write each norm's throughput change vs no norm (at the same pack size) above its bar."""
     width = 0.8 / len(norms)
     rel = a.cost[a.cost.vs_baseline.notna()]
     for r in rel.to_dict("records"):
         if label and a.setting_label(r) != label:
+            continue
+        if pack_size is not None and r["pack_size"] != pack_size:
             continue
         x = bs.index(int(r["batch_size"])) - 0.4 + width * (norms.index(r["norm"]) + 0.5)
         top = r["samples_per_second_high"]

@@ -24,7 +24,8 @@ from analysis.collect import AnalysisError, Collection, collect, is_storage_url
 from analysis.document import (Bullets, Details, Figure_, Para, Section, Table, Warning_, to_html,
                                to_markdown)
 from analysis.figures import draw_figures
-from analysis.summary import (BASELINE_NORM, OPERATIONAL, Analysis, analyze, fmt_value, norm_name, pct)
+from analysis.summary import (BASELINE_NORM, OPERATIONAL, Analysis, analyze, best_lr_phrase, fmt_value,
+                              norm_name, pct)
 
 REPORT_HTML = "report.html"
 SECTION_TITLES = ("Findings", "Protocol", "Difference to no norm", "Figures", "Per-cell results",
@@ -154,7 +155,7 @@ def findings_section(a: Analysis) -> Section:
         blocks.append(Para("No claim of the protocol can be tested with these runs alone (they need "
                            "both norms at two or more batch sizes, an lr range, or timings)."))
     if a.lr_varies and not a.best_differences.empty:
-        blocks.append(Para("At each cell's best lr (chosen on validation accuracy; Figure 5):"))
+        blocks.append(Para(f"At each cell's best lr ({best_lr_phrase(a)}; Figure 5):"))
         blocks.append(Bullets([f"batch {fmt_value(r['batch_size'])}"
                                f"{(', ' + a.setting_label(r)) if a.setting_keys else ''}: {r['reading']}"
                                for r in a.best_differences.to_dict("records")]))
@@ -233,6 +234,13 @@ def protocol_section(a: Analysis) -> Section:
         items.append(f"{n} record{' is a copy' if n == 1 else 's are copies'} of runs already counted (a reused "
                      "record next to its original, or the same run reached twice): each run is counted once, "
                      f"e.g. {col.duplicates[0][0]} (same run as {col.duplicates[0][1]}).")
+    if a.repeats:
+        n = len(a.repeats)
+        listed = "; ".join(f"{left} (counted: {kept})" for left, kept in a.repeats[:MAX_LISTED])
+        more = f"; ... and {n - MAX_LISTED} more" if n > MAX_LISTED else ""
+        items.append(f"{n} duplicate run{'s' if n != 1 else ''} left out: the same cell and seed trained again "
+                     "(a forced retrain, other threads, or changed code); only the newest (finished_at) is "
+                     f"counted: {listed}{more}.")
     params_only = runs[runs.record == ""] if "record" in runs else runs.iloc[:0]
     if len(params_only):
         items.append(f"{len(params_only)} Optuna trials have no run record: they appear with their "
@@ -242,7 +250,8 @@ def protocol_section(a: Analysis) -> Section:
     blocks.extend(_problem_blocks(a))
     fixed = pd.DataFrame([{"key": k, "value": fmt_value(v)} for k, v in a.fixed.items()])
     blocks.append(Details(f"Fixed settings ({len(fixed)} config keys with one value in every run)",
-                          [Table(fixed, "Operational keys (" + ", ".join(OPERATIONAL) + ") are not listed.")]))
+                          [Table(fixed, "Operational keys (" + ", ".join(OPERATIONAL) + ", and the keys under them) "
+                                 "are not listed.")]))
     return Section("Protocol", blocks, boxed=True)
 
 
@@ -314,8 +323,8 @@ def difference_section(a: Analysis) -> Section:
                             "An arm with one seed has no spread, so no interval is given for it." if one_seed else ""))
     if a.lr_varies and not a.best_differences.empty:
         bkeys = ["batch_size", *a.setting_keys]
-        blocks.append(Para("The same at each (norm, batch size)'s best lr (chosen on mean validation accuracy, "
-                           "Figure 5): the comparison the tuning protocol asks for."))
+        blocks.append(Para(f"The same at each (norm, batch size)'s best lr ({best_lr_phrase(a)}, Figure 5): "
+                           "the comparison the tuning protocol asks for."))
         blocks.append(Table(_difference_display(a, a.best_differences, bkeys)))
     return Section("Difference to no norm", blocks)
 
@@ -342,9 +351,10 @@ def cells_section(a: Analysis) -> Section:
             "test 95% interval": [_interval(m, lo, hi, n) for m, lo, hi, n in
                                   zip(best.test_acc_mean, best.test_acc_low, best.test_acc_high, best.n)],
             "seeds": best.n,
+            **({"runs shown": best.basis, "note": best.note.replace("", "-")} if a.tuned else {}),
         })
-        blocks.append(Para("Best lr per (norm, batch size), chosen on mean validation accuracy "
-                           "(diverged runs count as 0):"))
+        blocks.append(Para(f"Best lr per (norm, batch size), {best_lr_phrase(a)} (diverged runs count as 0 "
+                           "in the choice):"))
         blocks.append(Table(show))
     return Section("Per-cell results", blocks)
 

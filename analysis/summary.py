@@ -20,10 +20,17 @@ import pandas as pd
 from analysis.collect import Collection
 from analysis.stats import Difference, contrast, mean_interval, welch_difference
 
-# Config keys that change how or where a run executes or is bookkept, not what it learns.
+# Config keys that change how or where a run executes or is bookkept, not what it learns;
+# each covers the keys under it too ("tune" covers tune.n_trials, tune.confirm_seeds, ...).
+# study/runner.py NOT_IN_IDENTITY names the launch-only ones.
 OPERATIONAL = ("threads", "device", "progress_every", "eval_batch_size", "objective",
-               "data.root", "data.source", "data.verify", "force", "run_index",
-               "trial.storage", "trial.study", "trial.number", "trial.prune")
+               "data.root", "data.source", "data.verify", "force", "run_index", "trial", "tune")
+TRIAL_NUMBER = "trial.number"  # set on a tuning trial's run; null on its cell's confirmation runs
+# How a cell's numbers at its best lr were obtained (best_lr_table's `basis`).
+BASIS_ALL = "all runs"  # no tuning trials: chosen and shown on the same runs
+BASIS_CONFIRM = "confirmation runs"  # chosen on the trial runs, shown on fresh seeds
+BASIS_TRIAL = "selection trial"  # no confirmation run: the trial that chose the lr
+BIASED_NOTE = "selected on this seed: biased upward"
 SCIENTIFIC = ("norm", "batch_size")  # always the leading cell keys, varying or not
 BASELINE_NORM = "none"
 NORM_NAMES = {"none": "no norm", "batch": "BN", "ghost": "ghost BN", "layer": "LayerNorm",
@@ -31,6 +38,10 @@ NORM_NAMES = {"none": "no norm", "batch": "BN", "ghost": "ghost BN", "layer": "L
 # Diverged runs count as this validation accuracy when picking a cell's best lr,
 # so that an lr at which some seed blew up is not "best" on its surviving seeds.
 DIVERGED_SELECTION_SCORE = 0.0
+
+
+def is_operational(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in OPERATIONAL)
 
 
 def norm_name(norm: Any) -> str:
@@ -69,6 +80,8 @@ class Analysis:
     lr_varies: bool
     fixed: dict[str, Any]  # non-varying config keys -> their value
     operational_varying: dict[str, list[Any]]
+    # (record left out, record counted): one (cell, seed) trained more than once; the newest counts
+    repeats: list[tuple[str, str]] = field(default_factory=list)
     cells: pd.DataFrame = field(default_factory=pd.DataFrame)
     differences: pd.DataFrame = field(default_factory=pd.DataFrame)  # at each cell's own lr
     best: pd.DataFrame = field(default_factory=pd.DataFrame)  # best lr per (norm, batch, setting)
@@ -93,13 +106,33 @@ class Analysis:
     def setting_label(self, row: pd.Series | dict[str, Any]) -> str:
         return ", ".join(f"{k}={fmt_value(row[k])}" for k in self.setting_keys)
 
+    @property
+    def tuned(self) -> bool:
+        """A tuning sweep: some runs are Optuna trials (the others confirm a cell's best lr)."""
+        return TRIAL_NUMBER in self.runs and bool(self.runs[TRIAL_NUMBER].notna().any())
+
     def best_lr_runs(self) -> pd.DataFrame:
-        """Runs at each (norm, batch_size, setting)'s best lr; all runs when lr is fixed."""
+        """Runs each (norm, batch_size, setting)'s numbers at its best lr come from; all runs when lr is fixed.
+
+        In a tuning sweep these are the confirmation runs at the chosen lr, or
+        the selection trial where a cell has none (see `best_lr_table`).
+        """
         if not self.lr_varies or self.best.empty:
             return self.runs
         keys = [*SCIENTIFIC, *self.setting_keys]
-        chosen = self.best[[*keys, "lr"]]
-        return self.runs.merge(chosen, on=[*keys, "lr"], how="inner")
+        at = self.runs.merge(self.best[[*keys, "lr", "basis"]], on=[*keys, "lr"], how="inner")
+        if TRIAL_NUMBER in at:
+            trial = at[TRIAL_NUMBER].notna()
+            at = at[(at.basis == BASIS_ALL) | ((at.basis == BASIS_CONFIRM) & ~trial)
+                    | ((at.basis == BASIS_TRIAL) & trial)]
+        return at.drop(columns="basis")
+
+
+def best_lr_phrase(a: Analysis) -> str:
+    """How each cell's best lr was chosen and which runs show it (for captions and tables)."""
+    if a.tuned:
+        return "chosen on the validation accuracy of its tuning trials and shown with its confirmation runs"
+    return "chosen on mean validation accuracy"
 
 
 def _plain(v: Any) -> Any:
@@ -116,23 +149,45 @@ def analyze(col: Collection) -> Analysis:
         if k not in runs.columns:
             runs[k] = pd.NA
     config = [c for c in col.config_columns if c in runs.columns and c != "seed"]
-    varying = [c for c in config if c not in OPERATIONAL and _varies(runs[c])]
+    varying = [c for c in config if not is_operational(c) and _varies(runs[c])]
     cell_keys = [*SCIENTIFIC, *[c for c in varying if c not in SCIENTIFIC]]
     setting_keys = [c for c in cell_keys if c not in (*SCIENTIFIC, "lr")]
     fixed = {c: _plain(runs[c].dropna().iloc[0]) if runs[c].notna().any() else None for c in config
-             if c not in varying and c not in OPERATIONAL}
-    operational = {c: sorted(runs[c].dropna().astype(str).unique()) for c in OPERATIONAL
-                   if c in runs.columns and _varies(runs[c])}
+             if c not in varying and not is_operational(c)}
+    operational = {c: sorted(runs[c].dropna().astype(str).unique()) for c in [*config, "threads"]
+                   if is_operational(c) and c in runs.columns and _varies(runs[c])}
+    runs, repeats = drop_repeats(runs, cell_keys)
     a = Analysis(col=col, runs=runs, cell_keys=cell_keys, setting_keys=setting_keys,
-                 lr_varies="lr" in varying, fixed=fixed, operational_varying=operational)
+                 lr_varies="lr" in varying, fixed=fixed, operational_varying=operational, repeats=repeats)
     a.cells = cell_table(a)
     a.differences = difference_table(a, a.runs, [k for k in cell_keys if k != "norm"])
     if a.lr_varies:
         a.best = best_lr_table(a)
-        a.best_differences = difference_table(a, a.best_lr_runs(), ["batch_size", *setting_keys])
+        a.best_differences = best_difference_table(a)
     a.cost = cost_table(a)
     a.findings = findings(a)
     return a
+
+
+def drop_repeats(runs: pd.DataFrame, cell_keys: list[str]) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Keep one completed or diverged run per (cell, seed): the newest by finished_at.
+
+    A forced retrain, another thread count or a code change writes a second
+    record of the same cell and seed; counting both would pass one seed off
+    as two replicates. Returns the runs kept and (record left out, record counted).
+    """
+    if "seed" not in runs:
+        return runs, []
+    scored = runs[runs.status.isin(["completed", "diverged"]) & runs.seed.notna()]
+    if scored.empty:
+        return runs, []
+    finished = pd.to_datetime(scored.finished_at, utc=True, errors="coerce")
+    order = scored.assign(_finished=finished).sort_values("_finished", na_position="first", kind="stable")
+    by_replicate = order.groupby([*cell_keys, "seed"], dropna=False, sort=False)
+    counted = by_replicate.record.transform("last")
+    left_out = order.index[by_replicate.cumcount(ascending=False) > 0]
+    pairs = [(str(order.record[i]), str(counted[i])) for i in left_out]
+    return runs.drop(index=left_out), pairs
 
 
 def _groups(df: pd.DataFrame, keys: list[str]):
@@ -232,26 +287,57 @@ def best_lr_table(a: Analysis) -> pd.DataFrame:
     """Per (norm, batch_size, setting): the lr with the best mean validation accuracy.
 
     Selection is on validation accuracy (the protocol: test only in the final
-    table); diverged runs count as 0 so that a fragile lr is not picked.
+    table); diverged runs count as 0 so that a fragile lr is not picked. In a
+    tuning sweep the lr is chosen on the cell's trial runs only and its numbers
+    come from the confirmation runs at that lr (fresh seeds: the trial that
+    chose an lr is biased upward); a cell without them falls back to that
+    trial, marked BIASED_NOTE.
     """
     keys = [*SCIENTIFIC, *a.setting_keys]
+    tuned = a.tuned
     rows = []
     for key, g in _groups(a.runs, keys):
-        scored = g[g.status.isin(["completed", "diverged"])].copy()
+        trial = g[TRIAL_NUMBER].notna() if tuned else pd.Series(False, index=g.index)
+        pool = g[trial] if trial.any() else g
+        scored = pool[pool.status.isin(["completed", "diverged"])].copy()
         scored["score"] = np.where(scored.status == "diverged", DIVERGED_SELECTION_SCORE, scored.val_acc)
         scored = scored[scored.score.notna()]
         if scored.empty or not (scored.status == "completed").any():
             continue
-        per_lr = scored.groupby("lr").score.mean()
-        lr = per_lr.idxmax()
-        at = g[(g.lr == lr) & (g.status == "completed")]
-        m = mean_interval(at.test_acc)
+        lr = scored.groupby("lr").score.mean().idxmax()
+        basis = BASIS_ALL
+        at = g[g.lr == lr]
+        if trial.any():
+            confirm = at[~trial[at.index]]
+            basis = BASIS_CONFIRM if len(confirm) else BASIS_TRIAL
+            at = confirm if len(confirm) else at[trial[at.index]]
+        done = at[at.status == "completed"]
+        m = mean_interval(done.test_acc)
         row = dict(zip(keys, key))
-        row.update({"lr": lr, "n_lr_tried": int(g.lr.nunique()), "val_acc_mean": at.val_acc.mean(),
+        row.update({"lr": lr, "n_lr_tried": int(pool.lr.nunique()), "val_acc_mean": done.val_acc.mean(),
                     "test_acc_mean": m.mean, "test_acc_low": m.low, "test_acc_high": m.high,
-                    "n": m.n, "n_diverged_at_lr": int(((g.lr == lr) & (g.status == "diverged")).sum())})
+                    "n": m.n, "n_diverged_at_lr": int((at.status == "diverged").sum()), "basis": basis,
+                    "note": BIASED_NOTE if basis == BASIS_TRIAL else ""})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def best_difference_table(a: Analysis) -> pd.DataFrame:
+    """Each norm minus no norm at each arm's best lr; readings note an arm shown on its selection trial."""
+    keys = ["batch_size", *a.setting_keys]
+    diffs = difference_table(a, a.best_lr_runs(), keys)
+    if diffs.empty:
+        return diffs
+    biased = a.best[a.best.basis == BASIS_TRIAL]
+    for i, d in diffs.iterrows():
+        same = np.ones(len(biased), dtype=bool)
+        for k in keys:
+            same &= biased[k].astype(str).to_numpy() == str(d[k])
+        arms = set(biased.norm[same])
+        if arms & {d["norm"], d["baseline"]}:
+            names = " and ".join(norm_name(n) for n in (d["norm"], d["baseline"]) if n in arms)
+            diffs.at[i, "reading"] = f"{d['reading']}; {names}: no confirmation runs, {BIASED_NOTE}"
+    return diffs
 
 
 def timings(a: Analysis) -> pd.DataFrame:
@@ -273,11 +359,15 @@ def timings(a: Analysis) -> pd.DataFrame:
 
 
 def cost_table(a: Analysis) -> pd.DataFrame:
-    """Training throughput per (norm, batch_size[, setting]) and each norm's relative cost."""
+    """Training throughput per (norm, batch_size[, setting], pack_size) and each norm's relative cost.
+
+    A pack steps several seeds' models together, so its per-run samples/s is
+    not comparable with a lone run's: norms are compared at equal pack sizes.
+    """
     timed = timings(a)
     if timed.empty:
         return pd.DataFrame()
-    keys = ["batch_size", *a.setting_keys]  # the lr changes the numbers, not the work per step
+    keys = ["batch_size", *a.setting_keys, "pack_size"]  # the lr changes the numbers, not the work per step
     rows = []
     for key, g in _groups(timed, keys):
         base = g[g.norm == BASELINE_NORM]
@@ -413,7 +503,8 @@ def finding_cost(a: Analysis) -> list[dict[str, str]]:
                                   r["n_epochs_timed"], r["n_epochs_timed"]), positive=False) for r in rows]
     verdict = ("supported" if all(v == "supported" for v in slower)
                else "not supported" if all(v == "not supported" for v in slower) else "inconclusive")
-    labels = [", ".join(f"{k}={fmt_value(r[k])}" for k in ["batch_size", *a.setting_keys]) for r in rows]
+    label_keys = ["batch_size", *a.setting_keys, *(["pack_size"] if _varies(a.cost.pack_size) else [])]
+    labels = [", ".join(f"{k}={fmt_value(r[k])}" for k in label_keys) for r in rows]
     clear = [lab for lab, v in zip(labels, slower) if v == "supported"]
     mixed = (f" Slower beyond the timing noise at {'; '.join(clear)} only."
              if clear and verdict == "inconclusive" else "")
@@ -426,7 +517,8 @@ def finding_cost(a: Analysis) -> list[dict[str, str]]:
     threads = sorted(a.runs.threads.dropna().astype(str).unique())
     packed = a.runs.pack_size.dropna()
     note = (f" Runs were trained in packs of up to {int(packed.max())} (one model per seed, stepped together), "
-            "which share each epoch's timing." if len(packed) and packed.max() > 1 else "")
+            "which share each epoch's timing; norms are compared at equal pack sizes."
+            if len(packed) and packed.max() > 1 else "")
     return [{
         "claim": "C14: BN costs compute",
         "verdict": verdict,

@@ -416,3 +416,98 @@ def test_multirun_ends_with_its_report(tmp_path, tiny_mnist, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "again" / "report.html")
     again = pd.read_csv(tmp_path / "again" / "results.csv")
     pd.testing.assert_frame_equal(df.drop(columns="run"), again.drop(columns="run"))
+
+
+# ------------------------------------------------------- a tuning sweep's records
+def edited(rec: dict, *, norm: str, lr: float, seed: int, trial: int | None, val_acc: float, test_acc: float,
+           pack_size: int = 1, finished_at: str = "2026-01-01T00:00:00+00:00", **config) -> dict:
+    """A copy of a real record, turned into another run of the study (config, seed, metrics, timing)."""
+    rec = json.loads(json.dumps(rec))
+    cfg = rec["config"]
+    cfg["model"]["norm"], cfg["lr"], cfg["seed"], rec["seed"] = norm, lr, seed, seed
+    cfg["trial"]["number"] = trial
+    for key, value in config.items():  # dotted keys, e.g. tune.n_trials
+        *parents, leaf = key.split(".")
+        node = cfg
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    rec["final"].update(val_acc=val_acc, test_acc=test_acc)
+    for h in rec["history"]:
+        h["pack_size"] = pack_size
+    rec["history"][-1].update(val_acc=val_acc, test_acc=test_acc)
+    rec["finished_at"] = finished_at
+    return rec
+
+
+def write_records(root: Path, recs: dict[str, dict]) -> Path:
+    for name, rec in recs.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "result.json").write_text(json.dumps(rec))
+    return root
+
+
+def test_tuning_sweep_picks_lr_on_trials_and_reports_confirmation_runs(grid, tmp_path):
+    from analysis.collect import collect
+    from analysis.summary import BASIS_CONFIRM, BASIS_TRIAL, BIASED_NOTE, analyze
+
+    _, made = grid
+    base = made[0][1]  # a real completed record of the trainer
+    recs = {
+        # BN: a lucky seed-0 trial at lr 0.1 tops validation; its confirmation seeds do worse, and the
+        # single trial at lr 0.3 beats their mean (the old mean over all runs at an lr picked 0.3).
+        "bn_t0": edited(base, norm="batch", lr=0.1, seed=0, trial=0, val_acc=0.99, test_acc=0.99),
+        "bn_t1": edited(base, norm="batch", lr=0.3, seed=0, trial=1, val_acc=0.95, test_acc=0.95,
+                        **{"tune.n_trials": 4}),  # a launch-only key: never a cell key
+        **{f"bn_c{s}": edited(base, norm="batch", lr=0.1, seed=s, trial=None, val_acc=0.90, test_acc=t,
+                              pack_size=3, **{"tune.confirm_seeds": [1, 2, 3, 4]})
+           for s, t in ((1, 0.80), (2, 0.81), (3, 0.82))},
+        # no norm: trials only, no confirmation run
+        "none_t0": edited(base, norm="none", lr=0.05, seed=0, trial=0, val_acc=0.90, test_acc=0.88),
+        "none_t1": edited(base, norm="none", lr=0.5, seed=0, trial=1, val_acc=0.80, test_acc=0.79),
+    }
+    sweep = write_records(tmp_path / "tune", recs)
+    a = analyze(collect([sweep]))
+    assert a.cell_keys == ["norm", "batch_size", "lr"] and a.tuned
+    assert {"tune.n_trials", "tune.confirm_seeds", "trial.number"} <= set(a.operational_varying)
+    best = a.best.set_index("norm")
+    assert best.loc["batch", "lr"] == 0.1 and best.loc["batch", "basis"] == BASIS_CONFIRM
+    assert best.loc["batch", "n"] == 3 and best.loc["batch", "test_acc_mean"] == pytest.approx(0.81)
+    assert best.loc["batch", "test_acc_low"] == pytest.approx(mean_interval([0.80, 0.81, 0.82]).low)
+    assert best.loc["none", "lr"] == 0.05 and best.loc["none", "basis"] == BASIS_TRIAL
+    assert best.loc["none", "n"] == 1 and math.isnan(best.loc["none", "test_acc_low"])
+    assert best.loc["none", "note"] == BIASED_NOTE
+    shown = a.best_lr_runs()
+    assert sorted(shown.run) == ["bn_c1", "bn_c2", "bn_c3", "none_t0"]
+    d = a.best_differences.iloc[0]
+    assert d.n == 3 and d.n_baseline == 1 and d.test_acc_diff == pytest.approx(0.81 - 0.88)
+    assert d.reading.endswith(f"no norm: no confirmation runs, {BIASED_NOTE}")
+    # cost: the packed confirmation runs are compared with no norm only at their own pack size
+    cost = a.cost.set_index(["norm", "pack_size"])
+    assert cost.loc[("batch", 1.0), "vs_baseline"] == cost.loc[("batch", 1.0), "vs_baseline"]  # not NaN
+    assert ("batch", 3.0) in cost.index and math.isnan(cost.loc[("batch", 3.0), "vs_baseline"])
+
+    md = (build_report([sweep]) / "report.md").read_text()
+    fig5 = md.split("_Figure 5. ")[1].split("\n")[0]
+    assert "chosen on the same seeds it is shown with" not in fig5
+    assert "confirmation runs at it (fresh seeds, the trial that chose it left out)" in fig5
+    assert "except at 1 cell without confirmation runs" in fig5 and BIASED_NOTE in fig5
+    assert "one row per pack size" in md
+    assert "| batch | 16 | 0.1 | 2 | 90.00% | 81.00% |" in md and BIASED_NOTE in md
+
+
+def test_a_cell_and_seed_trained_twice_counts_once(grid, tmp_path):
+    _, made = grid
+    first = made[0][1]
+    again = dict(json.loads(json.dumps(first)), code_version="changed", finished_at="2099-01-01T00:00:00+00:00")
+    again["config"]["threads"] = 2  # operational: the same cell
+    again["final"]["test_acc"] = 0.5
+    runs = write_records(tmp_path / "runs", {"first": first, "again": again, "other": made[2][1]})
+    report = build_report([runs])
+    df = results(report)
+    assert sorted(df.run) == ["again", "other"]
+    assert df.set_index("run").loc["again", "test_acc"] == 0.5
+    md = (report / "report.md").read_text()
+    assert (f"1 duplicate run left out: the same cell and seed trained again (a forced retrain, other threads, "
+            f"or changed code); only the newest (finished_at) is counted: {runs / 'first' / 'result.json'} "
+            f"(counted: {runs / 'again' / 'result.json'})") in md
