@@ -17,9 +17,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-RESULT_FILE = "result.json"  # written by study.runner (study/records.py); not imported: no torch here
-CLAIM_FILE = ".claimed"  # a job's marker that it started in this dir (study/runner.py)
-STATUSES = ("completed", "diverged", "failed")  # what the trainer writes; others are shown as found
+from study.records import CLAIM_FILE, RESULT_FILE
+
 FINAL_METRICS = ("train_loss", "val_acc", "test_acc", "val_loss")
 HISTORY_FIELDS = ("epoch", "step", "train_loss", "val_acc", "test_acc", "val_loss",
                   "epoch_seconds", "samples_per_second", "eval_seconds", "pack_size")

@@ -1,7 +1,8 @@
 """The run record (`result.json`): building it, writing it atomically.
 
 The schema is documented in the README ("The result record"); the analysis,
-the sweeps and the benchmarks read it. Non-finite numbers are written as
+the sweeps and the benchmarks read it. This module does not import torch at
+load time, so that readers of records stay light. Non-finite numbers are written as
 null so that every record is strict JSON.
 """
 
@@ -19,10 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
+CLAIM_FILE = ".claimed"  # a job's marker that it started in its dir (study/runner.py: claim_dir)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -98,8 +98,10 @@ def _version(module: str) -> str | None:
         return None
 
 
-def environment(device: torch.device, threads: int) -> dict[str, Any]:
+def environment(device: "torch.device", threads: int) -> dict[str, Any]:
     """What a reader needs to reproduce or compare a number."""
+    import torch  # here, not at the top: the analysis and the sweeper read records without torch
+
     env = {
         "torch": torch.__version__,
         "torchvision": _version("torchvision"),

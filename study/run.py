@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from study.config import register_configs, validate
 from study.errors import UserError, UserExit, describe_user_error
+from study.records import CLAIM_FILE, RESULT_FILE
 
 log = logging.getLogger("study.run")
 register_configs()
@@ -54,7 +55,7 @@ def discard_unused_dir(out_dir: Path) -> None:
     It holds only Hydra's own files (the composed config, the log): left in
     place it would look like a run in `outputs/`.
     """
-    if out_dir.is_dir() and not (out_dir / "result.json").exists() and not (out_dir / ".claimed").exists():
+    if out_dir.is_dir() and not (out_dir / RESULT_FILE).exists() and not (out_dir / CLAIM_FILE).exists():
         shutil.rmtree(out_dir, ignore_errors=True)
 
 

@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from study.config import validate
 from study.data import MNISTSplits, load_mnist
-from study.records import (REPO_ROOT, RESULT_FILE, SCHEMA_VERSION, environment, now_iso, read_record,
-                           write_json_atomic)
+from study.records import (CLAIM_FILE, REPO_ROOT, RESULT_FILE, SCHEMA_VERSION, environment, now_iso,
+                           read_record, write_json_atomic)
 from study.train import RunOutcome, configure_determinism, resolve_device, train_runs
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def claim_dir(out_dir: Path) -> None:
     """Refuse a dir that already holds a run: never two runs in one dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(out_dir / ".claimed", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        fd = os.open(out_dir / CLAIM_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         raise RuntimeError(f"output dir {out_dir} already holds a run; refusing to overwrite it") from None
     os.write(fd, f"{os.getpid()} {now_iso()}\n".encode())

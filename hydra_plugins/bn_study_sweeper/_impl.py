@@ -46,11 +46,12 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from study.records import RESULT_FILE
+
 from .pruning import PRUNER_ATTR, pruner_spec
 
 log = logging.getLogger("study.tune")
 
-RESULT_FILE = "result.json"  # study/records.py (not imported: it imports torch)
 SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
 # The objective (study/config.py: OBJECTIVES) and which way is better.
 OBJECTIVE_DIRECTIONS = {"val_acc": "maximize", "test_acc": "maximize", "train_loss": "minimize"}
