@@ -50,7 +50,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from study.config import register_configs, validate
+from study.config import compose_config, validate
 from study.errors import describe_user_error
 from study.records import environment, now_iso, write_json_atomic
 from study.runner import get_data, plain_config
@@ -59,7 +59,6 @@ from study.train import build_member, configure_determinism, resolve_device, tra
 log = logging.getLogger(__name__)
 
 BENCH_SCHEMA_VERSION = 1
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 PIPELINES = ("notebook", "trainer", "trainer-pack", "trainer-sequential")
 
 # The issue's targets, as ratios measured within one run.
@@ -74,13 +73,9 @@ MATMUL_N = 2048  # the size the issue's background number (~380 GFLOP/s here) wa
 # ------------------------------------------------------------------ config
 
 
-def compose_config(overrides: Sequence[str]) -> DictConfig:
+def bench_config(overrides: Sequence[str]) -> DictConfig:
     """The project's real config (conf/, schema-checked), as plain values."""
-    from hydra import compose, initialize_config_dir
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR)):
-        cfg = compose(config_name="config", overrides=list(overrides))
+    cfg = compose_config(overrides)
     validate(cfg)
     return plain_config(cfg)
 
@@ -365,7 +360,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         overrides.append(f"data.root={args.data_root}")
     if args.no_verify:
         overrides.append("data.verify=false")
-    cfg = compose_config(overrides)
+    cfg = bench_config(overrides)
     for bs in args.batch_sizes:  # every cell's values are checked before anything runs
         for norm in args.norms:
             validate(cell_config(cfg, bs, norm))

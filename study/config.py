@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
@@ -219,6 +220,19 @@ def validate(cfg: DictConfig) -> None:
     d = cfg.data
     need(d.name == "mnist", "data.name", d.name, "mnist")
     need(d.val_size >= 1, "data.val_size", d.val_size, "an integer >= 1")
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """The study's real config (conf/config.yaml, schema-checked), composed
+    outside `@hydra.main`: for the tests and the benchmark."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def register_configs() -> None:

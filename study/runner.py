@@ -90,13 +90,13 @@ def run_hash(cfg: DictConfig) -> str:
 
 def find_reusable(cfg: DictConfig) -> Optional[tuple[Path, dict[str, Any]]]:
     """A finished run (completed or diverged) of exactly this config and code."""
-    entry = Path(cfg.run_index) / f"{run_hash(cfg)}.json"
+    want = run_hash(cfg)
     try:
-        path = Path(json.loads(entry.read_text())["record"])
+        path = Path(json.loads((Path(cfg.run_index) / f"{want}.json").read_text())["record"])
         rec = read_record(path)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if rec.get("run_hash") != run_hash(cfg) or rec.get("status") not in ("completed", "diverged"):
+    if rec.get("run_hash") != want or rec.get("status") not in ("completed", "diverged"):
         return None
     return path, rec
 

@@ -43,10 +43,8 @@ class RunOutcome:
 
     @property
     def final(self) -> dict[str, Any]:
-        if self.status == "pruned" and self.history:
-            last = self.history[-1]  # the metrics at the epoch it was stopped
-            return {k: last[k] for k in ("train_loss", "val_acc", "test_acc", "val_loss", "epoch", "step")}
-        if self.status != "completed" or not self.history:
+        # A pruned run's final metrics are those of the epoch it was stopped at.
+        if self.status not in ("completed", "pruned") or not self.history:
             return {"train_loss": None, "val_acc": None, "test_acc": None, "val_loss": None,
                     "epoch": self.history[-1]["epoch"] if self.history else 0,
                     "step": self.diverged_at_step}
@@ -224,6 +222,8 @@ def train_runs(
                 "epoch_seconds": seconds, "samples_per_second": samples / seconds,
                 "eval_seconds": eval_seconds, "pack_size": r,
             })
+        if not any(alive):
+            return outcomes
         live = [o.history[-1] for k, o in enumerate(outcomes) if alive[k]]
         log.info("%sepoch %d/%d step %d | %.0f samples/s%s | loss %.4f val %.4f test %.4f",
                  tag, epoch, n_epochs, step, samples / seconds * r,
@@ -231,8 +231,6 @@ def train_runs(
                  float(np.mean([h["train_loss"] for h in live])),
                  float(np.mean([h["val_acc"] for h in live])),
                  float(np.mean([h["test_acc"] for h in live])))
-        if not any(alive):
-            return outcomes
         if on_epoch is not None and epoch < n_epochs and on_epoch(epoch, outcomes):
             for k, out in enumerate(outcomes):
                 if alive[k]:

@@ -1,16 +1,10 @@
-"""Shared test helpers: compose the real Hydra config, shrunk to tiny data."""
+"""Shared test helpers: the real Hydra config, shrunk to tiny data."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
-
-from study.config import register_configs
-
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
 
 
 def tiny_overrides(root: Path) -> list[str]:
@@ -21,9 +15,3 @@ def tiny_overrides(root: Path) -> list[str]:
     """
     return [f"data.root={root}", "data.verify=false", "data.val_size=200", "progress_every=0",
             "force=true", f"run_index={root}/.run-index", "threads=1"]
-
-
-def compose_config(overrides: list[str] = ()) -> DictConfig:
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF)):
-        return compose(config_name="config", overrides=list(overrides))

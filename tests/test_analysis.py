@@ -31,7 +31,8 @@ from analysis import AnalysisError, build_report
 from analysis.__main__ import main as analysis_main
 from analysis.report import SECTION_TITLES
 from analysis.stats import mean_interval, t_quantile, welch_difference
-from helpers import REPO, compose_config, tiny_overrides
+from helpers import REPO, tiny_overrides
+from study.config import compose_config
 from study.runner import run_job
 
 EPOCHS = 2

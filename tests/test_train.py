@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from helpers import compose_config, tiny_overrides
+from helpers import tiny_overrides
+from study.config import compose_config
 from study.data import load_mnist
 from study.records import RESULT_FILE
 from study.runner import claim_dir, objective, plain_config, run_job

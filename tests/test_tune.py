@@ -15,14 +15,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-from hydra import compose, initialize_config_dir
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from helpers import CONF, tiny_overrides
+from helpers import tiny_overrides
 from hydra_plugins.bn_study_sweeper._impl import counts_toward_target, plan_sweep, sweep_is_gone, this_sweep
 from hydra_plugins.bn_study_sweeper.pruning import pruner_spec, stored_pruner
-from study.config import register_configs
+from study.config import compose_config
 from test_cli import RUN, run_cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -70,9 +69,7 @@ def ok(proc: subprocess.CompletedProcess) -> str:
 
 # ------------------------------------------------------------------ fast
 def hydra_sweeper(overrides: list[str]):
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF)):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=True).hydra.sweeper
+    return compose_config(overrides, return_hydra_config=True).hydra.sweeper
 
 
 def test_presets_pick_the_sweeper_and_drop_the_basic_grid():

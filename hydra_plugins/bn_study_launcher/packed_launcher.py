@@ -61,6 +61,11 @@ def _job_config(hydra_context: HydraContext, config: DictConfig, overrides: Sequ
     return sweep_config
 
 
+def _task_config(sweep_config: DictConfig) -> DictConfig:
+    """The job's own config, without the `hydra` node."""
+    return OmegaConf.masked_copy(sweep_config, [k for k in sweep_config if k != "hydra"])
+
+
 def _run_group(group: list[tuple[int, list[str]]], seeds: list[int], hydra_context: HydraContext,
                config: DictConfig, task_function: TaskFunction, singleton_state: Any,
                threads: Optional[int]) -> list[JobReturn]:
@@ -75,8 +80,7 @@ def _run_group(group: list[tuple[int, list[str]]], seeds: list[int], hydra_conte
     for idx, overrides in group:
         sweep_config = _job_config(hydra_context, config, overrides, idx)
         HydraConfig.instance().set_config(sweep_config)
-        task_cfg = OmegaConf.masked_copy(sweep_config, [k for k in sweep_config if k != "hydra"])
-        runner.plan_pack(task_cfg, seeds)
+        runner.plan_pack(_task_config(sweep_config), seeds)
         results.append(run_job(hydra_context=hydra_context, task_function=task_function,
                                config=sweep_config, job_dir_key="hydra.sweep.dir",
                                job_subdir_key="hydra.sweep.subdir"))
@@ -117,11 +121,11 @@ class PackedLauncher(Launcher):
         # Compose and check every job first: a bad value stops the sweep before any run.
         jobs, costs = [], {}
         for i, overrides in enumerate(job_overrides):
-            cfg = _job_config(self.hydra_context, self.config, overrides, initial_job_idx + i)
-            task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+            task_cfg = _task_config(_job_config(self.hydra_context, self.config, overrides, initial_job_idx + i))
             validate(task_cfg)
-            jobs.append((initial_job_idx + i, list(overrides), pack_key(task_cfg), int(task_cfg.seed)))
-            costs[pack_key(task_cfg)] = _steps(task_cfg)
+            key = pack_key(task_cfg)
+            jobs.append((initial_job_idx + i, list(overrides), key, int(task_cfg.seed)))
+            costs[key] = _steps(task_cfg)
 
         groups: dict[tuple[str, Optional[int]], list[tuple[int, list[str], int]]] = {}
         for idx, overrides, key, seed in jobs:
@@ -130,7 +134,7 @@ class PackedLauncher(Launcher):
         # Longest packs first (most optimizer steps: per-step overhead dominates
         # small batches), so that parallel workers finish together.
         for _, members in sorted(groups.items(), key=lambda kv: -costs[kv[0][0]]):
-            for s in range(0, len(members), max(1, self.max_pack)):
+            for s in range(0, len(members), self.max_pack):
                 chunk = members[s:s + self.max_pack]
                 chunks.append(([(i, o) for i, o, _ in chunk], [seed for _, _, seed in chunk]))
 
