@@ -169,6 +169,8 @@ def outcome_record(base: dict[str, Any], outcome: RunOutcome, data: MNISTSplits,
         "diverged_at_step": outcome.diverged_at_step,
         "final": outcome.final,
         "history": outcome.history,
+        # null without probes; else kinds, every, seconds, series, final (study/probes.py)
+        "probes": outcome.probes,
         "data": data.info,
         "env": env,
         "finished_at": now_iso(),
@@ -203,7 +205,8 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] = ()) -> dict[s
         record = outcome_record(base, trained.outcome, data, env, trained.wall_seconds)
     else:  # a crash is a result to record, not a reason to stop a sweep
         record = dict(base, status="failed", final={}, history=[], data=data.info, env=env,
-                      wall_seconds=trained.wall_seconds, diverged_at_step=None, error=trained.error)
+                      wall_seconds=trained.wall_seconds, diverged_at_step=None, error=trained.error,
+                      probes=None)
     # A packed run's times are its pack's: its runs trained together.
     record.update(started_at=trained.started_at, finished_at=trained.finished_at, pack=trained.pack)
     record["run_hash"], record["code_version"] = run_hash(cfg), code_version()

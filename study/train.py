@@ -25,6 +25,7 @@ from torch import nn
 from study.config import ConfigError
 from study.data import MNISTSplits
 from study.model import PackedMLP, build_mlp, fused_sgd_step, fused_step_applies
+from study.probes import Probes
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ class RunOutcome:
     status: str = "completed"  # completed | diverged | pruned
     diverged_at_step: Optional[int] = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    # The run's probes (study/probes.py): kinds, every, seconds, series, final;
+    # None when no probe is configured.
+    probes: Optional[dict[str, Any]] = None
 
     @property
     def final(self) -> dict[str, Any]:
@@ -145,6 +149,10 @@ def train_runs(
     `on_epoch(epoch, outcomes)` is called after every evaluated epoch; when
     it returns True the runs still training stop there with status `pruned`
     (an Optuna pruner's decision), keeping the history so far.
+
+    `cfg.probes` (study/probes.py) adds measurements on copies of the model:
+    they do not change the runs, and their time is kept out of
+    `epoch_seconds` and `samples_per_second`.
     """
     members = [build_member(cfg, s) for s in seeds]
     model = PackedMLP(members).to(device)
@@ -154,6 +162,12 @@ def train_runs(
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     outcomes = [RunOutcome(seed=s) for s in seeds]
     r = len(seeds)
+    probes = Probes.create(cfg, data, r, device)
+
+    def done() -> list[RunOutcome]:
+        if probes is not None:
+            probes.finish(model, outcomes, alive)
+        return outcomes
 
     x_train, y_train = data.train_x, data.train_y
     n_train, bs = len(x_train), cfg.batch_size
@@ -172,11 +186,14 @@ def train_runs(
         checked = 0
         t0 = last_note = time.perf_counter()
         samples = 0
+        probe_seconds = 0.0  # step probes' time in this epoch, not training time
         for i in range(epoch_steps):
             idx = perms[:, i * bs:(i + 1) * bs].reshape(-1)  # run-major: R blocks of b
             b = idx.numel() // r
             # index_select on a flat index: 3-4x faster than x_train[idx] (measured).
             xb, yb = x_train.index_select(0, idx).view(r, b, -1), y_train.index_select(0, idx)
+            if probes is not None and probes.step_due(step + i):
+                probe_seconds += probes.on_step(model, xb, yb, step + i)
             if fused:
                 losses = fused_sgd_step(model, xb, yb, cfg.lr)
             else:
@@ -190,22 +207,23 @@ def train_runs(
             if (i + 1) % DIVERGENCE_CHECK_EVERY == 0 or i == epoch_steps - 1:
                 if _mark_diverged(losses_seen[checked:i + 1], step + checked, outcomes, alive, tag) \
                         and not any(alive):
-                    return outcomes
+                    return done()
                 checked = i + 1
                 now = time.perf_counter()
                 if cfg.progress_every and now - last_note >= cfg.progress_every:
                     last_note = now
                     log.info("%sepoch %d/%d step %d/%d | %.0f samples/s", tag, epoch, n_epochs,
-                             step + i + 1, total_steps, samples / (now - t0))
+                             step + i + 1, total_steps, samples / (now - t0 - probe_seconds))
         step += epoch_steps
         if device.type == "cuda":
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 - probe_seconds
         t1 = time.perf_counter()
         val_acc, val_loss = evaluate(model, data.val_x, data.val_y, cfg.eval_batch_size)
         test_acc, _ = evaluate(model, data.test_x, data.test_y, cfg.eval_batch_size)
         eval_seconds = time.perf_counter() - t1
         train_loss = losses_seen.mean(0).tolist()
+        probe_extra = probes.on_epoch(model) if probes is not None else None
         for k, out in enumerate(outcomes):
             # Losses are taken before each update: weights made non-finite by
             # the epoch's last update show up only here, in the evaluation.
@@ -221,9 +239,10 @@ def train_runs(
                 "val_loss": _finite_or_none(float(val_loss[k])),
                 "epoch_seconds": seconds, "samples_per_second": samples / seconds,
                 "eval_seconds": eval_seconds, "pack_size": r,
+                **(probe_extra[k] if probe_extra else {}),
             })
         if not any(alive):
-            return outcomes
+            return done()
         live = [o.history[-1] for k, o in enumerate(outcomes) if alive[k]]
         log.info("%sepoch %d/%d step %d | %.0f samples/s%s | loss %.4f val %.4f test %.4f",
                  tag, epoch, n_epochs, step, samples / seconds * r,
@@ -236,8 +255,8 @@ def train_runs(
                 if alive[k]:
                     out.status = "pruned"
             log.info("%spruned after epoch %d", tag, epoch)
-            return outcomes
-    return outcomes
+            return done()
+    return done()
 
 
 def _mark_diverged(window: torch.Tensor, first_step: int, outcomes: list[RunOutcome],

@@ -1,0 +1,407 @@
+"""Opt-in measurements taken while runs train (config key `probes`).
+
+A probe never changes the run it measures: it works on a deep copy of the
+`PackedMLP` (`copy.deepcopy`, whose running statistics it may overwrite and
+then discards), draws no random numbers (the run's generators and the global
+RNG are untouched) and its wall time is kept out of the epoch's
+`epoch_seconds` / `samples_per_second` (the total is `probes.seconds`).
+tests/test_probes.py checks that a run's metrics are bit-identical with and
+without probes, on the fused and the autograd path.
+
+The R runs of a pack are measured at once: every value is computed per run
+on the packed model (a run's gradient is its slice of the gradient of the
+summed per-run losses), so a run's probe values do not depend on its pack.
+
+Kinds (`study.config.Probe`):
+
+Step probes, before the update of steps 0, every, 2*every, ... (when the
+number of updates done so far, `step`, is a multiple of `probes.every`), on
+that step's own minibatch; one entry of `probes.series` per such step:
+
+- `activations`: Ioffe & Szegedy 2015 (Batch Normalization: Accelerating Deep
+  Network Training by Reducing Internal Covariate Shift), fig. 1(b, c): the
+  15th, 50th and 85th percentiles of the input to the nonlinearity (after the
+  norm, if any) of one unit over a fixed sample of validation images, in
+  train mode (batch statistics of that sample, as in training).
+- `grad_norms`: the L2 norm of each Linear weight's gradient of the
+  minibatch loss (input layer first).
+- `ics`: Santurkar, Tsipras, Ilyas & Madry 2018 (How Does Batch Normalization
+  Help Optimization?), Definition 2.1: for layer i, G is the gradient of the
+  loss w.r.t. layer i's weight at the current parameters and G' the same
+  gradient after every parameter of the earlier modules (Linear weights and
+  biases, norm affine parameters) took a plain SGD step (lr = cfg.lr) with
+  its gradient at the current parameters, on the same batch; recorded:
+  ||G - G'||_2 and cos(G, G'). The update is plain SGD whatever the run's
+  optimizer is (momentum, Adam state etc. are not used).
+- `landscape`: Santurkar et al. 2018, sec. 3.1 (fig. 4): along the gradient g
+  of the minibatch loss (all trainable parameters), at w' = w - eta * g for
+  eta = s * lr, s in `probes.landscape_scales`: the losses L(w') on the same
+  batch, their range, the largest gradient change ||grad L(w) - grad L(w')||
+  ("gradient predictiveness") and the largest effective beta-smoothness
+  ||grad L(w) - grad L(w')|| / ||eta * g||.
+- `val_acc`: validation accuracy of the current weights (eval mode, running
+  statistics: `study.train.evaluate`, as the epoch evaluation).
+
+Epoch probe, after each epoch's evaluation (stored in that epoch's history
+entry): `train_acc`: accuracy (`train_acc`) and mean cross-entropy
+(`train_eval_loss`) in eval mode on the first `probes.train_subset`
+training images (the train-test gap).
+
+Final probes, after the last step of a run that did not diverge
+(`probes.final`):
+
+- `modes`: test accuracy in eval mode (running statistics) and in train mode
+  (the test set fed in order in chunks of `batch_size`, each chunk normalized
+  with its own batch statistics, as the network sees data while training).
+- `shift`: test images shifted in pixel space (contrast * p + brightness,
+  then the usual normalization): eval-mode accuracy with the training
+  running statistics, and after those statistics were re-estimated on the
+  shifted test set (reset, cumulative average over one train-mode pass, as
+  `torch.optim.swa_utils.update_bn`); null for models without running
+  statistics (norm none, layer, group).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from enum import Enum
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from study.data import MNIST_MEAN, MNIST_STD, MNISTSplits
+from study.model import ACTIVATIONS, PackedBatchNorm, PackedLinear, PackedMLP, ghost_chunks
+
+STEP_KINDS = ("activations", "grad_norms", "ics", "landscape", "val_acc")
+EPOCH_KINDS = ("train_acc",)
+FINAL_KINDS = ("modes", "shift")
+_ACTIVATION_TYPES = tuple(ACTIVATIONS.values())
+QUANTILES = (0.15, 0.50, 0.85)
+
+
+def _name(kind: Any) -> str:
+    return kind.value if isinstance(kind, Enum) else str(kind)
+
+
+def _num(v: float) -> Optional[float]:
+    """A float for the record; non-finite values become None (strict JSON)."""
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _evaluate(net: PackedMLP, x: torch.Tensor, y: torch.Tensor, chunk: int):
+    from study.train import evaluate  # study.train imports this module
+
+    return evaluate(net, x, y, chunk)
+
+
+# ---------------------------------------------------------------- the math
+# Each function takes a PackedMLP that it may change (running statistics,
+# train/eval mode): pass a copy. Values are per run: tensors with a last
+# axis of R.
+
+
+def per_run_losses(net: PackedMLP, params: dict[str, torch.Tensor], xb: torch.Tensor,
+                   yb: torch.Tensor) -> torch.Tensor:
+    """Each run's mean cross-entropy (R,) on its batch, with these parameters."""
+    r, b = xb.shape[:2]
+    logits = functional_call(net, params, (xb,))
+    return F.cross_entropy(logits.reshape(r * b, -1), yb.reshape(-1), reduction="none").view(r, b).mean(1)
+
+
+def losses_and_grads(net: PackedMLP, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor,
+                     wrt: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-run losses (R,) and the gradients w.r.t. the named parameters.
+
+    The gradient of the summed per-run losses: the runs are independent, so
+    each run's slice is the gradient of its own loss.
+    """
+    p = dict(params)
+    for n in wrt:
+        p[n] = params[n].detach().requires_grad_(True)
+    with torch.enable_grad():
+        losses = per_run_losses(net, p, xb, yb)
+        grads = torch.autograd.grad(losses.sum(), [p[n] for n in wrt])
+    return losses.detach(), dict(zip(wrt, grads))
+
+
+def _flat(t: torch.Tensor, r: int) -> torch.Tensor:
+    # Every packed parameter is run-major: (R, ...) or, for BN, R blocks of F.
+    return t.reshape(r, -1)
+
+
+def _norm(t: torch.Tensor, r: int) -> torch.Tensor:
+    return _flat(t, r).norm(dim=1)
+
+
+def _total_norm(ts: Sequence[torch.Tensor], r: int) -> torch.Tensor:
+    return torch.stack([_flat(t, r).pow(2).sum(1) for t in ts]).sum(0).sqrt()
+
+
+def _module_index(param_name: str) -> int:
+    return int(param_name.split(".")[1])  # "layers.<i>.weight"
+
+
+def linear_indices(net: PackedMLP) -> list[int]:
+    return [j for j, m in enumerate(net.layers) if isinstance(m, PackedLinear)]
+
+
+@torch.no_grad()
+def activation_inputs(net: PackedMLP, x: torch.Tensor, layer: int) -> torch.Tensor:
+    """(R, n, width): input of hidden layer `layer`'s nonlinearity (after the
+    norm, if any) for the images x (n, in), in train mode (batch statistics)."""
+    net.train()
+    h = x.unsqueeze(0).expand(net.runs, -1, -1)
+    seen = 0
+    for m in net.layers:
+        if isinstance(m, _ACTIVATION_TYPES):
+            if seen == layer:
+                return h
+            seen += 1
+        h = m(h)
+    raise ValueError(f"the model has no hidden layer {layer}")
+
+
+def activation_percentiles(net: PackedMLP, x: torch.Tensor, layer: int, unit: int) -> torch.Tensor:
+    """(3, R): the 15th, 50th, 85th percentiles (linear interpolation) of one unit."""
+    values = activation_inputs(net, x, layer)[:, :, unit]
+    return torch.quantile(values, torch.tensor(QUANTILES, dtype=values.dtype, device=values.device), dim=1)
+
+
+def grad_norms(net: PackedMLP, grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(L, R): L2 norm of each Linear weight's gradient, input layer first."""
+    r = net.runs
+    return torch.stack([_norm(grads[f"layers.{j}.weight"], r) for j in linear_indices(net)])
+
+
+def internal_covariate_shift(net: PackedMLP, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
+                             xb: torch.Tensor, yb: torch.Tensor, lr: float
+                             ) -> tuple[list[Optional[torch.Tensor]], list[Optional[torch.Tensor]]]:
+    """Santurkar et al. 2018, Definition 2.1, per Linear layer: (distances, cosines).
+
+    `grads` holds the gradient of every parameter at `params`. For layer i,
+    G' is its weight's gradient after a plain SGD step (lr) of every
+    parameter of the modules before it. Layer 0 has no earlier layers: None.
+    """
+    r = net.runs
+    dist: list[Optional[torch.Tensor]] = [None]
+    cos: list[Optional[torch.Tensor]] = [None]
+    for j in linear_indices(net)[1:]:
+        name = f"layers.{j}.weight"
+        moved = {n: (w - lr * grads[n]) if _module_index(n) < j else w for n, w in params.items()}
+        _, g2 = losses_and_grads(net, moved, xb, yb, [name])
+        g, gp = _flat(grads[name], r), _flat(g2[name], r)
+        dist.append((g - gp).norm(dim=1))
+        cos.append((g * gp).sum(1) / (g.norm(dim=1) * gp.norm(dim=1)))
+    return dist, cos
+
+
+def landscape(net: PackedMLP, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
+              xb: torch.Tensor, yb: torch.Tensor, lr: float, scales: Sequence[float]) -> dict[str, torch.Tensor]:
+    """Santurkar et al. 2018, sec. 3.1: the loss and gradient along -grad.
+
+    Returns per run: losses (S, R), loss_range, grad_change, beta_smoothness (R,).
+    """
+    r = net.runs
+    names = list(params)
+    g_norm = _total_norm([grads[n] for n in names], r)
+    losses, changes, betas = [], [], []
+    for s in scales:
+        eta = float(s) * lr
+        moved = {n: params[n] - eta * grads[n] for n in names}
+        loss, g2 = losses_and_grads(net, moved, xb, yb, names)
+        change = _total_norm([grads[n] - g2[n] for n in names], r)
+        losses.append(loss)
+        changes.append(change)
+        betas.append(change / (eta * g_norm))
+    losses_t = torch.stack(losses)
+    return {"losses": losses_t, "loss_range": losses_t.max(0).values - losses_t.min(0).values,
+            "grad_change": torch.stack(changes).max(0).values,
+            "beta_smoothness": torch.stack(betas).max(0).values}
+
+
+@torch.no_grad()
+def train_mode_accuracy(net: PackedMLP, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(R,) accuracy in train mode: x fed in order in chunks of batch_size
+    (a trailing chunk of one joins the chunk before), batch statistics."""
+    net.train()
+    correct = torch.zeros(net.runs, dtype=torch.long, device=x.device)
+    for xc, yc in zip(ghost_chunks(x, batch_size, 0), ghost_chunks(y, batch_size, 0)):
+        logits = net(xc.unsqueeze(0).expand(net.runs, -1, -1))
+        correct += (logits.argmax(-1) == yc).sum(1)
+    return correct.double() / len(x)
+
+
+def shift_pixels(x: torch.Tensor, brightness: float, contrast: float) -> torch.Tensor:
+    """Normalized images -> pixels p in [0, 1] -> contrast * p + brightness -> normalized."""
+    raw = x * MNIST_STD + MNIST_MEAN
+    return (contrast * raw + brightness - MNIST_MEAN) / MNIST_STD
+
+
+@torch.no_grad()
+def reestimate_running_stats(net: PackedMLP, x: torch.Tensor, chunk: int) -> bool:
+    """Reset the BN running statistics and re-estimate them on x.
+
+    A cumulative average (PyTorch's momentum=None: the k-th chunk has weight
+    1/k) over one pass in train mode in chunks of `chunk` (a trailing chunk
+    of one joins the one before), as `torch.optim.swa_utils.update_bn` does.
+    Ghost BN is re-estimated like plain BN, over whole chunks. Returns False
+    (nothing done) when the model has no running statistics.
+    """
+    bns = [m for m in net.layers if isinstance(m, PackedBatchNorm)]
+    if not bns:
+        return False
+    for m in bns:
+        m.running_mean.zero_()
+        m.running_var.fill_(1.0)
+    net.train()
+    for k, xc in enumerate(ghost_chunks(x, chunk, 0), start=1):
+        for m in bns:
+            m.momentum = 1.0 / k
+        h = xc.unsqueeze(0).expand(net.runs, -1, -1)
+        for m in net.layers:
+            h = PackedBatchNorm.forward(m, h) if isinstance(m, PackedBatchNorm) else m(h)
+    return True
+
+
+# ------------------------------------------------------------ the recorder
+
+
+class Probes:
+    """Takes the configured probes during `train_runs` and keeps them per run."""
+
+    def __init__(self, cfg: Any, data: MNISTSplits, runs: int, device: torch.device) -> None:
+        p = cfg.probes
+        self.kinds = list(dict.fromkeys(_name(k) for k in p.kinds))
+        self.every = int(p.every)
+        self.cfg, self.data, self.runs, self.device = cfg, data, runs, device
+        self.step_kinds = [k for k in STEP_KINDS if k in self.kinds]
+        self.lr = float(cfg.lr)
+        depth = len(cfg.model.hidden)
+        self.layer = int(p.layer) % depth
+        self.unit = int(p.unit)
+        self.scales = [float(s) for s in p.landscape_scales]
+        self.sample_x = data.val_x[: int(p.sample)]
+        self.train_n = int(p.train_subset)
+        self.seconds = 0.0
+        self.series: list[list[dict[str, Any]]] = [[] for _ in range(runs)]
+
+    @classmethod
+    def create(cls, cfg: Any, data: MNISTSplits, runs: int, device: torch.device) -> Optional["Probes"]:
+        """None when no probe is configured (the run then takes no probe time)."""
+        p = cfg.get("probes") if hasattr(cfg, "get") else getattr(cfg, "probes", None)
+        if p is None or not p.kinds:
+            return None
+        return cls(cfg, data, runs, device)
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def step_due(self, step: int) -> bool:
+        return bool(self.step_kinds) and step % self.every == 0
+
+    def on_step(self, model: PackedMLP, xb: torch.Tensor, yb: torch.Tensor, step: int) -> float:
+        """The step probes before the update of `step` (updates done so far),
+        on its minibatch xb (R, b, in), yb (R * b,); returns the seconds taken."""
+        t0 = self._clock()
+        net = copy.deepcopy(model)
+        r = self.runs
+        out: dict[str, list[Any]] = {}
+        if "val_acc" in self.step_kinds:
+            # First: the train-mode forwards below overwrite the copy's running statistics.
+            acc, _ = _evaluate(net, self.data.val_x, self.data.val_y, self.cfg.eval_batch_size)
+            out["val_acc"] = [_num(v) for v in acc.tolist()]
+        net.train()
+        if "activations" in self.step_kinds:
+            q = activation_percentiles(net, self.sample_x, self.layer, self.unit).tolist()
+            out["activations"] = [{"layer": self.layer, "unit": self.unit, "p15": _num(q[0][k]),
+                                   "p50": _num(q[1][k]), "p85": _num(q[2][k])} for k in range(r)]
+        if {"grad_norms", "ics", "landscape"} & set(self.step_kinds):
+            params = {n: p.detach() for n, p in net.named_parameters()}
+            _, grads = losses_and_grads(net, params, xb, yb, list(params))
+            if "grad_norms" in self.step_kinds:
+                norms = grad_norms(net, grads).T.tolist()  # (R, L)
+                out["grad_norms"] = [[_num(v) for v in row] for row in norms]
+            if "ics" in self.step_kinds:
+                dist, cos = internal_covariate_shift(net, params, grads, xb, yb, self.lr)
+                out["ics"] = [{"distance": [None if d is None else _num(d[k]) for d in dist],
+                               "cosine": [None if c is None else _num(c[k]) for c in cos]} for k in range(r)]
+            if "landscape" in self.step_kinds:
+                ls = landscape(net, params, grads, xb, yb, self.lr, self.scales)
+                losses = ls["losses"].T.tolist()  # (R, S)
+                out["landscape"] = [{"scales": list(self.scales), "losses": [_num(v) for v in losses[k]],
+                                     "loss_range": _num(ls["loss_range"][k]),
+                                     "grad_change": _num(ls["grad_change"][k]),
+                                     "beta_smoothness": _num(ls["beta_smoothness"][k])} for k in range(r)]
+        for k in range(r):
+            entry: dict[str, Any] = {"step": int(step)}
+            for kind in self.step_kinds:
+                entry[kind] = out[kind][k]
+            self.series[k].append(entry)
+        spent = self._clock() - t0
+        self.seconds += spent
+        return spent
+
+    def on_epoch(self, model: PackedMLP) -> Optional[list[dict[str, Any]]]:
+        """After an epoch's evaluation: the keys to add to each run's history entry."""
+        if "train_acc" not in self.kinds:
+            return None
+        t0 = self._clock()
+        n = self.train_n
+        acc, loss = _evaluate(copy.deepcopy(model), self.data.train_x[:n], self.data.train_y[:n],
+                              self.cfg.eval_batch_size)
+        extra = [{"train_acc": _num(a), "train_eval_loss": _num(l)} for a, l in zip(acc.tolist(), loss.tolist())]
+        self.seconds += self._clock() - t0
+        return extra
+
+    def final(self, model: PackedMLP) -> list[dict[str, Any]]:
+        """The final probes of every run of the pack."""
+        r, d, cfg = self.runs, self.data, self.cfg
+        out: list[dict[str, Any]] = [{} for _ in range(r)]
+        if "modes" in self.kinds:
+            net = copy.deepcopy(model)
+            eval_acc, _ = _evaluate(net, d.test_x, d.test_y, cfg.eval_batch_size)
+            train_acc = train_mode_accuracy(net, d.test_x, d.test_y, int(cfg.batch_size))
+            for k in range(r):
+                out[k]["modes"] = {"eval_mode_acc": _num(eval_acc[k]), "train_mode_acc": _num(train_acc[k]),
+                                   "batch_size": int(cfg.batch_size)}
+        if "shift" in self.kinds:
+            p = cfg.probes
+            b, c = float(p.shift_brightness), float(p.shift_contrast)
+            net = copy.deepcopy(model)
+            shifted = shift_pixels(d.test_x, b, c)
+            clean, _ = _evaluate(net, d.test_x, d.test_y, cfg.eval_batch_size)
+            running, _ = _evaluate(net, shifted, d.test_y, cfg.eval_batch_size)
+            recomputed = None
+            if reestimate_running_stats(net, shifted, int(cfg.eval_batch_size)):
+                recomputed, _ = _evaluate(net, shifted, d.test_y, cfg.eval_batch_size)
+            for k in range(r):
+                out[k]["shift"] = {"brightness": b, "contrast": c, "clean_acc": _num(clean[k]),
+                                   "running_acc": _num(running[k]),
+                                   "recomputed_acc": None if recomputed is None else _num(recomputed[k])}
+        return out
+
+    def finish(self, model: PackedMLP, outcomes: Sequence[Any], alive: Sequence[bool]) -> None:
+        """Final probes for the runs still alive; each outcome gets its `probes`.
+
+        A diverged run keeps the series entries of the steps before its
+        divergence (steps < diverged_at_step) and an empty `final`.
+        """
+        t0 = self._clock()
+        finals: list[dict[str, Any]] = [{} for _ in range(self.runs)]
+        if any(alive) and set(FINAL_KINDS) & set(self.kinds):
+            finals = self.final(model)
+        self.seconds += self._clock() - t0
+        for k, out in enumerate(outcomes):
+            series = self.series[k]
+            if out.diverged_at_step is not None:
+                series = [e for e in series if e["step"] < out.diverged_at_step]
+            out.probes = {"kinds": list(self.kinds), "every": self.every, "seconds": self.seconds,
+                          "series": series, "final": finals[k] if alive[k] else {}}
