@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from study.errors import UserError
 
@@ -287,6 +287,19 @@ def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = Fa
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def linear_lr(base_lr: float, base_batch: int, batch_size: int) -> float:
+    """Goyal et al. 2017's linear scaling rule: lr = base_lr * batch_size / base_batch.
+
+    In a config: `lr: ${linear_lr:0.01,64,${batch_size}}` (0.01 at batch 64).
+    """
+    return float(base_lr) * float(batch_size) / float(base_batch)
+
+
+# Registered on import: every process that resolves a config (the CLI, the
+# launcher's workers, tests) imports this module first.
+OmegaConf.register_resolver("linear_lr", linear_lr, replace=True)
 
 
 def register_configs() -> None:

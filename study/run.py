@@ -41,7 +41,8 @@ def main(cfg: DictConfig) -> float:
         validate(cfg)  # before torch is imported: a bad value is reported at once
         from study.runner import objective, run_job
 
-        record = run_job(cfg, out_dir, overrides=list(hc.overrides.task))
+        record = run_job(cfg, out_dir, overrides=list(hc.overrides.task),
+                         experiment=hc.runtime.choices.get("experiment"))
     except UserError as e:
         discard_unused_dir(out_dir)
         raise UserExit(str(e)) from None

@@ -149,10 +149,11 @@ def claim_dir(out_dir: Path) -> None:
     os.close(fd)
 
 
-def base_record(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
+def base_record(cfg: DictConfig, overrides: list[str], experiment: Optional[str]) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "status": None,
+        "experiment": experiment,
         "seed": cfg.seed,
         "config": OmegaConf.to_container(cfg),
         "overrides": list(overrides),
@@ -180,8 +181,12 @@ def outcome_record(base: dict[str, Any], outcome: RunOutcome, data: MNISTSplits,
     return rec
 
 
-def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] = ()) -> dict[str, Any]:
+def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] = (),
+            experiment: Optional[str] = None) -> dict[str, Any]:
     """Validate, train, write `out_dir/result.json`; return the record.
+
+    `experiment` is the preset the job was launched with (conf/experiment/,
+    Hydra's choice), recorded so that the analysis finds each claim's runs.
 
     Config and data errors propagate (no record: nothing ran). A crash during
     training is recorded as status `failed` and does not propagate, so a
@@ -193,12 +198,12 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] = ()) -> dict[s
     if not cfg.force:
         found = find_reusable(cfg)
         if found is not None:
-            return _reuse(found, out_dir, overrides)
+            return _reuse(found, out_dir, overrides, experiment)
     threads = configure_determinism(cfg.threads if cfg.threads is not None else _DEFAULT_THREADS)
     device = resolve_device(cfg.device)
     data = get_data(cfg, device)
     claim_dir(out_dir)
-    base = base_record(cfg, overrides)
+    base = base_record(cfg, overrides, experiment)
     env = environment(device, threads)
     trained = _train_or_take_from_pack(cfg, data, device)
     if trained.error is None:
@@ -216,11 +221,17 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] = ()) -> dict[s
     return record
 
 
-def _reuse(found: tuple[Path, dict[str, Any]], out_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    """Record a finished identical run in this job's dir instead of retraining."""
+def _reuse(found: tuple[Path, dict[str, Any]], out_dir: Path, overrides: list[str],
+           experiment: Optional[str]) -> dict[str, Any]:
+    """Record a finished identical run in this job's dir instead of retraining.
+
+    The same run may serve two presets (e.g. the notebook grid and a claim's
+    grid): the copy names the preset of this job.
+    """
     path, old = found
     claim_dir(out_dir)
-    record = dict(old, overrides=list(overrides), reused_from=str(path), reused_at=now_iso())
+    record = dict(old, overrides=list(overrides), experiment=experiment, reused_from=str(path),
+                  reused_at=now_iso())
     write_json_atomic(out_dir / RESULT_FILE, record)
     log.info("%sreusing the finished run %s (same config and code; force=true retrains)",
              run_tag(OmegaConf.create(old["config"])), path)

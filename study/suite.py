@@ -1,0 +1,141 @@
+"""The claims suite: every preset of conf/experiment/, then one report.
+
+    python -m study.suite                 # the full suite (about an hour on 2 cores)
+    python -m study.suite --quick         # the quick/ variants (a few minutes)
+    python -m study.suite --only ics,shift -- data.root=/data threads=1
+
+Each preset is one `study/run.py -m experiment=<preset>` multirun in its own
+sweep dir under `--out` (default outputs/claims, outputs/claims-quick with
+--quick); the Optuna studies of `tune` go to a storage in the same folder.
+Then `python -m analysis <out>` builds the report whose claims section gives
+a verdict on every claim of ../shared/docs/protocol.md. Rerunning the same
+command after an interruption retrains nothing that finished: every job
+finds its finished run through the run index. `suite.json` in `--out`
+records each preset's command, exit status and wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from study.records import REPO_ROOT, git_state, now_iso, write_json_atomic
+
+# (preset, extra overrides of the full suite), in the order they run. The
+# quick suite runs quick/<preset>, whose grids are set in the preset files.
+SUITE: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("notebook", ("batch_size=8,64,512",)),  # C1 (and the ReLU reference of C3, C11)
+    ("max_lr", ()),  # C2
+    ("tune", ("batch_size=8,64,512",)),  # C3
+    ("steps_to_target", ()),  # C4
+    ("small_batch", ()),  # C5
+    ("shift", ()),  # C6
+    ("ghost", ()),  # C7
+    ("ioffe2015", ()),  # C8, C11
+    ("ics", ()),  # C9
+    ("landscape", ()),  # C10 (the runs of ics)
+    ("regularization", ()),  # C12
+    ("linear_scaling", ()),  # C13
+    ("overhead", ()),  # C14
+    ("deep", ()),  # C15
+)
+PRESETS = tuple(name for name, _ in SUITE)
+
+
+class SuiteError(Exception):
+    """A bad command line; the message is one line."""
+
+
+def commands(out: Path, quick: bool, only: Sequence[str], extra: Sequence[str],
+             stamp: str) -> list[tuple[str, list[str]]]:
+    """(preset, argv) for each preset to run."""
+    out_abs = out.resolve()
+    todo = []
+    for name, args in SUITE:
+        if only and name not in only:
+            continue
+        preset = f"quick/{name}" if quick else name
+        argv = [sys.executable, str(REPO_ROOT / "study" / "run.py"), "-m", f"experiment={preset}",
+                *(() if quick else args),
+                f"hydra.sweep.dir='{out_abs / name / stamp}'",
+                "hydra.callbacks.summary.report=false"]  # one report at the end, over everything
+        if name == "tune":
+            # Quoted: Hydra's override grammar reads `?` and `=` inside a bare value.
+            argv.append(f"hydra.sweeper.storage='sqlite:///{out_abs / 'optuna.db'}?timeout=60'")
+        todo.append((name, [*argv, *extra]))
+    return todo
+
+
+def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m study.suite", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="run the quick/ variants (smoke test)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where the sweeps and the report go (default outputs/claims[-quick])")
+    p.add_argument("--only", default="", help=f"comma list of presets to run, from: {','.join(PRESETS)}")
+    p.add_argument("--no-report", action="store_true", help="run the presets, skip the report")
+    p.add_argument("overrides", nargs="*", help="after --: config overrides for every run (e.g. threads=1)")
+    args = p.parse_args(argv)
+    args.only = [s for s in args.only.split(",") if s]
+    unknown = [s for s in args.only if s not in PRESETS]
+    if unknown:
+        raise SuiteError(f"--only={','.join(unknown)} is not allowed: presets are {', '.join(PRESETS)}")
+    if args.out is None:
+        args.out = Path("outputs") / ("claims-quick" if args.quick else "claims")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        args = parse(argv)
+    except SuiteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    log_path = out / "suite.json"
+    done: list[dict] = []
+    failed = []
+    t_suite = time.perf_counter()
+    env = dict(os.environ, HYDRA_FULL_ERROR="1")
+    try:
+        for name, argv_ in commands(out, args.quick, args.only, args.overrides, stamp):
+            print(f"== {name}: {' '.join(argv_[1:])}", flush=True)
+            t0 = time.perf_counter()
+            rc = subprocess.call(argv_, cwd=REPO_ROOT, env=env)
+            seconds = time.perf_counter() - t0
+            done.append({"preset": name, "argv": argv_[1:], "exit_status": rc, "seconds": round(seconds, 1)})
+            print(f"== {name}: exit {rc} in {seconds / 60:.1f} min", flush=True)
+            if rc != 0:
+                failed.append(name)
+                if rc == 130:  # Ctrl-C in the child: stop the suite too
+                    raise KeyboardInterrupt
+            write_json_atomic(log_path, {"quick": args.quick, "presets": done, "git": git_state(), "updated_at": now_iso(),
+                                         "seconds": round(time.perf_counter() - t_suite, 1)})
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept; run the same command again to go on", file=sys.stderr)
+        return 130
+    total = time.perf_counter() - t_suite
+    print(f"== suite: {len(done)} presets in {total / 60:.1f} min"
+          + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
+    if not args.no_report:
+        from analysis import build_report
+        from analysis.collect import AnalysisError
+
+        try:
+            report = build_report([out], out_dir=out / "report")
+        except AnalysisError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"report: {report / 'report.html'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
