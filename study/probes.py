@@ -71,7 +71,6 @@ from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.func import functional_call
 
 from study.data import MNIST_MEAN, MNIST_STD, MNISTSplits
