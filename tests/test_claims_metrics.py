@@ -1,0 +1,504 @@
+"""Claims C2, C3, C4, C5, C7, C11, C12, C13, C14 on synthetic records.
+
+Each claim gets runs built in code (written as result.json files and read
+back through analysis.collect, as the report reads them) in three versions:
+the claim holds ("supported"), the opposite holds ("not supported"), and
+the arms overlap ("inconclusive"). The supported version's statistic is
+checked against the same numbers computed by hand with analysis.stats; every
+claim is also called without its preset (not run) and on runs that all
+diverged (inconclusive, never an exception).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from analysis.claims import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, split_by_experiment
+from analysis.claims_metrics import (CHANCE_ACC, CLAIM_FUNCTIONS, TARGET_VAL_ACC, claim_c2, claim_c3,
+                                     claim_c4, claim_c7, claim_c13, claim_c14)
+from analysis.collect import collect
+from analysis.stats import contrast, mean_interval, welch_difference
+
+BROKEN = "could not be computed"  # the guard's words: a claim that raised
+
+
+# ------------------------------------------------------------------ records
+def record(exp: str, norm: str, seed: int, *, batch: int = 64, lr: float = 0.01, status: str = "completed",
+           val: float = 0.95, test: float | None = None, history: list[dict] | None = None,
+           probes: dict | None = None, model: dict | None = None, steps: int | None = None,
+           trial: Any = "absent") -> dict:
+    test = val if test is None else test
+    cfg: dict[str, Any] = {"model": {"norm": norm, **(model or {})}, "batch_size": batch, "lr": lr, "seed": seed,
+                           "epochs": 1, "steps": steps}
+    if trial != "absent":
+        cfg["trial"] = {"number": trial}
+    done = status == "completed"
+    final = {"val_acc": val if done else None, "test_acc": test if done else None, "train_loss": 0.1 if done else None,
+             "val_loss": 0.1 if done else None, "epoch": 1, "step": 100}
+    if history is None:
+        history = [{"epoch": 1, "step": 100, "val_acc": val, "test_acc": test, "train_loss": 0.1, "val_loss": 0.1,
+                    "epoch_seconds": 1.0, "samples_per_second": 6400.0, "eval_seconds": 0.1,
+                    "pack_size": 1}] if done else []
+    return {"experiment": exp, "status": status, "seed": seed, "config": cfg, "final": final, "history": history,
+            "probes": probes, "finished_at": "2026-01-01T00:00:00+00:00",
+            # summary's cost finding reads env.device_name (a column that is dropped when all null)
+            "env": {"device_name": "test-cpu", "threads": 1}}
+
+
+def load(tmp: Path, recs: list[dict]) -> dict:
+    for i, r in enumerate(recs):
+        d = tmp / "runs" / str(i)
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps(r))
+    return split_by_experiment(collect([tmp / "runs"]))
+
+
+def run_claim(fn, tmp: Path, recs: list[dict]):
+    exps = load(tmp, recs)
+    res = fn(exps, tmp / "report")
+    assert BROKEN not in res.evidence, res.evidence
+    return res
+
+
+def assert_png(tmp: Path, res) -> None:
+    assert res.figure == f"claim_{res.claim.lower()}.png"
+    data = (tmp / "report" / res.figure).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+VERDICTS = {1: SUPPORTED, -1: NOT_SUPPORTED, 0: INCONCLUSIVE}
+
+
+# ------------------------------------------------------------------ C2
+C2_LRS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
+C2_CASES = {  # (BN's largest stable lr per seed, no norm's)
+    1: ([1.0, 1.0, 1.0, 10.0], [0.1, 0.1, 0.1, 0.03]),
+    -1: ([0.1, 0.1, 0.1, 0.03], [1.0, 1.0, 1.0, 3.0]),
+    0: ([0.3, 1.0, 0.3, 1.0], [1.0, 0.3, 1.0, 0.3]),
+}
+
+
+def c2_records(direction: int) -> list[dict]:
+    recs = []
+    for norm, limits in zip(("batch", "none"), C2_CASES[direction]):
+        for seed, limit in enumerate(limits):
+            for lr in C2_LRS:
+                if lr == 0.001:  # too slow to learn in the budget: near chance but not unstable
+                    recs.append(record("max_lr", norm, seed, lr=lr, val=0.15 + 0.001 * seed))
+                elif lr <= limit:
+                    recs.append(record("max_lr", norm, seed, lr=lr, val=0.9 + 0.001 * seed + lr / 1000))
+                elif lr == C2_LRS[C2_LRS.index(limit) + 1]:  # just past the limit: ends at chance
+                    recs.append(record("max_lr", norm, seed, lr=lr, val=0.1 + 0.001 * seed))
+                else:
+                    recs.append(record("max_lr", norm, seed, lr=lr, status="diverged"))
+    return recs
+
+
+@pytest.mark.parametrize("direction", [1, -1, 0])
+def test_c2_largest_stable_lr(tmp_path, direction):
+    res = run_claim(claim_c2, tmp_path, c2_records(direction))
+    assert res.verdict == VERDICTS[direction], res
+    bn, no = C2_CASES[direction]
+    m = mean_interval([math.log10(b / n) for b, n in zip(bn, no)])
+    assert (res.value, res.low, res.high) == pytest.approx((m.mean, m.low, m.high))
+    assert res.unit == "log10" and res.n == "4 paired seeds" and "expected > 0" in res.statistic
+    if direction == 1:  # BN stable at lr 10, the top of the grid, for seed 3
+        assert "lower bound" in res.evidence and "x no norm's" in res.evidence
+        assert_png(tmp_path, res)
+
+
+# ------------------------------------------------------------------ C3
+def c3_records(direction: int) -> list[dict]:
+    fixed_bn, fixed_none = [0.970, 0.975, 0.980], [0.930, 0.935, 0.940]
+    tuned_bn, tuned_none = [0.980, 0.982, 0.984], [0.979, 0.981, 0.983]
+    if direction == -1:
+        tuned_none = [0.900, 0.902, 0.904]
+    if direction == 0:
+        fixed_none = [0.960, 0.975, 0.990]
+    recs = []
+    for b in (64, 512):
+        for s in range(3):
+            recs.append(record("notebook", "batch", s, batch=b, test=fixed_bn[s], val=0.97))
+            recs.append(record("notebook", "none", s, batch=b, test=fixed_none[s], val=0.93))
+        for norm, tuned in (("batch", tuned_bn), ("none", tuned_none)):
+            # tuning trials on seed 0: lr 0.05 wins on validation accuracy
+            recs.append(record("quick/tune", norm, 0, batch=b, lr=0.05, val=0.97, test=0.5, trial=0))
+            recs.append(record("quick/tune", norm, 0, batch=b, lr=0.5, val=0.90, test=0.5, trial=1))
+            for s in (1, 2, 3):  # confirmation runs at the chosen lr
+                recs.append(record("quick/tune", norm, s, batch=b, lr=0.05, val=0.96, test=tuned[s - 1], trial=None))
+    return recs, (fixed_bn, fixed_none, tuned_bn, tuned_none)
+
+
+@pytest.mark.parametrize("direction", [1, -1, 0])
+def test_c3_tuned_gap_against_fixed_lr_gap(tmp_path, direction):
+    recs, (fb, fn, tb, tn) = c3_records(direction)
+    res = run_claim(claim_c3, tmp_path, recs)
+    assert res.verdict == VERDICTS[direction], res
+    assert res.experiment == "quick/tune, notebook"
+    if direction != 0:
+        pts = lambda xs: [100 * x for x in xs]  # noqa: E731
+        fixed, tuned = welch_difference(pts(fb), pts(fn)), welch_difference(pts(tb), pts(tn))
+        assert fixed.diff > 0 and tuned.diff > 0  # |gap| = gap here
+        c = contrast(fixed, tuned)
+        assert (res.value, res.low, res.high) == pytest.approx((c.diff, c.low, c.high))
+        assert res.unit == "points" and len([d for d in res.details if d.startswith("batch")]) == 2
+    else:
+        assert "not clear of zero" in res.evidence
+    assert_png(tmp_path, res)
+
+
+# ------------------------------------------------------------------ C4
+C4_STEPS = {  # (norm, batch, lr) -> steps to target per seed (None: never reaches it)
+    1: {("batch", 32, 0.1): [200, 225, 250], ("batch", 32, 0.3): [150, 175, 200],
+        ("none", 32, 0.1): [800, 825, 850], ("none", 32, 0.3): [300, None, 300],
+        ("batch", 128, 0.1): [150, 150, 175], ("batch", 128, 0.3): [100, 100, 125],
+        ("none", 128, 0.1): [400, 425, 450], ("none", 128, 0.3): [None, None, None]},
+}
+C4_STEPS[-1] = {(("none" if n == "batch" else "batch"), b, lr): v for (n, b, lr), v in C4_STEPS[1].items()}
+C4_STEPS[0] = {k: ([200, 300, 250] if k[0] == "batch" else [250, 200, 300]) for k in C4_STEPS[1]}
+C4_BUDGET = 1000
+
+
+def c4_records(direction: int) -> list[dict]:
+    recs = []
+    for (norm, b, lr), per_seed in C4_STEPS[direction].items():
+        for seed, reach in enumerate(per_seed):
+            series = [{"step": st, "val_acc": (0.98 if reach is not None and st >= reach else 0.5 + st / 10000)}
+                      for st in range(0, C4_BUDGET + 1, 25)]
+            recs.append(record("steps_to_target", norm, seed, batch=b, lr=lr, steps=C4_BUDGET,
+                               val=series[-1]["val_acc"],
+                               probes={"kinds": ["val_acc"], "every": 25, "seconds": 1.0, "series": series,
+                                       "final": {}}))
+    if direction == 1:  # a diverged run reached the target before blowing up: it still counts as not reaching
+        series = [{"step": 0, "val_acc": 0.1}, {"step": 25, "val_acc": 0.98}]
+        recs.append(record("steps_to_target", "none", 0, batch=128, lr=1.0, steps=C4_BUDGET, status="diverged",
+                           probes={"kinds": ["val_acc"], "every": 25, "seconds": 1.0, "series": series,
+                                   "final": {}}))
+    return recs
+
+
+def test_c4_steps_to_target_by_hand(tmp_path):
+    res = run_claim(claim_c4, tmp_path, c4_records(1))
+    assert res.verdict == SUPPORTED, res
+    assert TARGET_VAL_ACC == 0.97
+    # best lr: the fewest median steps among lrs where every seed reached the target
+    per_batch = {32: welch_difference(np.log10([800, 825, 850]), np.log10([150, 175, 200])),
+                 128: welch_difference(np.log10([400, 425, 450]), np.log10([100, 100, 125]))}
+    worst = min(per_batch.values(), key=lambda d: d.low)
+    assert (res.value, res.low, res.high) == pytest.approx((worst.diff, worst.low, worst.high))
+    assert any("batch 32" in d and "lr 0.3" in d and "lr 0.1" in d for d in res.details)
+    assert any(d.startswith("BN:") and "1/B" in d for d in res.details)
+    assert any(d.startswith("no norm:") and "1/B" in d for d in res.details)
+    assert_png(tmp_path, res)
+
+
+@pytest.mark.parametrize("direction", [-1, 0])
+def test_c4_other_directions(tmp_path, direction):
+    assert run_claim(claim_c4, tmp_path, c4_records(direction)).verdict == VERDICTS[direction]
+
+
+def test_c4_censored_arm_is_a_bound(tmp_path):
+    recs = [r for r in c4_records(1)
+            if not (r["config"]["model"]["norm"] == "none" and r["config"]["batch_size"] == 32)]
+    for seed in range(3):  # no norm never reaches the target at batch 32
+        series = [{"step": st, "val_acc": 0.5} for st in range(0, C4_BUDGET + 1, 25)]
+        recs.append(record("steps_to_target", "none", seed, batch=32, lr=0.1, steps=C4_BUDGET, val=0.5,
+                           probes={"kinds": ["val_acc"], "every": 25, "seconds": 1.0, "series": series, "final": {}}))
+    res = run_claim(claim_c4, tmp_path, recs)
+    line = next(d for d in res.details if d.startswith("batch 32"))
+    assert "never reached" in line and "lower bound" in line
+    d = welch_difference(np.log10([C4_BUDGET] * 3), np.log10([150, 175, 200]))
+    assert f"{d.diff:+.3f}" in line
+
+
+# ------------------------------------------------------------------ C5
+def c5_records(direction: int) -> tuple[list[dict], dict]:
+    flat = {4: [0.93, 0.935, 0.94], 16: [0.94, 0.945, 0.95], 64: [0.95, 0.955, 0.96]}
+    hurt = {4: [0.78, 0.79, 0.80], 16: [0.90, 0.905, 0.91], 64: [0.95, 0.955, 0.96]}
+    noisy = {4: [0.90, 0.95, 0.99], 16: [0.94, 0.945, 0.95], 64: [0.95, 0.955, 0.96]}
+    acc = {1: {"batch": hurt, "none": flat, "layer": flat},
+           -1: {"batch": flat, "none": flat, "layer": hurt},
+           0: {"batch": noisy, "none": noisy, "layer": noisy}}[direction]
+    recs = [record("small_batch", norm, s, batch=b, test=v[s], val=v[s] - 0.001)
+            for norm, table in acc.items() for b, v in table.items() for s in range(3)]
+    return recs, acc
+
+
+@pytest.mark.parametrize("direction", [1, -1, 0])
+def test_c5_small_batch(tmp_path, direction):
+    recs, acc = c5_records(direction)
+    res = CLAIM_FUNCTIONS["C5"](load(tmp_path, recs), tmp_path / "report")
+    assert BROKEN not in res.evidence
+    assert res.verdict == VERDICTS[direction], res
+    err = lambda xs: [100 * (1 - x) for x in xs]  # noqa: E731
+    rise = {n: welch_difference(err(t[4]), err(t[64])) for n, t in acc.items()}
+    worst = max((n for n in rise if n != "batch"), key=lambda n: rise[n].diff)
+    c = contrast(rise["batch"], rise[worst])
+    assert (res.value, res.low, res.high) == pytest.approx((c.diff, c.low, c.high))
+    if direction == 1:
+        assert "test error (%) by batch size" in res.details[-1]
+        assert_png(tmp_path, res)
+
+
+def test_c5_diverged_run_counts_at_chance(tmp_path):
+    recs, acc = c5_records(1)
+    recs.append(record("small_batch", "batch", 3, batch=4, status="diverged"))
+    res = run_claim(CLAIM_FUNCTIONS["C5"], tmp_path, recs)
+    err = lambda xs: [100 * (1 - x) for x in xs]  # noqa: E731
+    bn = welch_difference(err([*acc["batch"][4], CHANCE_ACC]), err(acc["batch"][64]))
+    assert any(d.startswith("BN:") and f"{bn.diff:+.2f}" in d and "1 diverged run counted at chance" in d
+               for d in res.details)
+
+
+# ------------------------------------------------------------------ C7
+def c7_records(direction: int) -> tuple[list[dict], dict]:
+    plain512, bn64 = [0.950, 0.952, 0.954], [0.970, 0.972, 0.974]
+    ghosts = {1: {32: [0.965, 0.967, 0.969], 64: [0.960, 0.962, 0.964]},
+              -1: {32: [0.940, 0.942, 0.944], 64: [0.930, 0.932, 0.934]},
+              0: {32: [0.965, 0.967, 0.969], 64: [0.930, 0.932, 0.934]}}[direction]
+    recs = []
+    for s in range(3):
+        recs.append(record("ghost", "ghost", s, batch=512, lr=0.08, model={"ghost_size": 512}, test=plain512[s]))
+        for g, v in ghosts.items():
+            recs.append(record("ghost", "ghost", s, batch=512, lr=0.08, model={"ghost_size": g}, test=v[s]))
+        # at batch 64 a ghost size of 64 or 512 is plain BN (the same model: counted once per seed)
+        recs.append(record("ghost", "ghost", s, batch=64, model={"ghost_size": 64}, test=bn64[s]))
+        recs.append(record("ghost", "ghost", s, batch=64, model={"ghost_size": 512}, test=bn64[s], val=0.9))
+        recs.append(record("ghost", "ghost", s, batch=64, model={"ghost_size": 32}, test=0.5))
+    return recs, {"plain": plain512, "bn64": bn64, **ghosts}
+
+
+@pytest.mark.parametrize("direction", [1, -1, 0])
+def test_c7_ghost(tmp_path, direction):
+    recs, acc = c7_records(direction)
+    res = run_claim(claim_c7, tmp_path, recs)
+    assert res.verdict == VERDICTS[direction], res
+    pts = lambda xs: [100 * x for x in xs]  # noqa: E731
+    d = {g: welch_difference(pts(acc[g]), pts(acc["plain"])) for g in (32, 64)}
+    head = min(d.values(), key=lambda x: x.low)
+    assert (res.value, res.low, res.high) == pytest.approx((head.diff, head.low, head.high))
+    assert res.n == "3 seeds per arm"  # BN@64 counted once per seed
+    if direction == 1:
+        # ghost 64 sits half way: (96.2 - 95.2) / (97.2 - 95.2)
+        assert any(l.startswith("ghost size 64") and "recovers 50% of the gap" in l for l in res.details)
+        assert any(l.startswith("BN at batch 64") and "(n=3)" in l for l in res.details)
+        assert_png(tmp_path, res)
+
+
+# ------------------------------------------------------------------ C11
+def c11_records(direction: int) -> tuple[list[dict], dict]:
+    bn, none = {1: ([0.980, 0.981, 0.982], [0.976, 0.977, 0.978]),
+                -1: ([0.970, 0.971, 0.972], [0.976, 0.977, 0.978]),
+                0: ([0.970, 0.980, 0.990], [0.975, 0.980, 0.985])}[direction]
+    recs = []
+    for s in range(3):
+        for norm, v in (("batch", bn), ("none", none)):
+            series = [{"step": st, "val_acc": v[s] * st / 3000} for st in range(0, 3001, 250)]
+            recs.append(record("quick/ioffe2015", norm, s, batch=60, steps=3000, test=v[s], val=v[s],
+                               model={"activation": "sigmoid", "hidden": [100, 100, 100]},
+                               probes={"kinds": ["val_acc"], "every": 250, "seconds": 1.0, "series": series,
+                                       "final": {}}))
+    relu = {"batch": [0.974, 0.975, 0.976], "none": [0.930, 0.931, 0.932]}
+    for norm, v in relu.items():
+        recs += [record("notebook", norm, s, test=v[s]) for s in range(3)]
+    return recs, {"batch": bn, "none": none, "relu": relu}
+
+
+@pytest.mark.parametrize("direction", [1, -1, 0])
+def test_c11_sigmoid_network(tmp_path, direction):
+    recs, acc = c11_records(direction)
+    res = run_claim(CLAIM_FUNCTIONS["C11"], tmp_path, recs)
+    assert res.verdict == VERDICTS[direction], res
+    pts = lambda xs: [100 * x for x in xs]  # noqa: E731
+    d = welch_difference(pts(acc["batch"]), pts(acc["none"]))
+    assert (res.value, res.low, res.high) == pytest.approx((d.diff, d.low, d.high))
+    relu = welch_difference(pts(acc["relu"]["batch"]), pts(acc["relu"]["none"]))
+    line = next(l for l in res.details if l.startswith("ReLU"))
+    assert f"{relu.diff:+.2f}" in line and "smaller with sigmoid" in line
+    assert any("0.980 with BN vs 0.977" in l for l in res.details)
+    assert "val_acc probe" in res.evidence
+    if direction == 1:
+        assert res.experiment == "quick/ioffe2015, notebook"
+        assert_png(tmp_path, res)
+
+
+def test_c11_without_notebook_still_answers(tmp_path):
+    recs, _ = c11_records(1)
+    res = run_claim(CLAIM_FUNCTIONS["C11"], tmp_path, [r for r in recs if r["experiment"] != "notebook"])
+    assert res.verdict == SUPPORTED and any("no ReLU comparison" in l for l in res.details)
+
+
+# ------------------------------------------------------------------ C12
+def c12_records(direction: int) -> tuple[list[dict], dict]:
+    # (train, test) at the last of three epochs, per seed
+    wide = [(0.995, 0.970), (0.996, 0.972), (0.997, 0.971)]
+    narrow = [(0.990, 0.980), (0.991, 0.980), (0.992, 0.981)]
+    mixed = [(0.995, 0.975), (0.990, 0.980), (0.996, 0.972)]
+    arms = {1: {"none": wide, "batch": narrow}, -1: {"none": narrow, "batch": wide},
+            0: {"none": mixed, "batch": [(0.993, 0.976), (0.992, 0.977), (0.994, 0.979)]}}[direction]
+    recs = []
+    for norm, per_seed in arms.items():
+        for s, (tr, te) in enumerate(per_seed):
+            hist = [{"epoch": e, "step": 100 * e, "val_acc": te, "test_acc": te - 0.01 * (3 - e),
+                     "train_acc": tr - 0.02 * (3 - e), "train_loss": 0.1, "epoch_seconds": 1.0,
+                     "samples_per_second": 6400.0, "eval_seconds": 0.1, "pack_size": 1} for e in (1, 2, 3)]
+            recs.append(record("regularization", norm, s, test=te, val=te, history=hist))
+    recs.append(record("regularization", "batch", 7, status="diverged"))
+    return recs, arms
+
+
+@pytest.mark.parametrize("direction", [1, -1, 0])
+def test_c12_generalization_gap(tmp_path, direction):
+    recs, arms = c12_records(direction)
+    res = run_claim(CLAIM_FUNCTIONS["C12"], tmp_path, recs)
+    assert res.verdict == VERDICTS[direction], res
+    gap = {n: [100 * (tr - te) for tr, te in v] for n, v in arms.items()}
+    d = welch_difference(gap["none"], gap["batch"])
+    assert (res.value, res.low, res.high) == pytest.approx((d.diff, d.low, d.high))
+    assert "means BN's gap is the larger" in res.evidence
+    assert any("1 run(s) not completed" in l for l in res.details)
+    if direction == 1:
+        assert_png(tmp_path, res)
+
+
+def test_c12_without_train_acc_is_inconclusive(tmp_path):
+    recs = [record("regularization", n, s) for n in ("none", "batch") for s in range(2)]
+    res = run_claim(CLAIM_FUNCTIONS["C12"], tmp_path, recs)
+    assert res.verdict == INCONCLUSIVE and "train_acc" in res.evidence
+
+
+# ------------------------------------------------------------------ C13
+def c13_records(direction: int) -> tuple[list[dict], dict]:
+    holds = {64: [0.970, 0.972, 0.974], 256: [0.969, 0.971, 0.975], 1024: [0.968, 0.972, 0.973],
+             4096: [0.900, 0.905, 0.910]}
+    breaks = {64: [0.960, 0.962, 0.964], 256: [0.959, 0.962, 0.965], 1024: [0.920, 0.922, 0.924],
+              4096: [0.850, 0.855, 0.860]}
+    breaks_too = {64: [0.970, 0.972, 0.974], 256: [0.969, 0.971, 0.975], 1024: [0.930, 0.932, 0.934],
+                  4096: [0.860, 0.865, 0.870]}
+    arms = {1: {"batch": holds, "none": breaks}, -1: {"batch": breaks, "none": holds},
+            0: {"batch": breaks_too, "none": breaks}}[direction]
+    recs = [record("linear_scaling", n, s, batch=b, lr=0.01 * b / 64, val=v[s])
+            for n, t in arms.items() for b, v in t.items() for s in range(3)]
+    return recs, arms
+
+
+@pytest.mark.parametrize("direction", [1, -1, 0])
+def test_c13_linear_scaling(tmp_path, direction):
+    recs, arms = c13_records(direction)
+    res = run_claim(claim_c13, tmp_path, recs)
+    assert res.verdict == VERDICTS[direction], res
+    pts = lambda xs: [100 * x for x in xs]  # noqa: E731
+    drop = {n: welch_difference(pts(t[64]), pts(t[1024])) for n, t in arms.items()}  # 1024: the first drop
+    c = contrast(drop["none"], drop["batch"])
+    assert (res.value, res.low, res.high) == pytest.approx((c.diff, c.low, c.high))
+    assert "batch 1024, the first where an arm falls clearly below" in res.evidence
+    if direction == 1:
+        assert "BN 1024, no norm 256" in res.evidence
+        assert_png(tmp_path, res)
+
+
+# ------------------------------------------------------------------ C14
+def c14_records(direction: int) -> tuple[list[dict], dict]:
+    steps = {64: 100, 512: 20}
+    # seconds per epoch after the warm-up epoch, per seed (two timed epochs each)
+    base = {64: [1.00, 1.02, 0.98], 512: [0.50, 0.51, 0.49]}
+    factor = {1: 1.2, -1: 0.8, 0: 1.0}[direction]
+    jitter = {1: [0, 0, 0], -1: [0, 0, 0], 0: [0.1, -0.1, 0.0]}[direction]
+    secs = {"none": base, "batch": {b: [v * factor + j for v, j in zip(vs, jitter)] for b, vs in base.items()}}
+    recs = []
+    for norm, table in secs.items():
+        for b, per_seed in table.items():
+            for s, sec in enumerate(per_seed):
+                hist = [{"epoch": e, "step": steps[b] * e, "val_acc": 0.9, "test_acc": 0.9, "train_loss": 0.1,
+                         "epoch_seconds": (5.0 if e == 1 else sec), "samples_per_second": 1.0,
+                         "eval_seconds": (1.0 if e == 1 else 0.1 * sec), "pack_size": 1} for e in (1, 2, 3)]
+                recs.append(record("overhead", norm, s, batch=b, val=0.9 + 0.001 * s, history=hist))
+    # a packed run's epochs are timed together with its pack: left out
+    hist = [{"epoch": e, "step": 100 * e, "val_acc": 0.9, "test_acc": 0.9, "epoch_seconds": 50.0,
+             "samples_per_second": 1.0, "eval_seconds": 5.0, "pack_size": 3} for e in (1, 2)]
+    recs.append(record("overhead", "batch", 9, batch=64, history=hist))
+    return recs, {n: {b: [v / steps[b] for v in vs] for b, vs in t.items()} for n, t in secs.items()}
+
+
+@pytest.mark.parametrize("direction", [1, -1, 0])
+def test_c14_time_per_step(tmp_path, direction):
+    recs, per_step = c14_records(direction)
+    res = run_claim(claim_c14, tmp_path, recs)
+    assert res.verdict == VERDICTS[direction], res
+    rel = {}
+    for b in (64, 512):
+        d = welch_difference(per_step["batch"][b], per_step["none"][b])
+        ref = float(np.mean(per_step["none"][b]))
+        rel[b] = (100 * d.diff / ref, 100 * d.low / ref, 100 * d.high / ref)
+    head = min(rel.values(), key=lambda r: r[1])
+    assert (res.value, res.low, res.high) == pytest.approx(head)
+    assert res.unit == "%" and any("1 packed run" in l for l in res.details)
+    if direction == 1:
+        assert res.value == pytest.approx(20.0)
+        assert any(l.startswith("batch 64") and "inference" in l and "+20.0%" in l.split("inference")[1]
+                   for l in res.details)
+        assert_png(tmp_path, res)
+
+
+# ------------------------------------------------------------------ not run, degenerate input
+@pytest.mark.parametrize("claim", list(CLAIM_FUNCTIONS))
+def test_not_run_without_its_preset(tmp_path, claim):
+    recs = [record("deep", n, s) for n in ("none", "batch") for s in range(2)]
+    res = CLAIM_FUNCTIONS[claim](load(tmp_path, recs), tmp_path / "report")
+    assert res.verdict == NOT_RUN and res.claim == claim
+
+
+PRESETS_ALL = ["max_lr", "tune", "notebook", "steps_to_target", "small_batch", "ghost", "ioffe2015",
+               "regularization", "linear_scaling", "overhead"]
+PRESETS = {"C2": ["max_lr"], "C3": ["tune", "notebook"], "C4": ["steps_to_target"], "C5": ["small_batch"],
+           "C7": ["ghost"], "C11": ["ioffe2015"], "C12": ["regularization"], "C13": ["linear_scaling"],
+           "C14": ["overhead"]}
+
+
+def anchor(preset: str) -> dict:
+    """One completed GroupNorm run: summary.analyze needs some final metric in a preset (it raises when
+    every run lacks val_acc: the column is dropped as all-null), and no claim here reads GroupNorm."""
+    return record(preset, "group", 5, batch=64, val=0.9)
+
+
+def distinct(recs: list[dict]) -> list[dict]:
+    """Records of two presets that are otherwise equal are one run to collect (run_identity): tell them apart."""
+    for r in recs:
+        r["config"]["epochs"] = sorted(PRESETS_ALL).index(r["experiment"]) + 1
+    return recs
+
+
+@pytest.mark.parametrize("claim", list(CLAIM_FUNCTIONS))
+def test_every_run_diverged_is_inconclusive(tmp_path, claim):
+    recs = [record(p, n, s, batch=b, lr=lr, status="diverged", model={"ghost_size": 512})
+            for p in PRESETS[claim] for n in ("none", "batch") for s in range(2) for b in (64, 512)
+            for lr in (0.01, 0.1)]
+    recs = distinct(recs + [anchor(p) for p in PRESETS[claim]])
+    res = CLAIM_FUNCTIONS[claim](load(tmp_path, recs), tmp_path / "report")
+    assert res.verdict == INCONCLUSIVE and res.evidence and BROKEN not in res.evidence, res
+
+
+@pytest.mark.parametrize("claim", list(CLAIM_FUNCTIONS))
+def test_one_arm_with_missing_metrics_is_inconclusive(tmp_path, claim):
+    recs = [record(p, "batch", s, batch=64, val=None, history=[], model={"ghost_size": 32})
+            for p in PRESETS[claim] for s in range(2)]
+    for r in recs:
+        r["final"] = {}
+    recs = distinct(recs + [anchor(p) for p in PRESETS[claim]])
+    res = CLAIM_FUNCTIONS[claim](load(tmp_path, recs), tmp_path / "report")
+    assert res.verdict == INCONCLUSIVE and BROKEN not in res.evidence, res
+
+
+def test_a_claim_that_raises_says_so(tmp_path, monkeypatch):
+    import analysis.claims_metrics as cm
+
+    exps = load(tmp_path, c2_records(1))
+    monkeypatch.setattr(cm, "_largest_stable", lambda states: 1 / 0)
+    res = cm.claim_c2(exps, tmp_path / "report")
+    assert res.verdict == INCONCLUSIVE and "ZeroDivisionError" in res.evidence
