@@ -552,7 +552,7 @@ def claim_c4(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
         if reached:
             lr = min(reached, key=lambda k: (float(np.median(reached[k].steps)), k))
             chosen[(norm, b)] = {"lr": lr, "steps": list(reached[lr].steps), "censored": False,
-                                 "n_lr": g.lr.nunique()}
+                                 "n_lr": g.lr.nunique(), "edge": lr == g.lr.max() and g.lr.nunique() > 1}
         else:
             n = int(g.groupby("lr").size().max())
             chosen[(norm, b)] = {"lr": math.nan, "steps": [float(g.budget.max())] * n, "censored": True,
@@ -570,7 +570,8 @@ def claim_c4(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
             if c["censored"]:
                 return (f"{name} never reached it at any of {c['n_lr']} lr(s) "
                         f"(censored at the {c['steps'][0]:.0f}-step budget)")
-            return f"{name} median {np.median(c['steps']):.0f} steps at lr {c['lr']:g}"
+            edge = " (the largest lr tried: a larger one might be faster)" if c.get("edge") else ""
+            return f"{name} median {np.median(c['steps']):.0f} steps at lr {c['lr']:g}{edge}"
         text = f"batch {b}: {arm_text('BN', bn)}; {arm_text('no norm', no)}"
         if bn["censored"] and no["censored"]:
             details.append(text + ": neither arm reached the target, no statistic")

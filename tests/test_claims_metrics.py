@@ -192,7 +192,7 @@ def test_c4_steps_to_target_by_hand(tmp_path):
                  128: welch_difference(np.log10([400, 425, 450]), np.log10([100, 100, 125]))}
     worst = min(per_batch.values(), key=lambda d: d.low)
     assert (res.value, res.low, res.high) == pytest.approx((worst.diff, worst.low, worst.high))
-    assert any("batch 32" in d and "lr 0.3" in d and "lr 0.1" in d for d in res.details)
+    assert any("batch 32" in d and "lr 0.3 (the largest lr tried" in d and "lr 0.1;" in d for d in res.details)
     assert any(d.startswith("BN:") and "1/B" in d for d in res.details)
     assert any(d.startswith("no norm:") and "1/B" in d for d in res.details)
     assert_png(tmp_path, res)
