@@ -235,7 +235,7 @@ def claim_c1(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     c = contrast(hi["_difference"], lo["_difference"])
     base.verdict = from_difference(c)
     base.value, base.low, base.high = 100 * c.diff, 100 * c.low, 100 * c.high
-    base.n = f"{int(min(g.n.min(), g.n_baseline.min()))}+ seeds per arm and batch size"
+    base.n = f"{int(min(g.n.min(), g.n_baseline.min()))} seeds per arm and batch size (at least)"
     base.details = [f"batch {int(r.batch_size)}: BN minus no norm {100 * r.test_acc_diff:+.2f} points "
                     f"({100 * r.low:+.2f} to {100 * r.high:+.2f})" for r in g.itertuples()]
     base.evidence = (f"lr {fmt_value(a.fixed.get('lr'))}, {fmt_value(a.fixed.get('epochs'))} epochs: BN minus no "

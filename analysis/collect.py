@@ -21,7 +21,8 @@ from study.records import CLAIM_FILE, RESULT_FILE
 
 FINAL_METRICS = ("train_loss", "val_acc", "test_acc", "val_loss")
 HISTORY_FIELDS = ("epoch", "step", "train_loss", "val_acc", "test_acc", "val_loss",
-                  "epoch_seconds", "samples_per_second", "eval_seconds", "pack_size")
+                  "epoch_seconds", "samples_per_second", "eval_seconds", "pack_size",
+                  "train_acc", "train_eval_loss")  # the last two: probes.kinds=[train_acc] only
 # Study terms for config keys whose dotted name is long; every other key keeps its dotted name.
 COLUMN_NAMES = {"model.norm": "norm"}
 OPTUNA_STATES = {"COMPLETE": "completed", "FAIL": "failed", "PRUNED": "pruned",
@@ -116,7 +117,8 @@ def run_row(rec: dict[str, Any], run: str, record_path: str) -> dict[str, Any]:
     env = rec.get("env") or {}
     data = rec.get("data") or {}
     err = rec.get("error") or {}
-    row: dict[str, Any] = {"run": run, "record": record_path, "status": rec["status"]}
+    row: dict[str, Any] = {"run": run, "record": record_path, "status": rec["status"],
+                           "experiment": rec.get("experiment")}
     row.update(flatten(rec["config"]))
     if rec.get("seed") is not None:
         row["seed"] = rec["seed"]
@@ -161,8 +163,10 @@ def run_identity(rec: dict[str, Any]) -> str:
     """Equal for two records of one run: a reused copy (`reused_from`) or a deterministic retraining.
 
     Counting such a record twice would pass one run off as two replicates.
+    The preset is part of it: one run reused by two presets (ics and
+    landscape share their runs) counts once for each.
     """
-    return json.dumps([rec.get("config"), rec.get("seed"), rec.get("final"), rec.get("error"),
+    return json.dumps([rec.get("experiment"), rec.get("config"), rec.get("seed"), rec.get("final"), rec.get("error"),
                        rec.get("code_version"), (rec.get("data") or {}).get("md5")], sort_keys=True, default=str)
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.claims import (NO_PRESET, VERDICT_RULE, ClaimResult, ExperimentRuns, claims_table,
+                             evaluate_claims, notebook_verdicts, split_by_experiment)
 from analysis.collect import AnalysisError, Collection, collect, is_storage_url
 from analysis.document import (Bullets, Details, Figure_, Para, Section, Table, Warning_, to_html,
                                to_markdown)
@@ -28,8 +30,12 @@ from analysis.summary import (BASELINE_NORM, OPERATIONAL, Analysis, analyze, bes
                               norm_name, pct)
 
 REPORT_HTML = "report.html"
-SECTION_TITLES = ("Findings", "Protocol", "Difference to no norm", "Figures", "Per-cell results",
+SECTION_TITLES = ("Findings", "Claims", "Protocol", "Difference to no norm", "Figures", "Per-cell results",
                   "Files")
+# A folder with the runs of several presets (python -m study.suite): the claims,
+# then one sub-report per preset (experiments/<preset>/report.html).
+CLAIMS_REPORT_TITLES = ("Claims", "The notebook's claims", "Claim figures", "Experiments", "Files")
+EXPERIMENTS_DIR = "experiments"
 LIBRARIES = ("torch", "torchvision", "numpy", "hydra", "optuna", "python")
 MAX_LISTED = 25  # problem runs listed in the report; the rest are in results.csv
 
@@ -54,12 +60,16 @@ def build_report(paths: list[str | Path], out_dir: Path | None = None, *,
     out = Path(out_dir) if out_dir is not None else default_out_dir(paths, col.study_name)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / REPORT_HTML).exists())):
         raise AnalysisError(f"refusing to replace {out}: it exists and is not a report folder")
-    a = analyze(col)
+    exps = split_by_experiment(col)
+    several = len([name for name in exps if name != NO_PRESET]) > 1
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-building-", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a report is for reading
     try:
-        write_report(a, staging)
+        if several:
+            write_claims_report(col, exps, staging)
+        else:
+            write_report(analyze(col), staging, exps)
         _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -368,7 +378,86 @@ def files_section() -> Section:
     ])])
 
 
-def write_report(a: Analysis, out: Path) -> None:
+def claims_section(results: list[ClaimResult], present: list[str]) -> Section:
+    ran = [r for r in results if r.verdict != "not run"]
+    missing = [r.claim for r in results if r.verdict == "not run"]
+    blocks: list[Any] = [Para(VERDICT_RULE)]
+    if ran:
+        blocks.append(Table(claims_table(ran), note="The value is the claim's statistic with its 95% interval; "
+                                                    "the figure file is in this folder."))
+        blocks.append(Bullets([f"{r.verdict}: {r.claim}. {r.evidence}" + (f" ({'; '.join(r.details)})" if r.details else "")
+                               for r in ran]))
+    else:
+        blocks.append(Para(f"None of the protocol's claims is tested by these runs alone (presets here: "
+                           f"{', '.join(present) or 'none'})."))
+    if missing:
+        blocks.append(Para(f"Not run here: {', '.join(missing)}; `python -m study.suite` runs every preset "
+                           "and reports on all claims."))
+    return Section("Claims", blocks)
+
+
+def claim_figures(results: list[ClaimResult], start: int) -> list[Figure_]:
+    figs = []
+    for r in results:
+        if r.figure:
+            caption = r.evidence + (". " + "; ".join(r.details) if r.details else "")
+            figs.append(Figure_(start + len(figs), f"{r.claim}: {r.title} ({r.verdict})", r.figure,
+                                caption + f". n = {r.n or 'see the claims table'}. Preset: {r.experiment}."))
+    return figs
+
+
+def write_claims_report(col: Collection, exps: dict[str, ExperimentRuns], out: Path) -> None:
+    """The report of a claims suite: a verdict per claim, then one sub-report per preset."""
+    results = evaluate_claims(exps, out)
+    claims_table(results).to_csv(out / "claims.csv", index=False)
+    nb = pd.DataFrame(notebook_verdicts(results))
+    nb.to_csv(out / "notebook_claims.csv", index=False)
+    rows = []
+    for name, exp in exps.items():
+        sub = out / EXPERIMENTS_DIR / name.replace("/", "_")
+        sub.mkdir(parents=True)
+        write_report(exp.analysis, sub, {name: exp})
+        status = Counter(exp.runs.status)
+        rows.append({"preset": ("quick/" if exp.quick else "") + name, "runs": len(exp.runs),
+                     "status": ", ".join(f"{n} {s}" for s, n in status.most_common()),
+                     "report": f"{EXPERIMENTS_DIR}/{sub.name}/{REPORT_HTML}"})
+    problems = _problem_blocks_col(col)
+    sections = [
+        Section("Claims", [Para(VERDICT_RULE), Table(claims_table(results)),
+                           Bullets([f"{r.verdict}: {r.claim}. {r.evidence}"
+                                    + (f" ({'; '.join(r.details)})" if r.details else "") for r in results])]),
+        Section("The notebook's claims", [
+            Para("The nine claims of the notebook the project grew from, each answered through the rows "
+                 "above that test it (a row read in reverse contradicts the notebook's claim when supported; "
+                 "several rows: all must agree, otherwise inconclusive)."),
+            Table(nb)]),
+        Section("Claim figures", claim_figures(results, 1) or [Para("No claim had runs to draw.")]),
+        Section("Experiments", [Para("Each preset's runs, analyzed on their own (cells, differences, "
+                                     "figures), in its own report:"), Table(pd.DataFrame(rows)), *problems]),
+        Section("Files", [Bullets([
+            "claims.csv: the claims table; notebook_claims.csv: the notebook's claims.",
+            "claim_c*.png: the claim figures; experiments/<preset>/: each preset's full report "
+            "(results.csv, history.csv, figures).",
+            "report.md: this report in Markdown."])]),
+    ]
+    assert tuple(s.title for s in sections) == CLAIMS_REPORT_TITLES
+    title = "Batch Normalization study: the claims"
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    n_runs = sum(len(e.runs) for e in exps.values())
+    intro = [Para(f"Built {now} from {n_runs} runs of {len(exps)} presets; rebuild with: python -m analysis "
+                  f"{' '.join(col.sources)}")]
+    (out / "report.md").write_text(to_markdown(title, intro, sections))
+    (out / REPORT_HTML).write_text(to_html(title, intro, sections, out))
+
+
+def _problem_blocks_col(col: Collection) -> list[Any]:
+    if not col.problems:
+        return []
+    return [Warning_(f"{len(col.problems)} run dirs could not be read or hold no record: "
+                     + "; ".join(f"{p.path} ({p.reason})" for p in col.problems[:MAX_LISTED]))]
+
+
+def write_report(a: Analysis, out: Path, exps: dict[str, ExperimentRuns] | None = None) -> None:
     results_table(a).to_csv(out / "results.csv", index=False)
     history_table(a).to_csv(out / "history.csv", index=False)
     a.cells.to_csv(out / "cells.csv", index=False)
@@ -378,8 +467,13 @@ def write_report(a: Analysis, out: Path) -> None:
         diffs = pd.concat([diffs, best], ignore_index=True)
     diffs.to_csv(out / "differences.csv", index=False)
     figs = draw_figures(a, out)
-    sections = [findings_section(a), protocol_section(a), difference_section(a), figures_section(a, figs),
-                cells_section(a), files_section()]
+    results = [r for r in evaluate_claims(exps or {}, out)] if exps is not None else []
+    claims = claims_section(results, sorted(exps or {}))
+    extra = claim_figures([r for r in results if r.verdict != "not run"], len(figs) + 1)
+    if extra:
+        claims.blocks.extend(extra)
+    sections = [findings_section(a), claims, protocol_section(a), difference_section(a),
+                figures_section(a, figs), cells_section(a), files_section()]
     assert tuple(s.title for s in sections) == SECTION_TITLES
     name = a.col.study_name or ", ".join(Path(p).name or p for p in a.col.sources)
     title = f"Batch Normalization study: {name}"

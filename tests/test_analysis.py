@@ -177,7 +177,8 @@ def test_every_figure_and_section_is_there(grid_report):
         assert f"\n## {title}\n" in md, title
         assert f">{title}</h2>" in html, title
     drawn = sorted(p.name for p in grid_report.glob("*.png"))
-    assert drawn == ["fig1_test_acc_vs_batch_size.png", "fig2_val_acc_curves.png",
+    # claim_c1.png: the C1 row of the Claims section (a grid without a preset answers C1 only)
+    assert drawn == ["claim_c1.png", "fig1_test_acc_vs_batch_size.png", "fig2_val_acc_curves.png",
                      "fig3_train_loss_curves.png", "fig6_cost.png"]
     for name in drawn:
         assert_real_figure(grid_report / name)
@@ -202,7 +203,7 @@ def test_every_figure_and_section_is_there(grid_report):
 def test_html_is_one_self_contained_file(grid_report):
     html = (grid_report / "report.html").read_text()
     srcs = re.findall(r'<img src="([^"]+)"', html)
-    assert len(srcs) == len(list(grid_report.glob("*.png"))) == 4
+    assert len(srcs) == len(list(grid_report.glob("*.png"))) == 5
     for src in srcs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
