@@ -38,12 +38,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
 
 from analysis.claims import (CLAIMS, INCONCLUSIVE, LITERATURE, NOT_SUPPORTED, SUPPORTED,  # noqa: E402
-                             ClaimResult, ExperimentRuns, combine, directional, from_difference,
-                             from_mean, not_run)
-from analysis.stats import Difference, contrast, interval_bounds, mean_interval, welch_difference  # noqa: E402
+                             ClaimResult, ExperimentRuns, combine, directional, not_run)
+from analysis.stats import (Difference, MeanInterval, contrast, interval_bounds, mean_interval,  # noqa: E402
+                            welch_difference)
 from analysis.summary import NORM_NAMES, norm_name  # noqa: E402
 
 # C2: a run that ends below this validation accuracy did not learn (chance is 0.1).
@@ -60,9 +60,37 @@ REFERENCE_BATCH = 64
 CHANCE_ACC = 0.1
 DIVERGED_NOTE = f"A diverged run counts at chance accuracy ({CHANCE_ACC:.0%}); failed and pruned runs are left out"
 DPI = 110
+ZERO_WIDTH_NOTE = ("The headline interval has zero width: every seed gave the same value, so the t interval "
+                   "measures no spread (identical replicates, a discrete grid or a constant metric) and the rule "
+                   "reads it as inconclusive")
 
 
 # ------------------------------------------------------------------ plumbing
+def zero_width(low: Optional[float], high: Optional[float]) -> bool:
+    """A finite interval with no width: identical values in every arm, not certainty."""
+    return low is not None and high is not None and math.isfinite(low) and math.isfinite(high) and not high > low
+
+
+def verdict_of(x: Difference | MeanInterval, expect_positive: bool = True) -> str:
+    """analysis.claims' rule on one interval, except that a zero-width interval is inconclusive.
+
+    stats gives a zero-width 95% interval when every seed of every arm has the
+    same value (2 seeds that agree to the last digit, steps on a coarse probe
+    grid, a largest stable lr on a decade grid): that is no evidence of a
+    small spread, and it must not make a claim 'supported'.
+    """
+    if zero_width(x.low, x.high):
+        return INCONCLUSIVE
+    return directional(x.low, x.high, expect_positive)
+
+
+def flag_zero_width(res: ClaimResult) -> ClaimResult:
+    """Say in the evidence when the headline interval has zero width (its verdict came from verdict_of)."""
+    if zero_width(res.low, res.high) and ZERO_WIDTH_NOTE not in res.evidence:
+        res.evidence = f"{res.evidence.rstrip('.')}. {ZERO_WIDTH_NOTE}."
+    return res
+
+
 def _guarded(fn: Callable[[Mapping[str, ExperimentRuns], Path], ClaimResult]):
     """A claim function that never raises: odd data gives an inconclusive row that says what broke."""
     claim = fn.__name__.split("_")[-1].upper()
@@ -70,7 +98,7 @@ def _guarded(fn: Callable[[Mapping[str, ExperimentRuns], Path], ClaimResult]):
     @functools.wraps(fn)
     def wrapper(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
         try:
-            return fn(exps, Path(out))
+            return flag_zero_width(fn(exps, Path(out)))
         except Exception as e:  # the report must still build; the row names the error
             return _inconclusive(claim, "", f"the statistic could not be computed from these runs "
                                  f"({type(e).__name__}: {e})", exps)
@@ -269,8 +297,10 @@ def _log2_axis(ax, values: Iterable[float]) -> None:
 
 
 def _log_y(ax) -> None:
+    """A log y axis with ticks at 1, 2, 5 per decade (data within one decade still get labelled ticks)."""
     ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.3g}"))
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:.3g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
@@ -286,6 +316,18 @@ def _mean_band(ax, xs: list[float], groups: list[list[float]], color: Any, label
     else:
         ax.plot(x, m, color=color, label=label)
         ax.fill_between(x, lo, hi, color=color, alpha=0.2, linewidth=0)
+
+
+def clamp_axis(ax, low: float = 0.0, high: float = 100.0) -> None:
+    """Keep an axis within the range its quantity can take (accuracy: 0-100%; a difference of two: +-100 points).
+
+    The 95% t interval of 2 seeds has a t quantile of 12.7 and can reach far
+    past the possible range; left alone it sets the axis (-200..300%) and
+    flattens the data to a line. Bars that run past the edge are cut there.
+    """
+    y0, y1 = ax.get_ylim()
+    pad = 0.03 * (high - low)
+    ax.set_ylim(max(y0, low - pad), min(y1, high + pad))
 
 
 def _legend(ax) -> None:
@@ -389,7 +431,7 @@ def claim_c2(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
                 f"below {UNSTABLE_VAL_ACC:.0%} validation accuracy count as unstable. Figure: final validation "
                 f"accuracy against lr per arm, one point per seed, diverged runs as crosses at 0.{bound}")
     fig_name = _draw(claim, out, lambda: _fig_c2(df), details)
-    return _result(claim, exps, verdict=from_mean(m), statistic=statistic, value=m.mean, low=m.low, high=m.high,
+    return _result(claim, exps, verdict=verdict_of(m), statistic=statistic, value=m.mean, low=m.low, high=m.high,
                    unit="log10", n=f"{m.n} paired seeds", evidence=evidence, figure=fig_name, details=details)
 
 
@@ -406,9 +448,10 @@ def _fig_c2(df: pd.DataFrame) -> Figure:
         ax.plot(lrs, [np.mean(acc[(arm.lr == lr).to_numpy()]) for lr in lrs], color=pal[norm], label=norm_name(norm))
     ax.axhline(UNSTABLE_VAL_ACC * 100, color="0.4", linestyle="--", linewidth=1, label="stability threshold")
     ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
+    clamp_axis(ax)
+    ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("final validation accuracy (%)")
-    ax.set_title("C2: final accuracy vs lr (x: diverged, at 0)", fontsize=9)
+    ax.set_title("C2: final accuracy vs lr\n(dots: seeds; line: mean over seeds; x: diverged, at 0)", fontsize=9)
     _legend(ax)
     return fig
 
@@ -451,20 +494,29 @@ def claim_c3(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     for b in both:
         f, t = _scaled(fixed[b], 100), _scaled(tuned[b], 100)
         c = contrast(_abs(f), _abs(t))
-        clear = directional(f.low, f.high) != INCONCLUSIVE
+        clear = verdict_of(f) != INCONCLUSIVE
         rows.append((b, f, t))
         line = (f"batch {b}: fixed-lr gap {_d_text(f)}, tuned gap {_d_text(t)}; "
                 f"|fixed| - |tuned| {_d_text(c)}")
         if clear:
-            settings.append((f"batch {b}", c, from_difference(c)))
-            line += f": {from_difference(c)}"
+            settings.append((f"batch {b}", c, verdict_of(c)))
+            line += f": {verdict_of(c)}"
         else:
             line += ": fixed-lr gap not clear of zero, not counted"
         details.append(line)
     how = ("tuned arms: each cell's best lr (chosen on validation accuracy of its tuning trials) shown with its "
            "confirmation runs" if tune.lr_varies else "tune preset with a single lr per arm")
-    details.append(f"{how}; means over completed runs, as in the report's tables. The interval of |gap| is the "
-                   "signed gap's, reflected where the estimate is negative.")
+    not_done = []
+    for name in ("notebook", "tune"):
+        r = _runs(exps[name])
+        bad = r[r.status != "completed"]
+        if len(bad):
+            not_done.append(f"{name}: " + ", ".join(f"{len(g)} {st} ({norm_name(n)})" for (st, n), g in
+                                                   bad.groupby([bad.status.astype(str), bad.norm.astype(str)])))
+    details.append(f"{how}; means over completed runs, as in the report's tables (unlike C5, C7, C11, C13, a "
+                   "diverged run is left out here, not counted at chance)"
+                   + (f"; runs left out: {'; '.join(not_done)}" if not_done else "")
+                   + ". The interval of |gap| is the signed gap's, reflected where the estimate is negative.")
     fig_name = _draw(claim, out, lambda: _fig_c3(rows), details)
     if not settings:
         return _result(claim, exps, verdict=INCONCLUSIVE, statistic=statistic, figure=fig_name, details=details,
@@ -492,10 +544,12 @@ def _fig_c3(rows: list[tuple[int, Difference, Difference]]) -> Figure:
         hi = np.array([v.high if math.isfinite(v.high) else v.diff for v in d])
         ax.errorbar(x, m, yerr=[m - lo, hi - m], fmt="o", color=color, capsize=3, label=name)
     ax.axhline(0, color="0.4", linewidth=1)
+    clamp_axis(ax, -100.0, 100.0)
     ax.set_xticks(np.arange(len(rows)), [str(r[0]) for r in rows])
     ax.set_xlabel("batch size")
     ax.set_ylabel("BN minus no norm, test acc. (points)")
-    ax.set_title("C3: the BN gap at a fixed lr and with tuned lrs", fontsize=9)
+    ax.set_title("C3: the BN gap at a fixed lr and with tuned lrs\n(bars: 95% Welch interval over seeds)",
+                 fontsize=9)
     _legend(ax)
     return fig
 
@@ -577,7 +631,7 @@ def claim_c4(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
             details.append(text + ": neither arm reached the target, no statistic")
             continue
         d = welch_difference(np.log10(no["steps"]), np.log10(bn["steps"]))
-        v = from_difference(d)
+        v = verdict_of(d)
         if no["censored"]:
             text += "; a lower bound (no norm censored)"
         elif bn["censored"]:
@@ -643,9 +697,10 @@ def _fig_c4(rows: list[dict[str, Any]]) -> Figure:
     ax.set_xscale("log", base=2)
     _log_y(ax)
     _log2_axis(ax, [r["batch_size"] for r in rows])
-    ax.set_xlabel("batch size")
-    ax.set_ylabel(f"steps to {TARGET_VAL_ACC:.0%} val. accuracy")
-    ax.set_title("C4: steps to target (dashed: 1/B; triangle: never reached, at budget)", fontsize=9)
+    ax.set_xlabel("batch size (examples per step)")
+    ax.set_ylabel(f"optimizer steps to {TARGET_VAL_ACC:.0%} val. accuracy")
+    ax.set_title("C4: steps to target (dots: seeds; line: median over seeds;\n"
+                 "dashed: perfect 1/B scaling; triangle: never reached, at the budget)", fontsize=9)
     _legend(ax)
     return fig
 
@@ -701,7 +756,7 @@ def claim_c5(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
                 f"among the other norms is {norm_name(worst)}'s, {_d_text(rises[worst])}; BN's rise minus it: "
                 f"{_d_text(c)}. {DIVERGED_NOTE}. Figure: test error vs batch size per norm (log2 axis), mean and "
                 "95% t-interval over seeds.")
-    return _result(claim, exps, verdict=from_difference(c), statistic=statistic, value=c.diff, low=c.low,
+    return _result(claim, exps, verdict=verdict_of(c), statistic=statistic, value=c.diff, low=c.low,
                    high=c.high, unit="points", n=_n_text([c.n_a, c.n_b], "seeds per cell (smallest)"),
                    evidence=evidence, figure=fig_name, details=details)
 
@@ -715,6 +770,7 @@ def _fig_c5(df: pd.DataFrame) -> Figure:
                   for b in sizes]
         _mean_band(ax, list(sizes), groups, pal[norm], norm_name(norm), bars=True)
     _log2_axis(ax, df.batch_size)
+    clamp_axis(ax)
     ax.set_xlabel("batch size")
     ax.set_ylabel("test error (%)")
     ax.set_title("C5: test error vs batch size (95% t-interval over seeds)", fontsize=9)
@@ -750,21 +806,26 @@ def claim_c7(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
         details.append(f"BN at batch {REFERENCE_BATCH}: {np.mean(a_small):.2f}% (n={len(a_small)})"
                        f"{_counts_note(dv64, lo64)}")
     settings, series = [], {f"BN@{large}": a_plain}
+    # The share of the small-batch gap a ghost size recovers means something only where that gap is clear.
+    small_gap = welch_difference(a_small, a_plain) if a_small else None
+    gap_clear = small_gap is not None and verdict_of(small_gap) == SUPPORTED
     if a_small:
         series[f"BN@{REFERENCE_BATCH}"] = a_small
+        details.append(f"BN at batch {REFERENCE_BATCH} minus plain BN at {large}: {_d_text(small_gap)}"
+                       + ("" if gap_clear else ": not clearly positive, so no share of it is computed"))
     for g, h in ghosts.groupby("ghost"):
         vals, dvg, log_ = _acc_values(h, "test_acc")
         if not vals:
             continue
         d = welch_difference(vals, a_plain)
-        v = from_difference(d)
+        v = verdict_of(d)
         settings.append((f"ghost size {int(g)}", d, v))
         series[f"ghost {int(g)}@{large}"] = vals
         line = f"ghost size {int(g)} at batch {large}: {np.mean(vals):.2f}%, minus plain BN {_d_text(d)}: {v}"
-        if a_small and np.mean(a_small) != np.mean(a_plain):
-            frac = (np.mean(vals) - np.mean(a_plain)) / (np.mean(a_small) - np.mean(a_plain))
+        if gap_clear:
+            frac = (np.mean(vals) - np.mean(a_plain)) / small_gap.diff
             line += (f"; recovers {100 * frac:.0f}% of the gap from plain BN@{large} to BN@{REFERENCE_BATCH} "
-                     f"({np.mean(a_small) - np.mean(a_plain):+.2f} points)")
+                     f"({small_gap.diff:+.2f} points)")
         details.append(line + _counts_note(dvg, log_))
     fig_name = _draw(claim, out, lambda: _fig_c7(series), details)
     if not settings:
@@ -789,9 +850,12 @@ def _fig_c7(series: dict[str, list[float]]) -> Figure:
         lo, hi = interval_bounds(vals)
         m = float(np.mean(vals))
         ax.errorbar([i + 0.15], [m], yerr=[[m - lo], [hi - m]], fmt="o", color=color, capsize=3)
+    clamp_axis(ax)
     ax.set_xticks(range(len(series)), list(series), fontsize=8)
+    ax.set_xlabel("arm (norm @ batch size)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("C7: ghost BN at large batch vs plain BN", fontsize=9)
+    ax.set_title("C7: ghost BN at large batch vs plain BN\n(dots: seeds; bars: mean and 95% t interval over seeds)",
+                 fontsize=9)
     return fig
 
 
@@ -826,7 +890,7 @@ def claim_c11(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
             relu, rnote = _gap(nb)
             c = contrast(d, relu)
             reading = {SUPPORTED: "larger with sigmoid", NOT_SUPPORTED: "smaller with sigmoid"}.get(
-                from_difference(c), "no clear difference")
+                verdict_of(c), "no clear difference")
             details.append(f"ReLU notebook network at batch {REFERENCE_BATCH}, lr {NOTEBOOK_LR}: BN minus no norm "
                            f"{_d_text(relu)}{rnote}; sigmoid gap minus ReLU gap {_d_text(c)}: {reading}")
         else:
@@ -838,21 +902,21 @@ def claim_c11(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     recs = _dedupe_records(recs, lambda r: [_norm_of(r), _seed_of(r)])
     curves = [(_norm_of(r), *_val_series(r)) for r in recs]
     fig_name = _draw(claim, out, lambda: _fig_curves(
-        [(n, pts) for n, pts, _ in curves], "steps", "validation accuracy (%)",
-        "C11: 3x100 sigmoid MLP, validation accuracy", scale=100, log_x=False), details)
+        [(n, pts) for n, pts, _ in curves], "optimizer steps", "validation accuracy (%)",
+        "C11: 3x100 sigmoid MLP, validation accuracy", scale=100, log_x=False, clamp=(0.0, 100.0)), details)
     sources = {s for _, _, s in curves}
     source = "val_acc probe" if sources == {"probe"} else "per-epoch history where a run has no probe"
     evidence = (f"BN minus no norm test accuracy: {_d_text(d)}{note}. {DIVERGED_NOTE}. Figure: validation "
                 f"accuracy vs steps per arm ({source}), "
                 "mean and 95% t-band over seeds.")
-    return _result(claim, exps, verdict=from_difference(d), statistic=statistic, value=d.diff, low=d.low,
+    return _result(claim, exps, verdict=verdict_of(d), statistic=statistic, value=d.diff, low=d.low,
                    high=d.high, unit="points", n=_n_text([d.n_a, d.n_b]), evidence=evidence, figure=fig_name,
                    details=details)
 
 
 def _fig_curves(curves: list[tuple[Any, list[tuple[float, float]]]], xlabel: str, ylabel: str, title: str,
-                scale: float = 1.0, log_x: bool = False) -> Figure:
-    """Mean and 95% band over seeds per norm; each run's (x, y) points, pooled at equal x."""
+                scale: float = 1.0, log_x: bool = False, clamp: tuple[float, float] = (0.0, 100.0)) -> Figure:
+    """Mean and 95% band over seeds per norm; each run's (x, y) points, pooled at equal x; y kept within `clamp`."""
     fig, (ax,) = _figure()
     pal = _palette(n for n, _ in curves)
     for norm in _norm_order(n for n, _ in curves):
@@ -865,9 +929,10 @@ def _fig_curves(curves: list[tuple[Any, list[tuple[float, float]]]], xlabel: str
         _mean_band(ax, xs, [by_x[x] for x in xs], pal[norm], norm_name(norm))
     if log_x:
         ax.set_xscale("log")
+    clamp_axis(ax, *clamp)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(f"{title}\n(line: mean over seeds; band: 95% t interval over seeds)", fontsize=9)
     _legend(ax)
     return fig
 
@@ -904,7 +969,8 @@ def claim_c12(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
         details.append(f"{n_out} run(s) not completed (diverged, failed or pruned): left out, they have no final gap")
     fig_name = _draw(claim, out, lambda: _fig_curves(
         [(n, list(zip(g.epoch.astype(float), g.gap / 100))) for (n, _), g in done.groupby(["norm", "run"])],
-        "epoch", "train minus test accuracy (points)", "C12: generalization gap per epoch", scale=100), details)
+        "epoch", "train minus test accuracy (points)", "C12: generalization gap per epoch", scale=100,
+        clamp=(-100.0, 100.0)), details)
     if not gaps["none"] or not gaps["batch"]:
         return _result(claim, exps, verdict=INCONCLUSIVE, statistic=statistic, figure=fig_name, details=details,
                        evidence="needs completed runs with train_acc of both BN and no norm")
@@ -912,7 +978,7 @@ def claim_c12(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     evidence = (f"No norm's gap minus BN's: {_d_text(d)}; 'not supported' here means BN's gap is the larger. "
                 "Training accuracy is measured in eval mode on a fixed subset of the training split. Figure: the "
                 "gap per epoch, mean and 95% t-band over seeds.")
-    return _result(claim, exps, verdict=from_difference(d), statistic=statistic, value=d.diff, low=d.low,
+    return _result(claim, exps, verdict=verdict_of(d), statistic=statistic, value=d.diff, low=d.low,
                    high=d.high, unit="points", n=_n_text([d.n_a, d.n_b]), evidence=evidence, figure=fig_name,
                    details=details)
 
@@ -964,7 +1030,7 @@ def claim_c13(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
                 f"norm {aligned['none']}. At {where}: no norm's drop minus BN's {_d_text(c)}. {DIVERGED_NOTE}. "
                 f"Figure: final validation accuracy vs batch size per arm, mean and 95% t-interval, shaded: each "
                 f"arm's batch-{REFERENCE_BATCH} interval.")
-    return _result(claim, exps, verdict=from_difference(c), statistic=statistic, value=c.diff, low=c.low,
+    return _result(claim, exps, verdict=verdict_of(c), statistic=statistic, value=c.diff, low=c.low,
                    high=c.high, unit="points", n=_n_text([c.n_a, c.n_b], "seeds per cell (smallest)"),
                    evidence=evidence, figure=fig_name, details=details)
 
@@ -981,9 +1047,11 @@ def _fig_c13(df: pd.DataFrame) -> Figure:
             lo, hi = interval_bounds(ref)
             ax.axhspan(lo, hi, color=pal[norm], alpha=0.12, linewidth=0)
     _log2_axis(ax, df.batch_size)
+    clamp_axis(ax)
     ax.set_xlabel("batch size (lr = 0.01 x B/64)")
     ax.set_ylabel("final validation accuracy (%)")
-    ax.set_title(f"C13: linear lr scaling (band: batch-{REFERENCE_BATCH} interval)", fontsize=9)
+    ax.set_title(f"C13: linear lr scaling (bars: mean and 95% t interval over seeds;\n"
+                 f"shaded: each arm's batch-{REFERENCE_BATCH} interval)", fontsize=9)
     _legend(ax)
     return fig
 
@@ -1047,7 +1115,7 @@ def claim_c14(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
             continue
         d = _relative(list(bn.sec_per_step), list(no.sec_per_step))
         ev = _relative(list(bn.eval_sec.dropna()), list(no.eval_sec.dropna()))
-        v = from_difference(d)
+        v = verdict_of(d)
         settings.append((f"batch {int(b)}", d, v))
         details.append(f"batch {int(b)}: training step BN {1e3 * bn.sec_per_step.mean():.3f} ms vs no norm "
                        f"{1e3 * no.sec_per_step.mean():.3f} ms: {_d_text(d, '%', 1)}: {v}; inference (eval-mode "
@@ -1064,8 +1132,9 @@ def claim_c14(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
                        evidence="no batch size has timed runs of both arms")
     verdict = combine([v for _, _, v in settings])
     label, d = _headline(settings)
-    evidence = (f"At {label} (least favourable of {len(settings)}) BN's training step takes {_d_text(d, '%', 1)} "
-                "longer than no norm's (interval: Welch difference over seeds divided by no norm's mean); verdict "
+    evidence = (f"At {label} (least favourable of {len(settings)}) BN's training step time relative to no norm's "
+                f"is {_d_text(d, '%', 1)} (positive: BN slower; interval: Welch difference over seeds divided by no "
+                "norm's mean); verdict "
                 "combined over batch sizes. Figure: milliseconds per training step by batch size and arm, mean and "
                 "95% t-interval over seeds.")
     return _result(claim, exps, verdict=verdict, statistic=statistic, value=d.diff, low=d.low, high=d.high,
@@ -1082,9 +1151,13 @@ def _fig_c14(t: pd.DataFrame) -> Figure:
         _mean_band(ax, list(sizes), groups, pal[norm], norm_name(norm), bars=True)
     _log2_axis(ax, t.batch_size)
     _log_y(ax)
+    ms = 1e3 * t.sec_per_step.astype(float)
+    ms = ms[np.isfinite(ms) & (ms > 0)]
+    if len(ms):  # a lower bound below 0 ms (2 seeds) would drag a log axis down by decades
+        ax.set_ylim(bottom=max(ax.get_ylim()[0], float(ms.min()) / 3))
     ax.set_xlabel("batch size")
-    ax.set_ylabel("ms per training step")
-    ax.set_title("C14: time per training step (lone runs)", fontsize=9)
+    ax.set_ylabel("ms per training step (log scale)")
+    ax.set_title("C14: time per training step, lone runs\n(bars: mean and 95% t interval over seeds)", fontsize=9)
     _legend(ax)
     return fig
 

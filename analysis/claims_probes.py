@@ -33,7 +33,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator  # noqa: E402
 
 from analysis.claims import (CLAIMS, INCONCLUSIVE, LITERATURE, NOT_SUPPORTED, SUPPORTED,  # noqa: E402
-                             ClaimResult, ExperimentRuns, combine, from_difference, from_mean, not_run)
+                             ClaimResult, ExperimentRuns, combine, not_run)
+# The verdict rule with zero-width intervals (identical values in every arm) read as inconclusive.
+from analysis.claims_metrics import clamp_axis, flag_zero_width, verdict_of  # noqa: E402
 from analysis.stats import Difference, MeanInterval, mean_interval, welch_difference  # noqa: E402
 
 DPI = 110
@@ -45,6 +47,8 @@ PERCENTILES = ("p15", "p50", "p85")
 LANDSCAPE = ("loss_range", "grad_change", "beta_smoothness")
 LANDSCAPE_NAMES = {"loss_range": "loss range", "grad_change": "gradient change",
                    "beta_smoothness": "effective beta-smoothness"}
+LANDSCAPE_UNITS = {"loss_range": "max - min loss, nats", "grad_change": "max ||g - g'||, L2",
+                   "beta_smoothness": "max ||g - g'|| / (eta ||g||)"}
 C8_REFERENCE = 0.10  # C8 drift is measured from the probe that ends the first 10% of training
 C10_EARLY, C10_LATE = 0.25, 0.75  # C10: first 25% / last 25% of training probes
 C15_EARLY = 0.10  # C15: the probes of the first 10% of training
@@ -252,7 +256,7 @@ def _never_raise(claim: str) -> Callable[[Callable[..., ClaimResult]], Callable[
         @functools.wraps(fn)
         def inner(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
             try:
-                return fn(exps, out)
+                return flag_zero_width(fn(exps, out))
             except Exception as e:  # noqa: BLE001 - reported in the claim's evidence
                 res = _base(claim, None, "", "")
                 res.evidence = f"could not be computed from these runs ({type(e).__name__}: {e})"
@@ -364,7 +368,7 @@ def claim_c6(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
         small, large = batches[0], batches[-1]
         d_a = welch_difference(with_gap[with_gap.batch_size == small].gap,
                                with_gap[with_gap.batch_size == large].gap)
-        v_a = from_difference(d_a)
+        v_a = verdict_of(d_a)
         _fill(res, d_a)
         res.n = (f"{d_a.n_a} BN seeds at batch {small}, {d_a.n_b} at batch {large}" if d_a.n_a != d_a.n_b
                  else f"{d_a.n_a} BN seeds per batch size")
@@ -384,7 +388,7 @@ def claim_c6(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
         m = mean_interval(g.recompute_gain)
         if m.n == 0:
             continue
-        v = from_mean(m)
+        v = verdict_of(m)
         v_bs.append(v)
         gains.append(f"{_f(m.mean)} points at batch {b}")
         loss_bn = mean_interval(g.shift_loss)
@@ -423,6 +427,7 @@ def _figure_c6(bn: pd.DataFrame, none: pd.DataFrame, out: Path, claim: str) -> O
             _errorbar(ax, bs, [mean_interval(df[df.batch_size == b].gap) for b in bs], color=ARM_COLORS[arm],
                       marker="o", label=_arm(arm))
     _log2_axis(ax, all_b)
+    clamp_axis(ax)
     ax.set(xlabel="batch size", ylabel="|eval - train mode| test acc. (points)", title="train/inference gap")
     _legend(ax, fontsize=8)
     ax = axes[0, 1]
@@ -436,8 +441,10 @@ def _figure_c6(bn: pd.DataFrame, none: pd.DataFrame, out: Path, claim: str) -> O
             _errorbar(ax, bs, [ms[b] for b in bs], color=ARM_COLORS[arm], ls=ls, marker=marker,
                       label=f"{_arm(arm)}: {what}")
     _log2_axis(ax, all_b)
+    clamp_axis(ax)
     ax.set(xlabel="batch size", ylabel="test accuracy (%)", title="shifted test set")
     _legend(ax, fontsize=7)
+    fig.suptitle("C6: mean over seeds, bars: 95% t interval over seeds (cut at the axis)", fontsize=9)
     return _save(fig, out, claim)
 
 
@@ -493,7 +500,7 @@ def claim_c8(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
         res.figure = _figure_c8(series, out, claim) if not series.empty else None
         return res
     _fill(res, d)
-    res.verdict = from_difference(d)
+    res.verdict = verdict_of(d)
     res.n = _n_phrase(d.n_b, d.n_a)
     m_none, m_bn = mean_interval(a), mean_interval(b)
     res.details = [f"{_arm(arm)}: drift {_mi(mean_interval(g.drift), 3)} spreads; reference probe at step "
@@ -535,9 +542,11 @@ def _figure_c8(series: pd.DataFrame, out: Path, claim: str) -> Optional[str]:
                 ax.plot(r.step, r[f"act_{p}"], color=ARM_COLORS[arm], ls=styles[p],
                         alpha=shades[p] if first else 0.2, lw=1.6 if first else 0.8,
                         label=f"{p[1:]}th percentile" if first else None)
-        ax.set(xlabel="step", ylabel="activation input (after the norm)",
+        ax.set(xlabel="optimizer step", ylabel="input to the nonlinearity" + (" (after BN)" if arm == BN else ""),
                title=f"{_arm(arm)}" + (f" (bold: seed {seeds[0]})" if seeds else ""))
         _legend(ax, fontsize=7)
+    fig.suptitle("C8: one last-hidden unit's 15/50/85th percentiles over a fixed validation sample "
+                 "(no interval: one line per seed)", fontsize=9)
     return _save(fig, out, claim)
 
 
@@ -589,7 +598,7 @@ def claim_c9(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
         res.figure = _figure_c9(series, cos_cols, dist_cols, out, claim)
         return res
     _fill(res, d)
-    res.verdict = from_difference(d, expect_positive=False)
+    res.verdict = verdict_of(d, expect_positive=False)
     res.n = _n_phrase(d.n_a, d.n_b)
     if res.verdict == SUPPORTED:
         reading = "lower with BN: more shift with BN, as Santurkar et al. report"
@@ -616,8 +625,8 @@ def _figure_c9(series: pd.DataFrame, cos_cols: list[tuple[int, str]], dist_cols:
         return None
     fig, axes = _figure(2, len(layers), w=3.2)
     for k, j in enumerate(layers):
-        for row, prefix, label, log in ((0, "ics_cosine_", "ICS cosine", False),
-                                        (1, "ics_distance_", "ICS distance ||G - G'||", True)):
+        for row, prefix, label, log in ((0, "ics_cosine_", "ICS cosine (unitless)", False),
+                                        (1, "ics_distance_", "ICS distance ||G - G'|| (L2)", True)):
             ax = axes[row, k]
             col = f"{prefix}{j}"
             if col in series:
@@ -625,8 +634,9 @@ def _figure_c9(series: pd.DataFrame, cos_cols: list[tuple[int, str]], dist_cols:
                     _trace(ax, series[series.norm.astype(str) == arm], col, ARM_COLORS[arm], _arm(arm), log=log)
             if log and ax.has_data():
                 ax.set_yscale("log")
-            ax.set(xlabel="step", ylabel=label, title=f"Linear layer {j}")
+            ax.set(xlabel="optimizer step", ylabel=label, title=f"Linear layer {j}")
     _legend(axes[0, 0], fontsize=8)
+    fig.suptitle("C9: faint: one line per seed; bold: mean over seeds (no interval drawn)", fontsize=9)
     return _save(fig, out, claim)
 
 
@@ -682,10 +692,11 @@ def claim_c10(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     diffs = {(q, w): welch_difference(_log10(none[f"{q}_{w}"]), _log10(bn[f"{q}_{w}"]))
              for q in LANDSCAPE for w in ("early", "late")}
     d = diffs[("beta_smoothness", "early")]
-    res.details = [f"{LANDSCAPE_NAMES[q]}, {w} (probes of the {'first' if w == 'early' else 'last'} "
-                   f"{int(100 * C10_EARLY)}% of training): no norm {_g(none[f'{q}_{w}'].mean())}, BN "
+    res.details = [f"{LANDSCAPE_NAMES[q]}, {w} (probes of the "
+                   f"{f'first {int(100 * C10_EARLY)}' if w == 'early' else f'last {int(round(100 * (1 - C10_LATE)))}'}"
+                   f"% of training): no norm {_g(none[f'{q}_{w}'].mean())}, BN "
                    f"{_g(bn[f'{q}_{w}'].mean())}; log10(no norm / BN) {_di(diffs[(q, w)])} "
-                   f"-> {from_difference(diffs[(q, w)])}"
+                   f"-> {verdict_of(diffs[(q, w)])}"
                    for q in LANDSCAPE for w in ("early", "late")]
     if d.n_a == 0 or d.n_b == 0:
         missing = [name for name, n in (("no norm", d.n_a), ("BN", d.n_b)) if n == 0]
@@ -694,11 +705,12 @@ def claim_c10(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
         res.figure = _figure_c10(series, out, claim)
         return res
     _fill(res, d)
-    res.verdict = from_difference(d)
+    res.verdict = verdict_of(d)
     res.n = _n_phrase(d.n_b, d.n_a)
     late = diffs[("beta_smoothness", "late")]
-    res.evidence = (f"early in training the effective beta-smoothness is {_g(10 ** d.diff)}x larger without BN "
-                    f"(log10 ratio {_di(d)}); late in training {_g(10 ** late.diff)}x (log10 {_di(late)}). "
+    res.evidence = (f"early in training the effective beta-smoothness without BN is {_g(10 ** d.diff)}x BN's "
+                    f"(no norm / BN; above 1: smoother with BN; log10 ratio {_di(d)}); late in training "
+                    f"{_g(10 ** late.diff)}x (log10 {_di(late)}). "
                     "Figure: loss range, gradient change and beta-smoothness vs step per arm (log y; seeds faint, "
                     f"geometric mean bold; shaded: the first 25% of training){left_out}.")
     res.figure = _figure_c10(series, out, claim)
@@ -718,8 +730,10 @@ def _figure_c10(series: pd.DataFrame, out: Path, claim: str) -> Optional[str]:
             ax.set_yscale("log")
         if math.isfinite(total) and total > 0:
             ax.axvspan(0, C10_EARLY * total, color="0.9", zorder=0)
-        ax.set(xlabel="step", ylabel=LANDSCAPE_NAMES[q], title=LANDSCAPE_NAMES[q])
+        ax.set(xlabel="optimizer step", ylabel=f"{LANDSCAPE_UNITS[q]} (log)", title=LANDSCAPE_NAMES[q])
     _legend(axes[0, 0], fontsize=8)
+    fig.suptitle(f"C10, along the gradient (faint: one line per seed; bold: geometric mean over "
+                 f"seeds, no interval drawn; shaded: the first {int(100 * C10_EARLY)}% of training)", fontsize=9)
     return _save(fig, out, claim)
 
 
@@ -783,7 +797,7 @@ def claim_c15(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
         none, bn = g[g.norm == NONE], g[g.norm == BN]
         d = welch_difference(none.early, bn.early)
         d_all = welch_difference(none["all"], bn["all"])
-        v = from_difference(d) if d.n_a and d.n_b else INCONCLUSIVE
+        v = verdict_of(d) if d.n_a and d.n_b else INCONCLUSIVE
         verdicts.append(v)
         if act == shown:
             shown_d = d
@@ -826,8 +840,10 @@ def _figure_c15(layers: pd.DataFrame, activations: list[str], out: Path, claim: 
         if ax.has_data():
             ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set(xlabel="Linear layer (0 = input)", ylabel="weight-gradient norm", title=act)
+        ax.set(xlabel="Linear layer (0 = input)", ylabel="weight-gradient L2 norm (log)", title=act)
         _legend(ax, fontsize=8)
+    fig.suptitle(f"C15: mean over the probes of the first {int(100 * C15_EARLY)}% of training; faint: one line per "
+                 "seed; bold: geometric mean over seeds (no interval drawn)", fontsize=9)
     return _save(fig, out, claim)
 
 

@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 
 from analysis.claims import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, split_by_experiment
-from analysis.claims_metrics import (CHANCE_ACC, CLAIM_FUNCTIONS, TARGET_VAL_ACC, claim_c2, claim_c3,
-                                     claim_c4, claim_c7, claim_c13, claim_c14)
+from analysis.claims_metrics import (CHANCE_ACC, CLAIM_FUNCTIONS, TARGET_VAL_ACC, ZERO_WIDTH_NOTE, _fig_c7,
+                                     _fig_curves, claim_c2, claim_c3, claim_c4, claim_c7, claim_c13, claim_c14,
+                                     verdict_of)
 from analysis.collect import collect
-from analysis.stats import contrast, mean_interval, welch_difference
+from analysis.stats import Difference, contrast, mean_interval, welch_difference
 
 BROKEN = "could not be computed"  # the guard's words: a claim that raised
 
@@ -502,3 +503,60 @@ def test_a_claim_that_raises_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(cm, "_largest_stable", lambda states: 1 / 0)
     res = cm.claim_c2(exps, tmp_path / "report")
     assert res.verdict == INCONCLUSIVE and "ZeroDivisionError" in res.evidence
+
+
+# ------------------------------------------------------------------ review fixes
+def test_identical_seeds_give_a_zero_width_interval_that_is_never_supported(tmp_path):
+    # As in a real quick run: both BN seeds at 0.9181 test accuracy, both no-norm seeds at 0.1135 (one class
+    # predicted). Welch's interval has zero width; it must not read as 'supported'.
+    recs = [record("ioffe2015", norm, s, batch=60, test=v, val=v + 0.001 * s,
+                   model={"activation": "sigmoid", "hidden": [100, 100, 100]})
+            for norm, v in (("batch", 0.9181), ("none", 0.1135)) for s in range(2)]
+    res = run_claim(CLAIM_FUNCTIONS["C11"], tmp_path, recs)
+    assert res.low == pytest.approx(res.high) == pytest.approx(80.46)
+    assert res.verdict == INCONCLUSIVE and ZERO_WIDTH_NOTE in res.evidence
+
+
+def test_c2_same_grid_ratio_for_every_seed_is_inconclusive(tmp_path):
+    # on a discrete lr grid every seed can land on the same ratio: a zero-width interval, not certainty
+    recs = [r for r in c2_records(1) if r["seed"] < 3]
+    res = run_claim(claim_c2, tmp_path, recs)
+    assert res.value == pytest.approx(1.0) and res.low == pytest.approx(res.high)
+    assert res.verdict == INCONCLUSIVE and ZERO_WIDTH_NOTE in res.evidence
+
+
+def test_verdict_of_reads_the_rule_except_zero_width():
+    assert verdict_of(Difference(1.0, 0.5, 1.5, 3, 3)) == SUPPORTED
+    assert verdict_of(Difference(-1.0, -1.5, -0.5, 3, 3)) == NOT_SUPPORTED
+    assert verdict_of(Difference(-1.0, -1.5, -0.5, 3, 3), expect_positive=False) == SUPPORTED
+    assert verdict_of(Difference(1.0, 1.0, 1.0, 2, 2)) == INCONCLUSIVE
+    assert verdict_of(Difference(1.0, math.nan, math.nan, 1, 1)) == INCONCLUSIVE
+
+
+def test_accuracy_axes_stay_within_0_to_100(tmp_path):
+    # two seeds far apart: the t interval (t = 12.7) reaches far below 0% and above 100%
+    fig = _fig_c7({"BN@512": [30.0, 95.0], "ghost 32@512": [20.0, 90.0]})
+    ax = fig.axes[0]
+    lo, hi = ax.get_ylim()
+    assert -5 <= lo and hi <= 105
+    assert "95% t interval over seeds" in ax.get_title() and ax.get_ylabel() == "test accuracy (%)"
+    fig = _fig_curves([("batch", [(0.0, 0.1), (100.0, 0.3)]), ("batch", [(0.0, 0.1), (100.0, 0.99)])],
+                      "optimizer steps", "validation accuracy (%)", "t", scale=100)
+    lo, hi = fig.axes[0].get_ylim()
+    assert -5 <= lo and hi <= 105 and "band: 95% t interval" in fig.axes[0].get_title()
+
+
+def test_c7_no_recovered_share_of_a_gap_within_noise(tmp_path):
+    recs, _ = c7_records(1)
+    for r in recs:  # BN@64 now indistinguishable from plain BN@512
+        if r["config"]["batch_size"] == 64:
+            r["final"]["test_acc"] = r["history"][0]["test_acc"] = [0.950, 0.953, 0.953][r["seed"]]
+    res = run_claim(claim_c7, tmp_path, recs)
+    assert not any("recovers" in d for d in res.details)
+    assert any(d.startswith("BN at batch 64 minus plain BN") and "no share" in d for d in res.details)
+
+
+def test_c14_evidence_says_slower_or_faster_by_sign(tmp_path):
+    recs, _ = c14_records(-1)
+    res = run_claim(claim_c14, tmp_path, recs)
+    assert res.value < 0 and "longer" not in res.evidence and "positive: BN slower" in res.evidence

@@ -19,6 +19,7 @@ import pytest
 from analysis.claims import ExperimentRuns, INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, split_by_experiment
 from analysis.claims_probes import (PROBE_CLAIMS, claim_c6, claim_c8, claim_c9, claim_c10, claim_c15,
                                     probe_finals, probe_series)
+from analysis.claims_metrics import ZERO_WIDTH_NOTE
 from analysis.collect import collect
 from analysis.stats import mean_interval, welch_difference
 
@@ -313,3 +314,31 @@ def test_c15(tmp_path):
     mixed = {**decays, ("relu", "none"): decays[("relu", "batch")], ("relu", "batch"): decays[("relu", "none")]}
     res = claim_c15(exps_of(tmp_path / "c", c15_records(mixed)), tmp_path / "c")
     assert res.verdict == INCONCLUSIVE and "relu not supported" in res.details[-1]
+
+
+# ------------------------------------------------------------------ review fixes
+def test_identical_seeds_never_make_a_probe_claim_supported(tmp_path):
+    # every seed of an arm gives the same spread: Welch's interval has zero width, which is no evidence
+    decays = {("sigmoid", "none"): [0.5] * 3, ("sigmoid", "batch"): [0.01] * 3}
+    res = claim_c15(exps_of(tmp_path, c15_records(decays)), tmp_path)
+    assert res.low == pytest.approx(res.high)
+    assert res.verdict == INCONCLUSIVE and ZERO_WIDTH_NOTE in res.evidence
+
+
+def test_c6_accuracy_axes_are_clamped_and_say_what_the_bars_are(tmp_path, monkeypatch):
+    import analysis.claims_probes as cp
+
+    figs = []
+    monkeypatch.setattr(cp, "_save", lambda fig, out, claim: figs.append(fig) or "claim_c6.png")
+    recs, _ = c6_records("up")
+    for r in recs:  # two seeds far apart on the shifted set: a t interval far outside 0-100%
+        shift = (r["probes"] or {}).get("final", {}).get("shift")
+        if shift and r["seed"] < 2:
+            shift["running_acc"] = [0.05, 0.95][r["seed"]]
+    recs = [r for r in recs if r["seed"] < 2]
+    claim_c6(exps_of(tmp_path, recs), tmp_path)
+    (fig,) = figs
+    for ax in fig.axes:
+        lo, hi = ax.get_ylim()
+        assert -5 <= lo and hi <= 105, (ax.get_title(), lo, hi)
+    assert "95% t interval over seeds" in fig._suptitle.get_text()
