@@ -297,9 +297,9 @@ def _log2_axis(ax, values: Iterable[float]) -> None:
 
 
 def _log_y(ax) -> None:
-    """A log y axis with ticks at 1, 2, 5 per decade (data within one decade still get labelled ticks)."""
+    """A log y axis with ticks at 1, 2, 3, 5, 7 per decade (data within one decade still get labelled ticks)."""
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0, 7.0)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:.3g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
 
