@@ -38,8 +38,9 @@ VERDICT_RULE = (
     "Each claim is measured as one signed statistic (the table says which, and which sign the "
     "claim expects) with a 95% interval over seeds (Student t for a mean, Welch for a difference of "
     "means). Supported: the whole interval is on the expected side of zero. Not supported: the whole "
-    "interval is on the other side. Inconclusive: the interval contains zero, or there are fewer than "
-    "two seeds per arm (no interval). A claim whose runs are missing is 'not run'. The verdicts are "
+    "interval is on the other side. Inconclusive: the interval contains zero, there are fewer than "
+    "two seeds per arm (no interval), or every seed gave the same value (a zero-width interval says "
+    "nothing about the spread). A claim whose runs are missing is 'not run'. The verdicts are "
     "computed from the runs each time the report is built.")
 
 
@@ -79,6 +80,8 @@ class ClaimResult:
 def directional(low: float, high: float, expect_positive: bool = True) -> str:
     """The verdict rule for one interval of a statistic whose expected sign is given."""
     if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return INCONCLUSIVE
+    if low == high:  # every seed gave the same value (a coarse grid, a constant prediction): no spread to judge
         return INCONCLUSIVE
     if (low > 0) if expect_positive else (high < 0):
         return SUPPORTED

@@ -732,7 +732,7 @@ def _figure_c10(series: pd.DataFrame, out: Path, claim: str) -> Optional[str]:
             ax.axvspan(0, C10_EARLY * total, color="0.9", zorder=0)
         ax.set(xlabel="optimizer step", ylabel=f"{LANDSCAPE_UNITS[q]} (log)", title=LANDSCAPE_NAMES[q])
     _legend(axes[0, 0], fontsize=8)
-    fig.suptitle(f"C10, along the gradient (faint: one line per seed; bold: geometric mean over "
+    fig.suptitle(f"C10, along the gradient (faint: one line per seed; bold: geometric mean over\n"
                  f"seeds, no interval drawn; shaded: the first {int(100 * C10_EARLY)}% of training)", fontsize=9)
     return _save(fig, out, claim)
 
@@ -842,7 +842,7 @@ def _figure_c15(layers: pd.DataFrame, activations: list[str], out: Path, claim: 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel="Linear layer (0 = input)", ylabel="weight-gradient L2 norm (log)", title=act)
         _legend(ax, fontsize=8)
-    fig.suptitle(f"C15: mean over the probes of the first {int(100 * C15_EARLY)}% of training; faint: one line per "
+    fig.suptitle(f"C15: mean over the probes of the first {int(100 * C15_EARLY)}% of training\nfaint: one line per "
                  "seed; bold: geometric mean over seeds (no interval drawn)", fontsize=9)
     return _save(fig, out, claim)
 
