@@ -318,16 +318,20 @@ def notebook_verdicts(results: list[ClaimResult]) -> list[dict[str, str]]:
     for number, text, links in NOTEBOOK_CLAIMS:
         if not links:
             rows.append({"#": str(number), "notebook claim": text, "verdict": OUT_OF_SCOPE,
-                         "from": "out of scope: this study trains MLPs on MNIST, no recurrent model"})
+                         "from": "out of scope: this study trains MLPs on MNIST, no recurrent model",
+                         "figures": "-"})
             continue
-        parts, verdicts = [], []
+        parts, verdicts, figures = [], [], []
         for cid, sign in links:
-            v = by_id[cid].verdict if cid in by_id else NOT_RUN
-            v2 = FLIP.get(v, v) if sign < 0 else v
-            verdicts.append(v2)
-            parts.append(f"{cid} {v}" + (" (read in reverse)" if sign < 0 else ""))
+            r = by_id.get(cid)
+            v = r.verdict if r is not None else NOT_RUN
+            verdicts.append(FLIP.get(v, v) if sign < 0 else v)
+            number_ = f": {format_value(r)}, n = {r.n}" if r is not None and r.verdict != NOT_RUN else ""
+            parts.append(f"{cid} {v}{' (read in reverse)' if sign < 0 else ''}{number_}")
+            if r is not None and r.figure:
+                figures.append(r.figure)
         rows.append({"#": str(number), "notebook claim": text, "verdict": combine(verdicts),
-                     "from": "; ".join(parts)})
+                     "from": "; ".join(parts), "figures": ", ".join(figures) or "-"})
     return rows
 
 
