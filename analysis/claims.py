@@ -77,11 +77,22 @@ class ClaimResult:
     details: list[str] = field(default_factory=list)  # per-setting lines (per batch size, per layer, ...)
 
 
+def zero_width(low: Optional[float], high: Optional[float]) -> bool:
+    """A finite interval with no width: identical values in every arm, not certainty."""
+    return low is not None and high is not None and math.isfinite(low) and math.isfinite(high) and not high > low
+
+
 def directional(low: float, high: float, expect_positive: bool = True) -> str:
-    """The verdict rule for one interval of a statistic whose expected sign is given."""
+    """The verdict rule for one interval of a statistic whose expected sign is given.
+
+    stats gives a zero-width 95% interval when every seed of every arm has the
+    same value (seeds that agree to the last digit, steps on a coarse probe
+    grid, a largest stable lr on a decade grid): that is no evidence of a
+    small spread, and it must not make a claim 'supported'.
+    """
     if low is None or high is None or math.isnan(low) or math.isnan(high):
         return INCONCLUSIVE
-    if low == high:  # every seed gave the same value (a coarse grid, a constant prediction): no spread to judge
+    if zero_width(low, high):
         return INCONCLUSIVE
     if (low > 0) if expect_positive else (high < 0):
         return SUPPORTED
@@ -90,12 +101,21 @@ def directional(low: float, high: float, expect_positive: bool = True) -> str:
     return INCONCLUSIVE
 
 
-def from_difference(d: Difference, expect_positive: bool = True) -> str:
-    return directional(d.low, d.high, expect_positive)
+def verdict_of(x: Difference | MeanInterval, expect_positive: bool = True) -> str:
+    """The rule on a difference or a mean with its interval."""
+    return directional(x.low, x.high, expect_positive)
 
 
-def from_mean(m: MeanInterval, expect_positive: bool = True) -> str:
-    return directional(m.low, m.high, expect_positive)
+ZERO_WIDTH_NOTE = ("The headline interval has zero width: every seed gave the same value, so the t interval "
+                   "measures no spread (identical replicates, a discrete grid or a constant metric) and the rule "
+                   "reads it as inconclusive")
+
+
+def flag_zero_width(res: "ClaimResult") -> "ClaimResult":
+    """Say in the evidence when the headline interval has zero width."""
+    if zero_width(res.low, res.high) and ZERO_WIDTH_NOTE not in res.evidence:
+        res.evidence = f"{res.evidence.rstrip('.')}. {ZERO_WIDTH_NOTE}."
+    return res
 
 
 def combine(verdicts: list[str]) -> str:
@@ -212,7 +232,43 @@ def subset(col: Collection, mask: list[bool], records: list[dict[str, Any]]) -> 
                       study_name=col.study_name, duplicates=[])
 
 
+def save_figure(fig: Any, out: Path, claim: str) -> str:
+    """Write a claim's figure as `claim_<id>.png` in `out`; returns the file name."""
+    from analysis.figures import DPI
+
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"claim_{claim.lower()}.png"
+    fig.savefig(out / name, dpi=DPI)
+    fig.clear()
+    return name
+
+
+def guarded(claim: str) -> Callable[[ClaimFn], ClaimFn]:
+    """A claim function that never raises: data that trip an unforeseen case give an
+    inconclusive row naming the error, not a crashed report. Also flags a zero-width
+    headline interval in the evidence."""
+    import functools
+    import logging
+
+    def wrap(fn: ClaimFn) -> ClaimFn:
+        @functools.wraps(fn)
+        def inner(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
+            try:
+                return flag_zero_width(fn(exps, Path(out)))
+            except Exception as e:  # the report must still build; the row names the error
+                logging.getLogger(__name__).exception("claim %s could not be computed", claim)
+                title, presets = CLAIMS[claim]
+                names = [f"quick/{p}" if p in exps and exps[p].quick else p for p in presets]
+                return ClaimResult(claim=claim, title=title, verdict=INCONCLUSIVE, statistic="",
+                                   evidence=f"the statistic could not be computed from these runs "
+                                            f"({type(e).__name__}: {e})",
+                                   experiment=", ".join(names), literature=LITERATURE[claim])
+        return inner
+    return wrap
+
+
 # ------------------------------------------------------------------ C1
+@guarded("C1")
 def claim_c1(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     """C1: BN minus no-norm test accuracy, largest batch minus smallest (lr fixed)."""
     from analysis.figures import fig_accuracy_vs_batch
@@ -236,7 +292,7 @@ def claim_c1(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
         return base
     lo, hi = g.iloc[0], g.iloc[-1]
     c = contrast(hi["_difference"], lo["_difference"])
-    base.verdict = from_difference(c)
+    base.verdict = verdict_of(c)
     base.value, base.low, base.high = 100 * c.diff, 100 * c.low, 100 * c.high
     base.n = f"{int(min(g.n.min(), g.n_baseline.min()))} seeds per arm and batch size (at least)"
     base.details = [f"batch {int(r.batch_size)}: BN minus no norm {100 * r.test_acc_diff:+.2f} points "
@@ -248,15 +304,6 @@ def claim_c1(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     if fig is not None:
         base.figure = save_figure(fig, out, "C1")
     return base
-
-
-def save_figure(fig: Any, out: Path, claim: str) -> str:
-    import matplotlib.pyplot as plt
-
-    name = f"claim_{claim.lower()}.png"
-    fig.savefig(out / name, dpi=110)
-    plt.close(fig)
-    return name
 
 
 def fmt_value(v: Any) -> str:
@@ -277,21 +324,9 @@ def claim_functions() -> dict[str, ClaimFn]:
 
 
 def evaluate_claims(exps: Mapping[str, ExperimentRuns], out: Path) -> list[ClaimResult]:
-    """Every claim C1..C15, in order; figures are written into `out`."""
-    import logging
-
-    results = []
-    for claim, fn in claim_functions().items():
-        try:
-            r = fn(exps, out)
-        except Exception as e:  # one claim's bad data must not sink the report: say so in its row
-            logging.getLogger(__name__).exception("claim %s could not be computed", claim)
-            title, presets = CLAIMS[claim]
-            r = ClaimResult(claim=claim, title=title, verdict=INCONCLUSIVE, statistic="",
-                            evidence=f"could not be computed: {type(e).__name__}: {e}",
-                            experiment=", ".join(presets), literature=LITERATURE[claim])
-        results.append(r)
-    return results
+    """Every claim C1..C15, in order; figures are written into `out`. Each claim
+    function is `guarded`: one claim's bad data cannot sink the report."""
+    return [fn(exps, out) for fn in claim_functions().values()]
 
 
 # The notebook's nine claims, each answered through the C rows that test it:

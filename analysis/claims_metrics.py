@@ -24,7 +24,6 @@ that apply):
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from pathlib import Path
@@ -38,10 +37,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from analysis.claims import (CLAIMS, INCONCLUSIVE, LITERATURE, NOT_SUPPORTED, SUPPORTED,  # noqa: E402
-                             ClaimResult, ExperimentRuns, combine, directional, not_run)
+                             ClaimResult, ExperimentRuns, combine, guarded, not_run,
+                             save_figure, verdict_of)
+from analysis.figures import DPI, log2_batch_axis  # noqa: E402
 from analysis.stats import (Difference, MeanInterval, contrast, interval_bounds, mean_interval,  # noqa: E402
                             welch_difference)
 from analysis.summary import NORM_NAMES, norm_name  # noqa: E402
@@ -59,52 +60,9 @@ REFERENCE_BATCH = 64
 # Accuracy a diverged run counts at where accuracies are compared (ten classes).
 CHANCE_ACC = 0.1
 DIVERGED_NOTE = f"A diverged run counts at chance accuracy ({CHANCE_ACC:.0%}); failed and pruned runs are left out"
-DPI = 110
-ZERO_WIDTH_NOTE = ("The headline interval has zero width: every seed gave the same value, so the t interval "
-                   "measures no spread (identical replicates, a discrete grid or a constant metric) and the rule "
-                   "reads it as inconclusive")
 
 
 # ------------------------------------------------------------------ plumbing
-def zero_width(low: Optional[float], high: Optional[float]) -> bool:
-    """A finite interval with no width: identical values in every arm, not certainty."""
-    return low is not None and high is not None and math.isfinite(low) and math.isfinite(high) and not high > low
-
-
-def verdict_of(x: Difference | MeanInterval, expect_positive: bool = True) -> str:
-    """analysis.claims' rule on one interval, except that a zero-width interval is inconclusive.
-
-    stats gives a zero-width 95% interval when every seed of every arm has the
-    same value (2 seeds that agree to the last digit, steps on a coarse probe
-    grid, a largest stable lr on a decade grid): that is no evidence of a
-    small spread, and it must not make a claim 'supported'.
-    """
-    if zero_width(x.low, x.high):
-        return INCONCLUSIVE
-    return directional(x.low, x.high, expect_positive)
-
-
-def flag_zero_width(res: ClaimResult) -> ClaimResult:
-    """Say in the evidence when the headline interval has zero width (its verdict came from verdict_of)."""
-    if zero_width(res.low, res.high) and ZERO_WIDTH_NOTE not in res.evidence:
-        res.evidence = f"{res.evidence.rstrip('.')}. {ZERO_WIDTH_NOTE}."
-    return res
-
-
-def _guarded(fn: Callable[[Mapping[str, ExperimentRuns], Path], ClaimResult]):
-    """A claim function that never raises: odd data gives an inconclusive row that says what broke."""
-    claim = fn.__name__.split("_")[-1].upper()
-
-    @functools.wraps(fn)
-    def wrapper(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
-        try:
-            return flag_zero_width(fn(exps, Path(out)))
-        except Exception as e:  # the report must still build; the row names the error
-            return _inconclusive(claim, "", f"the statistic could not be computed from these runs "
-                                 f"({type(e).__name__}: {e})", exps)
-    return wrapper
-
-
 def _presets(claim: str, exps: Mapping[str, ExperimentRuns]) -> str:
     names = []
     for p in CLAIMS[claim][1]:
@@ -285,17 +243,6 @@ def _figure(cols: int = 1, width: float = 5.2, height: float = 3.6) -> tuple[Fig
     return fig, fig.subplots(1, cols, squeeze=False)[0]
 
 
-def _log2_axis(ax, values: Iterable[float]) -> None:
-    vals = sorted({int(v) for v in values if _finite(v) and v > 0})
-    ax.set_xscale("log", base=2)
-    if vals:
-        ax.xaxis.set_major_locator(FixedLocator(vals))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xticklabels([str(v) for v in vals])
-        if len(vals) == 1:
-            ax.set_xlim(vals[0] / 2, vals[0] * 2)
-
-
 def _log_y(ax) -> None:
     """A log y axis with ticks at 1, 2, 3, 5, 7 per decade (data within one decade still get labelled ticks)."""
     ax.set_yscale("log")
@@ -335,18 +282,10 @@ def _legend(ax) -> None:
         ax.legend(fontsize=8, frameon=False)
 
 
-def _save(fig: Figure, out: Path, claim: str) -> str:
-    out.mkdir(parents=True, exist_ok=True)
-    name = f"claim_{claim.lower()}.png"
-    fig.savefig(out / name, dpi=DPI)
-    fig.clear()
-    return name
-
-
 def _draw(claim: str, out: Path, draw: Callable[[], Figure], details: list[str]) -> Optional[str]:
     """Draw and save one claim figure; a drawing error costs the figure, not the claim (noted in details)."""
     try:
-        return _save(draw(), out, claim)
+        return save_figure(draw(), out, claim)
     except Exception as e:
         details.append(f"figure not drawn: {type(e).__name__}: {e}")
         return None
@@ -372,7 +311,7 @@ def _largest_stable(states: dict[float, bool]) -> tuple[float, bool]:
     return best, True
 
 
-@_guarded
+@guarded("C2")
 def claim_c2(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     claim = "C2"
     if _missing(claim, exps):
@@ -471,7 +410,7 @@ def _batch_rows(diffs: pd.DataFrame, lr: Optional[float] = None) -> dict[int, Di
     return out
 
 
-@_guarded
+@guarded("C3")
 def claim_c3(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     claim = "C3"
     if _missing(claim, exps):
@@ -575,7 +514,7 @@ def _budget(r: dict[str, Any]) -> float:
     return max([p[0] for p in pts] + ([float(final["step"])] if _finite(final.get("step")) else []) + [1.0])
 
 
-@_guarded
+@guarded("C4")
 def claim_c4(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     claim = "C4"
     if _missing(claim, exps):
@@ -696,7 +635,7 @@ def _fig_c4(rows: list[dict[str, Any]]) -> Figure:
                 ax.scatter([r["batch_size"]], [r["steps"][0]], color=pal[norm], marker="^", s=40)
     ax.set_xscale("log", base=2)
     _log_y(ax)
-    _log2_axis(ax, [r["batch_size"] for r in rows])
+    log2_batch_axis(ax, [r["batch_size"] for r in rows])
     ax.set_xlabel("batch size (examples per step)")
     ax.set_ylabel(f"optimizer steps to {TARGET_VAL_ACC:.0%} val. accuracy")
     ax.set_title("C4: steps to target (dots: seeds; line: median over seeds;\n"
@@ -706,7 +645,7 @@ def _fig_c4(rows: list[dict[str, Any]]) -> Figure:
 
 
 # ------------------------------------------------------------------ C5
-@_guarded
+@guarded("C5")
 def claim_c5(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     claim = "C5"
     if _missing(claim, exps):
@@ -769,7 +708,7 @@ def _fig_c5(df: pd.DataFrame) -> Figure:
         groups = [[100 - a for a in _acc_values(df[(df.norm == norm) & (df.batch_size == b)], "test_acc")[0]]
                   for b in sizes]
         _mean_band(ax, list(sizes), groups, pal[norm], norm_name(norm), bars=True)
-    _log2_axis(ax, df.batch_size)
+    log2_batch_axis(ax, df.batch_size)
     clamp_axis(ax)
     ax.set_xlabel("batch size")
     ax.set_ylabel("test error (%)")
@@ -779,7 +718,7 @@ def _fig_c5(df: pd.DataFrame) -> Figure:
 
 
 # ------------------------------------------------------------------ C7
-@_guarded
+@guarded("C7")
 def claim_c7(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     claim = "C7"
     if _missing(claim, exps):
@@ -866,7 +805,7 @@ def _gap(df: pd.DataFrame) -> tuple[Difference, str]:
     return welch_difference(bn, no), _counts_note(dv1 + dv2, lo1 + lo2)
 
 
-@_guarded
+@guarded("C11")
 def claim_c11(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     claim = "C11"
     if _missing(claim, exps, ["ioffe2015"]):
@@ -938,7 +877,7 @@ def _fig_curves(curves: list[tuple[Any, list[tuple[float, float]]]], xlabel: str
 
 
 # ------------------------------------------------------------------ C12
-@_guarded
+@guarded("C12")
 def claim_c12(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     claim = "C12"
     if _missing(claim, exps):
@@ -984,7 +923,7 @@ def claim_c12(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
 
 
 # ------------------------------------------------------------------ C13
-@_guarded
+@guarded("C13")
 def claim_c13(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     claim = "C13"
     if _missing(claim, exps):
@@ -1046,7 +985,7 @@ def _fig_c13(df: pd.DataFrame) -> Figure:
         if len(ref) >= 2:
             lo, hi = interval_bounds(ref)
             ax.axhspan(lo, hi, color=pal[norm], alpha=0.12, linewidth=0)
-    _log2_axis(ax, df.batch_size)
+    log2_batch_axis(ax, df.batch_size)
     clamp_axis(ax)
     ax.set_xlabel("batch size (lr = 0.01 x B/64)")
     ax.set_ylabel("final validation accuracy (%)")
@@ -1092,7 +1031,7 @@ def _relative(a: list[float], b: list[float]) -> Difference:
     return _scaled(d, 100 / ref)
 
 
-@_guarded
+@guarded("C14")
 def claim_c14(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     claim = "C14"
     if _missing(claim, exps):
@@ -1149,7 +1088,7 @@ def _fig_c14(t: pd.DataFrame) -> Figure:
         sizes = sorted(t[t.norm == norm].batch_size.unique())
         groups = [list(1e3 * t[(t.norm == norm) & (t.batch_size == b)].sec_per_step) for b in sizes]
         _mean_band(ax, list(sizes), groups, pal[norm], norm_name(norm), bars=True)
-    _log2_axis(ax, t.batch_size)
+    log2_batch_axis(ax, t.batch_size)
     _log_y(ax)
     ms = 1e3 * t.sec_per_step.astype(float)
     ms = ms[np.isfinite(ms) & (ms > 0)]

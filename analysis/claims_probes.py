@@ -17,7 +17,6 @@ newest record), as in `summary.drop_repeats`.
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
@@ -30,15 +29,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.claims import (CLAIMS, INCONCLUSIVE, LITERATURE, NOT_SUPPORTED, SUPPORTED,  # noqa: E402
-                             ClaimResult, ExperimentRuns, combine, not_run)
-# The verdict rule with zero-width intervals (identical values in every arm) read as inconclusive.
-from analysis.claims_metrics import clamp_axis, flag_zero_width, verdict_of  # noqa: E402
+                             ClaimResult, ExperimentRuns, combine, guarded, not_run, save_figure, verdict_of)
+from analysis.claims_metrics import clamp_axis  # noqa: E402
+from analysis.figures import DPI, log2_batch_axis  # noqa: E402
 from analysis.stats import Difference, MeanInterval, mean_interval, welch_difference  # noqa: E402
 
-DPI = 110
 BN, NONE = "batch", "none"
 ARM_NAMES = {BN: "BN", NONE: "no norm"}
 _COLORS = sns.color_palette("colorblind", 10)
@@ -250,41 +248,9 @@ def _fill(res: ClaimResult, d: Difference | MeanInterval) -> None:
                                     for v in (res.value, res.low, res.high))
 
 
-def _never_raise(claim: str) -> Callable[[Callable[..., ClaimResult]], Callable[..., ClaimResult]]:
-    """A claim whose data trip an unforeseen case reads inconclusive with the error, not a crashed report."""
-    def wrap(fn: Callable[..., ClaimResult]) -> Callable[..., ClaimResult]:
-        @functools.wraps(fn)
-        def inner(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
-            try:
-                return flag_zero_width(fn(exps, out))
-            except Exception as e:  # noqa: BLE001 - reported in the claim's evidence
-                res = _base(claim, None, "", "")
-                res.evidence = f"could not be computed from these runs ({type(e).__name__}: {e})"
-                return res
-        return inner
-    return wrap
-
-
-def _save(fig: Figure, out: Path, claim: str) -> str:
-    out.mkdir(parents=True, exist_ok=True)
-    name = f"claim_{claim.lower()}.png"
-    fig.savefig(out / name, dpi=DPI)
-    fig.clear()
-    return name
-
-
 def _figure(rows: int, cols: int, w: float = 3.6, h: float = 2.8, **kw: Any) -> tuple[Figure, np.ndarray]:
     fig = Figure(figsize=(w * cols + 0.6, h * rows + 0.5), dpi=DPI, layout="constrained")
     return fig, fig.subplots(rows, cols, squeeze=False, **kw)
-
-
-def _log2_axis(ax, values: list[int]) -> None:
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(FixedLocator(values))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticklabels([str(v) for v in values])
-    if len(values) == 1:
-        ax.set_xlim(values[0] / 2, values[0] * 2)
 
 
 def _legend(ax, fontsize: int = 8) -> None:
@@ -331,7 +297,7 @@ def _trace(ax, g: pd.DataFrame, ycol: str, color: Any, label: Optional[str], log
 
 
 # ------------------------------------------------------------------ C6
-@_never_raise("C6")
+@guarded("C6")
 def claim_c6(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     """Train/inference discrepancy: BN's train- vs eval-mode gap by batch size, and a shifted test set."""
     claim = "C6"
@@ -426,7 +392,7 @@ def _figure_c6(bn: pd.DataFrame, none: pd.DataFrame, out: Path, claim: str) -> O
         if bs:
             _errorbar(ax, bs, [mean_interval(df[df.batch_size == b].gap) for b in bs], color=ARM_COLORS[arm],
                       marker="o", label=_arm(arm))
-    _log2_axis(ax, all_b)
+    log2_batch_axis(ax, all_b)
     clamp_axis(ax)
     ax.set(xlabel="batch size", ylabel="|eval - train mode| test acc. (points)", title="train/inference gap")
     _legend(ax, fontsize=8)
@@ -440,12 +406,12 @@ def _figure_c6(bn: pd.DataFrame, none: pd.DataFrame, out: Path, claim: str) -> O
         if bs:
             _errorbar(ax, bs, [ms[b] for b in bs], color=ARM_COLORS[arm], ls=ls, marker=marker,
                       label=f"{_arm(arm)}: {what}")
-    _log2_axis(ax, all_b)
+    log2_batch_axis(ax, all_b)
     clamp_axis(ax)
     ax.set(xlabel="batch size", ylabel="test accuracy (%)", title="shifted test set")
     _legend(ax, fontsize=7)
     fig.suptitle("C6: mean over seeds, bars: 95% t interval over seeds (cut at the axis)", fontsize=9)
-    return _save(fig, out, claim)
+    return save_figure(fig, out, claim)
 
 
 # ------------------------------------------------------------------ C8
@@ -476,7 +442,7 @@ def c8_drift(series: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "norm", "seed", "drift", "ref_step", "last_step", "spread"])
 
 
-@_never_raise("C8")
+@guarded("C8")
 def claim_c8(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     """Activation percentiles drift without BN and stay put with BN (Ioffe & Szegedy fig. 1b,c)."""
     claim = "C8"
@@ -547,7 +513,7 @@ def _figure_c8(series: pd.DataFrame, out: Path, claim: str) -> Optional[str]:
         _legend(ax, fontsize=7)
     fig.suptitle("C8: one last-hidden unit's 15/50/85th percentiles over a fixed validation sample "
                  "(no interval: one line per seed)", fontsize=9)
-    return _save(fig, out, claim)
+    return save_figure(fig, out, claim)
 
 
 # ------------------------------------------------------------------ C9
@@ -556,7 +522,7 @@ def _layer_columns(df: pd.DataFrame, prefix: str) -> list[tuple[int, str]]:
     return sorted((j, c) for j, c in cols if df[c].notna().any())
 
 
-@_never_raise("C9")
+@guarded("C9")
 def claim_c9(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     """Santurkar et al.'s internal covariate shift, BN vs no norm, per Linear layer."""
     claim = "C9"
@@ -637,7 +603,7 @@ def _figure_c9(series: pd.DataFrame, cos_cols: list[tuple[int, str]], dist_cols:
             ax.set(xlabel="optimizer step", ylabel=label, title=f"Linear layer {j}")
     _legend(axes[0, 0], fontsize=8)
     fig.suptitle("C9: faint: one line per seed; bold: mean over seeds (no interval drawn)", fontsize=9)
-    return _save(fig, out, claim)
+    return save_figure(fig, out, claim)
 
 
 # ------------------------------------------------------------------ C10
@@ -664,7 +630,7 @@ def _log10(values: pd.Series) -> pd.Series:
     return np.log10(v.where(v > 0))
 
 
-@_never_raise("C10")
+@guarded("C10")
 def claim_c10(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     """Loss-landscape smoothness along the gradient (Santurkar et al. sec. 3.1), BN vs no norm."""
     claim = "C10"
@@ -734,7 +700,7 @@ def _figure_c10(series: pd.DataFrame, out: Path, claim: str) -> Optional[str]:
     _legend(axes[0, 0], fontsize=8)
     fig.suptitle(f"C10, along the gradient (faint: one line per seed; bold: geometric mean over\n"
                  f"seeds, no interval drawn; shaded: the first {int(100 * C10_EARLY)}% of training)", fontsize=9)
-    return _save(fig, out, claim)
+    return save_figure(fig, out, claim)
 
 
 # ------------------------------------------------------------------ C15
@@ -767,7 +733,7 @@ def c15_spreads(series: pd.DataFrame, early: float = C15_EARLY) -> tuple[pd.Data
     return per_run.reset_index(), layers
 
 
-@_never_raise("C15")
+@guarded("C15")
 def claim_c15(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     """Per-layer gradient norms in a deep MLP: a narrow band with BN, spread by decades without."""
     claim = "C15"
@@ -844,7 +810,7 @@ def _figure_c15(layers: pd.DataFrame, activations: list[str], out: Path, claim: 
         _legend(ax, fontsize=8)
     fig.suptitle(f"C15: mean over the probes of the first {int(100 * C15_EARLY)}% of training\nfaint: one line per "
                  "seed; bold: geometric mean over seeds (no interval drawn)", fontsize=9)
-    return _save(fig, out, claim)
+    return save_figure(fig, out, claim)
 
 
 PROBE_CLAIMS: dict[str, Callable[[Mapping[str, ExperimentRuns], Path], ClaimResult]] = {

@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import matplotlib
 
@@ -75,14 +75,18 @@ def _grid(rows: int, cols: int, **kw: Any) -> tuple[Figure, np.ndarray]:
     return fig, axes
 
 
-def _log2_batch_axis(ax, batch_sizes: list[int]) -> None:
+def log2_batch_axis(ax, batch_sizes: Iterable[Any]) -> None:
+    """A log2 x axis ticked at each batch size (missing or non-positive values skipped)."""
+    sizes = sorted({int(b) for b in batch_sizes
+                    if isinstance(b, (int, float, np.number)) and math.isfinite(b) and b > 0})
     ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(FixedLocator(batch_sizes))
+    if not sizes:
+        return
+    ax.xaxis.set_major_locator(FixedLocator(sizes))
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticklabels([str(b) for b in batch_sizes])
-    if len(batch_sizes) == 1:
-        b = batch_sizes[0]
-        ax.set_xlim(b / 2, b * 2)
+    ax.set_xticklabels([str(b) for b in sizes])
+    if len(sizes) == 1:
+        ax.set_xlim(sizes[0] / 2, sizes[0] * 2)
 
 
 def _legend(fig: Figure, axes: np.ndarray, title: str = "norm", diverged: int = 0) -> None:
@@ -188,7 +192,7 @@ def fig_accuracy_vs_batch(a: Analysis) -> tuple[Figure | None, str]:
                                 alpha=0.35, s=14, legend=False, ax=ax)
             sub = sub.assign(x=_dodged(sub, a))
             n_div += _mark_diverged(ax, sub, "x", pal)
-            _log2_batch_axis(ax, bs)
+            log2_batch_axis(ax, bs)
             ax.set_xlabel("batch size (log2)")
             ax.set_ylabel("final test accuracy (%)")
             title = " | ".join(t for t in (label, f"lr={lr:g}" if lr is not None else "") if t)

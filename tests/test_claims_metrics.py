@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from analysis.claims import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, split_by_experiment
-from analysis.claims_metrics import (CHANCE_ACC, CLAIM_FUNCTIONS, TARGET_VAL_ACC, ZERO_WIDTH_NOTE, _fig_c7,
-                                     _fig_curves, claim_c2, claim_c3, claim_c4, claim_c7, claim_c13, claim_c14,
-                                     verdict_of)
+from analysis.claims import (INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ZERO_WIDTH_NOTE, split_by_experiment,
+                             verdict_of)
+from analysis.claims_metrics import (CHANCE_ACC, CLAIM_FUNCTIONS, TARGET_VAL_ACC, _fig_c7, _fig_curves, claim_c2,
+                                     claim_c3, claim_c4, claim_c7, claim_c13, claim_c14)
 from analysis.collect import collect
 from analysis.stats import Difference, contrast, mean_interval, welch_difference
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.claims import ExperimentRuns, INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, split_by_experiment
+from analysis.claims import (INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ZERO_WIDTH_NOTE, ExperimentRuns,
+                             split_by_experiment)
 from analysis.claims_probes import (PROBE_CLAIMS, claim_c6, claim_c8, claim_c9, claim_c10, claim_c15,
                                     probe_finals, probe_series)
-from analysis.claims_metrics import ZERO_WIDTH_NOTE
 from analysis.collect import collect
 from analysis.stats import mean_interval, welch_difference
 
@@ -329,7 +329,7 @@ def test_c6_accuracy_axes_are_clamped_and_say_what_the_bars_are(tmp_path, monkey
     import analysis.claims_probes as cp
 
     figs = []
-    monkeypatch.setattr(cp, "_save", lambda fig, out, claim: figs.append(fig) or "claim_c6.png")
+    monkeypatch.setattr(cp, "save_figure", lambda fig, out, claim: figs.append(fig) or "claim_c6.png")
     recs, _ = c6_records("up")
     for r in recs:  # two seeds far apart on the shifted set: a t interval far outside 0-100%
         shift = (r["probes"] or {}).get("final", {}).get("shift")
