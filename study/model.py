@@ -234,26 +234,35 @@ class PackedMLP(nn.Module):
 
 
 @torch.no_grad()
-def fused_sgd_step(model: PackedMLP, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
+def fused_sgd_step(model: PackedMLP, x: torch.Tensor, y: torch.Tensor,
+                   lr: float | torch.Tensor) -> torch.Tensor:
     """One plain-SGD step (no momentum, no weight decay) without autograd.
 
     The same math as `loss.backward(); SGD.step()` with PyTorch's own kernels
     for each piece (native batch norm forward/backward, threshold/sigmoid/tanh
     backward), but each weight is updated in place from its gradient product
-    (`W.baddbmm_(a^T, g, alpha=-lr)`) instead of writing a gradient tensor
+    (`W.baddbmm_(a^T, g, alpha=-1)`) instead of writing a gradient tensor
     that an optimizer then reads: at small batches the per-step overhead of
-    autograd and the optimizer, not arithmetic, is the limit. Returns each
-    run's mean cross-entropy (R,). tests/test_train.py checks it against the
-    autograd path.
+    autograd and the optimizer, not arithmetic, is the limit.
+
+    The backward pass is linear in the loss gradient, so the step scales
+    that gradient once, by lr / b per run, and every layer's update is then
+    its gradient product as it comes. `lr` is one learning rate for every
+    run, or a tensor (R,) with each run's own: runs that differ only in seed
+    and learning rate train as one pack, each computed the same way whatever
+    its pack. Returns each run's mean cross-entropy (R,). tests/test_train.py
+    checks it against the autograd path and torch.optim.SGD.
     """
     r, b, _ = x.shape
+    scale = torch.as_tensor(lr, dtype=x.dtype, device=x.device).expand(r).reshape(r, 1, 1) / b
     saved: list[tuple] = []
     h = x
     for layer in model.layers:
-        if isinstance(layer, PackedLinear):
+        kind = type(layer)
+        if kind is PackedLinear:  # (module calls avoided: per-step overhead is the limit)
             saved.append((layer, h))
-            h = layer(h)
-        elif type(layer) is PackedBatchNorm:  # not ghost BN: its statistics differ
+            h = torch.bmm(h, layer.weight) if layer.bias is None else torch.baddbmm(layer.bias, h, layer.weight)
+        elif kind is PackedBatchNorm:  # not ghost BN: its statistics differ
             f = layer.features
             flat = h.transpose(0, 1).reshape(b, r * f)
             out, mean, invstd = torch.native_batch_norm(
@@ -261,53 +270,55 @@ def fused_sgd_step(model: PackedMLP, x: torch.Tensor, y: torch.Tensor, lr: float
                 True, layer.momentum, layer.eps)
             saved.append((layer, flat, mean, invstd))
             h = out.view(b, r, f).transpose(0, 1)
-        elif isinstance(layer, (nn.ReLU, nn.Sigmoid, nn.Tanh)):
-            h = layer(h)
+        elif kind in _FORWARD:
+            h = _FORWARD[kind](h)
             saved.append((layer, h))
         else:
-            raise TypeError(f"fused_sgd_step does not handle {type(layer).__name__}")
+            raise TypeError(f"fused_sgd_step does not handle {kind.__name__}")
     logp = torch.log_softmax(h, dim=-1)  # (R, b, classes)
     target = y.view(r, b, 1)
     losses = -logp.gather(-1, target).mean((1, 2))
-    g = logp.exp_()  # d(mean CE)/d(logits) = (softmax - onehot) / b, per run
+    g = logp.exp_()  # d(mean CE)/d(logits) = (softmax - onehot) / b, per run; times lr
     g.scatter_add_(-1, target, torch.full_like(target, -1.0, dtype=g.dtype))
-    g.div_(b)
+    g.mul_(scale)
     first = model.layers[0]
     for item in reversed(saved):
         layer = item[0]
-        if isinstance(layer, PackedLinear):
+        kind = type(layer)
+        if kind is PackedLinear:
             a = item[1]
             g_in = torch.bmm(g, layer.weight.transpose(1, 2)) if layer is not first else None
-            layer.weight.baddbmm_(a.transpose(1, 2), g, alpha=-lr)
+            layer.weight.baddbmm_(a.transpose(1, 2), g, alpha=-1)
             if layer.bias is not None:
-                layer.bias.sub_(g.sum(1, keepdim=True), alpha=lr)
+                layer.bias.sub_(g.sum(1, keepdim=True))
             g = g_in
-        elif type(layer) is PackedBatchNorm:
+        elif kind is PackedBatchNorm:
             _, flat, mean, invstd = item
             f = layer.features
             g_flat = g.transpose(0, 1).reshape(b, r * f)
             g_in, g_w, g_b = torch.ops.aten.native_batch_norm_backward(
                 g_flat, flat, layer.weight, layer.running_mean, layer.running_var, mean, invstd,
                 True, layer.eps, [True, True, True])
-            layer.weight.sub_(g_w, alpha=lr)
-            layer.bias.sub_(g_b, alpha=lr)
+            layer.weight.sub_(g_w)
+            layer.bias.sub_(g_b)
             g = g_in.view(b, r, f).transpose(0, 1)
         else:
-            out = item[1]
-            if isinstance(layer, nn.ReLU):
-                g = torch.ops.aten.threshold_backward(g, out, 0)
-            elif isinstance(layer, nn.Sigmoid):
-                g = torch.ops.aten.sigmoid_backward(g, out)
-            elif isinstance(layer, nn.Tanh):
-                g = torch.ops.aten.tanh_backward(g, out)
-            else:
-                raise TypeError(f"fused_sgd_step has no backward for {type(layer).__name__}")
+            g = _BACKWARD[kind](g, item[1])
     return losses
+
+
+# The activations fused_sgd_step handles: forward, and backward from the output.
+_FORWARD = {nn.ReLU: torch.relu, nn.Sigmoid: torch.sigmoid, nn.Tanh: torch.tanh}
+_BACKWARD = {
+    nn.ReLU: lambda g, out: torch.ops.aten.threshold_backward(g, out, 0),
+    nn.Sigmoid: torch.ops.aten.sigmoid_backward,
+    nn.Tanh: torch.ops.aten.tanh_backward,
+}
 
 
 def fused_step_applies(optimizer: dict | object, activation: str, norm: str) -> bool:
     """Plain SGD (no momentum, weight decay or nesterov), a supported activation,
     and no norm or plain BN (other norms train with autograd)."""
     get = optimizer.get if isinstance(optimizer, dict) else lambda k: getattr(optimizer, k)
-    return (str(get("name")) == "sgd" and get("momentum") == 0 and get("weight_decay") == 0
+    return (str(getattr(get("name"), "value", get("name"))) == "sgd" and get("momentum") == 0 and get("weight_decay") == 0
             and not get("nesterov") and activation in ACTIVATIONS and norm in ("none", "batch"))

@@ -25,7 +25,7 @@ from study.config import validate
 from study.data import MNISTSplits, load_mnist
 from study.records import (CLAIM_FILE, REPO_ROOT, RESULT_FILE, SCHEMA_VERSION, environment, now_iso,
                            read_record, write_json_atomic)
-from study.train import RunOutcome, configure_determinism, resolve_device, train_runs
+from study.train import RunOutcome, configure_determinism, lr_packable, resolve_device, train_runs
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,10 @@ log = logging.getLogger(__name__)
 _DATA_CACHE: dict[tuple, MNISTSplits] = {}
 
 # Packing (set by the `packed` launcher, hydra_plugins/bn_study_launcher):
-# the seeds planned together for a config, and the finished runs of a pack
-# waiting for their own jobs to record them.
-_PACK_PLAN: dict[str, list[int]] = {}
-_PACK_DONE: dict[tuple[str, int], "_Trained"] = {}
+# the (seed, lr) members planned together for a config, and the finished
+# runs of a pack waiting for their own jobs to record them.
+_PACK_PLAN: dict[str, list[tuple[int, float]]] = {}
+_PACK_DONE: dict[tuple[str, int, float], "_Trained"] = {}
 _DEFAULT_THREADS: Optional[int] = None
 
 
@@ -53,12 +53,15 @@ def _identity(cfg: DictConfig) -> dict[str, Any]:
 
 
 def pack_key(cfg: DictConfig) -> str:
-    """Jobs with equal keys differ only in their seed and can be packed.
+    """Jobs with equal keys differ only in their seed (and learning rate,
+    where the fused SGD step trains them: `lr_packable`) and can be packed.
 
     A job that reports to an Optuna trial (pruning) is never packed.
     """
     plain = _identity(cfg)
     plain.pop("seed", None)
+    if lr_packable(cfg):
+        plain.pop("lr", None)
     trial = OmegaConf.select(cfg, "trial.number")
     if trial is not None:
         plain["trial"] = trial
@@ -106,9 +109,9 @@ def _index(cfg: DictConfig, record_path: Path) -> None:
                       {"record": str(record_path.resolve()), "indexed_at": now_iso()})
 
 
-def plan_pack(cfg: DictConfig, seeds: list[int]) -> None:
-    """Announce that the jobs of `cfg` with these seeds run next, as one pack."""
-    _PACK_PLAN[pack_key(cfg)] = sorted(set(int(s) for s in seeds))
+def plan_pack(cfg: DictConfig, members: list[tuple[int, float]]) -> None:
+    """Announce that the jobs of `cfg` with these (seed, lr) run next, as one pack."""
+    _PACK_PLAN[pack_key(cfg)] = sorted(set((int(s), float(lr)) for s, lr in members))
 
 
 def set_default_threads(threads: int) -> None:
@@ -250,20 +253,21 @@ class _Trained:
     wall_seconds: float
 
 
-def _train(cfg: DictConfig, seeds: list[int], data: MNISTSplits, device: torch.device,
-           tag: str) -> dict[int, _Trained]:
+def _train(cfg: DictConfig, members: list[tuple[int, float]], data: MNISTSplits, device: torch.device,
+           tag: str) -> dict[tuple[int, float], _Trained]:
     started, t0 = now_iso(), time.perf_counter()
     outcomes, error = None, None
+    seeds, lrs = [s for s, _ in members], [lr for _, lr in members]
     try:
-        outcomes = train_runs(cfg, seeds, data, device, tag=tag,
-                              on_epoch=_trial_reporter(cfg) if len(seeds) == 1 else None)
+        outcomes = train_runs(cfg, seeds, data, device, tag=tag, lrs=lrs,
+                              on_epoch=_trial_reporter(cfg) if len(members) == 1 else None)
     except Exception as e:
         log.error("%srun failed: %s", tag, e)
         error = {"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}
     wall, finished = time.perf_counter() - t0, now_iso()
-    pack = {"size": len(seeds), "seeds": seeds}
-    return {s: _Trained(outcomes[i] if outcomes else None, error, pack, started, finished, wall)
-            for i, s in enumerate(seeds)}
+    pack = {"size": len(members), "seeds": seeds, "lrs": lrs}
+    return {m: _Trained(outcomes[i] if outcomes else None, error, pack, started, finished, wall)
+            for i, m in enumerate(members)}
 
 
 def _train_or_take_from_pack(cfg: DictConfig, data: MNISTSplits, device: torch.device) -> _Trained:
@@ -274,23 +278,29 @@ def _train_or_take_from_pack(cfg: DictConfig, data: MNISTSplits, device: torch.d
     numbers do not depend on its pack (tests/test_train.py checks packed
     against solo runs).
     """
-    key = pack_key(cfg)
-    if (key, cfg.seed) in _PACK_DONE:  # trained with an earlier job of its pack
-        return _PACK_DONE.pop((key, cfg.seed))
-    seeds = [s for s in _PACK_PLAN.get(key, [])
-             if s == cfg.seed or cfg.force or find_reusable(_with_seed(cfg, s)) is None]
-    if len(seeds) < 2 or cfg.seed not in seeds:
-        return _train(cfg, [cfg.seed], data, device, run_tag(cfg))[cfg.seed]
-    tag = run_tag(cfg).replace(f"seed={cfg.seed}", "seeds=" + ",".join(map(str, seeds)))
-    for seed, trained in _train(cfg, seeds, data, device, tag).items():
-        _PACK_DONE[(key, seed)] = trained
-    return _PACK_DONE.pop((key, cfg.seed))
+    key, me = pack_key(cfg), (int(cfg.seed), float(cfg.lr))
+    if (key, *me) in _PACK_DONE:  # trained with an earlier job of its pack
+        return _PACK_DONE.pop((key, *me))
+    members = [m for m in _PACK_PLAN.get(key, [])
+               if m == me or cfg.force or find_reusable(_member(cfg, *m)) is None]
+    if len(members) < 2 or me not in members:
+        return _train(cfg, [me], data, device, run_tag(cfg))[me]
+    for m, trained in _train(cfg, members, data, device, pack_tag(cfg, members)).items():
+        _PACK_DONE[(key, *m)] = trained
+    return _PACK_DONE.pop((key, *me))
 
 
-def _with_seed(cfg: DictConfig, seed: int) -> DictConfig:
+def _member(cfg: DictConfig, seed: int, lr: float) -> DictConfig:
+    """`cfg` for another member of its pack."""
     other = cfg.copy()
-    other.seed = seed
+    other.seed, other.lr = seed, lr
     return other
+
+
+def pack_tag(cfg: DictConfig, members: list[tuple[int, float]]) -> str:
+    seeds = ",".join(map(str, sorted({s for s, _ in members})))
+    lrs = ",".join(f"{v:g}" for v in sorted({lr for _, lr in members}))
+    return f"[bs={cfg.batch_size} norm={cfg.model.norm} lr={lrs} seeds={seeds}, {len(members)} runs] "
 
 
 def _trial_reporter(cfg: DictConfig):

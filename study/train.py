@@ -1,10 +1,11 @@
 """The training loop: in-memory tensors, minibatches drawn by index.
 
-`train_runs` trains one or more runs that differ only in their seed as one
-`PackedMLP` (a single run is a pack of one). Each run keeps its own
-initialization (`torch.manual_seed(seed)` then `build_mlp`) and its own
-minibatch order (a `torch.Generator` seeded with `seed`), so a run's numbers
-do not depend on what it was packed with.
+`train_runs` trains one or more runs that differ only in their seed (and,
+with the fused SGD step, their learning rate) as one `PackedMLP` (a single
+run is a pack of one). Each run keeps its own initialization
+(`torch.manual_seed(seed)` then `build_mlp`), its own minibatch order (a
+`torch.Generator` seeded with `seed`) and its own learning rate, so a run's
+numbers do not depend on what it was packed with.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ DIVERGENCE_CHECK_EVERY = 25
 @dataclass
 class RunOutcome:
     seed: int
+    lr: Optional[float] = None
     status: str = "completed"  # completed | diverged | pruned
     diverged_at_step: Optional[int] = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -103,6 +105,22 @@ def build_optimizer(cfg: Any, params) -> torch.optim.Optimizer:
                 foreach=True)
 
 
+def lr_packable(cfg: Any) -> bool:
+    """Whether runs of `cfg` that differ in learning rate can train as one pack.
+
+    The fused SGD step takes a learning rate per run; autograd's optimizers
+    (momentum, Adam, other norms) and the probes that take an SGD step of
+    their own (ics, landscape) use one.
+    """
+    def name(v: Any) -> str:  # a schema enum (a composed config) or its string (a plain one)
+        return str(getattr(v, "value", v))
+
+    if not (cfg.fused and fused_step_applies(cfg.optimizer, name(cfg.model.activation), name(cfg.model.norm))):
+        return False
+    p = cfg.get("probes") if hasattr(cfg, "get") else getattr(cfg, "probes", None)
+    return not {name(k) for k in (p.kinds if p is not None else [])} & {"ics", "landscape"}
+
+
 def batches_per_epoch(n_train: int, batch_size: int) -> int:
     """Full batches, plus the trailing partial one unless it has one example.
 
@@ -143,8 +161,12 @@ def train_runs(
     device: torch.device,
     tag: str = "",
     on_epoch: Optional[Callable[[int, list[RunOutcome]], bool]] = None,
+    lrs: Optional[list[float]] = None,
 ) -> list[RunOutcome]:
     """Train len(seeds) runs of `cfg` (seed aside) together; one outcome each.
+
+    `lrs` gives each run its own learning rate (default: `cfg.lr` for all);
+    different ones need the fused SGD step (`lr_packable`).
 
     `on_epoch(epoch, outcomes)` is called after every evaluated epoch; when
     it returns True the runs still training stop there with status `pruned`
@@ -154,13 +176,20 @@ def train_runs(
     they do not change the runs, and their time is kept out of
     `epoch_seconds` and `samples_per_second`.
     """
+    lrs = [float(cfg.lr)] * len(seeds) if lrs is None else [float(v) for v in lrs]
+    if len(lrs) != len(seeds):
+        raise ValueError(f"{len(seeds)} seeds but {len(lrs)} learning rates")
+    if len(set(lrs)) > 1 and not lr_packable(cfg):
+        raise ValueError("runs with different learning rates train as one pack only with the fused SGD "
+                         "step (plain SGD, norm none or batch, no ics/landscape probes)")
     members = [build_member(cfg, s) for s in seeds]
     model = PackedMLP(members).to(device)
     model.train()
     fused = cfg.fused and fused_step_applies(cfg.optimizer, str(cfg.model.activation), str(cfg.model.norm))
     opt = None if fused else build_optimizer(cfg, model.parameters())
+    lr_t = torch.tensor(lrs, dtype=data.train_x.dtype, device=device)  # each run's, for the fused step
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    outcomes = [RunOutcome(seed=s) for s in seeds]
+    outcomes = [RunOutcome(seed=s, lr=lr) for s, lr in zip(seeds, lrs)]
     r = len(seeds)
     probes = Probes.create(cfg, data, r, device)
 
@@ -179,10 +208,11 @@ def train_runs(
     alive = [True] * r
     for epoch in range(1, n_epochs + 1):
         perms = torch.stack([torch.randperm(n_train, generator=g, device=device) for g in gens])
+        labels = y_train[perms]  # (R, n): each step's labels are a slice (a view for one run)
         epoch_steps = min(per_epoch, total_steps - step)
-        # Each step's per-run loss lands here (one copy per step, no host
-        # sync); divergence checks and the epoch's mean loss read it later.
-        losses_seen = torch.empty(epoch_steps, r, device=device)
+        # Each step's per-run losses (R,) are kept (no host sync); divergence
+        # checks and the epoch's mean loss read them later.
+        losses_seen: list[torch.Tensor] = []
         checked = 0
         t0 = last_note = time.perf_counter()
         samples = 0
@@ -191,22 +221,23 @@ def train_runs(
             idx = perms[:, i * bs:(i + 1) * bs].reshape(-1)  # run-major: R blocks of b
             b = idx.numel() // r
             # index_select on a flat index: 3-4x faster than x_train[idx] (measured).
-            xb, yb = x_train.index_select(0, idx).view(r, b, -1), y_train.index_select(0, idx)
+            xb = x_train.index_select(0, idx).view(r, b, -1)
+            yb = labels[:, i * bs:(i + 1) * bs].reshape(-1)
             if probes is not None and probes.step_due(step + i):
                 probe_seconds += probes.on_step(model, xb, yb, step + i)
             if fused:
-                losses = fused_sgd_step(model, xb, yb, cfg.lr)
+                losses = fused_sgd_step(model, xb, yb, lr_t)
             else:
                 logits = model(xb)  # (R, b, classes)
                 losses = F.cross_entropy(logits.view(r * b, -1), yb, reduction="none").view(r, b).mean(1)
                 opt.zero_grad(set_to_none=True)
                 losses.sum().backward()  # runs are independent: d(sum)/d(run's loss) = 1
                 opt.step()
-            losses_seen[i] = losses.detach()
+            losses_seen.append(losses.detach())
             samples += b
             if (i + 1) % DIVERGENCE_CHECK_EVERY == 0 or i == epoch_steps - 1:
-                if _mark_diverged(losses_seen[checked:i + 1], step + checked, outcomes, alive, tag) \
-                        and not any(alive):
+                window = torch.stack(losses_seen[checked:i + 1])
+                if _mark_diverged(window, step + checked, outcomes, alive, tag) and not any(alive):
                     return done()
                 checked = i + 1
                 now = time.perf_counter()
@@ -222,7 +253,7 @@ def train_runs(
         val_acc, val_loss = evaluate(model, data.val_x, data.val_y, cfg.eval_batch_size)
         test_acc, _ = evaluate(model, data.test_x, data.test_y, cfg.eval_batch_size)
         eval_seconds = time.perf_counter() - t1
-        train_loss = losses_seen.mean(0).tolist()
+        train_loss = torch.stack(losses_seen).mean(0).tolist()
         probe_extra = probes.on_epoch(model) if probes is not None else None
         for k, out in enumerate(outcomes):
             # Losses are taken before each update: weights made non-finite by

@@ -91,7 +91,7 @@ def _finals(sweep):
     out = {}
     for path in sweep.glob("*/result.json"):
         rec = json.loads(path.read_text())
-        out[(rec["config"]["model"]["norm"], rec["seed"])] = rec
+        out[(rec["config"]["model"]["norm"], rec["config"]["lr"], rec["seed"])] = rec
     return out
 
 
@@ -100,15 +100,20 @@ def _finals(sweep):
                                       "hydra/launcher=basic"])
 def test_packed_sweep_matches_other_launchers(tmp_path, tiny_mnist, launcher):
     """The default (packed, in-process) sweep gives the numbers of a basic-launcher
-    sweep and of the packed launcher on 2 joblib workers (one thread each)."""
-    common = ["-m"] + tiny_overrides(tiny_mnist) + ["epochs=1", "batch_size=16", "threads=1",
+    sweep and of the packed launcher on 2 joblib workers (one thread each).
+    The seeds and learning rates of a norm train as one pack (plain SGD)."""
+    common = ["-m"] + tiny_overrides(tiny_mnist) + ["epochs=1", "batch_size=16", "threads=1", "lr=0.01,0.05",
                                                     "hydra.callbacks.summary.report=false"]
     packed = run_cli(common + [f"hydra.sweep.dir={tmp_path}/packed"], cwd=tmp_path)
     other = run_cli(common + launcher.split() + [f"hydra.sweep.dir={tmp_path}/other"], cwd=tmp_path)
     assert packed.returncode == 0 and other.returncode == 0, packed.stderr[-2000:] + other.stderr[-2000:]
     a, b = _finals(tmp_path / "packed"), _finals(tmp_path / "other")
-    assert set(a) == set(b) == {(n, s) for n in ("none", "batch") for s in (0, 1, 2)}
-    assert all(r["pack"]["size"] == 3 for r in a.values())
+    assert set(a) == set(b) == {(n, lr, s) for n in ("none", "batch") for lr in (0.01, 0.05) for s in (0, 1, 2)}
+    for (norm, lr, seed), rec in a.items():
+        assert rec["pack"]["size"] == 6
+        assert sorted(zip(rec["pack"]["seeds"], rec["pack"]["lrs"])) == sorted(
+            (s, v) for v in (0.01, 0.05) for s in (0, 1, 2))
+    assert a[("none", 0.01, 0)]["final"]["train_loss"] != pytest.approx(a[("none", 0.05, 0)]["final"]["train_loss"])
     for key in a:
         assert a[key]["final"]["train_loss"] == pytest.approx(b[key]["final"]["train_loss"], rel=1e-4)
         assert a[key]["final"]["val_acc"] == pytest.approx(b[key]["final"]["val_acc"], abs=1 / 200 + 1e-9)

@@ -121,6 +121,46 @@ def test_packed_runs_equal_runs_trained_one_by_one(tiny_mnist, tiny_data, norm):
             assert hp["val_loss"] == pytest.approx(ha["val_loss"], rel=1e-3, abs=1e-4)
 
 
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_runs_with_their_own_learning_rates_pack_like_runs_trained_alone(tiny_mnist, tiny_data, norm):
+    """Seeds and learning rates in one pack: each run matches the run of its
+    own (seed, lr) trained alone, and records its lr."""
+    cfg = plain_config(cfg_for(tiny_mnist, "epochs=2", "batch_size=8", f"model.norm={norm}"))
+    members = [(0, 0.01), (0, 0.2), (1, 0.05), (2, 0.01)]
+    packed = train_runs(cfg, [s for s, _ in members], tiny_data, torch.device("cpu"),
+                        lrs=[lr for _, lr in members])
+    assert [(o.seed, o.lr) for o in packed] == members
+    # The learning rate matters (else this test could not fail): seed 0 at 0.01 vs 0.2.
+    assert packed[0].history[-1]["train_loss"] != pytest.approx(packed[1].history[-1]["train_loss"], rel=1e-2)
+    for (s, lr), p in zip(members, packed):
+        (alone,) = train_runs(plain_config(cfg_for(tiny_mnist, "epochs=2", "batch_size=8",
+                                                   f"model.norm={norm}", f"lr={lr}")),
+                              [s], tiny_data, torch.device("cpu"))
+        assert alone.lr == lr
+        for hp, ha in zip(p.history, alone.history, strict=True):
+            assert hp["train_loss"] == pytest.approx(ha["train_loss"], rel=1e-4, abs=1e-5)
+            assert hp["val_loss"] == pytest.approx(ha["val_loss"], rel=1e-3, abs=1e-4)
+            assert hp["val_acc"] == pytest.approx(ha["val_acc"], abs=1 / 200 + 1e-9)
+
+
+@pytest.mark.parametrize("override", ["fused=false", "optimizer.momentum=0.9", "model.norm=layer",
+                                      "optimizer=adam", "probes.kinds=[ics]"])
+def test_learning_rates_pack_only_where_the_fused_step_trains(tiny_mnist, tiny_data, override):
+    from study.runner import pack_key
+    from study.train import lr_packable
+
+    plain = cfg_for(tiny_mnist, "batch_size=8")
+    assert lr_packable(plain) and lr_packable(plain_config(plain))
+    assert pack_key(plain) == pack_key(cfg_for(tiny_mnist, "batch_size=8", "lr=0.5"))
+    assert pack_key(plain) != pack_key(cfg_for(tiny_mnist, "batch_size=16"))
+    other = cfg_for(tiny_mnist, "batch_size=8", override)
+    assert not lr_packable(other) and not lr_packable(plain_config(other))
+    assert pack_key(other) != pack_key(cfg_for(tiny_mnist, "batch_size=8", "lr=0.5", override))
+    assert pack_key(other) == pack_key(cfg_for(tiny_mnist, "batch_size=8", "seed=3", override))
+    with pytest.raises(ValueError, match="different learning rates"):
+        train_runs(plain_config(other), [0, 1], tiny_data, torch.device("cpu"), lrs=[0.01, 0.02])
+
+
 def test_a_diverging_run_does_not_disturb_its_pack(tiny_mnist, tiny_data, monkeypatch):
     """One run blows up (its weights are scaled to overflow); the others match solo runs."""
     cfg = plain_config(cfg_for(tiny_mnist, "epochs=1", "batch_size=50", "model.norm=none"))
@@ -240,7 +280,7 @@ def test_a_planned_pack_trains_once_even_when_reuse_is_on(tiny_mnist, tmp_path, 
     monkeypatch.setattr(runner, "train_runs", lambda cfg, seeds, *a, **k: calls.append(list(seeds)) or
                         real(cfg, seeds, *a, **k))
     common = ["epochs=1", "batch_size=100", "force=false", f"run_index={tmp_path}/index"]
-    runner.plan_pack(cfg_for(tiny_mnist, *common), [0, 1, 2])
+    runner.plan_pack(cfg_for(tiny_mnist, *common), [(0, 0.01), (1, 0.01), (2, 0.01)])
     recs = [run_job(cfg_for(tiny_mnist, *common, f"seed={s}"), tmp_path / f"s{s}") for s in (0, 1, 2)]
     assert calls == [[0, 1, 2]]
     assert [r["pack"]["seeds"] for r in recs] == [[0, 1, 2]] * 3 and not any("reused_from" in r for r in recs)
@@ -277,7 +317,7 @@ def test_a_crashing_pack_fails_every_member_without_retraining(tiny_mnist, tmp_p
 
     monkeypatch.setattr(runner, "train_runs", crash)
     common = ["epochs=1", "force=false", f"run_index={tmp_path}/index"]
-    runner.plan_pack(cfg_for(tiny_mnist, *common), [0, 1, 2])
+    runner.plan_pack(cfg_for(tiny_mnist, *common), [(0, 0.01), (1, 0.01), (2, 0.01)])
     recs = [run_job(cfg_for(tiny_mnist, *common, f"seed={s}"), tmp_path / f"s{s}") for s in (0, 1, 2)]
     assert calls == [[0, 1, 2]]
     assert [r["status"] for r in recs] == ["failed"] * 3

@@ -3,9 +3,11 @@
 Before anything runs it composes every job's config and checks its values
 (study.config.validate), so a bad value anywhere in a sweep stops it before
 the first run instead of after some. Then it groups the jobs whose resolved
-configs differ only in `seed` and tells study.runner about each group: the
-group's first job trains all of its seeds as one vectorized model
-(study.model.PackedMLP), the others take their finished run from it. Every
+configs differ only in `seed`, and in `lr` where the fused SGD step trains
+them (study.train.lr_packable: plain SGD, norm none or batch), and tells
+study.runner about each group: the group's first job trains all of its runs
+as one vectorized model (study.model.PackedMLP, a learning rate per run),
+the others take their finished run from it. Every
 job still goes through Hydra's `run_job`, so output dirs, saved configs,
 logs, callbacks and return values are exactly those of any Hydra launcher.
 
@@ -42,7 +44,8 @@ class PackedLauncherConf:
     # Worker processes; 1 = in this process, -1 = one per core (at most one
     # per pack). Workers cost a few seconds each to start (torch import).
     n_jobs: int = -1
-    # Most seeds trained as one model; larger groups are split.
+    # Most runs trained as one model; larger groups are split into packs
+    # of near-equal size.
     max_pack: int = 16
     # false: one run per job, as Hydra's basic launcher does.
     pack: bool = True
@@ -66,7 +69,8 @@ def _task_config(sweep_config: DictConfig) -> DictConfig:
     return OmegaConf.masked_copy(sweep_config, [k for k in sweep_config if k != "hydra"])
 
 
-def _run_group(group: list[tuple[int, list[str]]], seeds: list[int], hydra_context: HydraContext,
+def _run_group(group: list[tuple[int, list[str]]], members: list[tuple[int, float]],
+               hydra_context: HydraContext,
                config: DictConfig, task_function: TaskFunction, singleton_state: Any,
                threads: Optional[int]) -> list[JobReturn]:
     """Run one group's jobs in order; the first trains the pack (study.runner)."""
@@ -80,7 +84,7 @@ def _run_group(group: list[tuple[int, list[str]]], seeds: list[int], hydra_conte
     for idx, overrides in group:
         sweep_config = _job_config(hydra_context, config, overrides, idx)
         HydraConfig.instance().set_config(sweep_config)
-        runner.plan_pack(_task_config(sweep_config), seeds)
+        runner.plan_pack(_task_config(sweep_config), members)
         results.append(run_job(hydra_context=hydra_context, task_function=task_function,
                                config=sweep_config, job_dir_key="hydra.sweep.dir",
                                job_subdir_key="hydra.sweep.subdir"))
@@ -124,28 +128,30 @@ class PackedLauncher(Launcher):
             task_cfg = _task_config(_job_config(self.hydra_context, self.config, overrides, initial_job_idx + i))
             validate(task_cfg)
             key = pack_key(task_cfg)
-            jobs.append((initial_job_idx + i, list(overrides), key, int(task_cfg.seed)))
+            member = (int(task_cfg.seed), float(task_cfg.lr))
+            jobs.append((initial_job_idx + i, list(overrides), key, member))
             costs[key] = _steps(task_cfg)
 
-        groups: dict[tuple[str, Optional[int]], list[tuple[int, list[str], int]]] = {}
-        for idx, overrides, key, seed in jobs:
-            groups.setdefault((key, None if self.pack else idx), []).append((idx, overrides, seed))
+        groups: dict[tuple[str, Optional[int]], list[tuple[int, list[str], tuple[int, float]]]] = {}
+        for idx, overrides, key, member in jobs:
+            groups.setdefault((key, None if self.pack else idx), []).append((idx, overrides, member))
         chunks = []
         # Longest packs first (most optimizer steps: per-step overhead dominates
         # small batches), so that parallel workers finish together.
-        for _, members in sorted(groups.items(), key=lambda kv: -costs[kv[0][0]]):
-            for s in range(0, len(members), self.max_pack):
-                chunk = members[s:s + self.max_pack]
-                chunks.append(([(i, o) for i, o, _ in chunk], [seed for _, _, seed in chunk]))
+        for _, group in sorted(groups.items(), key=lambda kv: -costs[kv[0][0]]):
+            n = -(-len(group) // self.max_pack)  # packs of near-equal size, none above max_pack
+            for k in range(n):
+                chunk = group[k * len(group) // n:(k + 1) * len(group) // n]
+                chunks.append(([(i, o) for i, o, _ in chunk], [m for _, _, m in chunk]))
 
         n_workers = (os.cpu_count() or 1) if self.n_jobs == -1 else max(1, self.n_jobs)
         n_workers = min(n_workers, len(chunks))
         log.info("Launching %d jobs as %d packs on %d worker%s", len(jobs), len(chunks), n_workers,
                  "s" if n_workers > 1 else "")
-        for group, seeds in chunks:
+        for group, members in chunks:
             for idx, overrides in group:
                 log.info("\t#%d : %s%s", idx, " ".join(filter_overrides(overrides)),
-                         f"  [pack of {len(seeds)}]" if len(seeds) > 1 else "")
+                         f"  [pack of {len(members)}]" if len(members) > 1 else "")
 
         singleton_state = Singleton.get_state()
         if n_workers == 1:
