@@ -10,10 +10,14 @@ load, samples per second of
   zero_grad/backward/step loop;
 - ``trainer``: the project's trainer, ``study.train.train_runs`` (one run, a
   pack of one), on the same model, data and thread count;
-- at batch 8 (``--pack-batches``): ``K`` seeds trained together as one
-  ``PackedMLP`` (``trainer-pack``) against the same ``K`` seeds trained one
-  after another (``trainer-sequential``), each with the same step budget;
-  both are aggregate samples/s over the ``K`` runs;
+- at batch 8 (``--pack-batches``), for each pack size ``K`` in ``--pack``
+  (default 6 and 16): ``K`` seeds trained together as one ``PackedMLP``
+  (``trainer-pack``) against the same ``K`` seeds trained one after another
+  (``trainer-sequential``), each with the same step budget; both are
+  aggregate samples/s over the ``K`` runs. A pack's gain grows with its
+  size (its per-step overhead is paid once for ``K`` runs, its arithmetic
+  ``K`` times); the launcher packs up to 16 runs (seeds, and learning rates
+  of plain SGD) by default;
 
 for every batch size and norm, plus the machine's fp32 matmul ceiling: the
 fastest 2048x2048 ``torch.mm``, in GFLOP/s, sampled before, between and
@@ -59,7 +63,6 @@ from study.train import build_member, configure_determinism, resolve_device, tra
 log = logging.getLogger(__name__)
 
 BENCH_SCHEMA_VERSION = 1
-PIPELINES = ("notebook", "trainer", "trainer-pack", "trainer-sequential")
 
 # The issue's targets, as ratios measured within one run.
 TARGET_X_NOTEBOOK = (64, 15.0)  # batch 64: trainer >= 15x the notebook's samples/s
@@ -312,7 +315,7 @@ def best(results: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(top, repeats=[r["samples_per_second"] for r in results])
 
 
-def measure_cell(cfg: DictConfig, seeds: list[int], pack: bool, data, dataset, device: torch.device,
+def measure_cell(cfg: DictConfig, seeds: list[int], packs: list[int], data, dataset, device: torch.device,
                  budget: Budget, repeats: int, ceilings: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Every pipeline of one (batch size, norm) cell, best of `repeats`.
 
@@ -321,14 +324,19 @@ def measure_cell(cfg: DictConfig, seeds: list[int], pack: bool, data, dataset, d
     matmul ceiling is sampled in every repeat too (appended to `ceilings`):
     the best sample over the whole run is the ceiling, so a loaded moment
     cannot lower it and flatter the trainer.
+
+    `packs`: the pack sizes to measure (the first K of `seeds` each); their
+    results are keyed "trainer-pack/K" and "trainer-sequential/K".
     """
     bs, norm = cfg.batch_size, cfg.model.norm
     # Per-run samples/s: from a warm-up first, then the best measured so far,
     # so that a step budget sized in a loaded moment is corrected next time.
     rate = {"trainer": budget.warm_up(cfg, seeds[:1], data, device)}
-    if pack:
-        rate["trainer-pack"] = budget.warm_up(cfg, seeds, data, device)
-    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in PIPELINES}
+    for k in packs:
+        rate[f"trainer-pack/{k}"] = budget.warm_up(cfg, seeds[:k], data, device)
+    runs: dict[str, list[dict[str, Any]]] = {"notebook": [], "trainer": []}
+    for k in packs:
+        runs[f"trainer-pack/{k}"], runs[f"trainer-sequential/{k}"] = [], []
 
     def take(pipeline: str, measure) -> dict[str, Any]:
         waited = budget.settle()
@@ -343,11 +351,11 @@ def measure_cell(cfg: DictConfig, seeds: list[int], pack: bool, data, dataset, d
         take("notebook", lambda: measure_notebook(cfg, dataset, device, budget))
         single = cell_config(cfg, bs, norm, budget.trainer_steps(bs, rate["trainer"]))
         take("trainer", lambda: run_trainer(single, seeds[:1], data, device))
-        if pack:
-            packed = cell_config(cfg, bs, norm, budget.trainer_steps(bs, rate["trainer-pack"]))
-            take("trainer-pack", lambda: run_trainer(packed, seeds, data, device))
+        for k in packs:
+            packed = cell_config(cfg, bs, norm, budget.trainer_steps(bs, rate[f"trainer-pack/{k}"]))
+            take(f"trainer-pack/{k}", lambda: run_trainer(packed, seeds[:k], data, device))
             # The same runs, the same steps each, one after another.
-            take("trainer-sequential", lambda: measure_sequential(packed, seeds, data, device, budget))
+            take(f"trainer-sequential/{k}", lambda: measure_sequential(packed, seeds[:k], data, device, budget))
     return {p: best(r) for p, r in runs.items() if r}
 
 
@@ -370,7 +378,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     data = get_data(cfg, device)
     dataset = notebook_dataset(Path(data.info["root"]))
     budget = Budget(args.seconds, args.samples, args.warmup, args.matmul_n, args.matmul_reps, args.settle)
-    seeds = list(range(cfg.seed, cfg.seed + args.pack))
+    seeds = list(range(cfg.seed, cfg.seed + max(args.pack)))
     fps = flops_per_sample(cfg)
     arch = architecture(cfg)
 
@@ -396,16 +404,16 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     for bs in args.batch_sizes:
         for norm in args.norms:
             c = cell_config(cfg, bs, norm)
-            pack = bs in args.pack_batches and args.pack > 1
-            m = measure_cell(c, seeds, pack, data, dataset, device, budget, args.repeats, ceilings)
+            sizes = [k for k in args.pack if k > 1] if bs in args.pack_batches else []
+            m = measure_cell(c, seeds, sizes, data, dataset, device, budget, args.repeats, ceilings)
             base = m["notebook"]["samples_per_second"]
             row("notebook", bs, norm, 1, m["notebook"], base, False)
             row("trainer", bs, norm, 1, m["trainer"], base, True)
-            if pack:
-                pk, sq = m["trainer-pack"], m["trainer-sequential"]
-                row("trainer-pack", bs, norm, args.pack, pk, base, True)
-                row("trainer-sequential", bs, norm, args.pack, sq, base, True)
-                packs.append({"batch_size": bs, "norm": norm, "runs": args.pack, "steps_per_run": pk["steps"],
+            for k in sizes:
+                pk, sq = m[f"trainer-pack/{k}"], m[f"trainer-sequential/{k}"]
+                row("trainer-pack", bs, norm, k, pk, base, True)
+                row("trainer-sequential", bs, norm, k, sq, base, True)
+                packs.append({"batch_size": bs, "norm": norm, "runs": k, "steps_per_run": pk["steps"],
                               "pack_samples_per_second": pk["samples_per_second"],
                               "sequential_samples_per_second": sq["samples_per_second"],
                               "ratio": pk["samples_per_second"] / sq["samples_per_second"]})
@@ -458,7 +466,7 @@ def targets(rows: list[dict[str, Any]], packs: list[dict[str, Any]]) -> list[dic
     for p in packs:
         if p["batch_size"] == TARGET_PACK[0]:
             out.append({"name": "pack_x_sequential", "batch_size": p["batch_size"], "norm": p["norm"],
-                        "value": p["ratio"], "target": TARGET_PACK[1], "met": p["ratio"] >= TARGET_PACK[1]})
+                        "runs": p["runs"], "value": p["ratio"], "target": TARGET_PACK[1], "met": p["ratio"] >= TARGET_PACK[1]})
     return out
 
 
@@ -490,7 +498,8 @@ def format_table(result: dict[str, Any]) -> str:
         shown = (f"{100 * t['value']:.1f}% (target >= {100 * t['target']:.0f}%)"
                  if t["name"] == "trainer_fraction_of_ceiling"
                  else f"{t['value']:.2f}x (target >= {t['target']:g}x)")
-        lines.append(f"target {t['name']} batch {t['batch_size']} norm {t['norm']}: {shown} "
+        runs = f" pack of {t['runs']}" if "runs" in t else ""
+        lines.append(f"target {t['name']} batch {t['batch_size']} norm {t['norm']}{runs}: {shown} "
                      f"{'met' if t['met'] else 'NOT MET'}")
     lines.append("cpu wait: share of a measurement's time in which some task waited for a CPU (Linux PSI);"
                  " well above 0, other processes competed and that row reads low")
@@ -528,7 +537,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=10.0,
                    help="before each measurement wait up to this many seconds for the CPUs to be free of "
                         "other processes' load (Linux PSI; 0 = don't wait; default 10)")
-    p.add_argument("--pack", type=int, default=6, help="runs (seeds) in the packed measurement (default 6)")
+    p.add_argument("--pack", type=ints, default=[6, 16],
+                   help="comma-separated pack sizes: runs (seeds) in each packed measurement (default 6,16; "
+                        "16 is the launcher's largest pack)")
     p.add_argument("--pack-batches", type=ints, default=[8],
                    help="batch sizes at which to measure the pack (default 8)")
     p.add_argument("--matmul-n", type=int, default=MATMUL_N, help="matmul size for the ceiling (default 2048)")
@@ -540,7 +551,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--no-verify", action="store_true", help="use the IDX files under the root unchecked")
     p.add_argument("--json", type=Path, default=None, help="also write the results here (JSON)")
     args = p.parse_args(list(argv))
-    for name in ("seconds", "warmup", "repeats", "pack", "matmul_n", "matmul_reps"):
+    if not args.pack or min(args.pack) < 2:
+        p.error("--pack must be integers >= 2")
+    args.pack = sorted(set(args.pack))
+    for name in ("seconds", "warmup", "repeats", "matmul_n", "matmul_reps"):
         if getattr(args, name) <= 0 and not (name == "warmup" and args.warmup == 0):
             p.error(f"--{name.replace('_', '-')} must be > 0")
     if args.settle < 0:

@@ -11,7 +11,7 @@ import pytest
 
 from study import bench
 
-PIPELINE_RUNS = {"notebook": 1, "trainer": 1, "trainer-pack": 2, "trainer-sequential": 2}
+PIPELINE_RUNS = {"notebook": 1, "trainer": 1}
 ROW_KEYS = {"pipeline", "batch_size", "norm", "runs", "samples_per_second", "x_notebook",
             "fraction_of_ceiling", "samples", "seconds", "deterministic", "cpu_wait"}
 TOP_KEYS = {"schema_version", "kind", "started_at", "finished_at", "wall_seconds", "command", "settings",
@@ -21,7 +21,7 @@ ENV_KEYS = {"torch", "device", "device_name", "threads", "cpu_count", "determini
 
 def tiny_args(root, *extra):
     # One thread: the test machine may be shared, and oversubscribed threads are slow.
-    return ["--data-root", str(root), "--no-verify", "--samples", "16", "--warmup", "8", "--pack", "2",
+    return ["--data-root", str(root), "--no-verify", "--samples", "16", "--warmup", "8", "--pack", "2,3",
             "--matmul-n", "256", "--matmul-reps", "1", "--settle", "0", "--repeats", "1", "--threads", "1",
             *extra, "data.val_size=200"]
 
@@ -42,7 +42,7 @@ def test_json_has_the_documented_fields(bench_run):
     assert ENV_KEYS <= set(on_disk["env"]) and on_disk["env"]["threads"] == 1
     assert on_disk["data"]["verified"] is False and on_disk["data"]["n_train"] == 1000
     s = on_disk["settings"]
-    assert s["batch_sizes"] == [8, 64, 512] and s["norms"] == ["none", "batch"] and s["pack"] == 2
+    assert s["batch_sizes"] == [8, 64, 512] and s["norms"] == ["none", "batch"] and s["pack"] == [2, 3]
     assert on_disk["model"]["architecture"] == "784-128-64-10"
     assert on_disk["model"]["flops_per_sample"] == 3 * 2 * (784 * 128 + 128 * 64 + 64 * 10)
     c = on_disk["ceiling"]
@@ -52,34 +52,35 @@ def test_json_has_the_documented_fields(bench_run):
 
 def test_every_pipeline_batch_norm_row_is_there(bench_run):
     result, _ = bench_run
-    rows = {(r["pipeline"], r["batch_size"], r["norm"]): r for r in result["rows"]}
-    expected = {(p, b, n) for b in (8, 64, 512) for n in ("none", "batch") for p in ("notebook", "trainer")}
-    expected |= {(p, 8, n) for n in ("none", "batch") for p in ("trainer-pack", "trainer-sequential")}
+    rows = {(r["pipeline"], r["batch_size"], r["norm"], r["runs"]): r for r in result["rows"]}
+    expected = {(p, b, n, 1) for b in (8, 64, 512) for n in ("none", "batch") for p in ("notebook", "trainer")}
+    expected |= {(p, 8, n, k) for n in ("none", "batch") for p in ("trainer-pack", "trainer-sequential")
+                 for k in (2, 3)}
     assert set(rows) == expected
-    for (pipeline, b, n), r in rows.items():
+    for (pipeline, b, n, runs), r in rows.items():
         assert ROW_KEYS <= set(r)
-        assert r["runs"] == PIPELINE_RUNS[pipeline]
+        assert r["runs"] == PIPELINE_RUNS.get(pipeline, runs)
         assert r["samples_per_second"] > 0 and r["seconds"] > 0
-        base = rows[("notebook", b, n)]["samples_per_second"]
+        base = rows[("notebook", b, n, 1)]["samples_per_second"]
         assert math.isclose(r["x_notebook"], r["samples_per_second"] / base)
         assert math.isclose(r["fraction_of_ceiling"],
                             r["samples_per_second"] / result["ceiling"]["samples_per_second"])
         # The sample budget is met (whole batches; every run of a pack counts).
         assert r["samples"] >= 16 * (r["runs"] if pipeline.startswith("trainer-") else 1)
-    assert rows[("notebook", 8, "none")]["deterministic"] is False
-    assert rows[("trainer", 8, "none")]["deterministic"] is True
+    assert rows[("notebook", 8, "none", 1)]["deterministic"] is False
+    assert rows[("trainer", 8, "none", 1)]["deterministic"] is True
 
 
 def test_packs_and_targets_are_consistent(bench_run):
     result, _ = bench_run
-    assert {(p["batch_size"], p["norm"]) for p in result["packs"]} == {(8, "none"), (8, "batch")}
+    assert {(p["batch_size"], p["norm"], p["runs"]) for p in result["packs"]} == {
+        (8, n, k) for n in ("none", "batch") for k in (2, 3)}
     for p in result["packs"]:
-        assert p["runs"] == 2
         assert math.isclose(p["ratio"], p["pack_samples_per_second"] / p["sequential_samples_per_second"])
-    names = {(t["name"], t["batch_size"], t["norm"]) for t in result["targets"]}
-    assert names == {(name, b, n) for n in ("none", "batch")
-                     for name, b in (("trainer_x_notebook", 64), ("trainer_fraction_of_ceiling", 512),
-                                     ("pack_x_sequential", 8))}
+    names = {(t["name"], t["batch_size"], t["norm"], t.get("runs")) for t in result["targets"]}
+    assert names == {(name, b, n, None) for n in ("none", "batch")
+                     for name, b in (("trainer_x_notebook", 64), ("trainer_fraction_of_ceiling", 512))} | {
+        ("pack_x_sequential", 8, n, k) for n in ("none", "batch") for k in (2, 3)}
     for t in result["targets"]:
         assert t["met"] == (t["value"] >= t["target"])
 
@@ -95,6 +96,15 @@ def test_table_prints_every_row(capsys, tiny_mnist):
                    for line in lines), (r["pipeline"], r["batch_size"], r["norm"])
     assert "matmul ceiling" in out and "GFLOP/s" in out
     assert "pack at batch 8, norm batch: 2 runs packed" in out
+    assert "pack at batch 8, norm batch: 3 runs packed" in out
+    assert "target pack_x_sequential batch 8 norm batch pack of 3:" in out
+
+
+@pytest.mark.parametrize("pack", ["1", "0,4", ""])
+def test_a_pack_needs_two_runs(tiny_mnist, capsys, pack):
+    with pytest.raises(SystemExit) as e:
+        bench.parse_args(["--pack", pack])
+    assert e.value.code == 2 and "--pack must be integers >= 2" in capsys.readouterr().err
 
 
 def test_bad_input_is_one_line_exit_2(tiny_mnist, capsys):
