@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+import torch.utils.deterministic
 import torch.nn.functional as F
 from torch import nn
 
@@ -71,6 +72,12 @@ def configure_determinism(threads: Optional[int]) -> int:
     # cuBLAS needs this set before its first use to be deterministic.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
+    # With deterministic algorithms on, torch fills every new tensor with NaN
+    # first (a guard for ops that read uninitialized memory, which none of
+    # ours does): ~30 extra fills per training step. Off, results stay
+    # deterministic (torch.utils.deterministic's documentation) and a step is
+    # 1-6% faster (measured at batch 8-512).
+    torch.utils.deterministic.fill_uninitialized_memory = False
     if threads is not None:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
