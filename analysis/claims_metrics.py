@@ -43,7 +43,7 @@ from analysis.claims import (CLAIMS, INCONCLUSIVE, LITERATURE, NOT_SUPPORTED, SU
                              ClaimResult, ExperimentRuns, combine, guarded, not_run,
                              save_figure, verdict_of)
 from analysis.figures import DPI, log2_batch_axis  # noqa: E402
-from analysis.stats import (Difference, MeanInterval, contrast, interval_bounds, mean_interval,  # noqa: E402
+from analysis.stats import (Difference, contrast, interval_bounds, mean_interval,  # noqa: E402
                             welch_difference)
 from analysis.summary import NORM_NAMES, norm_name  # noqa: E402
 

@@ -58,7 +58,7 @@ from study.config import compose_config, validate
 from study.errors import describe_user_error
 from study.records import environment, now_iso, write_json_atomic
 from study.runner import get_data, plain_config
-from study.train import build_member, configure_determinism, resolve_device, train_runs
+from study.train import build_member, configure_determinism, resolve_device, set_deterministic, train_runs
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +181,11 @@ def settle(max_seconds: float, window: float = 0.5, threshold: float = 0.02) -> 
 @contextmanager
 def deterministic(flag: bool) -> Iterator[None]:
     before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(flag)
+    set_deterministic(flag)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(before)
+        set_deterministic(before)
 
 
 def notebook_dataset(root: Path):

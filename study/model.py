@@ -314,11 +314,3 @@ _BACKWARD = {
     nn.Sigmoid: torch.ops.aten.sigmoid_backward,
     nn.Tanh: torch.ops.aten.tanh_backward,
 }
-
-
-def fused_step_applies(optimizer: dict | object, activation: str, norm: str) -> bool:
-    """Plain SGD (no momentum, weight decay or nesterov), a supported activation,
-    and no norm or plain BN (other norms train with autograd)."""
-    get = optimizer.get if isinstance(optimizer, dict) else lambda k: getattr(optimizer, k)
-    return (str(getattr(get("name"), "value", get("name"))) == "sgd" and get("momentum") == 0 and get("weight_decay") == 0
-            and not get("nesterov") and activation in ACTIVATIONS and norm in ("none", "batch"))

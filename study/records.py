@@ -18,7 +18,10 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported where needed: the analysis reads records without it
+    import torch
 
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"

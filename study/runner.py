@@ -25,7 +25,8 @@ from study.config import validate
 from study.data import MNISTSplits, load_mnist
 from study.records import (CLAIM_FILE, REPO_ROOT, RESULT_FILE, SCHEMA_VERSION, environment, now_iso,
                            read_record, write_json_atomic)
-from study.train import RunOutcome, configure_determinism, lr_packable, resolve_device, train_runs
+from study.packing import identity, pack_key
+from study.train import RunOutcome, configure_determinism, resolve_device, train_runs
 
 log = logging.getLogger(__name__)
 
@@ -40,32 +41,7 @@ _PACK_DONE: dict[tuple[str, int, float], "_Trained"] = {}
 _DEFAULT_THREADS: Optional[int] = None
 
 
-# Keys that say how a run is launched or reported, not what it computes.
-NOT_IN_IDENTITY = ("trial", "tune", "force", "run_index", "progress_every", "objective", "hydra")
 CODE_DIRS = ("study", "hydra_plugins")
-
-
-def _identity(cfg: DictConfig) -> dict[str, Any]:
-    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    for k in NOT_IN_IDENTITY:
-        plain.pop(k, None)
-    return plain
-
-
-def pack_key(cfg: DictConfig) -> str:
-    """Jobs with equal keys differ only in their seed (and learning rate,
-    where the fused SGD step trains them: `lr_packable`) and can be packed.
-
-    A job that reports to an Optuna trial (pruning) is never packed.
-    """
-    plain = _identity(cfg)
-    plain.pop("seed", None)
-    if lr_packable(cfg):
-        plain.pop("lr", None)
-    trial = OmegaConf.select(cfg, "trial.number")
-    if trial is not None:
-        plain["trial"] = trial
-    return json.dumps(plain, sort_keys=True)
 
 
 @functools.lru_cache(maxsize=1)
@@ -86,7 +62,7 @@ def run_hash(cfg: DictConfig) -> str:
     official MNIST (checked); with data.verify=false, replacing the files
     under the same root needs force=true to retrain.
     """
-    ident = json.dumps({"config": _identity(cfg), "code": code_version(), "torch": torch.__version__},
+    ident = json.dumps({"config": identity(cfg), "code": code_version(), "torch": torch.__version__},
                        sort_keys=True)
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -26,7 +27,8 @@ from torch import nn
 
 from study.config import ConfigError
 from study.data import MNISTSplits
-from study.model import PackedMLP, build_mlp, fused_sgd_step, fused_step_applies
+from study.model import PackedMLP, build_mlp, fused_sgd_step
+from study.packing import fused_step_applies, lr_packable
 from study.probes import Probes
 
 log = logging.getLogger(__name__)
@@ -67,11 +69,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def set_deterministic(flag: bool) -> None:
+    """`torch.use_deterministic_algorithms(flag)`, without its Inductor import.
+
+    The public call also sets torch.compile's (Inductor's) flag, and so
+    imports torch._inductor: ~4 s in every process that trains (each sweep
+    worker), for a compiler this project never uses. The kernels' flag is
+    the one set here; where Inductor is loaded anyway, or torch lacks the
+    call, the public one is used.
+    """
+    set_flag = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if set_flag is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(flag)
+    else:
+        set_flag(flag, warn_only=False)
+
+
 def configure_determinism(threads: Optional[int]) -> int:
     """Deterministic kernels, a fixed thread count; returns the thread count."""
     # cuBLAS needs this set before its first use to be deterministic.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
+    set_deterministic(True)
     # With deterministic algorithms on, torch fills every new tensor with NaN
     # first (a guard for ops that read uninitialized memory, which none of
     # ours does): ~30 extra fills per training step. Off, results stay
@@ -110,22 +128,6 @@ def build_optimizer(cfg: Any, params) -> torch.optim.Optimizer:
     kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
     return kind(params, lr=cfg.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
                 foreach=True)
-
-
-def lr_packable(cfg: Any) -> bool:
-    """Whether runs of `cfg` that differ in learning rate can train as one pack.
-
-    The fused SGD step takes a learning rate per run; autograd's optimizers
-    (momentum, Adam, other norms) and the probes that take an SGD step of
-    their own (ics, landscape) use one.
-    """
-    def name(v: Any) -> str:  # a schema enum (a composed config) or its string (a plain one)
-        return str(getattr(v, "value", v))
-
-    if not (cfg.fused and fused_step_applies(cfg.optimizer, name(cfg.model.activation), name(cfg.model.norm))):
-        return False
-    p = cfg.get("probes") if hasattr(cfg, "get") else getattr(cfg, "probes", None)
-    return not {name(k) for k in (p.kinds if p is not None else [])} & {"ics", "landscape"}
 
 
 def batches_per_epoch(n_train: int, batch_size: int) -> int:
@@ -192,7 +194,7 @@ def train_runs(
     members = [build_member(cfg, s) for s in seeds]
     model = PackedMLP(members).to(device)
     model.train()
-    fused = cfg.fused and fused_step_applies(cfg.optimizer, str(cfg.model.activation), str(cfg.model.norm))
+    fused = cfg.fused and fused_step_applies(cfg.optimizer, cfg.model.activation, cfg.model.norm)
     opt = None if fused else build_optimizer(cfg, model.parameters())
     lr_t = torch.tensor(lrs, dtype=data.train_x.dtype, device=device)  # each run's, for the fused step
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]

@@ -146,8 +146,7 @@ def test_runs_with_their_own_learning_rates_pack_like_runs_trained_alone(tiny_mn
 @pytest.mark.parametrize("override", ["fused=false", "optimizer.momentum=0.9", "model.norm=layer",
                                       "optimizer=adam", "probes.kinds=[ics]"])
 def test_learning_rates_pack_only_where_the_fused_step_trains(tiny_mnist, tiny_data, override):
-    from study.runner import pack_key
-    from study.train import lr_packable
+    from study.packing import lr_packable, pack_key
 
     plain = cfg_for(tiny_mnist, "batch_size=8")
     assert lr_packable(plain) and lr_packable(plain_config(plain))
@@ -359,3 +358,45 @@ def test_launcher_rejects_bad_pack_and_worker_counts():
         PackedLauncher(max_pack=0)
     with pytest.raises(ConfigError, match="hydra.launcher.n_jobs=0"):
         PackedLauncher(n_jobs=0)
+
+
+def test_determinism_is_on_without_loading_the_compiler():
+    """configure_determinism turns torch's deterministic kernels on (not warn-only)
+    without importing torch._inductor (seconds per sweep worker); set_deterministic
+    turns them off and on again."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "import torch.utils.deterministic as D\n"
+        "from study.train import configure_determinism, set_deterministic\n"
+        "assert not torch.are_deterministic_algorithms_enabled()\n"
+        "assert configure_determinism(1) == 1\n"
+        "assert torch.are_deterministic_algorithms_enabled()\n"
+        "assert not torch.is_deterministic_algorithms_warn_only_enabled()\n"
+        "assert not D.fill_uninitialized_memory\n"
+        "set_deterministic(False); assert not torch.are_deterministic_algorithms_enabled()\n"
+        "set_deterministic(True); assert torch.are_deterministic_algorithms_enabled()\n"
+        "assert 'torch._inductor' not in sys.modules, 'torch._inductor was imported'\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_the_launcher_groups_jobs_without_loading_torch(tiny_mnist):
+    """study.packing (the packed launcher's grouping) is torch-free: the
+    launching process never trains, so it should not pay torch's import."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from study.config import compose_config\n"
+            "from study.packing import pack_key\n"
+            f"cfg = compose_config(['data.root={tiny_mnist}', 'batch_size=8'])\n"
+            "assert pack_key(cfg)\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -4,7 +4,7 @@ Before anything runs it composes every job's config and checks its values
 (study.config.validate), so a bad value anywhere in a sweep stops it before
 the first run instead of after some. Then it groups the jobs whose resolved
 configs differ only in `seed`, and in `lr` where the fused SGD step trains
-them (study.train.lr_packable: plain SGD, norm none or batch), and tells
+them (study.packing.lr_packable: plain SGD, norm none or batch), and tells
 study.runner about each group: the group's first job trains all of its runs
 as one vectorized model (study.model.PackedMLP, a learning rate per run),
 the others take their finished run from it. Every
@@ -114,7 +114,7 @@ class PackedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from study.config import validate
-        from study.runner import pack_key
+        from study.packing import pack_key  # torch-free: this process never trains
 
         setup_globals()
         assert self.config is not None and self.task_function is not None and self.hydra_context is not None

@@ -337,7 +337,7 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
 
     def _fixed_config(self, task: DictConfig, plan: SweepPlan) -> dict[str, Any]:
         """What every trial of the study shares: the config minus tuned and launch-only keys."""
-        from study.runner import NOT_IN_IDENTITY
+        from study.packing import NOT_IN_IDENTITY
 
         skip = set(NOT_IN_IDENTITY) | self._launch_only_keys() | {override_key(k) for k in plan.search}
         flat: dict[str, Any] = {}
