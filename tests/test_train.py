@@ -400,3 +400,17 @@ def test_the_launcher_groups_jobs_without_loading_torch(tiny_mnist):
             "print('ok')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_packs_start_costliest_first_by_steps_and_samples(tiny_mnist):
+    """The launcher's cost of a pack: many small steps (batch 8, 5 epochs) outweigh
+    few large ones (batch 512), yet at an equal step budget the larger batch and
+    the larger pack cost more."""
+    from hydra_plugins.bn_study_launcher.packed_launcher import _cost
+
+    def cost(runs, *over):
+        return _cost(cfg_for(tiny_mnist, *over), runs)
+
+    assert cost(3, "batch_size=8", "epochs=5") > cost(3, "batch_size=512", "epochs=5")
+    assert cost(10, "batch_size=512", "steps=3000") > cost(10, "batch_size=8", "steps=3000")
+    assert cost(10, "batch_size=64", "steps=3000") > cost(3, "batch_size=64", "steps=3000")
