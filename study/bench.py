@@ -62,7 +62,7 @@ from study.train import build_member, configure_determinism, resolve_device, set
 
 log = logging.getLogger(__name__)
 
-BENCH_SCHEMA_VERSION = 1
+BENCH_SCHEMA_VERSION = 2  # 2: settings.pack is a list of pack sizes; rows and targets per size
 
 # The targets, as ratios measured within one run.
 TARGET_X_NOTEBOOK = (64, 15.0)  # batch 64: trainer >= 15x the notebook's samples/s
@@ -404,7 +404,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     for bs in args.batch_sizes:
         for norm in args.norms:
             c = cell_config(cfg, bs, norm)
-            sizes = [k for k in args.pack if k > 1] if bs in args.pack_batches else []
+            sizes = args.pack if bs in args.pack_batches else []
             m = measure_cell(c, seeds, sizes, data, dataset, device, budget, args.repeats, ceilings)
             base = m["notebook"]["samples_per_second"]
             row("notebook", bs, norm, 1, m["notebook"], base, False)
