@@ -40,6 +40,12 @@ def fused_step_applies(optimizer: Any, activation: Any, norm: Any) -> bool:
             and _name(norm) in ("none", "batch"))
 
 
+def uses_fused_step(cfg: Any) -> bool:
+    """Whether runs of `cfg` train with study.model.fused_sgd_step (`fused`
+    on, and a setup it handles) rather than autograd."""
+    return bool(cfg.fused) and fused_step_applies(cfg.optimizer, cfg.model.activation, cfg.model.norm)
+
+
 def lr_packable(cfg: Any) -> bool:
     """Whether runs of `cfg` that differ in learning rate can train as one pack.
 
@@ -47,7 +53,7 @@ def lr_packable(cfg: Any) -> bool:
     (momentum, Adam, other norms) and the probes that take an SGD step of
     their own (ics, landscape) use one.
     """
-    if not (cfg.fused and fused_step_applies(cfg.optimizer, cfg.model.activation, cfg.model.norm)):
+    if not uses_fused_step(cfg):
         return False
     p = cfg.get("probes") if hasattr(cfg, "get") else getattr(cfg, "probes", None)
     return not {_name(k) for k in (p.kinds if p is not None else [])} & {"ics", "landscape"}

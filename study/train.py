@@ -28,7 +28,7 @@ from torch import nn
 from study.config import ConfigError
 from study.data import MNISTSplits
 from study.model import PackedMLP, build_mlp, fused_sgd_step
-from study.packing import fused_step_applies, lr_packable
+from study.packing import lr_packable, uses_fused_step
 from study.probes import Probes
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def train_runs(
     members = [build_member(cfg, s) for s in seeds]
     model = PackedMLP(members).to(device)
     model.train()
-    fused = cfg.fused and fused_step_applies(cfg.optimizer, cfg.model.activation, cfg.model.norm)
+    fused = uses_fused_step(cfg)
     opt = None if fused else build_optimizer(cfg, model.parameters())
     lr_t = torch.tensor(lrs, dtype=data.train_x.dtype, device=device)  # each run's, for the fused step
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
