@@ -182,6 +182,12 @@ def _counted(df: pd.DataFrame) -> pd.DataFrame:
     return ok[ok.run.isin(set(keep))]
 
 
+def _completed_series(exp: ExperimentRuns) -> tuple[pd.DataFrame, str]:
+    """The step-probe series of the runs the statistics count (`_counted`), and
+    the note naming the runs left out (`_left_out`)."""
+    return _counted(probe_series(exp.records)), _left_out(probe_finals(exp.records))
+
+
 def _left_out(finals: pd.DataFrame) -> str:
     """'; left out: 1 diverged (no norm), ...' for runs that did not complete, '' if none."""
     bad = finals[finals.status != "completed"]
@@ -453,9 +459,7 @@ def claim_c8(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
                  "(mean |last probe - probe at 10% of training| over the three, in units of the run's own "
                  "p85-p15 spread), Welch, expected > 0")
     res = _base(claim, exp, statistic, "spreads")
-    finals = probe_finals(exp.records)
-    left_out = _left_out(finals)
-    series = _counted(probe_series(exp.records))
+    series, left_out = _completed_series(exp)
     drift = c8_drift(series)
     a, b = drift[drift.norm == NONE].drift, drift[drift.norm == BN].drift
     d = welch_difference(a, b)
@@ -533,9 +537,7 @@ def claim_c9(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
                  "earlier layers' update; higher = less shift), Welch; the claim expects BN's shift not to be "
                  "smaller, i.e. the difference <= 0: supported when it is significantly < 0")
     res = _base(claim, exp, statistic, "cosine")
-    finals = probe_finals(exp.records)
-    left_out = _left_out(finals)
-    series = _counted(probe_series(exp.records))
+    series, left_out = _completed_series(exp)
     cos_cols, dist_cols = _layer_columns(series, "ics_cosine_"), _layer_columns(series, "ics_distance_")
     if not cos_cols:
         res.evidence = f"no ICS probe values in the completed runs{left_out}"
@@ -647,9 +649,7 @@ def claim_c10(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
                  "probes (Welch on per-seed log10 values), expected > 0")
     res = _base(claim, exp, statistic, "log10")
     res.experiment += via
-    finals = probe_finals(exp.records)
-    left_out = _left_out(finals)
-    series = _counted(probe_series(exp.records))
+    series, left_out = _completed_series(exp)
     win = c10_windows(series)
     if win.empty or "norm" not in win:
         res.evidence = f"no landscape probe values in the completed runs{left_out}"
@@ -741,9 +741,7 @@ def claim_c15(exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     if exp is None:
         return not_run(claim)
     res = _base(claim, exp, "", "decades")
-    finals = probe_finals(exp.records)
-    left_out = _left_out(finals)
-    series = _counted(probe_series(exp.records))
+    series, left_out = _completed_series(exp)
     per_run, layers = c15_spreads(series)
     if per_run.empty:
         res.statistic = ("no-norm minus BN spread of per-layer weight-gradient norms, log10(max/min over "

@@ -60,6 +60,11 @@ def load(tmp: Path, recs: list[dict]) -> dict:
     return split_by_experiment(collect([tmp / "runs"]))
 
 
+def pts(xs) -> list[float]:
+    """Accuracies (fractions) as percentage points, as the claims report them."""
+    return [100 * x for x in xs]
+
+
 def run_claim(fn, tmp: Path, recs: list[dict]):
     exps = load(tmp, recs)
     res = fn(exps, tmp / "report")
@@ -143,7 +148,6 @@ def test_c3_tuned_gap_against_fixed_lr_gap(tmp_path, direction):
     assert res.verdict == VERDICTS[direction], res
     assert res.experiment == "quick/tune, notebook"
     if direction != 0:
-        pts = lambda xs: [100 * x for x in xs]  # noqa: E731
         fixed, tuned = welch_difference(pts(fb), pts(fn)), welch_difference(pts(tb), pts(tn))
         assert fixed.diff > 0 and tuned.diff > 0  # |gap| = gap here
         c = contrast(fixed, tuned)
@@ -280,7 +284,6 @@ def test_c7_ghost(tmp_path, direction):
     recs, acc = c7_records(direction)
     res = run_claim(claim_c7, tmp_path, recs)
     assert res.verdict == VERDICTS[direction], res
-    pts = lambda xs: [100 * x for x in xs]  # noqa: E731
     d = {g: welch_difference(pts(acc[g]), pts(acc["plain"])) for g in (32, 64)}
     head = min(d.values(), key=lambda x: x.low)
     assert (res.value, res.low, res.high) == pytest.approx((head.diff, head.low, head.high))
@@ -316,7 +319,6 @@ def test_c11_sigmoid_network(tmp_path, direction):
     recs, acc = c11_records(direction)
     res = run_claim(CLAIM_FUNCTIONS["C11"], tmp_path, recs)
     assert res.verdict == VERDICTS[direction], res
-    pts = lambda xs: [100 * x for x in xs]  # noqa: E731
     d = welch_difference(pts(acc["batch"]), pts(acc["none"]))
     assert (res.value, res.low, res.high) == pytest.approx((d.diff, d.low, d.high))
     relu = welch_difference(pts(acc["relu"]["batch"]), pts(acc["relu"]["none"]))
@@ -394,7 +396,6 @@ def test_c13_linear_scaling(tmp_path, direction):
     recs, arms = c13_records(direction)
     res = run_claim(claim_c13, tmp_path, recs)
     assert res.verdict == VERDICTS[direction], res
-    pts = lambda xs: [100 * x for x in xs]  # noqa: E731
     drop = {n: welch_difference(pts(t[64]), pts(t[1024])) for n, t in arms.items()}  # 1024: the first drop
     c = contrast(drop["none"], drop["batch"])
     assert (res.value, res.low, res.high) == pytest.approx((c.diff, c.low, c.high))
