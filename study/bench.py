@@ -10,6 +10,11 @@ load, samples per second of
   zero_grad/backward/step loop;
 - ``trainer``: the project's trainer, ``study.train.train_runs`` (one run, a
   pack of one), on the same model, data and thread count;
+- ``trainer-compiled`` (at ``--compile-batches``, default every batch size):
+  the same with ``compile=true`` (torch.compile'd step). Its compile is paid
+  before the measurement, by a pass over one epoch and a step (every batch
+  shape: the epoch's trailing batch is a graph of its own), as a long study
+  pays it once per process;
 - at batch 8 (``--pack-batches``), for each pack size ``K`` in ``--pack``
   (default 6 and 16): ``K`` seeds trained together as one ``PackedMLP``
   (``trainer-pack``) against the same ``K`` seeds trained one after another
@@ -58,11 +63,14 @@ from study.config import compose_config, validate
 from study.errors import describe_user_error
 from study.records import environment, now_iso, write_json_atomic
 from study.runner import get_data, plain_config
-from study.train import build_member, configure_determinism, resolve_device, set_deterministic, train_runs
+from study.train import (batches_per_epoch, build_member, check_compile, configure_determinism, resolve_device,
+                         set_deterministic, train_runs)
 
 log = logging.getLogger(__name__)
 
-BENCH_SCHEMA_VERSION = 2  # 2: settings.pack is a list of pack sizes; rows and targets per size
+# 2: settings.pack is a list of pack sizes; rows and targets per size.
+# 3: trainer-compiled rows (settings.compile_batches); a target names its pipeline.
+BENCH_SCHEMA_VERSION = 3
 
 # The issue's targets, as ratios measured within one run.
 TARGET_X_NOTEBOOK = (64, 15.0)  # batch 64: trainer >= 15x the notebook's samples/s
@@ -284,6 +292,12 @@ class Budget:
         return run_trainer(cell_config(cfg, cfg.batch_size, cfg.model.norm, steps),
                            seeds, data, device)["per_run_samples_per_second"]
 
+    def compile_pass(self, cfg: DictConfig, seeds: list[int], data, device: torch.device) -> None:
+        """Train one epoch and a step with `cfg` (compile=true), untimed: every
+        batch shape's graph is compiled before anything is measured."""
+        steps = batches_per_epoch(len(data.train_x), cfg.batch_size) + 1
+        train_runs(cell_config(cfg, cfg.batch_size, cfg.model.norm, steps), seeds, data, device)
+
     def trainer_steps(self, batch_size: int, per_run_rate: float) -> int:
         """Steps that take `seconds` at this rate, or cover `samples`."""
         if self.samples is not None:
@@ -315,8 +329,9 @@ def best(results: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(top, repeats=[r["samples_per_second"] for r in results])
 
 
-def measure_cell(cfg: DictConfig, seeds: list[int], packs: list[int], data, dataset, device: torch.device,
-                 budget: Budget, repeats: int, ceilings: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def measure_cell(cfg: DictConfig, seeds: list[int], packs: list[int], compiled: bool, data, dataset,
+                 device: torch.device, budget: Budget, repeats: int,
+                 ceilings: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Every pipeline of one (batch size, norm) cell, best of `repeats`.
 
     The pipelines take turns within each repeat, so that a burst of load on
@@ -327,14 +342,20 @@ def measure_cell(cfg: DictConfig, seeds: list[int], packs: list[int], data, data
 
     `packs`: the pack sizes to measure (the first K of `seeds` each); their
     results are keyed "trainer-pack/K" and "trainer-sequential/K".
+    `compiled`: also measure the trainer with compile=true ("trainer-compiled").
     """
     bs, norm = cfg.batch_size, cfg.model.norm
     # Per-run samples/s: from a warm-up first, then the best measured so far,
     # so that a step budget sized in a loaded moment is corrected next time.
     rate = {"trainer": budget.warm_up(cfg, seeds[:1], data, device)}
+    comp = cell_config(cfg, bs, norm)
+    comp.compile = True
+    if compiled:
+        budget.compile_pass(comp, seeds[:1], data, device)
+        rate["trainer-compiled"] = budget.warm_up(comp, seeds[:1], data, device)
     for k in packs:
         rate[f"trainer-pack/{k}"] = budget.warm_up(cfg, seeds[:k], data, device)
-    runs: dict[str, list[dict[str, Any]]] = {"notebook": [], "trainer": []}
+    runs: dict[str, list[dict[str, Any]]] = {"notebook": [], "trainer": [], "trainer-compiled": []}
     for k in packs:
         runs[f"trainer-pack/{k}"], runs[f"trainer-sequential/{k}"] = [], []
 
@@ -351,6 +372,9 @@ def measure_cell(cfg: DictConfig, seeds: list[int], packs: list[int], data, data
         take("notebook", lambda: measure_notebook(cfg, dataset, device, budget))
         single = cell_config(cfg, bs, norm, budget.trainer_steps(bs, rate["trainer"]))
         take("trainer", lambda: run_trainer(single, seeds[:1], data, device))
+        if compiled:
+            fast = cell_config(comp, bs, norm, budget.trainer_steps(bs, rate["trainer-compiled"]))
+            take("trainer-compiled", lambda: run_trainer(fast, seeds[:1], data, device))
         for k in packs:
             packed = cell_config(cfg, bs, norm, budget.trainer_steps(bs, rate[f"trainer-pack/{k}"]))
             take(f"trainer-pack/{k}", lambda: run_trainer(packed, seeds[:k], data, device))
@@ -374,6 +398,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             validate(cell_config(cfg, bs, norm))
     threads = configure_determinism(args.threads)
     device = resolve_device(args.device)
+    if set(args.compile_batches) & set(args.batch_sizes):
+        check_compile({"compile": True}, device)
     cfg.device, cfg.threads = str(device), threads
     data = get_data(cfg, device)
     dataset = notebook_dataset(Path(data.info["root"]))
@@ -405,10 +431,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         for norm in args.norms:
             c = cell_config(cfg, bs, norm)
             sizes = args.pack if bs in args.pack_batches else []
-            m = measure_cell(c, seeds, sizes, data, dataset, device, budget, args.repeats, ceilings)
+            m = measure_cell(c, seeds, sizes, bs in args.compile_batches, data, dataset, device, budget,
+                             args.repeats, ceilings)
             base = m["notebook"]["samples_per_second"]
             row("notebook", bs, norm, 1, m["notebook"], base, False)
             row("trainer", bs, norm, 1, m["trainer"], base, True)
+            if "trainer-compiled" in m:
+                row("trainer-compiled", bs, norm, 1, m["trainer-compiled"], base, True)
             for k in sizes:
                 pk, sq = m[f"trainer-pack/{k}"], m[f"trainer-sequential/{k}"]
                 row("trainer-pack", bs, norm, k, pk, base, True)
@@ -434,7 +463,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "wall_seconds": time.perf_counter() - t_start,
         "command": ["python", "-m", "study.bench", *args.argv],
         "settings": {"batch_sizes": args.batch_sizes, "norms": args.norms, "pack": args.pack,
-                     "pack_batches": args.pack_batches, "seconds": args.seconds, "samples": args.samples,
+                     "pack_batches": args.pack_batches, "compile_batches": args.compile_batches,
+                     "seconds": args.seconds, "samples": args.samples,
                      "warmup_samples": args.warmup, "repeats": args.repeats, "settle_seconds": args.settle,
                      "threads": threads,
                      "device": str(device), "overrides": overrides},
@@ -450,23 +480,24 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def targets(rows: list[dict[str, Any]], packs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets, per norm, for the batch sizes that were measured."""
+    """The issue's targets, per norm, for the batch sizes that were measured
+    (the trainer's, as it runs by default and compiled, each on its own)."""
     out = []
     for r in rows:
-        if r["pipeline"] != "trainer":
+        if r["pipeline"] not in ("trainer", "trainer-compiled"):
             continue
+        cell = {"pipeline": r["pipeline"], "batch_size": r["batch_size"], "norm": r["norm"]}
         if r["batch_size"] == TARGET_X_NOTEBOOK[0]:
-            out.append({"name": "trainer_x_notebook", "batch_size": r["batch_size"], "norm": r["norm"],
-                        "value": r["x_notebook"], "target": TARGET_X_NOTEBOOK[1],
-                        "met": r["x_notebook"] >= TARGET_X_NOTEBOOK[1]})
+            out.append({"name": "trainer_x_notebook", **cell, "value": r["x_notebook"],
+                        "target": TARGET_X_NOTEBOOK[1], "met": r["x_notebook"] >= TARGET_X_NOTEBOOK[1]})
         if r["batch_size"] == TARGET_CEILING[0]:
-            out.append({"name": "trainer_fraction_of_ceiling", "batch_size": r["batch_size"], "norm": r["norm"],
-                        "value": r["fraction_of_ceiling"], "target": TARGET_CEILING[1],
-                        "met": r["fraction_of_ceiling"] >= TARGET_CEILING[1]})
+            out.append({"name": "trainer_fraction_of_ceiling", **cell, "value": r["fraction_of_ceiling"],
+                        "target": TARGET_CEILING[1], "met": r["fraction_of_ceiling"] >= TARGET_CEILING[1]})
     for p in packs:
         if p["batch_size"] == TARGET_PACK[0]:
-            out.append({"name": "pack_x_sequential", "batch_size": p["batch_size"], "norm": p["norm"],
-                        "runs": p["runs"], "value": p["ratio"], "target": TARGET_PACK[1], "met": p["ratio"] >= TARGET_PACK[1]})
+            out.append({"name": "pack_x_sequential", "pipeline": "trainer-pack", "batch_size": p["batch_size"],
+                        "norm": p["norm"], "runs": p["runs"], "value": p["ratio"], "target": TARGET_PACK[1],
+                        "met": p["ratio"] >= TARGET_PACK[1]})
     return out
 
 
@@ -499,7 +530,8 @@ def format_table(result: dict[str, Any]) -> str:
                  if t["name"] == "trainer_fraction_of_ceiling"
                  else f"{t['value']:.2f}x (target >= {t['target']:g}x)")
         runs = f" pack of {t['runs']}" if "runs" in t else ""
-        lines.append(f"target {t['name']} batch {t['batch_size']} norm {t['norm']}{runs}: {shown} "
+        compiled = " (compiled)" if t["pipeline"] == "trainer-compiled" else ""
+        lines.append(f"target {t['name']}{compiled} batch {t['batch_size']} norm {t['norm']}{runs}: {shown} "
                      f"{'met' if t['met'] else 'NOT MET'}")
     lines.append("cpu wait: share of a measurement's time in which some task waited for a CPU (Linux PSI);"
                  " well above 0, other processes competed and that row reads low")
@@ -542,6 +574,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         "16 is the launcher's largest pack)")
     p.add_argument("--pack-batches", type=ints, default=[8],
                    help="batch sizes at which to measure the pack (default 8)")
+    p.add_argument("--compile-batches", type=ints, default=None,
+                   help="batch sizes at which to also measure the trainer with compile=true "
+                        "(torch.compile; default: every batch size; '' = none)")
     p.add_argument("--matmul-n", type=int, default=MATMUL_N, help="matmul size for the ceiling (default 2048)")
     p.add_argument("--matmul-reps", type=int, default=10,
                    help="timed matmuls before and after the cells (default 10 each; up to 3 in every cell)")
@@ -554,6 +589,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if not args.pack or min(args.pack) < 2:
         p.error("--pack must be integers >= 2")
     args.pack = sorted(set(args.pack))
+    if args.compile_batches is None:
+        args.compile_batches = list(args.batch_sizes)
     for name in ("seconds", "warmup", "repeats", "matmul_n", "matmul_reps"):
         if getattr(args, name) <= 0 and not (name == "warmup" and args.warmup == 0):
             p.error(f"--{name.replace('_', '-')} must be > 0")

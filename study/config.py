@@ -175,6 +175,11 @@ class Config:
     # math with in-place updates, ~2x faster at small batches (study/model.py,
     # fused_sgd_step; tests compare it with the autograd path). false = autograd.
     fused: bool = True
+    # Compile the training step with torch.compile (Inductor; on CPU it needs
+    # a C++ compiler): BN's step at batch 64 ~1.35x faster here, after a
+    # one-time compile of ~5-20 s per shape (cached on disk). Rounding differs
+    # from the eager kernels (float tolerance), so runs with it are their own runs.
+    compile: bool = False
     # A job whose resolved config and code match a finished run's reuses that
     # record instead of training again; force=true retrains.
     force: bool = False

@@ -26,7 +26,7 @@ from study.data import MNISTSplits, load_mnist
 from study.records import (CLAIM_FILE, REPO_ROOT, RESULT_FILE, SCHEMA_VERSION, environment, now_iso,
                            read_record, write_json_atomic)
 from study.packing import identity, pack_key
-from study.train import RunOutcome, configure_determinism, resolve_device, train_runs
+from study.train import RunOutcome, check_compile, configure_determinism, resolve_device, train_runs
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,7 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] = (),
             return _reuse(found, out_dir, overrides, experiment)
     threads = configure_determinism(cfg.threads if cfg.threads is not None else _DEFAULT_THREADS)
     device = resolve_device(cfg.device)
+    check_compile(cfg, device)
     data = get_data(cfg, device)
     claim_dir(out_dir)
     base = base_record(cfg, overrides, experiment)

@@ -10,6 +10,7 @@ numbers do not depend on what it was packed with.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -83,6 +84,62 @@ def set_deterministic(flag: bool) -> None:
         torch.use_deterministic_algorithms(flag)
     else:
         set_flag(flag, warn_only=False)
+
+
+def check_compile(cfg: Any, device: torch.device) -> None:
+    """Refuse `compile: true` where torch.compile cannot build (a config error, one line).
+
+    On CPU, Inductor writes C++ and needs a compiler (`CXX`, else g++).
+    """
+    if not cfg.get("compile", False) or device.type != "cpu":
+        return
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as e:  # noqa: BLE001 - whatever the search raised, the answer is the same
+        reason = " ".join(str(e).split())[:200]
+        raise ConfigError("compile", "true", f"false here: torch.compile on CPU needs a C++ compiler ({reason})") from e
+
+
+StepFn = Callable[[PackedMLP, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def training_functions(cfg: Any, model: PackedMLP) -> tuple[StepFn, Callable[[torch.Tensor], torch.Tensor]]:
+    """The fused SGD step and the model's forward, as configured: as they are,
+    or compiled with torch.compile (`compile: true`).
+
+    Compiled, every (runs, batch) shape and architecture gets its own graph
+    (`dynamic=False`: the epoch's trailing batch is a second one), made once
+    per process and cached on disk by Inductor. Dynamo's recompile limit is
+    raised and hitting it is an error: past it Dynamo would otherwise run a
+    step eagerly without a word, and a run's numbers would depend on what its
+    process trained before. Inductor's kernels round differently from the
+    eager ones (float tolerance; tests/test_train.py compares them).
+    """
+    if not cfg.get("compile", False):
+        return fused_sgd_step, model
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = 4096
+    torch._dynamo.config.accumulated_recompile_limit = 4096
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+    # Inductor's import looks for a CUDA toolkit and warns when there is none:
+    # noise for a CPU compile.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    # With Inductor loaded, the public call also sets its deterministic mode
+    # (no benchmarking of kernels that could change numerics).
+    import torch._inductor.config  # noqa: F401
+
+    set_deterministic(torch.are_deterministic_algorithms_enabled())
+    return _compiled_fused_step(), torch.compile(model, dynamic=False)
+
+
+@functools.cache
+def _compiled_fused_step() -> StepFn:
+    # One wrapper per process: Dynamo keeps its graphs with the function, so
+    # every pack of one shape reuses them (the model is an input, not a constant).
+    return torch.compile(fused_sgd_step, dynamic=False)
 
 
 def configure_determinism(threads: Optional[int]) -> int:
@@ -196,6 +253,7 @@ def train_runs(
     model.train()
     fused = uses_fused_step(cfg)
     opt = None if fused else build_optimizer(cfg, model.parameters())
+    fused_step, forward = training_functions(cfg, model)
     lr_t = torch.tensor(lrs, dtype=data.train_x.dtype, device=device)  # each run's, for the fused step
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     outcomes = [RunOutcome(seed=s, lr=lr) for s, lr in zip(seeds, lrs)]
@@ -235,9 +293,9 @@ def train_runs(
             if probes is not None and probes.step_due(step + i):
                 probe_seconds += probes.on_step(model, xb, yb, step + i)
             if fused:
-                losses = fused_sgd_step(model, xb, yb, lr_t)
+                losses = fused_step(model, xb, yb, lr_t)
             else:
-                logits = model(xb)  # (R, b, classes)
+                logits = forward(xb)  # (R, b, classes)
                 losses = F.cross_entropy(logits.view(r * b, -1), yb, reduction="none").view(r, b).mean(1)
                 opt.zero_grad(set_to_none=True)
                 losses.sum().backward()  # runs are independent: d(sum)/d(run's loss) = 1

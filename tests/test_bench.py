@@ -11,7 +11,7 @@ import pytest
 
 from study import bench
 
-PIPELINE_RUNS = {"notebook": 1, "trainer": 1}
+PIPELINE_RUNS = {"notebook": 1, "trainer": 1, "trainer-compiled": 1}
 ROW_KEYS = {"pipeline", "batch_size", "norm", "runs", "samples_per_second", "x_notebook",
             "fraction_of_ceiling", "samples", "seconds", "deterministic", "cpu_wait"}
 TOP_KEYS = {"schema_version", "kind", "started_at", "finished_at", "wall_seconds", "command", "settings",
@@ -29,7 +29,8 @@ def tiny_args(root, *extra):
 @pytest.fixture(scope="module")
 def bench_run(tiny_mnist, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "sub" / "bench.json"
-    result = bench.main(tiny_args(tiny_mnist, "--json", str(out)))
+    # The compiled trainer at batch 64 only: a compile costs seconds per shape.
+    result = bench.main(tiny_args(tiny_mnist, "--compile-batches", "64", "--json", str(out)))
     return result, out
 
 
@@ -43,6 +44,7 @@ def test_json_has_the_documented_fields(bench_run):
     assert on_disk["data"]["verified"] is False and on_disk["data"]["n_train"] == 1000
     s = on_disk["settings"]
     assert s["batch_sizes"] == [8, 64, 512] and s["norms"] == ["none", "batch"] and s["pack"] == [2, 3]
+    assert s["compile_batches"] == [64]
     assert on_disk["model"]["architecture"] == "784-128-64-10"
     assert on_disk["model"]["flops_per_sample"] == 3 * 2 * (784 * 128 + 128 * 64 + 64 * 10)
     c = on_disk["ceiling"]
@@ -54,6 +56,7 @@ def test_every_pipeline_batch_norm_row_is_there(bench_run):
     result, _ = bench_run
     rows = {(r["pipeline"], r["batch_size"], r["norm"], r["runs"]): r for r in result["rows"]}
     expected = {(p, b, n, 1) for b in (8, 64, 512) for n in ("none", "batch") for p in ("notebook", "trainer")}
+    expected |= {("trainer-compiled", 64, n, 1) for n in ("none", "batch")}
     expected |= {(p, 8, n, k) for n in ("none", "batch") for p in ("trainer-pack", "trainer-sequential")
                  for k in (2, 3)}
     assert set(rows) == expected
@@ -77,17 +80,18 @@ def test_packs_and_targets_are_consistent(bench_run):
         (8, n, k) for n in ("none", "batch") for k in (2, 3)}
     for p in result["packs"]:
         assert math.isclose(p["ratio"], p["pack_samples_per_second"] / p["sequential_samples_per_second"])
-    names = {(t["name"], t["batch_size"], t["norm"], t.get("runs")) for t in result["targets"]}
-    assert names == {(name, b, n, None) for n in ("none", "batch")
+    names = {(t["name"], t["pipeline"], t["batch_size"], t["norm"], t.get("runs")) for t in result["targets"]}
+    assert names == {(name, "trainer", b, n, None) for n in ("none", "batch")
                      for name, b in (("trainer_x_notebook", 64), ("trainer_fraction_of_ceiling", 512))} | {
-        ("pack_x_sequential", 8, n, k) for n in ("none", "batch") for k in (2, 3)}
+        ("trainer_x_notebook", "trainer-compiled", 64, n, None) for n in ("none", "batch")} | {
+        ("pack_x_sequential", "trainer-pack", 8, n, k) for n in ("none", "batch") for k in (2, 3)}
     for t in result["targets"]:
         assert t["met"] == (t["value"] >= t["target"])
 
 
 def test_table_prints_every_row(capsys, tiny_mnist):
     # Printing is checked on a second, smaller run so the captured output is its own.
-    result = bench.main(tiny_args(tiny_mnist, "--batch-sizes", "8,16", "--norms", "batch"))
+    result = bench.main(tiny_args(tiny_mnist, "--batch-sizes", "8,16", "--norms", "batch", "--compile-batches", "16"))
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].split()[:4] == ["pipeline", "batch", "norm", "runs"]
@@ -98,6 +102,9 @@ def test_table_prints_every_row(capsys, tiny_mnist):
     assert "pack at batch 8, norm batch: 2 runs packed" in out
     assert "pack at batch 8, norm batch: 3 runs packed" in out
     assert "target pack_x_sequential batch 8 norm batch pack of 3:" in out
+    assert {r["pipeline"] for r in result["rows"] if r["batch_size"] == 16} == {
+        "notebook", "trainer", "trainer-compiled"}
+    assert all(r["pipeline"] != "trainer-compiled" for r in result["rows"] if r["batch_size"] == 8)
 
 
 @pytest.mark.parametrize("pack", ["1", "0,4", ""])

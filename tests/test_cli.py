@@ -12,8 +12,8 @@ from helpers import REPO, tiny_overrides
 RUN = [sys.executable, str(REPO / "study" / "run.py")]
 
 
-def run_cli(args, cwd, timeout=300):
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+def run_cli(args, cwd, timeout=300, **extra_env):
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | extra_env
     return subprocess.run(RUN + list(args), cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -50,6 +50,22 @@ def test_a_bad_job_stops_the_sweep_before_any_run(tmp_path, tiny_mnist):
     assert proc.returncode == 2
     assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [
         "error: batch_size=1 is not allowed: an integer >= 2 with model.norm=batch (batch statistics need 2+ examples)"]
+    assert not list(tmp_path.rglob("result.json"))
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_compile_without_a_cpp_compiler_stops_before_any_run(tmp_path, tiny_mnist, multirun):
+    """compile=true needs Inductor's C++ compiler on CPU (CXX names it); without
+    one, a run or a whole sweep stops at once with one line."""
+    args = (["-m", "seed=0,1", f"hydra.sweep.dir={tmp_path}/sweep"] if multirun
+            else [f"hydra.run.dir={tmp_path}/run"])
+    proc = run_cli(tiny_overrides(tiny_mnist) + ["compile=true", "epochs=1"] + args, cwd=tmp_path,
+                   CXX=str(tmp_path / "no-such-compiler"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: compile=true is not allowed: false here: torch.compile on CPU needs a C++ compiler"), proc.stderr
+    assert "no-such-compiler" in lines[0]
     assert not list(tmp_path.rglob("result.json"))
 
 

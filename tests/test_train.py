@@ -269,6 +269,49 @@ def test_fused_step_updates_parameters_and_bn_statistics_like_autograd():
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("fused", ["true", "false"])
+def test_compiled_training_matches_eager_within_rounding_and_is_deterministic(tiny_mnist, tiny_data, fused):
+    """compile=true: the fused step (or, fused=false, the model under autograd)
+    through torch.compile gives the eager numbers up to float rounding, every
+    epoch's (its trailing batch is a second compiled shape), and the same
+    numbers again in a second training (Inductor's kernels are deterministic)."""
+    over = ["epochs=2", "batch_size=48", "model.norm=batch", "lr=0.05", f"fused={fused}"]
+    assert batches_per_epoch(len(tiny_data.train_x), 48) * 48 != len(tiny_data.train_x)  # a trailing batch
+    eager = train_runs(plain_config(cfg_for(tiny_mnist, *over)), [0, 1], tiny_data, torch.device("cpu"))
+    cfg = plain_config(cfg_for(tiny_mnist, *over, "compile=true"))
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    compiled = train_runs(cfg, [0, 1], tiny_data, torch.device("cpu"))
+    assert counters["stats"]["unique_graphs"] >= graphs + 2  # it did compile: a graph per batch shape
+    again = train_runs(cfg, [0, 1], tiny_data, torch.device("cpu"))
+    strip = lambda hs: [{k: v for k, v in h.items() if "second" not in k} for h in hs]  # noqa: E731
+    for c, e, a in zip(compiled, eager, again, strict=True):
+        assert c.status == e.status == "completed"
+        assert strip(c.history) == strip(a.history)
+        for hc, he in zip(c.history, e.history, strict=True):
+            assert hc["train_loss"] == pytest.approx(he["train_loss"], rel=1e-4)
+            assert hc["val_loss"] == pytest.approx(he["val_loss"], rel=1e-3)
+            assert hc["val_acc"] == pytest.approx(he["val_acc"], abs=2 / 200 + 1e-9)
+    assert compiled[0].history[-1]["train_loss"] != compiled[1].history[-1]["train_loss"]  # the seeds differ
+
+
+def test_compile_without_a_compiler_is_a_config_error(monkeypatch):
+    import torch._inductor.cpp_builder as cpp_builder
+
+    from study.config import ConfigError
+    from study.train import check_compile
+
+    def no_compiler(*_a, **_k):
+        raise RuntimeError("No working C++ compiler found")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    with pytest.raises(ConfigError, match=r"^compile=true is not allowed: false here: .*C\+\+ compiler"):
+        check_compile({"compile": True}, torch.device("cpu"))
+    check_compile({"compile": False}, torch.device("cpu"))  # nothing to check
+
+
 def test_a_planned_pack_trains_once_even_when_reuse_is_on(tiny_mnist, tmp_path, monkeypatch):
     """The packed launcher's plan: the first job trains all seeds, the others
     take their run (once indexed, earlier seeds must not shrink the pack)."""

@@ -25,7 +25,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -91,6 +91,17 @@ def _run_group(group: list[tuple[int, list[str]]], members: list[tuple[int, floa
     return results
 
 
+def _check_compile(cfgs: Iterable[DictConfig]) -> None:
+    """`compile: true` where torch.compile cannot build is a config error
+    before any run, like a bad value (this loads torch, so only then)."""
+    devices = {str(c.device) for c in cfgs if c.get("compile", False)}
+    if devices:
+        from study.train import check_compile, resolve_device
+
+        for name in sorted(devices):
+            check_compile({"compile": True}, resolve_device(name))
+
+
 def _steps(cfg: DictConfig) -> float:
     """Rough optimizer-step count of a job (60,000 MNIST training images)."""
     return cfg.steps if cfg.steps is not None else cfg.epochs * 60000 / cfg.batch_size
@@ -144,6 +155,7 @@ class PackedLauncher(Launcher):
             member = (int(task_cfg.seed), float(task_cfg.lr))
             jobs.append((initial_job_idx + i, list(overrides), key, member))
             cfgs[key] = task_cfg
+        _check_compile(cfgs.values())
 
         groups: dict[tuple[str, Optional[int]], list[tuple[int, list[str], tuple[int, float]]]] = {}
         for idx, overrides, key, member in jobs:
