@@ -60,10 +60,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from study.config import compose_config, validate
-from study.errors import describe_user_error
+from study.errors import UserError, describe_user_error
 from study.records import environment, now_iso, write_json_atomic
 from study.runner import get_data, plain_config
-from study.train import (batches_per_epoch, build_member, check_compile, configure_determinism, resolve_device,
+from study.train import (batches_per_epoch, build_member, compile_unavailable, configure_determinism, resolve_device,
                          set_deterministic, train_runs)
 
 log = logging.getLogger(__name__)
@@ -399,7 +399,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     threads = configure_determinism(args.threads)
     device = resolve_device(args.device)
     if set(args.compile_batches) & set(args.batch_sizes):
-        check_compile({"compile": True}, device)
+        reason = compile_unavailable(device)
+        if reason is not None:
+            raise UserError(f"--compile-batches: the compiled trainer cannot run here ({reason}); "
+                            "pass --compile-batches '' to measure without it")
     cfg.device, cfg.threads = str(device), threads
     data = get_data(cfg, device)
     dataset = notebook_dataset(Path(data.info["root"]))

@@ -86,20 +86,26 @@ def set_deterministic(flag: bool) -> None:
         set_flag(flag, warn_only=False)
 
 
-def check_compile(cfg: Any, device: torch.device) -> None:
-    """Refuse `compile: true` where torch.compile cannot build (a config error, one line).
+def compile_unavailable(device: torch.device) -> Optional[str]:
+    """Why torch.compile cannot build for `device` here, or None if it can.
 
     On CPU, Inductor writes C++ and needs a compiler (`CXX`, else g++).
     """
-    if not cfg.get("compile", False) or device.type != "cpu":
-        return
+    if device.type != "cpu":
+        return None
     from torch._inductor.cpp_builder import get_cpp_compiler
 
     try:
         get_cpp_compiler()
     except Exception as e:  # noqa: BLE001 - whatever the search raised, the answer is the same
-        reason = " ".join(str(e).split())[:200]
-        raise ConfigError("compile", "true", f"false here: torch.compile on CPU needs a C++ compiler ({reason})") from e
+        return " ".join(str(e).split())[:200]
+    return None
+
+
+def check_compile(cfg: Any, device: torch.device) -> None:
+    """Refuse `compile: true` where torch.compile cannot build (a config error, one line)."""
+    if cfg.get("compile", False) and (reason := compile_unavailable(device)) is not None:
+        raise ConfigError("compile", "true", f"false here: torch.compile on CPU needs a C++ compiler ({reason})")
 
 
 StepFn = Callable[[PackedMLP, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
