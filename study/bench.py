@@ -393,6 +393,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_verify:
         overrides.append("data.verify=false")
     cfg = bench_config(overrides)
+    if cfg.compile:
+        raise UserError("compile=true is not allowed here: the trainer rows measure the default trainer; "
+                        "--compile-batches adds the compiled one (default: at every batch size)")
     for bs in args.batch_sizes:  # every cell's values are checked before anything runs
         for norm in args.norms:
             validate(cell_config(cfg, bs, norm))
@@ -594,6 +597,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args.pack = sorted(set(args.pack))
     if args.compile_batches is None:
         args.compile_batches = list(args.batch_sizes)
+    elif not set(args.compile_batches) <= set(args.batch_sizes):
+        p.error("--compile-batches must be among --batch-sizes")
     for name in ("seconds", "warmup", "repeats", "matmul_n", "matmul_reps"):
         if getattr(args, name) <= 0 and not (name == "warmup" and args.warmup == 0):
             p.error(f"--{name.replace('_', '-')} must be > 0")

@@ -75,9 +75,9 @@ def set_deterministic(flag: bool) -> None:
 
     The public call also sets torch.compile's (Inductor's) flag, and so
     imports torch._inductor: ~4 s in every process that trains (each sweep
-    worker), for a compiler this project never uses. The kernels' flag is
-    the one set here; where Inductor is loaded anyway, or torch lacks the
-    call, the public one is used.
+    worker), for a compiler only `compile: true` uses. The kernels' flag is
+    the one set here; where Inductor is loaded (`training_functions` loads
+    it first when compiling), or torch lacks the call, the public one is used.
     """
     set_flag = getattr(torch._C, "_set_deterministic_algorithms", None)
     if set_flag is None or "torch._inductor.config" in sys.modules:
@@ -98,7 +98,7 @@ def compile_unavailable(device: torch.device) -> Optional[str]:
     try:
         get_cpp_compiler()
     except Exception as e:  # noqa: BLE001 - whatever the search raised, the answer is the same
-        return " ".join(str(e).split())[:200]
+        return " ".join(str(e).split())
     return None
 
 
@@ -117,10 +117,10 @@ def training_functions(cfg: Any, model: PackedMLP) -> tuple[StepFn, Callable[[to
 
     Compiled, every (runs, batch) shape and architecture gets its own graph
     (`dynamic=False`: the epoch's trailing batch is a second one), made once
-    per process and cached on disk by Inductor. Dynamo's recompile limit is
-    raised and hitting it is an error: past it Dynamo would otherwise run a
-    step eagerly without a word, and a run's numbers would depend on what its
-    process trained before. Inductor's kernels round differently from the
+    per process and cached on disk by Inductor. Nothing may run eagerly
+    behind the config's back, or a run's numbers would depend on what its
+    process trained before: `fullgraph=True` makes a graph break an error,
+    and Dynamo's recompile limit is raised and hitting it is an error. Inductor's kernels round differently from the
     eager ones (float tolerance; tests/test_train.py compares them).
     """
     if not cfg.get("compile", False):
@@ -138,14 +138,14 @@ def training_functions(cfg: Any, model: PackedMLP) -> tuple[StepFn, Callable[[to
     import torch._inductor.config  # noqa: F401
 
     set_deterministic(torch.are_deterministic_algorithms_enabled())
-    return _compiled_fused_step(), torch.compile(model, dynamic=False)
+    return _compiled_fused_step(), torch.compile(model, dynamic=False, fullgraph=True)
 
 
 @functools.cache
 def _compiled_fused_step() -> StepFn:
     # One wrapper per process: Dynamo keeps its graphs with the function, so
     # every pack of one shape reuses them (the model is an input, not a constant).
-    return torch.compile(fused_sgd_step, dynamic=False)
+    return torch.compile(fused_sgd_step, dynamic=False, fullgraph=True)
 
 
 def configure_determinism(threads: Optional[int]) -> int:

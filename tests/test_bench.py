@@ -9,7 +9,12 @@ import math
 
 import pytest
 
+from helpers import HAS_CXX
 from study import bench
+
+# The compiled trainer at batch 64 only (a compile costs seconds per shape),
+# where torch.compile can build.
+COMPILED = [64] if HAS_CXX else []
 
 PIPELINE_RUNS = {"notebook": 1, "trainer": 1, "trainer-compiled": 1}
 ROW_KEYS = {"pipeline", "batch_size", "norm", "runs", "samples_per_second", "x_notebook",
@@ -29,8 +34,8 @@ def tiny_args(root, *extra):
 @pytest.fixture(scope="module")
 def bench_run(tiny_mnist, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "sub" / "bench.json"
-    # The compiled trainer at batch 64 only: a compile costs seconds per shape.
-    result = bench.main(tiny_args(tiny_mnist, "--compile-batches", "64", "--json", str(out)))
+    result = bench.main(tiny_args(tiny_mnist, "--compile-batches", ",".join(map(str, COMPILED)),
+                                  "--json", str(out)))
     return result, out
 
 
@@ -44,7 +49,7 @@ def test_json_has_the_documented_fields(bench_run):
     assert on_disk["data"]["verified"] is False and on_disk["data"]["n_train"] == 1000
     s = on_disk["settings"]
     assert s["batch_sizes"] == [8, 64, 512] and s["norms"] == ["none", "batch"] and s["pack"] == [2, 3]
-    assert s["compile_batches"] == [64]
+    assert s["compile_batches"] == COMPILED
     assert on_disk["model"]["architecture"] == "784-128-64-10"
     assert on_disk["model"]["flops_per_sample"] == 3 * 2 * (784 * 128 + 128 * 64 + 64 * 10)
     c = on_disk["ceiling"]
@@ -56,7 +61,7 @@ def test_every_pipeline_batch_norm_row_is_there(bench_run):
     result, _ = bench_run
     rows = {(r["pipeline"], r["batch_size"], r["norm"], r["runs"]): r for r in result["rows"]}
     expected = {(p, b, n, 1) for b in (8, 64, 512) for n in ("none", "batch") for p in ("notebook", "trainer")}
-    expected |= {("trainer-compiled", 64, n, 1) for n in ("none", "batch")}
+    expected |= {("trainer-compiled", b, n, 1) for b in COMPILED for n in ("none", "batch")}
     expected |= {(p, 8, n, k) for n in ("none", "batch") for p in ("trainer-pack", "trainer-sequential")
                  for k in (2, 3)}
     assert set(rows) == expected
@@ -83,7 +88,7 @@ def test_packs_and_targets_are_consistent(bench_run):
     names = {(t["name"], t["pipeline"], t["batch_size"], t["norm"], t.get("runs")) for t in result["targets"]}
     assert names == {(name, "trainer", b, n, None) for n in ("none", "batch")
                      for name, b in (("trainer_x_notebook", 64), ("trainer_fraction_of_ceiling", 512))} | {
-        ("trainer_x_notebook", "trainer-compiled", 64, n, None) for n in ("none", "batch")} | {
+        ("trainer_x_notebook", "trainer-compiled", b, n, None) for b in COMPILED for n in ("none", "batch")} | {
         ("pack_x_sequential", "trainer-pack", 8, n, k) for n in ("none", "batch") for k in (2, 3)}
     for t in result["targets"]:
         assert t["met"] == (t["value"] >= t["target"])
@@ -91,7 +96,8 @@ def test_packs_and_targets_are_consistent(bench_run):
 
 def test_table_prints_every_row(capsys, tiny_mnist):
     # Printing is checked on a second, smaller run so the captured output is its own.
-    result = bench.main(tiny_args(tiny_mnist, "--batch-sizes", "8,16", "--norms", "batch", "--compile-batches", "16"))
+    result = bench.main(tiny_args(tiny_mnist, "--batch-sizes", "8,16", "--norms", "batch",
+                                  "--compile-batches", "16" if HAS_CXX else ""))
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].split()[:4] == ["pipeline", "batch", "norm", "runs"]
@@ -103,7 +109,7 @@ def test_table_prints_every_row(capsys, tiny_mnist):
     assert "pack at batch 8, norm batch: 3 runs packed" in out
     assert "target pack_x_sequential batch 8 norm batch pack of 3:" in out
     assert {r["pipeline"] for r in result["rows"] if r["batch_size"] == 16} == {
-        "notebook", "trainer", "trainer-compiled"}
+        "notebook", "trainer", *(["trainer-compiled"] if HAS_CXX else [])}
     assert all(r["pipeline"] != "trainer-compiled" for r in result["rows"] if r["batch_size"] == 8)
 
 
@@ -135,3 +141,14 @@ def test_no_cpp_compiler_is_one_line_naming_the_way_out(tiny_mnist, capsys, monk
     err = capsys.readouterr().err.strip()
     assert err == ("error: --compile-batches: the compiled trainer cannot run here (No working C++ compiler "
                    "found); pass --compile-batches '' to measure without it")
+
+
+def test_compile_is_the_benchs_flag_not_an_override(tiny_mnist, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(tiny_args(tiny_mnist, "compile=true"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: compile=true is not allowed here") and "--compile-batches" in err
+    with pytest.raises(SystemExit) as e:
+        bench.parse_args(["--batch-sizes", "8,64", "--compile-batches", "512"])
+    assert e.value.code == 2 and "--compile-batches must be among --batch-sizes" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from helpers import tiny_overrides
+from helpers import needs_cxx, tiny_overrides
 from study.config import compose_config
 from study.data import load_mnist
 from study.records import RESULT_FILE
@@ -270,6 +270,7 @@ def test_fused_step_updates_parameters_and_bn_statistics_like_autograd():
 
 
 @pytest.mark.slow
+@needs_cxx
 @pytest.mark.parametrize("fused", ["true", "false"])
 def test_compiled_training_matches_eager_within_rounding_and_is_deterministic(tiny_mnist, tiny_data, fused):
     """compile=true: the fused step (or, fused=false, the model under autograd)
