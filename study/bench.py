@@ -348,9 +348,9 @@ def measure_cell(cfg: DictConfig, seeds: list[int], packs: list[int], compiled: 
     # Per-run samples/s: from a warm-up first, then the best measured so far,
     # so that a step budget sized in a loaded moment is corrected next time.
     rate = {"trainer": budget.warm_up(cfg, seeds[:1], data, device)}
-    comp = cell_config(cfg, bs, norm)
-    comp.compile = True
     if compiled:
+        comp = cell_config(cfg, bs, norm)
+        comp.compile = True
         budget.compile_pass(comp, seeds[:1], data, device)
         rate["trainer-compiled"] = budget.warm_up(comp, seeds[:1], data, device)
     for k in packs:
@@ -401,7 +401,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             validate(cell_config(cfg, bs, norm))
     threads = configure_determinism(args.threads)
     device = resolve_device(args.device)
-    if set(args.compile_batches) & set(args.batch_sizes):
+    if args.compile_batches:  # (among --batch-sizes: parse_args checks)
         reason = compile_unavailable(device)
         if reason is not None:
             raise UserError(f"--compile-batches: the compiled trainer cannot run here ({reason}); "

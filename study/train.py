@@ -120,10 +120,11 @@ def training_functions(cfg: Any, model: PackedMLP) -> tuple[StepFn, Callable[[to
     per process and cached on disk by Inductor. Nothing may run eagerly
     behind the config's back, or a run's numbers would depend on what its
     process trained before: `fullgraph=True` makes a graph break an error,
-    and Dynamo's recompile limit is raised and hitting it is an error. Inductor's kernels round differently from the
-    eager ones (float tolerance; tests/test_train.py compares them).
+    and Dynamo's recompile limit is raised and hitting it is an error.
+    Inductor's kernels round differently from the eager ones (float
+    tolerance; tests/test_train.py compares them).
     """
-    if not cfg.get("compile", False):
+    if not cfg.compile:
         return fused_sgd_step, model
     import torch._dynamo
 

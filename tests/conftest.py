@@ -68,3 +68,14 @@ def tiny_mnist(tmp_path_factory: pytest.TempPathFactory, tiny_arrays: dict[str, 
     for name, array in tiny_arrays.items():
         write_idx(root / "MNIST" / "raw" / name, array)
     return root
+
+
+@pytest.fixture
+def no_cpp_compiler(monkeypatch):
+    """Inductor finds no C++ compiler (what `compile_unavailable` asks it)."""
+    import torch._inductor.cpp_builder as cpp_builder
+
+    def no_compiler(*_a, **_k):
+        raise RuntimeError("No working C++ compiler found")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)

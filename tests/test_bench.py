@@ -128,13 +128,7 @@ def test_bad_input_is_one_line_exit_2(tiny_mnist, capsys):
     assert err.startswith("error: lr=") and "\n" not in err
 
 
-def test_no_cpp_compiler_is_one_line_naming_the_way_out(tiny_mnist, capsys, monkeypatch):
-    import torch._inductor.cpp_builder as cpp_builder
-
-    def no_compiler(*_a, **_k):
-        raise RuntimeError("No working C++ compiler found")
-
-    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+def test_no_cpp_compiler_is_one_line_naming_the_way_out(tiny_mnist, capsys, no_cpp_compiler):
     with pytest.raises(SystemExit) as e:
         bench.main(tiny_args(tiny_mnist, "--batch-sizes", "16"))
     assert e.value.code == 2

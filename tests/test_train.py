@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -27,6 +29,16 @@ def tiny_data(tiny_mnist):
 
 def cfg_for(tiny_mnist, *overrides):
     return compose_config(tiny_overrides(tiny_mnist) + list(overrides))
+
+
+def without_timings(history):
+    return [{k: v for k, v in h.items() if "second" not in k} for h in history]
+
+
+def python_ok(code):
+    """Run `code` in a fresh interpreter (a clean sys.modules); it prints ok."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
 def test_record_schema_and_numbers(tiny_mnist, tmp_path):
@@ -59,8 +71,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tiny_mnist, tiny_data):
     a = train_runs(cfg, [5], tiny_data, torch.device("cpu"))[0].history
     b = train_runs(cfg, [5], tiny_data, torch.device("cpu"))[0].history
     c = train_runs(cfg, [6], tiny_data, torch.device("cpu"))[0].history
-    strip = lambda hs: [{k: v for k, v in h.items() if "second" not in k} for h in hs]  # noqa: E731
-    assert strip(a) == strip(b)
+    assert without_timings(a) == without_timings(b)
     assert a[0]["train_loss"] != c[0]["train_loss"]
 
 
@@ -287,10 +298,9 @@ def test_compiled_training_matches_eager_within_rounding_and_is_deterministic(ti
     compiled = train_runs(cfg, [0, 1], tiny_data, torch.device("cpu"))
     assert counters["stats"]["unique_graphs"] >= graphs + 2  # it did compile: a graph per batch shape
     again = train_runs(cfg, [0, 1], tiny_data, torch.device("cpu"))
-    strip = lambda hs: [{k: v for k, v in h.items() if "second" not in k} for h in hs]  # noqa: E731
     for c, e, a in zip(compiled, eager, again, strict=True):
         assert c.status == e.status == "completed"
-        assert strip(c.history) == strip(a.history)
+        assert without_timings(c.history) == without_timings(a.history)
         for hc, he in zip(c.history, e.history, strict=True):
             assert hc["train_loss"] == pytest.approx(he["train_loss"], rel=1e-4)
             assert hc["val_loss"] == pytest.approx(he["val_loss"], rel=1e-3)
@@ -298,16 +308,10 @@ def test_compiled_training_matches_eager_within_rounding_and_is_deterministic(ti
     assert compiled[0].history[-1]["train_loss"] != compiled[1].history[-1]["train_loss"]  # the seeds differ
 
 
-def test_compile_without_a_compiler_is_a_config_error(monkeypatch):
-    import torch._inductor.cpp_builder as cpp_builder
-
+def test_compile_without_a_compiler_is_a_config_error(no_cpp_compiler):
     from study.config import ConfigError
     from study.train import check_compile
 
-    def no_compiler(*_a, **_k):
-        raise RuntimeError("No working C++ compiler found")
-
-    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
     with pytest.raises(ConfigError, match=r"^compile=true is not allowed: false here: .*C\+\+ compiler"):
         check_compile({"compile": True}, torch.device("cpu"))
     check_compile({"compile": False}, torch.device("cpu"))  # nothing to check
@@ -408,10 +412,7 @@ def test_determinism_is_on_without_loading_the_compiler():
     """configure_determinism turns torch's deterministic kernels on (not warn-only)
     without importing torch._inductor (seconds per sweep worker); set_deterministic
     turns them off and on again."""
-    import subprocess
-    import sys
-
-    code = (
+    python_ok(
         "import sys, torch\n"
         "import torch.utils.deterministic as D\n"
         "from study.train import configure_determinism, set_deterministic\n"
@@ -425,25 +426,18 @@ def test_determinism_is_on_without_loading_the_compiler():
         "assert 'torch._inductor' not in sys.modules, 'torch._inductor was imported'\n"
         "print('ok')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
 def test_the_launcher_groups_jobs_without_loading_torch(tiny_mnist):
     """study.packing (the packed launcher's grouping) is torch-free: the
     launching process never trains, so it should not pay torch's import."""
-    import subprocess
-    import sys
-
-    code = ("import sys\n"
-            "from study.config import compose_config\n"
-            "from study.packing import pack_key\n"
-            f"cfg = compose_config(['data.root={tiny_mnist}', 'batch_size=8'])\n"
-            "assert pack_key(cfg)\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n"
-            "print('ok')\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+    python_ok("import sys\n"
+              "from study.config import compose_config\n"
+              "from study.packing import pack_key\n"
+              f"cfg = compose_config(['data.root={tiny_mnist}', 'batch_size=8'])\n"
+              "assert pack_key(cfg)\n"
+              "assert 'torch' not in sys.modules, 'torch was imported'\n"
+              "print('ok')\n")
 
 
 def test_packs_start_costliest_first_by_steps_and_samples(tiny_mnist):

@@ -94,12 +94,12 @@ def _run_group(group: list[tuple[int, list[str]]], members: list[tuple[int, floa
 def _check_compile(cfgs: Iterable[DictConfig]) -> None:
     """`compile: true` where torch.compile cannot build is a config error
     before any run, like a bad value (this loads torch, so only then)."""
-    devices = {str(c.device) for c in cfgs if c.get("compile", False)}
-    if devices:
+    compiled = {str(c.device): c for c in cfgs if c.compile}  # one check per device
+    if compiled:
         from study.train import check_compile, resolve_device
 
-        for name in sorted(devices):
-            check_compile({"compile": True}, resolve_device(name))
+        for cfg in compiled.values():
+            check_compile(cfg, resolve_device(cfg.device))
 
 
 def _steps(cfg: DictConfig) -> float:
