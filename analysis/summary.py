@@ -22,7 +22,7 @@ from analysis.stats import Difference, contrast, mean_interval, welch_difference
 
 # Config keys that change how or where a run executes or is bookkept, not what it learns;
 # each covers the keys under it too ("tune" covers tune.n_trials, tune.confirm_seeds, ...).
-# study/packing.py NOT_IN_IDENTITY names the launch-only ones.
+# study/records.py LAUNCH_ONLY_KEYS names the launch-only ones.
 OPERATIONAL = ("threads", "device", "progress_every", "eval_batch_size", "objective",
                "data.root", "data.source", "data.verify", "force", "run_index", "trial", "tune")
 TRIAL_NUMBER = "trial.number"  # set on a tuning trial's run; null on its cell's confirmation runs

@@ -12,15 +12,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from study.config import Activation
+from study.records import LAUNCH_ONLY_KEYS
 
-# Keys that say how a run is launched or reported, not what it computes.
-NOT_IN_IDENTITY = ("trial", "tune", "force", "run_index", "progress_every", "objective", "hydra")
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain values, launch-only keys left out."""
     plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    for k in NOT_IN_IDENTITY:
+    for k in LAUNCH_ONLY_KEYS:
         plain.pop(k, None)
     return plain
 

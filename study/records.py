@@ -28,6 +28,11 @@ RESULT_FILE = "result.json"
 CLAIM_FILE = ".claimed"  # a job's marker that it started in its dir (study/runner.py: claim_dir)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Top-level config keys that say how a run is launched or reported, not what
+# it computes: left out of a run's identity (its hash, its pack) and never a
+# reason to treat two runs as different cells. The one definition.
+LAUNCH_ONLY_KEYS = ("trial", "tune", "force", "run_index", "progress_every", "objective", "hydra")
+
 
 def _clean(obj: Any) -> Any:
     """Recursively replace non-finite floats by None (strict JSON)."""

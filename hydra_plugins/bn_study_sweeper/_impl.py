@@ -337,9 +337,9 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
 
     def _fixed_config(self, task: DictConfig, plan: SweepPlan) -> dict[str, Any]:
         """What every trial of the study shares: the config minus tuned and launch-only keys."""
-        from study.packing import NOT_IN_IDENTITY
+        from study.records import LAUNCH_ONLY_KEYS
 
-        skip = set(NOT_IN_IDENTITY) | self._launch_only_keys() | {override_key(k) for k in plan.search}
+        skip = set(LAUNCH_ONLY_KEYS) | self._launch_only_keys() | {override_key(k) for k in plan.search}
         flat: dict[str, Any] = {}
 
         def walk(node: Any, prefix: str) -> None:
