@@ -18,7 +18,7 @@ from typing import Any, List, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from study.errors import UserError
+from study.errors import ConfigError  # defined there; `from study.config import ConfigError` works too
 
 
 class Norm(str, Enum):
@@ -191,22 +191,6 @@ class Config:
 
 OBJECTIVES = ("val_acc", "test_acc", "train_loss")
 DEVICES = ("cpu", "cuda", "auto")
-
-
-class ConfigError(UserError, ValueError):
-    """A user's config mistake; the message is one line."""
-
-    def __init__(self, key: str, value: Any, allowed: str) -> None:
-        self.key, self.value, self.allowed = key, value, allowed
-        super().__init__(f"{key}={_show(value)} is not allowed: {allowed}")
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, Enum):
-        return str(value.value)
-    if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str):
-        return "[" + ",".join(_show(v) for v in value) + "]"
-    return str(value)
 
 
 def _enum_value(value: Any) -> str:

@@ -3,24 +3,59 @@
 A user error is a bad override or value (Hydra/OmegaConf composition
 errors, `ConfigError`) or unusable data (`DataError`). Anything else is a bug
 and keeps its traceback.
+
+Every user error pickles with its message: a job that fails in a joblib/loky
+worker sends its exception back to the launching process (an exception whose
+`__init__` takes other arguments than its `args` fails to unpickle there,
+and Hydra's `JobReturn.__getstate__` then recursed for minutes).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
 
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
 
+def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
+    err = cls.__new__(cls)
+    BaseException.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
 
 class UserError(Exception):
     """A mistake in the user's config or data; `str(e)` is one line.
 
-    Subclasses: `study.config.ConfigError`, `study.data.DataError`. Kept free
-    of torch imports so that a bad override is reported in a fraction of a
-    second.
+    Subclasses: `ConfigError` (below), `study.data.DataError`,
+    `hydra_plugins.bn_study_sweeper.pruning.PrunerError`. Kept free of torch
+    imports so that a bad override is reported in a fraction of a second.
     """
+
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its message and attributes, without calling the
+        # subclass's __init__ (whose arguments need not be `self.args`).
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
+
+
+class ConfigError(UserError, ValueError):
+    """A user's config mistake; the message is one line naming the key, the
+    value and what is allowed. Also importable as `study.config.ConfigError`."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, _show(value), allowed
+        super().__init__(f"{key}={self.value} is not allowed: {allowed}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str):
+        return "[" + ",".join(_show(v) for v in value) + "]"
+    return str(value)
 
 
 USER_ERRORS = (UserError, HydraException, MissingConfigException,
@@ -57,6 +92,8 @@ def describe_user_error(e: BaseException) -> Optional[str]:
         if isinstance(err, UserError):
             return str(err)
     for i, err in enumerate(chain):
+        if isinstance(err, MissingConfigException) and _choices(err):
+            return f"Could not find '{err.missing_cfg_file}': {_choices(err)}"
         if isinstance(err, USER_ERRORS):
             parts = [_first_line(err)]
             # OmegaConf chains a templated copy of its message ('$VALUE'): skip it.
@@ -69,3 +106,23 @@ def describe_user_error(e: BaseException) -> Optional[str]:
                 line += f" (key: {full_key})"
             return line
     return None
+
+
+def _choices(err: MissingConfigException) -> str:
+    """'optimizer is one of adam, adamw, sgd' for a config group option that
+    does not exist (Hydra lists the options on lines of their own, which a
+    one-line report would drop), with the presets of sub-folders (quick/<name>)."""
+    from study.config import CONF_DIR  # study.config imports this module
+
+    group = (err.missing_cfg_file or "").rpartition("/")[0]
+    folder = CONF_DIR / group
+    names = list(err.options or []) or sorted(p.stem for p in folder.glob("*.yaml"))
+    if not group or not names:
+        return ""
+    text = f"{group} is one of {', '.join(names)}"
+    subs = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    for sub in subs:
+        inside = sorted(p.stem for p in sub.glob("*.yaml"))
+        if inside:
+            text += f"; or {sub.name}/<name> for " + ("each" if inside == sorted(names) else ", ".join(inside))
+    return text
