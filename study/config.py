@@ -199,6 +199,7 @@ class Config:
 
 
 OBJECTIVES = ("val_acc", "test_acc", "train_loss")
+MNIST_TRAIN_IMAGES = 60_000  # the official training set: data.val_size of them validate, the rest train
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -271,7 +272,19 @@ def validate(cfg: DictConfig) -> None:
 
     d = cfg.data
     need(d.name == "mnist", "data.name", d.name, "mnist")
-    need(d.val_size >= 1, "data.val_size", d.val_size, "an integer >= 1")
+    # The training split must hold one batch (BN: of 2+ examples), or a run
+    # silently trains full-batch (batch_size above it) or takes no step at all.
+    batch_stats = _enum_value(m.norm) in (Norm.batch.value, Norm.ghost.value)
+    min_batch = 2 if batch_stats else 1
+    max_val = MNIST_TRAIN_IMAGES - min_batch
+    need(1 <= d.val_size <= max_val, "data.val_size", d.val_size,
+         f"an integer in [1, {max_val}] (the rest of the {MNIST_TRAIN_IMAGES} training images train"
+         + (f", {min_batch}+ per batch with model.norm={_enum_value(m.norm)}" if batch_stats else "")
+         + "; 0 is not supported yet: every epoch is evaluated on the validation split)")
+    n_train = MNIST_TRAIN_IMAGES - d.val_size
+    need(cfg.batch_size <= n_train, "batch_size", cfg.batch_size,
+         f"an integer in [{min_batch}, {n_train}]: at most the training split's "
+         f"{MNIST_TRAIN_IMAGES} - data.val_size={d.val_size} images")
 
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"

@@ -1,5 +1,7 @@
-"""A user's mistake is one line naming the key and what is allowed, and every
-user error survives the trip back from a worker process (pickling)."""
+"""A user's mistake, or an environment that cannot work, is one line: `error: ...`
+naming the key and what is allowed, exit status 2, no traceback, no run dir,
+nothing trained. The end-to-end checks run `study/run.py` as users do; the
+rest call the pieces (validate, describe_user_error) directly."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ import pickle
 
 import pytest
 
-from study.config import compose_config
+from helpers import tiny_overrides
+from study.config import compose_config, validate
 from study.errors import ConfigError, UserError, UserExit, describe_user_error
+from test_cli import run_cli
 
 
 def all_subclasses(cls: type) -> set[type]:
@@ -93,3 +97,69 @@ def test_a_missing_experiment_lists_the_presets_and_their_quick_versions():
         compose_config(["experiment=quick/nope"])
     assert describe_user_error(e.value).startswith(
         "Could not find 'experiment/quick/nope': experiment/quick is one of deep, ghost, ")
+
+
+# ------------------------------------------------- batch size and split sizes
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["batch_size=1000000000"], "batch_size=1000000000 is not allowed: an integer in [1, 55000]: "
+                                "at most the training split's 60000 - data.val_size=5000 images"),
+    (["batch_size=70000"], "batch_size=70000 is not allowed: an integer in [1, 55000]"),
+    (["batch_size=55001", "model.norm=batch"], "batch_size=55001 is not allowed: an integer in [2, 55000]"),
+    (["data.val_size=60000"], "data.val_size=60000 is not allowed: an integer in [1, 59999] "
+                              "(the rest of the 60000 training images train; 0 is not supported yet"),
+    (["data.val_size=-1"], "data.val_size=-1 is not allowed: an integer in [1, 59999]"),
+    (["data.val_size=59999"], "batch_size=64 is not allowed: an integer in [1, 1]: "
+                              "at most the training split's 60000 - data.val_size=59999 images"),
+    (["data.val_size=59999", "model.norm=batch"], "data.val_size=59999 is not allowed: an integer in [1, 59998] "
+                                                  "(the rest of the 60000 training images train, 2+ per batch "
+                                                  "with model.norm=batch"),
+    (["data.val_size=0"], "data.val_size=0 is not allowed: an integer in [1, 59999]"),
+])
+def test_validate_keeps_one_batch_in_the_training_split(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        validate(compose_config(overrides))
+    assert str(e.value).startswith(message), str(e.value)
+
+
+@pytest.mark.parametrize("overrides", [["batch_size=55000"], ["data.val_size=59998", "batch_size=2",
+                                                              "model.norm=batch"]])
+def test_validate_takes_the_largest_batch_the_split_holds(overrides):
+    validate(compose_config(overrides))
+
+
+# ------------------------------------------------------------- end to end
+
+
+def one_error_line(proc) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    return lines[0]
+
+
+def test_a_data_root_that_cannot_be_created_is_one_line_and_leaves_no_run_dir(tmp_path):
+    # data.verify=true: /proc/nope cannot be created (for root too), holds no
+    # MNIST, and nothing may be downloaded into it.
+    proc = run_cli(["data.root=/proc/nope", "data.verify=true", "threads=1", f"run_index={tmp_path}/idx",
+                    f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, timeout=120)
+    line = one_error_line(proc)
+    assert line.startswith("error: data.root=/proc/nope cannot be written (") and "holds no MNIST files" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_split_too_large_anywhere_in_a_sweep_stops_it_before_any_run(tmp_path, tiny_mnist):
+    overrides = [o for o in tiny_overrides(tiny_mnist) if not o.startswith("data.val_size=")]
+    proc = run_cli(["-m", *overrides, "data.val_size=200,60000", "epochs=1",
+                    f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path, timeout=120)
+    assert one_error_line(proc).startswith("error: data.val_size=60000 is not allowed: an integer in [1, 59999]")
+    assert not list(tmp_path.rglob("result.json"))
+
+
+def test_an_unknown_optimizer_is_one_line_listing_the_optimizers(tmp_path, tiny_mnist):
+    proc = run_cli([*tiny_overrides(tiny_mnist), "optimizer=rmsprop", f"hydra.run.dir={tmp_path}/run"],
+                   cwd=tmp_path, timeout=120)
+    assert one_error_line(proc) == "error: Could not find 'optimizer/rmsprop': optimizer is one of adam, adamw, sgd"
+    assert not (tmp_path / "run").exists()
