@@ -92,7 +92,7 @@ def test_a_missing_experiment_lists_the_presets_and_their_quick_versions():
         compose_config(["experiment=nope"])
     line = describe_user_error(e.value)
     assert line.startswith("Could not find 'experiment/nope': experiment is one of deep, ghost, ")
-    assert "notebook" in line and line.endswith("; or quick/<name> for each")
+    assert "input_scaling" in line and "notebook" in line and line.endswith("; or quick/<name> for each")
     with pytest.raises(Exception) as e:
         compose_config(["experiment=quick/nope"])
     assert describe_user_error(e.value).startswith(
