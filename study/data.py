@@ -559,6 +559,9 @@ def load_mnist(
     """
     if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0:
         raise DataError(f"data.val_size={val_size!r} must be an integer >= 0")
+    # The schema's enums (study.config.Normalize, DataSource) stand for their values;
+    # str() of one would be its name ("Normalize.notebook").
+    normalize, source = getattr(normalize, "value", normalize), getattr(source, "value", source)
     if normalize not in NORMALIZE:
         raise DataError(f"data.normalize={normalize!r} is not one of {', '.join(NORMALIZE)}")
     info, unwritable = _prepare(root, source, verify)

@@ -193,6 +193,13 @@ def test_the_default_is_the_notebooks_normalization(tiny_mnist):
     assert load_mnist(tiny_mnist, verify=False, val_size=200).info["normalize"] == "notebook"
 
 
+def test_the_schemas_enums_are_taken_for_their_values(tiny_mnist):
+    from study.config import DataSource, Normalize
+
+    s = load_mnist(tiny_mnist, verify=False, val_size=200, normalize=Normalize.standard, source=DataSource.auto)
+    assert s.info["normalize"] == "standard" and s.info["normalization"] == [0.1307, 0.3081]
+
+
 def test_bad_normalize_is_a_data_error(tiny_mnist):
     with pytest.raises(DataError, match=r"data\.normalize='zscore' is not one of notebook, standard, none"):
         load_mnist(tiny_mnist, verify=False, val_size=200, normalize="zscore")
