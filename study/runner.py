@@ -103,11 +103,11 @@ def plain_config(cfg: DictConfig) -> DictConfig:
 
 def get_data(cfg: DictConfig, device: torch.device) -> MNISTSplits:
     d = cfg.data
-    key = (str(Path(d.root).expanduser()), d.source, d.verify, d.val_size, d.split_seed, str(device))
+    key = (str(Path(d.root).expanduser()), d.source, d.verify, d.val_size, d.split_seed, d.normalize, str(device))
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()  # one split in memory at a time
         _DATA_CACHE[key] = load_mnist(Path(d.root).expanduser(), val_size=d.val_size,
-                                      split_seed=d.split_seed, source=d.source,
+                                      split_seed=d.split_seed, normalize=d.normalize, source=d.source,
                                       verify=d.verify, device=device)
     return _DATA_CACHE[key]
 
