@@ -62,9 +62,10 @@ from omegaconf import DictConfig, OmegaConf
 from study.config import compose_config, validate
 from study.errors import UserError, describe_user_error
 from study.records import environment, now_iso, write_json_atomic
+from study.device import compile_unavailable, configure_determinism, resolve_device, set_deterministic
 from study.runner import get_data, plain_config
-from study.train import (batches_per_epoch, build_member, compile_unavailable, configure_determinism, resolve_device,
-                         set_deterministic, train_runs)
+from study.spec import train_spec
+from study.train import batches_per_epoch, build_member, train_runs
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def flops_per_sample(cfg: DictConfig) -> int:
     gradients), each as costly as the forward one. Biases, norms and
     activations are elementwise and left out.
     """
-    model = build_member(cfg, 0)
+    model = build_member(train_spec(cfg).model, 0)
     return 3 * sum(2 * m.in_features * m.out_features for m in model.modules()
                    if isinstance(m, torch.nn.Linear))
 
@@ -209,7 +210,7 @@ def measure_notebook(cfg: DictConfig, dataset, device: torch.device, budget: "Bu
     """The notebook's training loop, timed over the budget after a warm-up."""
     from torch.utils.data import DataLoader
 
-    model = build_member(cfg, cfg.seed).to(device)
+    model = build_member(train_spec(cfg).model, cfg.seed).to(device)
     criterion = torch.nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True)
@@ -261,7 +262,7 @@ def run_trainer(cfg: DictConfig, seeds: list[int], data, device: torch.device) -
     out: dict[str, Any] = {}
     with cpu_wait(out):
         t0 = time.perf_counter()
-        outcomes = train_runs(cfg, seeds, data, device)
+        outcomes = train_runs(train_spec(cfg), seeds, data, device)
         wall = time.perf_counter() - t0
     history = max((o.history for o in outcomes), key=len)
     if not history:
@@ -296,7 +297,7 @@ class Budget:
         """Train one epoch and a step with `cfg` (compile=true), untimed: every
         batch shape's graph is compiled before anything is measured."""
         steps = batches_per_epoch(len(data.train_x), cfg.batch_size) + 1
-        train_runs(cell_config(cfg, cfg.batch_size, cfg.model.norm, steps), seeds, data, device)
+        train_runs(train_spec(cell_config(cfg, cfg.batch_size, cfg.model.norm, steps)), seeds, data, device)
 
     def trainer_steps(self, batch_size: int, per_run_rate: float) -> int:
         """Steps that take `seconds` at this rate, or cover `samples`."""

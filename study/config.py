@@ -86,8 +86,15 @@ class DataConfig:
     normalize: Normalize = Normalize.notebook
 
 
+class ModelFamily(str, Enum):
+    """`model=<family>` (conf/model/<family>.yaml); study.train.FAMILIES builds it."""
+
+    mlp = "mlp"  # Linear -> norm -> activation layers (study/model.py)
+
+
 @dataclass
 class ModelConfig:
+    family: ModelFamily = ModelFamily.mlp
     in_features: int = 784
     hidden: List[int] = field(default_factory=lambda: [128, 64])
     out_features: int = 10

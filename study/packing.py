@@ -11,9 +11,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from study.config import Activation
+from study import fused_sgd
 from study.records import LAUNCH_ONLY_KEYS
-
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
@@ -24,27 +23,6 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     return plain
 
 
-def _name(v: Any) -> str:
-    """A schema enum (a composed config) or its string (a plain config) as a string."""
-    return str(getattr(v, "value", v))
-
-
-def fused_step_applies(optimizer: Any, activation: Any, norm: Any) -> bool:
-    """Whether study.model.fused_sgd_step trains this setup: plain SGD (no
-    momentum, weight decay or nesterov), any activation of the schema, and
-    no norm or plain BN (other norms train with autograd)."""
-    get = optimizer.get if isinstance(optimizer, dict) else lambda k: getattr(optimizer, k)
-    return (_name(get("name")) == "sgd" and get("momentum") == 0 and get("weight_decay") == 0
-            and not get("nesterov") and _name(activation) in {a.value for a in Activation}
-            and _name(norm) in ("none", "batch"))
-
-
-def uses_fused_step(cfg: Any) -> bool:
-    """Whether runs of `cfg` train with study.model.fused_sgd_step (`fused`
-    on, and a setup it handles) rather than autograd."""
-    return bool(cfg.fused) and fused_step_applies(cfg.optimizer, cfg.model.activation, cfg.model.norm)
-
-
 def lr_packable(cfg: Any) -> bool:
     """Whether runs of `cfg` that differ in learning rate can train as one pack.
 
@@ -52,10 +30,10 @@ def lr_packable(cfg: Any) -> bool:
     (momentum, Adam, other norms) and the probes that take an SGD step of
     their own (ics, landscape) use one.
     """
-    if not uses_fused_step(cfg):
+    if not fused_sgd.trains(cfg):
         return False
-    p = cfg.get("probes") if hasattr(cfg, "get") else getattr(cfg, "probes", None)
-    return not {_name(k) for k in (p.kinds if p is not None else [])} & {"ics", "landscape"}
+    p = cfg.get("probes")
+    return not {str(getattr(k, "value", k)) for k in (p.kinds if p is not None else [])} & {"ics", "landscape"}
 
 
 def pack_key(cfg: DictConfig) -> str:

@@ -12,7 +12,7 @@ The R runs of a pack are measured at once: every value is computed per run
 on the packed model (a run's gradient is its slice of the gradient of the
 summed per-run losses), so a run's probe values do not depend on its pack.
 
-Kinds (`study.config.Probe`):
+Kinds (`study.config.Probe`; the settings: `study.spec.ProbeSpec`):
 
 Step probes, before the update of steps 0, every, 2*every, ... (when the
 number of updates done so far, `step`, is a multiple of `probes.every`), on
@@ -29,7 +29,7 @@ that step's own minibatch; one entry of `probes.series` per such step:
   Help Optimization?), Definition 2.1: for layer i, G is the gradient of the
   loss w.r.t. layer i's weight at the current parameters and G' the same
   gradient after every parameter of the earlier modules (Linear weights and
-  biases, norm affine parameters) took a plain SGD step (lr = cfg.lr) with
+  biases, norm affine parameters) took a plain SGD step (lr: the run's) with
   its gradient at the current parameters, on the same batch; recorded:
   ||G - G'||_2 and cos(G, G'). The update is plain SGD whatever the run's
   optimizer is (momentum, Adam state etc. are not used).
@@ -40,7 +40,7 @@ that step's own minibatch; one entry of `probes.series` per such step:
   ("gradient predictiveness") and the largest effective beta-smoothness
   ||grad L(w) - grad L(w')|| / ||eta * g||.
 - `val_acc`: validation accuracy of the current weights (eval mode, running
-  statistics: `study.train.evaluate`, as the epoch evaluation).
+  statistics: `study.packed.evaluate`, as the epoch evaluation).
 
 Epoch probe, after each epoch's evaluation (stored in that epoch's history
 entry): `train_acc`: accuracy (`train_acc`) and mean cross-entropy
@@ -66,7 +66,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from enum import Enum
 from typing import Any, Optional, Sequence
 
 import torch
@@ -74,7 +73,9 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from study.data import MNIST_MEAN, MNIST_STD, MNISTSplits
-from study.model import ACTIVATIONS, PackedBatchNorm, PackedLinear, PackedMLP, ghost_chunks
+from study.model import ACTIVATIONS, ghost_chunks
+from study.packed import PackedBatchNorm, PackedLinear, PackedMLP, evaluate
+from study.spec import TrainSpec
 
 STEP_KINDS = ("activations", "grad_norms", "ics", "landscape", "val_acc")
 EPOCH_KINDS = ("train_acc",)
@@ -83,20 +84,10 @@ _ACTIVATION_TYPES = tuple(ACTIVATIONS.values())
 QUANTILES = (0.15, 0.50, 0.85)
 
 
-def _name(kind: Any) -> str:
-    return kind.value if isinstance(kind, Enum) else str(kind)
-
-
 def _num(v: float) -> Optional[float]:
     """A float for the record; non-finite values become None (strict JSON)."""
     v = float(v)
     return v if math.isfinite(v) else None
-
-
-def _evaluate(net: PackedMLP, x: torch.Tensor, y: torch.Tensor, chunk: int):
-    from study.train import evaluate  # study.train imports this module
-
-    return evaluate(net, x, y, chunk)
 
 
 # ---------------------------------------------------------------- the math
@@ -274,29 +265,25 @@ def reestimate_running_stats(net: PackedMLP, x: torch.Tensor, chunk: int) -> boo
 class Probes:
     """Takes the configured probes during `train_runs` and keeps them per run."""
 
-    def __init__(self, cfg: Any, data: MNISTSplits, runs: int, device: torch.device) -> None:
-        p = cfg.probes
-        self.kinds = list(dict.fromkeys(_name(k) for k in p.kinds))
-        self.every = int(p.every)
-        self.cfg, self.data, self.runs, self.device = cfg, data, runs, device
+    def __init__(self, spec: TrainSpec, data: MNISTSplits, runs: int, device: torch.device) -> None:
+        p = spec.probes
+        self.kinds = list(p.kinds)
+        self.every = p.every
+        self.data, self.runs, self.device = data, runs, device
         self.step_kinds = [k for k in STEP_KINDS if k in self.kinds]
-        self.lr = float(cfg.lr)
-        depth = len(cfg.model.hidden)
-        self.layer = int(p.layer) % depth
-        self.unit = int(p.unit)
-        self.scales = [float(s) for s in p.landscape_scales]
-        self.sample_x = data.val_x[: int(p.sample)]
-        self.train_n = int(p.train_subset)
+        self.lr, self.batch_size, self.eval_chunk = spec.lr, spec.batch_size, spec.eval_batch_size
+        self.layer, self.unit = p.layer, p.unit
+        self.scales = list(p.landscape_scales)
+        self.shift = (p.shift_brightness, p.shift_contrast)
+        self.sample_x = data.val_x[:p.sample]
+        self.train_n = p.train_subset
         self.seconds = 0.0
         self.series: list[list[dict[str, Any]]] = [[] for _ in range(runs)]
 
     @classmethod
-    def create(cls, cfg: Any, data: MNISTSplits, runs: int, device: torch.device) -> Optional["Probes"]:
+    def create(cls, spec: TrainSpec, data: MNISTSplits, runs: int, device: torch.device) -> Optional["Probes"]:
         """None when no probe is configured (the run then takes no probe time)."""
-        p = cfg.get("probes") if hasattr(cfg, "get") else getattr(cfg, "probes", None)
-        if p is None or not p.kinds:
-            return None
-        return cls(cfg, data, runs, device)
+        return None if spec.probes is None else cls(spec, data, runs, device)
 
     def _clock(self) -> float:
         if self.device.type == "cuda":
@@ -315,7 +302,7 @@ class Probes:
         out: dict[str, list[Any]] = {}
         if "val_acc" in self.step_kinds:
             # First: the train-mode forwards below overwrite the copy's running statistics.
-            acc, _ = _evaluate(net, self.data.val_x, self.data.val_y, self.cfg.eval_batch_size)
+            acc, _ = evaluate(net, self.data.val_x, self.data.val_y, self.eval_chunk)
             out["val_acc"] = [_num(v) for v in acc.tolist()]
         net.train()
         if "activations" in self.step_kinds:
@@ -354,33 +341,32 @@ class Probes:
             return None
         t0 = self._clock()
         n = self.train_n
-        acc, loss = _evaluate(copy.deepcopy(model), self.data.train_x[:n], self.data.train_y[:n],
-                              self.cfg.eval_batch_size)
+        acc, loss = evaluate(copy.deepcopy(model), self.data.train_x[:n], self.data.train_y[:n],
+                              self.eval_chunk)
         extra = [{"train_acc": _num(a), "train_eval_loss": _num(l)} for a, l in zip(acc.tolist(), loss.tolist())]
         self.seconds += self._clock() - t0
         return extra
 
     def final(self, model: PackedMLP) -> list[dict[str, Any]]:
         """The final probes of every run of the pack."""
-        r, d, cfg = self.runs, self.data, self.cfg
+        r, d, chunk = self.runs, self.data, self.eval_chunk
         out: list[dict[str, Any]] = [{} for _ in range(r)]
         if "modes" in self.kinds:
             net = copy.deepcopy(model)
-            eval_acc, _ = _evaluate(net, d.test_x, d.test_y, cfg.eval_batch_size)
-            train_acc = train_mode_accuracy(net, d.test_x, d.test_y, int(cfg.batch_size))
+            eval_acc, _ = evaluate(net, d.test_x, d.test_y, chunk)
+            train_acc = train_mode_accuracy(net, d.test_x, d.test_y, self.batch_size)
             for k in range(r):
                 out[k]["modes"] = {"eval_mode_acc": _num(eval_acc[k]), "train_mode_acc": _num(train_acc[k]),
-                                   "batch_size": int(cfg.batch_size)}
+                                   "batch_size": self.batch_size}
         if "shift" in self.kinds:
-            p = cfg.probes
-            b, c = float(p.shift_brightness), float(p.shift_contrast)
+            b, c = self.shift
             net = copy.deepcopy(model)
             shifted = shift_pixels(d.test_x, b, c)
-            clean, _ = _evaluate(net, d.test_x, d.test_y, cfg.eval_batch_size)
-            running, _ = _evaluate(net, shifted, d.test_y, cfg.eval_batch_size)
+            clean, _ = evaluate(net, d.test_x, d.test_y, chunk)
+            running, _ = evaluate(net, shifted, d.test_y, chunk)
             recomputed = None
-            if reestimate_running_stats(net, shifted, int(cfg.eval_batch_size)):
-                recomputed, _ = _evaluate(net, shifted, d.test_y, cfg.eval_batch_size)
+            if reestimate_running_stats(net, shifted, chunk):
+                recomputed, _ = evaluate(net, shifted, d.test_y, chunk)
             for k in range(r):
                 out[k]["shift"] = {"brightness": b, "contrast": c, "clean_acc": _num(clean[k]),
                                    "running_acc": _num(running[k]),

@@ -23,10 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from study.config import validate
 from study.data import MNISTSplits, load_mnist
+from study.device import check_compile, configure_determinism, resolve_device
 from study.records import (CLAIM_FILE, REPO_ROOT, RESULT_FILE, SCHEMA_VERSION, environment, now_iso,
                            read_record, write_json_atomic)
 from study.packing import identity, pack_key
-from study.train import RunOutcome, check_compile, configure_determinism, resolve_device, train_runs
+from study.spec import train_spec
+from study.train import RunOutcome, train_runs
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +182,7 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] = (),
             return _reuse(found, out_dir, overrides, experiment)
     threads = configure_determinism(cfg.threads if cfg.threads is not None else _DEFAULT_THREADS)
     device = resolve_device(cfg.device)
-    check_compile(cfg, device)
+    check_compile(cfg.compile, device)
     data = get_data(cfg, device)
     claim_dir(out_dir)
     base = base_record(cfg, overrides, experiment)
@@ -236,7 +238,7 @@ def _train(cfg: DictConfig, members: list[tuple[int, float]], data: MNISTSplits,
     outcomes, error = None, None
     seeds, lrs = [s for s, _ in members], [lr for _, lr in members]
     try:
-        outcomes = train_runs(cfg, seeds, data, device, tag=tag, lrs=lrs,
+        outcomes = train_runs(train_spec(cfg), seeds, data, device, tag=tag, lrs=lrs,
                               on_epoch=_trial_reporter(cfg) if len(members) == 1 else None)
     except Exception as e:
         log.error("%srun failed: %s", tag, e)

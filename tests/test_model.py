@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from study.model import PackedMLP, build_mlp
+from study.model import build_mlp
+from study.packed import PackedMLP
 
 
 def test_notebook_architecture_and_norm_placement():
@@ -91,3 +92,17 @@ def test_pack_rejects_mixed_architectures():
     b = build_mlp(20, [9], 3, "relu", "none")
     with pytest.raises(ValueError, match="one architecture"):
         PackedMLP([a, b])
+
+
+def test_every_model_family_has_its_config_group_and_its_row():
+    """`model=<family>`: conf/model/<family>.yaml names the family, and
+    study.train.FAMILIES builds it (a new family adds all three)."""
+    from omegaconf import OmegaConf
+
+    from helpers import REPO
+    from study.config import ModelFamily
+    from study.train import FAMILIES
+
+    assert set(FAMILIES) == {f.value for f in ModelFamily}
+    for family in ModelFamily:
+        assert OmegaConf.load(REPO / "conf" / "model" / f"{family.value}.yaml").family == family.value

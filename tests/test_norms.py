@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from study.model import GhostBatchNorm1d, PackedMLP, build_mlp
+from study.model import GhostBatchNorm1d, build_mlp
+from study.packed import PackedMLP
 
 EPS = 1e-5
 

@@ -16,10 +16,12 @@ import study.probes as probes
 from helpers import tiny_overrides
 from study.config import compose_config
 from study.data import MNIST_MEAN, MNIST_STD, load_mnist
-from study.model import PackedMLP, build_mlp
+from study.model import build_mlp
+from study.packed import PackedMLP, evaluate
 from study.records import RESULT_FILE
 from study.runner import plain_config, run_job
-from study.train import evaluate, train_runs
+from study.spec import train_spec
+from study.train import train_runs
 
 ALL = "probes.kinds=[activations,grad_norms,ics,landscape,val_acc,train_acc,modes,shift]"
 CPU = torch.device("cpu")
@@ -38,8 +40,8 @@ def tiny_data(tiny_mnist):
     return load_mnist(tiny_mnist, val_size=200, verify=False)
 
 
-def cfg_for(tiny_mnist, *overrides):
-    return plain_config(compose_config(tiny_overrides(tiny_mnist) + list(overrides)))
+def spec_for(tiny_mnist, *overrides):
+    return train_spec(plain_config(compose_config(tiny_overrides(tiny_mnist) + list(overrides))))
 
 
 def metrics(outcome):
@@ -53,8 +55,8 @@ def metrics(outcome):
 @pytest.mark.parametrize("norm", ["none", "batch"])
 def test_probes_leave_the_run_bit_identical(tiny_mnist, tiny_data, norm, fused):
     common = ["steps=40", "batch_size=32", f"model.norm={norm}", f"fused={fused}", "probes.every=10"]
-    off = train_runs(cfg_for(tiny_mnist, *common), [0, 1], tiny_data, CPU)
-    on = train_runs(cfg_for(tiny_mnist, *common, ALL), [0, 1], tiny_data, CPU)
+    off = train_runs(spec_for(tiny_mnist, *common), [0, 1], tiny_data, CPU)
+    on = train_runs(spec_for(tiny_mnist, *common, ALL), [0, 1], tiny_data, CPU)
     for a, b in zip(off, on, strict=True):
         assert a.probes is None and b.probes is not None
         assert len(a.history) == 2  # 32 steps per epoch: an epoch probe mid-run, too
@@ -66,10 +68,10 @@ def test_probes_leave_the_run_bit_identical(tiny_mnist, tiny_data, norm, fused):
 
 
 def test_probes_draw_no_random_numbers(tiny_mnist, tiny_data):
-    cfg = cfg_for(tiny_mnist, "steps=5", "batch_size=16", "model.norm=batch", ALL)
+    spec = spec_for(tiny_mnist, "steps=5", "batch_size=16", "model.norm=batch", ALL)
     members = [build_mlp(hidden=[128, 64], norm="batch") for _ in range(2)]
     model = PackedMLP(members)
-    p = probes.Probes(cfg, tiny_data, 2, CPU)
+    p = probes.Probes(spec, tiny_data, 2, CPU)
     xb, yb = tiny_data.train_x[:32].view(2, 16, -1), tiny_data.train_y[:32]
     torch.manual_seed(123)
     state = torch.get_rng_state()
@@ -87,9 +89,9 @@ def test_probe_time_is_kept_out_of_epoch_seconds(tiny_mnist, tiny_data, monkeypa
         return real(*a, **k)
 
     monkeypatch.setattr(probes, "grad_norms", slow)
-    cfg = cfg_for(tiny_mnist, "steps=40", "batch_size=32", "probes.kinds=[grad_norms]", "probes.every=20")
+    spec = spec_for(tiny_mnist, "steps=40", "batch_size=32", "probes.kinds=[grad_norms]", "probes.every=20")
     t0 = time.perf_counter()
-    (out,) = train_runs(cfg, [0], tiny_data, CPU)
+    (out,) = train_runs(spec, [0], tiny_data, CPU)
     wall = time.perf_counter() - t0
     assert [e["step"] for e in out.probes["series"]] == [0, 20]
     assert out.probes["seconds"] >= 0.5
@@ -117,11 +119,11 @@ def _close(a, b, path=""):
 
 @pytest.mark.parametrize("norm", ["batch", "none"])
 def test_probe_values_do_not_depend_on_the_pack(tiny_mnist, tiny_data, norm):
-    cfg = cfg_for(tiny_mnist, "steps=30", "batch_size=16", f"model.norm={norm}", ALL, "probes.every=10")
+    spec = spec_for(tiny_mnist, "steps=30", "batch_size=16", f"model.norm={norm}", ALL, "probes.every=10")
     seeds = [0, 1, 2] if norm == "batch" else [3, 4]
-    packed = train_runs(cfg, seeds, tiny_data, CPU)
+    packed = train_runs(spec, seeds, tiny_data, CPU)
     for p in packed:
-        (alone,) = train_runs(cfg, [p.seed], tiny_data, CPU)
+        (alone,) = train_runs(spec, [p.seed], tiny_data, CPU)
         _close(alone.probes["series"], p.probes["series"], f"seed {p.seed} series")
         _close(alone.probes["final"], p.probes["final"], f"seed {p.seed} final")
         assert [h["train_acc"] for h in p.history] == pytest.approx([h["train_acc"] for h in alone.history],
@@ -272,14 +274,14 @@ def test_shifted_pixels_and_recomputed_statistics_by_hand(tiny_data):
 
 
 def test_step_val_acc_is_the_evaluation_of_the_current_weights(tiny_mnist, tiny_data):
-    cfg = cfg_for(tiny_mnist, "steps=32", "batch_size=32", "model.norm=batch", "probes.kinds=[val_acc]",
+    spec = spec_for(tiny_mnist, "steps=32", "batch_size=32", "model.norm=batch", "probes.kinds=[val_acc]",
                   "probes.every=16")
-    (out,) = train_runs(cfg, [7], tiny_data, CPU)
+    (out,) = train_runs(spec, [7], tiny_data, CPU)
     assert [e["step"] for e in out.probes["series"]] == [0, 16]
     assert set(out.probes["series"][0]) == {"step", "val_acc"}
     from study.train import build_member
 
-    untrained = PackedMLP([build_member(cfg, 7)])
+    untrained = PackedMLP([build_member(spec.model, 7)])
     want, _ = evaluate(untrained, tiny_data.val_x, tiny_data.val_y, 10000)
     assert out.probes["series"][0]["val_acc"] == float(want[0])
     assert out.probes["final"] == {}
@@ -322,8 +324,8 @@ def test_record_carries_the_probes_as_strict_json(tiny_mnist, tmp_path):
 
 
 def test_without_batch_statistics_modes_agree_and_nothing_is_recomputed(tiny_mnist, tiny_data):
-    cfg = cfg_for(tiny_mnist, "steps=20", "batch_size=16", "model.norm=none", "probes.kinds=[modes,shift]")
-    (out,) = train_runs(cfg, [0], tiny_data, CPU)
+    spec = spec_for(tiny_mnist, "steps=20", "batch_size=16", "model.norm=none", "probes.kinds=[modes,shift]")
+    (out,) = train_runs(spec, [0], tiny_data, CPU)
     assert out.probes["series"] == []
     modes, shift = out.probes["final"]["modes"], out.probes["final"]["shift"]
     assert modes["train_mode_acc"] == modes["eval_mode_acc"] == out.history[-1]["test_acc"]

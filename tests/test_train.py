@@ -13,6 +13,7 @@ from study.config import compose_config
 from study.data import load_mnist
 from study.records import RESULT_FILE
 from study.runner import claim_dir, objective, plain_config, run_job
+from study.spec import train_spec
 from study.train import batches_per_epoch, train_runs
 
 RECORD_KEYS = {"schema_version", "status", "seed", "config", "overrides", "started_at", "finished_at",
@@ -29,6 +30,10 @@ def tiny_data(tiny_mnist):
 
 def cfg_for(tiny_mnist, *overrides):
     return compose_config(tiny_overrides(tiny_mnist) + list(overrides))
+
+
+def spec_for(tiny_mnist, *overrides):
+    return train_spec(plain_config(cfg_for(tiny_mnist, *overrides)))
 
 
 def without_timings(history):
@@ -67,10 +72,10 @@ def test_record_schema_and_numbers(tiny_mnist, tmp_path):
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(tiny_mnist, tiny_data):
-    cfg = plain_config(cfg_for(tiny_mnist, "epochs=1", "batch_size=16", "model.norm=batch"))
-    a = train_runs(cfg, [5], tiny_data, torch.device("cpu"))[0].history
-    b = train_runs(cfg, [5], tiny_data, torch.device("cpu"))[0].history
-    c = train_runs(cfg, [6], tiny_data, torch.device("cpu"))[0].history
+    spec = spec_for(tiny_mnist, "epochs=1", "batch_size=16", "model.norm=batch")
+    a = train_runs(spec, [5], tiny_data, torch.device("cpu"))[0].history
+    b = train_runs(spec, [5], tiny_data, torch.device("cpu"))[0].history
+    c = train_runs(spec, [6], tiny_data, torch.device("cpu"))[0].history
     assert without_timings(a) == without_timings(b)
     assert a[0]["train_loss"] != c[0]["train_loss"]
 
@@ -103,14 +108,14 @@ def test_trailing_batch_of_one_is_dropped_and_bn_does_not_crash(tiny_mnist, tiny
     assert batches_per_epoch(1000, 999) == 1  # 1000 = 999 + 1: the lone example is dropped
     assert batches_per_epoch(1000, 998) == 2  # a trailing pair is kept
     assert batches_per_epoch(1000, 8) == 125
-    cfg = plain_config(cfg_for(tiny_mnist, "epochs=1", "batch_size=999", "model.norm=batch"))
-    (out,) = train_runs(cfg, [0], tiny_data, torch.device("cpu"))
+    spec = spec_for(tiny_mnist, "epochs=1", "batch_size=999", "model.norm=batch")
+    (out,) = train_runs(spec, [0], tiny_data, torch.device("cpu"))
     assert out.status == "completed" and out.history[-1]["step"] == 1
 
 
 def test_step_budget_replaces_epochs(tiny_mnist, tiny_data):
-    cfg = plain_config(cfg_for(tiny_mnist, "epochs=50", "steps=45", "batch_size=32"))
-    (out,) = train_runs(cfg, [0], tiny_data, torch.device("cpu"))
+    spec = spec_for(tiny_mnist, "epochs=50", "steps=45", "batch_size=32")
+    (out,) = train_runs(spec, [0], tiny_data, torch.device("cpu"))
     # 32 steps per epoch: one full epoch, then a partial one ending at step 45.
     assert [h["step"] for h in out.history] == [32, 45]
     assert out.final["step"] == 45
@@ -118,11 +123,11 @@ def test_step_budget_replaces_epochs(tiny_mnist, tiny_data):
 
 @pytest.mark.parametrize("norm", ["none", "batch"])
 def test_packed_runs_equal_runs_trained_one_by_one(tiny_mnist, tiny_data, norm):
-    cfg = plain_config(cfg_for(tiny_mnist, "epochs=2", "batch_size=8", f"model.norm={norm}"))
+    spec = spec_for(tiny_mnist, "epochs=2", "batch_size=8", f"model.norm={norm}")
     seeds = [0, 1, 2]
-    packed = train_runs(cfg, seeds, tiny_data, torch.device("cpu"))
+    packed = train_runs(spec, seeds, tiny_data, torch.device("cpu"))
     for s, p in zip(seeds, packed):
-        (alone,) = train_runs(cfg, [s], tiny_data, torch.device("cpu"))
+        (alone,) = train_runs(spec, [s], tiny_data, torch.device("cpu"))
         assert p.seed == s
         for hp, ha in zip(p.history, alone.history, strict=True):
             assert hp["step"] == ha["step"]
@@ -136,16 +141,16 @@ def test_packed_runs_equal_runs_trained_one_by_one(tiny_mnist, tiny_data, norm):
 def test_runs_with_their_own_learning_rates_pack_like_runs_trained_alone(tiny_mnist, tiny_data, norm):
     """Seeds and learning rates in one pack: each run matches the run of its
     own (seed, lr) trained alone, and records its lr."""
-    cfg = plain_config(cfg_for(tiny_mnist, "epochs=2", "batch_size=8", f"model.norm={norm}"))
+    spec = spec_for(tiny_mnist, "epochs=2", "batch_size=8", f"model.norm={norm}")
     members = [(0, 0.01), (0, 0.2), (1, 0.05), (2, 0.01)]
-    packed = train_runs(cfg, [s for s, _ in members], tiny_data, torch.device("cpu"),
+    packed = train_runs(spec, [s for s, _ in members], tiny_data, torch.device("cpu"),
                         lrs=[lr for _, lr in members])
     assert [(o.seed, o.lr) for o in packed] == members
     # The learning rate matters (else this test could not fail): seed 0 at 0.01 vs 0.2.
     assert packed[0].history[-1]["train_loss"] != pytest.approx(packed[1].history[-1]["train_loss"], rel=1e-2)
     for (s, lr), p in zip(members, packed):
-        (alone,) = train_runs(plain_config(cfg_for(tiny_mnist, "epochs=2", "batch_size=8",
-                                                   f"model.norm={norm}", f"lr={lr}")),
+        (alone,) = train_runs(spec_for(tiny_mnist, "epochs=2", "batch_size=8",
+                                                   f"model.norm={norm}", f"lr={lr}"),
                               [s], tiny_data, torch.device("cpu"))
         assert alone.lr == lr
         for hp, ha in zip(p.history, alone.history, strict=True):
@@ -168,29 +173,29 @@ def test_learning_rates_pack_only_where_the_fused_step_trains(tiny_mnist, tiny_d
     assert pack_key(other) != pack_key(cfg_for(tiny_mnist, "batch_size=8", "lr=0.5", override))
     assert pack_key(other) == pack_key(cfg_for(tiny_mnist, "batch_size=8", "seed=3", override))
     with pytest.raises(ValueError, match="different learning rates"):
-        train_runs(plain_config(other), [0, 1], tiny_data, torch.device("cpu"), lrs=[0.01, 0.02])
+        train_runs(train_spec(other), [0, 1], tiny_data, torch.device("cpu"), lrs=[0.01, 0.02])
 
 
 def test_a_diverging_run_does_not_disturb_its_pack(tiny_mnist, tiny_data, monkeypatch):
     """One run blows up (its weights are scaled to overflow); the others match solo runs."""
-    cfg = plain_config(cfg_for(tiny_mnist, "epochs=1", "batch_size=50", "model.norm=none"))
+    spec = spec_for(tiny_mnist, "epochs=1", "batch_size=50", "model.norm=none")
     import study.train as tr
 
     real = tr.build_member
 
-    def build(cfg_, seed):
-        net = real(cfg_, seed)
+    def build(model, seed):
+        net = real(model, seed)
         if seed == 1:
             with torch.no_grad():
                 net[-1].weight.mul_(1e38)
         return net
 
     monkeypatch.setattr(tr, "build_member", build)
-    packed = train_runs(cfg, [0, 1, 2], tiny_data, torch.device("cpu"))
+    packed = train_runs(spec, [0, 1, 2], tiny_data, torch.device("cpu"))
     assert [p.status for p in packed] == ["completed", "diverged", "completed"]
     assert packed[1].diverged_at_step == 1
     for k in (0, 2):
-        (alone,) = train_runs(cfg, [packed[k].seed], tiny_data, torch.device("cpu"))
+        (alone,) = train_runs(spec, [packed[k].seed], tiny_data, torch.device("cpu"))
         assert packed[k].history[-1]["train_loss"] == pytest.approx(alone.history[-1]["train_loss"], rel=1e-4)
 
 
@@ -229,14 +234,14 @@ def test_failed_runs_are_not_reused(tiny_mnist, tmp_path, monkeypatch):
 
 
 def test_on_epoch_true_stops_runs_as_pruned_keeping_history(tiny_mnist, tiny_data):
-    cfg = plain_config(cfg_for(tiny_mnist, "epochs=4", "batch_size=100"))
+    spec = spec_for(tiny_mnist, "epochs=4", "batch_size=100")
     seen = []
 
     def prune_after_two(epoch, outcomes):
         seen.append(epoch)
         return epoch == 2
 
-    (out,) = train_runs(cfg, [0], tiny_data, torch.device("cpu"), on_epoch=prune_after_two)
+    (out,) = train_runs(spec, [0], tiny_data, torch.device("cpu"), on_epoch=prune_after_two)
     assert seen == [1, 2] and out.status == "pruned"
     assert [h["epoch"] for h in out.history] == [1, 2]
     assert out.final["val_acc"] == out.history[-1]["val_acc"]
@@ -249,9 +254,9 @@ def test_fused_sgd_step_equals_autograd_and_torch_sgd(tiny_mnist, tiny_data, nor
     """The fused path is the same math as loss.backward() + torch.optim.SGD.step()."""
     over = ["epochs=2", "batch_size=16", f"model.norm={norm}", f"model.activation={activation}",
             f"model.bias_before_norm={str(bias).lower()}", "lr=0.05"]
-    fused = train_runs(plain_config(cfg_for(tiny_mnist, *over, "fused=true")), [0, 1], tiny_data,
+    fused = train_runs(spec_for(tiny_mnist, *over, "fused=true"), [0, 1], tiny_data,
                        torch.device("cpu"))
-    plain = train_runs(plain_config(cfg_for(tiny_mnist, *over, "fused=false")), [0, 1], tiny_data,
+    plain = train_runs(spec_for(tiny_mnist, *over, "fused=false"), [0, 1], tiny_data,
                        torch.device("cpu"))
     for f, p in zip(fused, plain, strict=True):
         for hf, hp in zip(f.history, p.history, strict=True):
@@ -261,7 +266,9 @@ def test_fused_sgd_step_equals_autograd_and_torch_sgd(tiny_mnist, tiny_data, nor
 
 
 def test_fused_step_updates_parameters_and_bn_statistics_like_autograd():
-    from study.model import PackedMLP, build_mlp, fused_sgd_step
+    from study.fused_sgd.step import fused_sgd_step
+    from study.model import build_mlp
+    from study.packed import PackedMLP
 
     def make():
         torch.manual_seed(0)
@@ -280,6 +287,14 @@ def test_fused_step_updates_parameters_and_bn_statistics_like_autograd():
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_the_fused_step_rule_names_the_activations_the_step_computes():
+    from study import fused_sgd
+    from study.fused_sgd import step
+    from study.model import ACTIVATIONS
+
+    assert set(step._FORWARD) == set(step._BACKWARD) == {ACTIVATIONS[a] for a in fused_sgd.ACTIVATIONS}
+
+
 @pytest.mark.slow
 @needs_cxx
 @pytest.mark.parametrize("fused", ["true", "false"])
@@ -290,14 +305,14 @@ def test_compiled_training_matches_eager_within_rounding_and_is_deterministic(ti
     numbers again in a second training (Inductor's kernels are deterministic)."""
     over = ["epochs=2", "batch_size=48", "model.norm=batch", "lr=0.05", f"fused={fused}"]
     assert batches_per_epoch(len(tiny_data.train_x), 48) * 48 != len(tiny_data.train_x)  # a trailing batch
-    eager = train_runs(plain_config(cfg_for(tiny_mnist, *over)), [0, 1], tiny_data, torch.device("cpu"))
-    cfg = plain_config(cfg_for(tiny_mnist, *over, "compile=true"))
+    eager = train_runs(spec_for(tiny_mnist, *over), [0, 1], tiny_data, torch.device("cpu"))
+    spec = spec_for(tiny_mnist, *over, "compile=true")
     from torch._dynamo.utils import counters
 
     graphs = counters["stats"]["unique_graphs"]
-    compiled = train_runs(cfg, [0, 1], tiny_data, torch.device("cpu"))
+    compiled = train_runs(spec, [0, 1], tiny_data, torch.device("cpu"))
     assert counters["stats"]["unique_graphs"] >= graphs + 2  # it did compile: a graph per batch shape
-    again = train_runs(cfg, [0, 1], tiny_data, torch.device("cpu"))
+    again = train_runs(spec, [0, 1], tiny_data, torch.device("cpu"))
     for c, e, a in zip(compiled, eager, again, strict=True):
         assert c.status == e.status == "completed"
         assert without_timings(c.history) == without_timings(a.history)
@@ -310,11 +325,11 @@ def test_compiled_training_matches_eager_within_rounding_and_is_deterministic(ti
 
 def test_compile_without_a_compiler_is_a_config_error(no_cpp_compiler):
     from study.config import ConfigError
-    from study.train import check_compile
+    from study.device import check_compile
 
     with pytest.raises(ConfigError, match=r"^compile=true is not allowed: false here: .*C\+\+ compiler"):
-        check_compile({"compile": True}, torch.device("cpu"))
-    check_compile({"compile": False}, torch.device("cpu"))  # nothing to check
+        check_compile(True, torch.device("cpu"))
+    check_compile(False, torch.device("cpu"))  # nothing to check
 
 
 def test_a_planned_pack_trains_once_even_when_reuse_is_on(tiny_mnist, tmp_path, monkeypatch):
@@ -324,8 +339,8 @@ def test_a_planned_pack_trains_once_even_when_reuse_is_on(tiny_mnist, tmp_path, 
 
     calls = []
     real = runner.train_runs
-    monkeypatch.setattr(runner, "train_runs", lambda cfg, seeds, *a, **k: calls.append(list(seeds)) or
-                        real(cfg, seeds, *a, **k))
+    monkeypatch.setattr(runner, "train_runs", lambda spec, seeds, *a, **k: calls.append(list(seeds)) or
+                        real(spec, seeds, *a, **k))
     common = ["epochs=1", "batch_size=100", "force=false", f"run_index={tmp_path}/index"]
     runner.plan_pack(cfg_for(tiny_mnist, *common), [(0, 0.01), (1, 0.01), (2, 0.01)])
     recs = [run_job(cfg_for(tiny_mnist, *common, f"seed={s}"), tmp_path / f"s{s}") for s in (0, 1, 2)]
@@ -335,10 +350,10 @@ def test_a_planned_pack_trains_once_even_when_reuse_is_on(tiny_mnist, tmp_path, 
 
 @pytest.mark.parametrize("norm", ["ghost", "layer", "group"])
 def test_other_norms_train_with_autograd_and_pack(tiny_mnist, tiny_data, norm):
-    cfg = plain_config(cfg_for(tiny_mnist, "epochs=2", "batch_size=64", f"model.norm={norm}",
-                               "model.ghost_size=16", "model.groups=8", "lr=0.05"))
-    packed = train_runs(cfg, [0, 1], tiny_data, torch.device("cpu"))
-    (alone,) = train_runs(cfg, [1], tiny_data, torch.device("cpu"))
+    spec = spec_for(tiny_mnist, "epochs=2", "batch_size=64", f"model.norm={norm}",
+                    "model.ghost_size=16", "model.groups=8", "lr=0.05")
+    packed = train_runs(spec, [0, 1], tiny_data, torch.device("cpu"))
+    (alone,) = train_runs(spec, [1], tiny_data, torch.device("cpu"))
     assert all(o.status == "completed" for o in packed)
     assert packed[0].final["val_acc"] > 0.5
     assert packed[1].history[-1]["train_loss"] == pytest.approx(alone.history[-1]["train_loss"], rel=1e-4)
@@ -358,7 +373,7 @@ def test_a_crashing_pack_fails_every_member_without_retraining(tiny_mnist, tmp_p
 
     calls = []
 
-    def crash(cfg, seeds, *a, **k):
+    def crash(spec, seeds, *a, **k):
         calls.append(list(seeds))
         raise RuntimeError("out of memory (simulated)")
 
@@ -384,8 +399,8 @@ def test_weights_broken_by_the_last_update_are_a_divergence(tiny_mnist, tiny_dat
         return acc, loss
 
     monkeypatch.setattr(tr, "evaluate", nan_for_run_one)
-    cfg = plain_config(cfg_for(tiny_mnist, "epochs=2", "batch_size=100"))
-    out = train_runs(cfg, [0, 1], tiny_data, torch.device("cpu"))
+    spec = spec_for(tiny_mnist, "epochs=2", "batch_size=100")
+    out = train_runs(spec, [0, 1], tiny_data, torch.device("cpu"))
     assert out[0].status == "completed" and len(out[0].history) == 2
     assert out[1].status == "diverged" and out[1].diverged_at_step == 10 and out[1].history == []
 
@@ -415,7 +430,7 @@ def test_determinism_is_on_without_loading_the_compiler():
     python_ok(
         "import sys, torch\n"
         "import torch.utils.deterministic as D\n"
-        "from study.train import configure_determinism, set_deterministic\n"
+        "from study.device import configure_determinism, set_deterministic\n"
         "assert not torch.are_deterministic_algorithms_enabled()\n"
         "assert configure_determinism(1) == 1\n"
         "assert torch.are_deterministic_algorithms_enabled()\n"

@@ -96,10 +96,10 @@ def _check_compile(cfgs: Iterable[DictConfig]) -> None:
     before any run, like a bad value (this loads torch, so only then)."""
     compiled = {str(c.device): c for c in cfgs if c.compile}  # one check per device
     if compiled:
-        from study.train import check_compile, resolve_device
+        from study.device import check_compile, resolve_device
 
         for cfg in compiled.values():
-            check_compile(cfg, resolve_device(cfg.device))
+            check_compile(True, resolve_device(cfg.device))
 
 
 def _steps(cfg: DictConfig) -> float:

@@ -1,0 +1,38 @@
+"""The fused SGD step: plain SGD without autograd (`step.py`), and when it trains a run (here).
+
+The rule lives here, torch-free, because two places ask it: the trainer
+(through `study.spec.TrainSpec.fused_step`) and the packed launcher, which
+packs runs that differ in learning rate only where this step trains them
+(`study.packing.lr_packable`) and never loads torch. Whoever teaches the
+step a new layer or optimizer setting widens the rule in the same change.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+# What `step.fused_sgd_step` computes, by config value.
+FAMILIES = ("mlp",)
+ACTIVATIONS = ("relu", "sigmoid", "tanh")
+NORMS = ("none", "batch")  # not ghost BN (its statistics differ), not per-sample norms
+
+
+def _name(v: Any) -> str:
+    """A schema enum (a composed config) or its string (a plain config) as a string."""
+    return str(getattr(v, "value", v))
+
+
+def applies(optimizer: Mapping[str, Any], model: Mapping[str, Any]) -> bool:
+    """Whether the fused step computes what `optimizer` would on `model`
+    (config nodes, composed or plain): plain SGD (no momentum, weight decay
+    or nesterov) on an MLP of the activations and norms it handles."""
+    return (_name(optimizer["name"]) == "sgd" and optimizer["momentum"] == 0
+            and optimizer["weight_decay"] == 0 and not optimizer["nesterov"]
+            and _name(model.get("family", "mlp")) in FAMILIES
+            and _name(model["activation"]) in ACTIVATIONS and _name(model["norm"]) in NORMS)
+
+
+def trains(cfg: Any) -> bool:
+    """Whether runs of `cfg` train with the fused step: `fused` on, and a
+    setup it computes (else autograd and torch.optim train them)."""
+    return bool(cfg.fused) and applies(cfg.optimizer, cfg.model)

@@ -1,0 +1,92 @@
+"""What a job trains, as plain values: `train_spec(cfg)` reads the config once.
+
+The trainer (study/train.py), the models and the probes take a `TrainSpec`
+(or plain arguments) and know nothing of Hydra or OmegaConf: every config
+key they use is a field below. The run's seed and learning rate are not in
+it: a pack trains several (seed, lr) members of one spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from study import fused_sgd
+from study.packing import lr_packable
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    family: str  # `model=<family>`: a key of study.train.FAMILIES
+    options: dict[str, Any]  # the family's other config values: its build function's keyword arguments
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str  # sgd | adam | adamw
+    momentum: float  # sgd
+    nesterov: bool  # sgd
+    weight_decay: float
+    betas: tuple[float, float]  # adam, adamw
+    eps: float  # adam, adamw
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """The measurements of study/probes.py (config `probes`, documented there)."""
+
+    kinds: tuple[str, ...]
+    every: int  # optimizer steps between step probes
+    layer: int  # hidden layer of the `activations` probe, resolved (0 = the first)
+    unit: int
+    sample: int  # validation images of the `activations` probe
+    landscape_scales: tuple[float, ...]  # step sizes along the gradient, in multiples of lr
+    train_subset: int  # training images of the `train_acc` probe
+    shift_brightness: float
+    shift_contrast: float
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    model: ModelSpec
+    optimizer: OptimizerSpec
+    lr: float  # every run's, unless train_runs is given each run's own
+    batch_size: int  # examples per optimizer step
+    epochs: int
+    steps: Optional[int]  # optimizer-step budget; replaces epochs when set
+    eval_batch_size: int  # examples per evaluation forward pass (same numbers, less memory)
+    fused_step: bool  # train with study.fused_sgd's step (config `fused`, where it applies), else autograd
+    lr_packable: bool  # runs with their own learning rates may train as one pack
+    compile: bool  # torch.compile the training step
+    progress_every: float  # seconds between progress lines within an epoch (0: per epoch only)
+    probes: Optional[ProbeSpec]  # None: no probes
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True) if isinstance(node, DictConfig) else dict(node)
+
+
+def train_spec(cfg: Any) -> TrainSpec:
+    """The spec of a (validated) config, composed or plain."""
+    model, opt = _plain(cfg.model), _plain(cfg.optimizer)
+    family = str(model.pop("family", "mlp"))
+    p = cfg.get("probes")
+    probes = None
+    if p is not None and len(p.kinds):
+        probes = ProbeSpec(kinds=tuple(dict.fromkeys(str(getattr(k, "value", k)) for k in p.kinds)),
+                           every=int(p.every), layer=int(p.layer) % len(model["hidden"]), unit=int(p.unit),
+                           sample=int(p.sample), landscape_scales=tuple(float(s) for s in p.landscape_scales),
+                           train_subset=int(p.train_subset), shift_brightness=float(p.shift_brightness),
+                           shift_contrast=float(p.shift_contrast))
+    return TrainSpec(
+        model=ModelSpec(family=family, options=model),
+        optimizer=OptimizerSpec(name=str(opt["name"]), momentum=float(opt["momentum"]),
+                                nesterov=bool(opt["nesterov"]), weight_decay=float(opt["weight_decay"]),
+                                betas=tuple(float(b) for b in opt["betas"]), eps=float(opt["eps"])),
+        lr=float(cfg.lr), batch_size=int(cfg.batch_size), epochs=int(cfg.epochs),
+        steps=None if cfg.steps is None else int(cfg.steps), eval_batch_size=int(cfg.eval_batch_size),
+        fused_step=fused_sgd.trains(cfg), lr_packable=lr_packable(cfg), compile=bool(cfg.compile),
+        progress_every=float(cfg.progress_every), probes=probes,
+    )
