@@ -231,11 +231,14 @@ def describe_counts(counts: dict[str, Any]) -> str:
 
 
 def read_record(path: Path) -> Optional[dict[str, Any]]:
+    """The job's run record (study.records.read_record), or None where it has none to read."""
+    from study.records import RecordError
+    from study.records import read_record as read
+
     try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read(path)
+    except RecordError:
         return None
-    return rec if isinstance(rec, dict) else None
 
 
 def record_path_of(ret: JobReturn) -> Optional[Path]:
