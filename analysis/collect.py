@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from study.records import CLAIM_FILE, RESULT_FILE
+from study.records import CLAIM_FILE, RESULT_FILE, RecordError, read_record
 
 FINAL_METRICS = ("train_loss", "val_acc", "test_acc", "val_loss")
 HISTORY_FIELDS = ("epoch", "step", "train_loss", "val_acc", "test_acc", "val_loss",
@@ -72,8 +73,16 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _num(x: Any) -> float:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
+def num(x: Any) -> float:
+    """A record's or a table's number as a float; NaN for anything else (None, a bool, text, inf)."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        return math.nan
+    v = float(x)
+    return v if math.isfinite(v) else math.nan
+
+
+def finite(x: Any) -> bool:
+    return math.isfinite(num(x))
 
 
 def _median_after_first(values: list[float]) -> float:
@@ -84,10 +93,8 @@ def _median_after_first(values: list[float]) -> float:
     return float(pd.Series(vals).median()) if vals else math.nan
 
 
-def check_record(rec: Any) -> str | None:
-    """Why a parsed JSON value is not a usable run record, or None."""
-    if not isinstance(rec, dict):
-        return f"not a JSON object ({type(rec).__name__})"
+def check_record(rec: dict[str, Any]) -> str | None:
+    """Why a record (a JSON object) is not a usable run record, or None."""
     if not isinstance(rec.get("status"), str):
         return "no 'status'"
     if not isinstance(rec.get("config"), dict):
@@ -98,17 +105,6 @@ def check_record(rec: Any) -> str | None:
     if any(not isinstance(h, dict) for h in rec.get("history") or []):
         return "'history' holds a non-object"
     return None
-
-
-def read_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        return None, f"cannot read: {e.strerror or e}"
-    except ValueError as e:
-        return None, f"not valid JSON: {e}"
-    why = check_record(rec)
-    return (None, why) if why else (rec, None)
 
 
 def run_row(rec: dict[str, Any], run: str, record_path: str) -> dict[str, Any]:
@@ -122,15 +118,15 @@ def run_row(rec: dict[str, Any], run: str, record_path: str) -> dict[str, Any]:
     row.update(flatten(rec["config"]))
     if rec.get("seed") is not None:
         row["seed"] = rec["seed"]
-    row.update({k: _num(final.get(k)) for k in FINAL_METRICS})
+    row.update({k: num(final.get(k)) for k in FINAL_METRICS})
     row.update({
-        "epochs_done": _num(final.get("epoch", len(history) if history else math.nan)),
-        "steps_done": _num(final.get("step")),
-        "diverged_at_step": _num(rec.get("diverged_at_step")),
+        "epochs_done": num(final.get("epoch", len(history) if history else math.nan)),
+        "steps_done": num(final.get("step")),
+        "diverged_at_step": num(rec.get("diverged_at_step")),
         "seconds_per_epoch": _median_after_first([h.get("epoch_seconds") for h in history]),
         "samples_per_second": _median_after_first([h.get("samples_per_second") for h in history]),
-        "pack_size": _num(history[-1].get("pack_size")) if history else math.nan,
-        "wall_seconds": _num(rec.get("wall_seconds")),
+        "pack_size": num(history[-1].get("pack_size")) if history else math.nan,
+        "wall_seconds": num(rec.get("wall_seconds")),
         "started_at": rec.get("started_at"),
         "finished_at": rec.get("finished_at"),
         "data_verified": data.get("verified"),
@@ -154,9 +150,24 @@ def history_rows(rec: dict[str, Any], run: str) -> list[dict[str, Any]]:
     rows = []
     for h in rec.get("history") or []:
         row = {"run": run}
-        row.update({k: (_num(h.get(k)) if k != "epoch" else h.get(k)) for k in HISTORY_FIELDS})
+        row.update({k: (num(h.get(k)) if k != "epoch" else h.get(k)) for k in HISTORY_FIELDS})
         rows.append(row)
     return rows
+
+
+def counted_as(runs: pd.DataFrame, keys: Sequence[str]) -> pd.Series:
+    """Keep one record per run: for each row, the label of the row that counts in its place.
+
+    Rows equal in `keys` (a cell and its seed) are records of one run trained
+    more than once (a forced retrain, other threads, changed code); counting
+    each would pass one seed off as several replicates. The newest by
+    `finished_at` counts (a missing or unreadable time is the oldest; on a tie
+    the later row). A row whose label is its own counts.
+    """
+    finished = pd.to_datetime(runs["finished_at"], utc=True, errors="coerce")
+    order = runs.assign(_finished=finished).sort_values("_finished", na_position="first", kind="stable")
+    keyed = order[list(keys)].astype(str).assign(_label=order.index)
+    return keyed.groupby(list(keys), sort=False)["_label"].transform("last").reindex(runs.index)
 
 
 def run_identity(rec: dict[str, Any]) -> str:
@@ -202,9 +213,14 @@ class _Builder:
         if real in self.seen:
             return None
         self.seen.add(real)
-        rec, why = read_record(path)
-        if rec is None:
-            self.problems.append(Problem(str(path), "unreadable", why or "unknown"))
+        try:
+            rec = read_record(path)
+            why = check_record(rec)
+        except RecordError as e:
+            rec, why = None, str(e)
+        if why:
+            self.problems.append(Problem(str(path), "unreadable", why))
+            return None
         return rec
 
     def add_file(self, path: Path, run: str, extra: dict[str, Any] | None = None) -> bool:
@@ -256,7 +272,7 @@ class _Builder:
             status = trial.user_attrs.get("status")
             status = status if isinstance(status, str) and state != "completed" else state
             row: dict[str, Any] = {"run": run, "record": "", "status": status, **extra,
-                                   "diverged_at_step": _num(trial.user_attrs.get("diverged_at_step")),
+                                   "diverged_at_step": num(trial.user_attrs.get("diverged_at_step")),
                                    "error": trial.user_attrs.get("error")}
             for k, v in {**cell, **_config_attrs(trial.user_attrs), **trial.params}.items():
                 key = k.lstrip("+~")
@@ -265,7 +281,7 @@ class _Builder:
                 if key not in self.config_columns and key != "seed":
                     self.config_columns.append(key)
             if metric in FINAL_METRICS and state == "completed":
-                row[metric] = _num(extra["objective_value"])
+                row[metric] = num(extra["objective_value"])
             self.rows.append(row)
         return study.study_name
 

@@ -46,11 +46,12 @@ class FigureOut:
     skipped: str | None = None  # why it was not drawn
 
 
-def palette(a: Analysis) -> dict[Any, Any]:
+def palette(norms: Iterable[Any]) -> dict[Any, Any]:
+    """One colour per norm, the same in every figure of the report and of the claims."""
     colors = sns.color_palette("colorblind", 10)
     fixed = {"batch": colors[0], "none": colors[1], "ghost": colors[2], "layer": colors[3], "group": colors[4]}
     spare = iter(colors[5:])
-    return {n: fixed.get(str(n)) or next(spare, "gray") for n in a.norms}
+    return {n: fixed.get(str(n)) or next(spare, "gray") for n in dict.fromkeys(norms)}
 
 
 def _n_phrase(counts: pd.Series, unit: str = "seed") -> str:
@@ -69,10 +70,11 @@ def _excluded_phrase(df: pd.DataFrame, lead: str = "; not in the means: ") -> st
     return lead + ", ".join(f"{n} {s}" for s, n in counts.items())
 
 
-def _grid(rows: int, cols: int, **kw: Any) -> tuple[Figure, np.ndarray]:
-    fig = Figure(figsize=(PANEL[0] * cols + 0.6, PANEL[1] * rows + 0.5), dpi=DPI, layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False, **kw)
-    return fig, axes
+def grid(rows: int, cols: int, w: float = PANEL[0], h: float = PANEL[1], margin: tuple[float, float] = (0.6, 0.5),
+         **kw: Any) -> tuple[Figure, np.ndarray]:
+    """A figure of rows x cols panels of w x h inches (plus a margin for the titles), axes as a 2-d array."""
+    fig = Figure(figsize=(w * cols + margin[0], h * rows + margin[1]), dpi=DPI, layout="constrained")
+    return fig, fig.subplots(rows, cols, squeeze=False, **kw)
 
 
 def log2_batch_axis(ax, batch_sizes: Iterable[Any]) -> None:
@@ -115,6 +117,17 @@ def _mark_diverged(ax, df: pd.DataFrame, x: str, pal: dict[Any, Any]) -> int:
         ax.scatter(g[x], np.full(len(g), 0.03), transform=trans, marker="x", s=36,
                    color=pal.get(norm, "black"), linewidths=1.5, zorder=5, clip_on=False)
     return len(bad)
+
+
+def _means_and_runs(ax, d: pd.DataFrame, x: str, y: str, norms: list[Any], pal: dict[Any, Any],
+                    capsize: float) -> None:
+    """Per norm: the mean over seeds at each x with its 95% t-interval (bars), and each run as a dot."""
+    if d.empty:
+        return
+    sns.lineplot(data=d, x=x, y=y, hue="norm", hue_order=norms, palette=pal, estimator="mean",
+                 errorbar=interval_bounds, err_style="bars", marker="o", err_kws={"capsize": capsize}, ax=ax)
+    sns.scatterplot(data=d, x=x, y=y, hue="norm", hue_order=norms, palette=pal, alpha=0.35, s=14, legend=False,
+                    ax=ax)
 
 
 def _clamp_accuracy(axes: np.ndarray) -> None:
@@ -161,7 +174,8 @@ def _lr_phrase(a: Analysis) -> str:
 
 # ---------------------------------------------------------------- figure 1
 def fig_accuracy_vs_batch(a: Analysis) -> tuple[Figure | None, str]:
-    pal = palette(a)
+    """Figure 1: final test accuracy vs batch size per norm (one panel per lr where a few lrs vary)."""
+    pal = palette(a.norms)
     runs = a.runs[a.runs.batch_size.notna() & a.runs.norm.notna()]
     n_lr = runs.lr.nunique() if "lr" in runs else 1
     lr_facets = a.lr_varies and n_lr <= MAX_LR_FACETS
@@ -175,7 +189,7 @@ def fig_accuracy_vs_batch(a: Analysis) -> tuple[Figure | None, str]:
         return None, "no completed run with a test accuracy"
     cols = sorted(runs.lr.dropna().unique()) if lr_facets else [None]
     groups = setting_groups(a, runs)
-    fig, axes = _grid(len(groups), len(cols), sharey=True)
+    fig, axes = grid(len(groups), len(cols), sharey=True)
     bs = a.batch_sizes
     n_div = 0
     for i, (label, g) in enumerate(groups):
@@ -184,12 +198,7 @@ def fig_accuracy_vs_batch(a: Analysis) -> tuple[Figure | None, str]:
             sub = g if lr is None else g[g.lr == lr]
             d = _pct(sub[sub.status == "completed"], "test_acc")
             d["x"] = _dodged(d, a)
-            if not d.empty:
-                sns.lineplot(data=d, x="x", y="test_acc", hue="norm", hue_order=a.norms, palette=pal,
-                             estimator="mean", errorbar=interval_bounds, err_style="bars", marker="o",
-                             err_kws={"capsize": 3}, ax=ax)
-                sns.scatterplot(data=d, x="x", y="test_acc", hue="norm", hue_order=a.norms, palette=pal,
-                                alpha=0.35, s=14, legend=False, ax=ax)
+            _means_and_runs(ax, d, "x", "test_acc", a.norms, pal, capsize=3)
             sub = sub.assign(x=_dodged(sub, a))
             n_div += _mark_diverged(ax, sub, "x", pal)
             log2_batch_axis(ax, bs)
@@ -210,7 +219,7 @@ def fig_accuracy_vs_batch(a: Analysis) -> tuple[Figure | None, str]:
 
 # ---------------------------------------------------------------- figures 2, 3
 def _curves(a: Analysis, metric: str, ylabel: str, what: str) -> tuple[Figure | None, str]:
-    pal = palette(a)
+    pal = palette(a.norms)
     runs = a.best_lr_runs()
     done = runs[runs.status == "completed"]
     hist = a.col.history.merge(done[["run", *a.cell_keys, "seed"]], on="run", how="inner")
@@ -224,7 +233,7 @@ def _curves(a: Analysis, metric: str, ylabel: str, what: str) -> tuple[Figure | 
         hist["setting"] = hist.apply(a.setting_label, axis=1)
         style = "setting"
     bs = sorted(int(b) for b in hist.batch_size.unique())
-    fig, axes = _grid(2, len(bs), sharey=True, sharex="row")
+    fig, axes = grid(2, len(bs), sharey=True, sharex="row")
     for j, b in enumerate(bs):
         d = hist[hist.batch_size == b]
         for i, x in enumerate(("epoch", "step")):
@@ -265,25 +274,21 @@ def fig_loss_curves(a: Analysis) -> tuple[Figure | None, str]:
 
 # ---------------------------------------------------------------- figure 4
 def fig_lr_sensitivity(a: Analysis) -> tuple[Figure | None, str]:
+    """Figure 4: final validation accuracy vs lr per norm, one panel per batch size (an lr sweep only)."""
     if not a.lr_varies:
         return None, f"lr does not vary in these runs (fixed at {fmt_value(a.fixed.get('lr'))})"
-    pal = palette(a)
+    pal = palette(a.norms)
     runs = a.runs[a.runs.lr.notna()]
     groups = setting_groups(a, runs)
     bs = a.batch_sizes
-    fig, axes = _grid(len(groups), len(bs), sharey=True, sharex=True)
+    fig, axes = grid(len(groups), len(bs), sharey=True, sharex=True)
     n_div = 0
     for i, (label, g) in enumerate(groups):
         for j, b in enumerate(bs):
             ax = axes[i, j]
             sub = g[g.batch_size == b]
             d = _pct(sub[(sub.status == "completed") & sub.val_acc.notna()], "val_acc")
-            if not d.empty:
-                sns.lineplot(data=d, x="lr", y="val_acc", hue="norm", hue_order=a.norms, palette=pal,
-                             estimator="mean", errorbar=interval_bounds, err_style="bars", marker="o",
-                             err_kws={"capsize": 2}, ax=ax)
-                sns.scatterplot(data=d, x="lr", y="val_acc", hue="norm", hue_order=a.norms, palette=pal,
-                                alpha=0.35, s=14, legend=False, ax=ax)
+            _means_and_runs(ax, d, "lr", "val_acc", a.norms, pal, capsize=2)
             n_div += _mark_diverged(ax, sub, "lr", pal)
             ax.set_xscale("log")
             ax.set_xlabel("learning rate (log)")
@@ -292,24 +297,25 @@ def fig_lr_sensitivity(a: Analysis) -> tuple[Figure | None, str]:
     _clamp_accuracy(axes)
     _legend(fig, axes, diverged=n_div)
     n = runs.groupby(a.cell_keys, dropna=False).size()
-    caption = (f"Learning-rate sensitivity: final validation accuracy vs lr (log axis) per norm, one panel "
-               f"per batch size; mean over seeds with its {INTERVAL_NOTE}, dots = single runs, crosses at "
-               f"the bottom = diverged runs ({n_div}). {_budget(a)}. {_n_phrase(n, 'run')} "
-               f"({len(runs)} runs{_excluded_phrase(runs)}).")
-    return fig, caption
+    return fig, (f"Learning-rate sensitivity: final validation accuracy vs lr (log axis) per norm, one panel "
+                 f"per batch size; mean over seeds with its {INTERVAL_NOTE}, dots = single runs, crosses at "
+                 f"the bottom = diverged runs ({n_div}). {_budget(a)}. {_n_phrase(n, 'run')} "
+                 f"({len(runs)} runs{_excluded_phrase(runs)}).")
 
 
 # ---------------------------------------------------------------- figure 5
 def fig_isolation(a: Analysis) -> tuple[Figure | None, str]:
+    """Figure 5: each (norm, batch size) at its best lr, so that no arm is judged at an lr that suits
+    another (an lr sweep only)."""
     if not a.lr_varies:
         return None, "lr does not vary: there is no per-cell lr to optimize away"
     if a.best.empty:
         return None, "no cell has a completed run at any lr"
-    pal = palette(a)
+    pal = palette(a.norms)
     runs = a.best_lr_runs()
     done = _pct(runs[(runs.status == "completed") & runs.test_acc.notna()], "test_acc")
     groups = setting_groups(a, done)
-    fig, axes = _grid(1, len(groups), sharey=True)
+    fig, axes = grid(1, len(groups), sharey=True)
     bs = a.batch_sizes
     norms = [n for n in a.norms if n in set(done.norm)]
     width = 0.8 - 0.8 / max(len(norms), 1)
@@ -357,10 +363,11 @@ def fig_isolation(a: Analysis) -> tuple[Figure | None, str]:
 
 # ---------------------------------------------------------------- figure 6
 def fig_cost(a: Analysis) -> tuple[Figure | None, str]:
+    """Figure 6: training throughput and epoch time per norm and batch size, norms compared at equal pack size."""
     timed = timings(a)
     if timed.empty:
         return None, "no run recorded its timing"
-    pal = palette(a)
+    pal = palette(a.norms)
     bs = a.batch_sizes
     d = timed.assign(batch=pd.Categorical(timed.batch_size.astype(int), categories=bs))
     norms = [n for n in a.norms if n in set(d.norm)]
@@ -370,7 +377,7 @@ def fig_cost(a: Analysis) -> tuple[Figure | None, str]:
     if len(packs) > 1:
         groups = [(label, g[g.pack_size == p], p) for label, g, _ in groups for p in packs
                   if (g.pack_size == p).any()]
-    fig, axes = _grid(len(groups), 2)
+    fig, axes = grid(len(groups), 2)
     for i, (label, g, pack_size) in enumerate(groups):
         title = ", ".join(t for t in (label, f"pack size {int(pack_size)}" if pack_size is not None else "") if t)
         for ax, y, ylabel in ((axes[i, 0], "samples_per_second", "training samples per second"),

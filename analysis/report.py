@@ -20,18 +20,19 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.claims import (NO_PRESET, VERDICT_RULE, ClaimResult, ExperimentRuns, claims_table,
-                             evaluate_claims, notebook_verdicts, split_by_experiment)
+from analysis.claims import evaluate_claims
+from analysis.claims.common import (NO_PRESET, NOT_RUN, VERDICT_RULE, ClaimResult, ExperimentRuns, claims_table,
+                                    split_by_experiment)
+from analysis.claims.notebook_claims import notebook_verdicts
 from analysis.collect import AnalysisError, Collection, collect, is_storage_url
-from analysis.document import (Bullets, Details, Figure_, Para, Section, Table, Warning_, to_html,
-                               to_markdown)
+from analysis.document import Bullets, Details, Figure_, Para, Section, Table, Warning_, to_html, to_markdown
 from analysis.figures import draw_figures
-from analysis.summary import (BASELINE_NORM, OPERATIONAL, Analysis, analyze, best_lr_phrase, fmt_value,
-                              norm_name, pct)
+from analysis.summary import BASELINE_NORM, Analysis, analyze, best_lr_phrase, fmt_value, norm_name, pct
+from study.records import OPERATIONAL_KEYS
 
 REPORT_HTML = "report.html"
-SECTION_TITLES = ("Findings", "Claims", "Protocol", "Difference to no norm", "Figures", "Per-cell results",
-                  "Files")
+# Findings: the protocol's claims these runs test, each computed by its claim module (analysis/claims/).
+SECTION_TITLES = ("Findings", "Protocol", "Difference to no norm", "Figures", "Per-cell results", "Files")
 # A folder with the runs of several presets (python -m study.suite): the claims,
 # then one sub-report per preset (experiments/<preset>/report.html).
 CLAIMS_REPORT_TITLES = ("Claims", "The notebook's claims", "Claim figures", "Experiments", "Files")
@@ -152,24 +153,39 @@ def _difference_display(a: Analysis, diffs: pd.DataFrame, keys: list[str]) -> pd
 
 
 # ----------------------------------------------------------------- sections
-def findings_section(a: Analysis) -> Section:
-    runs = a.runs
-    status = Counter(runs.status)
+def findings_section(a: Analysis, results: list[ClaimResult], figures: dict[str, int]) -> Section:
+    """The runs in one line, then the claims they test (`results`, from the claim modules; `figures`: claim ->
+    its figure's number) and, in an lr sweep, each cell's best-lr comparison."""
+    status = Counter(a.runs.status)
     counts = ", ".join(f"{n} {s}" for s, n in status.most_common())
-    blocks: list[Any] = [Para(f"{len(runs)} runs ({counts}) in {len(a.cells)} cells "
+    blocks: list[Any] = [Para(f"{len(a.runs)} runs ({counts}) in {len(a.cells)} cells "
                               f"({' x '.join(a.cell_keys)}); seeds are the replicates.")]
-    if a.findings:
-        blocks.append(Bullets([f"{f['verdict']}: {f['claim']}. {f['evidence']} ({f['figure']})."
-                               for f in a.findings]))
+    tested = [r for r in results if r.verdict != NOT_RUN]
+    if tested:
+        blocks += [Para(VERDICT_RULE),
+                   Table(claims_table(tested), note="The value is the claim's statistic with its 95% interval; "
+                                                    "the figure file is in this folder."),
+                   Bullets(claim_lines(tested, figures))]
     else:
-        blocks.append(Para("No claim of the protocol can be tested with these runs alone (they need "
-                           "both norms at two or more batch sizes, an lr range, or timings)."))
+        blocks.append(Para("No claim of the protocol can be tested with these runs alone (they need both norms "
+                           "at two or more batch sizes, an lr range, or lone timed runs)."))
+    untested = [r.claim for r in results if r.verdict == NOT_RUN]
+    if untested:
+        blocks.append(Para(f"Not tested by these runs: {', '.join(untested)} (each needs its preset's runs; "
+                           "`python -m study.suite` runs every preset and reports on all claims)."))
     if a.lr_varies and not a.best_differences.empty:
         blocks.append(Para(f"At each cell's best lr ({best_lr_phrase(a)}; Figure 5):"))
         blocks.append(Bullets([f"batch {fmt_value(r['batch_size'])}"
                                f"{(', ' + a.setting_label(r)) if a.setting_keys else ''}: {r['reading']}"
                                for r in a.best_differences.to_dict("records")]))
     return Section("Findings", blocks)
+
+
+def claim_lines(results: list[ClaimResult], figures: dict[str, int] | None = None) -> list[str]:
+    """One line per claim: verdict, claim, evidence, the per-setting details and its figure."""
+    figures = figures or {}
+    return [f"{r.verdict}: {r.claim}: {r.title}. {r.evidence}" + (f" ({'; '.join(r.details)})" if r.details else "")
+            + (f" (Figure {figures[r.claim]})" if r.claim in figures else "") for r in results]
 
 
 def _distinct(records: list[dict[str, Any]], section: str, key: str) -> list[str]:
@@ -260,8 +276,8 @@ def protocol_section(a: Analysis) -> Section:
     blocks.extend(_problem_blocks(a))
     fixed = pd.DataFrame([{"key": k, "value": fmt_value(v)} for k, v in a.fixed.items()])
     blocks.append(Details(f"Fixed settings ({len(fixed)} config keys with one value in every run)",
-                          [Table(fixed, "Operational keys (" + ", ".join(OPERATIONAL) + ", and the keys under them) "
-                                 "are not listed.")]))
+                          [Table(fixed, f"Operational keys ({', '.join(OPERATIONAL_KEYS)}, and the keys under "
+                                        "them) are not listed.")]))
     return Section("Protocol", blocks, boxed=True)
 
 
@@ -339,8 +355,9 @@ def difference_section(a: Analysis) -> Section:
     return Section("Difference to no norm", blocks)
 
 
-def figures_section(a: Analysis, figs: list) -> Section:
-    return Section("Figures", [Figure_(f.number, f.title, f.file, f.caption, f.skipped) for f in figs])
+def figures_section(a: Analysis, figs: list, claim_figs: list[Figure_]) -> Section:
+    """The report's figures, then the figures of the findings' claims."""
+    return Section("Figures", [*(Figure_(f.number, f.title, f.file, f.caption, f.skipped) for f in figs), *claim_figs])
 
 
 def cells_section(a: Analysis) -> Section:
@@ -374,35 +391,18 @@ def files_section() -> Section:
         "results.csv: one row per run (cell keys, seed, final metrics, timing, environment, error).",
         "history.csv: one row per run and epoch (the curves' data).",
         "cells.csv and differences.csv: the numbers of the tables above, unrounded.",
-        "fig*.png: the figures; report.md: this report in Markdown.",
+        "fig*.png: the figures; claim_c*.png: the figures of the findings; report.md: this report in Markdown.",
     ])])
 
 
-def claims_section(results: list[ClaimResult], present: list[str]) -> Section:
-    ran = [r for r in results if r.verdict != "not run"]
-    missing = [r.claim for r in results if r.verdict == "not run"]
-    blocks: list[Any] = [Para(VERDICT_RULE)]
-    if ran:
-        blocks.append(Table(claims_table(ran), note="The value is the claim's statistic with its 95% interval; "
-                                                    "the figure file is in this folder."))
-        blocks.append(Bullets([f"{r.verdict}: {r.claim}. {r.evidence}" + (f" ({'; '.join(r.details)})" if r.details else "")
-                               for r in ran]))
-    else:
-        blocks.append(Para(f"None of the protocol's claims is tested by these runs alone (presets here: "
-                           f"{', '.join(present) or 'none'})."))
-    if missing:
-        blocks.append(Para(f"Not run here: {', '.join(missing)}; `python -m study.suite` runs every preset "
-                           "and reports on all claims."))
-    return Section("Claims", blocks)
-
-
-def claim_figures(results: list[ClaimResult], start: int) -> list[Figure_]:
-    figs = []
+def claim_figures(results: list[ClaimResult], start: int) -> dict[str, Figure_]:
+    """Claim -> its figure, numbered from `start` in the claims' order."""
+    figs: dict[str, Figure_] = {}
     for r in results:
         if r.figure:
             caption = r.evidence + (". " + "; ".join(r.details) if r.details else "")
-            figs.append(Figure_(start + len(figs), f"{r.claim}: {r.title} ({r.verdict})", r.figure,
-                                caption + f". n = {r.n or 'see the claims table'}. Preset: {r.experiment}."))
+            figs[r.claim] = Figure_(start + len(figs), f"{r.claim}: {r.title} ({r.verdict})", r.figure,
+                                    caption + f". n = {r.n or 'see the claims table'}. Preset: {r.experiment}.")
     return figs
 
 
@@ -418,20 +418,18 @@ def write_claims_report(col: Collection, exps: dict[str, ExperimentRuns], out: P
         sub.mkdir(parents=True)
         write_report(exp.analysis, sub, {name: exp})
         status = Counter(exp.runs.status)
-        rows.append({"preset": ("quick/" if exp.quick else "") + name, "runs": len(exp.runs),
+        rows.append({"preset": exp.label, "runs": len(exp.runs),
                      "status": ", ".join(f"{n} {s}" for s, n in status.most_common()),
                      "report": f"{EXPERIMENTS_DIR}/{sub.name}/{REPORT_HTML}"})
     problems = _problem_blocks_col(col)
     sections = [
-        Section("Claims", [Para(VERDICT_RULE), Table(claims_table(results)),
-                           Bullets([f"{r.verdict}: {r.claim}. {r.evidence}"
-                                    + (f" ({'; '.join(r.details)})" if r.details else "") for r in results])]),
+        Section("Claims", [Para(VERDICT_RULE), Table(claims_table(results)), Bullets(claim_lines(results))]),
         Section("The notebook's claims", [
             Para("The nine claims of the notebook the project grew from, each answered through the rows "
                  "above that test it (a row read in reverse contradicts the notebook's claim when supported; "
                  "several rows: all must agree, otherwise inconclusive)."),
             Table(nb)]),
-        Section("Claim figures", claim_figures(results, 1) or [Para("No claim had runs to draw.")]),
+        Section("Claim figures", list(claim_figures(results, 1).values()) or [Para("No claim had runs to draw.")]),
         Section("Experiments", [Para("Each preset's runs, analyzed on their own (cells, differences, "
                                      "figures), in its own report:"), Table(pd.DataFrame(rows)), *problems]),
         Section("Files", [Bullets([
@@ -467,13 +465,11 @@ def write_report(a: Analysis, out: Path, exps: dict[str, ExperimentRuns] | None 
         diffs = pd.concat([diffs, best], ignore_index=True)
     diffs.to_csv(out / "differences.csv", index=False)
     figs = draw_figures(a, out)
-    results = [r for r in evaluate_claims(exps or {}, out)] if exps is not None else []
-    claims = claims_section(results, sorted(exps or {}))
-    extra = claim_figures([r for r in results if r.verdict != "not run"], len(figs) + 1)
-    if extra:
-        claims.blocks.extend(extra)
-    sections = [findings_section(a), claims, protocol_section(a), difference_section(a),
-                figures_section(a, figs), cells_section(a), files_section()]
+    results = evaluate_claims(exps, out) if exps is not None else []
+    extra = claim_figures([r for r in results if r.verdict != NOT_RUN], len(figs) + 1)
+    sections = [findings_section(a, results, {c: f.number for c, f in extra.items()}), protocol_section(a),
+                difference_section(a), figures_section(a, figs, list(extra.values())), cells_section(a),
+                files_section()]
     assert tuple(s.title for s in sections) == SECTION_TITLES
     name = a.col.study_name or ", ".join(Path(p).name or p for p in a.col.sources)
     title = f"Batch Normalization study: {name}"

@@ -1,4 +1,4 @@
-"""From the run table to the report's numbers: cells, differences, findings.
+"""From the run table to the report's numbers: cells, differences, best lrs, cost.
 
 A cell is (norm, batch_size) plus every other config key that varies across
 the runs (lr, activation, optimizer, ...), seed excepted: the seeds of a cell
@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
-from analysis.collect import Collection
-from analysis.stats import Difference, contrast, mean_interval, welch_difference
+from analysis.collect import Collection, counted_as
+from analysis.stats import Difference, mean_interval, welch_difference
+from study.records import OPERATIONAL_KEYS
 
-# Config keys that change how or where a run executes or is bookkept, not what it learns;
-# each covers the keys under it too ("tune" covers tune.n_trials, tune.confirm_seeds, ...).
-# study/records.py LAUNCH_ONLY_KEYS names the launch-only ones.
-OPERATIONAL = ("threads", "device", "progress_every", "eval_batch_size", "objective",
-               "data.root", "data.source", "data.verify", "force", "run_index", "trial", "tune")
 TRIAL_NUMBER = "trial.number"  # set on a tuning trial's run; null on its cell's confirmation runs
 # How a cell's numbers at its best lr were obtained (best_lr_table's `basis`).
 BASIS_ALL = "all runs"  # no tuning trials: chosen and shown on the same runs
@@ -41,7 +37,15 @@ DIVERGED_SELECTION_SCORE = 0.0
 
 
 def is_operational(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in OPERATIONAL)
+    """A config key that changes how or where a run executes, not what it learns (study.records)."""
+    return any(key == k or key.startswith(k + ".") for k in OPERATIONAL_KEYS)
+
+
+def norm_order(norms: Iterable[Any]) -> list[Any]:
+    """The distinct norms in the study's order (no norm, BN, ghost BN, LayerNorm, GroupNorm, then the rest)."""
+    order = list(NORM_NAMES)
+    return sorted({v for v in norms if isinstance(v, str)},
+                  key=lambda v: (order.index(v) if v in order else len(order), v))
 
 
 def norm_name(norm: Any) -> str:
@@ -87,7 +91,6 @@ class Analysis:
     best: pd.DataFrame = field(default_factory=pd.DataFrame)  # best lr per (norm, batch, setting)
     best_differences: pd.DataFrame = field(default_factory=pd.DataFrame)
     cost: pd.DataFrame = field(default_factory=pd.DataFrame)
-    findings: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def completed(self) -> pd.DataFrame:
@@ -95,9 +98,7 @@ class Analysis:
 
     @property
     def norms(self) -> list[Any]:
-        order = list(NORM_NAMES)
-        vals = [v for v in self.runs["norm"].dropna().unique()]
-        return sorted(vals, key=lambda v: (order.index(v) if v in order else len(order), str(v)))
+        return norm_order(self.runs["norm"].dropna())
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -165,7 +166,6 @@ def analyze(col: Collection) -> Analysis:
         a.best = best_lr_table(a)
         a.best_differences = best_difference_table(a)
     a.cost = cost_table(a)
-    a.findings = findings(a)
     return a
 
 
@@ -181,12 +181,9 @@ def drop_repeats(runs: pd.DataFrame, cell_keys: list[str]) -> tuple[pd.DataFrame
     scored = runs[runs.status.isin(["completed", "diverged"]) & runs.seed.notna()]
     if scored.empty:
         return runs, []
-    finished = pd.to_datetime(scored.finished_at, utc=True, errors="coerce")
-    order = scored.assign(_finished=finished).sort_values("_finished", na_position="first", kind="stable")
-    by_replicate = order.groupby([*cell_keys, "seed"], dropna=False, sort=False)
-    counted = by_replicate.record.transform("last")
-    left_out = order.index[by_replicate.cumcount(ascending=False) > 0]
-    pairs = [(str(order.record[i]), str(counted[i])) for i in left_out]
+    counted = counted_as(scored, [*cell_keys, "seed"])
+    left_out = counted.index[counted != counted.index]
+    pairs = [(str(scored.record[i]), str(scored.record[counted[i]])) for i in left_out]
     return runs.drop(index=left_out), pairs
 
 
@@ -390,141 +387,10 @@ def cost_table(a: Analysis) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def findings(a: Analysis) -> list[dict[str, str]]:
-    """The protocol's claims this sweep can answer, each with verdict, numbers and figure."""
-    out = []
-    for f in (finding_bn_vs_batch_size, finding_stable_lr, finding_cost):
-        out.extend(f(a))
-    return out
-
-
-def _verdict(d: Difference, positive: bool = True) -> str:
-    if math.isnan(d.low):
-        return "inconclusive"
-    if (d.low > 0) if positive else (d.high < 0):
-        return "supported"
-    if (d.high < 0) if positive else (d.low > 0):
-        return "not supported"
-    return "inconclusive"
-
-
-def setting_groups(a: Analysis, df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(label, rows) per combination of the varying keys other than norm, batch_size and lr."""
-    if not a.setting_keys:
+def setting_groups(a: Analysis, df: pd.DataFrame, keys: list[str] | None = None) -> list[tuple[str, pd.DataFrame]]:
+    """(label "k=v, ...", rows) per combination of `keys` (default: the varying keys other than norm,
+    batch_size and lr); one group labelled "" when there are none."""
+    keys = a.setting_keys if keys is None else keys
+    if not keys:
         return [("", df)]
-    return [(", ".join(f"{k}={fmt_value(v)}" for k, v in zip(a.setting_keys, key)), g)
-            for key, g in _groups(df, a.setting_keys)]
-
-
-def finding_bn_vs_batch_size(a: Analysis) -> list[dict[str, str]]:
-    """C1: at a fixed lr and epoch budget, BN's advantage grows with batch size."""
-    if a.lr_varies or a.differences.empty or len(a.batch_sizes) < 2:
-        return []
-    out = []
-    bn = a.differences[a.differences.norm == "batch"]
-    for label, g in setting_groups(a, bn):
-        where = f" at {label}" if label else ""
-        g = g.dropna(subset=["test_acc_diff"]).sort_values("batch_size")
-        if len(g) < 2:
-            continue
-        lo, hi = g.iloc[0], g.iloc[-1]
-        c = contrast(hi["_difference"], lo["_difference"])
-        by_batch = ", ".join(f"{points(d)}{' points' if i == 0 else ''} at batch {b}"
-                             for i, (d, b) in enumerate(zip(g.test_acc_diff, g.batch_size)))
-        spread = (f"{points(c.diff)} points ({100 * c.low:.2f} to {100 * c.high:.2f})"
-                  if not math.isnan(c.low) else f"{points(c.diff)} points (no interval: one seed per arm)")
-        budget = (f"{a.fixed['steps']} steps" if a.fixed.get("steps") not in (None, "null")
-                  else f"{fmt_value(a.fixed.get('epochs'))} epochs")
-        out.append({
-            "claim": "C1: at a fixed lr and epoch budget, BN's advantage grows with batch size",
-            "verdict": _verdict(c),
-            "evidence": (f"BN minus no-norm test accuracy{where} (lr {fmt_value(a.fixed.get('lr'))}, {budget}): "
-                         f"{by_batch}; batch {hi.batch_size} minus batch {lo.batch_size}: {spread}; "
-                         f"at least {int(min(g.n.min(), g.n_baseline.min()))} seeds per arm"),
-            "figure": "Figure 1",
-        })
-    return out
-
-
-def finding_stable_lr(a: Analysis) -> list[dict[str, str]]:
-    """C2: BN raises the largest stable learning rate."""
-    if not a.lr_varies or not {"none", "batch"} <= set(a.norms):
-        return []
-    out = []
-    keys = ["batch_size", *a.setting_keys]
-    for key, g in _groups(a.runs[a.runs.status.isin(["completed", "diverged"])], keys):
-        where = ", ".join(f"{k}={fmt_value(v)}" for k, v in zip(keys, key))
-        stable = {}
-        for norm in ("batch", "none"):
-            arm = g[g.norm == norm]
-            per_lr = arm.groupby("lr").status.apply(lambda s: (s == "diverged").any())
-            ok = per_lr[~per_lr]
-            bad = per_lr[per_lr]
-            # largest lr below the smallest lr at which any seed diverged
-            below = ok[ok.index < bad.index.min()] if len(bad) else ok
-            stable[norm] = (below.index.max() if len(below) else math.nan,
-                            bad.index.min() if len(bad) else math.nan, arm.lr.max())
-        (bn_ok, bn_bad, bn_max), (no_ok, no_bad, no_max) = stable["batch"], stable["none"]
-
-        def describe(ok: float, bad: float, top: float) -> str:
-            if math.isnan(bad):
-                return f"no divergence up to lr {top:g}"
-            if math.isnan(ok):
-                return f"diverged already at the smallest lr tried ({bad:g})"
-            return f"stable up to lr {ok:g}, diverged at {bad:g}"
-
-        if math.isnan(bn_bad) and math.isnan(no_bad):
-            verdict = "inconclusive"  # the range tried never reached either arm's limit
-        elif math.isnan(bn_bad):
-            verdict = "supported"
-        elif math.isnan(no_bad):
-            verdict = "not supported"
-        else:
-            verdict = "supported" if bn_bad > no_bad else "not supported"
-        out.append({
-            "claim": "C2: BN raises the largest stable learning rate",
-            "verdict": verdict,
-            "evidence": f"{where}: BN {describe(bn_ok, bn_bad, bn_max)}; no norm {describe(no_ok, no_bad, no_max)} "
-                        "(a run is unstable when its loss became non-finite)",
-            "figure": "Figure 4",
-        })
-    return out
-
-
-def finding_cost(a: Analysis) -> list[dict[str, str]]:
-    """C14: BN costs compute (throughput of the same trainer on the same machine)."""
-    if a.cost.empty or "vs_baseline" not in a.cost or "batch" not in a.norms:
-        return []
-    bn = a.cost[(a.cost.norm == "batch") & a.cost.vs_baseline.notna()]
-    if bn.empty:
-        return []
-    rows = bn.to_dict("records")
-    slower = [_verdict(Difference(r["vs_baseline"], r["vs_baseline_low"], r["vs_baseline_high"],
-                                  r["n_epochs_timed"], r["n_epochs_timed"]), positive=False) for r in rows]
-    verdict = ("supported" if all(v == "supported" for v in slower)
-               else "not supported" if all(v == "not supported" for v in slower) else "inconclusive")
-    label_keys = ["batch_size", *a.setting_keys, *(["pack_size"] if _varies(a.cost.pack_size) else [])]
-    labels = [", ".join(f"{k}={fmt_value(r[k])}" for k in label_keys) for r in rows]
-    clear = [lab for lab, v in zip(labels, slower) if v == "supported"]
-    mixed = (f" Slower beyond the timing noise at {'; '.join(clear)} only."
-             if clear and verdict == "inconclusive" else "")
-    parts = []
-    for r, label in zip(rows, labels):
-        iv = (f" ({100 * r['vs_baseline_low']:+.1f}% to {100 * r['vs_baseline_high']:+.1f}%)"
-              if not math.isnan(r["vs_baseline_low"]) else " (one timed epoch: no interval)")
-        parts.append(f"{label}: {100 * r['vs_baseline']:+.1f}%{iv}")
-    machines = sorted(a.runs.device_name.dropna().astype(str).unique())
-    threads = sorted(a.runs.threads.dropna().astype(str).unique())
-    packed = a.runs.pack_size.dropna()
-    note = (f" Runs were trained in packs of up to {int(packed.max())} (one model per seed, stepped together), "
-            "which share each epoch's timing; norms are compared at equal pack sizes."
-            if len(packed) and packed.max() > 1 else "")
-    return [{
-        "claim": "C14: BN costs compute",
-        "verdict": verdict,
-        "evidence": (f"BN training throughput (samples/s) relative to no norm, interval over timed epochs "
-                     f"(the first excluded as warm-up): {'; '.join(parts)}. Machine: "
-                     f"{', '.join(machines) or 'unknown'}, threads {'/'.join(threads) or '?'}; a shared "
-                     f"machine makes timings noisier than accuracies.{mixed}{note}"),
-        "figure": "Figure 6",
-    }]
+    return [(", ".join(f"{k}={fmt_value(v)}" for k, v in zip(keys, key)), g) for key, g in _groups(df, keys)]

@@ -25,26 +25,14 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from analysis.claims import suite_presets
 from study.records import REPO_ROOT, git_state, now_iso, write_json_atomic
 
-# (preset, extra overrides of the full suite), in the order they run. The
-# quick suite runs quick/<preset>, whose grids are set in the preset files.
-SUITE: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("notebook", ("batch_size=8,64,512",)),  # C1 (and the ReLU reference of C3, C11)
-    ("max_lr", ()),  # C2
-    ("tune", ("batch_size=8,64,512",)),  # C3
-    ("steps_to_target", ()),  # C4
-    ("small_batch", ()),  # C5
-    ("shift", ()),  # C6
-    ("ghost", ()),  # C7
-    ("ioffe2015", ()),  # C8, C11
-    ("ics", ()),  # C9
-    ("landscape", ()),  # C10 (the runs of ics)
-    ("regularization", ()),  # C12
-    ("linear_scaling", ()),  # C13
-    ("overhead", ()),  # C14
-    ("deep", ()),  # C15
-)
+# (preset, extra overrides of the full suite), in the order they run: every
+# preset a claim reads, from the claims' registry (analysis/claims/__init__.py),
+# in claim order. The quick suite runs quick/<preset>, whose grids are set in
+# the preset files.
+SUITE: tuple[tuple[str, tuple[str, ...]], ...] = suite_presets()
 PRESETS = tuple(name for name, _ in SUITE)
 
 

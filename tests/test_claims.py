@@ -1,4 +1,4 @@
-"""The verdict rule, the notebook's claims and the split by preset (analysis/claims.py)."""
+"""The verdict rule, the registry, the notebook's claims and the split by preset (analysis/claims/)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from analysis.claims import (CLAIMS, INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, NOTEBOOK_CLAIMS, OUT_OF_SCOPE,
-                             SUPPORTED, ClaimResult, combine, directional, notebook_verdicts, split_by_experiment)
+from analysis.claims import BY_ID, CLAIMS
+from analysis.claims.common import (INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, OUT_OF_SCOPE, SUPPORTED, ClaimResult,
+                                    combine, directional, split_by_experiment)
+from analysis.claims.notebook_claims import NOTEBOOK_CLAIMS, notebook_verdicts
 from analysis.collect import collect
 
 
@@ -36,7 +38,7 @@ def test_combine_needs_every_setting_to_agree() -> None:
 
 
 def _result(claim: str, verdict: str) -> ClaimResult:
-    return ClaimResult(claim=claim, title=CLAIMS[claim][0], verdict=verdict, statistic="s", value=1.0,
+    return ClaimResult(claim=claim, title=BY_ID[claim].title, verdict=verdict, statistic="s", value=1.0,
                        low=0.5, high=1.5, unit="points", n="3 seeds", figure=f"claim_{claim.lower()}.png")
 
 
@@ -79,3 +81,50 @@ def test_split_by_experiment_keeps_presets_apart(tmp_path: Path) -> None:
     # one run reused by two presets counts once for each (identical records otherwise)
     assert len(exps["landscape"].runs) == 4 and len(exps["landscape"].records) == 4
     assert set(exps["ics"].runs.experiment) == {"ics"}
+
+
+def test_registry_is_the_one_map_of_claims_to_presets_and_modules() -> None:
+    import importlib
+
+    from study.suite import SUITE
+
+    assert [c.id for c in CLAIMS] == [f"C{i}" for i in range(1, 16)]
+    for c in CLAIMS:
+        module = importlib.import_module(f"analysis.claims.{c.module}")
+        assert module.LITERATURE and callable(module.evaluate), c.id
+        assert callable(getattr(module, "tests_plain_sweep", None)) == c.plain_sweep, c.id
+    # the suite runs every preset a claim reads, once, in claim order, with the claims' grids
+    order = list(dict.fromkeys(p for c in CLAIMS for p in c.presets))
+    assert [name for name, _ in SUITE] == order
+    assert dict(SUITE)["notebook"] == BY_ID["C1"].suite_grid
+
+
+def test_one_record_per_run_keeps_the_newest() -> None:
+    import pandas as pd
+
+    from analysis.collect import counted_as
+
+    runs = pd.DataFrame({"norm": ["batch", "batch", "batch", "none", "none"], "seed": [0, 0, 0, 0, 0],
+                         "finished_at": ["2026-01-02T00:00:00+00:00", None, "2026-01-01T00:00:00+00:00",
+                                         "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00+00:00"]})
+    counted = counted_as(runs, ["norm", "seed"])
+    # BN: the newest (row 0) counts for all three; no norm: a tie, the later row counts
+    assert counted.tolist() == [0, 0, 0, 4, 4]
+
+
+def test_sweep_report_findings_come_from_the_claim_modules(tmp_path: Path) -> None:
+    """A sweep without a preset whose no-norm arm diverged at an lr no BN run tried (and a batch size with no
+    BN run): its Findings give C2 from the claim module, never 'supported', and never an lr of nan."""
+    import re
+
+    from analysis import build_report
+    from test_claims_metrics import c2_untested_records
+
+    for i, rec in enumerate(c2_untested_records(None)):
+        (tmp_path / "runs" / str(i)).mkdir(parents=True)
+        (tmp_path / "runs" / str(i) / "result.json").write_text(json.dumps(rec))
+    md = (build_report([tmp_path / "runs"]) / "report.md").read_text()
+    findings = md.split("## Findings")[1].split("## Protocol")[0]
+    assert "- inconclusive: C2: BN raises the largest stable learning rate." in findings
+    assert not re.search(r"^- (not )?supported: C2", findings, re.M)
+    assert "lr nan" not in md and "C1:" not in findings  # one batch size per arm pair: C1 not tested

@@ -1,4 +1,4 @@
-"""Claims C2, C3, C4, C5, C7, C11, C12, C13, C14 on synthetic records.
+"""Claims C2, C3, C4, C5, C7, C11, C12, C13, C14 (read from metrics and history) on synthetic records.
 
 Each claim gets runs built in code (written as result.json files and read
 back through analysis.collect, as the report reads them) in three versions:
@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from analysis.claims import (INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ZERO_WIDTH_NOTE, split_by_experiment,
-                             verdict_of)
-from analysis.claims_metrics import (CHANCE_ACC, CLAIM_FUNCTIONS, TARGET_VAL_ACC, _fig_c7, _fig_curves, claim_c2,
-                                     claim_c3, claim_c4, claim_c7, claim_c13, claim_c14)
+from analysis.claims import evaluate_claim
+from analysis.claims.c04_steps_to_target import TARGET_VAL_ACC
+from analysis.claims.c07_ghost_batch import _figure as fig_c7
+from analysis.claims.common import (CHANCE_ACC, INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ZERO_WIDTH_NOTE,
+                                    curves_figure, split_by_experiment, verdict_of)
 from analysis.collect import collect
 from analysis.stats import Difference, contrast, mean_interval, welch_difference
 
@@ -65,9 +66,9 @@ def pts(xs) -> list[float]:
     return [100 * x for x in xs]
 
 
-def run_claim(fn, tmp: Path, recs: list[dict]):
+def run_claim(claim: str, tmp: Path, recs: list[dict]):
     exps = load(tmp, recs)
-    res = fn(exps, tmp / "report")
+    res = evaluate_claim(claim, exps, tmp / "report")
     assert BROKEN not in res.evidence, res.evidence
     return res
 
@@ -79,6 +80,7 @@ def assert_png(tmp: Path, res) -> None:
 
 
 VERDICTS = {1: SUPPORTED, -1: NOT_SUPPORTED, 0: INCONCLUSIVE}
+METRIC_CLAIMS = ["C2", "C3", "C4", "C5", "C7", "C11", "C12", "C13", "C14"]  # the claims read from metrics
 
 
 # ------------------------------------------------------------------ C2
@@ -108,7 +110,7 @@ def c2_records(direction: int) -> list[dict]:
 
 @pytest.mark.parametrize("direction", [1, -1, 0])
 def test_c2_largest_stable_lr(tmp_path, direction):
-    res = run_claim(claim_c2, tmp_path, c2_records(direction))
+    res = run_claim("C2", tmp_path, c2_records(direction))
     assert res.verdict == VERDICTS[direction], res
     bn, no = C2_CASES[direction]
     m = mean_interval([math.log10(b / n) for b, n in zip(bn, no)])
@@ -117,6 +119,38 @@ def test_c2_largest_stable_lr(tmp_path, direction):
     if direction == 1:  # BN stable at lr 10, the top of the grid, for seed 3
         assert "lower bound" in res.evidence and "x no norm's" in res.evidence
         assert_png(tmp_path, res)
+
+
+def c2_untested_records(experiment: str | None) -> list[dict]:
+    """No norm diverges at lr 1, which no BN run tried; BN's grid differs per seed; at batch 512 no BN run at all.
+
+    Compared on each arm's own grid, BN's largest stable lr (0.03 to 0.3) beats no norm's (0.01) for every
+    seed, and the ratio's interval is clear of zero; but no BN run tested an lr where no norm failed.
+    """
+    bn_top = [0.1, 0.03, 0.3, 0.1, 0.3]
+    recs = []
+    for s, top in enumerate(bn_top):
+        recs += [record(experiment, "batch", s, lr=lr, val=0.9 + 0.001 * s) for lr in (0.01, top)]
+        for batch in (64, 512):
+            recs += [record(experiment, "none", s, batch=batch, lr=0.01, val=0.9 + 0.001 * s),
+                     record(experiment, "none", s, batch=batch, lr=1.0, status="diverged")]
+    return recs
+
+
+@pytest.mark.parametrize("experiment", ["max_lr", None])  # the preset, and a sweep without one standing in
+def test_c2_is_never_supported_without_both_arms_at_the_lr_that_failed(tmp_path, experiment):
+    res = run_claim("C2", tmp_path, c2_untested_records(experiment))
+    assert res.verdict == INCONCLUSIVE, res
+    assert "nan" not in res.evidence + " ".join(res.details)
+    assert any(d.startswith("batch_size=512: BN: no runs") for d in res.details), res.details
+
+
+def test_c2_without_a_bn_arm_is_not_supported(tmp_path):
+    no_bn = [r for r in c2_untested_records(None) if r["config"]["model"]["norm"] == "none"]
+    assert run_claim("C2", tmp_path / "plain", no_bn).verdict == NOT_RUN  # a plain sweep does not test it
+    for r in no_bn:
+        r["experiment"] = "max_lr"
+    assert run_claim("C2", tmp_path / "preset", no_bn).verdict == INCONCLUSIVE
 
 
 # ------------------------------------------------------------------ C3
@@ -144,7 +178,7 @@ def c3_records(direction: int) -> list[dict]:
 @pytest.mark.parametrize("direction", [1, -1, 0])
 def test_c3_tuned_gap_against_fixed_lr_gap(tmp_path, direction):
     recs, (fb, fn, tb, tn) = c3_records(direction)
-    res = run_claim(claim_c3, tmp_path, recs)
+    res = run_claim("C3", tmp_path, recs)
     assert res.verdict == VERDICTS[direction], res
     assert res.experiment == "quick/tune, notebook"
     if direction != 0:
@@ -189,7 +223,7 @@ def c4_records(direction: int) -> list[dict]:
 
 
 def test_c4_steps_to_target_by_hand(tmp_path):
-    res = run_claim(claim_c4, tmp_path, c4_records(1))
+    res = run_claim("C4", tmp_path, c4_records(1))
     assert res.verdict == SUPPORTED, res
     assert TARGET_VAL_ACC == 0.97
     # best lr: the fewest median steps among lrs where every seed reached the target
@@ -205,7 +239,7 @@ def test_c4_steps_to_target_by_hand(tmp_path):
 
 @pytest.mark.parametrize("direction", [-1, 0])
 def test_c4_other_directions(tmp_path, direction):
-    assert run_claim(claim_c4, tmp_path, c4_records(direction)).verdict == VERDICTS[direction]
+    assert run_claim("C4", tmp_path, c4_records(direction)).verdict == VERDICTS[direction]
 
 
 def test_c4_censored_arm_is_a_bound(tmp_path):
@@ -215,7 +249,7 @@ def test_c4_censored_arm_is_a_bound(tmp_path):
         series = [{"step": st, "val_acc": 0.5} for st in range(0, C4_BUDGET + 1, 25)]
         recs.append(record("steps_to_target", "none", seed, batch=32, lr=0.1, steps=C4_BUDGET, val=0.5,
                            probes={"kinds": ["val_acc"], "every": 25, "seconds": 1.0, "series": series, "final": {}}))
-    res = run_claim(claim_c4, tmp_path, recs)
+    res = run_claim("C4", tmp_path, recs)
     line = next(d for d in res.details if d.startswith("batch 32"))
     assert "never reached" in line and "lower bound" in line
     d = welch_difference(np.log10([C4_BUDGET] * 3), np.log10([150, 175, 200]))
@@ -238,7 +272,7 @@ def c5_records(direction: int) -> tuple[list[dict], dict]:
 @pytest.mark.parametrize("direction", [1, -1, 0])
 def test_c5_small_batch(tmp_path, direction):
     recs, acc = c5_records(direction)
-    res = CLAIM_FUNCTIONS["C5"](load(tmp_path, recs), tmp_path / "report")
+    res = evaluate_claim("C5", load(tmp_path, recs), tmp_path / "report")
     assert BROKEN not in res.evidence
     assert res.verdict == VERDICTS[direction], res
     err = lambda xs: [100 * (1 - x) for x in xs]  # noqa: E731
@@ -254,7 +288,7 @@ def test_c5_small_batch(tmp_path, direction):
 def test_c5_diverged_run_counts_at_chance(tmp_path):
     recs, acc = c5_records(1)
     recs.append(record("small_batch", "batch", 3, batch=4, status="diverged"))
-    res = run_claim(CLAIM_FUNCTIONS["C5"], tmp_path, recs)
+    res = run_claim("C5", tmp_path, recs)
     err = lambda xs: [100 * (1 - x) for x in xs]  # noqa: E731
     bn = welch_difference(err([*acc["batch"][4], CHANCE_ACC]), err(acc["batch"][64]))
     assert any(d.startswith("BN:") and f"{bn.diff:+.2f}" in d and "1 diverged run counted at chance" in d
@@ -282,7 +316,7 @@ def c7_records(direction: int) -> tuple[list[dict], dict]:
 @pytest.mark.parametrize("direction", [1, -1, 0])
 def test_c7_ghost(tmp_path, direction):
     recs, acc = c7_records(direction)
-    res = run_claim(claim_c7, tmp_path, recs)
+    res = run_claim("C7", tmp_path, recs)
     assert res.verdict == VERDICTS[direction], res
     d = {g: welch_difference(pts(acc[g]), pts(acc["plain"])) for g in (32, 64)}
     head = min(d.values(), key=lambda x: x.low)
@@ -317,7 +351,7 @@ def c11_records(direction: int) -> tuple[list[dict], dict]:
 @pytest.mark.parametrize("direction", [1, -1, 0])
 def test_c11_sigmoid_network(tmp_path, direction):
     recs, acc = c11_records(direction)
-    res = run_claim(CLAIM_FUNCTIONS["C11"], tmp_path, recs)
+    res = run_claim("C11", tmp_path, recs)
     assert res.verdict == VERDICTS[direction], res
     d = welch_difference(pts(acc["batch"]), pts(acc["none"]))
     assert (res.value, res.low, res.high) == pytest.approx((d.diff, d.low, d.high))
@@ -333,7 +367,7 @@ def test_c11_sigmoid_network(tmp_path, direction):
 
 def test_c11_without_notebook_still_answers(tmp_path):
     recs, _ = c11_records(1)
-    res = run_claim(CLAIM_FUNCTIONS["C11"], tmp_path, [r for r in recs if r["experiment"] != "notebook"])
+    res = run_claim("C11", tmp_path, [r for r in recs if r["experiment"] != "notebook"])
     assert res.verdict == SUPPORTED and any("no ReLU comparison" in l for l in res.details)
 
 
@@ -359,7 +393,7 @@ def c12_records(direction: int) -> tuple[list[dict], dict]:
 @pytest.mark.parametrize("direction", [1, -1, 0])
 def test_c12_generalization_gap(tmp_path, direction):
     recs, arms = c12_records(direction)
-    res = run_claim(CLAIM_FUNCTIONS["C12"], tmp_path, recs)
+    res = run_claim("C12", tmp_path, recs)
     assert res.verdict == VERDICTS[direction], res
     gap = {n: [100 * (tr - te) for tr, te in v] for n, v in arms.items()}
     d = welch_difference(gap["none"], gap["batch"])
@@ -372,7 +406,7 @@ def test_c12_generalization_gap(tmp_path, direction):
 
 def test_c12_without_train_acc_is_inconclusive(tmp_path):
     recs = [record("regularization", n, s) for n in ("none", "batch") for s in range(2)]
-    res = run_claim(CLAIM_FUNCTIONS["C12"], tmp_path, recs)
+    res = run_claim("C12", tmp_path, recs)
     assert res.verdict == INCONCLUSIVE and "train_acc" in res.evidence
 
 
@@ -394,7 +428,7 @@ def c13_records(direction: int) -> tuple[list[dict], dict]:
 @pytest.mark.parametrize("direction", [1, -1, 0])
 def test_c13_linear_scaling(tmp_path, direction):
     recs, arms = c13_records(direction)
-    res = run_claim(claim_c13, tmp_path, recs)
+    res = run_claim("C13", tmp_path, recs)
     assert res.verdict == VERDICTS[direction], res
     drop = {n: welch_difference(pts(t[64]), pts(t[1024])) for n, t in arms.items()}  # 1024: the first drop
     c = contrast(drop["none"], drop["batch"])
@@ -431,7 +465,7 @@ def c14_records(direction: int) -> tuple[list[dict], dict]:
 @pytest.mark.parametrize("direction", [1, -1, 0])
 def test_c14_time_per_step(tmp_path, direction):
     recs, per_step = c14_records(direction)
-    res = run_claim(claim_c14, tmp_path, recs)
+    res = run_claim("C14", tmp_path, recs)
     assert res.verdict == VERDICTS[direction], res
     rel = {}
     for b in (64, 512):
@@ -449,10 +483,10 @@ def test_c14_time_per_step(tmp_path, direction):
 
 
 # ------------------------------------------------------------------ not run, degenerate input
-@pytest.mark.parametrize("claim", list(CLAIM_FUNCTIONS))
+@pytest.mark.parametrize("claim", METRIC_CLAIMS)
 def test_not_run_without_its_preset(tmp_path, claim):
     recs = [record("deep", n, s) for n in ("none", "batch") for s in range(2)]
-    res = CLAIM_FUNCTIONS[claim](load(tmp_path, recs), tmp_path / "report")
+    res = evaluate_claim(claim, load(tmp_path, recs), tmp_path / "report")
     assert res.verdict == NOT_RUN and res.claim == claim
 
 
@@ -476,33 +510,33 @@ def distinct(recs: list[dict]) -> list[dict]:
     return recs
 
 
-@pytest.mark.parametrize("claim", list(CLAIM_FUNCTIONS))
+@pytest.mark.parametrize("claim", METRIC_CLAIMS)
 def test_every_run_diverged_is_inconclusive(tmp_path, claim):
     recs = [record(p, n, s, batch=b, lr=lr, status="diverged", model={"ghost_size": 512})
             for p in PRESETS[claim] for n in ("none", "batch") for s in range(2) for b in (64, 512)
             for lr in (0.01, 0.1)]
     recs = distinct(recs + [anchor(p) for p in PRESETS[claim]])
-    res = CLAIM_FUNCTIONS[claim](load(tmp_path, recs), tmp_path / "report")
+    res = evaluate_claim(claim, load(tmp_path, recs), tmp_path / "report")
     assert res.verdict == INCONCLUSIVE and res.evidence and BROKEN not in res.evidence, res
 
 
-@pytest.mark.parametrize("claim", list(CLAIM_FUNCTIONS))
+@pytest.mark.parametrize("claim", METRIC_CLAIMS)
 def test_one_arm_with_missing_metrics_is_inconclusive(tmp_path, claim):
     recs = [record(p, "batch", s, batch=64, val=None, history=[], model={"ghost_size": 32})
             for p in PRESETS[claim] for s in range(2)]
     for r in recs:
         r["final"] = {}
     recs = distinct(recs + [anchor(p) for p in PRESETS[claim]])
-    res = CLAIM_FUNCTIONS[claim](load(tmp_path, recs), tmp_path / "report")
+    res = evaluate_claim(claim, load(tmp_path, recs), tmp_path / "report")
     assert res.verdict == INCONCLUSIVE and BROKEN not in res.evidence, res
 
 
 def test_a_claim_that_raises_says_so(tmp_path, monkeypatch):
-    import analysis.claims_metrics as cm
+    import analysis.claims.c02_stable_lr as c2
 
     exps = load(tmp_path, c2_records(1))
-    monkeypatch.setattr(cm, "_largest_stable", lambda states: 1 / 0)
-    res = cm.claim_c2(exps, tmp_path / "report")
+    monkeypatch.setattr(c2, "_largest_stable", lambda states: 1 / 0)
+    res = evaluate_claim("C2", exps, tmp_path / "report")
     assert res.verdict == INCONCLUSIVE and "ZeroDivisionError" in res.evidence
 
 
@@ -513,7 +547,7 @@ def test_identical_seeds_give_a_zero_width_interval_that_is_never_supported(tmp_
     recs = [record("ioffe2015", norm, s, batch=60, test=v, val=v + 0.001 * s,
                    model={"activation": "sigmoid", "hidden": [100, 100, 100]})
             for norm, v in (("batch", 0.9181), ("none", 0.1135)) for s in range(2)]
-    res = run_claim(CLAIM_FUNCTIONS["C11"], tmp_path, recs)
+    res = run_claim("C11", tmp_path, recs)
     assert res.low == pytest.approx(res.high) == pytest.approx(80.46)
     assert res.verdict == INCONCLUSIVE and ZERO_WIDTH_NOTE in res.evidence
 
@@ -521,7 +555,7 @@ def test_identical_seeds_give_a_zero_width_interval_that_is_never_supported(tmp_
 def test_c2_same_grid_ratio_for_every_seed_is_inconclusive(tmp_path):
     # on a discrete lr grid every seed can land on the same ratio: a zero-width interval, not certainty
     recs = [r for r in c2_records(1) if r["seed"] < 3]
-    res = run_claim(claim_c2, tmp_path, recs)
+    res = run_claim("C2", tmp_path, recs)
     assert res.value == pytest.approx(1.0) and res.low == pytest.approx(res.high)
     assert res.verdict == INCONCLUSIVE and ZERO_WIDTH_NOTE in res.evidence
 
@@ -536,12 +570,12 @@ def test_verdict_of_reads_the_rule_except_zero_width():
 
 def test_accuracy_axes_stay_within_0_to_100(tmp_path):
     # two seeds far apart: the t interval (t = 12.7) reaches far below 0% and above 100%
-    fig = _fig_c7({"BN@512": [30.0, 95.0], "ghost 32@512": [20.0, 90.0]})
+    fig = fig_c7({"BN@512": [30.0, 95.0], "ghost 32@512": [20.0, 90.0]})
     ax = fig.axes[0]
     lo, hi = ax.get_ylim()
     assert -5 <= lo and hi <= 105
     assert "95% t interval over seeds" in ax.get_title() and ax.get_ylabel() == "test accuracy (%)"
-    fig = _fig_curves([("batch", [(0.0, 0.1), (100.0, 0.3)]), ("batch", [(0.0, 0.1), (100.0, 0.99)])],
+    fig = curves_figure([("batch", [(0.0, 0.1), (100.0, 0.3)]), ("batch", [(0.0, 0.1), (100.0, 0.99)])],
                       "optimizer steps", "validation accuracy (%)", "t", scale=100)
     lo, hi = fig.axes[0].get_ylim()
     assert -5 <= lo and hi <= 105 and "band: 95% t interval" in fig.axes[0].get_title()
@@ -552,12 +586,12 @@ def test_c7_no_recovered_share_of_a_gap_within_noise(tmp_path):
     for r in recs:  # BN@64 now indistinguishable from plain BN@512
         if r["config"]["batch_size"] == 64:
             r["final"]["test_acc"] = r["history"][0]["test_acc"] = [0.950, 0.953, 0.953][r["seed"]]
-    res = run_claim(claim_c7, tmp_path, recs)
+    res = run_claim("C7", tmp_path, recs)
     assert not any("recovers" in d for d in res.details)
     assert any(d.startswith("BN at batch 64 minus plain BN") and "no share" in d for d in res.details)
 
 
 def test_c14_evidence_says_slower_or_faster_by_sign(tmp_path):
     recs, _ = c14_records(-1)
-    res = run_claim(claim_c14, tmp_path, recs)
+    res = run_claim("C14", tmp_path, recs)
     assert res.value < 0 and "longer" not in res.evidence and "positive: BN slower" in res.evidence

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.claims import (INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ZERO_WIDTH_NOTE, ExperimentRuns,
-                             split_by_experiment)
-from analysis.claims_probes import (PROBE_CLAIMS, claim_c6, claim_c8, claim_c9, claim_c10, claim_c15,
-                                    probe_finals, probe_series)
+from analysis.claims import evaluate_claim
+from analysis.claims.common import (INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ZERO_WIDTH_NOTE, ExperimentRuns,
+                                    split_by_experiment)
+from analysis.claims.probe_tables import probe_finals, probe_series
 from analysis.collect import collect
 from analysis.stats import mean_interval, welch_difference
 
@@ -86,7 +86,9 @@ def degenerate_records(experiment: str) -> list[list[dict]]:
 @pytest.mark.parametrize("claim,experiment", [("C6", "shift"), ("C8", "ioffe2015"), ("C9", "ics"),
                                               ("C10", "landscape"), ("C15", "deep")])
 def test_degenerate_input_is_inconclusive_and_absent_preset_not_run(tmp_path, claim, experiment):
-    fn = PROBE_CLAIMS[claim]
+    def fn(exps, out):
+        return evaluate_claim(claim, exps, out)
+
     assert fn({}, tmp_path).verdict == NOT_RUN
     other = exps_of(tmp_path / "other", [record("notebook", "none", 0, None)])
     assert fn(other, tmp_path).verdict == NOT_RUN
@@ -156,7 +158,7 @@ def c6_records(direction: str) -> tuple[list[dict], dict]:
 @pytest.mark.parametrize("direction,verdict", [("up", SUPPORTED), ("not", NOT_SUPPORTED), ("mixed", INCONCLUSIVE)])
 def test_c6(tmp_path, direction, verdict):
     recs, truth = c6_records(direction)
-    res = claim_c6(exps_of(tmp_path, recs), tmp_path)
+    res = evaluate_claim("C6", exps_of(tmp_path, recs), tmp_path)
     assert res.verdict == verdict, res
     assert_interval(res, welch_difference(truth["gaps"][2], truth["gaps"][512]))
     assert res.unit == "points" and "expected > 0" in res.statistic
@@ -202,7 +204,7 @@ def hand_drift(p50s):
 @pytest.mark.parametrize("direction,verdict", [("up", SUPPORTED), ("not", NOT_SUPPORTED), ("mixed", INCONCLUSIVE)])
 def test_c8(tmp_path, direction, verdict):
     recs = c8_records(direction)
-    res = claim_c8(exps_of(tmp_path, recs), tmp_path)
+    res = evaluate_claim("C8", exps_of(tmp_path, recs), tmp_path)
     assert res.verdict == verdict, res
     drifts = {n: [hand_drift([a["activations"]["p50"] for a in r["probes"]["series"]])
                   for r in recs if r["config"]["model"]["norm"] == n] for n in ("none", "batch")}
@@ -241,7 +243,7 @@ def ics_records(case: str, experiment: str = "ics") -> list[dict]:
 @pytest.mark.parametrize("case,verdict", [("supported", SUPPORTED), ("not", NOT_SUPPORTED),
                                           ("similar", INCONCLUSIVE)])
 def test_c9(tmp_path, case, verdict):
-    res = claim_c9(exps_of(tmp_path, ics_records(case)), tmp_path)
+    res = evaluate_claim("C9", exps_of(tmp_path, ics_records(case)), tmp_path)
     assert res.verdict == verdict, res
     bn_cos, none_cos = C9_COS[case]
     assert_interval(res, welch_difference(bn_cos, none_cos))  # one value per run (constant over probes)
@@ -253,7 +255,7 @@ def test_c9(tmp_path, case, verdict):
 
 
 def test_c10_from_landscape_or_from_ics_runs(tmp_path):
-    res = claim_c10(exps_of(tmp_path / "a", ics_records("similar", "landscape")), tmp_path / "a")
+    res = evaluate_claim("C10", exps_of(tmp_path / "a", ics_records("similar", "landscape")), tmp_path / "a")
     # early = steps <= 25% of 200 = steps 0 and 50, where beta is early_beta
     none_early = [math.log10(100.0 * (1 + s)) for s in SEEDS]
     bn_early = [math.log10(2.0 + s) for s in SEEDS]
@@ -264,7 +266,7 @@ def test_c10_from_landscape_or_from_ics_runs(tmp_path):
     assert any(d.startswith("effective beta-smoothness, late") and f"{late.diff:+.2f}" in d for d in res.details)
     assert_png(tmp_path / "a" / res.figure)
     # the landscape preset's runs are the ics preset's: with only those, C10 reads them
-    res = claim_c10(exps_of(tmp_path / "b", ics_records("similar", "ics")), tmp_path / "b")
+    res = evaluate_claim("C10", exps_of(tmp_path / "b", ics_records("similar", "ics")), tmp_path / "b")
     assert res.verdict == SUPPORTED and res.experiment.startswith("ics")
 
 
@@ -272,13 +274,13 @@ def test_c10_not_supported_and_inconclusive(tmp_path):
     recs = ics_records("similar", "landscape")
     for r in recs:  # swap the arms' landscapes
         r["config"]["model"]["norm"] = {"batch": "none", "none": "batch"}[r["config"]["model"]["norm"]]
-    assert claim_c10(exps_of(tmp_path / "not", recs), tmp_path / "not").verdict == NOT_SUPPORTED
+    assert evaluate_claim("C10", exps_of(tmp_path / "not", recs), tmp_path / "not").verdict == NOT_SUPPORTED
     recs = ics_records("similar", "landscape")
     for r in recs:  # the same early smoothness in both arms, up to seed noise
         for i, e in enumerate(r["probes"]["series"]):
             arm = r["config"]["model"]["norm"] == "none"
             e["landscape"]["beta_smoothness"] = 1.0 + 0.5 * ((r["seed"] + i + arm) % 3)
-    assert claim_c10(exps_of(tmp_path / "inc", recs), tmp_path / "inc").verdict == INCONCLUSIVE
+    assert evaluate_claim("C10", exps_of(tmp_path / "inc", recs), tmp_path / "inc").verdict == INCONCLUSIVE
 
 
 # ------------------------------------------------------------------ C15
@@ -302,7 +304,7 @@ def hand_spread(decay, layers=16):
 def test_c15(tmp_path):
     decays = {("sigmoid", "none"): [0.5, 0.6, 0.7], ("sigmoid", "batch"): [0.01, 0.02, 0.03],
               ("relu", "none"): [0.2, 0.25, 0.3], ("relu", "batch"): [0.0, 0.01, 0.02]}
-    res = claim_c15(exps_of(tmp_path / "a", c15_records(decays)), tmp_path / "a")
+    res = evaluate_claim("C15", exps_of(tmp_path / "a", c15_records(decays)), tmp_path / "a")
     assert res.verdict == SUPPORTED, res
     assert_interval(res, welch_difference([hand_spread(x) for x in decays[("sigmoid", "none")]],
                                           [hand_spread(x) for x in decays[("sigmoid", "batch")]]))
@@ -310,9 +312,9 @@ def test_c15(tmp_path):
     assert any(d.startswith("relu:") and "supported" in d for d in res.details)
     assert_png(tmp_path / "a" / res.figure)
     flipped = {(a, n): decays[(a, {"none": "batch", "batch": "none"}[n])] for a, n in decays}
-    assert claim_c15(exps_of(tmp_path / "b", c15_records(flipped)), tmp_path / "b").verdict == NOT_SUPPORTED
+    assert evaluate_claim("C15", exps_of(tmp_path / "b", c15_records(flipped)), tmp_path / "b").verdict == NOT_SUPPORTED
     mixed = {**decays, ("relu", "none"): decays[("relu", "batch")], ("relu", "batch"): decays[("relu", "none")]}
-    res = claim_c15(exps_of(tmp_path / "c", c15_records(mixed)), tmp_path / "c")
+    res = evaluate_claim("C15", exps_of(tmp_path / "c", c15_records(mixed)), tmp_path / "c")
     assert res.verdict == INCONCLUSIVE and "relu not supported" in res.details[-1]
 
 
@@ -320,23 +322,23 @@ def test_c15(tmp_path):
 def test_identical_seeds_never_make_a_probe_claim_supported(tmp_path):
     # every seed of an arm gives the same spread: Welch's interval has zero width, which is no evidence
     decays = {("sigmoid", "none"): [0.5] * 3, ("sigmoid", "batch"): [0.01] * 3}
-    res = claim_c15(exps_of(tmp_path, c15_records(decays)), tmp_path)
+    res = evaluate_claim("C15", exps_of(tmp_path, c15_records(decays)), tmp_path)
     assert res.low == pytest.approx(res.high)
     assert res.verdict == INCONCLUSIVE and ZERO_WIDTH_NOTE in res.evidence
 
 
 def test_c6_accuracy_axes_are_clamped_and_say_what_the_bars_are(tmp_path, monkeypatch):
-    import analysis.claims_probes as cp
+    import analysis.claims.common as common
 
     figs = []
-    monkeypatch.setattr(cp, "save_figure", lambda fig, out, claim: figs.append(fig) or "claim_c6.png")
+    monkeypatch.setattr(common, "save_figure", lambda fig, out, claim: figs.append(fig) or "claim_c6.png")
     recs, _ = c6_records("up")
     for r in recs:  # two seeds far apart on the shifted set: a t interval far outside 0-100%
         shift = (r["probes"] or {}).get("final", {}).get("shift")
         if shift and r["seed"] < 2:
             shift["running_acc"] = [0.05, 0.95][r["seed"]]
     recs = [r for r in recs if r["seed"] < 2]
-    claim_c6(exps_of(tmp_path, recs), tmp_path)
+    evaluate_claim("C6", exps_of(tmp_path, recs), tmp_path)
     (fig,) = figs
     for ax in fig.axes:
         lo, hi = ax.get_ylim()

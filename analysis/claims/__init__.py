@@ -1,0 +1,106 @@
+"""The claims: one module per claim of the protocol, and this registry.
+
+`../shared/docs/protocol.md` lists the notebook's nine claims about BN and a
+table C1..C15 of checkable claims, each with the experiment that tests it.
+Every experiment is a preset (`conf/experiment/<name>.yaml`; `quick/<name>`
+is its smoke-test variant) and every run records the preset it was launched
+with (`experiment` in result.json).
+
+`CLAIMS` is that table and the one map of claims to presets: the suite
+(`python -m study.suite`) runs the presets named here, in this order, and the
+report evaluates each claim on the runs of its presets. A claim's module
+`analysis/claims/<module>.py` holds
+
+- `LITERATURE`: the published number its statistic stands beside;
+- `evaluate(runs, out) -> ClaimResult`: selection (`runs.need("<preset>")`;
+  a preset without runs makes the claim "not run") -> statistic -> verdict
+  (`common.verdict_of`, the one rule) -> prose -> figure (a helper of the
+  module, saved as `out/claim_<id>.png`);
+- where the row says `plain_sweep=True`, `tests_plain_sweep(exp)`: whether a
+  sweep launched without a preset has what the claim compares, so that it
+  stands in for the claim's first preset (a plain `batch_size=8,64,512`
+  sweep answers C1 in its own report).
+
+Add a claim: write its module with those three names (common.py has the
+result, the rule, the run selection, number formatting and figure helpers),
+add its row here, its preset `conf/experiment/<name>.yaml` and a
+`quick/<name>.yaml`, and a test that builds records for it
+(tests/test_claims_*.py).
+
+Importing this package is cheap (no pandas, no matplotlib): study/suite.py
+reads the registry; the claim modules load when claims are evaluated.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    from analysis.claims.common import ClaimResult, ExperimentRuns
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str  # "C5"
+    title: str  # the claim in words, as the protocol's table has it
+    presets: tuple[str, ...]  # the presets whose runs it reads (conf/experiment/<name>.yaml)
+    module: str  # analysis/claims/<module>.py
+    plain_sweep: bool = False  # a sweep without a preset may stand in for presets[0] (module.tests_plain_sweep)
+    suite_grid: tuple[str, ...] = ()  # overrides the full suite adds to presets[0] (a quick/ preset sets its own)
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("C1", "at a fixed lr and epoch budget BN's advantage grows with batch size", ("notebook",),
+          "c01_batch_size", plain_sweep=True, suite_grid=("batch_size=8,64,512",)),
+    Claim("C2", "BN raises the largest stable learning rate", ("max_lr",), "c02_stable_lr", plain_sweep=True),
+    Claim("C3", "with lr tuned per arm the gap shrinks", ("tune", "notebook"), "c03_tuned_gap",
+          suite_grid=("batch_size=8,64,512",)),
+    Claim("C4", "BN needs fewer steps to a target accuracy", ("steps_to_target",), "c04_steps_to_target"),
+    Claim("C5", "small batches hurt BN but not LayerNorm/GroupNorm/no-norm", ("small_batch",), "c05_small_batch"),
+    Claim("C6", "train/inference discrepancy, worse under a shifted test set", ("shift",), "c06_train_inference"),
+    Claim("C7", "ghost BN at large batch recovers part of the small-batch result", ("ghost",), "c07_ghost_batch"),
+    Claim("C8", "BN stabilizes activation distributions", ("ioffe2015",), "c08_activation_drift"),
+    Claim("C9", "BN does not reduce internal covariate shift", ("ics",), "c09_covariate_shift"),
+    Claim("C10", "BN smooths the loss landscape", ("landscape",), "c10_landscape"),
+    Claim("C11", "the BN paper's sigmoid network replicates", ("ioffe2015", "notebook"), "c11_sigmoid_net"),
+    Claim("C12", "the regularizing effect needs long training", ("regularization",), "c12_regularization"),
+    Claim("C13", "linear lr scaling holds over a range of batch sizes", ("linear_scaling",), "c13_linear_scaling"),
+    Claim("C14", "BN costs compute", ("overhead",), "c14_cost", plain_sweep=True),
+    Claim("C15", "vanishing/exploding gradients are mitigated", ("deep",), "c15_deep_gradients"),
+)
+BY_ID: dict[str, Claim] = {c.id: c for c in CLAIMS}
+
+
+def suite_presets() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(preset, overrides of the full suite) for every preset a claim reads, in claim order, each once."""
+    out: dict[str, tuple[str, ...]] = {}
+    for c in CLAIMS:
+        for i, p in enumerate(c.presets):
+            extra = c.suite_grid if i == 0 else ()
+            out[p] = (*out.get(p, ()), *(x for x in extra if x not in out.get(p, ())))
+    return tuple(out.items())
+
+
+def evaluate_claim(claim_id: str, exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
+    """One claim on the runs in `exps` (preset -> runs); its figure goes into `out`. Never raises."""
+    from analysis.claims.common import NO_PRESET, ClaimRuns, guarded
+
+    claim = BY_ID[claim_id]
+    module = importlib.import_module(f"analysis.claims.{claim.module}")
+    runs = ClaimRuns(claim, exps, module.LITERATURE)
+
+    def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
+        plain = exps.get(NO_PRESET)
+        if claim.plain_sweep and plain is not None and module.tests_plain_sweep(plain):
+            runs.stand_in = plain
+        return module.evaluate(runs, out)
+
+    return guarded(evaluate, runs, out)
+
+
+def evaluate_claims(exps: Mapping[str, ExperimentRuns], out: Path) -> list[ClaimResult]:
+    """Every claim C1..C15, in order; figures are written into `out`."""
+    return [evaluate_claim(c.id, exps, out) for c in CLAIMS]

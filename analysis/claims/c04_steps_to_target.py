@@ -1,0 +1,188 @@
+"""C4: BN needs fewer steps to a target accuracy.
+
+Runs: the steps_to_target preset (Shallue et al. 2018's protocol: an lr grid
+per batch size and arm, validation accuracy probed every 25 steps).
+Statistic: per batch size, log10(no norm's steps / BN's steps) to 97%
+validation accuracy at each arm's best lr (the fewest median steps among lrs
+where every seed reached the target). Figure: steps to target vs batch size,
+log-log, with perfect 1/B scaling dashed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.claims.common import (ClaimResult, ClaimRuns, combine, config_of, diff_text, draw, finite, headline,
+                                    label_axes, log2_batch_axis, log_y, n_text, norm_of, num, palette, panel, seed_of,
+                                    val_series, verdict_of)
+from analysis.collect import counted_as
+from analysis.stats import welch_difference
+from analysis.summary import norm_name, norm_order
+
+LITERATURE = ("Ioffe & Szegedy 2015 (ImageNet): 14x fewer steps to 72.2% (with other changes); "
+              "Shallue et al. 2018: steps to target fall as 1/B, then diminish, then plateau")
+TARGET_VAL_ACC = 0.97  # the validation accuracy to reach (the protocol's "e.g. 97%")
+# A doubling of the batch size that cuts the steps to target by less than this fraction of
+# perfect (1/B) scaling marks the end of the 1/B regime (Shallue et al. 2018).
+PERFECT_SCALING_FRACTION = 0.5
+STATISTIC = (f"log10(no norm's steps / BN's steps) to {TARGET_VAL_ACC:.0%} validation accuracy at each arm's "
+             "best lr, per batch size (Welch over seeds), expected > 0")
+
+
+def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
+    df = _steps_table(runs.need("steps_to_target").records)
+    if df.empty or not {"none", "batch"} <= set(df.norm):
+        return runs.inconclusive(STATISTIC, "needs completed or diverged runs of both BN and no norm")
+    n_hist = int((df.source == "history").sum())
+    details = [f"{n_hist} run(s) without a val_acc probe series: steps read from per-epoch validation "
+               "(coarser: an upper bound on the step the target was first reached)"] if n_hist else []
+    chosen = {key: _best_lr(g) for key, g in df.groupby(["norm", "batch_size"])}
+    settings = []
+    for b in sorted(df.batch_size.unique()):
+        line, setting = _compare(b, chosen.get(("batch", b)), chosen.get(("none", b)))
+        details.append(line)
+        if setting is not None:
+            settings.append(setting)
+    plotted = [{"norm": norm, "batch_size": b, **c} for (norm, b), c in chosen.items()]
+    details.extend(_scaling_lines(plotted))
+    figure = draw("C4", out, lambda: _figure(plotted), details)
+    if not settings:
+        return runs.inconclusive(STATISTIC, f"at no batch size did either arm reach {TARGET_VAL_ACC:.0%} validation "
+                                            "accuracy within the budget", figure=figure, details=details)
+    label, d = headline(settings)
+    evidence = (f"At {label} (least favourable of {len(settings)} batch size(s)) no norm needs {10 ** d.diff:.3g}x "
+                f"BN's steps to {TARGET_VAL_ACC:.0%} validation accuracy (log10 {diff_text(d, '', 3)}); verdict "
+                "combined over batch sizes. Each arm's lr is the one with the fewest median steps among lrs where "
+                "every seed reached the target; a run that never reached it, or diverged, counts as not reaching "
+                "it. Figure: steps to target vs batch size (log-log), one point per seed, median line, dashed "
+                "perfect 1/B scaling.")
+    return runs.result(combine(v for *_, v in settings), STATISTIC, interval=d, unit="log10",
+                       n=n_text([min(d.n_a, d.n_b)], "seeds per arm (smallest)"), evidence=evidence,
+                       figure=figure, details=details)
+
+
+def _steps_to_target(r: dict[str, Any]) -> tuple[float, str]:
+    """First step with val_acc >= target (inf: censored: never reached, or the run diverged); and the source."""
+    pts, source = val_series(r)
+    if r.get("status") != "completed":
+        return math.inf, source
+    for step, acc in pts:
+        if acc >= TARGET_VAL_ACC:
+            return max(step, 1.0), source
+    return math.inf, source
+
+
+def _budget(r: dict[str, Any]) -> float:
+    steps = config_of(r).get("steps")
+    if finite(steps):
+        return float(steps)
+    pts, _ = val_series(r)
+    final = r.get("final") if isinstance(r.get("final"), dict) else {}
+    return max([p[0] for p in pts] + ([float(final["step"])] if finite(final.get("step")) else []) + [1.0])
+
+
+def _steps_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per completed or diverged run (one record per run): its cell, steps to target and budget."""
+    rows = []
+    for r in records:
+        if r.get("status") not in ("completed", "diverged"):
+            continue
+        b, lr = num(config_of(r).get("batch_size")), num(config_of(r).get("lr"))
+        if norm_of(r) is None or not (math.isfinite(b) and math.isfinite(lr)):
+            continue
+        steps, source = _steps_to_target(r)
+        rows.append({"norm": norm_of(r), "batch_size": int(b), "lr": lr, "seed": seed_of(r), "steps": steps,
+                     "source": source, "budget": _budget(r), "status": r.get("status"),
+                     "finished_at": r.get("finished_at")})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    counted = counted_as(df, ["norm", "batch_size", "lr", "seed"])
+    return df[counted == df.index]
+
+
+def _best_lr(g: pd.DataFrame) -> dict[str, Any]:
+    """One arm at one batch size: the lr with the fewest median steps among lrs where every seed reached the
+    target; censored at the budget where none did."""
+    reached = {lr: h for lr, h in g.groupby("lr") if np.isfinite(h.steps).all()}
+    if reached:
+        lr = min(reached, key=lambda k: (float(np.median(reached[k].steps)), k))
+        return {"lr": lr, "steps": list(reached[lr].steps), "censored": False, "n_lr": g.lr.nunique(),
+                "edge": lr == g.lr.max() and g.lr.nunique() > 1}
+    n = int(g.groupby("lr").size().max())
+    return {"lr": math.nan, "steps": [float(g.budget.max())] * n, "censored": True, "n_lr": g.lr.nunique()}
+
+
+def _arm_text(name: str, c: dict[str, Any]) -> str:
+    if c["censored"]:
+        return f"{name} never reached it at any of {c['n_lr']} lr(s) (censored at the {c['steps'][0]:.0f}-step budget)"
+    edge = " (the largest lr tried: a larger one might be faster)" if c.get("edge") else ""
+    return f"{name} median {np.median(c['steps']):.0f} steps at lr {c['lr']:g}{edge}"
+
+
+def _compare(b: int, bn: Optional[dict], no: Optional[dict]) -> tuple[str, Optional[tuple]]:
+    """One batch size: its detail line, and its setting (label, log10 ratio, verdict) where an arm reached it."""
+    if not (bn and no):
+        return f"batch {b}: an arm has no runs", None
+    text = f"batch {b}: {_arm_text('BN', bn)}; {_arm_text('no norm', no)}"
+    if bn["censored"] and no["censored"]:
+        return text + ": neither arm reached the target, no statistic", None
+    d = welch_difference(np.log10(no["steps"]), np.log10(bn["steps"]))
+    if no["censored"]:
+        text += "; a lower bound (no norm censored)"
+    elif bn["censored"]:
+        text += "; an upper bound (BN censored)"
+    return f"{text}; log10 ratio {diff_text(d, '', 3)} ({10 ** d.diff:.3g}x): {verdict_of(d)}", \
+        (f"batch {b}", d, verdict_of(d))
+
+
+def _scaling_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per arm: where the steps to target stop falling as 1/B (Shallue et al. 2018's perfect-scaling regime)."""
+    out = []
+    for norm in norm_order(r["norm"] for r in rows):
+        pts = sorted((r["batch_size"], float(np.median(r["steps"]))) for r in rows
+                     if r["norm"] == norm and not r["censored"])
+        if len(pts) < 2:
+            continue
+        effs, stop = [], None
+        for (b1, s1), (b2, s2) in zip(pts, pts[1:]):
+            eff = (s1 / s2) / (b2 / b1)
+            effs.append(f"{b1}->{b2}: {eff:.2f}")
+            if stop is None and eff < PERFECT_SCALING_FRACTION:
+                stop = (b1, b2)
+        where = (f"stops scaling as 1/B between batch {stop[0]} and {stop[1]}" if stop
+                 else "scales within a factor 2 of 1/B across the range tried")
+        out.append(f"{norm_name(norm)}: {where} (fraction of perfect scaling per step up: {', '.join(effs)}; "
+                   f"below {PERFECT_SCALING_FRACTION} counts as the end of the 1/B regime)")
+    return out
+
+
+def _figure(rows: list[dict[str, Any]]) -> Figure:
+    fig, ax = panel()
+    pal = palette(r["norm"] for r in rows)
+    for norm in norm_order(r["norm"] for r in rows):
+        mine = sorted((r for r in rows if r["norm"] == norm), key=lambda r: r["batch_size"])
+        ok = [r for r in mine if not r["censored"]]
+        for r in ok:
+            ax.scatter([r["batch_size"]] * len(r["steps"]), r["steps"], color=pal[norm], s=12, alpha=0.6)
+        if ok:
+            xs = [r["batch_size"] for r in ok]
+            med = [float(np.median(r["steps"])) for r in ok]
+            ax.plot(xs, med, color=pal[norm], marker="o", label=norm_name(norm))
+            ax.plot(xs, [med[0] * xs[0] / x for x in xs], color=pal[norm], linestyle="--", linewidth=0.8)
+        for r in mine:
+            if r["censored"]:
+                ax.scatter([r["batch_size"]], [r["steps"][0]], color=pal[norm], marker="^", s=40)
+    ax.set_xscale("log", base=2)
+    log_y(ax)
+    log2_batch_axis(ax, [r["batch_size"] for r in rows])
+    label_axes(ax, "batch size (examples per step)", f"optimizer steps to {TARGET_VAL_ACC:.0%} val. accuracy",
+          "C4: steps to target (dots: seeds; line: median over seeds;\n"
+          "dashed: perfect 1/B scaling; triangle: never reached, at the budget)")
+    return fig

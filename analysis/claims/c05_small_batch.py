@@ -1,0 +1,99 @@
+"""C5: small batches hurt BN but not LayerNorm, GroupNorm or no norm.
+
+Runs: the small_batch preset (batch 2..64 x four norms at lr 0.01).
+Statistic: BN's rise in test error from the reference batch (64) to the
+smallest batch minus the largest such rise among the other norms. Figure:
+test error vs batch size per norm.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.claims.common import (DIVERGED_NOTE, ClaimResult, ClaimRuns, acc_values, clamp_axis, counts_note,
+                                    diff_text, draw, label_axes, log2_batch_axis, mean_band, n_text, palette, panel,
+                                    runs_table, verdict_of)
+from analysis.stats import Difference, contrast, welch_difference
+from analysis.summary import norm_name, norm_order
+
+LITERATURE = ("Wu & He 2018 (ResNet-50, ImageNet): BN top-1 error 23.6/23.7/24.8/27.3/34.7 at 32/16/8/4/2 "
+              "images per GPU; GroupNorm 24.1/24.2/24.0/24.2/24.1")
+REFERENCE_BATCH = 64
+STATISTIC = ("BN's rise in test error from the reference batch to the smallest batch minus the largest such "
+             "rise among the other norms, in points, expected > 0")
+
+
+def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
+    df = runs_table(runs.need("small_batch"))
+    df = df[df.batch_size.notna()]
+    norms = norm_order(df.norm.dropna())
+    others = [n for n in norms if n != "batch"]
+    if "batch" not in norms or not others:
+        return runs.inconclusive(STATISTIC, "needs BN and at least one other norm")
+    sizes = sorted(set(df[df.norm == "batch"].batch_size) & set(df[df.norm.isin(others)].batch_size))
+    if len(sizes) < 2:
+        return runs.inconclusive(STATISTIC, "needs two batch sizes shared by BN and another norm")
+    small = int(sizes[0])
+    ref = REFERENCE_BATCH if REFERENCE_BATCH in sizes else int(sizes[-1])
+    rises, details = _rises(df, norms, small, ref)
+    details.append("mean test error (%) by batch size: " + "; ".join(_errors(df, n) for n in norms))
+    figure = draw("C5", out, lambda: _figure(df), details)
+    other = [n for n in others if n in rises and math.isfinite(rises[n].diff)]
+    if "batch" not in rises or not other:
+        return runs.inconclusive(STATISTIC, f"BN or every other norm lacks runs at batch {small} and {ref}",
+                                 figure=figure, details=details)
+    worst = max(other, key=lambda n: rises[n].diff)
+    c = contrast(rises["batch"], rises[worst])
+    evidence = (f"From batch {ref} to {small}, BN's test error rises by {diff_text(rises['batch'])}; the largest rise "
+                f"among the other norms is {norm_name(worst)}'s, {diff_text(rises[worst])}; BN's rise minus it: "
+                f"{diff_text(c)}. {DIVERGED_NOTE}. Figure: test error vs batch size per norm (log2 axis), mean and "
+                "95% t-interval over seeds.")
+    return runs.result(verdict_of(c), STATISTIC, interval=c, unit="points",
+                       n=n_text([c.n_a, c.n_b], "seeds per cell (smallest)"), evidence=evidence, figure=figure,
+                       details=details)
+
+
+def _rises(df: pd.DataFrame, norms: list[Any], small: int, ref: int) -> tuple[dict[Any, Difference], list[str]]:
+    """Per norm: test error at the small batch minus at the reference batch (Welch), and its detail lines."""
+    rises: dict[Any, Difference] = {}
+    details = [] if ref == REFERENCE_BATCH else [f"no batch {REFERENCE_BATCH}: the reference is batch {ref}"]
+    for norm in norms:
+        a_small, dv1, lo1 = acc_values(df[(df.norm == norm) & (df.batch_size == small)], "test_acc")
+        a_ref, dv2, lo2 = acc_values(df[(df.norm == norm) & (df.batch_size == ref)], "test_acc")
+        if not a_small or not a_ref:
+            details.append(f"{norm_name(norm)}: no runs at batch {small} or {ref}")
+            continue
+        rises[norm] = welch_difference([100 - a for a in a_small], [100 - a for a in a_ref])
+        details.append(f"{norm_name(norm)}: error at batch {small} minus at {ref}: {diff_text(rises[norm])}"
+                       f"{counts_note(dv1 + dv2, lo1 + lo2)}")
+    return rises, details
+
+
+def _errors(df: pd.DataFrame, norm: Any) -> str:
+    errs = []
+    for b in sorted(df.batch_size.unique()):
+        v, _, _ = acc_values(df[(df.norm == norm) & (df.batch_size == b)], "test_acc")
+        if v:
+            errs.append(f"{100 - float(np.mean(v)):.2f}@{int(b)}")
+    return f"{norm_name(norm)} {' / '.join(errs)}"
+
+
+def _figure(df: pd.DataFrame) -> Figure:
+    fig, ax = panel()
+    pal = palette(df.norm.dropna())
+    for norm in norm_order(df.norm.dropna()):
+        sizes = sorted(df[df.norm == norm].batch_size.unique())
+        groups = [[100 - a for a in acc_values(df[(df.norm == norm) & (df.batch_size == b)], "test_acc")[0]]
+                  for b in sizes]
+        mean_band(ax, list(sizes), groups, pal[norm], norm_name(norm), bars=True)
+    log2_batch_axis(ax, df.batch_size)
+    clamp_axis(ax)
+    label_axes(ax, "batch size", "test error (%)",
+          "C5: test error vs batch size (95% t-interval over seeds)")
+    return fig

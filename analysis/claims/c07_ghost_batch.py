@@ -1,0 +1,97 @@
+"""C7: ghost BN at large batch recovers part of the small-batch result.
+
+Runs: the ghost preset (batch 64 and 512; ghost sizes 32, 64, 512; a ghost
+size >= the batch is plain BN). Statistic: per ghost size, ghost BN minus
+plain BN test accuracy at the largest batch (Welch); where BN at batch 64 is
+clearly ahead of plain BN at the large batch, the share of that gap each ghost
+size recovers. Figure: test accuracy per arm, one point per seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.claims.common import (DIVERGED_NOTE, SUPPORTED, ClaimResult, ClaimRuns, acc_values, clamp_axis, column,
+                                    combine, counts_note, diff_text, draw, headline, label_axes, n_text, palette, panel,
+                                    runs_table, verdict_of)
+from analysis.collect import counted_as
+from analysis.stats import interval_bounds, welch_difference
+
+LITERATURE = "Hoffer et al. 2017: the large-batch gap comes from fewer updates; ghost BN reduces it"
+REFERENCE_BATCH = 64  # the small-batch result
+STATISTIC = "ghost BN minus plain BN test accuracy at batch 512, in points, per ghost size (Welch), expected > 0"
+
+
+def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
+    df = runs_table(runs.need("ghost"))
+    df["ghost"] = pd.to_numeric(column(df, "model.ghost_size"), errors="coerce")
+    df = df[df.norm.isin(["ghost", "batch"]) & df.batch_size.notna()]
+    large = int(df.batch_size.max()) if len(df) else 0
+    plain_large = _plain_bn(df, large)
+    ghosts = df[(df.norm == "ghost") & ~(df.ghost >= df.batch_size) & (df.batch_size == large)]
+    if plain_large.empty or ghosts.empty or large <= REFERENCE_BATCH:
+        return runs.inconclusive(STATISTIC, f"needs plain BN and ghost BN runs at the largest batch ({large}), above "
+                                            f"batch {REFERENCE_BATCH}")
+    a_plain, dv, lo = acc_values(plain_large, "test_acc")
+    a_small, dv64, lo64 = acc_values(_plain_bn(df, REFERENCE_BATCH), "test_acc")
+    details = [f"plain BN at batch {large}: {np.mean(a_plain):.2f}% (n={len(a_plain)}){counts_note(dv, lo)}"]
+    series = {f"BN@{large}": a_plain}
+    small_gap = welch_difference(a_small, a_plain) if a_small else None
+    gap_clear = small_gap is not None and verdict_of(small_gap) == SUPPORTED
+    if a_small:
+        series[f"BN@{REFERENCE_BATCH}"] = a_small
+        details += [f"BN at batch {REFERENCE_BATCH}: {np.mean(a_small):.2f}% (n={len(a_small)})"
+                    f"{counts_note(dv64, lo64)}",
+                    f"BN at batch {REFERENCE_BATCH} minus plain BN at {large}: {diff_text(small_gap)}"
+                    + ("" if gap_clear else ": not clearly positive, so no share of it is computed")]
+    settings = []
+    for g, h in ghosts.groupby("ghost"):
+        vals, dvg, log_ = acc_values(h, "test_acc")
+        if not vals:
+            continue
+        d = welch_difference(vals, a_plain)
+        settings.append((f"ghost size {int(g)}", d, verdict_of(d)))
+        series[f"ghost {int(g)}@{large}"] = vals
+        share = ""
+        if gap_clear:
+            share = (f"; recovers {100 * (np.mean(vals) - np.mean(a_plain)) / small_gap.diff:.0f}% of the gap from "
+                     f"plain BN@{large} to BN@{REFERENCE_BATCH} ({small_gap.diff:+.2f} points)")
+        details.append(f"ghost size {int(g)} at batch {large}: {np.mean(vals):.2f}%, minus plain BN {diff_text(d)}: "
+                       f"{verdict_of(d)}{share}{counts_note(dvg, log_)}")
+    figure = draw("C7", out, lambda: _figure(series), details)
+    if not settings:
+        return runs.inconclusive(STATISTIC, f"no ghost BN run at batch {large} has a test accuracy", figure=figure,
+                                 details=details)
+    label, d = headline(settings)
+    evidence = (f"At batch {large}, {label} (least favourable of {len(settings)}) minus plain BN: {diff_text(d)}; "
+                f"verdict combined over ghost sizes. {DIVERGED_NOTE}. Figure: test accuracy per arm, one point per "
+                "seed, mean and 95% t-interval.")
+    return runs.result(combine(v for *_, v in settings), STATISTIC, interval=d, unit="points",
+                       n=n_text([d.n_a, d.n_b], "seeds per arm"), evidence=evidence, figure=figure, details=details)
+
+
+def _plain_bn(df: pd.DataFrame, batch: int) -> pd.DataFrame:
+    """Plain BN at `batch`: norm batch, or ghost with a ghost size >= the batch (one chunk). Runs that differ
+    only in an unused ghost size are one model: one record per seed (collect.counted_as)."""
+    plain = df[((df.norm == "batch") | (df.ghost >= df.batch_size)) & (df.batch_size == batch)]
+    return plain[counted_as(plain, ["seed"]) == plain.index]
+
+
+def _figure(series: dict[str, list[float]]) -> Figure:
+    fig, ax = panel()
+    colors = palette(["batch", "none", "ghost"])
+    for i, (name, vals) in enumerate(series.items()):
+        color = colors["batch"] if name.startswith("BN") else colors["ghost"]
+        ax.scatter([i] * len(vals), vals, color=color, s=14, alpha=0.6)
+        lo, hi = interval_bounds(vals)
+        m = float(np.mean(vals))
+        ax.errorbar([i + 0.15], [m], yerr=[[m - lo], [hi - m]], fmt="o", color=color, capsize=3)
+    clamp_axis(ax)
+    ax.set_xticks(range(len(series)), list(series), fontsize=8)
+    label_axes(ax, "arm (norm @ batch size)", "test accuracy (%)",
+          "C7: ghost BN at large batch vs plain BN\n(dots: seeds; bars: mean and 95% t interval over seeds)")
+    return fig

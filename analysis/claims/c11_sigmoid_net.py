@@ -1,0 +1,85 @@
+"""C11: the BN paper's sigmoid network replicates (Ioffe & Szegedy 2015, sec. 4.1).
+
+Runs: the ioffe2015 preset (3x100 sigmoid MLP, batch 60, 50,000 steps);
+the notebook preset's ReLU network at batch 64, lr 0.01, where it ran, for
+comparison. Statistic: BN minus no-norm test accuracy (Welch). Figure:
+validation accuracy vs steps per arm.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from analysis.claims.common import (DIVERGED_NOTE, NOT_SUPPORTED, SUPPORTED, ClaimResult, ClaimRuns, ExperimentRuns,
+                                    acc_values, counts_note, curves_figure, diff_text, draw, n_text, norm_of,
+                                    runs_table, seed_of, val_series, verdict_of)
+from analysis.collect import counted_as
+from analysis.stats import Difference, contrast, mean_interval, welch_difference
+from analysis.summary import norm_name
+
+LITERATURE = ("Ioffe & Szegedy 2015 sec. 4.1 (3x100 sigmoid, batch 60, 50,000 steps): a public re-run "
+              "reported 0.980 with BN vs 0.977 without")
+NOTEBOOK_BATCH, NOTEBOOK_LR = 64, 0.01  # the notebook's ReLU network, for comparison
+STATISTIC = "BN minus no norm test accuracy in the 3x100 sigmoid network, in points (Welch), expected > 0"
+
+
+def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
+    exp = runs.need("ioffe2015")
+    df = runs_table(exp)
+    if not {"none", "batch"} <= set(df.norm.dropna()):
+        return runs.inconclusive(STATISTIC, "needs runs of both BN and no norm")
+    d, note = _gap(df)
+    details = []
+    for norm in ("batch", "none"):
+        m = mean_interval([v / 100 for v in acc_values(df[df.norm == norm], "test_acc")[0]])
+        details.append(f"{norm_name(norm)}: test accuracy {m.mean:.4f}"
+                       + (f" ({m.low:.4f} to {m.high:.4f})" if math.isfinite(m.low) else "") + f", n={m.n}")
+    details.append("literature (a public re-run of Ioffe & Szegedy 2015 sec. 4.1): 0.980 with BN vs 0.977 without")
+    details.append(_relu_line(runs.get("notebook"), d))
+    curves = _curves(exp)
+    figure = draw("C11", out, lambda: curves_figure(
+        [(n, pts) for n, pts, _ in curves], "optimizer steps", "validation accuracy (%)",
+        "C11: 3x100 sigmoid MLP, validation accuracy", scale=100), details)
+    source = ("val_acc probe" if {s for _, _, s in curves} == {"probe"}
+              else "per-epoch history where a run has no probe")
+    evidence = (f"BN minus no norm test accuracy: {diff_text(d)}{note}. {DIVERGED_NOTE}. Figure: validation "
+                f"accuracy vs steps per arm ({source}), mean and 95% t-band over seeds.")
+    return runs.result(verdict_of(d), STATISTIC, interval=d, unit="points", n=n_text([d.n_a, d.n_b]),
+                       evidence=evidence, figure=figure, details=details)
+
+
+def _gap(df: pd.DataFrame) -> tuple[Difference, str]:
+    """BN minus no norm test accuracy in points (diverged runs at chance), and the note of runs counted so."""
+    bn, dv1, lo1 = acc_values(df[df.norm == "batch"], "test_acc")
+    no, dv2, lo2 = acc_values(df[df.norm == "none"], "test_acc")
+    return welch_difference(bn, no), counts_note(dv1 + dv2, lo1 + lo2)
+
+
+def _relu_line(notebook: Optional[ExperimentRuns], sigmoid: Difference) -> str:
+    """The same gap in the notebook's ReLU network, and the sigmoid gap minus it."""
+    if notebook is None:
+        return "no notebook runs: no ReLU comparison"
+    nb = runs_table(notebook)
+    nb = nb[(nb.batch_size == NOTEBOOK_BATCH) & (np.isclose(nb.lr.astype(float), NOTEBOOK_LR))]
+    if not {"none", "batch"} <= set(nb.norm.dropna()):
+        return f"notebook runs lack both arms at batch {NOTEBOOK_BATCH}, lr {NOTEBOOK_LR}: no ReLU comparison"
+    relu, note = _gap(nb)
+    c = contrast(sigmoid, relu)
+    reading = {SUPPORTED: "larger with sigmoid", NOT_SUPPORTED: "smaller with sigmoid"}.get(verdict_of(c),
+                                                                                             "no clear difference")
+    return (f"ReLU notebook network at batch {NOTEBOOK_BATCH}, lr {NOTEBOOK_LR}: BN minus no norm "
+            f"{diff_text(relu)}{note}; sigmoid gap minus ReLU gap {diff_text(c)}: {reading}")
+
+
+def _curves(exp: ExperimentRuns) -> list[tuple[str, list[tuple[float, float]], str]]:
+    """(norm, (step, val_acc) points, source) per completed or diverged run, one record per (norm, seed)."""
+    recs = [r for r in exp.records if r.get("status") in ("completed", "diverged")]
+    keys = pd.DataFrame({"norm": [norm_of(r) for r in recs], "seed": [seed_of(r) for r in recs],
+                         "finished_at": [r.get("finished_at") for r in recs]})
+    kept = keys.index[counted_as(keys, ["norm", "seed"]) == keys.index] if recs else []
+    return [(norm_of(recs[i]), *val_series(recs[i])) for i in kept]

@@ -1,0 +1,60 @@
+"""C12: the regularizing effect of BN needs long training.
+
+Runs: the regularization preset (50 epochs at the notebook's setting,
+training accuracy measured after every epoch: probes.kinds=[train_acc]).
+Statistic: no norm's final-epoch generalization gap (train minus test
+accuracy) minus BN's (Welch). Figure: the gap per epoch per arm.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.claims.common import (ClaimResult, ClaimRuns, curves_figure, diff_text, draw, n_text, runs_table,
+                                    verdict_of)
+from analysis.stats import welch_difference
+from analysis.summary import norm_name
+
+LITERATURE = "Ioffe & Szegedy 2015: BN regularizes (dropout could be reduced); no MNIST figure"
+STATISTIC = ("no norm's final-epoch generalization gap (train minus test accuracy, points) minus BN's "
+             "(Welch), expected > 0")
+
+
+def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
+    exp = runs.need("regularization")
+    table, hist = runs_table(exp), exp.analysis.col.history
+    if hist is None or hist.empty or "train_acc" not in hist or hist.train_acc.isna().all():
+        return runs.inconclusive(STATISTIC, "no per-epoch train_acc in the history (probes.kinds lacks train_acc)")
+    done = _gaps(hist, table)
+    last = done.groupby("run").tail(1)
+    gaps = {n: list(last[last.norm == n].gap) for n in ("none", "batch")}
+    details = [f"{norm_name(n)}: final gap {np.mean(g):.2f} points (n={len(g)}; train {100 * arm.train_acc.mean():.2f}"
+               f"%, test {100 * arm.test_acc.mean():.2f}%) at epoch {int(arm.epoch.max())}"
+               for n, g in gaps.items() if g for arm in [last[last.norm == n]]]
+    n_out = int((table.status != "completed").sum())
+    if n_out:
+        details.append(f"{n_out} run(s) not completed (diverged, failed or pruned): left out, they have no final gap")
+    figure = draw("C12", out, lambda: curves_figure(
+        [(n, list(zip(g.epoch.astype(float), g.gap / 100))) for (n, _), g in done.groupby(["norm", "run"])],
+        "epoch", "train minus test accuracy (points)", "C12: generalization gap per epoch", scale=100,
+        clamp=(-100.0, 100.0)), details)
+    if not gaps["none"] or not gaps["batch"]:
+        return runs.inconclusive(STATISTIC, "needs completed runs with train_acc of both BN and no norm",
+                                 figure=figure, details=details)
+    d = welch_difference(gaps["none"], gaps["batch"])
+    evidence = (f"No norm's gap minus BN's: {diff_text(d)}; 'not supported' here means BN's gap is the larger. "
+                "Training accuracy is measured in eval mode on a fixed subset of the training split. Figure: the "
+                "gap per epoch, mean and 95% t-band over seeds.")
+    return runs.result(verdict_of(d), STATISTIC, interval=d, unit="points", n=n_text([d.n_a, d.n_b]),
+                       evidence=evidence, figure=figure, details=details)
+
+
+def _gaps(hist: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """Per completed run and epoch: train minus test accuracy in points, epochs in order."""
+    h = hist.merge(table[["run", "norm", "status"]], on="run", how="inner")
+    h = h[h.train_acc.notna() & h.test_acc.notna()].copy()
+    h["gap"] = 100 * (h.train_acc.astype(float) - h.test_acc.astype(float))
+    return h[h.status == "completed"].sort_values("epoch")
