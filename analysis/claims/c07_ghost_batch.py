@@ -10,6 +10,7 @@ size recovers. Figure: test accuracy per arm, one point per seed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ from analysis.claims.common import (DIVERGED_NOTE, SUPPORTED, ClaimResult, Claim
                                     combine, counts_note, diff_text, draw, headline, label_axes, n_text, palette, panel,
                                     runs_table, verdict_of)
 from analysis.collect import counted_as
-from analysis.stats import interval_bounds, welch_difference
+from analysis.stats import Difference, interval_bounds, welch_difference
 
 LITERATURE = "Hoffer et al. 2017: the large-batch gap comes from fewer updates; ghost BN reduces it"
 REFERENCE_BATCH = 64  # the small-batch result
@@ -48,20 +49,8 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                     f"{counts_note(dv64, lo64)}",
                     f"BN at batch {REFERENCE_BATCH} minus plain BN at {large}: {diff_text(small_gap)}"
                     + ("" if gap_clear else ": not clearly positive, so no share of it is computed")]
-    settings = []
-    for g, h in ghosts.groupby("ghost"):
-        vals, dvg, log_ = acc_values(h, "test_acc")
-        if not vals:
-            continue
-        d = welch_difference(vals, a_plain)
-        settings.append((f"ghost size {int(g)}", d, verdict_of(d)))
-        series[f"ghost {int(g)}@{large}"] = vals
-        share = ""
-        if gap_clear:
-            share = (f"; recovers {100 * (np.mean(vals) - np.mean(a_plain)) / small_gap.diff:.0f}% of the gap from "
-                     f"plain BN@{large} to BN@{REFERENCE_BATCH} ({small_gap.diff:+.2f} points)")
-        details.append(f"ghost size {int(g)} at batch {large}: {np.mean(vals):.2f}%, minus plain BN {diff_text(d)}: "
-                       f"{verdict_of(d)}{share}{counts_note(dvg, log_)}")
+    settings, lines = _ghost_sizes(ghosts, a_plain, small_gap if gap_clear else None, large, series)
+    details += lines
     figure = draw("C7", out, lambda: _figure(series), details)
     if not settings:
         return runs.inconclusive(STATISTIC, f"no ghost BN run at batch {large} has a test accuracy", figure=figure,
@@ -72,6 +61,27 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                 "seed, mean and 95% t-interval.")
     return runs.result(combine(v for *_, v in settings), STATISTIC, interval=d, unit="points",
                        n=n_text([d.n_a, d.n_b], "seeds per arm"), evidence=evidence, figure=figure, details=details)
+
+
+def _ghost_sizes(ghosts: pd.DataFrame, a_plain: list[float], small_gap: Optional[Difference], large: int,
+                 series: dict[str, list[float]]) -> tuple[list[tuple[str, Difference, str]], list[str]]:
+    """Per ghost size at the large batch: (label, minus plain BN, verdict) and its detail line, with the share
+    of the small-batch gap it recovers where that gap is clear (`small_gap`); adds its accuracies to `series`."""
+    settings, details = [], []
+    for g, h in ghosts.groupby("ghost"):
+        vals, dvg, log_ = acc_values(h, "test_acc")
+        if not vals:
+            continue
+        d = welch_difference(vals, a_plain)
+        settings.append((f"ghost size {int(g)}", d, verdict_of(d)))
+        series[f"ghost {int(g)}@{large}"] = vals
+        share = ""
+        if small_gap is not None:
+            share = (f"; recovers {100 * (np.mean(vals) - np.mean(a_plain)) / small_gap.diff:.0f}% of the gap from "
+                     f"plain BN@{large} to BN@{REFERENCE_BATCH} ({small_gap.diff:+.2f} points)")
+        details.append(f"ghost size {int(g)} at batch {large}: {np.mean(vals):.2f}%, minus plain BN {diff_text(d)}: "
+                       f"{verdict_of(d)}{share}{counts_note(dvg, log_)}")
+    return settings, details
 
 
 def _plain_bn(df: pd.DataFrame, batch: int) -> pd.DataFrame:
