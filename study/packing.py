@@ -1,7 +1,13 @@
-"""Which runs of a sweep can train together as one pack, and a run's identity.
+"""Which runs of a sweep train together as one pack.
 
-Torch-free on purpose: the packed launcher's process groups a sweep's jobs
-with `pack_key` and never trains, so it need not load torch (seconds).
+A pack is the runs of one config that differ only in their seed (and in
+their learning rate, where `lr_packable`): they train as one vectorized
+model, each run computed as if alone (tests/test_train.py compares them).
+The packed launcher (hydra_plugins/bn_study_launcher) groups a sweep's jobs
+by `pack_key` and runs each pack as one job (study.runner.run_pack).
+
+Torch-free on purpose: the launching process groups jobs and never trains,
+so it need not load torch (seconds).
 """
 
 from __future__ import annotations
@@ -9,18 +15,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from study import fused_sgd
-from study.records import LAUNCH_ONLY_KEYS
-
-
-def identity(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as plain values, launch-only keys left out."""
-    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    for k in LAUNCH_ONLY_KEYS:
-        plain.pop(k, None)
-    return plain
 
 
 def lr_packable(cfg: Any) -> bool:
@@ -36,17 +33,16 @@ def lr_packable(cfg: Any) -> bool:
     return not {str(getattr(k, "value", k)) for k in (p.kinds if p is not None else [])} & {"ics", "landscape"}
 
 
-def pack_key(cfg: DictConfig) -> str:
-    """Jobs with equal keys differ only in their seed (and learning rate,
-    where the fused SGD step trains them: `lr_packable`) and can be packed.
-
-    A job that reports to an Optuna trial (pruning) is never packed.
+def pack_key(cfg: Any) -> str:
+    """Jobs with equal keys train as one pack: their resolved configs are
+    equal but for `seed` (and `lr`, where `lr_packable`), launch-only keys
+    included, so that each member's config is the pack's with its own seed
+    and learning rate. A job of an Optuna trial (its own `trial.number`) is
+    never packed.
     """
-    plain = identity(cfg)
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    plain.pop("pack", None)
     plain.pop("seed", None)
     if lr_packable(cfg):
         plain.pop("lr", None)
-    trial = OmegaConf.select(cfg, "trial.number")
-    if trial is not None:
-        plain["trial"] = trial
     return json.dumps(plain, sort_keys=True)

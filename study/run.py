@@ -1,9 +1,11 @@
 """Hydra entry point: `python study/run.py -m batch_size=8,64,512`.
 
-Composes conf/config.yaml (schema-checked), trains one run per job, writes
-its `result.json` and returns the objective (validation accuracy by default)
-to the sweeper. User errors (bad override, bad value, missing data) end the
-process with one line on stderr and exit status 2, without a traceback.
+Composes conf/config.yaml (schema-checked), checks the values (once per
+job, before torch loads), trains the job's run (or, under the packed
+launcher, its pack: study/runner.py), writes its `result.json` and returns
+the objective (validation accuracy by default) to the sweeper. User errors
+(bad override, bad value, missing data) end the process with one line on
+stderr and exit status 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     try:
-        validate(cfg)  # before torch is imported: a bad value is reported at once
+        validate(cfg)  # the job's one check, before torch loads: a bad value is reported at once
         from study.runner import objective, run_job
 
         record = run_job(cfg, out_dir, overrides=list(hc.overrides.task),

@@ -1,14 +1,25 @@
-"""One job: config -> data -> training -> `result.json` -> the objective.
+"""One job: config -> data -> model and training -> one `result.json` per run.
 
-Kept apart from the Hydra entry point (`study/run.py`) so that tests and
-other launchers can call it with a composed config and an output dir.
+A job trains a *pack*: the runs of one config that differ only in their
+seed (and learning rate, where the fused SGD step trains them), as one
+model (study/packing.py). A job launched alone, or by any Hydra launcher,
+is a pack of one: its own run, in its own dir. The packed launcher
+(hydra_plugins/bn_study_launcher) runs each pack as one Hydra job and puts
+the pack on that job's config, a launch-only node
+`pack: {threads, members: [{seed, lr, dir, overrides}, ...]}` whose first
+member is the job's own run; the job writes every member's record into
+that member's own dir, and the launcher reports each member to the
+sweeper from its record.
+
+`run_job(cfg, out_dir)` is the whole job, for the Hydra entry point
+(study/run.py), tests and other callers; it takes a validated config
+(study.config.validate). Finished identical runs are reused, not trained
+again (study/reuse.py).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 import math
 import os
@@ -21,81 +32,82 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from study.config import validate
 from study.data import MNISTSplits, load_mnist
 from study.device import check_compile, configure_determinism, resolve_device
-from study.records import (CLAIM_FILE, REPO_ROOT, RESULT_FILE, SCHEMA_VERSION, environment, now_iso,
-                           read_record, write_json_atomic)
-from study.packing import identity, pack_key
+from study.records import CLAIM_FILE, RESULT_FILE, SCHEMA_VERSION, environment, now_iso, write_json_atomic
+from study.reuse import code_version, find_reusable, index_run, reused_record, run_hash
 from study.spec import train_spec
 from study.train import RunOutcome, train_runs
 
 log = logging.getLogger(__name__)
 
-# Jobs launched in one process (Hydra's basic launcher) share the loaded split.
-_DATA_CACHE: dict[tuple, MNISTSplits] = {}
 
-# Packing (set by the `packed` launcher, hydra_plugins/bn_study_launcher):
-# the (seed, lr) members planned together for a config, and the finished
-# runs of a pack waiting for their own jobs to record them.
-_PACK_PLAN: dict[str, list[tuple[int, float]]] = {}
-_PACK_DONE: dict[tuple[str, int, float], "_Trained"] = {}
-_DEFAULT_THREADS: Optional[int] = None
+@dataclass(frozen=True)
+class Member:
+    """One run of a pack: its seed and learning rate, its run dir and the
+    overrides it was launched with."""
 
-
-CODE_DIRS = ("study", "hydra_plugins")
+    seed: int
+    lr: float
+    dir: Path
+    overrides: tuple[str, ...] = ()
 
 
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """A hash of the code that computes a run (the .py files that train)."""
-    h = hashlib.sha256()
-    for d in CODE_DIRS:
-        for path in sorted((REPO_ROOT / d).rglob("*.py")):
-            h.update(str(path.relative_to(REPO_ROOT)).encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()[:16]
+def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] = (),
+            experiment: Optional[str] = None) -> dict[str, Any]:
+    """Train this job's pack (`cfg.pack`, else its own run alone in
+    `out_dir`); return the record of the job's own run.
 
-
-def run_hash(cfg: DictConfig) -> str:
-    """Same resolved config (launch-only keys aside), code and torch -> same hash.
-
-    Not included: the data files' content. With data.verify=true they are the
-    official MNIST (checked); with data.verify=false, replacing the files
-    under the same root needs force=true to retrain.
+    `experiment` is the preset the job was launched with (conf/experiment/,
+    Hydra's choice), recorded so that the analysis finds each claim's runs.
     """
-    ident = json.dumps({"config": identity(cfg), "code": code_version(), "torch": torch.__version__},
-                       sort_keys=True)
-    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+    pack = OmegaConf.select(cfg, "pack")
+    if pack is None:
+        return run_pack(cfg, [Member(int(cfg.seed), float(cfg.lr), Path(out_dir), tuple(overrides))], experiment)[0]
+    members = [Member(int(m.seed), float(m.lr), Path(m.dir), tuple(m.overrides)) for m in pack.members]
+    if members[0].dir.resolve() != Path(out_dir).resolve():
+        raise ValueError(f"a pack's job runs in its first member's dir ({members[0].dir}), not {out_dir}")
+    return run_pack(cfg, members, experiment, pack.threads)[0]
 
 
-def find_reusable(cfg: DictConfig) -> Optional[tuple[Path, dict[str, Any]]]:
-    """A finished run (completed or diverged) of exactly this config and code."""
-    want = run_hash(cfg)
-    try:
-        path = Path(json.loads((Path(cfg.run_index) / f"{want}.json").read_text())["record"])
-        rec = read_record(path)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if rec.get("run_hash") != want or rec.get("status") not in ("completed", "diverged"):
-        return None
-    return path, rec
+def run_pack(cfg: DictConfig, members: list[Member], experiment: Optional[str] = None,
+             threads: Optional[int] = None) -> list[dict[str, Any]]:
+    """Write each member's `result.json` (in its dir); return the records.
 
+    Members whose run already finished (same config and code) reuse it,
+    unless `force`; the others train together as one pack. `threads` is the
+    torch thread count when the config leaves `threads` unset (the packed
+    launcher's share of the cores per worker).
 
-def _index(cfg: DictConfig, record_path: Path) -> None:
-    write_json_atomic(Path(cfg.run_index) / f"{run_hash(cfg)}.json",
-                      {"record": str(record_path.resolve()), "indexed_at": now_iso()})
-
-
-def plan_pack(cfg: DictConfig, members: list[tuple[int, float]]) -> None:
-    """Announce that the jobs of `cfg` with these (seed, lr) run next, as one pack."""
-    _PACK_PLAN[pack_key(cfg)] = sorted(set((int(s), float(lr)) for s, lr in members))
-
-
-def set_default_threads(threads: int) -> None:
-    """Thread count for runs whose config leaves `threads` unset (launcher workers)."""
-    global _DEFAULT_THREADS
-    _DEFAULT_THREADS = threads
+    Config and data errors propagate (no record: nothing ran). A crash during
+    training is recorded as status `failed` for every member it trained and
+    does not propagate, so a sweep goes on.
+    """
+    cfg = plain_config(cfg)
+    configs = [member_config(cfg, m) for m in members]
+    found = [None if cfg.force else find_reusable(c) for c in configs]
+    to_train = [i for i, f in enumerate(found) if f is None]
+    if to_train:  # the steps that can refuse a config come before any record is written
+        threads = configure_determinism(cfg.threads if cfg.threads is not None else threads)
+        device = resolve_device(cfg.device)
+        check_compile(cfg.compile, device)
+        data = get_data(cfg, device)
+    records: list[Optional[dict[str, Any]]] = [None] * len(members)
+    for i, f in enumerate(found):
+        if f is not None:
+            records[i] = _reuse(f, members[i], experiment, configs[i])
+    if to_train:
+        trained = [members[i] for i in to_train]
+        for m in trained:
+            claim_dir(m.dir)
+        env = environment(device, threads)
+        pack = train_pack(configs[to_train[0]], trained, data, device)
+        for i, outcome in zip(to_train, pack.outcomes):
+            records[i] = run_record(configs[i], members[i], experiment, pack, outcome, data, env)
+            write_json_atomic(members[i].dir / RESULT_FILE, records[i])
+            if records[i]["status"] in ("completed", "diverged"):
+                index_run(configs[i], members[i].dir / RESULT_FILE)
+    return records
 
 
 def plain_config(cfg: DictConfig) -> DictConfig:
@@ -103,20 +115,24 @@ def plain_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
 
 
+def member_config(cfg: DictConfig, m: Member) -> DictConfig:
+    """The config of one member's run: the pack's, with its seed and lr, without the pack."""
+    own = OmegaConf.create({k: v for k, v in OmegaConf.to_container(cfg).items() if k != "pack"})
+    own.seed, own.lr = m.seed, m.lr
+    return own
+
+
+@functools.lru_cache(maxsize=1)  # one split in memory; the jobs of one process share it
+def _load(root: str, source: str, verify: bool, val_size: int, split_seed: int, normalize: str,
+          device: torch.device) -> MNISTSplits:
+    return load_mnist(Path(root), val_size=val_size, split_seed=split_seed, normalize=normalize,
+                      source=source, verify=verify, device=device)
+
+
 def get_data(cfg: DictConfig, device: torch.device) -> MNISTSplits:
     d = cfg.data
-    key = (str(Path(d.root).expanduser()), d.source, d.verify, d.val_size, d.split_seed, d.normalize, str(device))
-    if key not in _DATA_CACHE:
-        _DATA_CACHE.clear()  # one split in memory at a time
-        _DATA_CACHE[key] = load_mnist(Path(d.root).expanduser(), val_size=d.val_size,
-                                      split_seed=d.split_seed, normalize=d.normalize, source=d.source,
-                                      verify=d.verify, device=device)
-    return _DATA_CACHE[key]
-
-
-def run_tag(cfg: DictConfig) -> str:
-    return (f"[bs={cfg.batch_size} norm={cfg.model.norm} lr={cfg.lr:g} "
-            f"seed={cfg.seed}] ")
+    return _load(str(Path(d.root).expanduser()), str(d.source), bool(d.verify), int(d.val_size),
+                 int(d.split_seed), str(d.normalize), device)
 
 
 def claim_dir(out_dir: Path) -> None:
@@ -130,184 +146,74 @@ def claim_dir(out_dir: Path) -> None:
     os.close(fd)
 
 
-def base_record(cfg: DictConfig, overrides: list[str], experiment: Optional[str]) -> dict[str, Any]:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "status": None,
-        "experiment": experiment,
-        "seed": cfg.seed,
-        "config": OmegaConf.to_container(cfg),
-        "overrides": list(overrides),
-        "started_at": now_iso(),
-    }
-
-
-def outcome_record(base: dict[str, Any], outcome: RunOutcome, data: MNISTSplits,
-                   env: dict[str, Any], wall: float) -> dict[str, Any]:
-    rec = dict(base)
-    rec.update({
-        "status": outcome.status,
-        "seed": outcome.seed,
-        "diverged_at_step": outcome.diverged_at_step,
-        "final": outcome.final,
-        "history": outcome.history,
-        # null without probes; else kinds, every, seconds, series, final (study/probes.py)
-        "probes": outcome.probes,
-        "data": data.info,
-        "env": env,
-        "finished_at": now_iso(),
-        "wall_seconds": wall,
-        "error": None,
-    })
-    return rec
-
-
-def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] = (),
-            experiment: Optional[str] = None) -> dict[str, Any]:
-    """Validate, train, write `out_dir/result.json`; return the record.
-
-    `experiment` is the preset the job was launched with (conf/experiment/,
-    Hydra's choice), recorded so that the analysis finds each claim's runs.
-
-    Config and data errors propagate (no record: nothing ran). A crash during
-    training is recorded as status `failed` and does not propagate, so a
-    sweep goes on.
-    """
-    validate(cfg)
-    cfg = plain_config(cfg)
-    out_dir = Path(out_dir)
-    if not cfg.force:
-        found = find_reusable(cfg)
-        if found is not None:
-            return _reuse(found, out_dir, overrides, experiment)
-    threads = configure_determinism(cfg.threads if cfg.threads is not None else _DEFAULT_THREADS)
-    device = resolve_device(cfg.device)
-    check_compile(cfg.compile, device)
-    data = get_data(cfg, device)
-    claim_dir(out_dir)
-    base = base_record(cfg, overrides, experiment)
-    env = environment(device, threads)
-    trained = _train_or_take_from_pack(cfg, data, device)
-    if trained.error is None:
-        record = outcome_record(base, trained.outcome, data, env, trained.wall_seconds)
-    else:  # a crash is a result to record, not a reason to stop a sweep
-        record = dict(base, status="failed", final={}, history=[], data=data.info, env=env,
-                      wall_seconds=trained.wall_seconds, diverged_at_step=None, error=trained.error,
-                      probes=None)
-    # A packed run's times are its pack's: its runs trained together.
-    record.update(started_at=trained.started_at, finished_at=trained.finished_at, pack=trained.pack)
-    record["run_hash"], record["code_version"] = run_hash(cfg), code_version()
-    write_json_atomic(out_dir / RESULT_FILE, record)
-    if record["status"] in ("completed", "diverged"):
-        _index(cfg, out_dir / RESULT_FILE)
-    return record
-
-
-def _reuse(found: tuple[Path, dict[str, Any]], out_dir: Path, overrides: list[str],
-           experiment: Optional[str]) -> dict[str, Any]:
-    """Record a finished identical run in this job's dir instead of retraining.
-
-    The same run may serve two presets (e.g. the notebook grid and a claim's
-    grid): the copy names the preset of this job.
-    """
-    path, old = found
-    claim_dir(out_dir)
-    record = dict(old, overrides=list(overrides), experiment=experiment, reused_from=str(path),
-                  reused_at=now_iso())
-    write_json_atomic(out_dir / RESULT_FILE, record)
+def _reuse(found: tuple[Path, dict[str, Any]], m: Member, experiment: Optional[str],
+           config: DictConfig) -> dict[str, Any]:
+    """Record a finished identical run in the member's dir instead of retraining."""
+    claim_dir(m.dir)
+    record = reused_record(found, list(m.overrides), experiment)
+    write_json_atomic(m.dir / RESULT_FILE, record)
     log.info("%sreusing the finished run %s (same config and code; force=true retrains)",
-             run_tag(OmegaConf.create(old["config"])), path)
+             run_tag(config), found[0])
     return record
 
 
 @dataclass
-class _Trained:
-    """One run's training, alone or in a pack (shared times, shared crash)."""
+class PackTraining:
+    """A pack's training: an outcome per run, or the crash they share; its times."""
 
-    outcome: Optional[RunOutcome]
+    outcomes: list[Optional[RunOutcome]]
     error: Optional[dict[str, Any]]
-    pack: dict[str, Any]
     started_at: str
     finished_at: str
     wall_seconds: float
+    pack: dict[str, Any]  # size, seeds, lrs: recorded with each run
 
 
-def _train(cfg: DictConfig, members: list[tuple[int, float]], data: MNISTSplits, device: torch.device,
-           tag: str) -> dict[tuple[int, float], _Trained]:
+def train_pack(cfg: DictConfig, members: list[Member], data: MNISTSplits, device: torch.device) -> PackTraining:
+    """Train the members (`cfg`: the first one's config) as one pack; a
+    crash is a result to record, not a reason to stop a sweep."""
+    seeds, lrs = [m.seed for m in members], [m.lr for m in members]
+    tag = run_tag(cfg) if len(members) == 1 else pack_tag(cfg, members)
+    # Pruning: a job of an Optuna trial reports each epoch (packs are never trials: study.packing).
+    on_epoch = None
+    if len(members) == 1 and cfg.trial.prune:
+        from hydra_plugins.bn_study_sweeper.pruning import trial_reporter
+
+        on_epoch = trial_reporter(cfg.trial)
     started, t0 = now_iso(), time.perf_counter()
-    outcomes, error = None, None
-    seeds, lrs = [s for s, _ in members], [lr for _, lr in members]
+    outcomes, error = [None] * len(members), None
     try:
-        outcomes = train_runs(train_spec(cfg), seeds, data, device, tag=tag, lrs=lrs,
-                              on_epoch=_trial_reporter(cfg) if len(members) == 1 else None)
+        outcomes = train_runs(train_spec(cfg), seeds, data, device, lrs=lrs, tag=tag, on_epoch=on_epoch)
     except Exception as e:
         log.error("%srun failed: %s", tag, e)
         error = {"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}
-    wall, finished = time.perf_counter() - t0, now_iso()
-    pack = {"size": len(members), "seeds": seeds, "lrs": lrs}
-    return {m: _Trained(outcomes[i] if outcomes else None, error, pack, started, finished, wall)
-            for i, m in enumerate(members)}
+    return PackTraining(outcomes, error, started, now_iso(), time.perf_counter() - t0,
+                        {"size": len(members), "seeds": seeds, "lrs": lrs})
 
 
-def _train_or_take_from_pack(cfg: DictConfig, data: MNISTSplits, device: torch.device) -> _Trained:
-    """This job's run: trained alone, or as part of the pack planned for it.
-
-    The first job of a planned pack trains every seed of it together (or
-    fails for all of them); each later job takes its own result. A run's
-    numbers do not depend on its pack (tests/test_train.py checks packed
-    against solo runs).
-    """
-    key, me = pack_key(cfg), (int(cfg.seed), float(cfg.lr))
-    if (key, *me) in _PACK_DONE:  # trained with an earlier job of its pack
-        return _PACK_DONE.pop((key, *me))
-    members = [m for m in _PACK_PLAN.get(key, [])
-               if m == me or cfg.force or find_reusable(_member(cfg, *m)) is None]
-    if len(members) < 2 or me not in members:
-        return _train(cfg, [me], data, device, run_tag(cfg))[me]
-    for m, trained in _train(cfg, members, data, device, pack_tag(cfg, members)).items():
-        _PACK_DONE[(key, *m)] = trained
-    return _PACK_DONE.pop((key, *me))
+def run_record(config: DictConfig, m: Member, experiment: Optional[str], pack: PackTraining,
+               outcome: Optional[RunOutcome], data: MNISTSplits, env: dict[str, Any]) -> dict[str, Any]:
+    """A member's `result.json`. A packed run's times are its pack's: its runs trained together."""
+    record = {"schema_version": SCHEMA_VERSION, "status": "failed", "experiment": experiment, "seed": m.seed,
+              "config": OmegaConf.to_container(config), "overrides": list(m.overrides),
+              "started_at": pack.started_at, "diverged_at_step": None, "final": {}, "history": [],
+              "probes": None}  # null without probes; else kinds, every, seconds, series, final (study/probes.py)
+    if outcome is not None:
+        record.update(status=outcome.status, seed=outcome.seed, diverged_at_step=outcome.diverged_at_step,
+                      final=outcome.final, history=outcome.history, probes=outcome.probes)
+    record.update(data=data.info, env=env, finished_at=pack.finished_at, wall_seconds=pack.wall_seconds,
+                  error=pack.error, pack=pack.pack, run_hash=run_hash(config), code_version=code_version())
+    return record
 
 
-def _member(cfg: DictConfig, seed: int, lr: float) -> DictConfig:
-    """`cfg` for another member of its pack."""
-    other = cfg.copy()
-    other.seed, other.lr = seed, lr
-    return other
+def run_tag(cfg: DictConfig) -> str:
+    return f"[bs={cfg.batch_size} norm={cfg.model.norm} lr={cfg.lr:g} seed={cfg.seed}] "
 
 
-def pack_tag(cfg: DictConfig, members: list[tuple[int, float]]) -> str:
-    seeds = ",".join(map(str, sorted({s for s, _ in members})))
-    lrs = ",".join(f"{v:g}" for v in sorted({lr for _, lr in members}))
+def pack_tag(cfg: DictConfig, members: list[Member]) -> str:
+    seeds = ",".join(map(str, sorted({m.seed for m in members})))
+    lrs = ",".join(f"{v:g}" for v in sorted({m.lr for m in members}))
     return f"[bs={cfg.batch_size} norm={cfg.model.norm} lr={lrs} seeds={seeds}, {len(members)} runs] "
-
-
-def _trial_reporter(cfg: DictConfig):
-    """Per-epoch report of val_acc to the job's Optuna trial, for pruning.
-
-    Returns a callback for train_runs that answers True (stop: pruned) when
-    the study's pruner says so; None when the job has no trial to report to.
-    """
-    t = cfg.trial
-    if not t.prune or t.number is None or not t.storage:
-        return None
-    import optuna
-
-    from hydra_plugins.bn_study_sweeper.pruning import stored_pruner
-
-    study = optuna.load_study(study_name=t.study, storage=t.storage)
-    study.pruner = stored_pruner(study)  # the sweep's pruner (Optuna does not store pruners)
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, t.number)
-    trial = optuna.trial.Trial(study, trial_id)
-
-    def report(epoch: int, outcomes: list[RunOutcome]) -> bool:
-        (outcome,) = outcomes
-        if outcome.status != "completed" or not outcome.history:
-            return False
-        trial.report(outcome.history[-1]["val_acc"], epoch)
-        return trial.should_prune()
-
-    return report
 
 
 def objective(record: dict[str, Any], name: str) -> float:

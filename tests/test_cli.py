@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 from helpers import REPO, tiny_overrides
 
@@ -129,6 +130,11 @@ def test_packed_sweep_matches_other_launchers(tmp_path, tiny_mnist, launcher):
         assert sorted(zip(rec["pack"]["seeds"], rec["pack"]["lrs"])) == sorted(
             (s, v) for v in (0.01, 0.05) for s in (0, 1, 2))
     assert a[("none", 0.01, 0)]["final"]["train_loss"] != pytest.approx(a[("none", 0.05, 0)]["final"]["train_loss"])
+    # Each run's dir is a Hydra job dir with its own config; the job of each pack's
+    # first member carries the pack (study.runner).
+    saved = [OmegaConf.load(p) for p in sorted((tmp_path / "packed").glob("*/.hydra/config.yaml"))]
+    assert sorted((c.model.norm, c.lr, c.seed) for c in saved) == sorted(a)
+    assert sorted(len(c.pack.members) for c in saved if "pack" in c) == [6, 6]
     for key in a:
         assert a[key]["final"]["train_loss"] == pytest.approx(b[key]["final"]["train_loss"], rel=1e-4)
         assert a[key]["final"]["val_acc"] == pytest.approx(b[key]["final"]["val_acc"], abs=1 / 200 + 1e-9)

@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from helpers import needs_cxx, tiny_overrides
 from study.config import compose_config
 from study.data import load_mnist
 from study.records import RESULT_FILE
-from study.runner import claim_dir, objective, plain_config, run_job
+from study.runner import Member, claim_dir, objective, plain_config, run_job, run_pack
 from study.spec import train_spec
 from study.train import batches_per_epoch, train_runs
 
@@ -332,9 +333,25 @@ def test_compile_without_a_compiler_is_a_config_error(no_cpp_compiler):
     check_compile(False, torch.device("cpu"))  # nothing to check
 
 
-def test_a_planned_pack_trains_once_even_when_reuse_is_on(tiny_mnist, tmp_path, monkeypatch):
-    """The packed launcher's plan: the first job trains all seeds, the others
-    take their run (once indexed, earlier seeds must not shrink the pack)."""
+def pack_node(tmp_path, members, threads=None):
+    """The `pack` node the packed launcher puts on the config of a pack's job."""
+    return {"threads": threads, "members": [{"seed": s, "lr": lr, "dir": str(tmp_path / f"s{s}-{lr}"),
+                                             "overrides": [f"seed={s}", f"lr={lr}"]} for s, lr in members]}
+
+
+def with_pack(cfg, node):
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.pack = node
+    return cfg
+
+
+def test_a_pack_job_writes_each_members_own_record(tiny_mnist, tmp_path, monkeypatch):
+    """The job of a pack (its `pack` node, from the packed launcher) trains the
+    members once, together, and writes each member's record in its own dir:
+    its own config (seed, lr, no pack), overrides and numbers, which are those
+    of the member's run trained alone. Members whose run finished are reused."""
     import study.runner as runner
 
     calls = []
@@ -342,10 +359,26 @@ def test_a_planned_pack_trains_once_even_when_reuse_is_on(tiny_mnist, tmp_path, 
     monkeypatch.setattr(runner, "train_runs", lambda spec, seeds, *a, **k: calls.append(list(seeds)) or
                         real(spec, seeds, *a, **k))
     common = ["epochs=1", "batch_size=100", "force=false", f"run_index={tmp_path}/index"]
-    runner.plan_pack(cfg_for(tiny_mnist, *common), [(0, 0.01), (1, 0.01), (2, 0.01)])
-    recs = [run_job(cfg_for(tiny_mnist, *common, f"seed={s}"), tmp_path / f"s{s}") for s in (0, 1, 2)]
-    assert calls == [[0, 1, 2]]
-    assert [r["pack"]["seeds"] for r in recs] == [[0, 1, 2]] * 3 and not any("reused_from" in r for r in recs)
+    alone = run_job(cfg_for(tiny_mnist, *common, "seed=2", "lr=0.05"), tmp_path / "alone")
+    node = pack_node(tmp_path, [(0, 0.01), (1, 0.01), (2, 0.05)], threads=1)
+    own = run_job(with_pack(cfg_for(tiny_mnist, *common), node), node["members"][0]["dir"])
+    assert calls == [[2], [0, 1]]  # seed 2 at lr 0.05 had finished: reused, not retrained
+    recs = [json.loads((Path(m["dir"]) / RESULT_FILE).read_text()) for m in node["members"]]
+    assert recs[0] == own
+    for rec, m in zip(recs, node["members"]):
+        assert (rec["seed"], rec["config"]["seed"], rec["config"]["lr"]) == (m["seed"], m["seed"], m["lr"])
+        assert rec["overrides"] == m["overrides"] and "pack" not in rec["config"]
+    assert [r["pack"]["seeds"] for r in recs[:2]] == [[0, 1]] * 2 and recs[2]["reused_from"]
+    assert recs[2]["history"] == alone["history"] and recs[2]["run_hash"] == alone["run_hash"]
+    solo = run_job(cfg_for(tiny_mnist, *common, "seed=1", "force=true"), tmp_path / "solo")
+    assert solo["run_hash"] == recs[1]["run_hash"]
+    assert solo["final"]["train_loss"] == pytest.approx(recs[1]["final"]["train_loss"], rel=1e-4)
+
+
+def test_a_pack_job_runs_in_its_first_members_dir(tiny_mnist, tmp_path):
+    node = pack_node(tmp_path, [(0, 0.01), (1, 0.01)])
+    with pytest.raises(ValueError, match="first member's dir"):
+        run_job(with_pack(cfg_for(tiny_mnist, "epochs=1"), node), tmp_path / "elsewhere")
 
 
 @pytest.mark.parametrize("norm", ["ghost", "layer", "group"])
@@ -379,9 +412,10 @@ def test_a_crashing_pack_fails_every_member_without_retraining(tiny_mnist, tmp_p
 
     monkeypatch.setattr(runner, "train_runs", crash)
     common = ["epochs=1", "force=false", f"run_index={tmp_path}/index"]
-    runner.plan_pack(cfg_for(tiny_mnist, *common), [(0, 0.01), (1, 0.01), (2, 0.01)])
-    recs = [run_job(cfg_for(tiny_mnist, *common, f"seed={s}"), tmp_path / f"s{s}") for s in (0, 1, 2)]
+    members = [Member(s, 0.01, tmp_path / f"s{s}", (f"seed={s}",)) for s in (0, 1, 2)]
+    recs = run_pack(cfg_for(tiny_mnist, *common), members)
     assert calls == [[0, 1, 2]]
+    assert recs == [json.loads((m.dir / RESULT_FILE).read_text()) for m in members]
     assert [r["status"] for r in recs] == ["failed"] * 3
     assert all(r["error"]["message"] == "out of memory (simulated)" for r in recs)
     assert len({r["started_at"] for r in recs}) == 1  # the pack's times, shared

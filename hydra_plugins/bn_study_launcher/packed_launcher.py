@@ -4,14 +4,29 @@ Before anything runs it composes every job's config and checks its values
 (study.config.validate), so a bad value anywhere in a sweep stops it before
 the first run instead of after some. Then it groups the jobs whose resolved
 configs differ only in `seed`, and in `lr` where the fused SGD step trains
-them (study.packing.lr_packable: plain SGD, norm none or batch), and tells
-study.runner about each group: the group's first job trains all of its runs
-as one vectorized model (study.model.PackedMLP, a learning rate per run),
-the others take their finished run from it. Every
-job still goes through Hydra's `run_job`, so output dirs, saved configs,
-logs, callbacks and return values are exactly those of any Hydra launcher.
+them (study.packing.pack_key), into packs of at most `max_pack` runs.
 
-`n_jobs: 1` runs the groups one after another in this process; more (the
+A pack is one Hydra job, the job of its first member: the launcher puts
+the pack on that job's config (a launch-only node, listed in
+study.records.LAUNCH_ONLY_KEYS):
+
+    pack:
+      threads: 4      # torch threads where the config leaves `threads` unset
+      members:        # the first is the job's own run
+        - {seed: 0, lr: 0.01, dir: <its job dir>, overrides: [...]}
+
+and the job trains the members as one vectorized model and writes each
+member's record into that member's own job dir (study.runner.run_pack).
+The other members' jobs are not run: the launcher gives each the Hydra job
+dir files (.hydra/config.yaml, hydra.yaml, overrides.yaml) and the
+`JobReturn` that Hydra's run_job would have (the objective read from its
+record), so sweepers and callbacks see one job per run, as with any
+launcher. Why one job per pack rather than per run: a pack's job depends
+on no other job (no results handed from job to job, no order to keep, no
+state shared in a process), so a pack could run wherever a Hydra job runs,
+under another launcher too, while every run keeps its own dir and record.
+
+`n_jobs: 1` runs the packs one after another in this process; more (the
 default, -1, is one per core) runs them on joblib workers (loky processes),
 each with cores / workers torch threads when the config leaves `threads`
 unset. A run's numbers do not depend on its pack or launcher at a given
@@ -30,10 +45,10 @@ from typing import Any, Iterable, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
@@ -69,26 +84,57 @@ def _task_config(sweep_config: DictConfig) -> DictConfig:
     return OmegaConf.masked_copy(sweep_config, [k for k in sweep_config if k != "hydra"])
 
 
-def _run_group(group: list[tuple[int, list[str]]], members: list[tuple[int, float]],
-               hydra_context: HydraContext,
-               config: DictConfig, task_function: TaskFunction, singleton_state: Any,
-               threads: Optional[int]) -> list[JobReturn]:
-    """Run one group's jobs in order; the first trains the pack (study.runner)."""
-    from study import runner
+def _job_dir(sweep_config: DictConfig) -> str:
+    """The dir Hydra's run_job gives this job (hydra.sweep.dir / hydra.sweep.subdir)."""
+    HydraConfig.instance().set_config(sweep_config)
+    return os.path.abspath(os.path.join(str(sweep_config.hydra.sweep.dir), str(sweep_config.hydra.sweep.subdir)))
 
+
+Job = tuple[int, list[str]]  # a job's number and overrides
+
+
+def _run_pack(jobs: list[Job], hydra_context: HydraContext, config: DictConfig, task_function: TaskFunction,
+              singleton_state: Any, threads: Optional[int]) -> list[JobReturn]:
+    """Run a pack as the Hydra job of its first member; return every member's JobReturn."""
     setup_globals()
     Singleton.set_state(singleton_state)
-    if threads is not None:
-        runner.set_default_threads(threads)
-    results = []
-    for idx, overrides in group:
-        sweep_config = _job_config(hydra_context, config, overrides, idx)
-        HydraConfig.instance().set_config(sweep_config)
-        runner.plan_pack(_task_config(sweep_config), members)
-        results.append(run_job(hydra_context=hydra_context, task_function=task_function,
-                               config=sweep_config, job_dir_key="hydra.sweep.dir",
-                               job_subdir_key="hydra.sweep.subdir"))
-    return results
+    configs = [_job_config(hydra_context, config, overrides, idx) for idx, overrides in jobs]
+    dirs = [_job_dir(c) for c in configs]
+    first = configs[0]
+    with open_dict(first):
+        first.pack = {"threads": threads, "members": [
+            {"seed": int(c.seed), "lr": float(c.lr), "dir": d, "overrides": list(overrides)}
+            for c, d, (_, overrides) in zip(configs, dirs, jobs)]}
+    HydraConfig.instance().set_config(first)
+    ret = run_job(hydra_context=hydra_context, task_function=task_function, config=first,
+                  job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    return [ret] + [_member_return(ret, c, d) for c, d in zip(configs[1:], dirs[1:])]
+
+
+def _member_return(pack: JobReturn, sweep_config: DictConfig, out_dir: str) -> JobReturn:
+    """What Hydra's run_job would return for a member that its pack's job
+    trained: the pack's status, and the member's objective from its record.
+    Its dir gets Hydra's job files, as a job dir does."""
+    from study.records import RESULT_FILE, read_record
+    from study.runner import objective  # loaded already: this process ran the pack
+
+    with read_write(sweep_config.hydra.runtime), open_dict(sweep_config.hydra.runtime):
+        sweep_config.hydra.runtime.output_dir = out_dir
+    task_cfg, hydra_cfg = _task_config(sweep_config), OmegaConf.masked_copy(sweep_config, ["hydra"])
+    ret = JobReturn(overrides=list(sweep_config.hydra.overrides.task), cfg=task_cfg, hydra_cfg=hydra_cfg,
+                    working_dir=out_dir if sweep_config.hydra.job.chdir else pack.working_dir,
+                    task_name=pack.task_name, status=pack.status)
+    if pack.status is not JobStatus.COMPLETED:
+        ret.return_value = pack._return_value  # the pack's error is every member's
+        return ret
+    ret.return_value = objective(read_record(Path(out_dir) / RESULT_FILE), task_cfg.objective)
+    if sweep_config.hydra.output_subdir is not None:
+        saved = Path(out_dir) / str(sweep_config.hydra.output_subdir)
+        saved.mkdir(parents=True, exist_ok=True)
+        for name, node in (("config.yaml", task_cfg), ("hydra.yaml", hydra_cfg),
+                           ("overrides.yaml", sweep_config.hydra.overrides.task)):
+            (saved / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
+    return ret
 
 
 def _check_compile(cfgs: Iterable[DictConfig]) -> None:
@@ -122,7 +168,7 @@ def _cost(cfg: DictConfig, runs: int) -> float:
 
 class PackedLauncher(Launcher):
     def __init__(self, n_jobs: int = -1, max_pack: int = 16, pack: bool = True) -> None:
-        from study.config import ConfigError
+        from study.errors import ConfigError
 
         if max_pack < 1:
             raise ConfigError("hydra.launcher.max_pack", max_pack, "an integer >= 1")
@@ -147,50 +193,48 @@ class PackedLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
 
         # Compose and check every job first: a bad value stops the sweep before any run.
-        jobs, cfgs = [], {}
+        groups: dict[Any, list[Job]] = {}
+        cfgs: dict[Any, DictConfig] = {}
         for i, overrides in enumerate(job_overrides):
-            task_cfg = _task_config(_job_config(self.hydra_context, self.config, overrides, initial_job_idx + i))
+            sweep_config = _job_config(self.hydra_context, self.config, overrides, initial_job_idx + i)
+            task_cfg = _task_config(sweep_config)
             validate(task_cfg)
-            key = pack_key(task_cfg)
-            member = (int(task_cfg.seed), float(task_cfg.lr))
-            jobs.append((initial_job_idx + i, list(overrides), key, member))
+            # The preset is recorded with each run: a pack's members share it.
+            key = ((pack_key(task_cfg), sweep_config.hydra.runtime.choices.get("experiment"))
+                   if self.pack else initial_job_idx + i)
+            groups.setdefault(key, []).append((initial_job_idx + i, list(overrides)))
             cfgs[key] = task_cfg
         _check_compile(cfgs.values())
 
-        groups: dict[tuple[str, Optional[int]], list[tuple[int, list[str], tuple[int, float]]]] = {}
-        for idx, overrides, key, member in jobs:
-            groups.setdefault((key, None if self.pack else idx), []).append((idx, overrides, member))
-        chunks, costs = [], []
-        for (key, _), group in groups.items():
+        packs, costs = [], []
+        for key, group in groups.items():
             n = -(-len(group) // self.max_pack)  # packs of near-equal size, none above max_pack
             for k in range(n):
-                chunk = group[k * len(group) // n:(k + 1) * len(group) // n]
-                chunks.append(([(i, o) for i, o, _ in chunk], [m for _, _, m in chunk]))
-                costs.append(_cost(cfgs[key], len(chunk)))
+                packs.append(group[k * len(group) // n:(k + 1) * len(group) // n])
+                costs.append(_cost(cfgs[key], len(packs[-1])))
         # Costliest packs first: the workers take the next pack as they free
         # up, so that they finish together.
-        chunks = [c for _, c in sorted(zip(costs, chunks), key=lambda cc: -cc[0])]
+        packs = [p for _, p in sorted(zip(costs, packs), key=lambda cp: -cp[0])]
 
         n_workers = (os.cpu_count() or 1) if self.n_jobs == -1 else max(1, self.n_jobs)
-        n_workers = min(n_workers, len(chunks))
-        log.info("Launching %d jobs as %d packs on %d worker%s", len(jobs), len(chunks), n_workers,
+        n_workers = min(n_workers, len(packs))
+        log.info("Launching %d jobs as %d packs on %d worker%s", len(job_overrides), len(packs), n_workers,
                  "s" if n_workers > 1 else "")
-        for group, members in chunks:
-            for idx, overrides in group:
+        for pack in packs:
+            for idx, overrides in pack:
                 log.info("\t#%d : %s%s", idx, " ".join(filter_overrides(overrides)),
-                         f"  [pack of {len(members)}]" if len(members) > 1 else "")
+                         f"  [pack of {len(pack)}]" if len(pack) > 1 else "")
 
         singleton_state = Singleton.get_state()
         if n_workers == 1:
-            runs = [_run_group(g, s, self.hydra_context, self.config, self.task_function,
-                               singleton_state, None) for g, s in chunks]
+            runs = [_run_pack(p, self.hydra_context, self.config, self.task_function, singleton_state, None)
+                    for p in packs]
         else:
             from joblib import Parallel, delayed
 
             threads = max(1, (os.cpu_count() or 1) // n_workers)
             runs = Parallel(n_jobs=n_workers, backend="loky")(
-                delayed(_run_group)(g, s, self.hydra_context, self.config, self.task_function,
-                                    singleton_state, threads)
-                for g, s in chunks)
-        by_idx = {idx: ret for (group, _), rets in zip(chunks, runs) for (idx, _), ret in zip(group, rets)}
-        return [by_idx[idx] for idx, _, _, _ in jobs]
+                delayed(_run_pack)(p, self.hydra_context, self.config, self.task_function, singleton_state, threads)
+                for p in packs)
+        by_idx = {idx: ret for pack, rets in zip(packs, runs) for (idx, _), ret in zip(pack, rets)}
+        return [by_idx[initial_job_idx + i] for i in range(len(job_overrides))]

@@ -1,15 +1,16 @@
-"""The pruner of a study, shared by the sweeper and the jobs that report to it.
+"""Pruning: the study's pruner, shared by the sweeper and the jobs that report to it.
 
 Optuna does not store a study's pruner: a job that loads the study gets
 Optuna's default `MedianPruner()`, not the one the sweep was configured with.
 The sweeper therefore stores the pruner's settings in the study
 (user attribute `pruner`) and each job rebuilds it from there
-(study/runner.py). Only classes of `optuna.pruners` can be named.
+(`trial_reporter`, called by study/runner.py). Only classes of
+`optuna.pruners` can be named.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from study.errors import UserError
 
@@ -50,3 +51,29 @@ def stored_pruner(study):
 
     spec = study.user_attrs.get(PRUNER_ATTR)
     return make_pruner(spec) if spec else optuna.pruners.MedianPruner()
+
+
+def trial_reporter(trial: Any) -> Optional[Callable[[int, Sequence[Any]], bool]]:
+    """Per-epoch report of val_acc to a job's Optuna trial (config `trial`).
+
+    Returns the `on_epoch` callback of study.train.train_runs, which answers
+    True (stop: pruned) when the study's pruner says so; None when the job
+    has no trial to report to.
+    """
+    if not trial.prune or trial.number is None or not trial.storage:
+        return None
+    import optuna
+
+    study = optuna.load_study(study_name=trial.study, storage=trial.storage)
+    study.pruner = stored_pruner(study)  # the sweep's pruner (Optuna does not store pruners)
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, trial.number)
+    live = optuna.trial.Trial(study, trial_id)
+
+    def report(epoch: int, outcomes: Sequence[Any]) -> bool:
+        (outcome,) = outcomes
+        if outcome.status != "completed" or not outcome.history:
+            return False
+        live.report(outcome.history[-1]["val_acc"], epoch)
+        return live.should_prune()
+
+    return report

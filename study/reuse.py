@@ -1,0 +1,86 @@
+"""Reuse of finished runs: a job whose run already finished copies its record.
+
+A run is identified by `run_hash`: its resolved config (launch-only keys
+aside), the code that computes it (`code_version`) and torch's version.
+Finished runs (completed or diverged; never failed ones) are indexed by
+that hash under `run_index`, one small JSON file each, so that any later
+job of the same run finds the record instead of training again
+(`force=true` retrains).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from study.records import LAUNCH_ONLY_KEYS, REPO_ROOT, now_iso, read_record, write_json_atomic
+
+CODE_DIRS = ("study", "hydra_plugins")
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """A hash of the code that computes a run (the .py files that train)."""
+    h = hashlib.sha256()
+    for d in CODE_DIRS:
+        for path in sorted((REPO_ROOT / d).rglob("*.py")):
+            h.update(str(path.relative_to(REPO_ROOT)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain values, launch-only keys left out."""
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    for k in LAUNCH_ONLY_KEYS:
+        plain.pop(k, None)
+    return plain
+
+
+def run_hash(cfg: DictConfig) -> str:
+    """Same resolved config (launch-only keys aside), code and torch -> same hash.
+
+    Not included: the data files' content. With data.verify=true they are the
+    official MNIST (checked); with data.verify=false, replacing the files
+    under the same root needs force=true to retrain.
+    """
+    import torch  # its version only; callers have loaded it
+
+    ident = json.dumps({"config": identity(cfg), "code": code_version(), "torch": torch.__version__},
+                       sort_keys=True)
+    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+def find_reusable(cfg: DictConfig) -> Optional[tuple[Path, dict[str, Any]]]:
+    """A finished run (completed or diverged) of exactly this config and code."""
+    want = run_hash(cfg)
+    try:
+        path = Path(json.loads((Path(cfg.run_index) / f"{want}.json").read_text())["record"])
+        rec = read_record(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if rec.get("run_hash") != want or rec.get("status") not in ("completed", "diverged"):
+        return None
+    return path, rec
+
+
+def index_run(cfg: DictConfig, record_path: Path) -> None:
+    """Make the finished run at `record_path` findable by `find_reusable`."""
+    write_json_atomic(Path(cfg.run_index) / f"{run_hash(cfg)}.json",
+                      {"record": str(record_path.resolve()), "indexed_at": now_iso()})
+
+
+def reused_record(found: tuple[Path, dict[str, Any]], overrides: list[str],
+                  experiment: Optional[str]) -> dict[str, Any]:
+    """The record of a job that reuses the finished run `found`.
+
+    The same run may serve two presets (e.g. the notebook grid and a claim's
+    grid): the copy names the preset of this job, and where it came from.
+    """
+    path, old = found
+    return dict(old, overrides=list(overrides), experiment=experiment, reused_from=str(path), reused_at=now_iso())
