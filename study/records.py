@@ -33,6 +33,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # treat two runs as different cells. The one definition. (`pack` is set by
 # the packed launcher on the job that trains a pack: study/runner.py.)
 LAUNCH_ONLY_KEYS = ("trial", "tune", "force", "run_index", "progress_every", "objective", "hydra", "pack")
+# Config keys that do not change what a run computes: the launch-only ones, and
+# where it runs (threads, device), how it evaluates in chunks (eval_batch_size:
+# the same numbers) and where its data comes from (the data are checked by
+# md5). Two runs that differ only in these are replicates of one cell for the
+# analysis (analysis/summary.py); each covers the keys under it too. The run
+# hash keeps threads and device, so a run on other hardware is trained again.
+OPERATIONAL_KEYS = (*LAUNCH_ONLY_KEYS, "threads", "device", "eval_batch_size", "data.root", "data.source",
+                    "data.verify")
 
 
 def _clean(obj: Any) -> Any:
@@ -130,6 +138,23 @@ def environment(device: "torch.device", threads: int) -> dict[str, Any]:
     return env
 
 
+class RecordError(ValueError):
+    """A file that holds no run record; `str(e)` says why in one line."""
+
+
 def read_record(path: Path) -> dict[str, Any]:
-    with open(path) as f:
-        return json.load(f)
+    """The run record (a JSON object) in `path`. Raises RecordError when the
+    file cannot be read, is not valid JSON, or holds something else than an
+    object. The one reader of result.json: the runner, the sweeper and the
+    analysis all call it."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecordError(f"cannot read: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        rec = json.loads(text)
+    except ValueError as e:
+        raise RecordError(f"not valid JSON: {e}") from None
+    if not isinstance(rec, dict):
+        raise RecordError(f"not a JSON object ({type(rec).__name__})")
+    return rec
