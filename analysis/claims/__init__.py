@@ -94,7 +94,7 @@ def evaluate_claim(claim_id: str, exps: Mapping[str, ExperimentRuns], out: Path)
 
     def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
         plain = exps.get(NO_PRESET)
-        if claim.plain_sweep and plain is not None and module.tests_plain_sweep(plain):
+        if claim.plain_sweep and claim.presets[0] not in exps and plain is not None and module.tests_plain_sweep(plain):
             runs.stand_in = plain
         return module.evaluate(runs, out)
 
