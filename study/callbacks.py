@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from study.records import RESULT_FILE
+from study.records import RESULT_FILE, RecordError, read_record
 
 log = logging.getLogger("study.sweep")
 
@@ -20,8 +19,8 @@ def count_statuses(sweep_dir: Path) -> Counter:
     counts: Counter = Counter()
     for path in sweep_dir.rglob(RESULT_FILE):
         try:
-            counts[json.loads(path.read_text()).get("status", "unreadable")] += 1
-        except (OSError, ValueError):
+            counts[read_record(path).get("status", "unreadable")] += 1
+        except RecordError:
             counts["unreadable"] += 1
     return counts
 
