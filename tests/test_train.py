@@ -288,6 +288,20 @@ def test_fused_step_updates_parameters_and_bn_statistics_like_autograd():
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_the_training_side_imports_no_config_framework():
+    """The trainer, the models and the probes take a TrainSpec (study/spec.py)
+    or plain values: none imports Hydra, OmegaConf or study.config."""
+    import ast
+
+    from helpers import REPO
+
+    for name in ("train.py", "model.py", "packed.py", "probes.py", "fused_sgd/step.py", "device.py"):
+        tree = ast.parse((REPO / "study" / name).read_text())
+        modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {m for m in modules if m.split(".")[0] in ("hydra", "omegaconf") or m == "study.config"}, name
+
+
 def test_the_fused_step_rule_names_the_activations_the_step_computes():
     from study import fused_sgd
     from study.fused_sgd import step

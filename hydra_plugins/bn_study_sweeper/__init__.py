@@ -8,7 +8,8 @@ both run it. What it adds to the plugin (hydra_optuna_sweeper):
   storage; Optuna syntax (`lr=tag(log, interval(1e-3, 1.0))`) is the search
   space (`cells: false` gives the plugin's single study instead);
 - pruning: each trial's job reports validation accuracy per epoch
-  (study/runner.py) and stops when the study's pruner says so;
+  (pruning.trial_reporter, from study/runner.py) and stops when the study's
+  pruner says so;
 - trial state and metadata from each job's run record (`result.json`);
 - resume: a rerun tops every study up to `n_trials`, failing the trials a
   dead sweep left RUNNING;
