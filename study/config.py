@@ -142,7 +142,7 @@ class ProbeConfig:
     # train_acc: the first `train_subset` training images.
     train_subset: int = 10000
     # shift: pixel values p in [0, 1] become contrast * p + brightness
-    # (before the usual normalization).
+    # (then scaled as data.normalize says, like every input).
     shift_brightness: float = 0.3
     shift_contrast: float = 0.5
 

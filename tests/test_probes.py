@@ -15,7 +15,7 @@ from torch.func import functional_call
 import study.probes as probes
 from helpers import tiny_overrides
 from study.config import compose_config
-from study.data import MNIST_MEAN, MNIST_STD, load_mnist
+from study.data import load_mnist
 from study.model import build_mlp
 from study.packed import PackedMLP, evaluate
 from study.records import RESULT_FILE
@@ -248,13 +248,12 @@ def test_train_mode_accuracy_by_hand(tiny_data):
         assert float(got[k]) == pytest.approx(float((torch.cat(preds) == y).double().mean()))
 
 
-def test_shifted_pixels_and_recomputed_statistics_by_hand(tiny_mnist):
-    # shift_pixels un-normalizes with data.normalize=standard's constants
-    # (study.data.MNIST_MEAN/STD), whatever the run's scaling: issue 13.
-    standard = load_mnist(tiny_mnist, val_size=200, verify=False, normalize="standard")
-    x, y = standard.test_x, standard.test_y
-    shifted = probes.shift_pixels(x, brightness=0.3, contrast=0.5)
-    raw, raw_shifted = x * MNIST_STD + MNIST_MEAN, shifted * MNIST_STD + MNIST_MEAN
+def test_shifted_pixels_and_recomputed_statistics_by_hand(tiny_data):
+    # The data's own scaling (the default, the notebook's) un-normalizes and re-normalizes.
+    mean, std = tiny_data.info["normalization"]
+    x, y = tiny_data.test_x, tiny_data.test_y
+    shifted = probes.shift_pixels(x, 0.3, 0.5, mean, std)
+    raw, raw_shifted = x * std + mean, shifted * std + mean
     assert torch.allclose(raw_shifted, 0.5 * raw + 0.3, atol=1e-5)
     assert float(raw_shifted.min()) >= 0.3 - 1e-5 and float(raw_shifted.max()) <= 0.8 + 1e-5
 
@@ -274,6 +273,17 @@ def test_shifted_pixels_and_recomputed_statistics_by_hand(tiny_mnist):
         assert float(acc[k]) == pytest.approx(float(ref_acc[0]))
     assert not torch.allclose(net.layers[1].running_mean, running_before)
     assert not probes.reestimate_running_stats(copy.deepcopy(small_pack("none")[1]), shifted, 150)
+
+
+@pytest.mark.parametrize("normalize", ["notebook", "standard", "none"])
+def test_a_shift_moves_the_same_pixels_whatever_the_scaling(tiny_mnist, normalize):
+    """The shift is in pixel space: under every data.normalize, the shifted
+    images are the shifted pixels scaled as that run's inputs are."""
+    data = load_mnist(tiny_mnist, val_size=200, verify=False, normalize=normalize)
+    mean, std = data.info["normalization"]
+    pixels = load_mnist(tiny_mnist, val_size=200, verify=False, normalize="none").test_x  # p in [0, 1]
+    shifted = probes.shift_pixels(data.test_x, 0.3, 0.5, mean, std)
+    assert torch.allclose(shifted, ((0.5 * pixels + 0.3) - mean) / std, atol=1e-5)
 
 
 def test_step_val_acc_is_the_evaluation_of_the_current_weights(tiny_mnist, tiny_data):
