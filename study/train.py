@@ -227,21 +227,28 @@ def train_epoch(model: PackedMLP, step: Step, data: MNISTSplits, gens: list[torc
 
 def record_epoch(model: PackedMLP, data: MNISTSplits, eval_batch_size: int, epoch: int, step: int,
                  trained: EpochTraining, probes: Optional[Probes], watch: "DivergenceWatch") -> None:
-    """Evaluate every run after an epoch; append each live run's history entry."""
+    """Evaluate every run after an epoch; append each live run's history entry.
+
+    Without a validation split (`data.val_size=0`) `val_acc` and `val_loss`
+    are null (not 0/0) and the test loss stands in for the validation loss
+    as the divergence check below.
+    """
     t1 = time.perf_counter()
-    val_acc, val_loss = evaluate(model, data.val_x, data.val_y, eval_batch_size)
-    test_acc, _ = evaluate(model, data.test_x, data.test_y, eval_batch_size)
+    validated = len(data.val_x) > 0
+    if validated:
+        val_acc, val_loss = evaluate(model, data.val_x, data.val_y, eval_batch_size)
+    test_acc, test_loss = evaluate(model, data.test_x, data.test_y, eval_batch_size)
     eval_seconds = time.perf_counter() - t1
     train_loss = trained.losses.mean(0).tolist()
     probe_extra = probes.on_epoch(model) if probes is not None else None
     # Losses are taken before each update: weights made non-finite by the
     # epoch's last update show up only here, in the evaluation.
-    watch.check_val_loss(val_loss, step)
+    watch.check_eval_loss(val_loss if validated else test_loss, step, "validation" if validated else "test")
     for k, out in watch.live_items():
         out.history.append({
             "epoch": epoch, "step": step, "train_loss": train_loss[k],
-            "val_acc": float(val_acc[k]), "test_acc": float(test_acc[k]),
-            "val_loss": _finite_or_none(float(val_loss[k])),
+            "val_acc": float(val_acc[k]) if validated else None, "test_acc": float(test_acc[k]),
+            "val_loss": _finite_or_none(float(val_loss[k])) if validated else None,
             "epoch_seconds": trained.seconds, "samples_per_second": trained.samples / trained.seconds,
             "eval_seconds": eval_seconds, "pack_size": model.runs,
             **(probe_extra[k] if probe_extra else {}),
@@ -282,11 +289,11 @@ class DivergenceWatch:
             if bool(bad[:, k].any()):
                 self._diverged(k, first_step + int(bad[:, k].nonzero()[0, 0]) + 1, "non-finite loss at step")
 
-    def check_val_loss(self, val_loss: torch.Tensor, step: int) -> None:
-        """Mark runs whose validation loss after `step` steps is non-finite."""
+    def check_eval_loss(self, loss: torch.Tensor, step: int, split: str) -> None:
+        """Mark runs whose evaluation loss (R,) on `split` after `step` steps is non-finite."""
         for k, _ in self.live_items():
-            if not math.isfinite(float(val_loss[k])):
-                self._diverged(k, step, "non-finite validation loss after step")
+            if not math.isfinite(float(loss[k])):
+                self._diverged(k, step, f"non-finite {split} loss after step")
 
     def _diverged(self, k: int, step: int, why: str) -> None:
         self.alive[k] = False
@@ -322,9 +329,11 @@ class Progress:
         return note
 
     def epoch_end(self, epoch: int, step: int, trained: EpochTraining, live: list[dict[str, Any]]) -> None:
-        log.info("%sepoch %d/%d step %d | %.0f samples/s%s | loss %.4f val %.4f test %.4f",
+        def mean(key: str) -> str:
+            values = [h[key] for h in live if h[key] is not None]
+            return f"{np.mean(values):.4f}" if values else "-"  # val: none without a validation split
+
+        log.info("%sepoch %d/%d step %d | %.0f samples/s%s | loss %s val %s test %s",
                  self.tag, epoch, self.n_epochs, step, trained.samples / trained.seconds * self.runs,
                  f" ({self.runs} runs)" if self.runs > 1 else "",
-                 float(np.mean([h["train_loss"] for h in live])),
-                 float(np.mean([h["val_acc"] for h in live])),
-                 float(np.mean([h["test_acc"] for h in live])))
+                 mean("train_loss"), mean("val_acc"), mean("test_acc"))

@@ -453,6 +453,48 @@ def test_weights_broken_by_the_last_update_are_a_divergence(tiny_mnist, tiny_dat
     assert out[1].status == "diverged" and out[1].diverged_at_step == 10 and out[1].history == []
 
 
+NO_VALIDATION = ("data.val_size=0", "objective=train_loss")
+
+
+def test_without_a_validation_split_every_image_trains_and_val_metrics_are_null(tiny_mnist, tmp_path):
+    from study.config import validate
+
+    cfg = cfg_for(tiny_mnist, *NO_VALIDATION, "epochs=2", "batch_size=100", "model.norm=batch")
+    validate(cfg)
+    rec = run_job(cfg, tmp_path / "run")
+    assert rec["status"] == "completed" and rec["diverged_at_step"] is None
+    assert (rec["data"]["n_train"], rec["data"]["n_val"]) == (1200, 0)
+    assert [h["step"] for h in rec["history"]] == [12, 24]  # 1,200 images, batch 100
+    for h in rec["history"]:
+        assert h["val_acc"] is None and h["val_loss"] is None  # null, not 0/0
+        assert 0 <= h["test_acc"] <= 1 and math.isfinite(h["train_loss"])
+    assert rec["final"]["val_acc"] is None and rec["final"]["val_loss"] is None
+    assert rec["final"]["test_acc"] > 0.5
+    assert objective(rec, "train_loss") == rec["final"]["train_loss"]
+    json.loads((tmp_path / "run" / RESULT_FILE).read_text(), parse_constant=pytest.fail)
+
+
+def test_without_a_validation_split_the_test_loss_judges_divergence(tiny_mnist, monkeypatch):
+    import study.train as tr
+
+    real, sizes = tr.evaluate, []
+
+    def nan_for_run_one(model, x, y, chunk):
+        sizes.append(len(x))
+        acc, loss = real(model, x, y, chunk)
+        loss = loss.clone()
+        loss[1] = float("nan")
+        return acc, loss
+
+    monkeypatch.setattr(tr, "evaluate", nan_for_run_one)
+    data = load_mnist(tiny_mnist, val_size=0, verify=False)
+    out = train_runs(spec_for(tiny_mnist, *NO_VALIDATION, "epochs=2", "batch_size=100"), [0, 1], data,
+                     torch.device("cpu"))
+    assert set(sizes) == {400}  # the test split only: the empty validation split is not evaluated
+    assert out[0].status == "completed" and [h["val_acc"] for h in out[0].history] == [None, None]
+    assert out[1].status == "diverged" and out[1].diverged_at_step == 12 and out[1].history == []
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_device_cuda_without_cuda_is_a_config_error(tiny_mnist, tmp_path):
     from study.config import ConfigError
