@@ -80,7 +80,8 @@ class DataConfig:
     # false: train on whatever IDX files are under root, recorded as unverified.
     verify: bool = True
     # Validation images carved from the 60,000 training images with a fixed
-    # permutation (split_seed), the same for every run and arm.
+    # permutation (split_seed), the same for every run and arm; 0: none, every
+    # image trains (val_acc/val_loss are then null; objective=train_loss).
     val_size: int = 5000
     split_seed: int = 0
     normalize: Normalize = Normalize.notebook
@@ -208,6 +209,7 @@ class Config:
 OBJECTIVES = ("val_acc", "test_acc", "train_loss")
 MNIST_TRAIN_IMAGES = 60_000  # the official training set: data.val_size of them validate, the rest train
 DEVICES = ("cpu", "cuda", "auto")
+VALIDATION_PROBES = (Probe.activations.value, Probe.val_acc.value)  # the probes that read the validation split
 
 
 def _enum_value(value: Any) -> str:
@@ -284,10 +286,20 @@ def validate(cfg: DictConfig) -> None:
     batch_stats = _enum_value(m.norm) in (Norm.batch.value, Norm.ghost.value)
     min_batch = 2 if batch_stats else 1
     max_val = MNIST_TRAIN_IMAGES - min_batch
-    need(1 <= d.val_size <= max_val, "data.val_size", d.val_size,
-         f"an integer in [1, {max_val}] (the rest of the {MNIST_TRAIN_IMAGES} training images train"
+    need(0 <= d.val_size <= max_val, "data.val_size", d.val_size,
+         f"an integer in [0, {max_val}] (the rest of the {MNIST_TRAIN_IMAGES} training images train"
          + (f", {min_batch}+ per batch with model.norm={_enum_value(m.norm)}" if batch_stats else "")
-         + "; 0 is not supported yet: every epoch is evaluated on the validation split)")
+         + "; 0 trains on all of them)")
+    if d.val_size == 0:
+        # No validation split: nothing may read one, and nothing may select
+        # on the test set instead (an objective is what a sweeper selects on).
+        need(cfg.objective == "train_loss", "objective", cfg.objective,
+             "train_loss with data.val_size=0 (there is no validation split, and test_acc would select on the test set)")
+        need(not cfg.trial.prune, "trial.prune", "true",
+             "false with data.val_size=0 (pruning reads each epoch's val_acc)")
+        kinds = [_enum_value(k) for k in p.kinds]
+        need(not set(kinds) & set(VALIDATION_PROBES), "probes.kinds", kinds,
+             f"no {' or '.join(VALIDATION_PROBES)} with data.val_size=0 (they read the validation split)")
     n_train = MNIST_TRAIN_IMAGES - d.val_size
     need(cfg.batch_size <= n_train, "batch_size", cfg.batch_size,
          f"an integer in [{min_batch}, {n_train}]: at most the training split's "

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from study.data import MNISTSplits, load_mnist
 from study.device import check_compile, configure_determinism, resolve_device
+from study.errors import ConfigError
 from study.records import CLAIM_FILE, RESULT_FILE, SCHEMA_VERSION, environment, now_iso, write_json_atomic
 from study.reuse import code_version, find_reusable, index_run, reused_record, run_hash
 from study.spec import train_spec
@@ -92,6 +93,7 @@ def run_pack(cfg: DictConfig, members: list[Member], experiment: Optional[str] =
         device = resolve_device(cfg.device)
         check_compile(cfg.compile, device)
         data = get_data(cfg, device)
+        check_batch_fits(cfg, data)
     records: list[Optional[dict[str, Any]]] = [None] * len(members)
     for i, f in enumerate(found):
         if f is not None:
@@ -133,6 +135,17 @@ def get_data(cfg: DictConfig, device: torch.device) -> MNISTSplits:
     d = cfg.data
     return _load(str(Path(d.root).expanduser()), str(d.source), bool(d.verify), int(d.val_size),
                  int(d.split_seed), str(d.normalize), device)
+
+
+def check_batch_fits(cfg: DictConfig, data: MNISTSplits) -> None:
+    """The training split must hold one batch. `validate` assumes the official
+    60,000 images; smaller files (data.verify=false: tiny or the user's own)
+    are checked here, once they are read, or a run would train full-batch."""
+    n_train = len(data.train_x)
+    if cfg.batch_size > n_train:
+        raise ConfigError("batch_size", cfg.batch_size,
+                          f"at most the training split's {n_train} images ({data.info['n_train'] + data.info['n_val']} "
+                          f"in {data.info['root']}, data.val_size={cfg.data.val_size} of them held out)")
 
 
 def claim_dir(out_dir: Path) -> None:

@@ -107,15 +107,14 @@ def test_a_missing_experiment_lists_the_presets_and_their_quick_versions():
                                 "at most the training split's 60000 - data.val_size=5000 images"),
     (["batch_size=70000"], "batch_size=70000 is not allowed: an integer in [1, 55000]"),
     (["batch_size=55001", "model.norm=batch"], "batch_size=55001 is not allowed: an integer in [2, 55000]"),
-    (["data.val_size=60000"], "data.val_size=60000 is not allowed: an integer in [1, 59999] "
-                              "(the rest of the 60000 training images train; 0 is not supported yet"),
-    (["data.val_size=-1"], "data.val_size=-1 is not allowed: an integer in [1, 59999]"),
+    (["data.val_size=60000"], "data.val_size=60000 is not allowed: an integer in [0, 59999] "
+                              "(the rest of the 60000 training images train; 0 trains on all of them)"),
+    (["data.val_size=-1"], "data.val_size=-1 is not allowed: an integer in [0, 59999]"),
     (["data.val_size=59999"], "batch_size=64 is not allowed: an integer in [1, 1]: "
                               "at most the training split's 60000 - data.val_size=59999 images"),
-    (["data.val_size=59999", "model.norm=batch"], "data.val_size=59999 is not allowed: an integer in [1, 59998] "
+    (["data.val_size=59999", "model.norm=batch"], "data.val_size=59999 is not allowed: an integer in [0, 59998] "
                                                   "(the rest of the 60000 training images train, 2+ per batch "
                                                   "with model.norm=batch"),
-    (["data.val_size=0"], "data.val_size=0 is not allowed: an integer in [1, 59999]"),
 ])
 def test_validate_keeps_one_batch_in_the_training_split(overrides, message):
     with pytest.raises(ConfigError) as e:
@@ -124,9 +123,50 @@ def test_validate_keeps_one_batch_in_the_training_split(overrides, message):
 
 
 @pytest.mark.parametrize("overrides", [["batch_size=55000"], ["data.val_size=59998", "batch_size=2",
-                                                              "model.norm=batch"]])
+                                                              "model.norm=batch"],
+                                       ["data.val_size=0", "objective=train_loss", "batch_size=60000"]])
 def test_validate_takes_the_largest_batch_the_split_holds(overrides):
     validate(compose_config(overrides))
+
+
+# ------------------------------------------- no validation split (val_size=0)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ([], "objective=val_acc is not allowed: train_loss with data.val_size=0 (there is no validation split, "
+         "and test_acc would select on the test set)"),
+    (["objective=test_acc"], "objective=test_acc is not allowed: train_loss with data.val_size=0"),
+    (["objective=train_loss", "trial.prune=true"],
+     "trial.prune=true is not allowed: false with data.val_size=0 (pruning reads each epoch's val_acc)"),
+    (["objective=train_loss", "probes.kinds=[grad_norms,activations]"],
+     "probes.kinds=[grad_norms,activations] is not allowed: no activations or val_acc with data.val_size=0 "
+     "(they read the validation split)"),
+    (["objective=train_loss", "probes.kinds=[val_acc]"], "probes.kinds=[val_acc] is not allowed"),
+])
+def test_without_a_validation_split_nothing_reads_or_selects_on_one(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        validate(compose_config(["data.val_size=0", *overrides]))
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_without_a_validation_split_the_probes_that_do_not_read_it_are_allowed():
+    validate(compose_config(["data.val_size=0", "objective=train_loss",
+                             "probes.kinds=[grad_norms,ics,landscape,train_acc,modes,shift]"]))
+
+
+def test_a_batch_larger_than_the_files_training_split_is_refused_before_any_record(tiny_mnist, tmp_path):
+    """validate assumes 60,000 training images; smaller files (here 1,200,
+    200 of them held out) are checked once read."""
+    from study.runner import run_job
+
+    cfg = compose_config([*tiny_overrides(tiny_mnist), "batch_size=1001"])
+    validate(cfg)
+    with pytest.raises(ConfigError) as e:
+        run_job(cfg, tmp_path / "run")
+    assert str(e.value).startswith("batch_size=1001 is not allowed: at most the training split's 1000 images "
+                                   "(1200 in "), str(e.value)
+    assert "data.val_size=200 of them held out" in str(e.value)
+    assert not list(tmp_path.rglob("result.json"))
 
 
 # ------------------------------------------------------------- end to end
@@ -154,7 +194,7 @@ def test_a_split_too_large_anywhere_in_a_sweep_stops_it_before_any_run(tmp_path,
     overrides = [o for o in tiny_overrides(tiny_mnist) if not o.startswith("data.val_size=")]
     proc = run_cli(["-m", *overrides, "data.val_size=200,60000", "epochs=1",
                     f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path, timeout=120)
-    assert one_error_line(proc).startswith("error: data.val_size=60000 is not allowed: an integer in [1, 59999]")
+    assert one_error_line(proc).startswith("error: data.val_size=60000 is not allowed: an integer in [0, 59999]")
     assert not list(tmp_path.rglob("result.json"))
 
 
