@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from study.errors import RunFailed
 from study.records import RESULT_FILE, RecordError, read_record
 
 log = logging.getLogger("study.sweep")
@@ -26,10 +28,14 @@ def count_statuses(sweep_dir: Path) -> Counter:
 
 
 class SweepSummary(Callback):
-    """At multirun end: where the results are, counts by status, the report.
+    """At multirun end: where the results are, counts by status, the report,
+    and the exit status.
 
     The report is built from the sweep dir's records; a report that cannot be
-    built leaves the results intact and says why in one line.
+    built leaves the results intact and says why in one line. When a run of
+    the sweep failed (crashed in training; its record holds the traceback)
+    the sweep ends with RunFailed: one line, exit status 1 (study/run.py),
+    unless the sweep is already ending with an error of its own.
     """
 
     def __init__(self, report: bool = True) -> None:
@@ -40,8 +46,16 @@ class SweepSummary(Callback):
         counts = count_statuses(sweep_dir)
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no runs"
         log.info("results: %s (%s)", sweep_dir, summary)
-        if not self.report or not counts:
-            return
+        if self.report and counts:
+            self.build_report(sweep_dir)
+        # Hydra calls this in a `finally`: an error already ending the sweep
+        # (a user error, an interrupt) is reported instead.
+        if counts["failed"] and sys.exc_info()[0] is None:
+            raise RunFailed(f"{counts['failed']} of {sum(counts.values())} runs failed; their records "
+                            f"(status failed, with the traceback) are under {sweep_dir}")
+
+    @staticmethod
+    def build_report(sweep_dir: Path) -> None:
         try:
             from analysis import build_report
 

@@ -72,6 +72,16 @@ class UserExit(SystemExit):
         self.message = message
 
 
+class RunFailed(SystemExit):
+    """Raised when training crashed: the run's record (status `failed`, with
+    the traceback) is written; `study/run.py` prints the line, exit status 1.
+    Not a user error: the study, the data or the machine broke."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(1)
+        self.message = message
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return " ".join(text.splitlines()[:1]).strip().rstrip(".")

@@ -3,9 +3,16 @@
 Composes conf/config.yaml (schema-checked), checks the values (once per
 job, before torch loads), trains the job's run (or, under the packed
 launcher, its pack: study/runner.py), writes its `result.json` and returns
-the objective (validation accuracy by default) to the sweeper. User errors
-(bad override, bad value, missing data) end the process with one line on
-stderr and exit status 2, without a traceback.
+the objective (validation accuracy by default) to the sweeper.
+
+Exit status: 0 when every run trained (a diverged run is a result, not a
+failure); 2 for a user error (bad override, bad value, missing data), with
+one line on stderr and no traceback, before anything trains; 1 when
+training crashed. A crash is recorded (status `failed`, its traceback in
+the record's `error`): a single run stops there and says where its record
+is; a sweep (-m) goes on with its other jobs, and at its end, after the
+summary and the report, says how many runs failed and exits 1 (the summary
+callback, study/callbacks.py, does it).
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from study.config import register_configs, validate
-from study.errors import UserError, UserExit, describe_user_error
+from study.errors import RunFailed, UserError, UserExit, describe_user_error
 from study.records import CLAIM_FILE, RESULT_FILE
 
 log = logging.getLogger("study.run")
@@ -49,6 +57,11 @@ def main(cfg: DictConfig) -> float:
         discard_unused_dir(out_dir)
         raise UserExit(str(e)) from None
     log.info("%s: %s -> %s", record["status"], out_dir, "result.json")
+    if record["status"] == "failed" and hc.mode != RunMode.MULTIRUN:  # a sweep goes on (study/callbacks.py)
+        error = record.get("error") or {}
+        why = " ".join(str(error.get("message", "")).split())
+        raise RunFailed(f"the run failed ({error.get('type', 'error')}: {why[:300]}); "
+                        f"its record, with the traceback: {out_dir / RESULT_FILE}")
     return objective(record, cfg.objective)
 
 
@@ -68,9 +81,9 @@ def cli() -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         main()
-    except UserExit as e:
+    except (UserExit, RunFailed) as e:
         print(f"error: {e.message}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(e.code)
     except KeyboardInterrupt:
         # Finished runs are on disk (atomic records); reuse and resume pick up from there.
         print("interrupted: finished runs are kept; run the same command again to go on",

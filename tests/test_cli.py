@@ -70,6 +70,64 @@ def test_compile_without_a_cpp_compiler_stops_before_any_run(tmp_path, tiny_mnis
     assert not list(tmp_path.rglob("result.json"))
 
 
+# study/run.py as users run it, with one change: training crashes at batch
+# size 16 (a bug, an out-of-memory). Nothing in the study may offer a switch
+# for that, so the crash is put in before the entry point runs.
+CRASH_AT_BATCH_16 = f"""
+import runpy, sys
+import study.train
+
+real = study.train.train_runs
+
+def train_runs(spec, *args, **kwargs):
+    if spec.batch_size == 16:
+        raise RuntimeError("simulated crash in training")
+    return real(spec, *args, **kwargs)
+
+study.train.train_runs = train_runs  # study.runner, imported later, takes this one
+sys.argv[0] = {str(REPO / "study" / "run.py")!r}
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_crashing_cli(args, cwd, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run([sys.executable, "-c", CRASH_AT_BATCH_16, *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def error_lines(proc):
+    return [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+
+
+def test_a_run_that_crashes_in_training_exits_1_and_says_where_its_record_is(tmp_path, tiny_mnist):
+    run = tmp_path / "run"
+    proc = run_crashing_cli(tiny_overrides(tiny_mnist) + ["batch_size=16", "epochs=1", f"hydra.run.dir={run}"],
+                            cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    record = run / "result.json"
+    assert error_lines(proc) == [f"error: the run failed (RuntimeError: simulated crash in training); "
+                                 f"its record, with the traceback: {record}"], proc.stderr[-3000:]
+    assert [ln for ln in proc.stderr.splitlines() if ln.strip()][-1] == error_lines(proc)[0]
+    rec = json.loads(record.read_text())
+    assert rec["status"] == "failed" and "simulated crash in training" in rec["error"]["traceback"]
+
+
+@pytest.mark.slow
+def test_a_sweep_goes_on_past_a_crashed_run_and_exits_1_at_its_end(tmp_path, tiny_mnist):
+    sweep = tmp_path / "sweep"
+    proc = run_crashing_cli(["-m"] + tiny_overrides(tiny_mnist) + [
+        "batch_size=16,32", "model.norm=none", "seed=0", "epochs=1", "hydra.launcher.n_jobs=1",
+        f"hydra.sweep.dir={sweep}", "hydra.callbacks.summary.report=false"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    statuses = {json.loads(p.read_text())["config"]["batch_size"]: json.loads(p.read_text())["status"]
+                for p in sweep.glob("*/result.json")}
+    assert statuses == {16: "failed", 32: "completed"}  # batch 16 ran first (the costlier pack)
+    assert f"results: {sweep.resolve()} (1 completed, 1 failed)" in proc.stdout + proc.stderr
+    assert error_lines(proc) == [f"error: 1 of 2 runs failed; their records (status failed, with the traceback) "
+                                 f"are under {sweep.resolve()}"], proc.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_real_multirun_bn_vs_no_bn_grid(tmp_path, tiny_mnist):
     sweep = tmp_path / "sweep"
