@@ -13,12 +13,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from study.records import LAUNCH_ONLY_KEYS, REPO_ROOT, now_iso, read_record, write_json_atomic
+from study.records import LAUNCH_ONLY_KEYS, REPO_ROOT, RecordError, now_iso, read_record, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 CODE_DIRS = ("study", "hydra_plugins")
 
@@ -57,14 +60,26 @@ def run_hash(cfg: DictConfig) -> str:
 
 
 def find_reusable(cfg: DictConfig) -> Optional[tuple[Path, dict[str, Any]]]:
-    """A finished run (completed or diverged) of exactly this config and code."""
+    """A finished run (completed or diverged) of exactly this config and code.
+
+    None where there is none, and where the indexed record is gone or damaged
+    (read_record's schema check): such a run is trained again, never reused.
+    """
     want = run_hash(cfg)
+    entry = Path(cfg.run_index) / f"{want}.json"
     try:
-        path = Path(json.loads((Path(cfg.run_index) / f"{want}.json").read_text())["record"])
-        rec = read_record(path)
-    except (OSError, ValueError, KeyError, TypeError):
+        path = Path(json.loads(entry.read_text())["record"])
+    except FileNotFoundError:
         return None
-    if rec.get("run_hash") != want or rec.get("status") not in ("completed", "diverged"):
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("run index entry %s unreadable (%s): training again", entry, e)
+        return None
+    try:
+        rec = read_record(path)
+    except RecordError as e:
+        log.warning("the indexed run %s is not reusable (%s): training again", path, e)
+        return None
+    if rec.get("run_hash") != want or rec["status"] not in ("completed", "diverged"):
         return None
     return path, rec
 

@@ -29,11 +29,13 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def record(experiment: str, norm: str, seed: int, probes: dict | None, status: str = "completed",
            batch_size: int = 64, lr: float = 0.01, activation: str = "relu", **config) -> dict:
-    return {"status": status, "experiment": experiment, "seed": seed, "finished_at": "2024-01-01T00:00:00+00:00",
+    return {"schema_version": 1, "status": status, "experiment": experiment, "seed": seed,
+            "finished_at": "2024-01-01T00:00:00+00:00",
             "config": {"model": {"norm": norm, "activation": activation}, "batch_size": batch_size, "lr": lr,
                        "seed": seed, **config},
-            "final": {"train_loss": 0.1, "val_acc": 0.9, "test_acc": 0.9, "val_loss": 0.2} if status == "completed"
-            else {"train_loss": None, "val_acc": None, "test_acc": None, "val_loss": None},  # as study/train.py
+            "final": {"train_loss": 0.1, "val_acc": 0.9, "test_acc": 0.9, "val_loss": 0.2, "epoch": 1, "step": 100}
+            if status == "completed" else {"train_loss": None, "val_acc": None, "test_acc": None, "val_loss": None,
+                                           "epoch": 1, "step": 50},  # as study/train.py
             "history": [{"epoch": 1, "step": 100, "train_loss": 0.1, "val_acc": 0.9, "test_acc": 0.9,
                          "val_loss": 0.2, "epoch_seconds": 1.0, "samples_per_second": 1000.0,
                          "eval_seconds": 0.1, "pack_size": 1}],
