@@ -10,14 +10,16 @@ first call, so importing this package is cheap.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 __all__ = ["build_report", "AnalysisError"]
 
 
 def build_report(paths: list[str | Path], out_dir: Path | None = None, *,
-                 study_name: str | None = None) -> Path:
+                 study_name: str | Sequence[str] | None = None) -> Path:
     """Collect the run records under `paths` (dirs, result.json files or an
-    Optuna storage URL with `study_name`) and write the report; return the
+    Optuna storage URL with `study_name`, one study or several) and write
+    the report; return the
     report dir (it holds `report.html`). Raises `AnalysisError` with a
     one-line message for unusable input (no such path, no records, ...).
     """

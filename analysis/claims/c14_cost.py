@@ -2,11 +2,15 @@
 
 Runs: the overhead preset (one run at a time, one thread, unpacked), or a
 sweep without a preset that has lone (unpacked) timed runs of both arms: a
-pack's epochs are timed together, so packed runs are left out. Statistic:
-per batch size (and setting where other keys vary), BN's seconds per training
-step relative to no norm's, minus 1, in percent (Welch over seeds, divided by
-no norm's mean); per run, the median over epochs after the first (warm-up).
-Figure: milliseconds per training step by batch size and arm.
+pack's epochs are timed together, so packed runs are left out. Two arms are
+compared only on runs timed in one process (summary.common_process): a
+resumed sweep's or another worker's timings ran under other conditions; a
+batch size without such runs is "not comparable", never a number.
+Statistic: per batch size (and setting where other keys vary), BN's seconds
+per training step relative to no norm's, minus 1, in percent (Welch over
+seeds, divided by no norm's mean); per run, the median over epochs after the
+first (warm-up). Figure: milliseconds per training step by batch size and
+arm.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from analysis.claims.common import (ClaimResult, ClaimRuns, ExperimentRuns, colu
                                     headline, label_axes, log2_batch_axis, log_y, mean_band, n_text, num, palette,
                                     panel, runs_table, scaled, verdict_of)
 from analysis.stats import Difference, welch_difference
-from analysis.summary import norm_name, norm_order, setting_groups
+from analysis.summary import NOT_COMPARABLE, NOT_COMPARABLE_WHY, common_process, norm_name, norm_order, setting_groups
 
 LITERATURE = "measured on this project's trainer only; the notebook names the overhead without a number"
 STATISTIC = ("BN's seconds per training step relative to no norm's, minus 1, in percent, per batch size "
@@ -39,13 +43,16 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     table, t = runs_table(exp), timing_table(exp)
     if t.empty or not {"none", "batch"} <= set(t.norm):
         return runs.inconclusive(STATISTIC, "needs completed lone (unpacked) timed runs of both BN and no norm")
-    settings, details = [], []
+    settings, details, apart = [], [], []
     for label, g in setting_groups(exp.analysis, t):
         for b in sorted(g.batch_size.dropna().unique()):
-            line, setting = _compare(f"batch {int(b)}" + (f", {label}" if label else ""), g[g.batch_size == b])
+            where = f"batch {int(b)}" + (f", {label}" if label else "")
+            line, setting = _compare(where, g[g.batch_size == b])
             if setting is not None:
                 settings.append(setting)
+            if line:
                 details.append(line)
+                apart += [where] if setting is None else []
     machines = sorted(column(table, "device_name").dropna().astype(str).unique())
     details.append(f"per run: median over epochs after the first (warm-up) of epoch seconds / steps in the epoch; "
                    f"machine: {', '.join(machines) or 'unknown'}")
@@ -56,13 +63,16 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                        "completed")
     figure = draw("C14", out, lambda: _figure(t), details)
     if not settings:
-        return runs.inconclusive(STATISTIC, "no batch size has timed runs of both arms", figure=figure,
-                                 details=details)
+        why = (f"{NOT_COMPARABLE} at every batch size ({', '.join(apart)}): {NOT_COMPARABLE_WHY}" if apart
+               else "no batch size has timed runs of both arms")
+        return runs.inconclusive(STATISTIC, why, figure=figure, details=details)
     label, d = headline(settings)
     evidence = (f"At {label} (least favourable of {len(settings)}) BN's training step time relative to no norm's "
                 f"is {diff_text(d, '%', 1)} (positive: BN slower; interval: Welch difference over seeds divided by no "
-                "norm's mean); verdict combined over batch sizes. Figure: milliseconds per training step by batch "
-                "size and arm, mean and 95% t-interval over seeds.")
+                "norm's mean; both arms timed in one process); verdict combined over batch sizes"
+                + (f" ({NOT_COMPARABLE}, left out: {', '.join(apart)})" if apart else "")
+                + ". Figure: milliseconds per training step by batch size and arm, mean and 95% t-interval over "
+                "seeds.")
     return runs.result(combine(v for *_, v in settings), STATISTIC, interval=d, unit="%",
                        n=n_text([d.n_a, d.n_b], "seeds per arm"), evidence=evidence, figure=figure, details=details)
 
@@ -71,7 +81,7 @@ def timing_table(exp: ExperimentRuns) -> pd.DataFrame:
     """Per completed lone run: median seconds per training step and median eval seconds, epochs after the first."""
     runs, hist = runs_table(exp), exp.analysis.col.history
     keys = exp.analysis.setting_keys
-    cols = ["run", "norm", "batch_size", *keys, "seed", "sec_per_step", "eval_sec"]
+    cols = ["run", "norm", "batch_size", *keys, "seed", "process", "sec_per_step", "eval_sec"]
     if hist is None or hist.empty:
         return pd.DataFrame(columns=cols)
     rows = []
@@ -101,17 +111,25 @@ def _relative(a: list[float], b: list[float]) -> Difference:
 
 
 def _compare(label: str, t: pd.DataFrame) -> tuple[str, tuple[str, Difference, str] | None]:
-    """One batch size (and setting): its detail line and setting (label, relative step time, verdict), or None
-    without timed runs of both arms."""
+    """One batch size (and setting): its detail line and setting (label, relative step time, verdict); no
+    line without timed runs of both arms, no setting where no process timed both."""
     bn, no = t[t.norm == "batch"], t[t.norm == "none"]
     if bn.empty or no.empty:
         return "", None
+    process = common_process(bn, no)
+    if process is None:
+        return (f"{label}: {NOT_COMPARABLE} (BN timed in {bn.process.nunique()} process(es), no norm in "
+                f"{no.process.nunique()}, none in common)"), None
+    n_left = len(bn) + len(no)
+    bn, no = bn[bn.process == process], no[no.process == process]
+    n_left -= len(bn) + len(no)
     d = _relative(list(bn.sec_per_step), list(no.sec_per_step))
     ev = _relative(list(bn.eval_sec.dropna()), list(no.eval_sec.dropna()))
     v = verdict_of(d)
     return (f"{label}: training step BN {1e3 * bn.sec_per_step.mean():.3f} ms vs no norm "
             f"{1e3 * no.sec_per_step.mean():.3f} ms: {diff_text(d, '%', 1)}: {v}; inference (eval-mode "
-            f"passes over validation+test) {diff_text(ev, '%', 1)}"), (label, d, v)
+            f"passes over validation+test) {diff_text(ev, '%', 1)}"
+            + (f"; {n_left} run(s) timed in other processes left out" if n_left else "")), (label, d, v)
 
 
 def _figure(t: pd.DataFrame) -> Figure:

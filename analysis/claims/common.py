@@ -200,7 +200,7 @@ def subset(col: Collection, mask: list[bool], records: list[dict[str, Any]]) -> 
     config = [c for c in col.config_columns if c in runs.columns and runs[c].notna().any()]
     return Collection(runs=runs, history=col.history[col.history.run.isin(set(runs["run"]))].reset_index(drop=True),
                       records=records, config_columns=config, problems=[], sources=col.sources,
-                      study_name=col.study_name, duplicates=[])
+                      studies=col.studies, duplicates=[], tuning_studies=col.tuning_studies)
 
 
 def runs_table(e: ExperimentRuns) -> pd.DataFrame:
