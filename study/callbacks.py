@@ -31,8 +31,12 @@ class SweepSummary(Callback):
     """At multirun end: where the results are, counts by status, the report,
     and the exit status.
 
-    The report is built from the sweep dir's records; a report that cannot be
-    built leaves the results intact and says why in one line. When a run of
+    The report is built from the sweep dir's records and, for a tuning sweep,
+    every trial of its studies wherever it ran (a resumed sweep's earlier
+    trials sit in the stopped sweep's dir): analysis.collect reads them from
+    the storage that the dir's optimization_results.yaml names; the counts
+    logged here are the dir's own. A report that cannot be built leaves the
+    results intact and says why in one line. When a run of
     the sweep failed (crashed in training; its record holds the traceback)
     the sweep ends with RunFailed: one line, exit status 1 (study/run.py),
     unless the sweep is already ending with an error of its own.
