@@ -8,7 +8,8 @@ Each preset is one `study/run.py -m experiment=<preset>` multirun in its own
 sweep dir under `--out` (default outputs/claims, outputs/claims-quick with
 --quick); the Optuna studies of `tune` go to a storage in the same folder.
 Then `python -m analysis <out>` builds the report whose claims section gives
-a verdict on every claim of ../shared/docs/protocol.md. Rerunning the same
+a verdict on every claim of the registry (analysis/claims/__init__.py: the
+claims of ../shared/docs/protocol.md, then the study's own findings). Rerunning the same
 command after an interruption retrains nothing that finished: every job
 finds its finished run through the run index. `suite.json` in `--out`
 records each preset's command, exit status and wall time.

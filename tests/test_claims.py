@@ -13,6 +13,7 @@ from analysis.claims.common import (INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, OUT_OF
                                     combine, directional, split_by_experiment)
 from analysis.claims.notebook_claims import NOTEBOOK_CLAIMS, notebook_verdicts
 from analysis.collect import collect
+from helpers import REPO
 
 
 @pytest.mark.parametrize("low, high, positive, verdict", [
@@ -61,7 +62,9 @@ def _record(experiment: str | None, seed: int, norm: str) -> dict:
             "config": {"batch_size": 64, "lr": 0.01, "seed": seed, "model": {"norm": norm}},
             "final": {"train_loss": 0.1, "val_acc": 0.9 + seed / 100, "test_acc": 0.9 + seed / 100,
                       "val_loss": 0.2, "epoch": 1, "step": 10},
-            "history": [], "env": {"device_name": "cpu", "threads": 1}, "data": {}}
+            "history": [{"epoch": 1, "step": 10, "train_loss": 0.1, "val_acc": 0.9 + seed / 100,
+                         "test_acc": 0.9 + seed / 100, "val_loss": 0.2}],
+            "env": {"device_name": "cpu", "threads": 1}, "data": {}}
 
 
 def test_split_by_experiment_keeps_presets_apart(tmp_path: Path) -> None:
@@ -88,7 +91,11 @@ def test_registry_is_the_one_map_of_claims_to_presets_and_modules() -> None:
 
     from study.suite import SUITE
 
-    assert [c.id for c in CLAIMS] == [f"C{i}" for i in range(1, 16)]
+    assert [c.id for c in CLAIMS] == [f"C{i}" for i in range(1, 17)]
+    for c in CLAIMS:  # every preset a claim reads exists, with its quick variant
+        for p in c.presets:
+            assert (REPO / "conf" / "experiment" / f"{p}.yaml").is_file(), (c.id, p)
+            assert (REPO / "conf" / "experiment" / "quick" / f"{p}.yaml").is_file(), (c.id, p)
     for c in CLAIMS:
         module = importlib.import_module(f"analysis.claims.{c.module}")
         assert module.LITERATURE and callable(module.evaluate), c.id
@@ -97,6 +104,7 @@ def test_registry_is_the_one_map_of_claims_to_presets_and_modules() -> None:
     order = list(dict.fromkeys(p for c in CLAIMS for p in c.presets))
     assert [name for name, _ in SUITE] == order
     assert dict(SUITE)["notebook"] == BY_ID["C1"].suite_grid
+    assert BY_ID["C16"].presets == ("input_scaling",) and "input_scaling" in dict(SUITE)
 
 
 def test_one_record_per_run_keeps_the_newest() -> None:

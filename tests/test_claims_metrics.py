@@ -31,6 +31,9 @@ BROKEN = "could not be computed"  # the guard's words: a claim that raised
 
 
 # ------------------------------------------------------------------ records
+PROCESS = "test:100:2026-01-01T00:00:00+00:00"  # study.records.process_id of the sweep that timed the runs
+
+
 def record(exp: str, norm: str, seed: int, *, batch: int = 64, lr: float = 0.01, status: str = "completed",
            val: float = 0.95, test: float | None = None, history: list[dict] | None = None,
            probes: dict | None = None, model: dict | None = None, steps: int | None = None,
@@ -47,10 +50,12 @@ def record(exp: str, norm: str, seed: int, *, batch: int = 64, lr: float = 0.01,
         history = [{"epoch": 1, "step": 100, "val_acc": val, "test_acc": test, "train_loss": 0.1, "val_loss": 0.1,
                     "epoch_seconds": 1.0, "samples_per_second": 6400.0, "eval_seconds": 0.1,
                     "pack_size": 1}] if done else []
-    return {"experiment": exp, "status": status, "seed": seed, "config": cfg, "final": final, "history": history,
+    return {"schema_version": 1, "experiment": exp, "status": status, "seed": seed, "config": cfg, "final": final,
+            "history": history,
             "probes": probes, "finished_at": "2026-01-01T00:00:00+00:00",
             # summary's cost finding reads env.device_name (a column that is dropped when all null)
-            "env": {"device_name": "test-cpu", "threads": 1}}
+            # process: the one that timed the run (C14 compares timings within one process only)
+            "env": {"device_name": "test-cpu", "threads": 1, "hostname": "test", "process": PROCESS}}
 
 
 def load(tmp: Path, recs: list[dict]) -> dict:
@@ -480,6 +485,112 @@ def test_c14_time_per_step(tmp_path, direction):
         assert any(l.startswith("batch 64") and "inference" in l and "+20.0%" in l.split("inference")[1]
                    for l in res.details)
         assert_png(tmp_path, res)
+
+
+def test_c14_compares_only_timings_of_one_process(tmp_path):
+    """A resumed sweep: BN at batch 64 timed by the stopped sweep, no norm by the rerun (another process): not
+    comparable, never a number; at batch 512 the rerun timed both arms: compared, and only on its runs."""
+    recs, per_step = c14_records(1)
+    rerun = "test:200:2026-01-02T00:00:00+00:00"
+    for r in recs:
+        b, norm, seed = r["config"]["batch_size"], r["config"]["model"]["norm"], r["seed"]
+        if (b == 64 and norm == "none") or (b == 512 and seed > 0):
+            r["env"]["process"] = rerun
+    recs.append(dict(recs[0], seed=7, env=dict(recs[0]["env"], process=None)))  # an older record: no process
+    res = run_claim("C14", tmp_path, recs)
+    d = welch_difference(per_step["batch"][512][1:], per_step["none"][512][1:])
+    ref = float(np.mean(per_step["none"][512][1:]))
+    assert (res.value, res.low, res.high) == pytest.approx((100 * d.diff / ref, 100 * d.low / ref, 100 * d.high / ref))
+    assert res.n == "2 seeds per arm"
+    assert any(l.startswith("batch 64: not comparable") for l in res.details), res.details
+    assert any(l.startswith("batch 512") and "2 run(s) timed in other processes left out" in l for l in res.details)
+    assert "not comparable, left out: batch 64" in res.evidence
+    # no process timed both arms anywhere: inconclusive, and says why, with no number
+    for r in recs:
+        r["env"]["process"] = rerun if r["config"]["model"]["norm"] == "none" else PROCESS
+    res = run_claim("C14", tmp_path / "apart", recs)
+    assert res.verdict == INCONCLUSIVE and res.value is None
+    assert res.evidence.startswith("not comparable at every batch size (batch 64, batch 512)")
+
+
+# ------------------------------------------------------------------ C16
+C16_CASES = {  # test accuracy per seed: (none standard, none notebook, BN standard, BN notebook)
+    1: ([0.950, 0.952, 0.954], [0.900, 0.905, 0.910], [0.970, 0.972, 0.974], [0.968, 0.970, 0.973]),
+    -1: ([0.950, 0.952, 0.954], [0.949, 0.951, 0.954], [0.970, 0.972, 0.974], [0.920, 0.925, 0.930]),
+    0: ([0.950, 0.952, 0.954], [0.930, 0.935, 0.940], [0.970, 0.972, 0.974], [0.950, 0.954, 0.959]),
+}
+
+
+def scaled_record(norm: str, seed: int, scaling: str | None, test: float) -> dict:
+    """An input_scaling run (the notebook's setup, no validation split); scaling None: a record from before
+    data.normalize existed (it trained with standard scaling)."""
+    r = record("input_scaling", norm, seed, val=None, test=test)
+    r["final"].update(val_acc=None, val_loss=None, test_acc=test)
+    r["history"][0].update(val_acc=None, val_loss=None)
+    r["data"] = {"n_train": 60000, "n_val": 0, "n_test": 10000, "val_size": 0}
+    if scaling is not None:
+        r["config"]["data"] = {"normalize": scaling, "val_size": 0}
+        r["data"]["normalize"] = scaling
+    return r
+
+
+def c16_records(direction: int, old_standard: bool = False) -> list[dict]:
+    none_std, none_nb, bn_std, bn_nb = C16_CASES[direction]
+    return [scaled_record(norm, s, None if old_standard and scaling == "standard" else scaling, v[s])
+            for norm, pair in (("none", (none_std, none_nb)), ("batch", (bn_std, bn_nb)))
+            for scaling, v in zip(("standard", "notebook"), pair) for s in range(3)]
+
+
+@pytest.mark.parametrize("direction", [1, -1, 0])
+def test_c16_input_scaling(tmp_path, direction):
+    res = run_claim("C16", tmp_path, c16_records(direction))
+    assert res.verdict == VERDICTS[direction], res
+    none_std, none_nb, bn_std, bn_nb = C16_CASES[direction]
+    moves_none, moves_bn = welch_difference(pts(none_std), pts(none_nb)), welch_difference(pts(bn_std), pts(bn_nb))
+    c = contrast(moves_none, moves_bn)
+    assert (res.value, res.low, res.high) == pytest.approx((c.diff, c.low, c.high))
+    # the same number as the BN gap under the notebook's scaling minus the gap under standard scaling
+    assert c.diff == pytest.approx(welch_difference(pts(bn_nb), pts(none_nb)).diff
+                                   - welch_difference(pts(bn_std), pts(none_std)).diff)
+    assert res.evidence.startswith(f"No norm moves by {moves_none.diff:+.2f} points")
+    assert f"BN by {moves_bn.diff:+.2f} points" in res.evidence
+    assert res.unit == "points" and res.n == "3 seeds per arm and scaling (smallest)"
+    assert "expected > 0" in res.statistic
+    if direction == 1:
+        assert_png(tmp_path, res)
+
+
+def test_c16_reads_records_without_data_normalize_as_standard(tmp_path):
+    res = run_claim("C16", tmp_path, c16_records(1, old_standard=True))
+    assert res.verdict == SUPPORTED
+    standard_only = [r for r in c16_records(1) if r["config"]["data"]["normalize"] == "standard"]
+    res = run_claim("C16", tmp_path / "one", standard_only)
+    assert res.verdict == INCONCLUSIVE and "no runs of no norm with data.normalize=notebook" in res.evidence
+    assert evaluate_claim("C16", {}, tmp_path).verdict == NOT_RUN
+
+
+def test_notebook_runs_without_a_validation_split_answer_c1_c3_c11(tmp_path):
+    """data.val_size=0 (experiment=notebook trains on all 60,000 images): val_acc is null in final and history.
+    The claims that read notebook runs read test accuracy and neither crash nor drop those runs."""
+    def no_val(r):
+        if r["experiment"] == "notebook":
+            r["final"].update(val_acc=None, val_loss=None)
+            for h in r["history"]:
+                h.update(val_acc=None, val_loss=None)
+        return r
+
+    c1 = [no_val(record("notebook", norm, s, batch=b, test=acc + 0.001 * s))
+          for b, gap in ((64, 0.01), (512, 0.05)) for norm, acc in (("none", 0.90), ("batch", 0.90 + gap))
+          for s in range(3)]
+    res = run_claim("C1", tmp_path / "c1", c1)
+    assert res.verdict == SUPPORTED and res.value == pytest.approx(4.0) and "n=" not in res.n
+    recs, _ = c3_records(1)
+    res = run_claim("C3", tmp_path / "c3", [no_val(r) for r in recs])
+    assert res.verdict == SUPPORTED, res
+    recs, acc = c11_records(1)
+    res = run_claim("C11", tmp_path / "c11", [no_val(r) for r in recs])
+    relu = welch_difference(pts(acc["relu"]["batch"]), pts(acc["relu"]["none"]))
+    assert any(l.startswith("ReLU") and f"{relu.diff:+.2f}" in l for l in res.details), res.details
 
 
 # ------------------------------------------------------------------ not run, degenerate input

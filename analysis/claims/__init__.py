@@ -1,7 +1,8 @@
 """The claims: one module per claim of the protocol, and this registry.
 
 `../shared/docs/protocol.md` lists the notebook's nine claims about BN and a
-table C1..C15 of checkable claims, each with the experiment that tests it.
+table C1..C15 of checkable claims, each with the experiment that tests it;
+C16 (input scaling) is a finding of this study added after it.
 Every experiment is a preset (`conf/experiment/<name>.yaml`; `quick/<name>`
 is its smoke-test variant) and every run records the preset it was launched
 with (`experiment` in result.json).
@@ -70,6 +71,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("C13", "linear lr scaling holds over a range of batch sizes", ("linear_scaling",), "c13_linear_scaling"),
     Claim("C14", "BN costs compute", ("overhead",), "c14_cost", plain_sweep=True),
     Claim("C15", "vanishing/exploding gradients are mitigated", ("deep",), "c15_deep_gradients"),
+    # A finding beyond the protocol's table: the notebook scales pixels to [-1, 1], the usual recipe to mean 0.
+    Claim("C16", "BN makes the network insensitive to input scaling", ("input_scaling",), "c16_input_scaling"),
 )
 BY_ID: dict[str, Claim] = {c.id: c for c in CLAIMS}
 
@@ -102,5 +105,5 @@ def evaluate_claim(claim_id: str, exps: Mapping[str, ExperimentRuns], out: Path)
 
 
 def evaluate_claims(exps: Mapping[str, ExperimentRuns], out: Path) -> list[ClaimResult]:
-    """Every claim C1..C15, in order; figures are written into `out`."""
+    """Every claim of CLAIMS, in order; figures are written into `out`."""
     return [evaluate_claim(c.id, exps, out) for c in CLAIMS]
