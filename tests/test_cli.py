@@ -70,6 +70,38 @@ def test_compile_without_a_cpp_compiler_stops_before_any_run(tmp_path, tiny_mnis
     assert not list(tmp_path.rglob("result.json"))
 
 
+def no_cuda():
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not no_cuda(), reason="needs a machine without CUDA")
+def test_a_cuda_sweep_without_cuda_stops_before_any_job_in_seconds(tmp_path, tiny_mnist):
+    """The launcher asks torch (only then loaded) before any job runs; the
+    subprocess timeout bounds the wait (a job-time refusal took 100+ s)."""
+    proc = run_cli(["-m"] + tiny_overrides(tiny_mnist) + ["device=cuda", "batch_size=8,64", "epochs=1",
+                   f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [
+        "error: device=cuda is not allowed: cpu or auto here: torch sees no CUDA device"]
+    assert not list(tmp_path.rglob("result.json"))
+
+
+def test_a_user_error_raised_in_a_sweep_worker_comes_back_in_seconds(tmp_path, tiny_mnist):
+    """A batch larger than the files' training split (1,000 images here) is
+    found once a job reads the data, on a loky worker; its one line must not
+    wait on Hydra pickling its failed job (100+ s before the fix)."""
+    proc = run_cli(["-m"] + tiny_overrides(tiny_mnist) + ["batch_size=2000", "model.norm=none", "seed=0,1",
+                   "hydra.launcher.n_jobs=2", "hydra.launcher.max_pack=1", f"hydra.sweep.dir={tmp_path}/sweep"],
+                   cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [
+        f"error: batch_size=2000 is not allowed: at most the training split's 1000 images "
+        f"(1200 in {tiny_mnist}, data.val_size=200 of them held out)"]
+    assert not list(tmp_path.rglob("result.json"))
+
+
 # study/run.py as users run it, with one change: training crashes at batch
 # size 16 (a bug, an out-of-memory). Nothing in the study may offer a switch
 # for that, so the crash is put in before the entry point runs.

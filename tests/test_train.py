@@ -545,6 +545,17 @@ def test_the_launcher_groups_jobs_without_loading_torch(tiny_mnist):
               "print('ok')\n")
 
 
+def test_the_launcher_asks_torch_only_for_cuda_or_compile(tiny_mnist):
+    """The launcher's device check loads torch only where a job asks for
+    device=cuda or compile=true (then it must ask torch)."""
+    python_ok("import sys\n"
+              "from study.config import compose_config\n"
+              "from hydra_plugins.bn_study_launcher.packed_launcher import _check_torch\n"
+              f"_check_torch([compose_config(['data.root={tiny_mnist}', f'device={{d}}']) for d in ('cpu', 'auto')])\n"
+              "assert 'torch' not in sys.modules, 'torch was imported'\n"
+              "print('ok')\n")
+
+
 def test_packs_start_costliest_first_by_steps_and_samples(tiny_mnist):
     """The launcher's cost of a pack: many small steps (batch 8, 5 epochs) outweigh
     few large ones (batch 512), yet at an equal step budget the larger batch and

@@ -1,8 +1,9 @@
 """The `packed` launcher: the joblib launcher, plus packing and pre-validation.
 
 Before anything runs it composes every job's config and checks its values
-(study.config.validate), so a bad value anywhere in a sweep stops it before
-the first run instead of after some. Then it groups the jobs whose resolved
+(study.config.validate; `device: cuda` and `compile: true` against this
+machine), so a bad value anywhere in a sweep stops it before the first run
+instead of after some. Then it groups the jobs whose resolved
 configs differ only in `seed`, and in `lr` where the fused SGD step trains
 them (study.packing.pack_key), into packs of at most `max_pack` runs.
 
@@ -106,8 +107,17 @@ def _run_pack(jobs: list[Job], hydra_context: HydraContext, config: DictConfig, 
             {"seed": int(c.seed), "lr": float(c.lr), "dir": d, "overrides": list(overrides)}
             for c, d, (_, overrides) in zip(configs, dirs, jobs)]}
     HydraConfig.instance().set_config(first)
-    ret = run_job(hydra_context=hydra_context, task_function=task_function, config=first,
-                  job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    from study.errors import UserExit
+
+    try:
+        ret = run_job(hydra_context=hydra_context, task_function=task_function, config=first,
+                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    except UserExit as e:
+        # Hydra's run_job hangs the failed JobReturn, which holds this very
+        # exception, on an exception it lets through: sent back from a loky
+        # worker, that cycle was pickled recursively for ~100 s before the
+        # one-line error came out (measured). A fresh one carries the line only.
+        raise UserExit(e.message) from None
     return [ret] + [_member_return(ret, c, d) for c, d in zip(configs[1:], dirs[1:])]
 
 
@@ -137,15 +147,20 @@ def _member_return(pack: JobReturn, sweep_config: DictConfig, out_dir: str) -> J
     return ret
 
 
-def _check_compile(cfgs: Iterable[DictConfig]) -> None:
-    """`compile: true` where torch.compile cannot build is a config error
-    before any run, like a bad value (this loads torch, so only then)."""
-    compiled = {str(c.device): c for c in cfgs if c.compile}  # one check per device
-    if compiled:
+def _check_torch(cfgs: Iterable[DictConfig]) -> None:
+    """`device: cuda` where torch sees no CUDA device, and `compile: true`
+    where torch.compile cannot build, are config errors before any run, like
+    a bad value. This loads torch (seconds), so only when some job asks for
+    cuda or compile: the launching process never trains."""
+    asks = {}  # device -> whether a job on it compiles: one check per device
+    for c in cfgs:
+        if str(c.device) == "cuda" or c.compile:
+            asks[str(c.device)] = asks.get(str(c.device), False) or bool(c.compile)
+    if asks:
         from study.device import check_compile, resolve_device
 
-        for cfg in compiled.values():
-            check_compile(True, resolve_device(cfg.device))
+        for device, compiled in sorted(asks.items()):
+            check_compile(compiled, resolve_device(device))
 
 
 def _steps(cfg: DictConfig) -> float:
@@ -204,7 +219,7 @@ class PackedLauncher(Launcher):
                    if self.pack else initial_job_idx + i)
             groups.setdefault(key, []).append((initial_job_idx + i, list(overrides)))
             cfgs[key] = task_cfg
-        _check_compile(cfgs.values())
+        _check_torch(cfgs.values())
 
         packs, costs = [], []
         for key, group in groups.items():
