@@ -4,7 +4,7 @@
 load, samples per second of
 
 - ``notebook``: the notebook's own pipeline, as it was written:
-  ``torchvision.datasets.MNIST`` with ``Compose([ToTensor(), Normalize(...)])``
+  ``torchvision.datasets.MNIST`` with ``Compose([ToTensor(), Normalize((0.5,), (0.5,))])``
   (per-sample PIL -> tensor work), ``DataLoader(batch_size=B, shuffle=True)``
   with no workers, ``build_mlp``, ``nn.CrossEntropyLoss``, ``SGD(lr)``, the
   zero_grad/backward/step loop;
@@ -201,7 +201,8 @@ def notebook_dataset(root: Path):
     """The notebook's dataset: per-sample ToTensor + Normalize on PIL images."""
     from torchvision import datasets, transforms
 
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    # As the notebook wrote it (pixels to [-1, 1]); the trainer's default, data.normalize=notebook, is the same.
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
     # download=False: the files were prepared (and verified, unless --no-verify) by load_mnist.
     return datasets.MNIST(root, train=True, download=False, transform=transform)
 

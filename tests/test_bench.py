@@ -146,3 +146,16 @@ def test_compile_is_the_benchs_flag_not_an_override(tiny_mnist, capsys):
     with pytest.raises(SystemExit) as e:
         bench.parse_args(["--batch-sizes", "8,64", "--compile-batches", "512"])
     assert e.value.code == 2 and "--compile-batches must be among --batch-sizes" in capsys.readouterr().err
+
+
+def test_the_notebook_pipeline_sees_the_trainers_inputs(tiny_mnist):
+    """The notebook baseline scales pixels as the notebook did, Normalize((0.5,), (0.5,)),
+    which is the trainer's default (data.normalize=notebook): both train on the same numbers."""
+    import torch
+
+    from study.data import load_mnist
+
+    trainer_x = load_mnist(tiny_mnist, val_size=0, verify=False).train_x  # all images, in file order
+    dataset = bench.notebook_dataset(tiny_mnist)
+    for i in (0, 1, 599):
+        assert torch.allclose(dataset[i][0].reshape(-1), trainer_x[i], atol=1e-6)
