@@ -189,8 +189,9 @@ class Config:
     # Seconds between progress lines inside an epoch (0 = only per epoch).
     progress_every: float = 15.0
     # Plain SGD steps (no momentum/weight decay) without autograd: the same
-    # math with in-place updates, ~2x faster at small batches (study/model.py,
-    # fused_sgd_step; tests compare it with the autograd path). false = autograd.
+    # math with in-place updates, ~2x faster at small batches (study/fused_sgd/:
+    # step.py computes it, __init__.py says when it applies; tests compare it
+    # with the autograd path). false = autograd.
     fused: bool = True
     # Compile the training step with torch.compile (Inductor; on CPU it needs
     # a C++ compiler): BN's step at batch 64 ~1.35x faster here, after a
