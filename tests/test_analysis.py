@@ -728,3 +728,28 @@ def test_several_studies_of_a_storage_by_name(grid, tmp_path):
     assert sorted(df.run) == ["a: trial 0", "b: trial 0"] and sorted(df.study) == ["a", "b"]
     md = (tmp_path / "r" / "report.md").read_text()
     assert f"rebuild with: python -m analysis {url} --study a --study b" in md
+
+
+@pytest.mark.slow
+def test_a_real_tuning_sweep_resumed_into_another_dir_reports_every_trial(tmp_path, tiny_mnist):
+    """The bn_optuna sweeper end to end: two trials per study in a first sweep dir, then the same studies to
+    three trials in a second dir; the second sweep's own report (multirun end) counts all three lrs."""
+    from test_tune import multirun_args, ok, run_cli, studies
+
+    def sweep(name: str, n_trials: int, report: bool) -> str:
+        args = multirun_args(tmp_path, tiny_mnist, f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+                             f"hydra.sweep.dir={tmp_path / name}", "experiment=tune", "batch_size=32",
+                             "model.norm=none,batch", "epochs=1", f"tune.n_trials={n_trials}",
+                             "tune.confirm_seeds=[0,1]")
+        return ok(run_cli([*args, f"hydra.callbacks.summary.report={str(report).lower()}"], cwd=tmp_path))
+
+    sweep("first", 2, report=False)
+    sweep("second", 3, report=True)
+    assert all(len(s.get_trials()) == 3 for s in studies(tmp_path).values())
+    report = tmp_path / "second" / "report"
+    df = results(report)
+    trials = df.dropna(subset=["trial"])
+    assert len(trials) == 6 and trials.record.str.startswith(str(tmp_path / "first")).sum() == 4
+    best = (report / "report.md").read_text().split("Best lr per (norm, batch size)")[1]
+    for norm in ("none", "batch"):  # lrs tried: every trial of the study, not the second sweep's one
+        assert re.search(rf"\n\| {norm} \| 32 \| [^|]+ \| 3 \|", best), best[:800]
