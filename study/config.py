@@ -238,8 +238,9 @@ def validate(cfg: DictConfig) -> None:
     m = cfg.model
     need(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), "model.hidden", list(m.hidden),
          "a non-empty list of integers >= 1")
-    need(m.in_features >= 1, "model.in_features", m.in_features, "an integer >= 1")
-    need(m.out_features >= 2, "model.out_features", m.out_features, "an integer >= 2")
+    # The data are MNIST: 28x28 = 784 pixels per image, labels 0..9.
+    need(m.in_features == 784, "model.in_features", m.in_features, "784 (MNIST's 28x28 pixels)")
+    need(m.out_features >= 10, "model.out_features", m.out_features, "an integer >= 10 (MNIST's labels are 0..9)")
     need(0 < m.bn_momentum <= 1, "model.bn_momentum", m.bn_momentum, "a number in (0, 1]")
     need(m.bn_eps > 0, "model.bn_eps", m.bn_eps, "a number > 0")
     if _enum_value(m.norm) == Norm.ghost.value:

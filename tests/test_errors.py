@@ -99,6 +99,17 @@ def test_a_missing_experiment_lists_the_presets_and_their_quick_versions():
         "Could not find 'experiment/quick/nope': experiment/quick is one of deep, ghost, ")
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["model.out_features=5"], "model.out_features=5 is not allowed: an integer >= 10 (MNIST's labels are 0..9)"),
+    (["model.in_features=100"], "model.in_features=100 is not allowed: 784 (MNIST's 28x28 pixels)"),
+])
+def test_a_model_that_cannot_take_mnist_is_refused(overrides, message):
+    # Left through, out_features=5 crashed in training ("Target out of bounds").
+    with pytest.raises(ConfigError) as e:
+        validate(compose_config(overrides))
+    assert str(e.value) == message
+
+
 # ------------------------------------------------- batch size and split sizes
 
 
