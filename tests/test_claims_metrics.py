@@ -513,8 +513,8 @@ def test_c14_compares_only_timings_of_one_process(tmp_path):
     assert res.evidence.startswith("not comparable at every batch size (batch 64, batch 512)")
 
 
-# ------------------------------------------------------------------ C16
-C16_CASES = {  # test accuracy per seed: (none standard, none notebook, BN standard, BN notebook)
+# ------------------------------------------------------------------ C19
+C19_CASES = {  # test accuracy per seed: (none standard, none notebook, BN standard, BN notebook)
     1: ([0.950, 0.952, 0.954], [0.900, 0.905, 0.910], [0.970, 0.972, 0.974], [0.968, 0.970, 0.973]),
     -1: ([0.950, 0.952, 0.954], [0.949, 0.951, 0.954], [0.970, 0.972, 0.974], [0.920, 0.925, 0.930]),
     0: ([0.950, 0.952, 0.954], [0.930, 0.935, 0.940], [0.970, 0.972, 0.974], [0.950, 0.954, 0.959]),
@@ -534,18 +534,18 @@ def scaled_record(norm: str, seed: int, scaling: str | None, test: float) -> dic
     return r
 
 
-def c16_records(direction: int, old_standard: bool = False) -> list[dict]:
-    none_std, none_nb, bn_std, bn_nb = C16_CASES[direction]
+def c19_records(direction: int, old_standard: bool = False) -> list[dict]:
+    none_std, none_nb, bn_std, bn_nb = C19_CASES[direction]
     return [scaled_record(norm, s, None if old_standard and scaling == "standard" else scaling, v[s])
             for norm, pair in (("none", (none_std, none_nb)), ("batch", (bn_std, bn_nb)))
             for scaling, v in zip(("standard", "notebook"), pair) for s in range(3)]
 
 
 @pytest.mark.parametrize("direction", [1, -1, 0])
-def test_c16_input_scaling(tmp_path, direction):
-    res = run_claim("C16", tmp_path, c16_records(direction))
+def test_c19_input_scaling(tmp_path, direction):
+    res = run_claim("C19", tmp_path, c19_records(direction))
     assert res.verdict == VERDICTS[direction], res
-    none_std, none_nb, bn_std, bn_nb = C16_CASES[direction]
+    none_std, none_nb, bn_std, bn_nb = C19_CASES[direction]
     moves_none, moves_bn = welch_difference(pts(none_std), pts(none_nb)), welch_difference(pts(bn_std), pts(bn_nb))
     c = contrast(moves_none, moves_bn)
     assert (res.value, res.low, res.high) == pytest.approx((c.diff, c.low, c.high))
@@ -560,13 +560,13 @@ def test_c16_input_scaling(tmp_path, direction):
         assert_png(tmp_path, res)
 
 
-def test_c16_reads_records_without_data_normalize_as_standard(tmp_path):
-    res = run_claim("C16", tmp_path, c16_records(1, old_standard=True))
+def test_c19_reads_records_without_data_normalize_as_standard(tmp_path):
+    res = run_claim("C19", tmp_path, c19_records(1, old_standard=True))
     assert res.verdict == SUPPORTED
-    standard_only = [r for r in c16_records(1) if r["config"]["data"]["normalize"] == "standard"]
-    res = run_claim("C16", tmp_path / "one", standard_only)
+    standard_only = [r for r in c19_records(1) if r["config"]["data"]["normalize"] == "standard"]
+    res = run_claim("C19", tmp_path / "one", standard_only)
     assert res.verdict == INCONCLUSIVE and "no runs of no norm with data.normalize=notebook" in res.evidence
-    assert evaluate_claim("C16", {}, tmp_path).verdict == NOT_RUN
+    assert evaluate_claim("C19", {}, tmp_path).verdict == NOT_RUN
 
 
 def test_notebook_runs_without_a_validation_split_answer_c1_c3_c11(tmp_path):

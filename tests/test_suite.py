@@ -56,7 +56,7 @@ def test_commands_name_their_preset_and_sweep_dir(tmp_path: Path) -> None:
     assert any(a.startswith("hydra.sweeper.storage='sqlite:///") for a in argv["tune"])
     full = dict(commands(tmp_path, quick=False, only=[], extra=[], stamp="S"))
     assert set(full) == {n for n, _ in SUITE} and "batch_size=8,64,512" in full["notebook"]
-    assert "input_scaling" in full  # C16's preset, from the claims registry
+    assert "input_scaling" in full  # C19's preset, from the claims registry
 
 
 def test_bad_preset_name_is_one_line() -> None:
@@ -89,7 +89,7 @@ def test_quick_suite_builds_the_claims_report(tiny_mnist: Path, tmp_path: Path) 
     verdict = dict(zip(claims.claim.str.split(":").str[0], claims.verdict))
     # C10 (landscape) is answered by the ics runs, which carry its probe; C3/C11
     # need tune/ioffe2015 as well, so they are "not run".
-    tested = {"C1", "C6", "C9", "C10", "C12", "C15", "C16"}
+    tested = {"C1", "C6", "C9", "C10", "C12", "C15", "C19"}
     for c in (c.id for c in CLAIMS):
         expected = ("supported", "not supported", "inconclusive") if c in tested else ("not run",)
         assert verdict[c] in expected, (c, verdict[c])

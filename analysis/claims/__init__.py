@@ -1,8 +1,9 @@
 """The claims: one module per claim of the protocol, and this registry.
 
 `../shared/docs/protocol.md` lists the notebook's nine claims about BN and a
-table C1..C15 of checkable claims, each with the experiment that tests it;
-C16 (input scaling) is a finding of this study added after it.
+table C1..C18 of checkable claims, each with the experiment that tests it
+(C16..C18, recurrent nets, conv nets and recomputed BN statistics, have no
+module yet); C19 (input scaling) is a finding of this study beyond that table.
 Every experiment is a preset (`conf/experiment/<name>.yaml`; `quick/<name>`
 is its smoke-test variant) and every run records the preset it was launched
 with (`experiment` in result.json).
@@ -72,7 +73,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("C14", "BN costs compute", ("overhead",), "c14_cost", plain_sweep=True),
     Claim("C15", "vanishing/exploding gradients are mitigated", ("deep",), "c15_deep_gradients"),
     # A finding beyond the protocol's table: the notebook scales pixels to [-1, 1], the usual recipe to mean 0.
-    Claim("C16", "BN makes the network insensitive to input scaling", ("input_scaling",), "c16_input_scaling"),
+    Claim("C19", "BN makes the network insensitive to input scaling", ("input_scaling",), "c19_input_scaling"),
 )
 BY_ID: dict[str, Claim] = {c.id: c for c in CLAIMS}
 

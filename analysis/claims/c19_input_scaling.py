@@ -1,4 +1,4 @@
-"""C16: BN makes the network insensitive to input scaling.
+"""C19: BN makes the network insensitive to input scaling.
 
 Runs: the input_scaling preset (the notebook's setup with pixels scaled two
 ways, data.normalize=standard (mean 0, std 1) and notebook ([-1, 1]), both
@@ -57,11 +57,11 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     details.append("test accuracy (%) by scaling: " + "; ".join(
         f"{norm_name(n)} {' / '.join(_mean(df, n, s) for s in SCALINGS)} (standard / notebook)"
         for n in ("none", "batch")))
-    figure = draw("C16", out, lambda: _figure(df), details)
+    figure = draw("C19", out, lambda: _figure(df), details)
     label, c = headline([s[:3] for s in settings])
     moves = next(s[3] for s in settings if s[0] == label)
     where = f" At {label} (least favourable of {len(settings)} settings; verdict combined over them)" if label else ""
-    # After the title in the report's line: "C16: BN makes the network insensitive to input scaling. No norm
+    # After the title in the report's line: "C19: BN makes the network insensitive to input scaling. No norm
     # moves by X points between the two scalings, BN by Y ..."
     evidence = (f"No norm moves by {diff_text(moves['none'])} between the two scalings, BN by "
                 f"{diff_text(moves['batch'])} (test accuracy, standard minus notebook scaling).{where} The "
@@ -104,5 +104,5 @@ def _figure(df: pd.DataFrame) -> Figure:
     ax.set_xlim(-0.7, len(SCALINGS) - 0.3)
     ax.set_xticks(np.arange(len(SCALINGS)), [f"{s}\n({pixels})" for s, pixels in SCALINGS.items()])
     label_axes(ax, "pixel scaling (data.normalize)", "test accuracy (%)",
-               "C16: test accuracy per input scaling\n(bars: mean and 95% t interval over seeds; dots: seeds)")
+               "C19: test accuracy per input scaling\n(bars: mean and 95% t interval over seeds; dots: seeds)")
     return fig
