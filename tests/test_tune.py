@@ -19,7 +19,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from helpers import tiny_overrides
-from hydra_plugins.bn_study_sweeper._impl import counts_toward_target, plan_sweep, sweep_is_gone, this_sweep
+from hydra_plugins.bn_study_sweeper._impl import (counts_toward_target, plan_sweep, read_record, sweep_is_gone,
+                                                  this_sweep)
 from hydra_plugins.bn_study_sweeper.pruning import pruner_spec, stored_pruner
 from study.config import compose_config
 from test_cli import RUN, run_cli
@@ -291,3 +292,11 @@ def test_rerun_of_a_plain_multirun_reuses_finished_runs_and_force_retrains(tmp_p
     assert not any(r.get("reused_from") for r in first + third)
     assert sorted(r["reused_from"] for r in second) == sorted(r["_path"] for r in first)
     assert "reusing the finished run" in again and "reusing" not in forced
+
+
+def test_the_sweeper_tells_a_missing_record_from_a_damaged_one(tmp_path):
+    assert read_record(None) == (None, "missing")
+    assert read_record(tmp_path / "result.json") == (None, "missing")
+    (tmp_path / "result.json").write_text('{"schema_version": 1, "status": "completed"}')
+    rec, problem = read_record(tmp_path / "result.json")
+    assert rec is None and problem.startswith("unreadable: ") and len(problem) > len("unreadable: ")
