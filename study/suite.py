@@ -61,6 +61,12 @@ def commands(out: Path, quick: bool, only: Sequence[str], extra: Sequence[str],
     return todo
 
 
+def shown(arg: str) -> str:
+    """An argument as suite.json records it: paths relative to the repository,
+    so that a committed suite.json names no machine's folders."""
+    return arg.replace(f"{REPO_ROOT}/", "")
+
+
 def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m study.suite", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="run the quick/ variants (smoke test)")
@@ -99,7 +105,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             t0 = time.perf_counter()
             rc = subprocess.call(argv_, cwd=REPO_ROOT, env=env)
             seconds = time.perf_counter() - t0
-            done.append({"preset": name, "argv": argv_[1:], "exit_status": rc, "seconds": round(seconds, 1)})
+            done.append({"preset": name, "argv": [shown(a) for a in argv_[1:]], "exit_status": rc,
+                         "seconds": round(seconds, 1)})
             print(f"== {name}: exit {rc} in {seconds / 60:.1f} min", flush=True)
             if rc != 0:
                 failed.append(name)

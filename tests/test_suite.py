@@ -15,7 +15,7 @@ from analysis.claims import CLAIMS
 from analysis.claims.notebook_claims import NOTEBOOK_CLAIMS
 from analysis.report import CLAIMS_REPORT_TITLES, REPORT_HTML
 from study.config import compose_config, validate
-from study.suite import PRESETS, SUITE, commands
+from study.suite import PRESETS, SUITE, commands, shown
 from tests.helpers import REPO, tiny_overrides
 
 CONF = REPO / "conf" / "experiment"
@@ -57,6 +57,12 @@ def test_commands_name_their_preset_and_sweep_dir(tmp_path: Path) -> None:
     full = dict(commands(tmp_path, quick=False, only=[], extra=[], stamp="S"))
     assert set(full) == {n for n, _ in SUITE} and "batch_size=8,64,512" in full["notebook"]
     assert "input_scaling" in full  # C19's preset, from the claims registry
+
+
+def test_suite_json_records_paths_relative_to_the_repository() -> None:
+    # A committed suite.json must name no folder of the machine that ran it.
+    assert shown(f"{REPO}/study/run.py") == "study/run.py"
+    assert shown(f"hydra.sweep.dir='{REPO}/outputs/claims/ics/S'") == "hydra.sweep.dir='outputs/claims/ics/S'"
 
 
 def test_bad_preset_name_is_one_line() -> None:
