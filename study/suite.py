@@ -1,7 +1,7 @@
 """The claims suite: every preset of conf/experiment/, then one report.
 
-    python -m study.suite                 # the full suite (21 min on the 2-core dev machine)
-    python -m study.suite --quick         # the quick/ variants (4 min there)
+    python -m study.suite                 # the full suite (minutes per preset: docs/speed.md)
+    python -m study.suite --quick         # the quick/ variants, a smoke test
     python -m study.suite --only ics,shift -- data.root=/data threads=1
 
 Each preset is one `study/run.py -m experiment=<preset>` multirun in its own
