@@ -62,24 +62,31 @@ USER_ERRORS = (UserError, HydraException, MissingConfigException,
                OverrideParseException, OmegaConfBaseException)
 
 
-class UserExit(SystemExit):
-    """Raised from a job for a user error: a SystemExit passes through Hydra's
-    job runner (which would print the failing overrides and re-raise an
-    ordinary exception) and stops the sweep; `study/run.py` prints the line."""
+class ExitWithLine(SystemExit):
+    """Ends the process with one line on stderr (printed by `study/run.py`)
+    and the class's exit status. A SystemExit passes through Hydra's job
+    runner (which would print the failing overrides and re-raise an ordinary
+    exception)."""
+
+    status = 1
 
     def __init__(self, message: str) -> None:
-        super().__init__(2)
+        super().__init__(self.status)
         self.message = message
 
 
-class RunFailed(SystemExit):
+class UserExit(ExitWithLine):
+    """Raised from a job for a user error; stops the sweep. Exit status 2."""
+
+    status = 2
+
+
+class RunFailed(ExitWithLine):
     """Raised when training crashed: the run's record (status `failed`, with
-    the traceback) is written; `study/run.py` prints the line, exit status 1.
-    Not a user error: the study, the data or the machine broke."""
+    the traceback) is written. Exit status 1. Not a user error: the study,
+    the data or the machine broke."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(1)
-        self.message = message
+    status = 1
 
 
 def _first_line(e: BaseException) -> str:

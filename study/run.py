@@ -29,7 +29,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from study.config import register_configs, validate
-from study.errors import RunFailed, UserError, UserExit, describe_user_error
+from study.errors import ExitWithLine, RunFailed, UserError, UserExit, describe_user_error
 from study.records import CLAIM_FILE, RESULT_FILE
 
 log = logging.getLogger("study.run")
@@ -81,7 +81,7 @@ def cli() -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         main()
-    except (UserExit, RunFailed) as e:
+    except ExitWithLine as e:
         print(f"error: {e.message}", file=sys.stderr)
         sys.exit(e.code)
     except KeyboardInterrupt:
