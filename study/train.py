@@ -266,14 +266,18 @@ class DivergenceWatch:
 
     def __init__(self, outcomes: list[RunOutcome], tag: str) -> None:
         self.outcomes, self.tag = outcomes, tag
-        self.alive = [True] * len(outcomes)
+
+    @property
+    def alive(self) -> list[bool]:
+        """Per run: still recorded (a pruned run too: it stops with the loop)."""
+        return [o.status != "diverged" for o in self.outcomes]
 
     @property
     def any_alive(self) -> bool:
         return any(self.alive)
 
     def live_items(self) -> list[tuple[int, RunOutcome]]:
-        return [(k, o) for k, o in enumerate(self.outcomes) if self.alive[k]]
+        return [(k, o) for k, o in enumerate(self.outcomes) if o.status != "diverged"]
 
     def live(self) -> list[RunOutcome]:
         return [o for _, o in self.live_items()]
@@ -296,7 +300,6 @@ class DivergenceWatch:
                 self._diverged(k, step, f"non-finite {split} loss after step")
 
     def _diverged(self, k: int, step: int, why: str) -> None:
-        self.alive[k] = False
         self.outcomes[k].status, self.outcomes[k].diverged_at_step = "diverged", step
         log.warning("%sseed %d diverged: %s %d", self.tag, self.outcomes[k].seed, why, step)
 
