@@ -13,7 +13,6 @@ and Hydra's `JobReturn.__getstate__` then recursed for minutes).
 from __future__ import annotations
 
 from enum import Enum
-from pathlib import Path
 from typing import Any, Optional
 
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException

@@ -295,8 +295,8 @@ def test_rerun_of_a_plain_multirun_reuses_finished_runs_and_force_retrains(tmp_p
 
 
 def test_the_sweeper_tells_a_missing_record_from_a_damaged_one(tmp_path):
-    assert read_record(None) == (None, "missing")
-    assert read_record(tmp_path / "result.json") == (None, "missing")
+    assert read_record(None) == (None, "missing", None)
+    assert read_record(tmp_path / "result.json") == (None, "missing", None)
     (tmp_path / "result.json").write_text('{"schema_version": 1, "status": "completed"}')
-    rec, problem = read_record(tmp_path / "result.json")
-    assert rec is None and problem.startswith("unreadable: ") and len(problem) > len("unreadable: ")
+    rec, problem, reason = read_record(tmp_path / "result.json")
+    assert rec is None and problem == "unreadable" and reason

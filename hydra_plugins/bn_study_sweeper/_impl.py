@@ -25,7 +25,6 @@ import datetime
 import functools
 import hashlib
 import itertools
-import json
 import logging
 import math
 import os
@@ -230,18 +229,19 @@ def describe_counts(counts: dict[str, Any]) -> str:
     return ", ".join(parts) or "no trials"
 
 
-def read_record(path: Optional[Path]) -> tuple[Optional[dict[str, Any]], Optional[str]]:
-    """The job's run record (study.records.read_record) and, where there is
-    none to use, why: "missing" (no file) or "unreadable: <reason>"."""
+def read_record(path: Optional[Path]) -> tuple[Optional[dict[str, Any]], Optional[str], Optional[str]]:
+    """The job's run record (study.records.read_record), or None with the
+    trial status that says why ("missing": no file; "unreadable") and the
+    reason for an unreadable one."""
     from study.records import RecordError
     from study.records import read_record as read
 
     if path is None or not path.exists():
-        return None, "missing"
+        return None, "missing", None
     try:
-        return read(path), None
+        return read(path), None, None
     except RecordError as e:
-        return None, f"unreadable: {e}"
+        return None, "unreadable", str(e)
 
 
 def record_path_of(ret: JobReturn) -> Optional[Path]:
@@ -426,7 +426,7 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
     def _tell(self, study: optuna.Study, trial: Trial, ret: JobReturn, objective: str,
               errors: list[str]) -> None:
         path = record_path_of(ret)
-        rec, problem = read_record(path)
+        rec, problem, reason = read_record(path)
         attrs: dict[str, Any] = {"overrides": list(ret.overrides or [])}
         if rec is not None:
             attrs.update(record_path=str(path.resolve()), status=rec.get("status"),
@@ -438,9 +438,9 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
             attrs["error"] = f"{type(ret._return_value).__name__}: {ret._return_value}"[:500]
             errors.append(attrs["error"])
         else:  # no record, or a damaged one (never counted: study.records' schema)
-            attrs["status"] = problem.split(":")[0]
-            if problem != "missing":
-                attrs["error"] = problem[:500]
+            attrs["status"] = problem
+            if reason is not None:
+                attrs["error"] = f"unreadable: {reason}"[:500]
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         status = attrs["status"]
@@ -542,10 +542,10 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         runs = []
         for seed, ret in zip(self.confirm_seeds, returns):
             path = record_path_of(ret)
-            rec, problem = read_record(path)
+            rec, problem, _ = read_record(path)
             final = (rec or {}).get("final") or {}
             runs.append({"seed": seed, "record_path": str(path.resolve()) if rec else None,
-                         "status": rec.get("status") if rec else problem.split(":")[0],
+                         "status": rec.get("status") if rec else problem,
                          "reused": bool(rec and rec.get("reused_from")),
                          "val_acc": _finite(final.get("val_acc")),
                          "test_acc": _finite(final.get("test_acc"))})
