@@ -236,6 +236,8 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.progress_every >= 0, "progress_every", cfg.progress_every, "a number >= 0")
 
     m = cfg.model
+    norm = _enum_value(m.norm)
+    batch_stats = norm in (Norm.batch.value, Norm.ghost.value)  # BN's training statistics come from the batch
     need(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), "model.hidden", list(m.hidden),
          "a non-empty list of integers >= 1")
     # The data are MNIST: 28x28 = 784 pixels per image, labels 0..9.
@@ -243,16 +245,16 @@ def validate(cfg: DictConfig) -> None:
     need(m.out_features >= 10, "model.out_features", m.out_features, "an integer >= 10 (MNIST's labels are 0..9)")
     need(0 < m.bn_momentum <= 1, "model.bn_momentum", m.bn_momentum, "a number in (0, 1]")
     need(m.bn_eps > 0, "model.bn_eps", m.bn_eps, "a number > 0")
-    if _enum_value(m.norm) == Norm.ghost.value:
+    if norm == Norm.ghost.value:
         need(m.ghost_size >= 2, "model.ghost_size", m.ghost_size, "an integer >= 2")
-    if _enum_value(m.norm) == Norm.group.value:
+    if norm == Norm.group.value:
         need(m.groups >= 1 and all(h % m.groups == 0 for h in m.hidden), "model.groups", m.groups,
              f"an integer >= 1 that divides every hidden width {list(m.hidden)}")
-    if _enum_value(m.norm) in (Norm.batch.value, Norm.ghost.value):
+    if batch_stats:
         # BN in training mode cannot normalize a single example (zero variance);
         # nn.BatchNorm1d raises on it.
         need(cfg.batch_size >= 2, "batch_size", cfg.batch_size,
-             f"an integer >= 2 with model.norm={_enum_value(m.norm)} (batch statistics need 2+ examples)")
+             f"an integer >= 2 with model.norm={norm} (batch statistics need 2+ examples)")
 
     o = cfg.optimizer
     need(o.momentum >= 0, "optimizer.momentum", o.momentum, "a number >= 0")
@@ -285,12 +287,11 @@ def validate(cfg: DictConfig) -> None:
     need(d.name == "mnist", "data.name", d.name, "mnist")
     # The training split must hold one batch (BN: of 2+ examples), or a run
     # silently trains full-batch (batch_size above it) or takes no step at all.
-    batch_stats = _enum_value(m.norm) in (Norm.batch.value, Norm.ghost.value)
     min_batch = 2 if batch_stats else 1
     max_val = MNIST_TRAIN_IMAGES - min_batch
     need(0 <= d.val_size <= max_val, "data.val_size", d.val_size,
          f"an integer in [0, {max_val}] (the rest of the {MNIST_TRAIN_IMAGES} training images train"
-         + (f", {min_batch}+ per batch with model.norm={_enum_value(m.norm)}" if batch_stats else "")
+         + (f", {min_batch}+ per batch with model.norm={norm}" if batch_stats else "")
          + "; 0 trains on all of them)")
     if d.val_size == 0:
         # No validation split: nothing may read one, and nothing may select
