@@ -18,12 +18,12 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from study.records import CLAIM_FILE, RESULT_FILE, RecordError, read_record
+from study.records import (CLAIM_FILE, COUNT_KEYS, HISTORY_NUMBERS, METRIC_KEYS, RESULT_FILE, RecordError,
+                           read_record)
 
-FINAL_METRICS = ("train_loss", "val_acc", "test_acc", "val_loss")
-HISTORY_FIELDS = ("epoch", "step", "train_loss", "val_acc", "test_acc", "val_loss",
-                  "epoch_seconds", "samples_per_second", "eval_seconds", "pack_size",
-                  "train_acc", "train_eval_loss")  # the last two: probes.kinds=[train_acc] only
+# The record's schema (study/records.py) names them once.
+FINAL_METRICS = METRIC_KEYS
+HISTORY_FIELDS = (*COUNT_KEYS, *METRIC_KEYS, *HISTORY_NUMBERS)
 # Study terms for config keys whose dotted name is long; every other key keeps its dotted name.
 COLUMN_NAMES = {"model.norm": "norm"}
 OPTUNA_STATES = {"COMPLETE": "completed", "FAIL": "failed", "PRUNED": "pruned",
@@ -384,7 +384,8 @@ def load_optuna_studies(url: str, study_names: Sequence[str] | None) -> list[Any
     if db is not None and not db.is_file():  # optuna would create an empty database there
         raise AnalysisError(f"no Optuna storage at {url}: {db} does not exist")
     try:
-        names = optuna.study.get_all_study_names(storage=url)
+        storage = optuna.storages.get_storage(url)  # one connection for the listing and every study
+        names = optuna.study.get_all_study_names(storage=storage)
     except Exception as e:  # a bad URL or an unreachable database: say so in one line
         raise AnalysisError(f"cannot open Optuna storage {url}: {type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}") from None
@@ -397,7 +398,7 @@ def load_optuna_studies(url: str, study_names: Sequence[str] | None) -> list[Any
     if unknown:
         raise AnalysisError(f"no study named {', '.join(map(repr, unknown))} in {url} "
                             f"(studies: {', '.join(sorted(names)) or 'none'})")
-    return [optuna.load_study(study_name=n, storage=url) for n in study_names]
+    return [optuna.load_study(study_name=n, storage=storage) for n in study_names]
 
 
 def _natural_key(path: Path) -> list[Any]:
