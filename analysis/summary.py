@@ -52,11 +52,6 @@ def norm_name(norm: Any) -> str:
     return NORM_NAMES.get(str(norm), f"norm={norm}")
 
 
-def points(x: float) -> str:
-    """An accuracy difference (fraction) in percentage points."""
-    return f"{100 * x:+.2f}" if math.isfinite(x) else "n/a"
-
-
 def pct(x: float) -> str:
     return f"{100 * x:.2f}%" if isinstance(x, (int, float)) and math.isfinite(x) else "n/a"
 
