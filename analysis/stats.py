@@ -97,6 +97,22 @@ def welch_difference(a: Iterable[float], b: Iterable[float]) -> Difference:
     return _with_interval(diff, math.sqrt(va + vb), df, na, nb)
 
 
+def scaled(d: Difference, k: float) -> Difference:
+    """The same difference in other units (k = 100: fractions to points)."""
+    return Difference(d.diff * k, d.low * k, d.high * k, d.n_a, d.n_b, d.se * abs(k), d.df)
+
+
+def relative_difference(a: Iterable[float], b: Iterable[float], unit: float = 1.0) -> Difference:
+    """(mean a - mean b) / mean b, Welch's interval of the difference divided
+    by mean b, times `unit` (100: percent); NaN where mean b is not > 0."""
+    d = welch_difference(a, b)
+    xb = _clean(b)
+    ref = float(xb.mean()) if len(xb) else math.nan
+    if not (math.isfinite(ref) and ref > 0):
+        return Difference(math.nan, math.nan, math.nan, d.n_a, d.n_b)
+    return scaled(d, unit / ref)
+
+
 def contrast(d1: Difference, d2: Difference) -> Difference:
     """d1 - d2 for two independent differences (conservative df: the smaller)."""
     return _with_interval(d1.diff - d2.diff, math.sqrt(d1.se**2 + d2.se**2), min(d1.df, d2.df),

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.collect import Collection, counted_as
-from analysis.stats import Difference, mean_interval, welch_difference
+from analysis.stats import Difference, mean_interval, relative_difference, welch_difference
 from study.records import OPERATIONAL_KEYS
 
 TRIAL_NUMBER = "trial.number"  # set on a tuning trial's run; null on its cell's confirmation runs
@@ -360,17 +360,19 @@ NOT_COMPARABLE_WHY = ("timings are compared only between arms timed in one proce
                       "(e.g. a resumed sweep, two workers) or by records that name no process")
 
 
-def common_process(a: pd.DataFrame, b: pd.DataFrame) -> Any:
-    """The process (study.records.process_id) that timed both `a` and `b`, the one with the most timings of
-    the two; None where no process timed both. Another process ran under other conditions (other load,
-    other workers alongside, another day), so its timings are not compared with these."""
+def timed_in_one_process(a: pd.DataFrame, b: pd.DataFrame) -> tuple[Any, pd.DataFrame, pd.DataFrame]:
+    """(process, a's rows, b's rows) of the process (study.records.process_id) that timed both `a` and `b`,
+    the one with the most timings of the two; (None, a, b) where no process timed both. Another process ran
+    under other conditions (other load, other workers alongside, another day), so its timings are not
+    compared with these."""
     if "process" not in a or "process" not in b:
-        return None
+        return None, a, b
     shared = set(a.process.dropna()) & set(b.process.dropna())
     if not shared:
-        return None
+        return None, a, b
     counts = pd.concat([a.process, b.process]).value_counts()
-    return max(sorted(shared), key=lambda p: counts[p])
+    process = max(sorted(shared), key=lambda p: counts[p])
+    return process, a[a.process == process], b[b.process == process]
 
 
 def cost_table(a: Analysis) -> pd.DataFrame:
@@ -378,7 +380,7 @@ def cost_table(a: Analysis) -> pd.DataFrame:
 
     A pack steps several seeds' models together, so its per-run samples/s is
     not comparable with a lone run's: norms are compared at equal pack sizes,
-    and only on the epochs timed in one process (`common_process`); where no
+    and only on the epochs timed in one process (`timed_in_one_process`); where no
     process timed both, `vs_baseline` is NaN and `comparable` false.
     """
     timed = timings(a)
@@ -398,16 +400,14 @@ def cost_table(a: Analysis) -> pd.DataFrame:
                         "samples_per_second_low": m.low, "samples_per_second_high": m.high,
                         "seconds_per_epoch": arm.epoch_seconds.mean()})
             if norm != BASELINE_NORM and not base.empty:
-                process = common_process(arm, base)
+                process, x, y = timed_in_one_process(arm, base)
                 row.update({"comparable": process is not None, "process": process,
                             "vs_baseline": math.nan, "vs_baseline_low": math.nan, "vs_baseline_high": math.nan})
                 if process is not None:
-                    x, y = arm[arm.process == process], base[base.process == process]
-                    d = welch_difference(x.samples_per_second, y.samples_per_second)
-                    ref = y.samples_per_second.mean()
+                    d = relative_difference(x.samples_per_second, y.samples_per_second)
                     # A throughput cannot fall by more than all of it: clip the t-interval at -100%.
-                    row.update({"vs_baseline": d.diff / ref, "vs_baseline_low": max(d.low / ref, -1.0),
-                                "vs_baseline_high": d.high / ref, "n_epochs_compared": d.n_a,
+                    row.update({"vs_baseline": d.diff, "vs_baseline_low": max(d.low, -1.0),
+                                "vs_baseline_high": d.high, "n_epochs_compared": d.n_a,
                                 "n_baseline_epochs_compared": d.n_b})
             rows.append(row)
     return pd.DataFrame(rows)

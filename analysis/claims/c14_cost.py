@@ -3,7 +3,7 @@
 Runs: the overhead preset (one run at a time, one thread, unpacked), or a
 sweep without a preset that has lone (unpacked) timed runs of both arms: a
 pack's epochs are timed together, so packed runs are left out. Two arms are
-compared only on runs timed in one process (summary.common_process): a
+compared only on runs timed in one process (summary.timed_in_one_process): a
 resumed sweep's or another worker's timings ran under other conditions; a
 batch size without such runs is "not comparable", never a number.
 Statistic: per batch size (and setting where other keys vary), BN's seconds
@@ -15,7 +15,6 @@ arm.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +23,9 @@ from matplotlib.figure import Figure
 
 from analysis.claims.common import (ClaimResult, ClaimRuns, ExperimentRuns, column, combine, diff_text, draw, finite,
                                     headline, label_axes, log2_batch_axis, log_y, mean_band, n_text, num, palette,
-                                    panel, runs_table, scaled, verdict_of)
-from analysis.stats import Difference, welch_difference
-from analysis.summary import NOT_COMPARABLE, NOT_COMPARABLE_WHY, common_process, norm_name, norm_order, setting_groups
+                                    panel, runs_table, verdict_of)
+from analysis.stats import Difference, relative_difference
+from analysis.summary import NOT_COMPARABLE, NOT_COMPARABLE_WHY, norm_name, norm_order, setting_groups, timed_in_one_process
 
 LITERATURE = "measured on this project's trainer only; the notebook names the overhead without a number"
 STATISTIC = ("BN's seconds per training step relative to no norm's, minus 1, in percent, per batch size "
@@ -101,30 +100,20 @@ def timing_table(exp: ExperimentRuns) -> pd.DataFrame:
     return t[np.isfinite(t.sec_per_step.astype(float))] if len(t) else t
 
 
-def _relative(a: list[float], b: list[float]) -> Difference:
-    """(mean a - mean b) / mean b in percent, the Welch interval of the difference divided by mean b."""
-    d = welch_difference(a, b)
-    ref = float(np.mean([x for x in b if finite(x)])) if b else math.nan
-    if not (math.isfinite(ref) and ref > 0):
-        return Difference(math.nan, math.nan, math.nan, d.n_a, d.n_b)
-    return scaled(d, 100 / ref)
-
-
 def _compare(label: str, t: pd.DataFrame) -> tuple[str, tuple[str, Difference, str] | None]:
     """One batch size (and setting): its detail line and setting (label, relative step time, verdict); no
     line without timed runs of both arms, no setting where no process timed both."""
     bn, no = t[t.norm == "batch"], t[t.norm == "none"]
     if bn.empty or no.empty:
         return "", None
-    process = common_process(bn, no)
+    process, bn_one, no_one = timed_in_one_process(bn, no)
     if process is None:
         return (f"{label}: {NOT_COMPARABLE} (BN timed in {bn.process.nunique()} process(es), no norm in "
                 f"{no.process.nunique()}, none in common)"), None
-    n_left = len(bn) + len(no)
-    bn, no = bn[bn.process == process], no[no.process == process]
-    n_left -= len(bn) + len(no)
-    d = _relative(list(bn.sec_per_step), list(no.sec_per_step))
-    ev = _relative(list(bn.eval_sec.dropna()), list(no.eval_sec.dropna()))
+    n_left = len(bn) + len(no) - len(bn_one) - len(no_one)
+    bn, no = bn_one, no_one
+    d = relative_difference(bn.sec_per_step, no.sec_per_step, 100)
+    ev = relative_difference(bn.eval_sec, no.eval_sec, 100)
     v = verdict_of(d)
     return (f"{label}: training step BN {1e3 * bn.sec_per_step.mean():.3f} ms vs no norm "
             f"{1e3 * no.sec_per_step.mean():.3f} ms: {diff_text(d, '%', 1)}: {v}; inference (eval-mode "

@@ -38,7 +38,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 from analysis.collect import Collection, finite, num  # noqa: E402
 from analysis.figures import DPI, grid, log2_batch_axis, palette  # noqa: E402,F401 (log2_batch_axis: for the claims)
-from analysis.stats import Difference, MeanInterval, interval_bounds  # noqa: E402
+from analysis.stats import Difference, MeanInterval, interval_bounds, scaled  # noqa: E402,F401 (scaled: for the claims)
 from analysis.summary import Analysis, analyze, norm_name, norm_order  # noqa: E402
 
 if TYPE_CHECKING:
@@ -337,11 +337,6 @@ def counts_note(diverged: int, left_out: int) -> str:
     if left_out:
         parts.append(f"{left_out} failed/pruned/incomplete run{'s' if left_out != 1 else ''} left out")
     return f" ({'; '.join(parts)})" if parts else ""
-
-
-def scaled(d: Difference, k: float) -> Difference:
-    """The same difference in other units (k = 100: fractions to points)."""
-    return Difference(d.diff * k, d.low * k, d.high * k, d.n_a, d.n_b, d.se * abs(k), d.df)
 
 
 # ------------------------------------------------------------------ numbers in words
