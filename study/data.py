@@ -371,17 +371,15 @@ def _prepare(root: str | os.PathLike[str], source: str, verify: bool) -> tuple[d
             held.enter_context(_lock(mnist_dir))
         except OSError as e:  # read-only, not creatable, not a folder, ...
             return _verified_read_only(root, raw_dir, str(e)), str(e)
-        present = [name for name in MNIST_FILES if (raw_dir / name).is_file()]
-        if len(present) == len(MNIST_FILES):
-            md5 = _md5s(raw_dir)
-            bad = _mismatches(md5)
-            if not bad:
-                log.info("MNIST cache in %s verified (MD5)", raw_dir)
-                return {"root": str(root), "source": "cache", "verified": True, "md5": md5}, None
+        info, missing, bad = _cached(root, raw_dir)
+        if info is not None:
+            return info, None
+        if bad:
             log.warning(
                 "MNIST cache in %s is corrupt or partial (MD5 mismatch: %s); rebuilding it", raw_dir, ", ".join(bad)
             )
-        elif present:
+        elif len(missing) < len(MNIST_FILES):
+            present = [name for name in MNIST_FILES if name not in missing]
             log.warning("MNIST cache in %s is incomplete (has only %s); rebuilding it", raw_dir, ", ".join(present))
 
         # Each attempt works in its own staging folder next to raw/ (same file
@@ -424,16 +422,28 @@ def _verified_read_only(root: Path, raw_dir: Path, why: str) -> dict[str, Any]:
     No lock is needed to read them: a writer elsewhere moves files in whole
     (os.replace) and only once all four MD5s match.
     """
+    info, missing, bad = _cached(root, raw_dir)
+    if info is not None:
+        return info
+    holds = (f"holds no MNIST files in {raw_dir}" if len(missing) == len(MNIST_FILES)
+             else f"lacks {', '.join(missing)} in {raw_dir}" if missing
+             else f"holds files whose MD5 is not the official one in {raw_dir}: {', '.join(bad)}")
+    raise DataError(f"data.root={root} cannot be written ({why}) and {holds}: "
+                    "set data.root (or BN_STUDY_DATA) to a folder this process can write")
+
+
+def _cached(root: Path, raw_dir: Path) -> tuple[Optional[dict[str, Any]], list[str], list[str]]:
+    """The cache's data info when its four files are official MNIST; else
+    None, the files it lacks and those whose MD5 is not the official one."""
     missing = [name for name in MNIST_FILES if not (raw_dir / name).is_file()]
-    bad = [] if missing else _mismatches(md5 := _md5s(raw_dir))
-    if missing or bad:
-        holds = (f"holds no MNIST files in {raw_dir}" if len(missing) == len(MNIST_FILES)
-                 else f"lacks {', '.join(missing)} in {raw_dir}" if missing
-                 else f"holds files whose MD5 is not the official one in {raw_dir}: {', '.join(bad)}")
-        raise DataError(f"data.root={root} cannot be written ({why}) and {holds}: "
-                        "set data.root (or BN_STUDY_DATA) to a folder this process can write")
+    if missing:
+        return None, missing, []
+    md5 = _md5s(raw_dir)
+    bad = _mismatches(md5)
+    if bad:
+        return None, [], bad
     log.info("MNIST cache in %s verified (MD5)", raw_dir)
-    return {"root": str(root), "source": "cache", "verified": True, "md5": md5}
+    return {"root": str(root), "source": "cache", "verified": True, "md5": md5}, [], []
 
 
 def _cannot_write(folder: Path) -> Optional[str]:
