@@ -164,8 +164,10 @@ def _check_torch(cfgs: Iterable[DictConfig]) -> None:
 
 
 def _steps(cfg: DictConfig) -> float:
-    """Rough optimizer-step count of a job (60,000 MNIST training images)."""
-    return cfg.steps if cfg.steps is not None else cfg.epochs * 60000 / cfg.batch_size
+    """Rough optimizer-step count of a job (as if it trained on all MNIST training images)."""
+    from study.config import MNIST_TRAIN_IMAGES
+
+    return cfg.steps if cfg.steps is not None else cfg.epochs * MNIST_TRAIN_IMAGES / cfg.batch_size
 
 
 # A training step's fixed cost (kernel launches, Python) in training samples'
