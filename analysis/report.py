@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from analysis.claims import evaluate_claims
+from analysis.claims import REPLICATION_SEED, evaluate_claims
 from analysis.claims.common import (NO_PRESET, NOT_RUN, VERDICT_RULE, ClaimResult, ExperimentRuns, claims_table,
                                     split_by_experiment)
 from analysis.claims.notebook_claims import notebook_verdicts
@@ -69,7 +69,7 @@ def build_report(paths: list[str | Path], out_dir: Path | None = None, *,
     staging.chmod(0o755)  # mkdtemp makes it private; a report is for reading
     try:
         if several:
-            write_claims_report(col, exps, staging)
+            write_claims_report(col, staging)
         else:
             write_report(analyze(col), staging, exps)
         _move_into_place(staging, out)
@@ -187,8 +187,17 @@ def findings_section(a: Analysis, results: list[ClaimResult], figures: dict[str,
 def claim_lines(results: list[ClaimResult], figures: dict[str, int] | None = None) -> list[str]:
     """One line per claim: verdict, claim, evidence, the per-setting details and its figure."""
     figures = figures or {}
-    return [f"{r.verdict}: {r.claim}: {r.title}. {r.evidence}" + (f" ({'; '.join(r.details)})" if r.details else "")
-            + (f" (Figure {figures[r.claim]})" if r.claim in figures else "") for r in results]
+    return [f"{r.settled}: {r.claim}: {r.title}. {r.evidence}" + (f" ({'; '.join(r.details)})" if r.details else "")
+            + (f" (Figure {figures[r.claim]})" if r.claim in figures else "") + _replication_line(r) for r in results]
+
+
+def _replication_line(r: ClaimResult) -> str:
+    """The replication seed set's verdict and evidence, where it ran."""
+    rep = r.replication
+    if rep is None or rep.verdict == NOT_RUN:
+        return ""
+    agree = "agrees" if rep.verdict == r.verdict else f"DISAGREES with the first set ({r.verdict})"
+    return f" Replication (seeds {REPLICATION_SEED} and up, {agree}): {rep.verdict}: {rep.evidence}"
 
 
 def _distinct(records: list[dict[str, Any]], section: str, key: str) -> list[str]:
@@ -474,21 +483,26 @@ def claim_figures(results: list[ClaimResult], start: int) -> dict[str, Figure_]:
     return figs
 
 
-def write_claims_report(col: Collection, exps: dict[str, ExperimentRuns], out: Path) -> None:
-    """The report of a claims suite: a verdict per claim, then one sub-report per preset."""
-    results = evaluate_claims(exps, out)
+def write_claims_report(col: Collection, out: Path) -> None:
+    """The report of a claims suite: a verdict per claim (on the first seed set, beside the replication
+    seed set's where it ran), then one sub-report per preset and seed set."""
+    exps = split_by_experiment(col, replication=False)
+    replication = split_by_experiment(col, replication=True)
+    results = evaluate_claims(exps, out, replication)
     claims_table(results).to_csv(out / "claims.csv", index=False)
     nb = pd.DataFrame(notebook_verdicts(results))
     nb.to_csv(out / "notebook_claims.csv", index=False)
     rows = []
-    for name, exp in exps.items():
-        sub = out / EXPERIMENTS_DIR / name.replace("/", "_")
-        sub.mkdir(parents=True)
-        write_report(exp.analysis, sub, {name: exp})
-        status = Counter(exp.runs.status)
-        rows.append({"preset": exp.label, "runs": len(exp.runs),
-                     "status": ", ".join(f"{n} {s}" for s, n in status.most_common()),
-                     "report": f"{EXPERIMENTS_DIR}/{sub.name}/{REPORT_HTML}"})
+    for seed_set, runs in (("first", exps), ("replication", replication)):
+        for name, exp in runs.items():
+            sub = out / EXPERIMENTS_DIR / (name.replace("/", "_") + ("" if seed_set == "first" else f"-{seed_set}"))
+            sub.mkdir(parents=True)
+            write_report(exp.analysis, sub, {name: exp})
+            status = Counter(exp.runs.status)
+            seeds = sorted({int(s) for s in exp.runs.get("seed", pd.Series(dtype=float)).dropna()})
+            rows.append({"preset": exp.label, "seed set": seed_set, "seeds": _seed_span(seeds),
+                         "runs": len(exp.runs), "status": ", ".join(f"{n} {s}" for s, n in status.most_common()),
+                         "report": f"{EXPERIMENTS_DIR}/{sub.name}/{REPORT_HTML}"})
     problems = _problem_blocks_col(col)
     sections = [
         Section("Claims", [Para(VERDICT_RULE), Table(claims_table(results)), Bullets(claim_lines(results))]),
@@ -509,10 +523,22 @@ def write_claims_report(col: Collection, exps: dict[str, ExperimentRuns], out: P
     assert tuple(s.title for s in sections) == CLAIMS_REPORT_TITLES
     title = "Batch Normalization study: the claims"
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    n_runs = sum(len(e.runs) for e in exps.values())
-    intro = [Para(f"Built {now} from {n_runs} runs of {len(exps)} presets; rebuild with: {rebuild_command(col)}")]
+    n_runs = sum(len(e.runs) for e in (*exps.values(), *replication.values()))
+    seed_sets = (f" (first seed set and the replication set, seeds {REPLICATION_SEED} and up)" if replication
+                 else "; no replication seed set (python -m study.suite --replicate runs one)")
+    intro = [Para(f"Built {now} from {n_runs} runs of {len(exps)} presets{seed_sets}; "
+                  f"rebuild with: {rebuild_command(col)}")]
     (out / "report.md").write_text(to_markdown(title, intro, sections))
     (out / REPORT_HTML).write_text(to_html(title, intro, sections, out))
+
+
+def _seed_span(seeds: list[int]) -> str:
+    """'0-7' for a run of consecutive seeds, else the list."""
+    if not seeds:
+        return "-"
+    if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
 
 
 def _problem_blocks_col(col: Collection) -> list[Any]:

@@ -3,6 +3,7 @@
     python -m study.suite                 # the full suite (minutes per preset: docs/speed.md)
     python -m study.suite --quick         # the quick/ variants, a smoke test
     python -m study.suite --only ics,shift -- data.root=/data threads=1
+    python -m study.suite --replicate     # also every preset again on a disjoint seed set
 
 Each preset is one `study/run.py -m experiment=<preset>` multirun in its own
 sweep dir under `--out` (default outputs/claims, outputs/claims-quick with
@@ -13,6 +14,13 @@ claims of ../shared/docs/protocol.md, then the study's own findings). Rerunning 
 command after an interruption retrains nothing that finished: every job
 finds its finished run through the run index. `suite.json` in `--out`
 records each preset's command, exit status and wall time.
+
+`--replicate` then runs every preset a second time with each of its seeds
+plus REPLICATION_SEED (1000): a disjoint seed set, in its own sweep dir
+(`<preset>/<stamp>-replication`). The report evaluates every claim on both
+sets and shows per claim both verdicts and whether they agree
+(analysis/claims/__init__.py). A preset's seeds are read from its composed
+config (the sweep's `seed` list, or `seed` and `tune.confirm_seeds`).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from analysis.claims import suite_presets
+from analysis.claims import REPLICATION_SEED, suite_presets
 from study.records import REPO_ROOT, git_state, now_iso, write_json_atomic
 
 # (preset, extra overrides of the full suite), in the order they run: every
@@ -42,23 +50,70 @@ class SuiteError(Exception):
 
 
 def commands(out: Path, quick: bool, only: Sequence[str], extra: Sequence[str],
-             stamp: str) -> list[tuple[str, list[str]]]:
-    """(preset, argv) for each preset to run."""
+             stamp: str, replicate: bool = False) -> list[tuple[str, list[str]]]:
+    """(preset, argv) for each preset to run; with `replicate`, then each again on the replication seeds."""
     out_abs = out.resolve()
     todo = []
-    for name, args in SUITE:
-        if only and name not in only:
-            continue
-        preset = f"quick/{name}" if quick else name
-        argv = [sys.executable, str(REPO_ROOT / "study" / "run.py"), "-m", f"experiment={preset}",
-                *(() if quick else args),
-                f"hydra.sweep.dir='{out_abs / name / stamp}'",
-                "hydra.callbacks.summary.report=false"]  # one report at the end, over everything
-        if name == "tune":
-            # Quoted: Hydra's override grammar reads `?` and `=` inside a bare value.
-            argv.append(f"hydra.sweeper.storage='sqlite:///{out_abs / 'optuna.db'}?timeout=60'")
-        todo.append((name, [*argv, *extra]))
+    for replication in (False, True) if replicate else (False,):
+        for name, args in SUITE:
+            if only and name not in only:
+                continue
+            preset = f"quick/{name}" if quick else name
+            grid = [*(() if quick else args), *extra]
+            seeds = replication_seeds(preset, grid) if replication else []
+            sweep_dir = out_abs / name / (f"{stamp}-replication" if replication else stamp)
+            argv = [sys.executable, str(REPO_ROOT / "study" / "run.py"), "-m", f"experiment={preset}",
+                    *(() if quick else args),
+                    f"hydra.sweep.dir='{sweep_dir}'",
+                    "hydra.callbacks.summary.report=false"]  # one report at the end, over everything
+            if name == "tune":
+                # Quoted: Hydra's override grammar reads `?` and `=` inside a bare value.
+                argv.append(f"hydra.sweeper.storage='sqlite:///{out_abs / 'optuna.db'}?timeout=60'")
+            kept = [o for o in extra if not (replication and o.split("=", 1)[0].lstrip("+~") in SEED_KEYS)]
+            todo.append((name + (" (replication)" if replication else ""), [*argv, *kept, *seeds]))
     return todo
+
+
+SEED_KEYS = ("seed", "tune.confirm_seeds")  # replaced, not repeated, on a replication's command line
+
+
+def preset_seeds(preset: str, overrides: Sequence[str]) -> tuple[list[int], list[int]]:
+    """(the seeds a preset's sweep runs, its tuning confirmation seeds), from its composed config."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from study.config import register_configs
+
+    register_configs()
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(list(overrides))
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]  # compose takes no sweeps
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf")):
+        cfg = compose("config", overrides=[f"experiment={preset}", *fixed], return_hydra_config=True)
+    sweep = (cfg.hydra.sweeper.get("params") or {}).get("seed")
+    cli = [o for o in parsed if o.key_or_group == "seed"]
+    if cli:
+        sweep = cli[-1].input_line.split("=", 1)[1]
+    if sweep is None:
+        seeds = [int(cfg.seed)]
+    else:
+        o = parser.parse_override(f"seed={sweep}")
+        seeds = [int(s) for s in (o.sweep_iterator() if o.is_sweep_override() else [o.value()])]
+    confirm = [int(s) for s in (cfg.hydra.sweeper.get("confirm_seeds") or [])]  # tune: ${tune.confirm_seeds}
+    return seeds, confirm
+
+
+def replication_seeds(preset: str, overrides: Sequence[str]) -> list[str]:
+    """The overrides that rerun `preset` on the replication seed set: every seed + REPLICATION_SEED."""
+    seeds, confirm = preset_seeds(preset, overrides)
+    if any(s >= REPLICATION_SEED for s in [*seeds, *confirm]):
+        raise SuiteError(f"--replicate needs the first seed set below {REPLICATION_SEED}: {preset} has seeds "
+                         f"{seeds + confirm}")
+    shifted = ",".join(str(s + REPLICATION_SEED) for s in seeds)
+    out = [f"seed={shifted}"]
+    if confirm:
+        out.append(f"tune.confirm_seeds=[{','.join(str(s + REPLICATION_SEED) for s in confirm)}]")
+    return out
 
 
 def shown(arg: str) -> str:
@@ -74,6 +129,8 @@ def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="where the sweeps and the report go (default outputs/claims[-quick])")
     p.add_argument("--only", default="", help=f"comma list of presets to run, from: {','.join(PRESETS)}")
     p.add_argument("--no-report", action="store_true", help="run the presets, skip the report")
+    p.add_argument("--replicate", action="store_true",
+                   help=f"then run every preset again on a disjoint seed set (each seed + {REPLICATION_SEED})")
     p.add_argument("overrides", nargs="*", help="after --: config overrides for every run (e.g. threads=1)")
     args = p.parse_args(argv)
     args.only = [s for s in args.only.split(",") if s]
@@ -100,7 +157,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t_suite = time.perf_counter()
     env = dict(os.environ, HYDRA_FULL_ERROR="1")
     try:
-        for name, argv_ in commands(out, args.quick, args.only, args.overrides, stamp):
+        todo = commands(out, args.quick, args.only, args.overrides, stamp, args.replicate)
+    except SuiteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        for name, argv_ in todo:
             print(f"== {name}: {' '.join(argv_[1:])}", flush=True)
             t0 = time.perf_counter()
             rc = subprocess.call(argv_, cwd=REPO_ROOT, env=env)
@@ -112,7 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 failed.append(name)
                 if rc == 130:  # Ctrl-C in the child: stop the suite too
                     raise KeyboardInterrupt
-            write_json_atomic(log_path, {"quick": args.quick, "presets": done, "git": git_state(), "updated_at": now_iso(),
+            write_json_atomic(log_path, {"quick": args.quick, "replicate": args.replicate, "presets": done, "git": git_state(), "updated_at": now_iso(),
                                          "seconds": round(time.perf_counter() - t_suite, 1)})
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; run the same command again to go on", file=sys.stderr)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from analysis.claims import BY_ID, CLAIMS
-from analysis.claims.common import (INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, OUT_OF_SCOPE, SUPPORTED, ClaimResult,
-                                    combine, directional, split_by_experiment)
+from analysis.claims import BY_ID, CLAIMS, REPLICATION_SEED, evaluate_claims
+from analysis.claims.common import (_MARGIN, INCONCLUSIVE, NO_EFFECT, NOT_REPLICATED, NOT_RUN, NOT_SUPPORTED,
+                                    OUT_OF_SCOPE, SUPPORTED, ClaimResult, claims_table, combine, directional,
+                                    split_by_experiment)
 from analysis.claims.notebook_claims import NOTEBOOK_CLAIMS, notebook_verdicts
 from analysis.collect import collect
 from helpers import REPO
@@ -29,6 +30,26 @@ def test_verdict_rule(low: float, high: float, positive: bool, verdict: str) -> 
     assert directional(low, high, positive) == verdict
 
 
+@pytest.mark.parametrize("low, high, verdict", [
+    (-0.3, 0.4, NO_EFFECT),  # inside +-0.5: an answer, not a shrug
+    (0.1, 0.4, NO_EFFECT),  # clear of zero but smaller than any effect that matters
+    (-0.3, 0.6, INCONCLUSIVE),  # reaches past the margin: a meaningful effect is still possible
+    (0.6, 0.9, SUPPORTED),
+    (-0.5, 0.2, INCONCLUSIVE),  # touching the margin is not inside it
+])
+def test_margin_turns_a_narrow_interval_into_no_meaningful_effect(low: float, high: float, verdict: str) -> None:
+    token = _MARGIN.set(0.5)
+    try:
+        assert directional(low, high) == verdict
+    finally:
+        _MARGIN.reset(token)
+    assert directional(-0.3, 0.4) == INCONCLUSIVE  # without a claim's margin, the plain rule
+
+
+def test_every_claim_states_its_margin() -> None:
+    assert all(c.margin > 0 for c in CLAIMS)
+
+
 def test_combine_needs_every_setting_to_agree() -> None:
     assert combine([SUPPORTED, SUPPORTED]) == SUPPORTED
     assert combine([NOT_SUPPORTED, NOT_SUPPORTED]) == NOT_SUPPORTED
@@ -36,6 +57,8 @@ def test_combine_needs_every_setting_to_agree() -> None:
     assert combine([SUPPORTED, NOT_SUPPORTED]) == INCONCLUSIVE
     assert combine([NOT_RUN, SUPPORTED]) == SUPPORTED  # a row that did not run does not vote
     assert combine([NOT_RUN]) == NOT_RUN
+    assert combine([NO_EFFECT, NO_EFFECT]) == NO_EFFECT
+    assert combine([NO_EFFECT, INCONCLUSIVE]) == INCONCLUSIVE
 
 
 def _result(claim: str, verdict: str) -> ClaimResult:
@@ -55,6 +78,25 @@ def test_notebook_claims_follow_their_rows() -> None:
     assert rows["7"]["verdict"] == INCONCLUSIVE  # C5 supported, C1 inconclusive
     assert rows["4"]["verdict"] == NOT_RUN  # C12 absent
     assert rows["9"]["verdict"] == OUT_OF_SCOPE
+
+
+def test_a_disagreeing_replication_is_never_settled() -> None:
+    first, rep = _result("C12", SUPPORTED), _result("C12", INCONCLUSIVE)
+    first.replication = rep
+    assert first.settled == NOT_REPLICATED and first.agreement == "no"
+    c2 = _result("C2", SUPPORTED)
+    c2.replication = _result("C2", SUPPORTED)
+    assert c2.settled == SUPPORTED and c2.agreement == "yes"
+    rows = {r["#"]: r for r in notebook_verdicts([first, c2])}
+    assert rows["4"]["verdict"] == NOT_REPLICATED and rows["2"]["verdict"] == SUPPORTED
+    table = claims_table([first, c2]).set_index("claim")
+    assert list(table["agree"]) == ["no", "yes"] and list(table["verdict"]) == [NOT_REPLICATED, SUPPORTED]
+    assert table["replication [95% CI]"].iloc[0].startswith("inconclusive: +1 points [+0.5, +1.5]")
+
+
+def test_no_meaningful_effect_in_a_reversed_row_contradicts_the_notebook() -> None:
+    rows = {r["#"]: r for r in notebook_verdicts([_result("C8", NOT_SUPPORTED), _result("C9", NO_EFFECT)])}
+    assert rows["1"]["verdict"] == NOT_SUPPORTED  # C9: BN's shift no smaller -> claim 1 contradicted
 
 
 def _record(experiment: str | None, seed: int, norm: str) -> dict:
@@ -84,6 +126,40 @@ def test_split_by_experiment_keeps_presets_apart(tmp_path: Path) -> None:
     # one run reused by two presets counts once for each (identical records otherwise)
     assert len(exps["landscape"].runs) == 4 and len(exps["landscape"].records) == 4
     assert set(exps["ics"].runs.experiment) == {"ics"}
+
+
+def _write_runs(root: Path, seeds: dict[str, tuple[float, list[float]]], seed0: int) -> None:
+    """Records of the regularization preset (C12): per norm, its test accuracy and one run per final
+    train-minus-test gap in points (training accuracy saturated, as C12 needs)."""
+    for norm, (test, gaps) in seeds.items():
+        for i, gap in enumerate(gaps):
+            seed = seed0 + i
+            rec = _record("regularization", seed, norm)
+            rec["final"].update(test_acc=test, train_acc=test + gap / 100)
+            rec["history"] = [{"epoch": e, "step": 10 * e, "train_loss": 0.1, "val_acc": test, "test_acc": test,
+                               "val_loss": 0.2, "train_acc": test + gap / 100} for e in (1, 2)]
+            d = root / f"{norm}-{seed}"
+            d.mkdir(parents=True)
+            (d / "result.json").write_text(json.dumps(rec))
+
+
+def test_the_replication_seed_set_is_evaluated_apart(tmp_path: Path) -> None:
+    """Seeds 0.. and 1000.. of one preset are two seed sets: each gets its own verdict, and an interval inside
+    the margin reads 'no meaningful effect' with its bound in the evidence."""
+    # first set: no norm's gap clearly larger (supported); replication: the same gaps, within +-0.1 points
+    _write_runs(tmp_path, {"none": (0.960, [3.9, 3.95, 3.85, 3.9]), "batch": (0.970, [2.9, 2.95, 2.85, 2.9])}, 0)
+    _write_runs(tmp_path, {"none": (0.965, [3.4, 3.42, 3.38, 3.4]), "batch": (0.965, [3.4, 3.41, 3.39, 3.4])},
+                REPLICATION_SEED)
+    col = collect([tmp_path])
+    first, rep = (split_by_experiment(col, replication=r) for r in (False, True))
+    assert set(first["regularization"].runs.seed) == {0, 1, 2, 3}
+    assert set(rep["regularization"].runs.seed) == {1000, 1001, 1002, 1003}
+    c12 = next(r for r in evaluate_claims(first, tmp_path / "figs", rep) if r.claim == "C12")
+    assert c12.verdict == SUPPORTED, c12.evidence  # no norm's gap 1 point larger
+    assert c12.replication.verdict == NO_EFFECT, c12.replication.evidence
+    assert "no meaningful effect" in c12.replication.evidence and "+-0.5 points" in c12.replication.evidence
+    assert c12.settled == NOT_REPLICATED and c12.agreement == "no"
+    assert (tmp_path / "figs" / "replication" / "claim_c12.png").is_file()
 
 
 def test_registry_is_the_one_map_of_claims_to_presets_and_modules() -> None:

@@ -11,11 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.claims import CLAIMS
+from analysis.claims import CLAIMS, REPLICATION_SEED
 from analysis.claims.notebook_claims import NOTEBOOK_CLAIMS
 from analysis.report import CLAIMS_REPORT_TITLES, REPORT_HTML
 from study.config import compose_config, validate
-from study.suite import PRESETS, SUITE, commands, shown
+from study.suite import PRESETS, SUITE, commands, preset_seeds, shown
 from tests.helpers import REPO, tiny_overrides
 
 CONF = REPO / "conf" / "experiment"
@@ -59,6 +59,32 @@ def test_commands_name_their_preset_and_sweep_dir(tmp_path: Path) -> None:
     assert "input_scaling" in full  # C19's preset, from the claims registry
 
 
+def test_replicate_reruns_each_preset_on_disjoint_seeds(tmp_path: Path) -> None:
+    todo = commands(tmp_path, quick=False, only=["notebook", "tune"], extra=["threads=1"], stamp="S", replicate=True)
+    assert [n for n, _ in todo] == ["notebook", "tune", "notebook (replication)", "tune (replication)"]
+    argv = dict(todo)
+    first = preset_seeds("notebook", ["batch_size=8,64,512"])[0]
+    assert len(first) >= 8 and max(first) < REPLICATION_SEED  # issue 14: at least 8 seeds per cell
+    assert f"seed={','.join(str(s + REPLICATION_SEED) for s in first)}" in argv["notebook (replication)"]
+    assert f"hydra.sweep.dir='{tmp_path.resolve() / 'notebook' / 'S-replication'}'" in argv["notebook (replication)"]
+    # tuning: the tuning seed and the confirmation seeds both move to the replication set
+    seed, confirm = preset_seeds("tune", [])
+    rep = argv["tune (replication)"]
+    assert f"seed={seed[0] + REPLICATION_SEED}" in rep
+    assert f"tune.confirm_seeds=[{','.join(str(s + REPLICATION_SEED) for s in confirm)}]" in rep
+    # a seed given on the suite's command line is replaced in the replication, not repeated
+    todo = dict(commands(tmp_path, quick=True, only=["ics"], extra=["seed=3,4"], stamp="S", replicate=True))
+    assert [a for a in todo["ics (replication)"] if a.startswith("seed=")] == ["seed=1003,1004"]
+
+
+def test_replicate_refuses_seeds_inside_the_replication_set() -> None:
+    proc = subprocess.run([sys.executable, "-m", "study.suite", "--quick", "--replicate", "--only", "ics", "--",
+                           "seed=999,1000"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --replicate needs the first seed set below {REPLICATION_SEED}: quick/ics has seeds [999, 1000]"]
+
+
 def test_suite_json_records_paths_relative_to_the_repository() -> None:
     # A committed suite.json must name no folder of the machine that ran it.
     assert shown(f"{REPO}/study/run.py") == "study/run.py"
@@ -78,13 +104,17 @@ def test_quick_suite_builds_the_claims_report(tiny_mnist: Path, tmp_path: Path) 
     out = tmp_path / "claims"
     only = ["notebook", "shift", "ics", "deep", "regularization", "input_scaling"]
     proc = subprocess.run(
-        [sys.executable, "-m", "study.suite", "--quick", "--out", str(out), "--only", ",".join(only), "--",
+        [sys.executable, "-m", "study.suite", "--quick", "--replicate", "--out", str(out), "--only", ",".join(only),
+         "--",
          *tiny_overrides(tiny_mnist), "hydra.launcher.n_jobs=1"],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = json.loads((out / "suite.json").read_text())
-    assert [p["preset"] for p in log["presets"]] == [n for n, _ in SUITE if n in only]
-    assert all(p["exit_status"] == 0 for p in log["presets"])
+    first = [n for n, _ in SUITE if n in only]
+    assert [p["preset"] for p in log["presets"]] == first + [f"{n} (replication)" for n in first]
+    assert all(p["exit_status"] == 0 for p in log["presets"]) and log["replicate"]
+    # the replication reran every preset on seeds 1000 and up, disjoint from the first set (0, 1)
+    assert all(a.startswith("seed=100") for p in log["presets"][len(first):] for a in p["argv"] if a.startswith("seed="))
 
     report = out / "report"
     html = (report / REPORT_HTML).read_text()
@@ -93,12 +123,18 @@ def test_quick_suite_builds_the_claims_report(tiny_mnist: Path, tmp_path: Path) 
     claims = pd.read_csv(report / "claims.csv")
     assert len(claims) == len(CLAIMS)
     verdict = dict(zip(claims.claim.str.split(":").str[0], claims.verdict))
+    agree = dict(zip(claims.claim.str.split(":").str[0], claims.agree))
+    replication = dict(zip(claims.claim.str.split(":").str[0], claims["replication [95% CI]"]))
     # C10 (landscape) is answered by the ics runs, which carry its probe; C3/C11
     # need tune/ioffe2015 as well, so they are "not run".
     tested = {"C1", "C6", "C9", "C10", "C12", "C15", "C19"}
     for c in (c.id for c in CLAIMS):
-        expected = ("supported", "not supported", "inconclusive") if c in tested else ("not run",)
+        expected = (("supported", "not supported", "inconclusive", "no meaningful effect", "not replicated")
+                    if c in tested else ("not run",))
         assert verdict[c] in expected, (c, verdict[c])
+        if c in tested:  # both seed sets answered, and the settled verdict follows their agreement
+            assert agree[c] in ("yes", "no") and replication[c] != "not run", (c, agree[c], replication[c])
+            assert (verdict[c] == "not replicated") == (agree[c] == "no"), c
     for c in tested:
         row = claims[claims.claim.str.startswith(c + ":")].iloc[0]
         assert row["figure"].startswith("claim_") and (report / row["figure"]).is_file()
@@ -107,3 +143,4 @@ def test_quick_suite_builds_the_claims_report(tiny_mnist: Path, tmp_path: Path) 
     assert nb.set_index("#").loc[9, "verdict"] == "out of scope"
     for name in only:
         assert (report / "experiments" / name / REPORT_HTML).is_file()
+        assert (report / "experiments" / f"{name}-replication" / REPORT_HTML).is_file()

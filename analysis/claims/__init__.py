@@ -38,7 +38,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, Optional
 
 if TYPE_CHECKING:
     from analysis.claims.common import ClaimResult, ExperimentRuns
@@ -50,32 +50,52 @@ class Claim:
     title: str  # the claim in words, as the protocol's table has it
     presets: tuple[str, ...]  # the presets whose runs it reads (conf/experiment/<name>.yaml)
     module: str  # analysis/claims/<module>.py
+    margin: float  # the smallest effect that matters, in the statistic's unit (docs/claims.md says why each)
     plain_sweep: bool = False  # a sweep without a preset may stand in for presets[0] (module.tests_plain_sweep)
     suite_grid: tuple[str, ...] = ()  # overrides the full suite adds to presets[0] (a quick/ preset sets its own)
 
 
 CLAIMS: tuple[Claim, ...] = (
     Claim("C1", "at a fixed lr and epoch budget BN's advantage grows with batch size", ("notebook",),
-          "c01_batch_size", plain_sweep=True, suite_grid=("batch_size=8,64,512",)),
-    Claim("C2", "BN raises the largest stable learning rate", ("max_lr",), "c02_stable_lr", plain_sweep=True),
-    Claim("C3", "with lr tuned per arm the gap shrinks", ("tune", "notebook"), "c03_tuned_gap",
+          "c01_batch_size", margin=1.0, plain_sweep=True, suite_grid=("batch_size=8,64,512",)),
+    Claim("C2", "BN raises the largest stable learning rate", ("max_lr",),
+          "c02_stable_lr", margin=0.5, plain_sweep=True),
+    Claim("C3", "with lr tuned per arm the gap shrinks", ("tune", "notebook"), "c03_tuned_gap", margin=1.0,
           suite_grid=("batch_size=8,64,512",)),
-    Claim("C4", "BN needs fewer steps to a target accuracy", ("steps_to_target",), "c04_steps_to_target"),
-    Claim("C5", "small batches hurt BN but not LayerNorm/GroupNorm/no-norm", ("small_batch",), "c05_small_batch"),
-    Claim("C6", "train/inference discrepancy, worse under a shifted test set", ("shift",), "c06_train_inference"),
-    Claim("C7", "ghost BN at large batch recovers part of the small-batch result", ("ghost",), "c07_ghost_batch"),
-    Claim("C8", "BN stabilizes activation distributions", ("ioffe2015",), "c08_activation_drift"),
-    Claim("C9", "BN does not reduce internal covariate shift", ("ics",), "c09_covariate_shift"),
-    Claim("C10", "BN smooths the loss landscape", ("landscape",), "c10_landscape"),
-    Claim("C11", "the BN paper's sigmoid network replicates", ("ioffe2015", "notebook"), "c11_sigmoid_net"),
-    Claim("C12", "the regularizing effect needs long training", ("regularization",), "c12_regularization"),
-    Claim("C13", "linear lr scaling holds over a range of batch sizes", ("linear_scaling",), "c13_linear_scaling"),
-    Claim("C14", "BN costs compute", ("overhead",), "c14_cost", plain_sweep=True),
-    Claim("C15", "vanishing/exploding gradients are mitigated", ("deep",), "c15_deep_gradients"),
+    Claim("C4", "BN needs fewer steps to a target accuracy", ("steps_to_target",), "c04_steps_to_target", margin=0.1),
+    Claim("C5", "small batches hurt BN but not LayerNorm/GroupNorm/no-norm", ("small_batch",),
+          "c05_small_batch", margin=2.0),
+    Claim("C6", "train/inference discrepancy, worse under a shifted test set", ("shift",),
+          "c06_train_inference", margin=1.0),
+    Claim("C7", "ghost BN at large batch recovers part of the small-batch result", ("ghost",),
+          "c07_ghost_batch", margin=0.5),
+    Claim("C8", "BN stabilizes activation distributions", ("ioffe2015",), "c08_activation_drift", margin=0.1),
+    Claim("C9", "BN does not reduce internal covariate shift", ("ics",), "c09_covariate_shift", margin=0.05),
+    Claim("C10", "BN smooths the loss landscape", ("landscape",), "c10_landscape", margin=0.1),
+    Claim("C11", "the BN paper's sigmoid network replicates", ("ioffe2015", "notebook"), "c11_sigmoid_net", margin=0.5),
+    Claim("C12", "the regularizing effect needs long training", ("regularization",), "c12_regularization", margin=0.5),
+    Claim("C13", "linear lr scaling holds over a range of batch sizes", ("linear_scaling",),
+          "c13_linear_scaling", margin=1.0),
+    Claim("C14", "BN costs compute", ("overhead",), "c14_cost", margin=5.0, plain_sweep=True),
+    Claim("C15", "vanishing/exploding gradients are mitigated", ("deep",), "c15_deep_gradients", margin=0.25),
     # A finding beyond the protocol's table: the notebook scales pixels to [-1, 1], the usual recipe to mean 0.
-    Claim("C19", "BN makes the network insensitive to input scaling", ("input_scaling",), "c19_input_scaling"),
+    Claim("C19", "BN makes the network insensitive to input scaling", ("input_scaling",),
+          "c19_input_scaling", margin=0.5),
 )
 BY_ID: dict[str, Claim] = {c.id: c for c in CLAIMS}
+
+# The replication seed set: `python -m study.suite --replicate` reruns every preset with each of its seeds
+# plus this offset, so the two sets are disjoint and the report tells them apart by the seed alone.
+REPLICATION_SEED = 1000
+REPLICATION_DIR = "replication"  # the replication's claim figures, inside the report folder
+
+
+def in_replication(seed: object) -> bool:
+    """Whether a run's seed belongs to the replication set (an int seed >= REPLICATION_SEED)."""
+    try:
+        return int(seed) >= REPLICATION_SEED  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return False
 
 
 def suite_presets() -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -105,6 +125,12 @@ def evaluate_claim(claim_id: str, exps: Mapping[str, ExperimentRuns], out: Path)
     return guarded(evaluate, runs, out)
 
 
-def evaluate_claims(exps: Mapping[str, ExperimentRuns], out: Path) -> list[ClaimResult]:
-    """Every claim of CLAIMS, in order; figures are written into `out`."""
-    return [evaluate_claim(c.id, exps, out) for c in CLAIMS]
+def evaluate_claims(exps: Mapping[str, ExperimentRuns], out: Path,
+                    replication: Optional[Mapping[str, ExperimentRuns]] = None) -> list[ClaimResult]:
+    """Every claim of CLAIMS, in order; figures are written into `out`. With `replication` (the runs of the
+    replication seed set), each result carries the same claim on those runs (figures in out/replication)."""
+    results = [evaluate_claim(c.id, exps, out) for c in CLAIMS]
+    if replication:
+        for r in results:
+            r.replication = evaluate_claim(r.claim, replication, Path(out) / REPLICATION_DIR)
+    return results

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
@@ -47,15 +48,23 @@ if TYPE_CHECKING:
 # ------------------------------------------------------------------ the verdict rule
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN, OUT_OF_SCOPE = (
     "supported", "not supported", "inconclusive", "not run", "out of scope")
+NO_EFFECT = "no meaningful effect"  # the equivalence verdict: the whole interval inside +-the claim's margin
+NOT_REPLICATED = "not replicated"  # the two seed sets of a claim gave different verdicts
 
 VERDICT_RULE = (
     "Each claim is measured as one signed statistic (the table says which, and which sign the "
     "claim expects) with a 95% interval over seeds (Student t for a mean, Welch for a difference of "
-    "means). Supported: the whole interval is on the expected side of zero. Not supported: the whole "
-    "interval is on the other side. Inconclusive: the interval contains zero, there are fewer than "
-    "two seeds per arm (no interval), or every seed gave the same value (a zero-width interval says "
-    "nothing about the spread). A claim whose runs are missing is 'not run'. The verdicts are "
-    "computed from the runs each time the report is built.")
+    "means), and has a margin: the smallest effect that matters for it, in the statistic's unit, fixed "
+    "before the runs (docs/claims.md says why each). No meaningful effect: the whole interval lies inside "
+    "plus or minus the margin. Otherwise supported: the whole interval is on the expected side of zero; "
+    "not supported: the whole interval is on the other side; inconclusive: the interval contains zero "
+    "(the row then says how large an effect the data still allow), there are fewer than two seeds per "
+    "arm (no interval), or every seed gave the same value (a zero-width interval says nothing about "
+    "the spread). A claim checked per setting (batch size, ...) gets a verdict only where every setting "
+    "gives the same one. A claim whose runs are missing is 'not run'. With a replication (python -m "
+    "study.suite --replicate: every preset again on a disjoint seed set) a claim is settled only where "
+    "both seed sets give the same verdict; otherwise it reads 'not replicated' with both verdicts shown. "
+    "The verdicts are computed from the runs each time the report is built.")
 
 ZERO_WIDTH_NOTE = ("The headline interval has zero width: every seed gave the same value, so the t interval "
                    "measures no spread (identical replicates, a discrete grid or a constant metric) and the rule "
@@ -67,8 +76,21 @@ def zero_width(low: Optional[float], high: Optional[float]) -> bool:
     return low is not None and high is not None and math.isfinite(low) and math.isfinite(high) and not high > low
 
 
+# The margin (smallest effect that matters, Claim.margin) of the claim being evaluated. `guarded` sets it
+# for the duration of one claim's `evaluate`, so that every verdict the claim's module takes through
+# `verdict_of`/`directional`, one per setting included, is judged against that claim's own margin.
+_MARGIN: ContextVar[Optional[float]] = ContextVar("claim_margin", default=None)
+
+
+def within_margin(low: Optional[float], high: Optional[float], margin: Optional[float]) -> bool:
+    """The whole interval inside (-margin, +margin): no effect that matters."""
+    return (margin is not None and low is not None and high is not None and math.isfinite(low)
+            and math.isfinite(high) and -margin < low and high < margin)
+
+
 def directional(low: Optional[float], high: Optional[float], expect_positive: bool = True) -> str:
-    """The verdict rule for one interval of a statistic whose expected sign is given.
+    """The verdict rule for one interval of a statistic whose expected sign is given (and, while a claim is
+    evaluated, that claim's margin: an interval inside +-margin is 'no meaningful effect').
 
     stats gives a zero-width 95% interval when every seed of every arm has the
     same value (seeds that agree to the last digit, steps on a coarse probe
@@ -77,6 +99,8 @@ def directional(low: Optional[float], high: Optional[float], expect_positive: bo
     """
     if low is None or high is None or math.isnan(low) or math.isnan(high) or zero_width(low, high):
         return INCONCLUSIVE
+    if within_margin(low, high, _MARGIN.get()):
+        return NO_EFFECT
     if (low > 0) if expect_positive else (high < 0):
         return SUPPORTED
     if (high < 0) if expect_positive else (low > 0):
@@ -90,14 +114,14 @@ def verdict_of(x: Difference | MeanInterval, expect_positive: bool = True) -> st
 
 
 def combine(verdicts: Iterable[str]) -> str:
-    """One verdict from several settings: all supported -> supported; all not -> not; else inconclusive."""
+    """One verdict from several settings: the verdict every setting gives (supported, not supported, no
+    meaningful effect), else inconclusive."""
     vs = [v for v in verdicts if v not in (NOT_RUN, OUT_OF_SCOPE)]
     if not vs:
         return NOT_RUN
-    if all(v == SUPPORTED for v in vs):
-        return SUPPORTED
-    if all(v == NOT_SUPPORTED for v in vs):
-        return NOT_SUPPORTED
+    for v in (SUPPORTED, NOT_SUPPORTED, NO_EFFECT):
+        if all(x == v for x in vs):
+            return v
     return INCONCLUSIVE
 
 
@@ -128,6 +152,30 @@ class ClaimResult:
     experiment: str = ""  # the preset(s) whose runs it read
     literature: str = ""  # the published number it stands beside (the claim module's LITERATURE)
     details: list[str] = field(default_factory=list)  # per-setting lines (per batch size, per layer, ...)
+    margin: Optional[float] = None  # the smallest effect that matters, in `unit` (Claim.margin)
+    seeds: Optional[int] = None  # replicates behind the headline interval (the smaller arm's)
+    replication: Optional["ClaimResult"] = None  # the same claim on the disjoint replication seed set
+
+    @property
+    def bound(self) -> Optional[float]:
+        """The largest effect (either sign) the 95% interval still allows: max(|low|, |high|)."""
+        if self.low is None or self.high is None or not (math.isfinite(self.low) and math.isfinite(self.high)):
+            return None
+        return max(abs(self.low), abs(self.high))
+
+    @property
+    def settled(self) -> str:
+        """The verdict the report stands by: this seed set's, unless a replication gave another one."""
+        if self.replication is None or self.replication.verdict == NOT_RUN or self.verdict == NOT_RUN:
+            return self.verdict
+        return self.verdict if self.replication.verdict == self.verdict else NOT_REPLICATED
+
+    @property
+    def agreement(self) -> str:
+        """'yes' / 'no' where both seed sets ran, '-' otherwise."""
+        if self.replication is None or NOT_RUN in (self.verdict, self.replication.verdict):
+            return "-"
+        return "yes" if self.replication.verdict == self.verdict else "no"
 
 
 def flag_zero_width(res: ClaimResult) -> ClaimResult:
@@ -140,6 +188,26 @@ def flag_zero_width(res: ClaimResult) -> ClaimResult:
 def _bounds(x: Difference | MeanInterval) -> tuple[Optional[float], ...]:
     v = x.diff if isinstance(x, Difference) else x.mean
     return tuple(float(b) if b is not None and math.isfinite(b) else None for b in (v, x.low, x.high))
+
+
+def _replicates(x: Difference | MeanInterval) -> int:
+    """The replicates behind an interval: n of a mean, the smaller arm's n of a difference."""
+    return int(min(x.n_a, x.n_b)) if isinstance(x, Difference) else int(x.n)
+
+
+def bound_note(res: ClaimResult) -> str:
+    """What an interval that decides nothing still says: how large an effect it allows, against the margin."""
+    unit = f" {res.unit}" if res.unit else ""
+    if res.verdict == NO_EFFECT:
+        return (f"The whole 95% interval lies within +-{res.margin:g}{unit}, the smallest effect that matters for "
+                f"this claim: no meaningful effect")
+    b = res.bound
+    if res.verdict != INCONCLUSIVE or b is None or zero_width(res.low, res.high):
+        return ""
+    margin = (f"; the smallest effect that matters here is {res.margin:g}{unit}, so the data cannot yet tell "
+              f"a meaningful effect from none" if res.margin is not None and b >= res.margin else "")
+    return (f"Bound: no effect larger than {b:.3g}{unit} in either direction is compatible with the data (95%; "
+            f"the interval runs from {res.low:+.3g} to {res.high:+.3g}){margin}")
 
 
 # ------------------------------------------------------------------ the runs of a preset
@@ -173,21 +241,30 @@ def preset_of(experiment: Any) -> tuple[str, bool]:
     return (raw[len(QUICK_PREFIX):] if quick else raw), quick
 
 
-def split_by_experiment(col: Collection) -> dict[str, ExperimentRuns]:
+def split_by_experiment(col: Collection, replication: Optional[bool] = None) -> dict[str, ExperimentRuns]:
     """The runs of each preset, each analyzed on its own.
 
     Runs of `quick/<name>` count as `<name>`, but only where the full preset
     has no runs here (the two budgets are not pooled). Runs launched without
-    a preset are grouped under NO_PRESET.
+    a preset are grouped under NO_PRESET. `replication`: only the runs of
+    the replication seed set (True: seeds >= REPLICATION_SEED), only the
+    first set's (False), or all (None).
     """
+    from analysis.claims import in_replication
+
     keys = [preset_of(e) for e in (col.runs["experiment"] if "experiment" in col.runs else [None] * len(col.runs))]
-    present = set(keys)
+    if replication is not None:
+        seeds = col.runs["seed"] if "seed" in col.runs else [None] * len(col.runs)
+        keep = [in_replication(s) == replication for s in seeds]
+        keys = [k if ok else None for k, ok in zip(keys, keep)]
+    present = set(k for k in keys if k is not None)
     out: dict[str, ExperimentRuns] = {}
     for name, quick in sorted(present):
         if quick and (name, False) in present:
             continue
         mask = [k == (name, quick) for k in keys]
-        records = [r for r in col.records if preset_of(r.get("experiment")) == (name, quick)]
+        records = [r for r in col.records if preset_of(r.get("experiment")) == (name, quick)
+                   and (replication is None or in_replication(seed_of(r)) == replication)]
         out[name] = ExperimentRuns(name=name, quick=quick, records=records,
                                    analysis=analyze(subset(col, mask, records)))
     return out
@@ -255,7 +332,9 @@ class ClaimRuns:
         """The claim's row; `interval` fills value, low and high (None where not finite)."""
         if interval is not None:
             fields["value"], fields["low"], fields["high"] = _bounds(interval)
+            fields.setdefault("seeds", _replicates(interval))
         fields.setdefault("experiment", self.experiment)
+        fields.setdefault("margin", self.claim.margin)
         return ClaimResult(claim=self.claim.id, title=self.claim.title, verdict=verdict, statistic=statistic,
                            literature=self.literature, **fields)
 
@@ -269,16 +348,23 @@ class ClaimRuns:
 
 
 def guarded(fn: Callable[[ClaimRuns, Path], ClaimResult], runs: ClaimRuns, out: Path) -> ClaimResult:
-    """`fn(runs, out)`, never raising: a missing preset gives a 'not run' row; data that trip an
-    unforeseen case give an inconclusive row naming the error, not a crashed report. Also flags a
-    zero-width headline interval in the evidence."""
+    """`fn(runs, out)` under the claim's margin, never raising: a missing preset gives a 'not run' row; data
+    that trip an unforeseen case give an inconclusive row naming the error, not a crashed report. Also flags
+    a zero-width headline interval and states the bound of an undecided one in the evidence."""
+    token = _MARGIN.set(runs.claim.margin)
     try:
-        return flag_zero_width(fn(runs, Path(out)))
+        res = flag_zero_width(fn(runs, Path(out)))
     except NotRun as e:
         return runs.not_run(f"no runs of preset {e} here")
     except Exception as e:  # the report must still build; the row names the error
         logging.getLogger(__name__).exception("claim %s could not be computed", runs.claim.id)
         return runs.inconclusive("", f"the statistic could not be computed from these runs ({type(e).__name__}: {e})")
+    finally:
+        _MARGIN.reset(token)
+    note = bound_note(res)
+    if note and note not in res.evidence:
+        res.evidence = f"{res.evidence.rstrip('. ')}. {note}."
+    return res
 
 
 # ------------------------------------------------------------------ reading records
@@ -397,12 +483,34 @@ def format_value(r: ClaimResult) -> str:
     return f"{r.value:+.3g}{unit}{iv}"
 
 
+def format_margin(r: ClaimResult) -> str:
+    return f"+-{r.margin:g}{' ' + r.unit if r.unit else ''}" if r.margin is not None else "-"
+
+
+def format_replication(r: ClaimResult) -> str:
+    """The replication seed set's verdict and value, for the tables."""
+    rep = r.replication
+    if rep is None or rep.verdict == NOT_RUN:
+        return "not run"
+    return f"{rep.verdict}: {format_value(rep)} (n={rep.seeds if rep.seeds is not None else '-'})"
+
+
 def claims_table(results: list[ClaimResult]) -> pd.DataFrame:
-    return pd.DataFrame([{
-        "claim": f"{r.claim}: {r.title}", "verdict": r.verdict, "statistic (expected sign)": r.statistic or "-",
-        "measured [95% CI]": format_value(r), "n": r.n or "-", "preset": r.experiment or "-",
-        "figure": r.figure or "-", "literature": r.literature,
-    } for r in results])
+    """The claims table: the settled verdict first; with a replication, both seed sets' verdicts and numbers."""
+    replicated = any(r.replication is not None for r in results)
+
+    def row(r: ClaimResult) -> dict[str, str]:
+        out = {"claim": f"{r.claim}: {r.title}", "verdict": r.settled, "statistic (expected sign)": r.statistic or "-"}
+        if replicated:
+            out["first seed set [95% CI]"] = f"{r.verdict}: {format_value(r)}" if r.verdict != NOT_RUN else NOT_RUN
+            out["replication [95% CI]"] = format_replication(r)
+            out["agree"] = r.agreement
+        else:
+            out["measured [95% CI]"] = format_value(r)
+        return {**out, "margin": format_margin(r), "n": r.n or "-", "preset": r.experiment or "-",
+                "figure": r.figure or "-", "literature": r.literature}
+
+    return pd.DataFrame([row(r) for r in results])
 
 
 # ------------------------------------------------------------------ figures

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from analysis.claims.common import NOT_RUN, NOT_SUPPORTED, OUT_OF_SCOPE, SUPPORTED, ClaimResult, combine, format_value
+from analysis.claims.common import (NO_EFFECT, NOT_REPLICATED, NOT_RUN, NOT_SUPPORTED, OUT_OF_SCOPE, SUPPORTED,
+                                    ClaimResult, combine, format_value)
 
 # +1 = that row supports the notebook's claim when it is supported, -1 = it
 # contradicts it (C9: "BN does not reduce internal covariate shift").
@@ -17,11 +18,14 @@ NOTEBOOK_CLAIMS: tuple[tuple[int, str, tuple[tuple[str, int], ...]], ...] = (
     (8, "BN's train/inference discrepancy, worse under a distribution shift", (("C6", +1),)),
     (9, "BN fits recurrent models poorly", ()),
 )
-FLIP = {SUPPORTED: NOT_SUPPORTED, NOT_SUPPORTED: SUPPORTED}
+# A row read in reverse: its 'no meaningful effect' confirms the reversed claim (C9: BN's shift is no
+# smaller), so it contradicts the notebook's.
+FLIP = {SUPPORTED: NOT_SUPPORTED, NOT_SUPPORTED: SUPPORTED, NO_EFFECT: NOT_SUPPORTED}
 
 
 def notebook_verdicts(results: list[ClaimResult]) -> list[dict[str, str]]:
-    """The notebook's claims, each with the verdict its C rows give it."""
+    """The notebook's claims, each with the verdict its C rows give it (their settled verdicts: a row whose
+    replication disagrees makes the notebook's claim 'not replicated' too)."""
     by_id = {r.claim: r for r in results}
     rows = []
     for number, text, links in NOTEBOOK_CLAIMS:
@@ -33,12 +37,13 @@ def notebook_verdicts(results: list[ClaimResult]) -> list[dict[str, str]]:
         parts, verdicts, figures = [], [], []
         for cid, sign in links:
             r = by_id.get(cid)
-            v = r.verdict if r is not None else NOT_RUN
+            v = r.settled if r is not None else NOT_RUN
             verdicts.append(FLIP.get(v, v) if sign < 0 else v)
             number_ = f": {format_value(r)}, n = {r.n}" if r is not None and r.verdict != NOT_RUN else ""
             parts.append(f"{cid} {v}{' (read in reverse)' if sign < 0 else ''}{number_}")
             if r is not None and r.figure:
                 figures.append(r.figure)
-        rows.append({"#": str(number), "notebook claim": text, "verdict": combine(verdicts),
+        verdict = NOT_REPLICATED if NOT_REPLICATED in verdicts else combine(verdicts)
+        rows.append({"#": str(number), "notebook claim": text, "verdict": verdict,
                      "from": "; ".join(parts), "figures": ", ".join(figures) or "-"})
     return rows
