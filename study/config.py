@@ -55,6 +55,7 @@ class Probe(str, Enum):
     # After the last step:
     modes = "modes"  # test accuracy in train mode (batch statistics) vs eval mode (running statistics)
     shift = "shift"  # shifted test set: running statistics vs statistics recomputed on it
+    precise_bn = "precise_bn"  # Wu & Johnson 2021: EMA running statistics vs recomputed with frozen weights
 
 
 class DataSource(str, Enum):

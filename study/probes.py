@@ -59,6 +59,17 @@ Final probes, after the last step of a run that did not diverge
   on the shifted test set (reset, cumulative average over one train-mode pass, as
   `torch.optim.swa_utils.update_bn`); null for models without running
   statistics (norm none, layer, group).
+- `precise_bn`: Wu & Johnson 2021 (Rethinking "Batch" in BatchNorm), sec. 3:
+  test accuracy (eval mode) with the running statistics as trained (the
+  exponential moving average, EMA) and with "precise" statistics recomputed
+  with the final, frozen weights from N = `PRECISE_SAMPLES` training images
+  (the first N of one fixed permutation of the training split, seed
+  `PRECISE_SEED`, so the sets are nested and the same for every run), in
+  chunks of the run's batch size (its normalization batch; one chunk of N
+  where N is smaller), reset and cumulative average as
+  `torch.optim.swa_utils.update_bn`; and train-mode accuracy (batch
+  statistics of the test set in order, chunks of the batch size, as
+  `modes`). precise_acc is null for models without running statistics.
 """
 
 from __future__ import annotations
@@ -79,7 +90,11 @@ from study.spec import TrainSpec
 
 STEP_KINDS = ("activations", "grad_norms", "ics", "landscape", "val_acc")
 EPOCH_KINDS = ("train_acc",)
-FINAL_KINDS = ("modes", "shift")
+FINAL_KINDS = ("modes", "shift", "precise_bn")
+# precise_bn: training images the statistics are recomputed from (Wu & Johnson 2021: 10^3-10^4 suffice),
+# drawn as the first N of one permutation of the training split by a private generator of this seed.
+PRECISE_SAMPLES = (100, 1_000, 10_000)
+PRECISE_SEED = 0
 _ACTIVATION_TYPES = tuple(ACTIVATIONS.values())
 QUANTILES = (0.15, 0.50, 0.85)
 
@@ -264,6 +279,38 @@ def reestimate_running_stats(net: PackedMLP, x: torch.Tensor, chunk: int) -> boo
     return True
 
 
+def precise_indices(n_train: int, n: int, seed: int = PRECISE_SEED) -> torch.Tensor:
+    """The first min(n, n_train) indices of a fixed permutation of the training split.
+
+    A private CPU generator: the run's generators and the global RNG are
+    untouched, and the same images come out on every device.
+    """
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_train, generator=g)[:min(n, n_train)]
+
+
+@torch.no_grad()
+def precise_bn_accuracies(net: PackedMLP, train_x: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                          batch_size: int, samples: Sequence[int], eval_chunk: int
+                          ) -> tuple[list[int], Optional[list[torch.Tensor]]]:
+    """Wu & Johnson 2021's precise BN: per N in `samples`, (R,) test accuracies
+    after the running statistics were recomputed from the first N images of
+    `precise_indices`, in chunks of `batch_size` (`reestimate_running_stats`).
+
+    Returns the sample counts used (capped at the training split's size) and
+    the accuracies, or None for a model without running statistics. The
+    weights are not touched; the running statistics are overwritten.
+    """
+    idx = precise_indices(len(train_x), max(samples)).to(train_x.device)
+    used = [min(n, len(idx)) for n in samples]
+    accs: list[torch.Tensor] = []
+    for n in used:
+        if not reestimate_running_stats(net, train_x.index_select(0, idx[:n]), batch_size):
+            return used, None
+        accs.append(evaluate(net, test_x, test_y, eval_chunk)[0])
+    return used, accs
+
+
 # ------------------------------------------------------------ the recorder
 
 
@@ -377,6 +424,18 @@ class Probes:
                 out[k]["shift"] = {"brightness": b, "contrast": c, "clean_acc": _num(clean[k]),
                                    "running_acc": _num(running[k]),
                                    "recomputed_acc": None if recomputed is None else _num(recomputed[k])}
+        if "precise_bn" in self.kinds:
+            net = copy.deepcopy(model)
+            # First the EMA statistics as trained, then train mode (batch statistics), then the recomputed ones.
+            ema, _ = evaluate(net, d.test_x, d.test_y, chunk)
+            batch = train_mode_accuracy(net, d.test_x, d.test_y, self.batch_size)
+            used, precise = precise_bn_accuracies(net, d.train_x, d.test_x, d.test_y, self.batch_size,
+                                                  PRECISE_SAMPLES, chunk)
+            for k in range(r):
+                out[k]["precise_bn"] = {
+                    "batch_size": self.batch_size, "samples": used, "sample_seed": PRECISE_SEED,
+                    "ema_acc": _num(ema[k]), "train_mode_acc": _num(batch[k]),
+                    "precise_acc": None if precise is None else [_num(a[k]) for a in precise]}
         return out
 
     def finish(self, model: PackedMLP, outcomes: Sequence[Any], alive: Sequence[bool]) -> None:
