@@ -15,8 +15,9 @@ least accurate by construction: with momentum m each EMA update sees one
 batch of B images, so the EMA rests on about B (2 - m) / m images (38 at
 B = 2, m = 0.1) while precise BN rests on 10^4. Second line (reported, not
 in the verdict): "10^3 samples suffice", precise (10^3) minus precise (10^4)
-per batch size, inside +-SUFFICE_MARGIN points (a 95% interval inside the
-margin: suffice; wholly outside it: do not). Details per batch size: EMA,
+per batch size, inside plus or minus the claim's margin (Claim.margin, points:
+a 95% interval inside it: suffice, as the rule's "no meaningful effect";
+wholly outside it: do not). Details per batch size: EMA,
 precise at each N, train-mode accuracy, and each difference. Figure: test
 accuracy vs batch size (EMA, precise(N), train mode); differences from EMA.
 """
@@ -32,7 +33,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.claims.common import (ClaimResult, ClaimRuns, bracketed, clamp_axis, draw, errorbar, grid, legend,
-                                    log2_batch_axis, num, short, signed, verdict_of)
+                                    log2_batch_axis, num, short, signed, verdict_of, within_margin, zero_width)
 from analysis.claims.probe_tables import counted, left_out, probe_finals
 from analysis.stats import MeanInterval, mean_interval
 
@@ -44,9 +45,6 @@ STATISTIC = ("precise BN (statistics recomputed with the final weights from 10^4
              "running statistics: test accuracy of the same run at the smallest batch size, in points, expected > 0")
 PRESET = "precise_bn"
 REFERENCE_N, SUFFICE_N, FEW_N = 10_000, 1_000, 100  # the probe's sample counts (study.probes.PRECISE_SAMPLES)
-# "10^3 samples suffice": precise(10^3) - precise(10^4) within this many points (the claim's smallest effect of
-# interest: about one binomial standard error of an accuracy near 95% on the 10,000 test images).
-SUFFICE_MARGIN = 0.25
 
 
 def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
@@ -63,6 +61,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                    few=100 * (bn[_col(FEW_N)] - bn[_col(REFERENCE_N)]),
                    batch_gap=100 * (bn[_col(REFERENCE_N)] - bn.batch_stats_acc))
     batches = sorted(int(b) for b in bn.batch_size.dropna().unique())
+    margin = runs.claim.margin
     details, gains, checks = [], {}, {}
     for b in batches:
         g = bn[bn.batch_size == b]
@@ -73,15 +72,15 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
             f"10^3 {_mean(g[_col(SUFFICE_N)])}, 10^4 {_mean(g[_col(REFERENCE_N)])}, train mode (batch statistics "
             f"at batch {b}) {_mean(g.batch_stats_acc)}; precise(10^4) - EMA {bracketed(gains[b])} points -> "
             f"{verdict_of(gains[b])}; precise(10^3) - precise(10^4) {bracketed(checks[b])} -> "
-            f"{suffices(checks[b])}; precise(10^2) - precise(10^4) {bracketed(mean_interval(g.few))}; "
+            f"{suffices(checks[b], margin)}; precise(10^2) - precise(10^4) {bracketed(mean_interval(g.few))}; "
             f"precise(10^4) - train mode {bracketed(mean_interval(g.batch_gap))}")
     small = batches[0]
     head = gains[small]
     verdict = verdict_of(head)
-    line2 = [suffices(checks[b]) for b in batches]
+    line2 = [suffices(checks[b], margin) for b in batches]
     n_ok = sum(v == SUFFICE for v in line2)
     worst = max(batches, key=lambda b: _reach(checks[b]))
-    details.append(f"10^3 samples suffice (precise(10^3) - precise(10^4) within +-{SUFFICE_MARGIN:g} points, 95%) "
+    details.append(f"10^3 samples suffice (precise(10^3) - precise(10^4) within +-{margin:g} points, 95%) "
                    f"at {n_ok} of {len(batches)} batch sizes")
     details.append(f"verdict: precise(10^4) - EMA at batch {small}, the smallest: {verdict}; the 10^3-samples check "
                    "is reported, not part of the verdict")
@@ -92,8 +91,8 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                 f"EMA {_mean(bn[bn.batch_size == small].ema_acc)}%, precise "
                 f"{_mean(bn[bn.batch_size == small][_col(REFERENCE_N)])}%); at the other batch sizes "
                 + (", ".join(f"{signed(gains[b].mean)} at {b}" for b in batches[1:]) or "none") + ". "
-                f"10^3 samples suffice (within +-{SUFFICE_MARGIN:g} points of 10^4, 95%) at {n_ok} of {len(batches)} "
-                f"batch sizes (farthest: batch {worst}, {bracketed(checks[worst])}); 10^2 samples give "
+                f"10^3 samples suffice (within +-{margin:g} points of 10^4, the claim's margin; 95%) at {n_ok} of "
+                f"{len(batches)} batch sizes (farthest: batch {worst}, {bracketed(checks[worst])}); 10^2 samples give "
                 f"{signed(mean_interval(bn.few).mean)} points against 10^4 (mean over the runs). Batch statistics "
                 f"(train mode) minus precise BN: {signed(-gap_small.mean)} points at batch {small}, "
                 f"{signed(-gap_big.mean)} at batch {big}. Differences are paired within each run; 95% t-intervals "
@@ -107,13 +106,13 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
 SUFFICE, NOT_SUFFICE, UNDECIDED = "10^3 suffice", "10^3 do not suffice", "undecided"
 
 
-def suffices(m: MeanInterval, margin: float = SUFFICE_MARGIN) -> str:
-    """The 10^3-samples check on precise(10^3) - precise(10^4): the 95% interval inside +-margin (suffice),
-    wholly outside it (do not suffice), else undecided (also without an interval, or with a zero-width one:
-    identical seeds say nothing about the spread)."""
-    if not (math.isfinite(m.low) and math.isfinite(m.high)) or not m.high > m.low:
+def suffices(m: MeanInterval, margin: float) -> str:
+    """The 10^3-samples check on precise(10^3) - precise(10^4): the 95% interval inside +-margin (suffice: the
+    rule's 'no meaningful effect', common.within_margin), wholly outside it (do not suffice), else undecided
+    (also without an interval, or with a zero-width one: identical seeds say nothing about the spread)."""
+    if not (math.isfinite(m.low) and math.isfinite(m.high)) or zero_width(m.low, m.high):
         return UNDECIDED
-    if -margin < m.low and m.high < margin:
+    if within_margin(m.low, m.high, margin):
         return SUFFICE
     if m.high < -margin or m.low > margin:
         return NOT_SUFFICE
