@@ -204,6 +204,9 @@ class Config:
     force: bool = False
     run_index: str = "outputs/.run-index"  # where finished runs are indexed by config hash
     probes: ProbeConfig = field(default_factory=ProbeConfig)
+    # > 0: after training, time BN's and no norm's training step and inference pass in this process,
+    # arms interleaved, this many repeats (study/cost.py; the overhead preset); recorded as `cost`.
+    cost_repeats: int = 0
     trial: TrialConfig = field(default_factory=TrialConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
@@ -235,6 +238,7 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.eval_batch_size >= 1, "eval_batch_size", cfg.eval_batch_size, "an integer >= 1")
     need(cfg.objective in OBJECTIVES, "objective", cfg.objective, "one of " + ", ".join(OBJECTIVES))
     need(cfg.progress_every >= 0, "progress_every", cfg.progress_every, "a number >= 0")
+    need(cfg.cost_repeats >= 0, "cost_repeats", cfg.cost_repeats, "an integer >= 0")
 
     m = cfg.model
     norm = _enum_value(m.norm)

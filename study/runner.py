@@ -104,8 +104,15 @@ def run_pack(cfg: DictConfig, members: list[Member], experiment: Optional[str] =
             claim_dir(m.dir)
         env = environment(device, threads)
         pack = train_pack(configs[to_train[0]], trained, data, device)
+        cost = None
+        if cfg.get("cost_repeats", 0):  # C14's interleaved timing of both arms, in this process (study/cost.py)
+            from study.cost import measure_or_error
+
+            cost = measure_or_error(configs[to_train[0]], data, device, int(cfg.cost_repeats))
         for i, outcome in zip(to_train, pack.outcomes):
             records[i] = run_record(configs[i], members[i], experiment, pack, outcome, data, env)
+            if cost is not None:
+                records[i]["cost"] = cost
             write_json_atomic(members[i].dir / RESULT_FILE, records[i])
             if records[i]["status"] in ("completed", "diverged"):
                 index_run(configs[i], members[i].dir / RESULT_FILE)

@@ -1,11 +1,30 @@
 """C4: BN needs fewer steps to a target accuracy.
 
 Runs: the steps_to_target preset (Shallue et al. 2018's protocol: an lr grid
-per batch size and arm, validation accuracy probed every 25 steps).
-Statistic: per batch size, log10(no norm's steps / BN's steps) to 97%
-validation accuracy at each arm's best lr (the fewest median steps among lrs
-where every seed reached the target). Figure: steps to target vs batch size,
-log-log, with perfect 1/B scaling dashed.
+per batch size and arm, validation accuracy probed every 25 steps; batch
+32, 128, 512; lr 0.03-1.0; a 2000-step budget).
+
+Target and budget, fixed before the data (conf/experiment/steps_to_target.yaml
+says the same): 94% validation accuracy. The pilot was the old report
+(docs/claims-report/, 97% target, 3000 steps, batch 8-512, 2 seeds): no norm
+never reached 97% at any batch size and neither arm reached it at batch 8, so
+every comparison was censored and the claim inconclusive. In that pilot no
+norm (the weaker arm) at its best lr reached at most 95.5% at batch 32 and
+first reached 94% by step 1425-1625 (batch 32), 825-925 (128), 725-800 (512):
+94% is a bit below what the weaker arm reaches within the budget, and the
+budget is ~1.2x its slowest pilot seed.
+
+Statistic: per batch size, log10(no norm's steps / BN's steps) to the target
+at each arm's best lr (Welch over seeds). A run that never reaches the
+target, or diverges, is censored: it counts at the budget (a lower bound on
+its steps), never dropped. Each arm's best lr is the one with the fewest
+median steps (censored runs at the budget; ties: fewer censored runs, then
+the smaller lr). A censored no-norm run makes the ratio a lower bound, a
+censored BN run an upper bound; a bound cannot decide against its direction,
+so at a batch size where BN (no norm) has a censored run at its chosen lr a
+'supported' ('not supported') reading becomes 'inconclusive', and the
+details say so. Figure: steps to target vs batch size, log-log, with perfect
+1/B scaling dashed.
 """
 
 from __future__ import annotations
@@ -18,21 +37,22 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (ClaimResult, ClaimRuns, combine, config_of, diff_text, draw, finite, headline,
-                                    label_axes, log2_batch_axis, log_y, n_text, norm_of, num, palette, panel, seed_of,
-                                    val_series, verdict_of)
+from analysis.claims.common import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, ClaimResult, ClaimRuns, combine,
+                                    config_of, diff_text, draw, finite, headline, label_axes, log2_batch_axis, log_y,
+                                    n_text, norm_of, num, palette, panel, seed_of, val_series, verdict_of)
 from analysis.collect import counted_as
 from analysis.stats import welch_difference
 from analysis.summary import norm_name, norm_order
 
 LITERATURE = ("Ioffe & Szegedy 2015 (ImageNet): 14x fewer steps to 72.2% (with other changes); "
               "Shallue et al. 2018: steps to target fall as 1/B, then diminish, then plateau")
-TARGET_VAL_ACC = 0.97  # the validation accuracy to reach (the protocol's "e.g. 97%")
+TARGET_VAL_ACC = 0.94  # the validation accuracy to reach: fixed before the data (module docstring)
 # A doubling of the batch size that cuts the steps to target by less than this fraction of
 # perfect (1/B) scaling marks the end of the 1/B regime (Shallue et al. 2018).
 PERFECT_SCALING_FRACTION = 0.5
 STATISTIC = (f"log10(no norm's steps / BN's steps) to {TARGET_VAL_ACC:.0%} validation accuracy at each arm's "
-             "best lr, per batch size (Welch over seeds), expected > 0")
+             "best lr, per batch size (Welch over seeds; a run that never reaches it counts at the step budget), "
+             "expected > 0")
 
 
 def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
@@ -49,6 +69,11 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
         details.append(line)
         if setting is not None:
             settings.append(setting)
+    n_cens = int(df.censored.sum())
+    details.append(f"censored runs (never reached {TARGET_VAL_ACC:.0%} within the budget, or diverged), all lrs: "
+                   + (", ".join(f"{norm_name(n)} batch {b}: {int(g.censored.sum())} of {len(g)}"
+                                for (n, b), g in df.groupby(["norm", "batch_size"]) if g.censored.any())
+                      if n_cens else "none"))
     plotted = [{"norm": norm, "batch_size": b, **c} for (norm, b), c in chosen.items()]
     details.extend(_scaling_lines(plotted))
     figure = draw("C4", out, lambda: _figure(plotted), details)
@@ -56,12 +81,15 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
         return runs.inconclusive(STATISTIC, f"at no batch size did either arm reach {TARGET_VAL_ACC:.0%} validation "
                                             "accuracy within the budget", figure=figure, details=details)
     label, d = headline(settings)
+    budget = int(df.budget.max())
     evidence = (f"At {label} (least favourable of {len(settings)} batch size(s)) no norm needs {10 ** d.diff:.3g}x "
                 f"BN's steps to {TARGET_VAL_ACC:.0%} validation accuracy (log10 {diff_text(d, '', 3)}); verdict "
-                "combined over batch sizes. Each arm's lr is the one with the fewest median steps among lrs where "
-                "every seed reached the target; a run that never reached it, or diverged, counts as not reaching "
-                "it. Figure: steps to target vs batch size (log-log), one point per seed, median line, dashed "
-                "perfect 1/B scaling.")
+                f"combined over batch sizes. Target and {budget}-step budget fixed before the runs (from the old "
+                "report's pilot). Each arm's lr is the one with the fewest median steps; a run that never reached "
+                f"the target, or diverged, is censored and counts at the budget ({n_cens} such run(s) over all "
+                "lrs); where the chosen lr has one, the ratio is a bound and can only decide in its direction. "
+                "Figure: steps to target vs batch size (log-log), one point per seed, median line, dashed "
+                "perfect 1/B scaling, triangles: censored runs at the budget.")
     return runs.result(combine(v for *_, v in settings), STATISTIC, interval=d, unit="log10",
                        n=n_text([min(d.n_a, d.n_b)], "seeds per arm (smallest)"), evidence=evidence,
                        figure=figure, details=details)
@@ -88,7 +116,8 @@ def _budget(r: dict[str, Any]) -> float:
 
 
 def _steps_table(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per completed or diverged run (one record per run): its cell, steps to target and budget."""
+    """One row per completed or diverged run (one record per run): its cell, steps to target (censored runs at
+    the budget) and budget."""
     rows = []
     for r in records:
         if r.get("status") not in ("completed", "diverged"):
@@ -97,9 +126,10 @@ def _steps_table(records: list[dict[str, Any]]) -> pd.DataFrame:
         if norm_of(r) is None or not (math.isfinite(b) and math.isfinite(lr)):
             continue
         steps, source = _steps_to_target(r)
-        rows.append({"norm": norm_of(r), "batch_size": int(b), "lr": lr, "seed": seed_of(r), "steps": steps,
-                     "source": source, "budget": _budget(r), "status": r.get("status"),
-                     "finished_at": r.get("finished_at")})
+        budget = _budget(r)
+        rows.append({"norm": norm_of(r), "batch_size": int(b), "lr": lr, "seed": seed_of(r),
+                     "steps": min(steps, budget), "censored": not math.isfinite(steps), "source": source,
+                     "budget": budget, "status": r.get("status"), "finished_at": r.get("finished_at")})
     df = pd.DataFrame(rows)
     if df.empty:
         return df
@@ -108,38 +138,49 @@ def _steps_table(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def _best_lr(g: pd.DataFrame) -> dict[str, Any]:
-    """One arm at one batch size: the lr with the fewest median steps among lrs where every seed reached the
-    target; censored at the budget where none did."""
-    reached = {lr: h for lr, h in g.groupby("lr") if np.isfinite(h.steps).all()}
-    if reached:
-        lr = min(reached, key=lambda k: (float(np.median(reached[k].steps)), k))
-        return {"lr": lr, "steps": list(reached[lr].steps), "censored": False, "n_lr": g.lr.nunique(),
-                "edge": lr == g.lr.max() and g.lr.nunique() > 1}
-    n = int(g.groupby("lr").size().max())
-    return {"lr": math.nan, "steps": [float(g.budget.max())] * n, "censored": True, "n_lr": g.lr.nunique()}
+    """One arm at one batch size: the lr with the fewest median steps (censored runs at the budget; ties: fewer
+    censored runs, then the smaller lr), its per-seed steps and which of them are censored."""
+    def key(item: tuple[float, pd.DataFrame]) -> tuple[float, int, float]:
+        lr, h = item
+        return float(np.median(h.steps)), int(h.censored.sum()), lr
+
+    lr, h = min(g.groupby("lr"), key=key)
+    n_cens = int(h.censored.sum())
+    return {"lr": lr, "steps": list(h.steps), "cens": list(h.censored), "n_censored": n_cens,
+            "censored": n_cens == len(h), "n_lr": g.lr.nunique(), "budget": float(h.budget.max()),
+            "edge": lr == g.lr.max() and g.lr.nunique() > 1}
 
 
 def _arm_text(name: str, c: dict[str, Any]) -> str:
     if c["censored"]:
-        return f"{name} never reached it at any of {c['n_lr']} lr(s) (censored at the {c['steps'][0]:.0f}-step budget)"
+        return (f"{name} never reached it at any of {c['n_lr']} lr(s) (censored at the {c['budget']:.0f}-step "
+                "budget)")
     edge = " (the largest lr tried: a larger one might be faster)" if c.get("edge") else ""
-    return f"{name} median {np.median(c['steps']):.0f} steps at lr {c['lr']:g}{edge}"
+    cens = (f", {c['n_censored']} of {len(c['steps'])} seed(s) censored (counted at the {c['budget']:.0f}-step "
+            "budget)") if c["n_censored"] else ""
+    return f"{name} median {np.median(c['steps']):.0f} steps at lr {c['lr']:g}{edge}{cens}"
 
 
 def _compare(b: int, bn: Optional[dict], no: Optional[dict]) -> tuple[str, Optional[tuple]]:
-    """One batch size: its detail line, and its setting (label, log10 ratio, verdict) where an arm reached it."""
+    """One batch size: its detail line, and its setting (label, log10 ratio, verdict) where an arm reached it.
+    A censored run makes the ratio a bound, which cannot decide against its direction."""
     if not (bn and no):
         return f"batch {b}: an arm has no runs", None
     text = f"batch {b}: {_arm_text('BN', bn)}; {_arm_text('no norm', no)}"
     if bn["censored"] and no["censored"]:
         return text + ": neither arm reached the target, no statistic", None
     d = welch_difference(np.log10(no["steps"]), np.log10(bn["steps"]))
-    if no["censored"]:
+    v = verdict_of(d)
+    if no["n_censored"] and bn["n_censored"]:
+        text += "; both arms censored: neither bound holds"
+        v = INCONCLUSIVE
+    elif no["n_censored"]:
         text += "; a lower bound (no norm censored)"
-    elif bn["censored"]:
+        v = INCONCLUSIVE if v == NOT_SUPPORTED else v
+    elif bn["n_censored"]:
         text += "; an upper bound (BN censored)"
-    return f"{text}; log10 ratio {diff_text(d, '', 3)} ({10 ** d.diff:.3g}x): {verdict_of(d)}", \
-        (f"batch {b}", d, verdict_of(d))
+        v = INCONCLUSIVE if v == SUPPORTED else v
+    return f"{text}; log10 ratio {diff_text(d, '', 3)} ({10 ** d.diff:.3g}x): {v}", (f"batch {b}", d, v)
 
 
 def _scaling_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -168,21 +209,22 @@ def _figure(rows: list[dict[str, Any]]) -> Figure:
     pal = palette(r["norm"] for r in rows)
     for norm in norm_order(r["norm"] for r in rows):
         mine = sorted((r for r in rows if r["norm"] == norm), key=lambda r: r["batch_size"])
+        for r in mine:
+            reached = [s for s, c in zip(r["steps"], r["cens"]) if not c]
+            missed = [s for s, c in zip(r["steps"], r["cens"]) if c]
+            ax.scatter([r["batch_size"]] * len(reached), reached, color=pal[norm], s=12, alpha=0.6)
+            if missed:
+                ax.scatter([r["batch_size"]] * len(missed), missed, color=pal[norm], marker="^", s=40)
         ok = [r for r in mine if not r["censored"]]
-        for r in ok:
-            ax.scatter([r["batch_size"]] * len(r["steps"]), r["steps"], color=pal[norm], s=12, alpha=0.6)
         if ok:
             xs = [r["batch_size"] for r in ok]
             med = [float(np.median(r["steps"])) for r in ok]
             ax.plot(xs, med, color=pal[norm], marker="o", label=norm_name(norm))
             ax.plot(xs, [med[0] * xs[0] / x for x in xs], color=pal[norm], linestyle="--", linewidth=0.8)
-        for r in mine:
-            if r["censored"]:
-                ax.scatter([r["batch_size"]], [r["steps"][0]], color=pal[norm], marker="^", s=40)
     ax.set_xscale("log", base=2)
     log_y(ax)
     log2_batch_axis(ax, [r["batch_size"] for r in rows])
     label_axes(ax, "batch size (examples per step)", f"optimizer steps to {TARGET_VAL_ACC:.0%} val. accuracy",
-          "C4: steps to target (dots: seeds; line: median over seeds;\n"
-          "dashed: perfect 1/B scaling; triangle: never reached, at the budget)")
+               "C4: steps to target at each arm's best lr (dots: seeds; line: median;\n"
+               "dashed: perfect 1/B scaling; triangle: censored, counted at the budget)")
     return fig

@@ -1,10 +1,23 @@
 """C13: linear lr scaling holds over a range of batch sizes (Goyal et al. 2017).
 
 Runs: the linear_scaling preset (lr = 0.01 x B/64, batch 16..4096, equal
-epochs). Statistic: at the first batch size above 64 where either arm's final
-validation accuracy falls clearly below its batch-64 value, no norm's drop
-minus BN's drop (BN holds longer). Figure: final validation accuracy vs
-batch size per arm, with each arm's batch-64 interval shaded.
+epochs). At large batch and lr the no-norm arm's outcome is bimodal: some
+seeds train, others diverge or stall at chance (the old report: no norm at
+batch 1024 gave 88.0, 91.2 and 91.7%, at 4096 all three seeds near chance).
+A mean with a Welch interval is wrecked by that, so the claim counts seeds.
+
+A run "holds" when its final validation accuracy is at most HOLD_POINTS
+below its arm's batch-64 median (a diverged run counts at chance: it does
+not hold). Statistic: at the largest batch size of the preset (fixed before
+the data: the end of the range the rule is claimed over), the share of BN's
+runs that hold minus no norm's share, in percentage points, with Newcombe's
+hybrid score interval (Wilson intervals of each share combined; exact
+enough at 8 runs per arm, and defined at 0% and 100%, where a Wald interval
+collapses). Expected > 0: BN holds at larger batch sizes than no norm. The
+details give every batch size's shares and interval and each arm's largest
+batch up to which every batch size keeps at least half its runs. Figure:
+each run's final validation accuracy vs batch size, the median per arm, and
+each arm's hold threshold.
 """
 
 from __future__ import annotations
@@ -12,20 +25,55 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (DIVERGED_NOTE, ClaimResult, ClaimRuns, acc_values, clamp_axis, counts_note,
-                                    diff_text, draw, label_axes, log2_batch_axis, mean_band, n_text, palette, panel,
-                                    runs_table, verdict_of)
-from analysis.stats import Difference, contrast, interval_bounds, welch_difference
+from analysis.claims.common import (CHANCE_ACC, ClaimResult, ClaimRuns, acc_values, clamp_axis, counts_note, draw,
+                                    label_axes, log2_batch_axis, n_text, palette, panel, runs_table, verdict_of)
+from analysis.stats import LEVEL, Difference
 from analysis.summary import norm_name, norm_order
 
 LITERATURE = "Goyal et al. 2017 (ImageNet): lr proportional to batch size, with warm-up, holds to batch 8k"
 REFERENCE_BATCH = 64
-STATISTIC = (f"at the first batch size above {REFERENCE_BATCH} where either arm's final validation accuracy "
-             f"falls clearly below its batch-{REFERENCE_BATCH} value: no norm's drop minus BN's drop, in "
-             "points, expected > 0 (BN holds longer)")
+# A run holds when it ends at most this many points below its arm's batch-64 median: fixed before the data
+# (a one-point loss is a clear one on MNIST, 4-6x the seed sd at batch 64 in the old report: 0.17 BN, 0.26
+# no norm).
+HOLD_POINTS = 1.0
+STATISTIC = (f"at the preset's largest batch size (lr = 0.01 x B/{REFERENCE_BATCH}): the share of BN's runs whose "
+             f"final validation accuracy holds within {HOLD_POINTS:g} point of BN's batch-{REFERENCE_BATCH} "
+             "median, minus no norm's share (its own batch-64 median), in percentage points (Newcombe's "
+             "interval), expected > 0 (BN holds longer)")
+
+
+def wilson(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Wilson's score interval of a proportion k/n (NaN for n = 0)."""
+    if n <= 0:
+        return math.nan, math.nan
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + level / 2))
+    p = k / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def share_difference(k_a: int, n_a: int, k_b: int, n_b: int) -> Difference:
+    """k_a/n_a - k_b/n_b in percentage points with Newcombe's (1998, method 10) hybrid score interval; no
+    interval unless both arms have 2+ runs."""
+    if n_a == 0 or n_b == 0:
+        return Difference(math.nan, math.nan, math.nan, n_a, n_b)
+    p_a, p_b = k_a / n_a, k_b / n_b
+    d = p_a - p_b
+    if n_a < 2 or n_b < 2:
+        return Difference(100 * d, math.nan, math.nan, n_a, n_b)
+    l_a, u_a = wilson(k_a, n_a)
+    l_b, u_b = wilson(k_b, n_b)
+    low = d - math.sqrt((p_a - l_a) ** 2 + (u_b - p_b) ** 2)
+    high = d + math.sqrt((u_a - p_a) ** 2 + (p_b - l_b) ** 2)
+    return Difference(100 * d, 100 * low, 100 * high, n_a, n_b)
 
 
 def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
@@ -37,60 +85,83 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     above = [b for b in sizes if b > REFERENCE_BATCH]
     if REFERENCE_BATCH not in sizes or not above:
         return runs.inconclusive(STATISTIC, f"needs both arms at batch {REFERENCE_BATCH} and a larger batch")
-    drops, aligned, details = {}, {}, []
-    for norm in ("batch", "none"):
-        drops[norm], aligned[norm], line = _drops(df[df.norm == norm], above)
-        details.append(f"{norm_name(norm)}: {line}")
-    dropped = [b for b in above if any(math.isfinite(drops[n][b].low) and drops[n][b].low > 0 for n in drops)]
-    b = dropped[0] if dropped else above[-1]
-    c = contrast(drops["none"][b], drops["batch"][b])
-    where = (f"batch {b}, the first where an arm falls clearly below batch {REFERENCE_BATCH}" if dropped
-             else f"batch {b}, the largest tried (neither arm fell clearly below batch {REFERENCE_BATCH})")
-    figure = draw("C13", out, lambda: _figure(df), details)
-    evidence = (f"Largest batch aligned with batch {REFERENCE_BATCH} (lr = 0.01 x B/64): BN {aligned['batch']}, no "
-                f"norm {aligned['none']}. At {where}: no norm's drop minus BN's {diff_text(c)}. {DIVERGED_NOTE}. "
-                f"Figure: final validation accuracy vs batch size per arm, mean and 95% t-interval, shaded: each "
-                f"arm's batch-{REFERENCE_BATCH} interval.")
-    return runs.result(verdict_of(c), STATISTIC, interval=c, unit="points",
-                       n=n_text([c.n_a, c.n_b], "seeds per cell (smallest)"), evidence=evidence, figure=figure,
-                       details=details)
-
-
-def _drops(arm: pd.DataFrame, above: list[int]) -> tuple[dict[int, Difference], int, str]:
-    """One arm: its drop from batch 64 at each larger batch (Welch: batch 64 minus batch B), the largest batch
-    aligned with batch 64 (every batch up to it within the seed spread), and its detail line."""
-    ref, dv, lo = acc_values(arm[arm.batch_size == REFERENCE_BATCH], "val_acc")
-    drops: dict[int, Difference] = {}
-    largest, walking, parts = REFERENCE_BATCH, True, []
+    arms = {norm: _arm(df[df.norm == norm], sizes) for norm in ("batch", "none")}
+    if any(not math.isfinite(a["ref"]) for a in arms.values()):
+        return runs.inconclusive(STATISTIC, f"an arm has no completed or diverged run at batch {REFERENCE_BATCH}")
+    details = []
+    for norm, a in arms.items():
+        details.append(f"{norm_name(norm)}: batch-{REFERENCE_BATCH} median {a['ref']:.2f}%, a run holds at "
+                       f">= {a['ref'] - HOLD_POINTS:.2f}%; largest batch up to which every batch size keeps at "
+                       f"least half its runs: {a['largest']}{counts_note(a['diverged'], a['left_out'])}")
+    diffs = {}
     for b in above:
-        vals, dvb, lob = acc_values(arm[arm.batch_size == b], "val_acc")
-        dv, lo = dv + dvb, lo + lob
-        d = drops[b] = welch_difference(ref, vals)
-        ok = math.isfinite(d.low) and -d.low >= 0  # interval of acc_B - acc_64 reaches 0 or above
-        parts.append(f"{b}: drop {diff_text(d)}{'' if ok else ' (clearly below)' if math.isfinite(d.low) else ''}")
-        if walking and ok:
-            largest = b
-        else:
-            walking = False
-    return drops, largest, (f"largest batch aligned with batch {REFERENCE_BATCH} (every batch up to it within the "
-                            f"seed spread): {largest}; drops from batch {REFERENCE_BATCH}: {'; '.join(parts)}"
-                            f"{counts_note(dv, lo)}")
+        (kb, nb), (kn, nn) = arms["batch"]["holds"][b], arms["none"]["holds"][b]
+        d = diffs[b] = share_difference(kb, nb, kn, nn)
+        details.append(f"batch {b} (lr {0.01 * b / REFERENCE_BATCH:g}): BN {kb} of {nb} runs hold, no norm {kn} of "
+                       f"{nn}; BN minus no norm {_share_text(d)}: {verdict_of(d)}; median accuracy BN "
+                       f"{arms['batch']['median'][b]:.2f}%, no norm {arms['none']['median'][b]:.2f}%")
+    b = above[-1]
+    d = diffs[b]
+    (kb, nb), (kn, nn) = arms["batch"]["holds"][b], arms["none"]["holds"][b]
+    figure = draw("C13", out, lambda: _figure(df, {n: a["ref"] for n, a in arms.items()}), details)
+    evidence = (f"At batch {b}, the largest of the preset (lr {0.01 * b / REFERENCE_BATCH:g}), {kb} of {nb} BN runs "
+                f"and {kn} of {nn} no-norm runs end within {HOLD_POINTS:g} point of their arm's batch-"
+                f"{REFERENCE_BATCH} median: BN minus no norm {_share_text(d)} (Newcombe's hybrid score interval "
+                "of a difference of two shares; a share, not a mean, because the no-norm outcome at large batch "
+                f"is bimodal: a run trains or it stalls). Largest batch up to which each arm keeps at least half "
+                f"its runs: BN {arms['batch']['largest']}, no norm {arms['none']['largest']}. A diverged run "
+                f"counts at chance accuracy ({CHANCE_ACC:.0%}), which never holds; failed and pruned runs are left "
+                "out. Figure: each run's final validation accuracy vs batch size, the median per arm, and each "
+                "arm's hold threshold (dashed).")
+    return runs.result(verdict_of(d), STATISTIC, interval=d, unit="points",
+                       n=n_text([d.n_a, d.n_b], "runs per arm at the largest batch"), evidence=evidence,
+                       figure=figure, details=details)
 
 
-def _figure(df: pd.DataFrame) -> Figure:
+def _share_text(d: Difference) -> str:
+    if not (math.isfinite(d.low) and math.isfinite(d.high)):
+        return f"{d.diff:+.0f} points (no interval: fewer than two runs)"
+    return f"{d.diff:+.0f} points ({d.low:+.0f} to {d.high:+.0f})"
+
+
+def _arm(arm: pd.DataFrame, sizes: list[int]) -> dict:
+    """One arm: its batch-64 median accuracy (points), per batch size (runs that hold, runs) and median, the
+    largest batch up to which every batch size keeps at least half its runs, and the runs left out."""
+    vals = {b: acc_values(arm[arm.batch_size == b], "val_acc") for b in sizes}
+    ref_vals = vals[REFERENCE_BATCH][0]
+    ref = float(np.median(ref_vals)) if ref_vals else math.nan
+    holds = {b: (sum(v >= ref - HOLD_POINTS for v in vals[b][0]), len(vals[b][0])) for b in sizes}
+    largest = REFERENCE_BATCH
+    for b in sizes:
+        if b <= REFERENCE_BATCH:
+            continue
+        k, n = holds[b]
+        if n == 0 or 2 * k < n:
+            break
+        largest = b
+    return {"ref": ref, "holds": holds, "largest": largest,
+            "median": {b: float(np.median(v[0])) if v[0] else math.nan for b, v in vals.items()},
+            "diverged": sum(v[1] for v in vals.values()), "left_out": sum(v[2] for v in vals.values())}
+
+
+def _figure(df: pd.DataFrame, refs: dict[str, float]) -> Figure:
     fig, ax = panel()
     pal = palette(df.norm.dropna())
-    for norm in norm_order(df.norm.dropna()):
+    norms = norm_order(df.norm.dropna())
+    for i, norm in enumerate(norms):
         sizes = sorted(df[df.norm == norm].batch_size.unique())
-        groups = [acc_values(df[(df.norm == norm) & (df.batch_size == b)], "val_acc")[0] for b in sizes]
-        mean_band(ax, list(sizes), groups, pal[norm], norm_name(norm), bars=True)
-        ref = acc_values(df[(df.norm == norm) & (df.batch_size == REFERENCE_BATCH)], "val_acc")[0]
-        if len(ref) >= 2:
-            lo, hi = interval_bounds(ref)
-            ax.axhspan(lo, hi, color=pal[norm], alpha=0.12, linewidth=0)
+        meds = []
+        for b in sizes:
+            vals = acc_values(df[(df.norm == norm) & (df.batch_size == b)], "val_acc")[0]
+            shift = 2 ** (0.08 * (i - (len(norms) - 1) / 2))  # side by side on the log axis
+            ax.scatter([b * shift] * len(vals), vals, color=pal[norm], s=12, alpha=0.6)
+            meds.append(float(np.median(vals)) if vals else math.nan)
+        ax.plot(sizes, meds, color=pal[norm], marker="o", label=norm_name(norm))
+        if norm in refs and math.isfinite(refs[norm]):
+            ax.axhline(refs[norm] - HOLD_POINTS, color=pal[norm], linestyle="--", linewidth=0.8)
     log2_batch_axis(ax, df.batch_size)
     clamp_axis(ax)
-    label_axes(ax, "batch size (lr = 0.01 x B/64)", "final validation accuracy (%)",
-          f"C13: linear lr scaling (bars: mean and 95% t interval over seeds;\n"
-          f"shaded: each arm's batch-{REFERENCE_BATCH} interval)")
+    label_axes(ax, f"batch size (lr = 0.01 x B/{REFERENCE_BATCH})", "final validation accuracy (%)",
+               f"C13: linear lr scaling (dots: runs; line: median;\ndashed: {HOLD_POINTS:g} point below the "
+               f"arm's batch-{REFERENCE_BATCH} median, a run above it holds)")
     return fig

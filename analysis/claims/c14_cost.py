@@ -1,47 +1,144 @@
-"""C14: BN costs compute.
+"""C14: BN costs compute, in training and in inference.
 
-Runs: the overhead preset (one run at a time, one thread, unpacked), or a
-sweep without a preset that has lone (unpacked) timed runs of both arms: a
-pack's epochs are timed together, so packed runs are left out. Two arms are
-compared only on runs timed in one process (summary.timed_in_one_process): a
-resumed sweep's or another worker's timings ran under other conditions; a
-batch size without such runs is "not comparable", never a number.
-Statistic: per batch size (and setting where other keys vary), BN's seconds
-per training step relative to no norm's, minus 1, in percent (Welch over
-seeds, divided by no norm's mean); per run, the median over epochs after the
-first (warm-up). Figure: milliseconds per training step by batch size and
-arm.
+Runs: the overhead preset. Each of its runs, after its short training, times
+BN's and no norm's network of its shape in the process that trained it, with the arms
+interleaved (study/cost.py, recorded as the record's `cost`): a block of
+training steps and a block of eval-mode forward passes of each arm on one
+fixed minibatch of the run's batch size, the arms taking turns
+(none, BN, BN, none, ...) over `cost_repeats` repeats, after a warm-up; per
+arm the median over repeats of the seconds per call. A burst of load hits
+both arms alike, and the two arms never ran in different processes.
+Statistic: per batch size, for the training step and for the inference
+pass, BN's median time over no norm's, minus 1, in percent: one value per
+measurement (run), the mean over measurements with its 95% t interval. The
+verdict combines every (batch size, kind) setting; the headline is the least
+favourable. Figure: the relative cost per batch size, training step and
+inference, mean and 95% t interval.
+
+Records without a `cost` measurement (older overhead runs, a sweep without a
+preset) fall back to the trainer's own per-epoch timings of separate runs:
+per batch size, BN's seconds per training step relative to no norm's
+(Welch over seeds, divided by no norm's mean; per run the median over epochs
+after the first), compared only on lone (unpacked) runs timed in one process
+(summary.timed_in_one_process): a batch size without such runs is "not
+comparable", never a number.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (ClaimResult, ClaimRuns, ExperimentRuns, column, combine, diff_text, draw, finite,
-                                    headline, label_axes, log2_batch_axis, log_y, mean_band, n_text, num, palette,
-                                    panel, runs_table, verdict_of)
-from analysis.stats import Difference, relative_difference
+from analysis.claims.common import (ClaimResult, ClaimRuns, ExperimentRuns, column, combine, diff_text, draw, errorbar,
+                                    finite, headline, label_axes, log2_batch_axis, log_y, mean_band, n_text, norm_of,
+                                    num, palette, panel, runs_table, verdict_of, with_interval)
+from analysis.stats import Difference, mean_interval, relative_difference
 from analysis.summary import NOT_COMPARABLE, NOT_COMPARABLE_WHY, norm_name, norm_order, setting_groups, timed_in_one_process
 
 LITERATURE = "measured on this project's trainer only; the notebook names the overhead without a number"
-STATISTIC = ("BN's seconds per training step relative to no norm's, minus 1, in percent, per batch size "
-             "(Welch over seeds), expected > 0")
+STATISTIC = ("BN's time relative to no norm's, minus 1, in percent, per batch size, for a training step and for an "
+             "inference pass, timed in one process with the arms interleaved (mean over measurements, t interval), "
+             "expected > 0")
+EPOCH_STATISTIC = ("BN's seconds per training step relative to no norm's, minus 1, in percent, per batch size "
+                   "(Welch over seeds), expected > 0")
+KINDS = ("train", "infer")  # the record's cost keys (study/cost.py KINDS)
+KIND_NAMES = {"train": "training step", "infer": "inference pass"}
+LOADED = 0.10  # a measurement whose cpu wait share exceeds this ran while other processes competed
 
 
 def tests_plain_sweep(exp: ExperimentRuns) -> bool:
+    if not cost_table(exp.records).empty:
+        return True
     t = timing_table(exp)
     return {"none", "batch"} <= set(t.norm)
 
 
 def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     exp = runs.need("overhead")
+    m = cost_table(exp.records)
+    if not m.empty:
+        return _interleaved(runs, exp, m, out)
+    return _epoch_timings(runs, exp, out)
+
+
+def cost_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per interleaved cost measurement (study/cost.py) in the records: a measurement that a pack's
+    members share counts once."""
+    rows, seen = [], set()
+    for r in records:
+        c = r.get("cost")
+        if not isinstance(c, dict) or c.get("error") or not all(isinstance(c.get(k), dict) for k in KINDS):
+            continue
+        key = (c.get("process"), c.get("measured_at"), c.get("batch_size"))
+        if key in seen:
+            continue
+        seen.add(key)
+        row = {"batch_size": c.get("batch_size"), "seed": r.get("seed"), "norm": norm_of(r),
+               "process": c.get("process"), "cpu_wait": c.get("cpu_wait"), "repeats": c.get("repeats"),
+               "threads": c.get("threads"), "device": c.get("device")}
+        for k in KINDS:
+            ck = c[k]
+            row[f"{k}_pct"] = 100 * num(ck.get("relative"))
+            for arm in ("none", "batch"):
+                row[f"{k}_{arm}_ms"] = 1e3 * num((ck.get(arm) or {}).get("median_seconds"))
+        if finite(row["batch_size"]) and all(finite(row[f"{k}_pct"]) for k in KINDS):
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _interleaved(runs: ClaimRuns, exp: ExperimentRuns, m: pd.DataFrame, out: Path) -> ClaimResult:
+    settings, details = [], []
+    for b in sorted(m.batch_size.unique()):
+        g = m[m.batch_size == b]
+        for k in KINDS:
+            mi = mean_interval(g[f"{k}_pct"])
+            v = verdict_of(mi)
+            settings.append((f"batch {int(b)}, {KIND_NAMES[k]}", mi, v))
+            details.append(f"batch {int(b)}, {KIND_NAMES[k]}: BN {g[f'{k}_batch_ms'].median():.4g} ms vs no norm "
+                           f"{g[f'{k}_none_ms'].median():.4g} ms (medians over measurements); BN relative to no norm "
+                           f"{with_interval(mi.mean, mi.low, mi.high, '%', 1)} (n={mi.n}): {v}")
+    loaded = int((pd.to_numeric(m.cpu_wait, errors="coerce") > LOADED).sum())
+    threads = sorted({int(t) for t in m.threads if finite(t)})
+    details.append(f"{len(m)} measurement(s) of {int(m.repeats.median())} interleaved repeats each; threads "
+                   f"{', '.join(map(str, threads)) or 'unknown'}; device {', '.join(sorted(map(str, set(m.device))))}; "
+                   f"machine {', '.join(sorted(column(runs_table(exp), 'device_name').dropna().astype(str).unique())) or 'unknown'}"
+                   + (f"; {loaded} measured while other processes competed for the CPU (cpu wait > "
+                      f"{LOADED:.0%}): the interleaving shares such load between the arms" if loaded else ""))
+    figure = draw("C14", out, lambda: _relative_figure(m), details)
+    label, d = headline(settings)
+    evidence = (f"At {label} (least favourable of {len(settings)} settings: {m.batch_size.nunique()} batch size(s) x "
+                f"training step and inference pass) BN's time relative to no norm's is "
+                f"{with_interval(d.mean, d.low, d.high, '%', 1)} (positive: BN slower; per measurement BN's median "
+                "time over no norm's, minus 1, both arms timed in one process, interleaved; mean and 95% t interval "
+                "over measurements, one per run); verdict combined over every setting. Figure: the relative cost per "
+                "batch size, training step and inference pass, mean and 95% t interval.")
+    return runs.result(combine(v for *_, v in settings), STATISTIC, interval=d, unit="%",
+                       n=n_text([s[1].n for s in settings], "measurements per batch size"), evidence=evidence,
+                       figure=figure, details=details)
+
+
+def _relative_figure(m: pd.DataFrame) -> Figure:
+    fig, ax = panel()
+    sizes = sorted(m.batch_size.unique())
+    for i, (k, marker) in enumerate(zip(KINDS, ("o", "s"))):
+        shift = 2 ** (0.06 * (2 * i - 1))
+        mis = [mean_interval(m[m.batch_size == b][f"{k}_pct"]) for b in sizes]
+        errorbar(ax, [b * shift for b in sizes], mis, marker=marker, label=KIND_NAMES[k], color=f"C{i}")
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    log2_batch_axis(ax, m.batch_size)
+    label_axes(ax, "batch size", "BN's time relative to no norm's (%)",
+               "C14: BN's cost, arms interleaved in one process\n(mean and 95% t interval over measurements)")
+    return fig
+
+
+def _epoch_timings(runs: ClaimRuns, exp: ExperimentRuns, out: Path) -> ClaimResult:
     table, t = runs_table(exp), timing_table(exp)
     if t.empty or not {"none", "batch"} <= set(t.norm):
-        return runs.inconclusive(STATISTIC, "needs completed lone (unpacked) timed runs of both BN and no norm")
+        return runs.inconclusive(EPOCH_STATISTIC, "needs completed lone (unpacked) timed runs of both BN and no norm")
     settings, details, apart = [], [], []
     for label, g in setting_groups(exp.analysis, t):
         for b in sorted(g.batch_size.dropna().unique()):
@@ -64,15 +161,17 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     if not settings:
         why = (f"{NOT_COMPARABLE} at every batch size ({', '.join(apart)}): {NOT_COMPARABLE_WHY}" if apart
                else "no batch size has timed runs of both arms")
-        return runs.inconclusive(STATISTIC, why, figure=figure, details=details)
+        return runs.inconclusive(EPOCH_STATISTIC, why, figure=figure, details=details)
     label, d = headline(settings)
-    evidence = (f"At {label} (least favourable of {len(settings)}) BN's training step time relative to no norm's "
+    evidence = ("No interleaved cost measurement in these records (study/cost.py; the overhead preset's cost_repeats): "
+                "the trainer's per-epoch timings of separate runs stand in. "
+                f"At {label} (least favourable of {len(settings)}) BN's training step time relative to no norm's "
                 f"is {diff_text(d, '%', 1)} (positive: BN slower; interval: Welch difference over seeds divided by no "
                 "norm's mean; both arms timed in one process); verdict combined over batch sizes"
                 + (f" ({NOT_COMPARABLE}, left out: {', '.join(apart)})" if apart else "")
                 + ". Figure: milliseconds per training step by batch size and arm, mean and 95% t-interval over "
                 "seeds.")
-    return runs.result(combine(v for *_, v in settings), STATISTIC, interval=d, unit="%",
+    return runs.result(combine(v for *_, v in settings), EPOCH_STATISTIC, interval=d, unit="%",
                        n=n_text([d.n_a, d.n_b], "seeds per arm"), evidence=evidence, figure=figure, details=details)
 
 
