@@ -2,8 +2,8 @@
 
 `../shared/docs/protocol.md` lists the notebook's nine claims about BN and a
 table C1..C18 of checkable claims, each with the experiment that tests it
-(C16..C18, recurrent nets, conv nets and recomputed BN statistics, have no
-module yet); C19 (input scaling) is a finding of this study beyond that table.
+(C16 and C17, recurrent and conv nets, have no module yet); C19 (input
+scaling) is a finding of this study beyond that table.
 Every experiment is a preset (`conf/experiment/<name>.yaml`; `quick/<name>`
 is its smoke-test variant) and every run records the preset it was launched
 with (`experiment` in result.json).
@@ -78,6 +78,8 @@ CLAIMS: tuple[Claim, ...] = (
           "c13_linear_scaling", margin=1.0),
     Claim("C14", "BN costs compute", ("overhead",), "c14_cost", margin=5.0, plain_sweep=True),
     Claim("C15", "vanishing/exploding gradients are mitigated", ("deep",), "c15_deep_gradients", margin=0.25),
+    Claim("C18", "statistics recomputed with frozen weights (precise BN) match or beat the moving averages",
+          ("precise_bn",), "c18_precise_bn", margin=0.25),
     # A finding beyond the protocol's table: the notebook scales pixels to [-1, 1], the usual recipe to mean 0.
     Claim("C19", "BN makes the network insensitive to input scaling", ("input_scaling",),
           "c19_input_scaling", margin=0.5),
