@@ -103,9 +103,11 @@ def _interleaved(runs: ClaimRuns, exp: ExperimentRuns, m: pd.DataFrame, out: Pat
                            f"{with_interval(mi.mean, mi.low, mi.high, '%', 1)} (n={mi.n}): {v}")
     loaded = int((pd.to_numeric(m.cpu_wait, errors="coerce") > LOADED).sum())
     threads = sorted({int(t) for t in m.threads if finite(t)})
-    details.append(f"{len(m)} measurement(s) of {int(m.repeats.median())} interleaved repeats each; threads "
-                   f"{', '.join(map(str, threads)) or 'unknown'}; device {', '.join(sorted(map(str, set(m.device))))}; "
-                   f"machine {', '.join(sorted(column(runs_table(exp), 'device_name').dropna().astype(str).unique())) or 'unknown'}"
+    reps = pd.to_numeric(m.repeats, errors="coerce").dropna()
+    machines = sorted(column(runs_table(exp), "device_name").dropna().astype(str).unique())
+    details.append(f"{len(m)} measurement(s), {int(reps.median()) if len(reps) else 'n/a'} interleaved repeats each "
+                   f"(median); threads {', '.join(map(str, threads)) or 'unknown'}; device "
+                   f"{', '.join(sorted(map(str, set(m.device))))}; machine {', '.join(machines) or 'unknown'}"
                    + (f"; {loaded} measured while other processes competed for the CPU (cpu wait > "
                       f"{LOADED:.0%}): the interleaving shares such load between the arms" if loaded else ""))
     figure = draw("C14", out, lambda: _relative_figure(m), details)
