@@ -191,6 +191,23 @@ def sweep_is_gone(owner: Any) -> bool:
     return False
 
 
+def launcher_batch(launcher: DictConfig) -> int:
+    """Trials asked per batch when `n_jobs` is null: what the launcher runs at
+    once. Its `n_jobs` (packed, joblib; -1: the usable cores), submitit_slurm's
+    `array_parallelism`, the usable cores for submitit_local (local processes),
+    else 1 (Hydra's basic launcher runs one job at a time)."""
+    from study.resources import usable_cores
+
+    if "n_jobs" in launcher:
+        n = launcher.n_jobs
+        return usable_cores() if n is None or n < 0 else max(1, int(n))
+    if "array_parallelism" in launcher:
+        return max(1, int(launcher.array_parallelism))
+    if str(launcher.get("_target_", "")).endswith(".LocalLauncher"):
+        return usable_cores()
+    return 1
+
+
 # -------------------------------------------------------------- trial states
 def counts_toward_target(t: FrozenTrial) -> bool:
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
@@ -295,11 +312,17 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
             raise _user_error(f"hydra.sweeper.n_trials={n_trials} is not allowed: an integer >= 1")
 
     # ------------------------------------------------------------- helpers
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        from hydra_plugins.bn_study_launcher.packs import packing
+
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        # Confirmation reruns are packed under any launcher (trials never are: study.packing).
+        self.launcher = packing(self.launcher, hydra_context, config)
+
     def _batch_size(self) -> int:
         if self.batch is not None:
             return max(1, int(self.batch))
-        n = OmegaConf.select(self.config, "hydra.launcher.n_jobs", default=1)
-        return max(1, (os.cpu_count() or 1) if n is None or n < 0 else int(n))
+        return launcher_batch(self.config.hydra.launcher)
 
     def _direction(self) -> str:
         directions = self._get_directions()

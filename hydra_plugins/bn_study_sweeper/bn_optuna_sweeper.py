@@ -7,7 +7,9 @@ the study, and `pruner`, `cells`, `confirm_seeds` are added. What differs:
 
 - `n_trials` is per study (per cell) and a target: a rerun asks only the
   trials still missing (see `_impl.counts_toward_target`);
-- `n_jobs` (trials asked per batch) defaults to the launcher's `n_jobs`;
+- `n_jobs` (trials asked per batch) defaults to what the launcher runs at
+  once: its `n_jobs` (packed, joblib), `array_parallelism` (submitit_slurm),
+  the usable cores (submitit_local; `_impl.launcher_batch`);
 - `max_failure_rate` applies to jobs that *raise*; a run that diverges or
   crashes is recorded by the runner and never raises, so it never stops a
   sweep. The default 1.0 lets a sweep go on past raising jobs too; they are
@@ -56,7 +58,9 @@ class BnOptunaSweeperConf(OptunaSweeperConf):
     # reruns; a given name is used as is, plus `__<cell>` per cell.
     study_name: Optional[str] = None
     n_trials: int = 20  # per study (cell); counted trials, so a rerun tops up
-    n_jobs: Optional[int] = None  # trials per ask/tell batch; null: the launcher's n_jobs
+    # Trials per ask/tell batch; null: what the launcher runs at once (its n_jobs,
+    # submitit_slurm's array_parallelism, the usable cores for submitit_local).
+    n_jobs: Optional[int] = None
     max_failure_rate: float = 1.0
     params: Optional[dict[str, str]] = field(
         default_factory=lambda: {"lr": "tag(log, interval(1e-3, 1.0))"})

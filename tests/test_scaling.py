@@ -1,0 +1,76 @@
+"""Scaling out: cores under taskset and SLURM, one GPU per worker, trial
+batches that fit the launcher, and packs kept under the submitit launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from helpers import REPO, tiny_overrides
+from hydra_plugins.bn_study_sweeper._impl import launcher_batch
+from study.resources import usable_cores, worker_devices
+from test_cli import run_cli
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None or not hasattr(os, "sched_getaffinity"),
+                    reason="needs taskset and sched_getaffinity")
+def test_usable_cores_follow_taskset_not_the_machine():
+    code = "import os; from study.resources import usable_cores; print(usable_cores(), os.cpu_count())"
+    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True, env={k: v for k, v in os.environ.items() if not k.startswith("SLURM_")})
+    usable, machine = map(int, out.stdout.split())
+    assert usable == 1 and machine == os.cpu_count()
+
+
+def test_usable_cores_take_slurms_cpu_count_when_set():
+    mask = len(os.sched_getaffinity(0))
+    assert usable_cores({}) == mask
+    assert usable_cores({"SLURM_CPUS_PER_TASK": "1", "SLURM_CPUS_ON_NODE": "64"}) == 1
+    assert usable_cores({"SLURM_CPUS_ON_NODE": "1"}) == 1
+    assert usable_cores({"SLURM_CPUS_PER_TASK": str(mask + 8)}) == mask  # never above the affinity mask
+    assert usable_cores({"SLURM_CPUS_PER_TASK": ""}) == mask
+
+
+def test_each_worker_gets_its_own_gpu_only_with_several():
+    assert worker_devices("cuda", 4, 2) == ["cuda:0", "cuda:1"]
+    assert worker_devices("cuda", 2, 8) == ["cuda:0", "cuda:1"]  # at most one worker per GPU
+    assert worker_devices("cuda", 1, 4) == [None] * 4
+    assert worker_devices("cpu", 4, 3) == [None] * 3
+
+
+def test_trial_batches_fit_the_launcher():
+    def batch(**launcher):
+        return launcher_batch(OmegaConf.create(launcher))
+
+    assert batch(_target_="x.PackedLauncher", n_jobs=3) == 3
+    assert batch(_target_="x.PackedLauncher", n_jobs=-1) == usable_cores()
+    assert batch(_target_="hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+                 array_parallelism=32) == 32
+    assert batch(_target_="hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher") == usable_cores()
+    assert batch(_target_="hydra._internal.core_plugins.basic_launcher.BasicLauncher") == 1
+
+
+@pytest.mark.slow
+def test_submitit_local_keeps_the_default_grids_packs_and_builds_the_report(tmp_path, tiny_mnist):
+    """`hydra/launcher=submitit_local` with the default grid (norm none,batch x
+    seeds 0,1,2): two submitit tasks of three runs each, every run in its own
+    dir with its own record and Hydra job files, and the sweep's report."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", *tiny_overrides(tiny_mnist), "epochs=1", "hydra/launcher=submitit_local",
+                    f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/result.json"))]
+    assert sorted((r["config"]["model"]["norm"], r["seed"]) for r in recs) == sorted(
+        (n, s) for n in ("none", "batch") for s in (0, 1, 2))
+    assert all(r["status"] == "completed" and r["pack"]["size"] == 3 and r["pack"]["seeds"] == [0, 1, 2]
+               for r in recs)
+    assert len({r["env"]["process"] for r in recs}) == 2  # one submitit task per pack
+    assert len(list(sweep.glob("*/.hydra/config.yaml"))) == 6
+    assert len([p for p in (sweep / ".submitit").iterdir() if p.name.isdigit()]) == 2  # submitit job ids
+    assert (sweep / "report" / "report.html").is_file()
