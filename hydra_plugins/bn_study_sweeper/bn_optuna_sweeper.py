@@ -73,6 +73,17 @@ class BnOptunaSweeperConf(OptunaSweeperConf):
     # Fresh seeds: the tuning seed (`seed`, default 0) picked the best lr, so
     # its own run is biased upward (the winner's curse).
     confirm_seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
+    # Optuna's heartbeat (seconds): while a batch runs the sweep beats for its
+    # trials; a trial whose sweep stopped beating for `grace_period` (null:
+    # twice the interval) died, on any host: the next sweep on the study fails
+    # it and asks its params again. null: no heartbeat (dead sweeps are then
+    # found on their own host only).
+    heartbeat_interval: Optional[int] = 60
+    grace_period: Optional[int] = None
+    # Record paths stored in the study are relative to this dir (null: the
+    # dir the sweep starts in), so that another machine with its own copy of
+    # the results reads them (`python -m analysis URL --study NAME --root DIR`).
+    results_root: Optional[str] = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="bn_optuna", node=BnOptunaSweeperConf,
@@ -85,7 +96,8 @@ class BnOptunaSweeper(OptunaSweeper):
     def __init__(self, sampler: Any, direction: Any, storage: Any, study_name: Optional[str],
                  n_trials: int, n_jobs: Optional[int], max_failure_rate: float,
                  custom_search_space: Optional[str], params: Optional[DictConfig], pruner: Any,
-                 cells: bool, confirm_seeds: List[int]) -> None:
+                 cells: bool, confirm_seeds: List[int], heartbeat_interval: Optional[int] = 60,
+                 grace_period: Optional[int] = None, results_root: Optional[str] = None) -> None:
         # The plugin checks its arguments and instantiates the sampler; the
         # study's sweep logic then takes the place of the plugin's.
         super().__init__(sampler, direction, storage, study_name, n_trials, n_jobs or 1,
@@ -96,4 +108,5 @@ class BnOptunaSweeper(OptunaSweeper):
             sampler_conf=sampler, direction=direction, storage=storage, study_name=study_name,
             n_trials=n_trials, n_jobs=n_jobs, max_failure_rate=max_failure_rate,
             custom_search_space=custom_search_space, params=params, pruner=pruner, cells=cells,
-            confirm_seeds=list(confirm_seeds))
+            confirm_seeds=list(confirm_seeds), heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period, results_root=results_root)
