@@ -74,3 +74,50 @@ def test_submitit_local_keeps_the_default_grids_packs_and_builds_the_report(tmp_
     assert len(list(sweep.glob("*/.hydra/config.yaml"))) == 6
     assert len([p for p in (sweep / ".submitit").iterdir() if p.name.isdigit()]) == 2  # submitit job ids
     assert (sweep / "report" / "report.html").is_file()
+
+
+def test_the_report_from_a_storage_alone_with_every_record_elsewhere(tmp_path, capsys, monkeypatch):
+    """What a third machine sees: a study whose trials' and confirmation's
+    records live on other machines (relative paths that resolve nowhere
+    here). The report is built from the trial values and the study's
+    attributes, includes the confirmation run, and the command warns once."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from analysis.__main__ import main as analysis_main
+    from analysis.collect import collect
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    # What the bn_optuna sweeper stores (typed config; the cell and Hydra's fixed params as override strings).
+    study.set_user_attr("fixed_config", {"batch_size": 32, "model.norm": "batch", "epochs": 1, "seed": 0,
+                                         "model.hidden": [128, 64]})
+    study.set_user_attr("cell", {"model.norm": "batch"})
+    study.set_user_attr("objective", "val_acc")
+    for n, (lr, val) in enumerate([(0.01, 0.80), (0.1, 0.90), (0.5, 0.85)]):
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": lr}, distributions={"lr": FloatDistribution(1e-3, 1.0, log=True)}, value=val,
+            user_attrs={"record_path": f"sweep/{n}_lr={lr}/result.json", "status": "completed",
+                        "batch_size": "32"}))
+    study.set_user_attr("confirm", {"trial": 1, "params": {"lr": 0.1}, "seeds": [1], "n_completed": 1, "runs": [
+        {"seed": 1, "record_path": "sweep/3_lr=0.1,seed=1/result.json", "status": "completed", "reused": False,
+         "val_acc": 0.91, "test_acc": 0.89}]})
+    monkeypatch.chdir(tmp_path)
+
+    col = collect([url], "s")
+    runs = col.runs.set_index("run")
+    assert len(runs) == 4 and set(runs.status) == {"completed"}
+    assert list(runs.val_acc) == [0.80, 0.90, 0.85, 0.91]
+    confirm = runs.loc["s: confirm seed 1"]
+    assert (confirm.lr, confirm.seed, confirm.test_acc, confirm.batch_size) == (0.1, 1, 0.89, 32)
+    assert [p.kind for p in col.problems] == ["missing"] * 4
+
+    assert analysis_main([url, "--study", "s", "--out", str(tmp_path / "report")]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("warning: 4 run records could not be read here (4 missing; first: ")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "3 Optuna trials have no run record" in md and "1 confirmation runs have no run record here" in md
+    # With the records' root given, the same relative paths resolve (no record here: still missing, named there).
+    assert analysis_main([url, "--study", "s", "--root", str(tmp_path / "copy"), "--out", str(tmp_path / "r2")]) == 0
+    assert str(tmp_path / "copy" / "sweep" / "0_lr=0.01" / "result.json") in capsys.readouterr().err
