@@ -33,7 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from study.data import MNISTSplits, load_mnist
-from study.device import check_compile, configure_determinism, resolve_device
+from study.device import check_compile, configure_determinism, precision, resolve_device
 from study.errors import ConfigError
 from study.records import (CLAIM_FILE, RESULT_FILE, SCHEMA_VERSION, environment, now_iso, objective,  # noqa: F401
                            write_json_atomic)
@@ -200,7 +200,8 @@ def train_pack(cfg: DictConfig, members: list[Member], data: MNISTSplits, device
     started, t0 = now_iso(), time.perf_counter()
     outcomes, error = [None] * len(members), None
     try:
-        outcomes = train_runs(train_spec(cfg), seeds, data, device, lrs=lrs, tag=tag, on_epoch=on_epoch)
+        with precision(cfg.precision, device):  # fp32 | tf32 | bf16 (autocast)
+            outcomes = train_runs(train_spec(cfg), seeds, data, device, lrs=lrs, tag=tag, on_epoch=on_epoch)
     except Exception as e:
         log.error("%srun failed: %s", tag, e)
         error = {"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}

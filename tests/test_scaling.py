@@ -121,3 +121,36 @@ def test_the_report_from_a_storage_alone_with_every_record_elsewhere(tmp_path, c
     # With the records' root given, the same relative paths resolve (no record here: still missing, named there).
     assert analysis_main([url, "--study", "s", "--root", str(tmp_path / "copy"), "--out", str(tmp_path / "r2")]) == 0
     assert str(tmp_path / "copy" / "sweep" / "0_lr=0.01" / "result.json") in capsys.readouterr().err
+
+
+def test_bf16_on_cpu_trains_under_autocast_and_is_recorded(tmp_path, tiny_mnist):
+    """precision=bf16 on CPU: torch.autocast to bfloat16, with autograd (the
+    fused step computes float32 only). Its numbers are its own (rounding),
+    close to float32's; the record says which precision ran."""
+    from study.config import compose_config, validate
+    from study.packing import lr_packable
+    from study.runner import run_job
+
+    def run(name, *over):
+        cfg = compose_config([*tiny_overrides(tiny_mnist), "epochs=2", "model.norm=batch", "batch_size=32", *over])
+        validate(cfg)
+        return cfg, run_job(cfg, tmp_path / name)
+
+    bf16_cfg, bf16 = run("bf16", "precision=bf16")
+    _, fp32 = run("fp32", "fused=false")  # the same autograd step, float32
+    assert not lr_packable(bf16_cfg)  # bf16 never takes the fused step
+    assert bf16["status"] == fp32["status"] == "completed"
+    assert bf16["config"]["precision"] == "bf16" and fp32["config"]["precision"] == "fp32"
+    a, b = bf16["final"]["train_loss"], fp32["final"]["train_loss"]
+    assert a != b and abs(a - b) < 0.1 * b  # rounded differently, trained alike
+    assert bf16["final"]["test_acc"] > 0.5
+    import torch
+
+    assert torch.get_float32_matmul_precision() == "highest"  # the process-wide setting restored
+
+
+def test_a_bad_precision_is_one_line_exit_2(tmp_path, tiny_mnist):
+    proc = run_cli([*tiny_overrides(tiny_mnist), "precision=fp16", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [
+        "error: precision=fp16 is not allowed: one of fp32, tf32, bf16"]
