@@ -169,6 +169,6 @@ def test_a_sweep_killed_on_another_host_is_found_by_its_heartbeat_and_its_trial_
     trials = {t.number: t for t in study.get_trials()}
     assert trials[dead[0].number].state == TrialState.FAIL
     retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == dead[0].number]
-    assert len(retries) == 1 and retries[0].params == dead[0].params  # Optuna's RetryFailedTrialCallback
+    assert len(retries) == 1 and retries[0].params == dead[0].params  # Optuna's RetryHeartbeatStaleTrialCallback
     assert sum(counts_toward_target(t) for t in trials.values()) == 2
     assert study.user_attrs["confirm"]["n_completed"] == 1

@@ -154,3 +154,73 @@ def test_a_bad_precision_is_one_line_exit_2(tmp_path, tiny_mnist):
     assert proc.returncode == 2
     assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [
         "error: precision=fp16 is not allowed: one of fp32, tf32, bf16"]
+
+
+def test_the_example_slurm_launcher_composes_with_submitit():
+    from study.config import compose_config
+
+    launcher = compose_config(["hydra/launcher=slurm"], return_hydra_config=True).hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.cpus_per_task == 4 and launcher_batch(launcher) == launcher.array_parallelism == 32
+
+
+def test_a_stopped_heartbeat_fails_the_trial_and_asks_its_params_again(tmp_path):
+    """The sweeper beats for its running trials (Heartbeat); when the beats
+    stop for grace_period, the next sweep fails the trial, on any host, and
+    Optuna's retry callback queues its params."""
+    import time
+
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState
+
+    from hydra_plugins.bn_study_sweeper._impl import Heartbeat, ask, fail_dead_trials, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    trial = ask(study, {"lr": FloatDistribution(1e-3, 1.0, log=True)})
+    with Heartbeat(storage, [trial]):
+        time.sleep(3)  # beyond the grace period, but beating
+        assert fail_dead_trials(study) == 0
+    time.sleep(2.5)  # the beats stopped: dead
+    assert fail_dead_trials(study) == 1
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.FAIL
+    assert trials[1].state == TrialState.WAITING and trials[1].system_attrs["failed_trial"] == 0
+    assert trials[1].params == trials[0].params
+
+
+def test_one_sweep_claims_the_confirmation_of_a_best_trial(tmp_path):
+    import optuna
+
+    from hydra_plugins.bn_study_sweeper._impl import claim_confirmation, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=None, grace_period=None)
+    study = optuna.create_study(study_name="s", storage=storage)
+    assert claim_confirmation(storage, study, 3, [1, 2]) is True
+    assert claim_confirmation(storage, study, 3, [1, 2]) is False  # this sweep lives: its claim holds
+    assert claim_confirmation(storage, study, 5, [1, 2]) is True  # a new best is confirmed once more
+    # A claim of a dead sweep on this host is taken over.
+    study.set_user_attr("confirm_claim:7:1", {"sweep": {"host": os.uname().nodename, "pid": 2 ** 22 + 1,
+                                                         "start": "0"}})
+    assert claim_confirmation(storage, study, 7, [1]) is True
+
+
+def test_the_run_index_survives_moving_the_outputs_folder(tmp_path, tiny_mnist):
+    """Index entries hold the record's path relative to the index: copied or
+    mounted elsewhere, outputs/ (index and runs together) still reuses."""
+    from study.config import compose_config
+    from study.reuse import find_reusable
+    from study.runner import Member, member_config, plain_config, run_job
+
+    def cfg(outputs):
+        base = [o for o in tiny_overrides(tiny_mnist) if not o.startswith(("force=", "run_index="))]
+        return compose_config([*base, "epochs=1", f"run_index={outputs}/.run-index"])
+
+    run_job(cfg(tmp_path / "outputs"), tmp_path / "outputs" / "runs" / "a")
+    (entry,) = (tmp_path / "outputs" / ".run-index").glob("*.json")
+    assert json.loads(entry.read_text())["record"] == "../runs/a/result.json"
+    shutil.move(tmp_path / "outputs", tmp_path / "moved")
+    moved = cfg(tmp_path / "moved")
+    found = find_reusable(member_config(plain_config(moved), Member(0, float(moved.lr), tmp_path / "x")))
+    assert found is not None and found[0] == tmp_path / "moved" / "runs" / "a" / "result.json"

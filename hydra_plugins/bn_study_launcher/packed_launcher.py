@@ -28,7 +28,7 @@ state shared in a process), so a pack could run wherever a Hydra job runs,
 under another launcher too, while every run keeps its own dir and record.
 
 `n_jobs: 1` runs the packs one after another in this process; more (the
-default, -1, is one per core) runs them on joblib workers (loky processes),
+default, -1, is one per usable core: study.resources) runs them on joblib workers (loky processes),
 each with cores / workers torch threads when the config leaves `threads`
 unset. A run's numbers do not depend on its pack or launcher at a given
 thread count (tests/test_cli.py compares them); the thread count, recorded
@@ -45,7 +45,7 @@ from typing import Any, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class PackedLauncherConf:
     _target_: str = "hydra_plugins.bn_study_launcher.packed_launcher.PackedLauncher"
-    # Worker processes; 1 = in this process, -1 = one per core (at most one
+    # Worker processes; 1 = in this process, -1 = one per usable core (at most one
     # per pack). Workers cost a few seconds each to start (torch import).
     n_jobs: int = -1
     # Most runs trained as one model; larger groups are split into packs

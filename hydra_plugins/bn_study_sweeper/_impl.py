@@ -148,7 +148,7 @@ def open_storage(url: str, heartbeat_interval: Optional[int], grace_period: Opti
                  attempts: int = 5) -> optuna.storages.RDBStorage:
     """The study storage, with Optuna's heartbeat: a trial whose sweep stops
     beating for `grace_period` seconds (dead, on any host) is failed by the
-    next sweep on the study and its params asked again (RetryFailedTrialCallback).
+    next sweep on the study and its params asked again (RetryHeartbeatStaleTrialCallback).
 
     Sweeps started together on an empty PostgreSQL database race to create
     Optuna's schema (`CREATE TYPE studydirection`: one gets IntegrityError or
@@ -156,19 +156,41 @@ def open_storage(url: str, heartbeat_interval: Optional[int], grace_period: Opti
     """
     import sqlalchemy.exc
 
-    kwargs: dict[str, Any] = {}
-    if heartbeat_interval:
-        kwargs = dict(heartbeat_interval=int(heartbeat_interval), grace_period=grace_period,
-                      failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3))
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, **kwargs)
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5 (docs/scaling.md)
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                kwargs: dict[str, Any] = {}
+                if heartbeat_interval:
+                    kwargs = dict(heartbeat_interval=int(heartbeat_interval), grace_period=grace_period,
+                                  heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                                      max_retry=3))
+                return optuna.storages.RDBStorage(url, **kwargs)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
                 optuna.exceptions.StorageInternalError):
             if attempt == attempts - 1:
                 raise
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def fail_dead_trials(study: optuna.Study) -> int:
+    """Fail the RUNNING trials whose heartbeat stopped (a sweep dead on any
+    host); the storage's RetryHeartbeatStaleTrialCallback asks their params again.
+    Returns how many."""
+    before = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return before - len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def ask(study: optuna.Study, distributions: Optional[dict[str, BaseDistribution]] = None) -> Trial:
+    """`study.ask`, without Optuna's warning that a heartbeat storage is meant
+    for `optimize`: this sweeper beats for its asked trials itself (Heartbeat)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        return study.ask(distributions)
 
 
 class Heartbeat:
@@ -609,7 +631,7 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         study = self._open_study(storage, name, direction, self._fixed_config(task, plan), cell)
         if study.user_attrs.get("objective") != objective:  # what a trial's value is, for a report without records
             study.set_user_attr("objective", objective)
-        stale = self._fail_stale(study) + self._fail_dead(study)
+        stale = self._fail_stale(study) + fail_dead_trials(study)
         if stale:
             log.info("%s: %d trial%s left RUNNING by a dead sweep marked failed (not counted)",
                      name, stale, "s" if stale > 1 else "")
@@ -629,11 +651,11 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         errors: list[str] = []
         asked = 0
         while budget > 0:
-            budget += self._fail_dead(study)  # a sweep on another host died: its trials are asked again
+            budget += fail_dead_trials(study)  # a sweep on another host died: its trials are asked again
             k = min(batch, budget, target - self._done_or_in_flight(study))
             if k <= 0:
                 break  # another sweep on this study filled it
-            trials = [study.ask() for _ in range(k)]
+            trials = [ask(study) for _ in range(k)]
             try:
                 for t in trials:
                     t.set_user_attr("sweep", owner)
@@ -664,24 +686,16 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
             result.confirm, result.confirm_note = self._confirm_once(storage, study, plan, fixed, result.best)
         return result
 
-    def _fail_dead(self, study: optuna.Study) -> int:
-        """Fail the RUNNING trials whose heartbeat stopped (a sweep dead on any
-        host); Optuna's RetryFailedTrialCallback asks their params again."""
-        before = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        return before - len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-
     def _confirm_once(self, storage: optuna.storages.BaseStorage, study: optuna.Study, plan: SweepPlan,
                       fixed: dict[str, str], best: FrozenTrial) -> tuple[Optional[dict[str, Any]], Optional[str]]:
         """The study's one confirmation of its global best: run by the sweep
         that finishes last (no trial of another sweep still running), once
         per best trial and seeds, whichever of several sweeps gets there."""
-        busy = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+        # Queued (WAITING) trials do not count: in a full study nobody may ever ask them.
+        busy = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if busy:
-            return None, (f"{len(busy)} trial{'s' if len(busy) > 1 else ''} of another sweep still running "
-                          "or queued: the sweep that finishes last confirms the best")
+            return None, (f"{len(busy)} trial{'s' if len(busy) > 1 else ''} of another sweep still running: "
+                          "the sweep that finishes last confirms the best")
         done = study.user_attrs.get("confirm")
         if isinstance(done, dict) and done.get("trial") == best.number and done.get("seeds") == self.confirm_seeds:
             return done, "confirmed before"
