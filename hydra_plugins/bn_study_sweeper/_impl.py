@@ -3,14 +3,18 @@
 Per cell (one combination of the command line's comma lists):
 
 1. compose and check the cell's config; open its study (created with
-   `load_if_exists`); fail the trials that a dead sweep left RUNNING;
-2. ask the trials still missing in batches of `n_jobs`, launch their jobs
-   through the configured launcher with `trial.*` overrides (the job reports
+   `load_if_exists`); fail the trials that a dead sweep left RUNNING (its
+   process gone on this host, or its heartbeat stopped on any host);
+2. ask the trials still missing in batches of `n_jobs` (null: what the
+   launcher runs at once), launch their jobs through the configured launcher
+   with `trial.*` overrides while a thread beats for them (the job reports
    validation accuracy per epoch and stops when the study's pruner says so),
    and tell each trial its state from the job's run record;
-3. rerun the best trial's parameters with `confirm_seeds` (a plain batch of
-   jobs: the packed launcher trains them as one model; a finished run of the
-   same config is reused by the runner, not retrained).
+3. once per study, by the sweep that finishes last: rerun the global best
+   trial's parameters with `confirm_seeds` (a plain batch of jobs, trained
+   as one pack under any launcher; a finished run of the same config is
+   reused by the runner, not retrained). docs/scaling.md: many sweeps on
+   one study.
 
 A trial counts toward `n_trials` when it is COMPLETE or PRUNED, or FAIL with a
 run record (the run diverged or crashed while training: a result). Trials
