@@ -655,7 +655,11 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         errors: list[str] = []
         asked = 0
         while budget > 0:
-            budget += fail_dead_trials(study)  # a sweep on another host died: its trials are asked again
+            dead = fail_dead_trials(study)  # a sweep elsewhere died meanwhile: its trials are asked again
+            if dead:
+                log.info("%s: %d trial%s of a sweep whose heartbeat stopped marked failed (asked again)",
+                         name, dead, "s" if dead > 1 else "")
+                budget += dead
             k = min(batch, budget, target - self._done_or_in_flight(study))
             if k <= 0:
                 break  # another sweep on this study filled it
