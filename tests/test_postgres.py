@@ -1,6 +1,7 @@
 """Many sweeps on one PostgreSQL study, as on several machines: first starts
-at once on a fresh database, a sweep killed on another host, one
-confirmation per study, and the report from the storage alone.
+at once on a fresh database, a sweep killed on another host (a real one
+under `unshare --uts` as root; a stopped heartbeat left in the storage
+anywhere), one confirmation per study, and the report from the storage alone.
 
 They run against a real server: BN_STUDY_TEST_POSTGRES names one (a
 libpq URL with a user that may create databases; .ci/run starts a
@@ -173,3 +174,31 @@ def test_a_sweep_killed_on_another_host_is_found_by_its_heartbeat_and_its_trial_
     assert len(retries) == 1 and retries[0].params == dead[0].params  # Optuna's RetryHeartbeatStaleTrialCallback
     assert sum(counts_toward_target(t) for t in trials.values()) == 2
     assert study.user_attrs["confirm"]["n_completed"] == 1
+
+
+@pytest.mark.slow
+def test_a_trial_whose_heartbeat_stopped_on_another_host_is_retried(tmp_path, tiny_mnist, pg_url):
+    """The same recovery without root: a RUNNING trial owned by a sweep on
+    `other-host` that beat once and then stopped (what a dead sweep leaves)."""
+    from optuna.distributions import FloatDistribution
+
+    from hydra_plugins.bn_study_sweeper._impl import ask, open_storage
+
+    storage = open_storage(pg_url, heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name="shared", storage=storage, direction="maximize")
+    dead = ask(study, {"lr": FloatDistribution(1e-3, 1.0, log=True)})
+    dead.set_user_attr("sweep", {"host": "other-host", "pid": 1, "start": "0"})
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(3)  # past the grace period
+
+    out = subprocess.run(sweep_cmd(tmp_path, tiny_mnist, pg_url, "b", "epochs=1", "hydra.sweeper.n_trials=2",
+                                   "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2"),
+                         cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "1 trial left RUNNING by a dead sweep marked failed (not counted)" in out.stderr + out.stdout
+    trials = {t.number: t for t in study_of(pg_url).get_trials()}
+    assert trials[dead.number].state == TrialState.FAIL
+    retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retries) == 1 and retries[0].params == trials[dead.number].params
+    assert retries[0].state == TrialState.COMPLETE
+    assert sum(counts_toward_target(t) for t in trials.values()) == 2
