@@ -183,7 +183,7 @@ class Config:
     # Intra-op threads for torch; null = torch's default (one per core).
     threads: Optional[int] = None
     device: str = "cpu"  # cpu | cuda | auto
-    # fp32; tf32: float32 matmuls on TF32 tensor cores (CUDA Ampere+; no change on CPU);
+    # fp32; tf32: float32 matmuls on TF32 tensor cores (CUDA Ampere+; on CPU torch's "high" matmul precision);
     # bf16: mixed precision, torch.autocast to bfloat16 (float32 weights; trains with autograd).
     precision: str = "fp32"
     eval_batch_size: int = 10000

@@ -62,8 +62,7 @@ def set_deterministic(flag: bool) -> None:
 def precision(name: str, device: torch.device) -> Iterator[None]:
     """Train and evaluate in `name`: fp32 (float32 throughout); tf32 (float32
     matmuls may use TF32 tensor cores: CUDA Ampere and later; on CPU
-    torch's "high" matmul precision, the same numbers on CPUs without
-    reduced-precision units); bf16 (torch.autocast: matmuls in bfloat16, the
+    torch's "high" matmul precision, its effect there not measured); bf16 (torch.autocast: matmuls in bfloat16, the
     weights, optimizer and losses in float32). The matmul setting is
     process-wide: restored on exit, so the next pack of a worker starts from fp32."""
     before = torch.get_float32_matmul_precision()
