@@ -189,7 +189,9 @@ def run_identity(rec: dict[str, Any]) -> str:
 
 
 class _Builder:
-    def __init__(self) -> None:
+    def __init__(self, results_root: Path | None = None) -> None:
+        # Where relative record paths in a storage are looked up first (the sweep's results_root).
+        self.roots: list[Path] = [results_root] if results_root is not None else []
         self.rows: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
         self.records: list[dict[str, Any]] = []
@@ -236,6 +238,7 @@ class _Builder:
     def add_dir(self, root: Path) -> None:
         # A tuning sweep's studies first (their trials may sit in other dirs: a resumed sweep), so that the
         # trials carry their Optuna state; the dir's own records after them (each record is read once).
+        self.roots += [r for r in _results_roots(root) if r not in self.roots]
         for url, names in tuning_studies(root).items():
             try:
                 self.add_storage(url, names, root)
@@ -275,7 +278,7 @@ class _Builder:
             run = f"{name}: trial {trial.number}" if several or root is not None else f"trial {trial.number}"
             record_path = trial.user_attrs.get("record_path")
             if record_path:
-                path = _resolve_record_path(record_path, url)
+                path = _resolve_record_path(record_path, url, self.roots)
                 if not path.is_file():
                     self.problems.append(Problem(str(path), "missing", f"record of {run} not found"))
                 elif path.resolve() in self.seen:
@@ -286,14 +289,22 @@ class _Builder:
                     experiments.add(rec.get("experiment"))
                     continue
             params_only.append((trial, run, state, extra))
-        for path in _confirmation_records(study, url):
-            if path.is_file() and (rec := self.read(path)) is not None:
+        confirm_rows = []
+        for run_attrs, path in _confirmation_records(study, url, self.roots):
+            if path is not None and path.is_file() and (rec := self.read(path)) is not None:
                 self.add_record(rec, _run_name(path.parent, root) if root is not None else str(path.parent), path)
-        # Trials without a record: their objective value is the metric the sweep optimized, named by the
-        # other trials' records when they agree on it; so is their preset.
+            elif path is None or path.resolve() not in self.seen:
+                if path is not None:
+                    self.problems.append(Problem(str(path), "missing",
+                                                 f"record of {name}'s confirmation run (seed {run_attrs.get('seed')}) not found"))
+                confirm_rows.append((run_attrs, path))
+        # Trials without a record: their objective value is the metric the sweep optimized (the study's
+        # `objective` attribute, else the other trials' records when they agree on it); so is their preset.
         objectives.discard(None)
-        metric = objectives.pop() if len(objectives) == 1 else None
+        metric = study.user_attrs.get("objective") or (objectives.pop() if len(objectives) == 1 else None)
         cell = study.user_attrs.get("cell") if isinstance(study.user_attrs.get("cell"), dict) else {}
+        # What every trial of the study shares (the sweeper stores it): the config of a trial without a record.
+        fixed = study.user_attrs.get("fixed_config") if isinstance(study.user_attrs.get("fixed_config"), dict) else {}
         for trial, run, state, extra in params_only:
             # The sweeper's own word on a job (diverged, error, stale, ...) says more than FAIL.
             status = trial.user_attrs.get("status")
@@ -303,15 +314,31 @@ class _Builder:
                                    "error": trial.user_attrs.get("error")}
             if len(experiments) == 1:
                 row["experiment"] = next(iter(experiments))
-            for k, v in {**cell, **_config_attrs(trial.user_attrs), **trial.params}.items():
-                key = k.lstrip("+~")
-                key = COLUMN_NAMES.get(key, key)
-                row[key] = json.dumps(v) if isinstance(v, list) else v
-                if key not in self.config_columns and key != "seed":
-                    self.config_columns.append(key)
+            # The stored config's typed values over the override strings of the cell and Hydra's attributes.
+            self._config_row(row, {**cell, **_config_attrs(trial.user_attrs), **fixed, **trial.params})
             if metric in FINAL_METRICS and state == "completed":
                 row[metric] = num(extra["objective_value"])
             self.rows.append(row)
+        # Confirmation runs whose records are not here: the sweeper stored their metrics in the study.
+        confirm = study.user_attrs.get("confirm") if isinstance(study.user_attrs.get("confirm"), dict) else {}
+        for attrs, path in confirm_rows:
+            row = {"run": f"{name}: confirm seed {attrs.get('seed')}", "record": "", "study": name,
+                   "status": attrs.get("status") or "missing", "trial_state": "confirmation",
+                   **{k: num(attrs.get(k)) for k in FINAL_METRICS if k in attrs}}
+            if len(experiments) == 1:
+                row["experiment"] = next(iter(experiments))
+            params = confirm.get("params") if isinstance(confirm.get("params"), dict) else {}
+            self._config_row(row, {**cell, **fixed, **params, "seed": attrs.get("seed")})
+            self.rows.append(row)
+
+    def _config_row(self, row: dict[str, Any], config: dict[str, Any]) -> None:
+        """Config values (dotted keys, the study's column names) onto a row built from the storage."""
+        for k, v in config.items():
+            key = k.lstrip("+~")
+            key = COLUMN_NAMES.get(key, key)
+            row[key] = json.dumps(v) if isinstance(v, list) else v
+            if key not in self.config_columns and key != "seed":
+                self.config_columns.append(key)
 
 
 TUNING_RESULTS = "optimization_results.yaml"  # the bn_optuna sweeper's summary of a sweep (storage, studies)
@@ -342,12 +369,28 @@ def tuning_studies(root: Path) -> dict[str, list[str]]:
     return found
 
 
-def _confirmation_records(study: Any, url: str) -> list[Path]:
-    """The record paths of the study's confirmation runs (the sweeper's `confirm` attribute)."""
+def _results_roots(root: Path) -> list[Path]:
+    """The `results_root` of the tuning sweeps under `root`: their studies' record paths are relative to it."""
+    import yaml
+
+    roots = []
+    for path in sorted(root.rglob(TUNING_RESULTS), key=_natural_key):
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("results_root"), str):
+            roots.append(Path(doc["results_root"]))
+    return roots
+
+
+def _confirmation_records(study: Any, url: str, roots: Sequence[Path] = ()) -> list[tuple[dict[str, Any], Path | None]]:
+    """The study's confirmation runs (the sweeper's `confirm` attribute): each run's stored
+    attributes and its record path (None when it has none)."""
     confirm = study.user_attrs.get("confirm")
     runs = confirm.get("runs") if isinstance(confirm, dict) else None
-    return [_resolve_record_path(r["record_path"], url) for r in runs or []
-            if isinstance(r, dict) and isinstance(r.get("record_path"), str)]
+    return [(r, _resolve_record_path(r["record_path"], url, roots) if isinstance(r.get("record_path"), str) else None)
+            for r in runs or [] if isinstance(r, dict)]
 
 
 # Trial attributes the study's sweeper (hydra_plugins/bn_study_sweeper) writes about the job, not the config.
@@ -360,14 +403,17 @@ def _config_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attrs.items() if k not in TRIAL_BOOKKEEPING and not isinstance(v, (dict, list))}
 
 
-def _resolve_record_path(record_path: str, url: str) -> Path:
+def _resolve_record_path(record_path: str, url: str, roots: Sequence[Path] = ()) -> Path:
+    """A record path stored in a study: absolute, or relative to the sweep's results root (given with
+    --root, or named by the sweep dir's optimization_results.yaml), the current dir, or the SQLite file's dir."""
     path = Path(record_path).expanduser()
-    if path.is_absolute() or path.exists():
+    if path.is_absolute():
         return path
     db = sqlite_path(url)
-    if db is not None and (db.parent / path).exists():
-        return db.parent / path
-    return path
+    for base in [*roots, Path.cwd(), *([db.parent] if db is not None else [])]:
+        if (base / path).exists():
+            return base / path
+    return (roots[0] if roots else Path.cwd()) / path
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -425,13 +471,15 @@ def _tidy_types(df: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
     return df
 
 
-def collect(paths: Iterable[str | Path], study_name: str | Sequence[str] | None = None) -> Collection:
-    """The runs under `paths`; `study_name`: the Optuna study (or studies) of a storage URL among them."""
+def collect(paths: Iterable[str | Path], study_name: str | Sequence[str] | None = None,
+            results_root: str | Path | None = None) -> Collection:
+    """The runs under `paths`; `study_name`: the Optuna study (or studies) of a storage URL among them;
+    `results_root`: where the record paths that a storage holds (relative to it) are looked up first."""
     paths = [str(p) for p in paths]
     names = [study_name] if isinstance(study_name, str) else list(study_name or [])
     if not paths:
         raise AnalysisError("no input: give a sweep dir, a folder of runs, or an Optuna storage URL")
-    b = _Builder()
+    b = _Builder(Path(results_root).expanduser() if results_root is not None else None)
     studies: list[str] = []
     for p in paths:
         if is_storage_url(p):
@@ -455,6 +503,11 @@ def collect(paths: Iterable[str | Path], study_name: str | Sequence[str] | None 
         extra = f" ({'; '.join(found)})" if found else ""
         raise NoRecordsError(f"no run records found under {where}{extra}")
     runs = pd.DataFrame(b.rows)
+    # Rows from a storage alone (no record readable here) lack what only a record says: every column a
+    # record gives is there, empty where unknown.
+    for column, empty in run_row({"status": "", "config": {}}, "", "").items():
+        if column not in runs.columns:
+            runs[column] = empty if not isinstance(empty, str) else None
     runs = _tidy_types(runs, [c for c in [*b.config_columns, "seed"] if c in runs.columns])
     history = pd.DataFrame(b.history, columns=["run", *HISTORY_FIELDS])
     return Collection(runs=runs, history=history, records=b.records, config_columns=b.config_columns,

@@ -51,14 +51,20 @@ def default_out_dir(paths: list[str], studies: list[str]) -> Path:
 
 
 def build_report(paths: list[str | Path], out_dir: Path | None = None, *,
-                 study_name: str | Sequence[str] | None = None) -> Path:
+                 study_name: str | Sequence[str] | None = None, results_root: str | Path | None = None,
+                 problems: list[Any] | None = None) -> Path:
     """Collect every run record under `paths`, write the report folder, return it.
 
-    Raises `AnalysisError` (one-line message) for unusable input: no such
-    path, no records, an Optuna storage without the named study.
+    `results_root`: where relative record paths of a storage are looked up
+    first; `problems`, when given, receives the records that could not be
+    read (analysis.collect.Problem). Raises `AnalysisError` (one-line
+    message) for unusable input: no such path, no records, an Optuna storage
+    without the named study.
     """
     paths = [str(p) for p in paths]
-    col = collect(paths, study_name=study_name)
+    col = collect(paths, study_name=study_name, results_root=results_root)
+    if problems is not None:
+        problems.extend(col.problems)
     out = Path(out_dir) if out_dir is not None else default_out_dir(paths, col.studies)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / REPORT_HTML).exists())):
         raise AnalysisError(f"refusing to replace {out}: it exists and is not a report folder")
@@ -159,8 +165,11 @@ def findings_section(a: Analysis, results: list[ClaimResult], figures: dict[str,
     its figure's number) and, in an lr sweep, each cell's best-lr comparison."""
     status = Counter(a.runs.status)
     counts = ", ".join(f"{n} {s}" for s, n in status.most_common())
-    unrecorded = len(a.col.problems)
+    # A record missing here whose run the storage describes is one of the runs above (from the storage).
+    from_storage = int((a.runs.record == "").sum()) if "record" in a.runs else 0
+    unrecorded = max(0, len(a.col.problems) - from_storage)
     counts += f"; {unrecorded} more without a readable record, not counted" if unrecorded else ""
+    counts += f"; {from_storage} of them from the Optuna storage only" if from_storage else ""
     blocks: list[Any] = [Para(f"{len(a.runs)} runs ({counts}) in {len(a.cells)} cells "
                               f"({' x '.join(a.cell_keys)}); seeds are the replicates.")]
     tested = [r for r in results if r.verdict != NOT_RUN]
@@ -284,9 +293,14 @@ def protocol_section(a: Analysis) -> Section:
                      "(a forced retrain, other threads, or changed code); only the newest (finished_at) is "
                      f"counted: {listed}{more}.")
     params_only = runs[runs.record == ""] if "record" in runs else runs.iloc[:0]
-    if len(params_only):
-        items.append(f"{len(params_only)} Optuna trials have no run record: they appear with their "
+    confirmations = params_only[params_only.trial_state == "confirmation"] if "trial_state" in runs else params_only.iloc[:0]
+    trials = params_only.drop(confirmations.index)
+    if len(trials):
+        items.append(f"{len(trials)} Optuna trials have no run record: they appear with their "
                      "parameters, state and objective value only (no history, no test accuracy).")
+    if len(confirmations):
+        items.append(f"{len(confirmations)} confirmation runs have no run record here: they appear with the "
+                     "val_acc and test_acc the sweeper stored in the study (no history).")
     items.append("Out of scope: recurrent models (the notebook's limitation 9) are not studied here.")
     blocks.append(Bullets(items))
     blocks.extend(_problem_blocks(a))

@@ -97,7 +97,7 @@ class Analysis:
 
     @property
     def batch_sizes(self) -> list[int]:
-        return sorted(int(b) for b in self.runs["batch_size"].dropna().unique())
+        return sorted({int(b) for b in self.runs["batch_size"].dropna()})  # 32 and "32" (an override) are one
 
     def setting_label(self, row: pd.Series | dict[str, Any]) -> str:
         return ", ".join(f"{k}={fmt_value(row[k])}" for k in self.setting_keys)

@@ -184,6 +184,9 @@ class Config:
     # Intra-op threads for torch; null = torch's default (one per core).
     threads: Optional[int] = None
     device: str = "cpu"  # cpu | cuda | auto
+    # fp32; tf32: float32 matmuls on TF32 tensor cores (CUDA Ampere+; on CPU torch's "high" matmul precision);
+    # bf16: mixed precision, torch.autocast to bfloat16 (float32 weights; trains with autograd).
+    precision: str = "fp32"
     eval_batch_size: int = 10000
     # What the task function returns to a sweeper (a key of the record's `final`).
     objective: str = "val_acc"
@@ -214,6 +217,7 @@ class Config:
 OBJECTIVES = ("val_acc", "test_acc", "train_loss")
 MNIST_TRAIN_IMAGES = 60_000  # the official training set: data.val_size of them validate, the rest train
 DEVICES = ("cpu", "cuda", "auto")
+PRECISIONS = ("fp32", "tf32", "bf16")
 VALIDATION_PROBES = (Probe.activations.value, Probe.val_acc.value)  # the probes that read the validation split
 
 
@@ -235,6 +239,7 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     need(cfg.threads is None or cfg.threads >= 1, "threads", cfg.threads, "null or an integer >= 1")
     need(cfg.device in DEVICES, "device", cfg.device, "one of " + ", ".join(DEVICES))
+    need(cfg.precision in PRECISIONS, "precision", cfg.precision, "one of " + ", ".join(PRECISIONS))
     need(cfg.eval_batch_size >= 1, "eval_batch_size", cfg.eval_batch_size, "an integer >= 1")
     need(cfg.objective in OBJECTIVES, "objective", cfg.objective, "one of " + ", ".join(OBJECTIVES))
     need(cfg.progress_every >= 0, "progress_every", cfg.progress_every, "a number >= 0")

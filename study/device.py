@@ -3,11 +3,12 @@ and the training step eager or through torch.compile."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import sys
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.utils.deterministic
@@ -55,6 +56,28 @@ def set_deterministic(flag: bool) -> None:
         torch.use_deterministic_algorithms(flag)
     else:
         set_flag(flag, warn_only=False)
+
+
+@contextlib.contextmanager
+def precision(name: str, device: torch.device) -> Iterator[None]:
+    """Train and evaluate in `name`: fp32 (float32 throughout); tf32 (float32
+    matmuls may use TF32 tensor cores: CUDA Ampere and later; on CPU
+    torch's "high" matmul precision, its effect there not measured); bf16 (torch.autocast: matmuls in bfloat16, the
+    weights, optimizer and losses in float32). The matmul setting is
+    process-wide: restored on exit, so the next pack of a worker starts from fp32."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if name == "tf32" else "highest")
+    try:
+        if name == "bf16":
+            # No cast cache: it keeps the bfloat16 copy of each weight for the whole context, so that
+            # across optimizer steps every forward would use the first step's weights (measured: the
+            # loss stayed at its initial value while the float32 weights trained).
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False):
+                yield
+        else:
+            yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def compile_unavailable(device: torch.device) -> Optional[str]:

@@ -135,6 +135,8 @@ def environment(device: "torch.device", threads: int) -> dict[str, Any]:
     """What a reader needs to reproduce or compare a number."""
     import torch  # here, not at the top: the analysis and the sweeper read records without torch
 
+    from study.resources import usable_cores
+
     env = {
         "torch": torch.__version__,
         "torchvision": _version("torchvision"),
@@ -150,11 +152,20 @@ def environment(device: "torch.device", threads: int) -> dict[str, Any]:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
         "threads": threads,
-        "cpu_count": os.cpu_count(),
+        "cpu_count": os.cpu_count(),  # the machine's cores
+        "usable_cores": usable_cores(),  # the ones this process may use (affinity, SLURM's CPU count)
         "deterministic": torch.are_deterministic_algorithms_enabled(),
     }
     env.update(git_state())
     return env
+
+
+def objective(record: dict[str, Any], name: str) -> float:
+    """The number a sweeper optimizes; NaN for diverged, pruned or failed runs."""
+    value = (record.get("final") or {}).get(name)
+    if record["status"] != "completed" or value is None:
+        return math.nan
+    return float(value)
 
 
 class RecordError(ValueError):

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -68,7 +69,8 @@ def find_reusable(cfg: DictConfig) -> Optional[tuple[Path, dict[str, Any]]]:
     want = run_hash(cfg)
     entry = Path(cfg.run_index) / f"{want}.json"
     try:
-        path = Path(json.loads(entry.read_text())["record"])
+        # Relative to the index dir (or absolute, as older entries are).
+        path = Path(os.path.normpath(Path(cfg.run_index) / json.loads(entry.read_text())["record"]))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -85,9 +87,12 @@ def find_reusable(cfg: DictConfig) -> Optional[tuple[Path, dict[str, Any]]]:
 
 
 def index_run(cfg: DictConfig, record_path: Path) -> None:
-    """Make the finished run at `record_path` findable by `find_reusable`."""
-    write_json_atomic(Path(cfg.run_index) / f"{run_hash(cfg)}.json",
-                      {"record": str(record_path.resolve()), "indexed_at": now_iso()})
+    """Make the finished run at `record_path` findable by `find_reusable`.
+    The entry holds the record's path relative to the index dir, so that the
+    outputs folder (index and runs) can move or be mounted elsewhere."""
+    index = Path(cfg.run_index)
+    record = os.path.relpath(record_path.resolve(), index.resolve())
+    write_json_atomic(index / f"{run_hash(cfg)}.json", {"record": record, "indexed_at": now_iso()})
 
 
 def reused_record(found: tuple[Path, dict[str, Any]], overrides: list[str],

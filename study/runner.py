@@ -20,8 +20,8 @@ again (study/reuse.py).
 from __future__ import annotations
 
 import functools
+import json
 import logging
-import math
 import os
 import time
 import traceback
@@ -33,9 +33,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from study.data import MNISTSplits, load_mnist
-from study.device import check_compile, configure_determinism, resolve_device
+from study.device import check_compile, configure_determinism, precision, resolve_device
 from study.errors import ConfigError
-from study.records import CLAIM_FILE, RESULT_FILE, SCHEMA_VERSION, environment, now_iso, write_json_atomic
+from study.records import (CLAIM_FILE, RESULT_FILE, SCHEMA_VERSION, environment, now_iso, objective,  # noqa: F401
+                           write_json_atomic)
 from study.reuse import code_version, find_reusable, index_run, reused_record, run_hash
 from study.spec import train_spec
 from study.train import RunOutcome, train_runs
@@ -63,22 +64,25 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] = (),
     Hydra's choice), recorded so that the analysis finds each claim's runs.
     """
     pack = OmegaConf.select(cfg, "pack")
+    if isinstance(pack, str):  # written by the sweeper for a launcher that does not pack (hydra_plugins/.../packs.py)
+        pack = OmegaConf.create(json.loads(Path(pack).read_text()))
     if pack is None:
         return run_pack(cfg, [Member(int(cfg.seed), float(cfg.lr), Path(out_dir), tuple(overrides))], experiment)[0]
     members = [Member(int(m.seed), float(m.lr), Path(m.dir), tuple(m.overrides)) for m in pack.members]
     if members[0].dir.resolve() != Path(out_dir).resolve():
         raise ValueError(f"a pack's job runs in its first member's dir ({members[0].dir}), not {out_dir}")
-    return run_pack(cfg, members, experiment, pack.threads)[0]
+    return run_pack(cfg, members, experiment, pack.threads, pack.get("device"))[0]
 
 
 def run_pack(cfg: DictConfig, members: list[Member], experiment: Optional[str] = None,
-             threads: Optional[int] = None) -> list[dict[str, Any]]:
+             threads: Optional[int] = None, device_name: Optional[str] = None) -> list[dict[str, Any]]:
     """Write each member's `result.json` (in its dir); return the records.
 
     Members whose run already finished (same config and code) reuse it,
     unless `force`; the others train together as one pack. `threads` is the
     torch thread count when the config leaves `threads` unset (the packed
-    launcher's share of the cores per worker).
+    launcher's share of the cores per worker); `device_name` the launcher
+    worker's own GPU (`cuda:N`) where several workers share a machine's GPUs.
 
     Config and data errors propagate (no record: nothing ran). A crash during
     training is recorded as status `failed` for every member it trained and
@@ -90,7 +94,7 @@ def run_pack(cfg: DictConfig, members: list[Member], experiment: Optional[str] =
     to_train = [i for i, f in enumerate(found) if f is None]
     if to_train:  # the steps that can refuse a config come before any record is written
         threads = configure_determinism(cfg.threads if cfg.threads is not None else threads)
-        device = resolve_device(cfg.device)
+        device = resolve_device(device_name or cfg.device)
         check_compile(cfg.compile, device)
         data = get_data(cfg, device)
         check_batch_fits(cfg, data)
@@ -203,7 +207,8 @@ def train_pack(cfg: DictConfig, members: list[Member], data: MNISTSplits, device
     started, t0 = now_iso(), time.perf_counter()
     outcomes, error = [None] * len(members), None
     try:
-        outcomes = train_runs(train_spec(cfg), seeds, data, device, lrs=lrs, tag=tag, on_epoch=on_epoch)
+        with precision(cfg.precision, device):  # fp32 | tf32 | bf16 (autocast)
+            outcomes = train_runs(train_spec(cfg), seeds, data, device, lrs=lrs, tag=tag, on_epoch=on_epoch)
     except Exception as e:
         log.error("%srun failed: %s", tag, e)
         error = {"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}
@@ -235,10 +240,3 @@ def pack_tag(cfg: DictConfig, members: list[Member]) -> str:
     lrs = ",".join(f"{v:g}" for v in sorted({m.lr for m in members}))
     return f"[bs={cfg.batch_size} norm={cfg.model.norm} lr={lrs} seeds={seeds}, {len(members)} runs] "
 
-
-def objective(record: dict[str, Any], name: str) -> float:
-    """The number a sweeper optimizes; NaN for diverged, pruned or failed runs."""
-    value = (record.get("final") or {}).get(name)
-    if record["status"] != "completed" or value is None:
-        return math.nan
-    return float(value)

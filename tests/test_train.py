@@ -550,8 +550,8 @@ def test_the_launcher_asks_torch_only_for_cuda_or_compile(tiny_mnist):
     device=cuda or compile=true (then it must ask torch)."""
     python_ok("import sys\n"
               "from study.config import compose_config\n"
-              "from hydra_plugins.bn_study_launcher.packed_launcher import _check_torch\n"
-              f"_check_torch([compose_config(['data.root={tiny_mnist}', f'device={{d}}']) for d in ('cpu', 'auto')])\n"
+              "from hydra_plugins.bn_study_launcher.packs import check_torch\n"
+              f"check_torch([compose_config(['data.root={tiny_mnist}', f'device={{d}}']) for d in ('cpu', 'auto')])\n"
               "assert 'torch' not in sys.modules, 'torch was imported'\n"
               "print('ok')\n")
 
@@ -560,10 +560,10 @@ def test_packs_start_costliest_first_by_steps_and_samples(tiny_mnist):
     """The launcher's cost of a pack: many small steps (batch 8, 5 epochs) outweigh
     few large ones (batch 512), yet at an equal step budget the larger batch and
     the larger pack cost more."""
-    from hydra_plugins.bn_study_launcher.packed_launcher import _cost
+    from hydra_plugins.bn_study_launcher.packs import cost as pack_cost
 
     def cost(runs, *over):
-        return _cost(cfg_for(tiny_mnist, *over), runs)
+        return pack_cost(cfg_for(tiny_mnist, *over), runs)
 
     assert cost(3, "batch_size=8", "epochs=5") > cost(3, "batch_size=512", "epochs=5")
     assert cost(10, "batch_size=512", "steps=3000") > cost(10, "batch_size=8", "steps=3000")

@@ -12,8 +12,9 @@ both run it. What it adds to the plugin (hydra_optuna_sweeper):
   pruner says so;
 - trial state and metadata from each job's run record (`result.json`);
 - resume: a rerun tops every study up to `n_trials`, failing the trials a
-  dead sweep left RUNNING;
-- confirmation: the best trial of each cell rerun with `confirm_seeds`.
+  dead sweep left RUNNING (same host: its process; any host: Optuna's heartbeat);
+- confirmation: the best trial of each cell rerun with `confirm_seeds`,
+  once per study however many sweeps share it.
 
 The sweeper itself is in `_impl.py`, imported only when a sweep starts (Hydra
 imports every plugin module at startup).

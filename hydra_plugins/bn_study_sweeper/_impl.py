@@ -3,14 +3,18 @@
 Per cell (one combination of the command line's comma lists):
 
 1. compose and check the cell's config; open its study (created with
-   `load_if_exists`); fail the trials that a dead sweep left RUNNING;
-2. ask the trials still missing in batches of `n_jobs`, launch their jobs
-   through the configured launcher with `trial.*` overrides (the job reports
+   `load_if_exists`); fail the trials that a dead sweep left RUNNING (its
+   process gone on this host, or its heartbeat stopped on any host);
+2. ask the trials still missing in batches of `n_jobs` (null: what the
+   launcher runs at once), launch their jobs through the configured launcher
+   with `trial.*` overrides while a thread beats for them (the job reports
    validation accuracy per epoch and stops when the study's pruner says so),
    and tell each trial its state from the job's run record;
-3. rerun the best trial's parameters with `confirm_seeds` (a plain batch of
-   jobs: the packed launcher trains them as one model; a finished run of the
-   same config is reused by the runner, not retrained).
+3. once per study, by the sweep that finishes last: rerun the global best
+   trial's parameters with `confirm_seeds` (a plain batch of jobs, trained
+   as one pack under any launcher; a finished run of the same config is
+   reused by the runner, not retrained). docs/scaling.md: many sweeps on
+   one study.
 
 A trial counts toward `n_trials` when it is COMPLETE or PRUNED, or FAIL with a
 run record (the run diverged or crashed while training: a result). Trials
@@ -25,12 +29,16 @@ import datetime
 import functools
 import hashlib
 import itertools
+import json
 import logging
 import math
 import os
 import re
 import socket
 import statistics
+import threading
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -140,6 +148,120 @@ def resolve_storage(url: Any) -> str:
     return f"sqlite:///{path}?{query}"
 
 
+def open_storage(url: str, heartbeat_interval: Optional[int], grace_period: Optional[int],
+                 attempts: int = 5) -> optuna.storages.RDBStorage:
+    """The study storage, with Optuna's heartbeat: a trial whose sweep stops
+    beating for `grace_period` seconds (dead, on any host) is failed by the
+    next sweep on the study and its params asked again (RetryHeartbeatStaleTrialCallback).
+
+    Sweeps started together on an empty PostgreSQL database race to create
+    Optuna's schema (`CREATE TYPE studydirection`: one gets IntegrityError or
+    DuplicateObject); the loser finds the schema made on a retry.
+    """
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5 (docs/scaling.md)
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                kwargs: dict[str, Any] = {}
+                if heartbeat_interval:
+                    kwargs = dict(heartbeat_interval=int(heartbeat_interval), grace_period=grace_period,
+                                  heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                                      max_retry=3))
+                return optuna.storages.RDBStorage(url, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
+                optuna.exceptions.StorageInternalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def fail_dead_trials(study: optuna.Study) -> int:
+    """Fail the RUNNING trials whose heartbeat stopped (a sweep dead on any
+    host); the storage's RetryHeartbeatStaleTrialCallback asks their params again.
+    Returns how many."""
+    before = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return before - len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def ask(study: optuna.Study, distributions: Optional[dict[str, BaseDistribution]] = None) -> Trial:
+    """`study.ask`, without Optuna's warning that a heartbeat storage is meant
+    for `optimize`: this sweeper beats for its asked trials itself (Heartbeat)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        return study.ask(distributions)
+
+
+class Heartbeat:
+    """Records a heartbeat for each trial of a batch while its jobs run.
+
+    Optuna beats only inside `study.optimize`; an ask/tell sweep must do it
+    itself, or every trial would look dead to the other sweeps after
+    `grace_period`. A daemon thread: it dies with the sweep, and so do the beats.
+    """
+
+    def __init__(self, storage: optuna.storages.BaseStorage, trials: Sequence[Trial]) -> None:
+        self.storage, self.ids = storage, [t._trial_id for t in trials]
+        interval = storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
+        self.interval = interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name="optuna-heartbeat")
+
+    def _beat(self) -> None:
+        while True:
+            for trial_id in self.ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception as e:  # a lost connection: the next beat tries again
+                    log.warning("heartbeat of trial id %d not recorded: %s", trial_id, e)
+            if self.stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> "Heartbeat":
+        if self.interval:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+def claim_confirmation(storage: optuna.storages.BaseStorage, study: optuna.Study, trial: int,
+                       seeds: list[int]) -> bool:
+    """True for exactly one of the sweeps that ask at once: an INSERT of the
+    study attribute `confirm_claim:<trial>:<seeds>` under the storage's
+    unique (study, key) constraint, in one transaction (Optuna's own
+    set_user_attr updates an existing key instead, so two sweeps would both
+    win). A claim left by a dead sweep on this host is taken over."""
+    import sqlalchemy.exc
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    key = f"confirm_claim:{trial}:{','.join(map(str, seeds))}"
+    value = {"sweep": this_sweep(), "at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    rdb = getattr(storage, "_backend", storage)
+    if not isinstance(rdb, optuna.storages.RDBStorage):
+        raise _user_error("hydra.sweeper.storage must be an SQLAlchemy URL (an RDB storage)")
+    try:
+        with _create_scoped_session(rdb.scoped_session) as session:
+            session.add(models.StudyUserAttributeModel(study_id=study._study_id, key=key,
+                                                       value_json=json.dumps(value)))
+        return True
+    except sqlalchemy.exc.IntegrityError:
+        owner = (study.user_attrs.get(key) or {}).get("sweep")
+        if owner is not None and sweep_is_gone(owner):
+            study.set_user_attr(key, value)
+            return True
+        return False
+
+
 # ------------------------------------------------------------ sweep process
 def _proc_stat(pid: int) -> Optional[tuple[str, str]]:
     """(state, start time in clock ticks) of a Linux process; None if unknown."""
@@ -189,6 +311,23 @@ def sweep_is_gone(owner: Any) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def launcher_batch(launcher: DictConfig) -> int:
+    """Trials asked per batch when `n_jobs` is null: what the launcher runs at
+    once. Its `n_jobs` (packed, joblib; -1: the usable cores), submitit_slurm's
+    `array_parallelism`, the usable cores for submitit_local (local processes),
+    else 1 (Hydra's basic launcher runs one job at a time)."""
+    from study.resources import usable_cores
+
+    if "n_jobs" in launcher:
+        n = launcher.n_jobs
+        return usable_cores() if n is None or n < 0 else max(1, int(n))
+    if "array_parallelism" in launcher:
+        return max(1, int(launcher.array_parallelism))
+    if str(launcher.get("_target_", "")).endswith(".LocalLauncher"):
+        return usable_cores()
+    return 1
 
 
 # -------------------------------------------------------------- trial states
@@ -274,6 +413,7 @@ class CellResult:
     asked: int
     best: Optional[FrozenTrial]
     confirm: Optional[dict[str, Any]] = None
+    confirm_note: Optional[str] = None  # why this sweep did not run the confirmation
     errors: list[str] = field(default_factory=list)
 
 
@@ -281,7 +421,8 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
     def __init__(self, *, sampler_conf: DictConfig, direction: Any, storage: Any, study_name: Optional[str],
                  n_trials: int, n_jobs: Optional[int], max_failure_rate: float,
                  custom_search_space: Optional[str], params: Optional[DictConfig], pruner: Any,
-                 cells: bool, confirm_seeds: list[int]) -> None:
+                 cells: bool, confirm_seeds: list[int], heartbeat_interval: Optional[int] = None,
+                 grace_period: Optional[int] = None, results_root: Optional[str] = None) -> None:
         # The sampler is made per study (seeded per study), from its config.
         super().__init__(None, direction, storage, study_name, n_trials, n_jobs or 1, max_failure_rate,
                          custom_search_space, params)
@@ -291,15 +432,38 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
                                   if isinstance(pruner, DictConfig) else pruner) if pruner else None
         self.cells = cells
         self.confirm_seeds = [int(s) for s in confirm_seeds]
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+        self.results_root = Path(results_root or os.getcwd()).expanduser().resolve()
+        if heartbeat_interval is not None and heartbeat_interval < 1:
+            raise _user_error(f"hydra.sweeper.heartbeat_interval={heartbeat_interval} is not allowed: "
+                              "null (no heartbeat) or an integer >= 1 (seconds)")
+        if grace_period is not None and (heartbeat_interval is None or grace_period < heartbeat_interval):
+            raise _user_error(f"hydra.sweeper.grace_period={grace_period} is not allowed: null (twice "
+                              "heartbeat_interval) or an integer >= heartbeat_interval (seconds)")
         if n_trials < 1:
             raise _user_error(f"hydra.sweeper.n_trials={n_trials} is not allowed: an integer >= 1")
 
     # ------------------------------------------------------------- helpers
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        from hydra_plugins.bn_study_launcher.packs import packing
+
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        # Confirmation reruns are packed under any launcher (trials never are: study.packing).
+        self.launcher = packing(self.launcher, hydra_context, config)
+
     def _batch_size(self) -> int:
         if self.batch is not None:
             return max(1, int(self.batch))
-        n = OmegaConf.select(self.config, "hydra.launcher.n_jobs", default=1)
-        return max(1, (os.cpu_count() or 1) if n is None or n < 0 else int(n))
+        return launcher_batch(self.config.hydra.launcher)
+
+    def _stored_path(self, path: Path) -> str:
+        """A record's path as stored in the study: relative to `results_root`
+        when under it (another machine resolves it against its own copy), else absolute."""
+        real = path.resolve()
+        try:
+            return str(real.relative_to(self.results_root))
+        except ValueError:
+            return str(real)
 
     def _direction(self) -> str:
         directions = self._get_directions()
@@ -429,7 +593,7 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         rec, problem, reason = read_record(path)
         attrs: dict[str, Any] = {"overrides": list(ret.overrides or [])}
         if rec is not None:
-            attrs.update(record_path=str(path.resolve()), status=rec.get("status"),
+            attrs.update(record_path=self._stored_path(path), status=rec.get("status"),
                          diverged_at_step=rec.get("diverged_at_step"))
             if rec.get("reused_from"):
                 attrs["reused_from"] = rec["reused_from"]
@@ -469,7 +633,9 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         fixed = {**plan.fixed, **cell}
         objective = str(task.objective)
         study = self._open_study(storage, name, direction, self._fixed_config(task, plan), cell)
-        stale = self._fail_stale(study)
+        if study.user_attrs.get("objective") != objective:  # what a trial's value is, for a report without records
+            study.set_user_attr("objective", objective)
+        stale = self._fail_stale(study) + fail_dead_trials(study)
         if stale:
             log.info("%s: %d trial%s left RUNNING by a dead sweep marked failed (not counted)",
                      name, stale, "s" if stale > 1 else "")
@@ -489,17 +655,23 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         errors: list[str] = []
         asked = 0
         while budget > 0:
+            dead = fail_dead_trials(study)  # a sweep elsewhere died meanwhile: its trials are asked again
+            if dead:
+                log.info("%s: %d trial%s of a sweep whose heartbeat stopped marked failed (asked again)",
+                         name, dead, "s" if dead > 1 else "")
+                budget += dead
             k = min(batch, budget, target - self._done_or_in_flight(study))
             if k <= 0:
                 break  # another sweep on this study filled it
-            trials = [study.ask() for _ in range(k)]
+            trials = [ask(study) for _ in range(k)]
             try:
                 for t in trials:
                     t.set_user_attr("sweep", owner)
                 overrides = self._configure_trials(trials, plan.search, fixed, plan.passthrough)
                 overrides = [tuple(o) + trial_overrides + (f"trial.number={t.number}",)
                              for o, t in zip(overrides, trials)]
-                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+                with Heartbeat(storage, trials):  # other sweeps see these trials alive while they run
+                    returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             except BaseException:
                 self._fail(study, trials, "interrupted")
                 raise
@@ -519,8 +691,25 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         result = CellResult(study=name, cell=cell, objective=objective, counts=state_counts(trials),
                             asked=asked, best=self._best(study), errors=errors)
         if result.best is not None and self.confirm_seeds:
-            result.confirm = self._confirm(study, plan, fixed, result.best)
+            result.confirm, result.confirm_note = self._confirm_once(storage, study, plan, fixed, result.best)
         return result
+
+    def _confirm_once(self, storage: optuna.storages.BaseStorage, study: optuna.Study, plan: SweepPlan,
+                      fixed: dict[str, str], best: FrozenTrial) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+        """The study's one confirmation of its global best: run by the sweep
+        that finishes last (no trial of another sweep still running), once
+        per best trial and seeds, whichever of several sweeps gets there."""
+        # Queued (WAITING) trials do not count: in a full study nobody may ever ask them.
+        busy = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if busy:
+            return None, (f"{len(busy)} trial{'s' if len(busy) > 1 else ''} of another sweep still running: "
+                          "the sweep that finishes last confirms the best")
+        done = study.user_attrs.get("confirm")
+        if isinstance(done, dict) and done.get("trial") == best.number and done.get("seeds") == self.confirm_seeds:
+            return done, "confirmed before"
+        if not claim_confirmation(storage, study, best.number, self.confirm_seeds):
+            return None, f"another sweep is confirming trial {best.number}"
+        return self._confirm(study, plan, fixed, best), None
 
     def _best(self, study: optuna.Study) -> Optional[FrozenTrial]:
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -544,7 +733,7 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
             path = record_path_of(ret)
             rec, problem, _ = read_record(path)
             final = (rec or {}).get("final") or {}
-            runs.append({"seed": seed, "record_path": str(path.resolve()) if rec else None,
+            runs.append({"seed": seed, "record_path": self._stored_path(path) if rec else None,
                          "status": rec.get("status") if rec else problem,
                          "reused": bool(rec and rec.get("reused_from")),
                          "val_acc": _finite(final.get("val_acc")),
@@ -567,7 +756,7 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
                               "or hydra.sweeper.params.lr=...")
         direction = self._direction()
         url = resolve_storage(self.storage)
-        storage = optuna.storages.RDBStorage(url)
+        storage = open_storage(url, self.heartbeat_interval, self.grace_period)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         self.job_idx = next_job_index(sweep_dir)
@@ -602,16 +791,18 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
                     acc += f" +- {c['test_acc_sd']:.4f} sd"
                 line += (f"; confirm test_acc {acc} ({c['n_completed']}/{len(c['runs'])} seeds completed, "
                          f"{reused} reused finished runs)")
+            if r.confirm_note:
+                line += f" ({r.confirm_note})" if r.confirm else f"; not confirmed here: {r.confirm_note}"
             log.info(line)
             for e in r.errors[:3]:
                 log.warning("%s: a job raised: %s", r.study, e)
         log.info("all studies: %s", describe_counts(totals))
         log.info("storage: %s", url)
         log.info("dashboard: optuna-dashboard '%s'  (serves on 127.0.0.1:8080; no authentication)", url)
-        OmegaConf.save(OmegaConf.create(results_yaml(results, url)), sweep_dir / "optimization_results.yaml")
+        OmegaConf.save(OmegaConf.create(results_yaml(results, url, str(self.results_root))), sweep_dir / "optimization_results.yaml")
 
 
-def results_yaml(results: list[CellResult], url: str) -> dict[str, Any]:
+def results_yaml(results: list[CellResult], url: str, results_root: str) -> dict[str, Any]:
     """The plugin's optimization_results.yaml, one entry per study (and the plugin's
     top-level best_params/best_value when there is one study)."""
     studies = []
@@ -625,7 +816,7 @@ def results_yaml(results: list[CellResult], url: str) -> dict[str, Any]:
             "trials": r.counts,
             "confirm": r.confirm,
         })
-    out: dict[str, Any] = {"name": "optuna", "storage": url}
+    out: dict[str, Any] = {"name": "optuna", "storage": url, "results_root": results_root}
     if len(studies) == 1:
         out.update(best_params=studies[0]["best_params"], best_value=studies[0]["best_value"])
     out["studies"] = studies

@@ -7,7 +7,9 @@ the study, and `pruner`, `cells`, `confirm_seeds` are added. What differs:
 
 - `n_trials` is per study (per cell) and a target: a rerun asks only the
   trials still missing (see `_impl.counts_toward_target`);
-- `n_jobs` (trials asked per batch) defaults to the launcher's `n_jobs`;
+- `n_jobs` (trials asked per batch) defaults to what the launcher runs at
+  once: its `n_jobs` (packed, joblib), `array_parallelism` (submitit_slurm),
+  the usable cores (submitit_local; `_impl.launcher_batch`);
 - `max_failure_rate` applies to jobs that *raise*; a run that diverges or
   crashes is recorded by the runner and never raises, so it never stops a
   sweep. The default 1.0 lets a sweep go on past raising jobs too; they are
@@ -56,7 +58,9 @@ class BnOptunaSweeperConf(OptunaSweeperConf):
     # reruns; a given name is used as is, plus `__<cell>` per cell.
     study_name: Optional[str] = None
     n_trials: int = 20  # per study (cell); counted trials, so a rerun tops up
-    n_jobs: Optional[int] = None  # trials per ask/tell batch; null: the launcher's n_jobs
+    # Trials per ask/tell batch; null: what the launcher runs at once (its n_jobs,
+    # submitit_slurm's array_parallelism, the usable cores for submitit_local).
+    n_jobs: Optional[int] = None
     max_failure_rate: float = 1.0
     params: Optional[dict[str, str]] = field(
         default_factory=lambda: {"lr": "tag(log, interval(1e-3, 1.0))"})
@@ -69,6 +73,17 @@ class BnOptunaSweeperConf(OptunaSweeperConf):
     # Fresh seeds: the tuning seed (`seed`, default 0) picked the best lr, so
     # its own run is biased upward (the winner's curse).
     confirm_seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
+    # Optuna's heartbeat (seconds): while a batch runs the sweep beats for its
+    # trials; a trial whose sweep stopped beating for `grace_period` (null:
+    # twice the interval) died, on any host: the next sweep on the study fails
+    # it and asks its params again. null: no heartbeat (dead sweeps are then
+    # found on their own host only).
+    heartbeat_interval: Optional[int] = 60
+    grace_period: Optional[int] = None
+    # Record paths stored in the study are relative to this dir (null: the
+    # dir the sweep starts in), so that another machine with its own copy of
+    # the results reads them (`python -m analysis URL --study NAME --root DIR`).
+    results_root: Optional[str] = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="bn_optuna", node=BnOptunaSweeperConf,
@@ -81,7 +96,8 @@ class BnOptunaSweeper(OptunaSweeper):
     def __init__(self, sampler: Any, direction: Any, storage: Any, study_name: Optional[str],
                  n_trials: int, n_jobs: Optional[int], max_failure_rate: float,
                  custom_search_space: Optional[str], params: Optional[DictConfig], pruner: Any,
-                 cells: bool, confirm_seeds: List[int]) -> None:
+                 cells: bool, confirm_seeds: List[int], heartbeat_interval: Optional[int] = 60,
+                 grace_period: Optional[int] = None, results_root: Optional[str] = None) -> None:
         # The plugin checks its arguments and instantiates the sampler; the
         # study's sweep logic then takes the place of the plugin's.
         super().__init__(sampler, direction, storage, study_name, n_trials, n_jobs or 1,
@@ -92,4 +108,5 @@ class BnOptunaSweeper(OptunaSweeper):
             sampler_conf=sampler, direction=direction, storage=storage, study_name=study_name,
             n_trials=n_trials, n_jobs=n_jobs, max_failure_rate=max_failure_rate,
             custom_search_space=custom_search_space, params=params, pruner=pruner, cells=cells,
-            confirm_seeds=list(confirm_seeds))
+            confirm_seeds=list(confirm_seeds), heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period, results_root=results_root)

@@ -32,7 +32,11 @@ def applies(optimizer: Mapping[str, Any], model: Mapping[str, Any]) -> bool:
             and _name(model["activation"]) in ACTIVATIONS and _name(model["norm"]) in NORMS)
 
 
+PRECISIONS = ("fp32", "tf32")  # the step computes in the parameters' float32; bf16 (autocast) trains with autograd
+
+
 def trains(cfg: Any) -> bool:
     """Whether runs of `cfg` train with the fused step: `fused` on, and a
     setup it computes (else autograd and torch.optim train them)."""
-    return bool(cfg.fused) and applies(cfg.optimizer, cfg.model)
+    return (bool(cfg.fused) and applies(cfg.optimizer, cfg.model)
+            and str(cfg.get("precision", "fp32")) in PRECISIONS)

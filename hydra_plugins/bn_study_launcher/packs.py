@@ -1,0 +1,226 @@
+"""Packs under any launcher: the plan (which jobs train together) and, for a
+launcher other than `packed`, the sweeper's side of packing.
+
+`plan_packs` composes and checks every job's config (a bad value anywhere
+stops the sweep before any run), groups the jobs by study.packing.pack_key
+and splits groups above `max_pack`; the costliest packs come first.
+
+The `packed` launcher runs the plan itself (packed_launcher.py). Any other
+launcher (Hydra's basic or joblib, submitit_local, submitit_slurm, ...)
+gets it from the sweeper: `PackingLauncher` stands in front of it, launches
+one Hydra job per pack (one submitit task) and turns each pack's return
+into one return per run. The pack's job gets two overrides:
+
+    +pack=<sweep dir>/.packs/<first job number>.json   # the members, as the packed launcher puts them
+    hydra.sweep.subdir=<its first member's subdir>     # the job runs in its first member's dir
+
+and study.runner.run_job reads the members from that file. A file rather
+than the node itself in an override: members' dirs and overrides are any
+text (quotes, `${...}`), which Hydra's override grammar would reinterpret.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import HydraContext
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+Job = tuple[int, list[str]]  # a job's number and overrides
+PACKS_DIR = ".packs"  # under the sweep dir: one file per pack launched by PackingLauncher
+DEFAULT_MAX_PACK = 16  # the packed launcher's default (PackedLauncherConf.max_pack), used by PackingLauncher too
+
+
+def job_config(hydra_context: HydraContext, config: DictConfig, overrides: Sequence[str],
+               idx: int) -> DictConfig:
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+        sweep_config.hydra.job.num = idx
+    return sweep_config
+
+
+def task_config(sweep_config: DictConfig) -> DictConfig:
+    """The job's own config, without the `hydra` node."""
+    return OmegaConf.masked_copy(sweep_config, [k for k in sweep_config if k != "hydra"])
+
+
+def job_subdir(sweep_config: DictConfig) -> str:
+    """hydra.sweep.subdir of this job, resolved (Hydra's run_job resolves it the same way)."""
+    HydraConfig.instance().set_config(sweep_config)
+    return str(sweep_config.hydra.sweep.subdir)
+
+
+def job_dir(sweep_config: DictConfig) -> str:
+    """The dir Hydra's run_job gives this job (hydra.sweep.dir / hydra.sweep.subdir)."""
+    return os.path.abspath(os.path.join(str(sweep_config.hydra.sweep.dir), job_subdir(sweep_config)))
+
+
+def pack_members(configs: Sequence[DictConfig], dirs: Sequence[str], jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    """The `pack.members` node: the first is the job's own run."""
+    return [{"seed": int(c.seed), "lr": float(c.lr), "dir": d, "overrides": list(overrides)}
+            for c, d, (_, overrides) in zip(configs, dirs, jobs)]
+
+
+def check_torch(cfgs: Iterable[DictConfig]) -> None:
+    """`device: cuda` where torch sees no CUDA device, and `compile: true`
+    where torch.compile cannot build, are config errors before any run, like
+    a bad value. This loads torch (seconds), so only when some job asks for
+    cuda or compile: the launching process never trains."""
+    asks = {}  # device -> whether a job on it compiles: one check per device
+    for c in cfgs:
+        if str(c.device) == "cuda" or c.compile:
+            asks[str(c.device)] = asks.get(str(c.device), False) or bool(c.compile)
+    if asks:
+        from study.device import check_compile, resolve_device
+
+        for device, compiled in sorted(asks.items()):
+            check_compile(compiled, resolve_device(device))
+
+
+def _steps(cfg: DictConfig) -> float:
+    """Rough optimizer-step count of a job (as if it trained on all MNIST training images)."""
+    from study.config import MNIST_TRAIN_IMAGES
+
+    return cfg.steps if cfg.steps is not None else cfg.epochs * MNIST_TRAIN_IMAGES / cfg.batch_size
+
+
+# A training step's fixed cost (kernel launches, Python) in training samples'
+# worth of arithmetic: ~250 us a step vs ~6 us a sample on one thread here
+# (study.bench). Only the order of the packs depends on it.
+STEP_OVERHEAD_SAMPLES = 40
+
+
+def cost(cfg: DictConfig, runs: int) -> float:
+    """Rough training cost of a pack of `runs` runs of `cfg`: steps x (per-step
+    overhead + samples per step). Small batches cost in steps, large ones in
+    samples; packs are started costliest first."""
+    return _steps(cfg) * (STEP_OVERHEAD_SAMPLES + cfg.batch_size * runs)
+
+
+def plan_packs(hydra_context: HydraContext, config: DictConfig, job_overrides: Sequence[Sequence[str]],
+               initial_job_idx: int, max_pack: int, pack: bool) -> list[tuple[list[Job], DictConfig]]:
+    """Compose and check every job, then group them into packs, costliest first: each
+    pack's jobs and its first job's config."""
+    from study.config import validate
+    from study.packing import pack_key  # torch-free: this process never trains
+
+    groups: dict[Any, list[Job]] = {}
+    cfgs: dict[Any, DictConfig] = {}
+    for i, overrides in enumerate(job_overrides):
+        sweep_config = job_config(hydra_context, config, overrides, initial_job_idx + i)
+        task_cfg = task_config(sweep_config)
+        validate(task_cfg)
+        # The preset is recorded with each run: a pack's members share it.
+        key = ((pack_key(task_cfg), sweep_config.hydra.runtime.choices.get("experiment"))
+               if pack else initial_job_idx + i)
+        groups.setdefault(key, []).append((initial_job_idx + i, list(overrides)))
+        cfgs[key] = task_cfg
+    check_torch(cfgs.values())
+
+    packs, costs = [], []
+    for key, group in groups.items():
+        n = -(-len(group) // max_pack)  # packs of near-equal size, none above max_pack
+        for k in range(n):
+            packs.append((group[k * len(group) // n:(k + 1) * len(group) // n], cfgs[key]))
+            costs.append(cost(cfgs[key], len(packs[-1][0])))
+    # Costliest packs first: workers take the next pack as they free up, so that they finish together.
+    return [p for _, p in sorted(zip(costs, packs), key=lambda cp: -cp[0])]
+
+
+def member_return(pack: JobReturn, sweep_config: DictConfig, out_dir: str) -> JobReturn:
+    """What Hydra's run_job would return for a member that its pack's job
+    trained: the pack's status, and the member's objective from its record.
+    Its dir gets Hydra's job files, as a job dir does."""
+    from study.records import RESULT_FILE, objective, read_record
+
+    with read_write(sweep_config.hydra.runtime), open_dict(sweep_config.hydra.runtime):
+        sweep_config.hydra.runtime.output_dir = out_dir
+    task_cfg, hydra_cfg = task_config(sweep_config), OmegaConf.masked_copy(sweep_config, ["hydra"])
+    ret = JobReturn(overrides=list(sweep_config.hydra.overrides.task), cfg=task_cfg, hydra_cfg=hydra_cfg,
+                    working_dir=out_dir if sweep_config.hydra.job.chdir else pack.working_dir,
+                    task_name=pack.task_name, status=pack.status)
+    if pack.status is not JobStatus.COMPLETED:
+        ret.return_value = pack._return_value  # the pack's error is every member's
+        return ret
+    ret.return_value = objective(read_record(Path(out_dir) / RESULT_FILE), task_cfg.objective)
+    if sweep_config.hydra.output_subdir is not None:
+        saved = Path(out_dir) / str(sweep_config.hydra.output_subdir)
+        saved.mkdir(parents=True, exist_ok=True)
+        for name, node in (("config.yaml", task_cfg), ("hydra.yaml", hydra_cfg),
+                           ("overrides.yaml", sweep_config.hydra.overrides.task)):
+            (saved / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
+    return ret
+
+
+def _quote(value: str) -> str:
+    """A value Hydra's override parser reads back verbatim (a path, a subdir with `=` and `,`)."""
+    for q in ("'", '"'):
+        if q not in value and "\\" not in value and "${" not in value:
+            return f"{q}{value}{q}"
+    from study.errors import UserError
+
+    raise UserError(f"cannot pass {value!r} to a pack's job as an override (quotes, a backslash or '${{')")
+
+
+class PackingLauncher:
+    """The sweeper's packing in front of a launcher that does not pack.
+
+    `launch` has the launcher's signature and result (one JobReturn per
+    job, in order); each pack is one job of the launcher underneath.
+    """
+
+    def __init__(self, launcher: Any, hydra_context: HydraContext, config: DictConfig,
+                 max_pack: int = DEFAULT_MAX_PACK) -> None:
+        self.launcher, self.hydra_context, self.config, self.max_pack = launcher, hydra_context, config, max_pack
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the launcher's
+        return getattr(self.launcher, name)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        packs = [p for p, _ in plan_packs(self.hydra_context, self.config, job_overrides, initial_job_idx,
+                                          self.max_pack, True)]
+        if all(len(p) == 1 for p in packs):  # nothing to pack: the jobs as they came
+            return self.launcher.launch(job_overrides, initial_job_idx)
+        pack_dir = Path(str(self.config.hydra.sweep.dir)) / PACKS_DIR
+        pack_dir.mkdir(parents=True, exist_ok=True)
+        launched, members = [], []
+        for p in packs:
+            configs = [job_config(self.hydra_context, self.config, o, idx) for idx, o in p]
+            subdirs = [job_subdir(c) for c in configs]
+            dirs = [job_dir(c) for c in configs]
+            overrides = list(p[0][1]) + [f"hydra.sweep.subdir={_quote(subdirs[0])}"]
+            if len(p) > 1:
+                from study.records import write_json_atomic
+
+                path = pack_dir / f"{p[0][0]}.json"
+                write_json_atomic(path, {"threads": None, "members": pack_members(configs, dirs, p)})
+                overrides.append(f"+pack={_quote(str(path.resolve()))}")
+            launched.append(overrides)
+            members.append((configs, dirs))
+            log.info("\t#%d : %s%s", p[0][0], " ".join(p[0][1]), f"  [pack of {len(p)}]" if len(p) > 1 else "")
+        returns = self.launcher.launch(launched, initial_job_idx)
+        by_idx: dict[int, JobReturn] = {}
+        for p, ret, (configs, dirs) in zip(packs, returns, members):
+            by_idx[p[0][0]] = ret
+            for (idx, _), c, d in zip(p[1:], configs[1:], dirs[1:]):
+                by_idx[idx] = member_return(ret, c, d)
+        return [by_idx[initial_job_idx + i] for i in range(len(job_overrides))]
+
+
+def packing(launcher: Any, hydra_context: HydraContext, config: DictConfig) -> Any:
+    """The launcher a sweeper launches through: the `packed` launcher packs
+    itself; any other gets PackingLauncher in front of it."""
+    from .packed_launcher import PackedLauncher
+
+    if isinstance(launcher, (PackedLauncher, PackingLauncher)):
+        return launcher
+    return PackingLauncher(launcher, hydra_context, config)
+

@@ -1,0 +1,204 @@
+"""Many sweeps on one PostgreSQL study, as on several machines: first starts
+at once on a fresh database, a sweep killed on another host (a real one
+under `unshare --uts` as root; a stopped heartbeat left in the storage
+anywhere), one confirmation per study, and the report from the storage alone.
+
+They run against a real server: BN_STUDY_TEST_POSTGRES names one (a
+libpq URL with a user that may create databases; .ci/run starts a
+throwaway cluster on 127.0.0.1 and sets it). Each test makes its own
+database and drops it. Without the variable, or without the server, they skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from helpers import REPO, tiny_overrides
+from hydra_plugins.bn_study_sweeper._impl import counts_toward_target
+from test_cli import RUN
+
+DSN_VARIABLE = "BN_STUDY_TEST_POSTGRES"
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _server() -> str:
+    dsn = os.environ.get(DSN_VARIABLE)
+    if not dsn:
+        pytest.skip(f"no PostgreSQL: set {DSN_VARIABLE} (.ci/run starts one)")
+    psycopg = pytest.importorskip("psycopg", reason="the postgres extra: uv sync --extra postgres")
+    try:
+        psycopg.connect(dsn, connect_timeout=5).close()
+    except psycopg.OperationalError as e:
+        pytest.skip(f"PostgreSQL at {DSN_VARIABLE} not reachable: {str(e).splitlines()[0]}")
+    return dsn
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh, empty database on the test server; its SQLAlchemy URL (psycopg 3)."""
+    import psycopg
+
+    dsn = _server()
+    name = f"bn_study_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = dsn.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def sweep_cmd(tmp_path: Path, root: Path, url: str, sweep: str, *extra: str) -> list[str]:
+    """One study (lr tuned, 4 trials asked one at a time), its own sweep dir, a shared run index."""
+    base = [o for o in tiny_overrides(root) if not o.startswith(("force=", "run_index="))]
+    return RUN + ["-m", *base, f"run_index={tmp_path}/.run-index", "hydra.launcher.n_jobs=1",
+                  "hydra.callbacks.summary.report=false", "hydra/sweeper=optuna",
+                  f"hydra.sweeper.storage={url}", "hydra.sweeper.study_name=shared",
+                  "hydra.sweeper.n_jobs=1", "hydra.sweeper.confirm_seeds=[1]", "hydra.sweeper.pruner=null",
+                  "lr=tag(log, interval(1e-3, 1.0))", "model.norm=batch", "batch_size=32",
+                  f"hydra.sweep.dir={tmp_path / sweep}", *extra]
+
+
+def env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+
+
+def study_of(url: str) -> optuna.Study:
+    return optuna.load_study(study_name="shared", storage=url)
+
+
+@pytest.mark.slow
+def test_two_sweeps_at_once_on_a_fresh_database_share_one_study_and_confirm_once(tmp_path, tiny_mnist, pg_url):
+    """Started together on an empty database (both create Optuna's schema),
+    two sweeps fill one study; exactly one of them confirms its global best.
+    Then, with every record file gone, the report is built from the storage."""
+    cmds = [sweep_cmd(tmp_path, tiny_mnist, pg_url, s, "epochs=1", "hydra.sweeper.n_trials=4") for s in "ab"]
+    procs = [subprocess.Popen(c, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for c in cmds]
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
+    assert not any("IntegrityError" in o or "studydirection" in o for o in outs)
+
+    study = study_of(pg_url)
+    trials = study.get_trials()
+    counted = [t for t in trials if counts_toward_target(t)]
+    # Each sweep asks only what the study still lacks; two asking in the same
+    # instant may each take the last slot (one batch over, documented).
+    assert 4 <= len(counted) <= 5 and not [t for t in trials if t.state == TrialState.RUNNING]
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    confirm = study.user_attrs["confirm"]
+    assert confirm["trial"] == best.number and confirm["params"] == best.params  # the global best
+    claims = [k for k in study.user_attrs if k.startswith("confirm_claim:")]
+    assert claims == [f"confirm_claim:{best.number}:1"]
+    # One sweep ran the confirmation; the other said why not (or, had it ended last, reported it as before).
+    confirmed = [o for o in outs if "confirm test_acc" in o and "(confirmed before)" not in o]
+    assert len(confirmed) == 1, outs
+    recs = [json.loads(p.read_text()) for s in "ab" for p in (tmp_path / s).glob("*/result.json")]
+    assert sum(r["seed"] == 1 for r in recs) == 1  # the confirmation run trained once, in one sweep
+    # Record paths in the study are relative to the results root (the dir the sweeps started in).
+    assert all(not Path(t.user_attrs["record_path"]).is_absolute() for t in counted)
+    assert (tmp_path / counted[0].user_attrs["record_path"]).is_file()
+
+    # From a third machine: no record files at all.
+    for s in "ab":
+        shutil.rmtree(tmp_path / s)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "analysis", pg_url, "--study", "shared", "--out",
+                           str(elsewhere / "report")], cwd=elsewhere, capture_output=True, text=True,
+                          timeout=300, env=dict(env(), PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {len(counted) + 1} run records could not be read"), lines
+    md = (elsewhere / "report" / "report.md").read_text()
+    assert f"{len(counted)} Optuna trials have no run record" in md
+    assert "1 confirmation runs have no run record here" in md
+    assert "confirm seed 1" in (elsewhere / "report" / "results.csv").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
+                    reason="needs `unshare --uts` (root) to run a sweep under another hostname")
+def test_a_sweep_killed_on_another_host_is_found_by_its_heartbeat_and_its_trial_retried(tmp_path, tiny_mnist,
+                                                                                        pg_url):
+    """A sweep on host `other-host` dies (SIGKILL) with a trial RUNNING. The
+    next sweep, on this host, cannot ask that host's processes; the trial's
+    stopped heartbeat says it is dead: failed, its params asked again, the
+    study filled and confirmed."""
+    beat = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3"]
+    # Both sweeps run one config (the study refuses another); 20 epochs keep a trial running a while.
+    common = ("epochs=20", "hydra.sweeper.n_trials=2", *beat)
+    script = "hostname other-host && exec " + shlex.join(sweep_cmd(tmp_path, tiny_mnist, pg_url, "a", *common))
+    proc = subprocess.Popen(["unshare", "--uts", "sh", "-c", script], cwd=tmp_path, env=env(),
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before it was killed"
+            try:
+                running = study_of(pg_url).get_trials(states=(TrialState.RUNNING,))
+            except Exception:  # not created yet
+                running = []
+            if running and running[0].user_attrs.get("sweep"):
+                break
+            time.sleep(0.2)
+        time.sleep(1.5)  # a heartbeat or two
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    dead = study_of(pg_url).get_trials(states=(TrialState.RUNNING,))
+    assert len(dead) == 1 and dead[0].user_attrs["sweep"]["host"] == "other-host"
+    time.sleep(4)  # past the grace period
+
+    out = subprocess.run(sweep_cmd(tmp_path, tiny_mnist, pg_url, "b", *common), cwd=tmp_path, env=env(),
+                         capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "1 trial left RUNNING by a dead sweep marked failed (not counted)" in out.stderr + out.stdout
+    study = study_of(pg_url)
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[dead[0].number].state == TrialState.FAIL
+    retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == dead[0].number]
+    assert len(retries) == 1 and retries[0].params == dead[0].params  # Optuna's RetryHeartbeatStaleTrialCallback
+    assert sum(counts_toward_target(t) for t in trials.values()) == 2
+    assert study.user_attrs["confirm"]["n_completed"] == 1
+
+
+@pytest.mark.slow
+def test_a_trial_whose_heartbeat_stopped_on_another_host_is_retried(tmp_path, tiny_mnist, pg_url):
+    """The same recovery without root: a RUNNING trial owned by a sweep on
+    `other-host` that beat once and then stopped (what a dead sweep leaves)."""
+    from optuna.distributions import FloatDistribution
+
+    from hydra_plugins.bn_study_sweeper._impl import ask, open_storage
+
+    storage = open_storage(pg_url, heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name="shared", storage=storage, direction="maximize")
+    dead = ask(study, {"lr": FloatDistribution(1e-3, 1.0, log=True)})
+    dead.set_user_attr("sweep", {"host": "other-host", "pid": 1, "start": "0"})
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(3)  # past the grace period
+
+    out = subprocess.run(sweep_cmd(tmp_path, tiny_mnist, pg_url, "b", "epochs=1", "hydra.sweeper.n_trials=2",
+                                   "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2"),
+                         cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "1 trial left RUNNING by a dead sweep marked failed (not counted)" in out.stderr + out.stdout
+    trials = {t.number: t for t in study_of(pg_url).get_trials()}
+    assert trials[dead.number].state == TrialState.FAIL
+    retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retries) == 1 and retries[0].params == trials[dead.number].params
+    assert retries[0].state == TrialState.COMPLETE
+    assert sum(counts_toward_target(t) for t in trials.values()) == 2
