@@ -49,7 +49,8 @@ def main(cfg: DictConfig) -> float:
     out_dir = Path(hc.runtime.output_dir)
     try:
         validate(cfg)  # the job's one check, before torch loads: a bad value is reported at once
-        from study.runner import objective, run_job
+        from study.records import objective
+        from study.runner import run_job
 
         record = run_job(cfg, out_dir, overrides=list(hc.overrides.task),
                          experiment=hc.runtime.choices.get("experiment"))

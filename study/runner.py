@@ -35,8 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from study.data import MNISTSplits, load_mnist
 from study.device import check_compile, configure_determinism, precision, resolve_device
 from study.errors import ConfigError
-from study.records import (CLAIM_FILE, RESULT_FILE, SCHEMA_VERSION, environment, now_iso, objective,  # noqa: F401
-                           write_json_atomic)
+from study.records import CLAIM_FILE, RESULT_FILE, SCHEMA_VERSION, environment, now_iso, write_json_atomic
 from study.reuse import code_version, find_reusable, index_run, reused_record, run_hash
 from study.spec import train_spec
 from study.train import RunOutcome, train_runs

@@ -12,8 +12,8 @@ import torch
 from helpers import needs_cxx, tiny_overrides
 from study.config import compose_config
 from study.data import load_mnist
-from study.records import RESULT_FILE
-from study.runner import Member, claim_dir, objective, plain_config, run_job, run_pack
+from study.records import RESULT_FILE, objective
+from study.runner import Member, claim_dir, plain_config, run_job, run_pack
 from study.spec import train_spec
 from study.train import batches_per_epoch, train_runs
 
