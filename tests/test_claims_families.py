@@ -18,7 +18,7 @@ from analysis.stats import relative_difference, welch_difference
 BROKEN = "could not be computed"
 
 
-def record(exp: str, norm: str, seed: int, *, batch: int, test: float, family: str = "lstm", permute: bool = False,
+def record(exp: str | None, norm: str, seed: int, *, batch: int, test: float, family: str = "lstm", permute: bool = False,
            first: float = 0.5, seconds: float = 10.0, pack: int = 3, modes: tuple[float, float] | None = None,
            status: str = "completed") -> dict[str, Any]:
     done = status == "completed"
@@ -138,3 +138,11 @@ def test_c17_bn_advantage_in_the_conv_net(tmp_path: Path) -> None:
     recs = [r for r in recs if not (r["config"]["model"]["norm"] == "batch" and r["config"]["batch_size"] == 8)]
     recs += [record("cnn", "batch", s, batch=8, test=0.95 + s / 1000, family="cnn") for s in range(3)]
     assert run_claim("C17", tmp_path / "b", recs).verdict == INCONCLUSIVE  # + at 512, - at 8
+
+
+def test_c17_answered_by_a_plain_conv_net_sweep_but_not_by_an_mlp_one(tmp_path: Path) -> None:
+    acc = {("none", 64): 0.97, ("batch", 64): 0.985}
+    cnn = [record(None, n, s, batch=b, test=a + s / 1000, family="cnn") for (n, b), a in acc.items() for s in range(3)]
+    assert run_claim("C17", tmp_path / "cnn", cnn).verdict == SUPPORTED
+    mlp = [record(None, n, s, batch=b, test=a + s / 1000, family="mlp") for (n, b), a in acc.items() for s in range(3)]
+    assert run_claim("C17", tmp_path / "mlp", mlp).verdict == NOT_RUN

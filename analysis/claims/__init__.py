@@ -77,7 +77,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("C16b", "BN costs the LSTM compute per step", ("rnn",), "c16_recurrent"),
     Claim("C16c", "BN-LSTM's train/eval discrepancy is larger at small batch", ("rnn",), "c16_recurrent"),
     Claim("C16d", "LayerNorm does as well as BN in the LSTM", ("rnn",), "c16_recurrent"),
-    Claim("C17", "BN's benefits carry to conv nets (BatchNorm2d)", ("cnn",), "c17_conv_net"),
+    Claim("C17", "BN's benefits carry to conv nets (BatchNorm2d)", ("cnn",), "c17_conv_net", plain_sweep=True),
     # A finding beyond the protocol's table: the notebook scales pixels to [-1, 1], the usual recipe to mean 0.
     Claim("C19", "BN makes the network insensitive to input scaling", ("input_scaling",), "c19_input_scaling"),
 )

@@ -1,7 +1,9 @@
 """C17: BN's benefits carry to conv nets (BatchNorm2d).
 
 Runs: the cnn preset (the notebook grid of C1 on `model=cnn`: no norm vs
-BatchNorm2d at batch 8, 64 and 512, lr 0.01, 5 epochs). Statistic: per
+BatchNorm2d at batch 8, 64 and 512, lr 0.01, 5 epochs), or a sweep without
+a preset whose runs are all conv nets of both arms (`python study/run.py -m
+model=cnn batch_size=8,64,512` answers it in its own report). Statistic: per
 batch size, BN minus no-norm test accuracy (Welch over seeds); the verdict
 combines the batch sizes and the headline is the least favourable one. The
 details add C1's reading on the conv net (BN's advantage at the largest
@@ -18,7 +20,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (DIVERGED_NOTE, ClaimResult, ClaimRuns, acc_values, clamp_axis, combine,
+from analysis.claims.common import (DIVERGED_NOTE, ClaimResult, ClaimRuns, ExperimentRuns, acc_values, clamp_axis, combine,
                                     counts_note, diff_text, draw, headline, label_axes, log2_batch_axis, mean_band,
                                     n_text, palette, panel, runs_table, verdict_of)
 from analysis.stats import Difference, contrast, welch_difference
@@ -27,6 +29,12 @@ from analysis.summary import norm_name, norm_order
 LITERATURE = ("Ioffe & Szegedy 2015 (Inception, ImageNet): BN's accuracy in 14x fewer steps (with a 5x lr); "
               "Santurkar et al. 2018 (VGG, CIFAR-10, SGD lr 0.1, batch 128): 83% with BN vs 80% without")
 STATISTIC = "BN minus no-norm test accuracy of the conv net at each batch size, in points, expected > 0"
+
+
+def tests_plain_sweep(exp: ExperimentRuns) -> bool:
+    df = exp.runs
+    return ("model.family" in df and set(df["model.family"].dropna().astype(str)) == {"cnn"}
+            and {"none", "batch"} <= set(df.norm.dropna()))
 
 
 def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
