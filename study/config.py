@@ -240,6 +240,9 @@ def _validate_family(family: str, norm: str, cfg: DictConfig, need: Any) -> None
              "a list of 1 to 4 integers >= 1 (each conv block halves the 28x28 image)")
     if family == ModelFamily.lstm.value:
         need(len(m.hidden) == 1, "model.hidden", list(m.hidden), "[units]: model=lstm has one LSTM layer")
+        # Dynamo refuses nn.LSTM (its RNN support is experimental, off by default); the hand-written cells compile.
+        need(not (cfg.compile and norm == Norm.none.value), "compile", "true",
+             "false with model=lstm model.norm=none (torch.compile does not trace nn.LSTM)")
         need(math.isfinite(m.bn_scale_init) and m.bn_scale_init > 0, "model.bn_scale_init", m.bn_scale_init,
              "a number > 0")
     else:

@@ -254,6 +254,7 @@ def test_looped_pack_trains_each_member_as_alone(family, norm):
     (["model=cnn", "probes.kinds=[grad_norms]"], "probes.kinds"),
     (["model=mlp", "model.bn_scale_init=0.1"], "model.bn_scale_init"),
     (["model=lstm", "model.norm=batch_shared", "batch_size=1"], "batch_size"),
+    (["model=lstm", "compile=true"], "compile"),
 ])
 def test_family_config_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as e:
@@ -312,3 +313,28 @@ def test_training_a_family_end_to_end_is_deterministic(tiny_mnist, tmp_path, fam
     assert h["train_loss"] == pytest.approx(alone[0].history[-1]["train_loss"], rel=1e-6)
     assert pack[1].probes["final"]["modes"] == alone[0].probes["final"]["modes"]
     assert pack[0].history[-1]["test_acc"] != h["test_acc"] or pack[0].history[-1]["train_loss"] != h["train_loss"]
+
+
+@pytest.mark.slow
+def test_the_rnn_preset_runs_end_to_end_with_its_claims_in_the_report(tmp_path, tiny_mnist):
+    """experiment=quick/rnn through the real CLI on tiny data: every arm at batch 8 and 128, the
+    records, and a report whose Findings carry the C16 rows."""
+    import json
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, str(REPO / "study" / "run.py"), "-m", "experiment=quick/rnn",
+                           *tiny_overrides(tiny_mnist), "steps=4", "model.hidden=[8]", "seed=0,1",
+                           f"hydra.sweep.dir={sweep}"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recs = [json.loads(p.read_text()) for p in sweep.glob("*/result.json")]
+    assert {(r["config"]["model"]["norm"], r["config"]["batch_size"]) for r in recs} == {
+        (n, b) for n in ("none", "batch", "batch_shared", "layer") for b in (8, 128)}
+    assert len(recs) == 16 and all(r["status"] == "completed" and r["experiment"] == "quick/rnn" for r in recs)
+    assert all(r["pack"]["size"] == 1 and "modes" in r["probes"]["final"] for r in recs)
+    report = (sweep / "report" / "report.md").read_text()
+    for row in ("C16:", "C16b:", "C16c:", "C16d:"):
+        assert row in report
