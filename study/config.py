@@ -336,6 +336,7 @@ def validate(cfg: DictConfig) -> None:
 
     d = cfg.data
     need(d.name == "mnist", "data.name", d.name, "mnist")
+    need(d.permute_seed >= 0, "data.permute_seed", d.permute_seed, "an integer >= 0")
     # The training split must hold one batch (BN: of 2+ examples), or a run
     # silently trains full-batch (batch_size above it) or takes no step at all.
     min_batch = 2 if batch_stats else 1

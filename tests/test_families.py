@@ -255,6 +255,7 @@ def test_looped_pack_trains_each_member_as_alone(family, norm):
     (["model=mlp", "model.bn_scale_init=0.1"], "model.bn_scale_init"),
     (["model=lstm", "model.norm=batch_shared", "batch_size=1"], "batch_size"),
     (["model=lstm", "compile=true"], "compile"),
+    (["data.permute=true", "data.permute_seed=-1"], "data.permute_seed"),
 ])
 def test_family_config_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as e:
