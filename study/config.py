@@ -121,7 +121,7 @@ class ModelConfig:
     groups: int = 8  # norm=group: feature groups (must divide every hidden width)
     # model=cnn: output channels of each 3x3 conv block (each halves the image: 28 -> 14 -> 7 ...).
     channels: List[int] = field(default_factory=lambda: [16, 32])
-    channels_last: bool = False  # model=cnn: NHWC activations and weights (faster convs on CPU, measured)
+    channels_last: bool = False  # model=cnn (whose yaml sets true): NHWC activations and weights (docs/speed.md)
     # model=lstm: the BN scales' initial value (Cooijmans et al. 2016: 0.1); the
     # other families keep PyTorch's 1.
     bn_scale_init: float = 1.0
