@@ -30,7 +30,7 @@ BIASED_NOTE = "selected on this seed: biased upward"
 SCIENTIFIC = ("norm", "batch_size")  # always the leading cell keys, varying or not
 BASELINE_NORM = "none"
 NORM_NAMES = {"none": "no norm", "batch": "BN", "ghost": "ghost BN", "layer": "LayerNorm",
-              "group": "GroupNorm"}
+              "group": "GroupNorm", "batch_shared": "BN, shared statistics"}  # the last: model=lstm only
 # Diverged runs count as this validation accuracy when picking a cell's best lr,
 # so that an lr at which some seed blew up is not "best" on its surviving seeds.
 DIVERGED_SELECTION_SCORE = 0.0

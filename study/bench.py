@@ -31,6 +31,12 @@ flatter the trainer), turned into a samples/s ceiling for the model (3 x the
 forward matmul flops per training sample: the forward matmul, and the two of
 the backward pass).
 
+With `model=cnn` (the conv net, study/convnet.py) the same rows compare the
+conv net in the notebook's plain nn.Module loop with the trainer, whose pack
+of K runs them one after the other (study/looped.py), and the ceiling
+counts the convolutions' flops too; `model.channels_last=false` measures
+NCHW convolutions.
+
 The trainer's samples/s is its own number (the history's
 ``samples_per_second`` times ``epoch_seconds``, summed over epochs: training
 time only, evaluation excluded); the notebook is timed here around its loop.
@@ -99,21 +105,38 @@ def cell_config(cfg: DictConfig, batch_size: int, norm: str, steps: Optional[int
     return c
 
 
+BENCH_FAMILIES = ("mlp", "cnn")  # the families whose matmul/conv flops flops_per_sample counts
+
+
 def architecture(cfg: DictConfig) -> str:
     m = cfg.model
-    return "-".join(str(w) for w in [m.in_features, *m.hidden, m.out_features])
+    widths = "-".join(str(w) for w in [m.in_features, *m.hidden, m.out_features])
+    if m.family == "cnn":  # conv blocks' channels, then the head
+        return f"cnn conv {'-'.join(str(c) for c in m.channels)}, head {widths}"
+    return widths
 
 
 def flops_per_sample(cfg: DictConfig) -> int:
-    """Matmul flops of one training sample: 3 x forward (2 x in x out per Linear).
+    """Matmul and conv flops of one training sample: 3 x forward.
 
-    The backward pass does two matmuls per Linear (input and weight
-    gradients), each as costly as the forward one. Biases, norms and
-    activations are elementwise and left out.
+    Forward: 2 x in x out per Linear; 2 x (in channels x 3 x 3) per output
+    value of a Conv2d (measured on one image through forward hooks). The
+    backward pass does two such products per layer (input and weight
+    gradients), each as costly as the forward one. Biases, norms, pooling
+    and activations are elementwise and left out.
     """
-    model = build_member(train_spec(cfg).model, 0)
-    return 3 * sum(2 * m.in_features * m.out_features for m in model.modules()
-                   if isinstance(m, torch.nn.Linear))
+    model = build_member(train_spec(cfg).model, 0).eval()
+    flops = []
+
+    def count(m: torch.nn.Module, _inputs: Any, out: torch.Tensor) -> None:
+        flops.append(2 * m.weight[0].numel() * out[0].numel())  # (per output value) x output values
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    with torch.no_grad():
+        model(torch.zeros(1, cfg.model.in_features))
+    for h in hooks:
+        h.remove()
+    return 3 * sum(flops)
 
 
 # -------------------------------------------------------------- measuring
@@ -395,6 +418,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_verify:
         overrides.append("data.verify=false")
     cfg = bench_config(overrides)
+    if cfg.model.family not in BENCH_FAMILIES:
+        raise UserError(f"model={cfg.model.family} is not benchmarked here: study.bench measures model="
+                        f"{' or model='.join(BENCH_FAMILIES)} (docs/speed.md has the lstm's step costs)")
     if cfg.compile:
         raise UserError("compile=true is not allowed here: the trainer rows measure the default trainer; "
                         "--compile-batches adds the compiled one (default: at every batch size)")

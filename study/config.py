@@ -27,6 +27,7 @@ class Norm(str, Enum):
     ghost = "ghost"  # BN over virtual batches of model.ghost_size (Hoffer et al. 2017)
     layer = "layer"  # LayerNorm over a layer's features (Ba et al. 2016)
     group = "group"  # GroupNorm, model.groups groups of features (Wu & He 2018)
+    batch_shared = "batch_shared"  # model=lstm: BN-LSTM with one set of population statistics for all time steps
 
 
 class Activation(str, Enum):
@@ -86,12 +87,18 @@ class DataConfig:
     val_size: int = 5000
     split_seed: int = 0
     normalize: Normalize = Normalize.notebook
+    # One fixed permutation of the 784 pixels (seeded by permute_seed), the
+    # same for every image and split: permuted MNIST (Cooijmans et al. 2016).
+    permute: bool = False
+    permute_seed: int = 0
 
 
 class ModelFamily(str, Enum):
     """`model=<family>` (conf/model/<family>.yaml); study.train.FAMILIES builds it."""
 
     mlp = "mlp"  # Linear -> norm -> activation layers (study/model.py)
+    cnn = "cnn"  # conv -> norm -> activation -> pool blocks, then an MLP head (study/convnet.py)
+    lstm = "lstm"  # one LSTM layer reading 28 rows of 28 pixels (study/recurrent.py)
 
 
 @dataclass
@@ -113,6 +120,12 @@ class ModelConfig:
     bias_before_norm: bool = True
     ghost_size: int = 32  # norm=ghost: examples per virtual batch
     groups: int = 8  # norm=group: feature groups (must divide every hidden width)
+    # model=cnn: output channels of each 3x3 conv block (each halves the image: 28 -> 14 -> 7 ...).
+    channels: List[int] = field(default_factory=lambda: [16, 32])
+    channels_last: bool = False  # model=cnn (whose yaml sets true): NHWC activations and weights (docs/speed.md)
+    # model=lstm: the BN scales' initial value (Cooijmans et al. 2016: 0.1); the
+    # other families keep PyTorch's 1.
+    bn_scale_init: float = 1.0
 
 
 @dataclass
@@ -214,6 +227,40 @@ class Config:
     tune: TuneConfig = field(default_factory=TuneConfig)
 
 
+# The norms each family builds (the schema's Norm enum is their union).
+FAMILY_NORMS = {
+    ModelFamily.mlp.value: ("none", "batch", "ghost", "layer", "group"),
+    ModelFamily.cnn.value: ("none", "batch", "ghost", "layer", "group"),
+    ModelFamily.lstm.value: ("none", "batch", "batch_shared", "layer"),
+}
+# The probes written for any pack (study.probes: evaluation only); the others read PackedMLP's layers.
+ANY_FAMILY_PROBES = ("val_acc", "train_acc", "modes")
+
+
+def _validate_family(family: str, norm: str, cfg: DictConfig, need: Any) -> None:
+    """What one model family allows of the model keys (ModelConfig is their union) and of the probes."""
+    m = cfg.model
+    need(norm in FAMILY_NORMS[family], "model.norm", norm,
+         f"one of {', '.join(FAMILY_NORMS[family])} with model={family}")
+    if family == ModelFamily.cnn.value:
+        need(1 <= len(m.channels) <= 4 and all(c >= 1 for c in m.channels), "model.channels", list(m.channels),
+             "a list of 1 to 4 integers >= 1 (each conv block halves the 28x28 image)")
+    if family == ModelFamily.lstm.value:
+        need(len(m.hidden) == 1, "model.hidden", list(m.hidden), "[units]: model=lstm has one LSTM layer")
+        # Dynamo refuses nn.LSTM (its RNN support is experimental, off by default); the hand-written cells compile.
+        need(not (cfg.compile and norm == Norm.none.value), "compile", "true",
+             "false with model=lstm model.norm=none (torch.compile does not trace nn.LSTM)")
+        need(math.isfinite(m.bn_scale_init) and m.bn_scale_init > 0, "model.bn_scale_init", m.bn_scale_init,
+             "a number > 0")
+    else:
+        need(m.bn_scale_init == 1.0, "model.bn_scale_init", m.bn_scale_init,
+             f"1.0 with model={family} (PyTorch's BN scale init; only model=lstm sets it)")
+    if family != ModelFamily.mlp.value:
+        kinds = [_enum_value(k) for k in cfg.probes.kinds]
+        need(set(kinds) <= set(ANY_FAMILY_PROBES), "probes.kinds", kinds,
+             f"only {', '.join(ANY_FAMILY_PROBES)} with model={family} (the others read the MLP's layers)")
+
+
 OBJECTIVES = ("val_acc", "test_acc", "train_loss")
 MNIST_TRAIN_IMAGES = 60_000  # the official training set: data.val_size of them validate, the rest train
 DEVICES = ("cpu", "cuda", "auto")
@@ -247,7 +294,7 @@ def validate(cfg: DictConfig) -> None:
 
     m = cfg.model
     norm = _enum_value(m.norm)
-    batch_stats = norm in (Norm.batch.value, Norm.ghost.value)  # BN's training statistics come from the batch
+    batch_stats = norm in (Norm.batch.value, Norm.ghost.value, Norm.batch_shared.value)  # statistics from the batch
     need(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), "model.hidden", list(m.hidden),
          "a non-empty list of integers >= 1")
     # The data are MNIST: 28x28 = 784 pixels per image, labels 0..9.
@@ -257,9 +304,13 @@ def validate(cfg: DictConfig) -> None:
     need(m.bn_eps > 0, "model.bn_eps", m.bn_eps, "a number > 0")
     if norm == Norm.ghost.value:
         need(m.ghost_size >= 2, "model.ghost_size", m.ghost_size, "an integer >= 2")
+    family = _enum_value(m.family)
+    widths = [*m.channels, *m.hidden] if family == ModelFamily.cnn.value else list(m.hidden)
     if norm == Norm.group.value:
-        need(m.groups >= 1 and all(h % m.groups == 0 for h in m.hidden), "model.groups", m.groups,
-             f"an integer >= 1 that divides every hidden width {list(m.hidden)}")
+        need(m.groups >= 1 and all(h % m.groups == 0 for h in widths), "model.groups", m.groups,
+             f"an integer >= 1 that divides every {'channel count and ' if family == 'cnn' else ''}"
+             f"hidden width {widths}")
+    _validate_family(family, norm, cfg, need)
     if batch_stats:
         # BN in training mode cannot normalize a single example (zero variance);
         # nn.BatchNorm1d raises on it.
@@ -295,6 +346,7 @@ def validate(cfg: DictConfig) -> None:
 
     d = cfg.data
     need(d.name == "mnist", "data.name", d.name, "mnist")
+    need(d.permute_seed >= 0, "data.permute_seed", d.permute_seed, "an integer >= 0")
     # The training split must hold one batch (BN: of 2+ examples), or a run
     # silently trains full-batch (batch_size above it) or takes no step at all.
     min_batch = 2 if batch_stats else 1

@@ -545,6 +545,11 @@ def _read_split(root: Path, train: bool, device: torch.device, md5: dict[str, st
     return x, labels.to(device=device, dtype=torch.int64)
 
 
+def pixel_permutation(seed: int) -> torch.Tensor:
+    """The fixed order of the 784 pixels under ``data.permute`` (CPU, seeded generator only)."""
+    return torch.randperm(28 * 28, generator=torch.Generator().manual_seed(int(seed)))
+
+
 def load_mnist(
     root: str | os.PathLike[str],
     *,
@@ -554,6 +559,7 @@ def load_mnist(
     source: str = "auto",
     verify: bool = True,
     device: str | torch.device = "cpu",
+    permute_seed: Optional[int] = None,
 ) -> MNISTSplits:
     """Prepare (see :func:`prepare_mnist`) and load MNIST as normalized tensors.
 
@@ -561,7 +567,9 @@ def load_mnist(
     set, chosen by a permutation seeded with ``split_seed`` alone (0: an
     empty validation split, float32 (0, 784) and int64 (0,); training on all
     images); the test set is the official 10,000. ``normalize`` names the
-    pixel scaling (:data:`NORMALIZE`).
+    pixel scaling (:data:`NORMALIZE`). ``permute_seed`` (None: off) reorders
+    the 784 pixels of every image by one fixed permutation seeded with it
+    (permuted MNIST, ``data.permute``).
     """
     if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0:
         raise DataError(f"data.val_size={val_size!r} must be an integer >= 0")
@@ -587,8 +595,13 @@ def load_mnist(
     val_idx = perm[:val_size].sort().values.to(device)
     train_idx = perm[val_size:].sort().values.to(device)
 
+    if permute_seed is not None:
+        pixels = pixel_permutation(permute_seed).to(device)
+        x, test_x = x[:, pixels], test_x[:, pixels]
+
     info = {
         **info,
+        "permute_seed": permute_seed,  # null: pixels in their order
         "n_train": n - val_size,
         "n_val": val_size,
         "n_test": int(test_x.shape[0]),

@@ -9,7 +9,7 @@ model, and packed runs against runs trained one by one.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +61,7 @@ def build_mlp(
     bias_before_norm: bool = True,
     ghost_size: int = 32,
     groups: int = 8,
+    **_other_families: Any,  # ModelConfig is every family's keys: the cnn's channels etc. are not read here
 ) -> nn.Sequential:
     """Linear -> norm -> activation per hidden layer, then Linear -> logits.
 

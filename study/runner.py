@@ -136,15 +136,16 @@ def member_config(cfg: DictConfig, m: Member) -> DictConfig:
 
 @functools.lru_cache(maxsize=1)  # one split in memory; the jobs of one process share it
 def _load(root: str, source: str, verify: bool, val_size: int, split_seed: int, normalize: str,
-          device: torch.device) -> MNISTSplits:
+          device: torch.device, permute_seed: Optional[int] = None) -> MNISTSplits:
     return load_mnist(Path(root), val_size=val_size, split_seed=split_seed, normalize=normalize,
-                      source=source, verify=verify, device=device)
+                      source=source, verify=verify, device=device, permute_seed=permute_seed)
 
 
 def get_data(cfg: DictConfig, device: torch.device) -> MNISTSplits:
     d = cfg.data
+    permute = int(d.permute_seed) if d.get("permute", False) else None
     return _load(str(Path(d.root).expanduser()), str(d.source), bool(d.verify), int(d.val_size),
-                 int(d.split_seed), str(d.normalize), device)
+                 int(d.split_seed), str(d.normalize), device, permute)
 
 
 def check_batch_fits(cfg: DictConfig, data: MNISTSplits) -> None:

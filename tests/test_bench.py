@@ -159,3 +159,24 @@ def test_the_notebook_pipeline_sees_the_trainers_inputs(tiny_mnist):
     dataset = bench.notebook_dataset(tiny_mnist)
     for i in (0, 1, 599):
         assert torch.allclose(dataset[i][0].reshape(-1), trainer_x[i], atol=1e-6)
+
+
+def test_the_conv_net_is_benchmarked_with_its_conv_flops(tiny_mnist):
+    """model=cnn: the same rows, and a ceiling that counts the convolutions (channels [2, 4], head [8])."""
+    result = bench.main(tiny_args(tiny_mnist, "--batch-sizes", "16", "--pack-batches", "", "--compile-batches", "",
+                                  "model=cnn", "model.channels=[2,4]", "model.hidden=[8]", "model.groups=2"))
+    conv = 2 * (1 * 9) * (2 * 28 * 28) + 2 * (2 * 9) * (4 * 14 * 14)
+    dense = 2 * (4 * 7 * 7) * 8 + 2 * 8 * 10
+    assert result["model"]["flops_per_sample"] == 3 * (conv + dense)
+    assert result["model"]["architecture"] == "cnn conv 2-4, head 784-8-10"
+    assert {(r["pipeline"], r["norm"]) for r in result["rows"]} == {
+        (p, n) for p in ("notebook", "trainer") for n in ("none", "batch")}
+    assert all(r["samples_per_second"] > 0 for r in result["rows"])
+
+
+def test_the_lstm_is_refused_in_one_line(tiny_mnist, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(tiny_args(tiny_mnist, "--pack-batches", "", "--compile-batches", "", "model=lstm"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model=lstm is not benchmarked here") and err.count("\n") == 1

@@ -10,7 +10,7 @@ import pytest
 
 from analysis.claims import BY_ID, CLAIMS, REPLICATION_SEED, evaluate_claims
 from analysis.claims.common import (_MARGIN, INCONCLUSIVE, NO_EFFECT, NOT_REPLICATED, NOT_RUN, NOT_SUPPORTED,
-                                    OUT_OF_SCOPE, SUPPORTED, ClaimResult, claims_table, combine, directional,
+                                    SUPPORTED, ClaimResult, claims_table, combine, directional,
                                     split_by_experiment)
 from analysis.claims.notebook_claims import NOTEBOOK_CLAIMS, notebook_verdicts
 from analysis.collect import collect
@@ -77,7 +77,17 @@ def test_notebook_claims_follow_their_rows() -> None:
     assert rows["2"]["verdict"] == SUPPORTED and "+1 points [+0.5, +1.5], n = 3 seeds" in rows["2"]["from"]
     assert rows["7"]["verdict"] == INCONCLUSIVE  # C5 supported, C1 inconclusive
     assert rows["4"]["verdict"] == NOT_RUN  # C12 absent
-    assert rows["9"]["verdict"] == OUT_OF_SCOPE
+    assert rows["9"]["verdict"] == NOT_RUN  # C16..C16d absent
+    rows = {r["#"]: r for r in notebook_verdicts([_result("C16", NOT_SUPPORTED), _result("C16b", SUPPORTED),
+                                                  _result("C16c", SUPPORTED), _result("C16d", SUPPORTED)])}
+    # BN fits recurrent models poorly: no accuracy gain (C16 read in reverse), a costlier step,
+    # a small-batch discrepancy and LayerNorm as good
+    assert rows["9"]["verdict"] == SUPPORTED and "C16 not supported (read as: the effect is absent)" in rows["9"]["from"]
+    # no meaningful accuracy gain and LayerNorm within the margin of BN also say "poorly"
+    rows = {r["#"]: r for r in notebook_verdicts([_result("C16", NO_EFFECT), _result("C16b", SUPPORTED),
+                                                  _result("C16c", SUPPORTED), _result("C16d", NO_EFFECT)])}
+    assert rows["9"]["verdict"] == SUPPORTED
+    assert notebook_verdicts([_result("C16", SUPPORTED)])[8]["verdict"] == NOT_SUPPORTED  # BN helps the LSTM
 
 
 def test_a_disagreeing_replication_is_never_settled() -> None:
@@ -167,7 +177,8 @@ def test_registry_is_the_one_map_of_claims_to_presets_and_modules() -> None:
 
     from study.suite import SUITE
 
-    assert [c.id for c in CLAIMS] == [f"C{i}" for i in range(1, 16)] + ["C18", "C19"]  # C16, C17: no module yet
+    assert [c.id for c in CLAIMS] == [f"C{i}" for i in range(1, 16)] + ["C16", "C16b", "C16c", "C16d", "C17",
+                                                                         "C18", "C19"]
     for c in CLAIMS:  # every preset a claim reads exists, with its quick variant
         for p in c.presets:
             assert (REPO / "conf" / "experiment" / f"{p}.yaml").is_file(), (c.id, p)

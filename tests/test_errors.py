@@ -91,12 +91,13 @@ def test_a_missing_experiment_lists_the_presets_and_their_quick_versions():
     with pytest.raises(Exception) as e:
         compose_config(["experiment=nope"])
     line = describe_user_error(e.value)
-    assert line.startswith("Could not find 'experiment/nope': experiment is one of deep, ghost, ")
-    assert "input_scaling" in line and "notebook" in line and line.endswith("; or quick/<name> for each")
+    assert line.startswith("Could not find 'experiment/nope': experiment is one of cnn, cnn_max_lr, ")
+    assert "deep, ghost" in line and "input_scaling" in line and "notebook" in line and "rnn" in line
+    assert line.endswith("; or quick/<name> for each")
     with pytest.raises(Exception) as e:
         compose_config(["experiment=quick/nope"])
     assert describe_user_error(e.value).startswith(
-        "Could not find 'experiment/quick/nope': experiment/quick is one of deep, ghost, ")
+        "Could not find 'experiment/quick/nope': experiment/quick is one of cnn, cnn_max_lr, ")
 
 
 @pytest.mark.parametrize("overrides, message", [

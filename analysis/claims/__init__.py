@@ -2,8 +2,8 @@
 
 `../shared/docs/protocol.md` lists the notebook's nine claims about BN and a
 table C1..C18 of checkable claims, each with the experiment that tests it
-(C16 and C17, recurrent and conv nets, have no module yet); C19 (input
-scaling) is a finding of this study beyond that table.
+(C16, recurrent nets, is four rows C16..C16d, one per question, from one
+module); C19 (input scaling) is a finding of this study beyond that table.
 Every experiment is a preset (`conf/experiment/<name>.yaml`; `quick/<name>`
 is its smoke-test variant) and every run records the preset it was launched
 with (`experiment` in result.json).
@@ -78,6 +78,14 @@ CLAIMS: tuple[Claim, ...] = (
           "c13_linear_scaling", margin=25.0),
     Claim("C14", "BN costs compute", ("overhead",), "c14_cost", margin=5.0, plain_sweep=True),
     Claim("C15", "vanishing/exploding gradients are mitigated", ("deep",), "c15_deep_gradients", margin=0.25),
+    # Beyond the MLP (protocol: C16 recurrent, one row per question; C17 conv).
+    Claim("C16", "BN helps the LSTM's accuracy (row and permuted MNIST)", ("rnn", "rnn_permuted"), "c16_recurrent",
+          margin=1.0),
+    Claim("C16b", "BN costs the LSTM compute per step", ("rnn",), "c16_recurrent", margin=5.0),
+    Claim("C16c", "BN-LSTM's train/eval discrepancy is larger at small batch", ("rnn",), "c16_recurrent", margin=1.0),
+    Claim("C16d", "LayerNorm does as well as BN in the LSTM", ("rnn",), "c16_recurrent", margin=0.5),
+    Claim("C17", "BN's benefits carry to conv nets (BatchNorm2d)", ("cnn",), "c17_conv_net", margin=0.25,
+          plain_sweep=True),
     Claim("C18", "statistics recomputed with frozen weights (precise BN) match or beat the moving averages",
           ("precise_bn",), "c18_precise_bn", margin=0.25),
     # A finding beyond the protocol's table: the notebook scales pixels to [-1, 1], the usual recipe to mean 0.

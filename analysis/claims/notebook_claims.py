@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
-from analysis.claims.common import (NO_EFFECT, NOT_REPLICATED, NOT_RUN, NOT_SUPPORTED, OUT_OF_SCOPE, SUPPORTED,
-                                    ClaimResult, combine, format_value)
+from analysis.claims.common import (NO_EFFECT, NOT_REPLICATED, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ClaimResult,
+                                    combine, format_value)
 
-# +1 = that row supports the notebook's claim when it is supported, -1 = it
-# contradicts it (C9: "BN does not reduce internal covariate shift").
-NOTEBOOK_CLAIMS: tuple[tuple[int, str, tuple[tuple[str, int], ...]], ...] = (
-    (1, "BN reduces internal covariate shift", (("C8", +1), ("C9", -1))),
-    (2, "BN allows higher learning rates (more stable training)", (("C2", +1),)),
-    (3, "BN speeds convergence", (("C4", +1), ("C11", +1))),
-    (4, "BN regularizes (smaller train/test gap)", (("C12", +1),)),
-    (5, "BN mitigates vanishing/exploding gradients", (("C15", +1),)),
-    (6, "BN costs compute in training and inference", (("C14", +1),)),
-    (7, "BN is sensitive to batch size (small batches give noisy statistics)", (("C5", +1), ("C1", +1))),
-    (8, "BN's train/inference discrepancy, worse under a distribution shift", (("C6", +1),)),
-    (9, "BN fits recurrent models poorly", ()),
+# How a row's verdict reads for the notebook's claim it answers:
+#   EFFECT:   the notebook claims the row's effect (its verdict as it is);
+#   REVERSED: the notebook claims the opposite of the row's claim (C9: "BN does not reduce internal covariate
+#             shift"); no meaningful effect confirms the row, so it contradicts the notebook;
+#   ABSENT:   the notebook claims the row's effect is absent or reversed (C16 for "BN fits recurrent models
+#             poorly": BN does not help the LSTM's accuracy); no meaningful effect confirms the notebook;
+#   AT_LEAST: the notebook claims the row's effect or equality (C16d: LayerNorm does as well as BN).
+EFFECT, REVERSED, ABSENT, AT_LEAST = "effect", "reversed", "absent", "at least"
+READINGS: dict[str, dict[str, str]] = {
+    EFFECT: {},
+    REVERSED: {SUPPORTED: NOT_SUPPORTED, NOT_SUPPORTED: SUPPORTED, NO_EFFECT: NOT_SUPPORTED},
+    ABSENT: {SUPPORTED: NOT_SUPPORTED, NOT_SUPPORTED: SUPPORTED, NO_EFFECT: SUPPORTED},
+    AT_LEAST: {NO_EFFECT: SUPPORTED},
+}
+READ_AS = {EFFECT: "", REVERSED: " (read in reverse)", ABSENT: " (read as: the effect is absent)",
+           AT_LEAST: " (read as: at least as well)"}
+
+NOTEBOOK_CLAIMS: tuple[tuple[int, str, tuple[tuple[str, str], ...]], ...] = (
+    (1, "BN reduces internal covariate shift", (("C8", EFFECT), ("C9", REVERSED))),
+    (2, "BN allows higher learning rates (more stable training)", (("C2", EFFECT),)),
+    (3, "BN speeds convergence", (("C4", EFFECT), ("C11", EFFECT))),
+    (4, "BN regularizes (smaller train/test gap)", (("C12", EFFECT),)),
+    (5, "BN mitigates vanishing/exploding gradients", (("C15", EFFECT),)),
+    (6, "BN costs compute in training and inference", (("C14", EFFECT),)),
+    (7, "BN is sensitive to batch size (small batches give noisy statistics)", (("C5", EFFECT), ("C1", EFFECT))),
+    (8, "BN's train/inference discrepancy, worse under a distribution shift", (("C6", EFFECT),)),
+    # Poorly: BN adds no accuracy, costs more per step, has a train/eval discrepancy at small batch, and
+    # LayerNorm does as well.
+    (9, "BN fits recurrent models poorly",
+     (("C16", ABSENT), ("C16b", EFFECT), ("C16c", EFFECT), ("C16d", AT_LEAST))),
 )
-# A row read in reverse: its 'no meaningful effect' confirms the reversed claim (C9: BN's shift is no
-# smaller), so it contradicts the notebook's.
-FLIP = {SUPPORTED: NOT_SUPPORTED, NOT_SUPPORTED: SUPPORTED, NO_EFFECT: NOT_SUPPORTED}
 
 
 def notebook_verdicts(results: list[ClaimResult]) -> list[dict[str, str]]:
@@ -29,18 +44,13 @@ def notebook_verdicts(results: list[ClaimResult]) -> list[dict[str, str]]:
     by_id = {r.claim: r for r in results}
     rows = []
     for number, text, links in NOTEBOOK_CLAIMS:
-        if not links:
-            rows.append({"#": str(number), "notebook claim": text, "verdict": OUT_OF_SCOPE,
-                         "from": "out of scope: this study trains MLPs on MNIST, no recurrent model",
-                         "figures": "-"})
-            continue
         parts, verdicts, figures = [], [], []
-        for cid, sign in links:
+        for cid, reading in links:
             r = by_id.get(cid)
             v = r.settled if r is not None else NOT_RUN
-            verdicts.append(FLIP.get(v, v) if sign < 0 else v)
+            verdicts.append(READINGS[reading].get(v, v))
             number_ = f": {format_value(r)}, n = {r.n}" if r is not None and r.verdict != NOT_RUN else ""
-            parts.append(f"{cid} {v}{' (read in reverse)' if sign < 0 else ''}{number_}")
+            parts.append(f"{cid} {v}{READ_AS[reading]}{number_}")
             if r is not None and r.figure:
                 figures.append(r.figure)
         verdict = NOT_REPLICATED if NOT_REPLICATED in verdicts else combine(verdicts)

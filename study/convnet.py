@@ -1,0 +1,132 @@
+"""The `cnn` model family: a small conv net on the same MNIST tensors.
+
+`build_cnn` is one run's network: the flat (B, 784) images viewed as
+(B, 1, 28, 28), then one block per entry of `channels` (3x3 conv, padding 1
+-> norm -> activation -> 2x2 max pool: 28 -> 14 -> 7 -> 3), then the MLP
+head: Linear -> norm -> activation per `hidden` width, Linear -> logits.
+The norms over a conv layer's (C, H, W) output:
+
+- batch: `nn.BatchNorm2d`, statistics per channel over batch x height x width
+  (Ioffe & Szegedy 2015, sec. 3.2);
+- ghost: `GhostBatchNorm2d`, the same over virtual batches of `ghost_size`;
+- group: `nn.GroupNorm(groups, C)`, per example over each group of channels
+  and all positions (Wu & He 2018);
+- layer: per example over all of C x H x W with a per-channel affine
+  (`nn.GroupNorm(1, C)`, the conv LayerNorm of Wu & He 2018, fig. 2);
+
+and the head's hidden layers use the MLP's norms (study/model.py).
+
+A pack of such networks is `study.looped.LoopedPack`: the members computed
+one after the other (no grouped convolutions), each exactly as alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from study.model import ACTIVATIONS, GhostBatchNorm1d, ghost_chunks
+
+CNN_NORMS = ("none", "batch", "ghost", "layer", "group")
+IMAGE = (1, 28, 28)
+
+
+class GhostBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d over virtual batches of `ghost_size` examples (as GhostBatchNorm1d)."""
+
+    def __init__(self, num_features: int, ghost_size: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.ghost_size = ghost_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        return torch.cat([F.batch_norm(c, self.running_mean, self.running_var, self.weight, self.bias,
+                                       True, self.momentum, self.eps)
+                          for c in ghost_chunks(x, self.ghost_size, dim=0)], dim=0)
+
+
+def conv_norm(norm: str, channels: int, eps: float, momentum: float, ghost_size: int, groups: int) -> nn.Module:
+    if norm == "batch":
+        return nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
+    if norm == "ghost":
+        return GhostBatchNorm2d(channels, ghost_size, eps=eps, momentum=momentum)
+    if norm == "layer":
+        return nn.GroupNorm(1, channels, eps=eps)
+    if norm == "group":
+        return nn.GroupNorm(groups, channels, eps=eps)
+    raise ValueError(f"unknown norm {norm!r}; known: {CNN_NORMS}")
+
+
+def dense_norm(norm: str, width: int, eps: float, momentum: float, ghost_size: int, groups: int) -> nn.Module:
+    if norm == "batch":
+        return nn.BatchNorm1d(width, eps=eps, momentum=momentum)
+    if norm == "ghost":
+        return GhostBatchNorm1d(width, ghost_size, eps=eps, momentum=momentum)
+    if norm == "layer":
+        return nn.LayerNorm(width, eps=eps)
+    if norm == "group":
+        return nn.GroupNorm(groups, width, eps=eps)
+    raise ValueError(f"unknown norm {norm!r}; known: {CNN_NORMS}")
+
+
+class ConvNet(nn.Module):
+    """(B, 784) -> (B, classes): `features` (the conv blocks), then `head`."""
+
+    def __init__(self, features: nn.Sequential, head: nn.Sequential, channels_last: bool) -> None:
+        super().__init__()
+        self.features, self.head, self.channels_last = features, head, channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(-1, *IMAGE)
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
+        return self.head(self.features(h).flatten(1))
+
+
+def build_cnn(
+    channels: Sequence[int] = (16, 32),
+    hidden: Sequence[int] = (64,),
+    out_features: int = 10,
+    activation: str = "relu",
+    norm: str = "none",
+    bn_momentum: float = 0.1,
+    bn_eps: float = 1e-5,
+    bias_before_norm: bool = True,
+    ghost_size: int = 32,
+    groups: int = 8,
+    channels_last: bool = False,
+    **_other_families: Any,  # ModelConfig is every family's keys: the MLP's in_features etc. are not read here
+) -> ConvNet:
+    """Conv3x3 -> norm -> activation -> max pool 2 per `channels`, flatten,
+    then Linear -> norm -> activation per `hidden`, Linear -> logits."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
+    if norm not in CNN_NORMS:
+        raise ValueError(f"unknown norm {norm!r}; known: {CNN_NORMS}")
+    if not 1 <= len(channels) <= 4:
+        raise ValueError(f"channels {list(channels)}: 1 to 4 conv blocks (28 -> 14 -> 7 -> 3 -> 1 pixels)")
+    bias = bias_before_norm or norm not in ("batch", "ghost")
+    opts = dict(eps=bn_eps, momentum=bn_momentum, ghost_size=ghost_size, groups=groups)
+    blocks: list[nn.Module] = []
+    c_in, side = IMAGE[0], IMAGE[1]
+    for c in channels:
+        blocks.append(nn.Conv2d(c_in, c, 3, padding=1, bias=bias))
+        if norm != "none":
+            blocks.append(conv_norm(norm, c, **opts))
+        blocks += [ACTIVATIONS[activation](), nn.MaxPool2d(2)]
+        c_in, side = c, side // 2
+    head: list[nn.Module] = []
+    width = c_in * side * side
+    for h in hidden:
+        head.append(nn.Linear(width, h, bias=bias))
+        if norm != "none":
+            head.append(dense_norm(norm, h, **opts))
+        head.append(ACTIVATIONS[activation]())
+        width = h
+    head.append(nn.Linear(width, out_features))
+    net = ConvNet(nn.Sequential(*blocks), nn.Sequential(*head), channels_last)
+    return net.to(memory_format=torch.channels_last) if channels_last else net
