@@ -80,7 +80,7 @@ def test_presets_pick_the_sweeper_and_drop_the_basic_grid():
     tune = hydra_sweeper(["experiment=tune"])
     assert tune._target_.endswith("bn_study_sweeper.bn_optuna_sweeper.BnOptunaSweeper")
     assert dict(tune.params) == {"lr": "tag(log, interval(1e-3, 1.0))", "model.norm": "none,batch"}
-    assert tune.cells and list(tune.confirm_seeds) == [1, 2, 3] and tune.n_trials == 8
+    assert tune.cells and list(tune.confirm_seeds) == list(range(1, 9)) and tune.n_trials == 8  # 8 seeds per cell
     assert tune.sampler.seed == 0 and tune.direction.name == "maximize"
     assert tune.storage == "sqlite:///outputs/optuna/studies.db?timeout=60"
     assert tune.pruner._target_ == "optuna.pruners.MedianPruner"
