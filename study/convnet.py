@@ -25,28 +25,16 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from study.model import ACTIVATIONS, GhostBatchNorm1d, ghost_chunks
+from study.model import ACTIVATIONS, GhostBatchNorm1d, GhostStatistics
 
 CNN_NORMS = ("none", "batch", "ghost", "layer", "group")
 IMAGE = (1, 28, 28)
 
 
-class GhostBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d over virtual batches of `ghost_size` examples (as GhostBatchNorm1d)."""
-
-    def __init__(self, num_features: int, ghost_size: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
-        super().__init__(num_features, eps=eps, momentum=momentum)
-        self.ghost_size = ghost_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return super().forward(x)
-        return torch.cat([F.batch_norm(c, self.running_mean, self.running_var, self.weight, self.bias,
-                                       True, self.momentum, self.eps)
-                          for c in ghost_chunks(x, self.ghost_size, dim=0)], dim=0)
+class GhostBatchNorm2d(GhostStatistics, nn.BatchNorm2d):
+    """BatchNorm2d over virtual batches of `ghost_size` examples (GhostStatistics, as GhostBatchNorm1d)."""
 
 
 def conv_norm(norm: str, channels: int, eps: float, momentum: float, ghost_size: int, groups: int) -> nn.Module:

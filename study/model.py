@@ -19,8 +19,8 @@ ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 NORMS = ("none", "batch", "ghost", "layer", "group")
 
 
-class GhostBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm whose training statistics come from virtual ("ghost") batches.
+class GhostStatistics:
+    """Training statistics from virtual ("ghost") batches, for a BatchNorm class (mixed in first).
 
     Hoffer et al. 2017: the batch is split into consecutive chunks of
     `ghost_size` examples; each chunk is normalized with its own mean and
@@ -40,6 +40,10 @@ class GhostBatchNorm1d(nn.BatchNorm1d):
         return torch.cat([F.batch_norm(c, self.running_mean, self.running_var, self.weight, self.bias,
                                        True, self.momentum, self.eps)
                           for c in ghost_chunks(x, self.ghost_size, dim=0)], dim=0)
+
+
+class GhostBatchNorm1d(GhostStatistics, nn.BatchNorm1d):
+    """BatchNorm1d over virtual batches of `ghost_size` examples (GhostStatistics)."""
 
 
 def ghost_chunks(x: torch.Tensor, size: int, dim: int) -> list[torch.Tensor]:
