@@ -79,3 +79,22 @@ def no_cpp_compiler(monkeypatch):
         raise RuntimeError("No working C++ compiler found")
 
     monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_mnist: Path):
+    """``tiny_mnist`` loaded as the trainer takes it: 200 validation images, files not checked."""
+    from study.data import load_mnist
+
+    return load_mnist(tiny_mnist, val_size=200, verify=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module's tests (bit-for-bit comparisons), restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

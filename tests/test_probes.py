@@ -27,17 +27,7 @@ ALL = "probes.kinds=[activations,grad_norms,ics,landscape,val_acc,train_acc,mode
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tiny_mnist):
-    return load_mnist(tiny_mnist, val_size=200, verify=False)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spec_for(tiny_mnist, *overrides):

@@ -24,11 +24,6 @@ HISTORY_KEYS = {"epoch", "step", "train_loss", "val_acc", "test_acc", "val_loss"
 ENV_KEYS = {"torch", "device", "threads", "git_commit", "hostname", "python", "numpy"}
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tiny_mnist):
-    return load_mnist(tiny_mnist, val_size=200, verify=False)
-
-
 def cfg_for(tiny_mnist, *overrides):
     return compose_config(tiny_overrides(tiny_mnist) + list(overrides))
 
