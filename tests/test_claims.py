@@ -223,3 +223,16 @@ def test_sweep_report_findings_come_from_the_claim_modules(tmp_path: Path) -> No
     assert "- inconclusive: C2: BN raises the largest stable learning rate." in findings
     assert not re.search(r"^- (not )?supported: C2", findings, re.M)
     assert "lr nan" not in md and "C1:" not in findings  # one batch size per arm pair: C1 not tested
+
+
+def test_a_conv_net_sweep_answers_c17_not_the_mlp_claims(tmp_path: Path) -> None:
+    """A plain sweep of model=cnn stands in for C17's preset, never for C1/C2/C14's (MLP claims)."""
+    for i, (bs, norm, seed) in enumerate((b, n, s) for b in (8, 512) for n in ("none", "batch") for s in (0, 1, 2)):
+        rec = _record(None, seed, norm)
+        rec["config"].update(batch_size=bs, model={"norm": norm, "family": "cnn"})
+        d = tmp_path / f"run{i}"
+        d.mkdir()
+        (d / "result.json").write_text(json.dumps(rec))
+    results = {r.claim: r for r in evaluate_claims(split_by_experiment(collect([tmp_path])), tmp_path / "figs")}
+    assert results["C1"].verdict == NOT_RUN and results["C2"].verdict == NOT_RUN and results["C14"].verdict == NOT_RUN
+    assert results["C17"].verdict != NOT_RUN

@@ -15,7 +15,8 @@ from typing import Optional
 
 import pandas as pd
 
-from analysis.claims.common import ClaimResult, ClaimRuns, ExperimentRuns, combine, draw, headline, scaled, verdict_of
+from analysis.claims.common import (ClaimResult, ClaimRuns, ExperimentRuns, combine, draw, families, headline, scaled,
+                                    verdict_of)
 from analysis.figures import fig_accuracy_vs_batch
 from analysis.stats import Difference, contrast
 from analysis.summary import fmt_value, setting_groups
@@ -25,8 +26,9 @@ STATISTIC = ("BN minus no-norm test accuracy at the largest batch minus the same
 
 
 def tests_plain_sweep(exp: ExperimentRuns) -> bool:
-    a = exp.analysis
-    return {"none", "batch"} <= set(a.norms) and len(a.batch_sizes) >= 2 and not a.lr_varies
+    a = exp.analysis  # the MLP's claim: a conv-net sweep answers C17 instead
+    return families(exp) == {"mlp"} and {"none", "batch"} <= set(a.norms) and len(a.batch_sizes) >= 2 \
+        and not a.lr_varies
 
 
 def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (ClaimResult, ClaimRuns, ExperimentRuns, clamp_axis, column, combine, draw, headline,
-                                    label_axes, palette, panel, runs_table, verdict_of, with_interval)
+from analysis.claims.common import (ClaimResult, ClaimRuns, ExperimentRuns, clamp_axis, column, combine, draw,
+                                    families, headline, label_axes, palette, panel, runs_table, verdict_of,
+                                    with_interval)
 from analysis.stats import MeanInterval, mean_interval
 from analysis.summary import norm_name, norm_order, setting_groups
 
@@ -32,7 +33,7 @@ ARMS = ("batch", "none")
 
 
 def tests_plain_sweep(exp: ExperimentRuns) -> bool:
-    return {"none", "batch"} <= set(exp.analysis.norms) and exp.analysis.lr_varies
+    return families(exp) == {"mlp"} and {"none", "batch"} <= set(exp.analysis.norms) and exp.analysis.lr_varies
 
 
 def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:

@@ -33,11 +33,19 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (ClaimResult, ClaimRuns, ExperimentRuns, column, combine, diff_text, draw, errorbar,
-                                    finite, headline, label_axes, log2_batch_axis, log_y, mean_band, n_text, norm_of,
-                                    num, palette, panel, runs_table, verdict_of, with_interval)
+from analysis.claims.common import (ClaimResult, ClaimRuns, ExperimentRuns, column, combine, diff_text, draw,
+                                    errorbar, families, finite, headline, label_axes, log2_batch_axis, log_y,
+                                    mean_band, n_text, norm_of, num, palette, panel, runs_table, verdict_of,
+                                    with_interval)
 from analysis.stats import Difference, mean_interval, relative_difference
-from analysis.summary import NOT_COMPARABLE, NOT_COMPARABLE_WHY, norm_name, norm_order, setting_groups, timed_in_one_process
+from analysis.summary import (
+    NOT_COMPARABLE,
+    NOT_COMPARABLE_WHY,
+    norm_name,
+    norm_order,
+    setting_groups,
+    timed_in_one_process,
+)
 
 LITERATURE = "measured on this project's trainer only; the notebook names the overhead without a number"
 STATISTIC = ("BN's time relative to no norm's, minus 1, in percent, per batch size, for a training step and for an "
@@ -51,6 +59,8 @@ LOADED = 0.10  # a measurement whose cpu wait share exceeds this ran while other
 
 
 def tests_plain_sweep(exp: ExperimentRuns) -> bool:
+    if families(exp) != {"mlp"}:
+        return False
     if not cost_table(exp.records).empty:
         return True
     t = timing_table(exp)

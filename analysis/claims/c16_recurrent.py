@@ -91,8 +91,8 @@ def table(exp: ExperimentRuns) -> pd.DataFrame:
             "gap": 100 * abs(num(modes.get("eval_mode_acc")) - num(modes.get("train_mode_acc"))),
             "train_mode_acc": num(modes.get("train_mode_acc")),
         })
-    df = pd.DataFrame(out, columns=["status", "norm", "seed", "batch_size", "permuted", "test_acc", "steps", "first_step",
-                                    "first_test_acc", "ms_per_step", "gap", "train_mode_acc"])
+    df = pd.DataFrame(out, columns=["status", "norm", "seed", "batch_size", "permuted", "test_acc", "steps",
+                                    "first_step", "first_test_acc", "ms_per_step", "gap", "train_mode_acc"])
     return df[df.batch_size.notna()]
 
 

@@ -20,9 +20,9 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (DIVERGED_NOTE, ClaimResult, ClaimRuns, ExperimentRuns, acc_values, clamp_axis, combine,
-                                    counts_note, diff_text, draw, headline, label_axes, log2_batch_axis, mean_band,
-                                    n_text, palette, panel, runs_table, verdict_of)
+from analysis.claims.common import (DIVERGED_NOTE, ClaimResult, ClaimRuns, ExperimentRuns, acc_values, clamp_axis,
+                                    combine, counts_note, diff_text, draw, families, headline, label_axes,
+                                    log2_batch_axis, mean_band, n_text, palette, panel, runs_table, verdict_of)
 from analysis.stats import Difference, contrast, welch_difference
 from analysis.summary import norm_name, norm_order
 
@@ -32,9 +32,7 @@ STATISTIC = "BN minus no-norm test accuracy of the conv net at each batch size, 
 
 
 def tests_plain_sweep(exp: ExperimentRuns) -> bool:
-    df = exp.runs
-    return ("model.family" in df and set(df["model.family"].dropna().astype(str)) == {"cnn"}
-            and {"none", "batch"} <= set(df.norm.dropna()))
+    return families(exp) == {"cnn"} and {"none", "batch"} <= set(exp.runs.norm.dropna())
 
 
 def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:

@@ -291,6 +291,14 @@ def runs_table(e: ExperimentRuns) -> pd.DataFrame:
     return df
 
 
+def families(exp: ExperimentRuns) -> set[str]:
+    """The model families (`model.family`) of a preset's runs; records older than the key are MLPs."""
+    df = exp.runs
+    if "model.family" not in df:
+        return {"mlp"}
+    return {str(f) if isinstance(f, str) else "mlp" for f in df["model.family"]}
+
+
 def column(df: pd.DataFrame, name: str) -> pd.Series:
     return df[name] if name in df.columns else pd.Series(np.nan, index=df.index, dtype=float)
 
