@@ -98,6 +98,9 @@ def test_two_sweeps_at_once_on_a_fresh_database_share_one_study_and_confirm_once
     # Each sweep asks only what the study still lacks; two asking in the same
     # instant may each take the last slot (one batch over, documented).
     assert 4 <= len(counted) <= 5 and not [t for t in trials if t.state == TrialState.RUNNING]
+    # Each trial draws from a sampler seeded by its own trial number: sweeps that start together do not
+    # train the same points twice (seeded per sweep, both drew the same lrs).
+    assert len({t.params["lr"] for t in counted}) == len(counted), [t.params for t in counted]
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     confirm = study.user_attrs["confirm"]
     assert confirm["trial"] == best.number and confirm["params"] == best.params  # the global best

@@ -525,12 +525,29 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         walk(OmegaConf.to_container(task, resolve=True, enum_to_str=True), "")
         return flat
 
-    def _sampler(self, study_name: str, n_existing: int, search: dict[str, BaseDistribution]):
-        """The configured sampler, seeded from (seed, study, trials so far) when seeded."""
+    def _sample(self, study: optuna.Study, name: str, trials: list[Trial], search: dict[str, BaseDistribution]) -> None:
+        """Draw each asked trial's params with the sampler seeded from its own trial number.
+
+        Seeded once per sweep, two sweeps that start on a study together drew
+        the same points (same seed, same trials so far): the study trained
+        each of them twice. Trial numbers are unique in the study, so
+        concurrent sweeps draw different points, and one sweep alone is still
+        reproducible. A grid sampler keeps its own bookkeeping (its grid
+        point is chosen when the trial is asked)."""
+        if isinstance(study.sampler, optuna.samplers.GridSampler):
+            return
+        for t in trials:
+            study.sampler = self._sampler(name, t.number, search)
+            for param, distribution in search.items():
+                t._suggest(param, distribution)  # _configure_trials then reads the stored value
+
+    def _sampler(self, study_name: str, salt: int, search: dict[str, BaseDistribution]):
+        """The configured sampler, seeded from (seed, study, salt: a trial number or the trials so far)
+        when seeded."""
         conf = OmegaConf.to_container(self.sampler_conf, resolve=True)
         seed = conf.get("seed")
         if seed is not None:
-            digest = hashlib.sha256(f"{seed}|{study_name}|{n_existing}".encode()).hexdigest()
+            digest = hashlib.sha256(f"{seed}|{study_name}|{salt}".encode()).hexdigest()
             conf["seed"] = int(digest[:8], 16)
         sampler = instantiate(conf, _execution_whitelist_=SAMPLER_WHITELIST)
         if isinstance(sampler, functools.partial) and sampler.func == optuna.samplers.GridSampler:
@@ -664,6 +681,7 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
             if k <= 0:
                 break  # another sweep on this study filled it
             trials = [ask(study) for _ in range(k)]
+            self._sample(study, name, trials, plan.search)
             try:
                 for t in trials:
                     t.set_user_attr("sweep", owner)
@@ -799,7 +817,8 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         log.info("all studies: %s", describe_counts(totals))
         log.info("storage: %s", url)
         log.info("dashboard: optuna-dashboard '%s'  (serves on 127.0.0.1:8080; no authentication)", url)
-        OmegaConf.save(OmegaConf.create(results_yaml(results, url, str(self.results_root))), sweep_dir / "optimization_results.yaml")
+        OmegaConf.save(OmegaConf.create(results_yaml(results, url, str(self.results_root))),
+                       sweep_dir / "optimization_results.yaml")
 
 
 def results_yaml(results: list[CellResult], url: str, results_root: str) -> dict[str, Any]:
