@@ -42,3 +42,6 @@ def test_an_undecided_interval_states_its_bound() -> None:
     assert "no effect larger than 0.8 points in either direction" in note and "0.5 points" in note
     r.verdict, r.high = NO_EFFECT, 0.4
     assert "lies within +-0.5 points" in bound_note(r)
+    # settings that disagree leave a claim undecided whose headline interval is clear of zero: no bound there
+    r.verdict, r.low, r.high = INCONCLUSIVE, 0.2, 0.4
+    assert bound_note(r) == ""

@@ -202,8 +202,8 @@ def bound_note(res: ClaimResult) -> str:
         return (f"The whole 95% interval lies within +-{res.margin:g}{unit}, the smallest effect that matters for "
                 f"this claim: no meaningful effect")
     b = res.bound
-    if res.verdict != INCONCLUSIVE or b is None or zero_width(res.low, res.high):
-        return ""
+    if res.verdict != INCONCLUSIVE or b is None or zero_width(res.low, res.high) or not res.low <= 0 <= res.high:
+        return ""  # an interval clear of zero undecided only because the settings disagree: the details say
     margin = (f"; the smallest effect that matters here is {res.margin:g}{unit}, so the data cannot yet tell "
               f"a meaningful effect from none" if res.margin is not None and b >= res.margin else "")
     return (f"Bound: no effect larger than {b:.3g}{unit} in either direction is compatible with the data (95%; "
