@@ -23,7 +23,7 @@ import pandas as pd
 
 from analysis.claims import REPLICATION_SEED, evaluate_claims
 from analysis.claims.common import (NO_PRESET, NOT_RUN, VERDICT_RULE, ClaimResult, ExperimentRuns, claims_table,
-                                    split_by_experiment)
+                                    preset_of, split_by_experiment)
 from analysis.claims.notebook_claims import notebook_verdicts
 from analysis.collect import NORMALIZE_KEY, AnalysisError, Collection, collect, is_storage_url, normalize_of
 from analysis.document import Bullets, Details, Figure_, Para, Section, Table, Warning_, to_html, to_markdown
@@ -68,8 +68,8 @@ def build_report(paths: list[str | Path], out_dir: Path | None = None, *,
     out = Path(out_dir) if out_dir is not None else default_out_dir(paths, col.studies)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / REPORT_HTML).exists())):
         raise AnalysisError(f"refusing to replace {out}: it exists and is not a report folder")
-    exps = split_by_experiment(col)
-    several = len([name for name in exps if name != NO_PRESET]) > 1
+    presets = {preset_of(e)[0] for e in (col.runs["experiment"] if "experiment" in col.runs else [])}
+    several = len(presets - {NO_PRESET}) > 1  # a claims report splits (and analyzes) its runs per seed set itself
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-building-", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a report is for reading
@@ -77,7 +77,7 @@ def build_report(paths: list[str | Path], out_dir: Path | None = None, *,
         if several:
             write_claims_report(col, staging)
         else:
-            write_report(analyze(col), staging, exps)
+            write_report(analyze(col), staging, split_by_experiment(col))
         _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
