@@ -49,9 +49,9 @@ def _server() -> str:
 @pytest.fixture
 def pg_url():
     """A fresh, empty database on the test server; its SQLAlchemy URL (psycopg 3)."""
+    dsn = _server()  # skips without a server or without the postgres extra, before psycopg is imported
     import psycopg
 
-    dsn = _server()
     name = f"bn_study_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')

@@ -3,6 +3,7 @@ batches that fit the launcher, and packs kept under the submitit launcher."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -57,6 +58,8 @@ def test_trial_batches_fit_the_launcher():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+                    reason="the slurm extra: uv sync --extra slurm (.ci/run installs it)")
 def test_submitit_local_keeps_the_default_grids_packs_and_builds_the_report(tmp_path, tiny_mnist):
     """`hydra/launcher=submitit_local` with the default grid (norm none,batch x
     seeds 0,1,2): two submitit tasks of three runs each, every run in its own
@@ -156,6 +159,8 @@ def test_a_bad_precision_is_one_line_exit_2(tmp_path, tiny_mnist):
         "error: precision=fp16 is not allowed: one of fp32, tf32, bf16"]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+                    reason="the slurm extra: uv sync --extra slurm (.ci/run installs it)")
 def test_the_example_slurm_launcher_composes_with_submitit():
     from study.config import compose_config
 
