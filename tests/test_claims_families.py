@@ -87,6 +87,16 @@ def test_c16_bn_lstm_accuracy_on_rows_and_permuted(tmp_path: Path) -> None:
     assert run_claim("C16", other, rnn_records(permuted_bn=0.85)).verdict == INCONCLUSIVE
 
 
+def test_c16_convergence_detail_only_with_an_earlier_evaluation(tmp_path: Path) -> None:
+    res = run_claim("C16", tmp_path / "two", rnn_records())
+    assert any("after the first epoch (step 100)" in line for line in res.details)
+    one = rnn_records()
+    for r in one:  # a budget shorter than an epoch: the only evaluation is the final one
+        r["history"] = r["history"][-1:]
+    res = run_claim("C16", tmp_path / "one", one)
+    assert res.verdict == SUPPORTED and not any("first epoch" in line for line in res.details)
+
+
 def test_c16b_cost_per_step_reads_the_pack_size(tmp_path: Path) -> None:
     res = run_claim("C16b", tmp_path, rnn_records())
     assert res.verdict == SUPPORTED and res.unit == "%"

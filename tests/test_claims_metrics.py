@@ -237,6 +237,33 @@ def test_c5_diverged_run_counts_at_chance(tmp_path):
                for d in res.details)
 
 
+def test_c5_reads_the_conv_net_variant_where_the_mlp_preset_did_not_run(tmp_path):
+    """A report of experiment=cnn_small_batch gives C5's verdict on the conv net, said so; next to the MLP
+    preset, the MLP's runs are read (the suite's C5 is the MLP's)."""
+    recs, acc = c5_records(1)
+    conv = [{**r, "experiment": "cnn_small_batch", "config": {**r["config"], "lr": 0.02,
+                                                                 "model": {**r["config"]["model"], "family": "cnn"}}}
+            for r in c5_records(-1)[0]]
+    mlp = run_claim("C5", tmp_path / "mlp", recs)
+    res = run_claim("C5", tmp_path / "conv", conv)
+    assert res.verdict == NOT_SUPPORTED and res.experiment == "cnn_small_batch"
+    assert res.evidence.startswith("On the conv net (model=cnn): ") and not mlp.evidence.startswith("On the conv")
+    err = lambda xs: [100 * (1 - x) for x in xs]  # noqa: E731
+    flat = c5_records(-1)[1]
+    rise = {n: welch_difference(err(t[4]), err(t[64])) for n, t in flat.items()}
+    worst = max((n for n in rise if n != "batch"), key=lambda n: rise[n].diff)
+    assert res.value == pytest.approx(contrast(rise["batch"], rise[worst]).diff)
+    both = run_claim("C5", tmp_path / "both", recs + conv)
+    assert (both.verdict, both.value, both.experiment) == (mlp.verdict, mlp.value, "small_batch")
+
+
+def test_c3_on_the_conv_net_names_the_conv_presets_it_needs(tmp_path):
+    recs = [record("cnn_tune", n, 0, lr=lr, model={"family": "cnn"}) for n in ("none", "batch") for lr in (0.01, 0.1)]
+    res = run_claim("C3", tmp_path, recs)
+    assert res.verdict == NOT_RUN and res.experiment == "cnn_tune, cnn"
+    assert "experiment=cnn_tune; python study/run.py -m experiment=cnn" in res.evidence
+
+
 # ------------------------------------------------------------------ C7
 def c7_records(direction: int) -> tuple[list[dict], dict]:
     plain512, bn64 = [0.950, 0.952, 0.954], [0.970, 0.972, 0.974]

@@ -21,7 +21,10 @@ report evaluates each claim on the runs of its presets. A claim's module
 - where the row says `plain_sweep=True`, `tests_plain_sweep(exp)`: whether a
   sweep launched without a preset has what the claim compares, so that it
   stands in for the claim's first preset (a plain `batch_size=8,64,512`
-  sweep answers C1 in its own report).
+  sweep answers C1 in its own report);
+- where the row says `conv=True` (C2..C5), the claim reads the conv-net
+  variants of its presets (`conv_variant`: `cnn_max_lr` for `max_lr`)
+  where its first preset did not run, and says so in its evidence.
 
 Add a claim: write its module with those three names (common.py has the
 result, the rule, the run selection, number formatting and figure helpers),
@@ -53,18 +56,20 @@ class Claim:
     margin: float  # the smallest effect that matters, in the statistic's unit (docs/claims.md says why each)
     plain_sweep: bool = False  # a sweep without a preset may stand in for presets[0] (module.tests_plain_sweep)
     suite_grid: tuple[str, ...] = ()  # overrides the full suite adds to presets[0] (a quick/ preset sets its own)
+    conv: bool = False  # where presets[0] did not run, its conv-net variants (conv_variant) are read instead
 
 
 CLAIMS: tuple[Claim, ...] = (
     Claim("C1", "at a fixed lr and epoch budget BN's advantage grows with batch size", ("notebook",),
           "c01_batch_size", margin=1.0, plain_sweep=True, suite_grid=("batch_size=8,64,512",)),
     Claim("C2", "BN raises the largest stable learning rate", ("max_lr",),
-          "c02_stable_lr", margin=0.5, plain_sweep=True),
+          "c02_stable_lr", margin=0.5, plain_sweep=True, conv=True),
     Claim("C3", "with lr tuned per arm the gap shrinks", ("tune", "notebook"), "c03_tuned_gap", margin=1.0,
-          suite_grid=("batch_size=8,64,512",)),
-    Claim("C4", "BN needs fewer steps to a target accuracy", ("steps_to_target",), "c04_steps_to_target", margin=0.1),
+          suite_grid=("batch_size=8,64,512",), conv=True),
+    Claim("C4", "BN needs fewer steps to a target accuracy", ("steps_to_target",), "c04_steps_to_target", margin=0.1,
+          conv=True),
     Claim("C5", "small batches hurt BN but not LayerNorm/GroupNorm/no-norm", ("small_batch",),
-          "c05_small_batch", margin=2.0),
+          "c05_small_batch", margin=2.0, conv=True),
     Claim("C6", "train/inference discrepancy, worse under a shifted test set", ("shift",),
           "c06_train_inference", margin=1.0),
     Claim("C7", "ghost BN at large batch recovers part of the small-batch result", ("ghost",),
@@ -100,6 +105,16 @@ REPLICATION_SEED = 1000
 REPLICATION_DIR = "replication"  # the replication's claim figures, inside the report folder
 
 
+def conv_variant(preset: str) -> str:
+    """The conv-net variant of an MLP preset (conf/experiment/cnn_<preset>.yaml; `cnn` for the notebook's).
+
+    A claim with `conv=True` reads these where its first preset did not run,
+    so that the report of e.g. `python study/run.py -m experiment=cnn_max_lr`
+    gives C2's verdict on the conv net. The suite runs only the MLP presets
+    of C1..C5 (the conv net's row is C17)."""
+    return "cnn" if preset == "notebook" else f"cnn_{preset}"
+
+
 def in_replication(seed: object) -> bool:
     """Whether a run's seed belongs to the replication set (an int seed >= REPLICATION_SEED)."""
     try:
@@ -127,6 +142,9 @@ def evaluate_claim(claim_id: str, exps: Mapping[str, ExperimentRuns], out: Path)
     runs = ClaimRuns(claim, exps, module.LITERATURE)
 
     def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
+        first = claim.presets[0]
+        if claim.conv and first not in exps and conv_variant(first) in exps:
+            runs.aliases = {p: conv_variant(p) for p in claim.presets}
         plain = exps.get(NO_PRESET)
         if claim.plain_sweep and claim.presets[0] not in exps and plain is not None and module.tests_plain_sweep(plain):
             runs.stand_in = plain

@@ -315,10 +315,12 @@ class ClaimRuns:
     exps: Mapping[str, ExperimentRuns]  # every preset's runs in the report
     literature: str
     stand_in: Optional[ExperimentRuns] = None  # a sweep without a preset that tests the claim (Claim.plain_sweep)
+    aliases: Mapping[str, str] = field(default_factory=dict)  # preset -> the conv-net preset read instead (Claim.conv)
 
     def get(self, preset: str) -> Optional[ExperimentRuns]:
-        """The runs of `preset`, or None; a plain sweep stands in for the claim's first preset."""
-        e = self.exps.get(preset)
+        """The runs of `preset` (of its conv-net variant where `aliases` says so), or None; a plain sweep
+        stands in for the claim's first preset."""
+        e = self.exps.get(self.aliases.get(preset, preset))
         if e is None and preset == self.claim.presets[0]:
             return self.stand_in
         return e
@@ -341,6 +343,8 @@ class ClaimRuns:
         if interval is not None:
             fields["value"], fields["low"], fields["high"] = _bounds(interval)
             fields.setdefault("seeds", _replicates(interval))
+        if self.aliases and fields.get("evidence"):
+            fields["evidence"] = f"On the conv net (model=cnn): {fields['evidence']}"
         fields.setdefault("experiment", self.experiment)
         fields.setdefault("margin", self.claim.margin)
         return ClaimResult(claim=self.claim.id, title=self.claim.title, verdict=verdict, statistic=statistic,
@@ -350,8 +354,9 @@ class ClaimRuns:
         return self.result(INCONCLUSIVE, statistic, evidence=why, **fields)
 
     def not_run(self, why: str = "") -> ClaimResult:
-        cmd = "; ".join(f"python study/run.py -m experiment={p}" for p in self.claim.presets)
-        return self.result(NOT_RUN, "", experiment=", ".join(self.claim.presets),
+        presets = [self.aliases.get(p, p) for p in self.claim.presets]
+        cmd = "; ".join(f"python study/run.py -m experiment={p}" for p in presets)
+        return self.result(NOT_RUN, "", experiment=", ".join(presets),
                            evidence=(why or "no runs of its preset here") + f" (run: {cmd}, or python -m study.suite)")
 
 
