@@ -156,9 +156,9 @@ def _accuracy(runs: ClaimRuns, df: pd.DataFrame, out: Path) -> ClaimResult:
                        f"population statistics differ) {diff_text(shared[0])}")
     label, c = headline(settings)
     evidence = ("; ".join(f"{w}: BN-LSTM minus LSTM test accuracy {diff_text(d)}" for w, d, _ in settings)
-                + f"; headline: the least favourable, {label}. {_budget(df)} {DIVERGED_NOTE}. Figure: test "
-                  "accuracy per arm at each evaluation, mean over seeds.")
-    figure = draw("C16", out, lambda: _accuracy_figure(runs.need("rnn"), big), details)
+                + f"; headline: the least favourable, {label}. {_budget(df)} {DIVERGED_NOTE}. Figure: final test "
+                  f"accuracy per arm at batch {int(big)}, with population and (BN arms) batch statistics.")
+    figure = draw("C16", out, lambda: _accuracy_figure(df, big), details)
     n = n_text([x for _, d, _ in settings for x in (d.n_a, d.n_b)])
     return runs.result(combine(v for *_, v in settings), stat, interval=c, unit="points", n=n, evidence=evidence,
                        figure=figure, details=details)
@@ -169,23 +169,37 @@ def _budget(df: pd.DataFrame) -> str:
     return f"Budget: {' or '.join(map(str, steps))} steps at every batch size." if steps else ""
 
 
-def _accuracy_figure(exp: ExperimentRuns, big: float) -> Figure:
+def _accuracy_figure(df: pd.DataFrame, big: float) -> Figure:
+    """Final test accuracy per arm at the largest batch, on rows (circles) and permuted pixels (squares);
+    hollow: the BN arms with batch statistics at test (probe `modes`)."""
+    from matplotlib.lines import Line2D
+
     fig, ax = panel()
-    by: dict[str, dict[float, list[float]]] = {}
-    for rec in exp.records:
-        cfg = config_of(rec)
-        if num(cfg.get("batch_size")) != big or rec.get("status") != "completed":
-            continue
-        for h in rec.get("history") or []:
-            if finite(h.get("test_acc")):
-                by.setdefault(str(norm_of(rec)), {}).setdefault(float(h["step"]), []).append(100 * h["test_acc"])
-    pal = palette(by)
-    for norm in norm_order(by):
-        xs = sorted(by[norm])
-        errorbar(ax, xs, [mean_interval(by[norm][x]) for x in xs], color=pal[norm], marker="o", label=arm(norm))
+    ok = df[(df.status == "completed") & (df.batch_size == big)]
+    arms = norm_order(set(ok.norm))
+    pal = palette(arms)
+    for permuted, marker, dx in ((False, "o", -0.12), (True, "s", 0.12)):
+        for i, a in enumerate(arms):
+            c = _cell(ok, a, big, permuted)
+            if c.empty:
+                continue
+            errorbar(ax, [i + dx], [mean_interval(100 * c.test_acc.dropna())], color=pal[a], marker=marker,
+                     linestyle="none")
+            batch_stats = 100 * c.train_mode_acc.dropna()
+            if a.startswith("batch") and len(batch_stats):
+                errorbar(ax, [i + dx], [mean_interval(batch_stats)], color=pal[a], marker=marker, mfc="none",
+                         linestyle="none")
+    ax.set_xticks(range(len(arms)), [arm(a).replace(" (", "\n(") for a in arms], fontsize=7)
+    ax.set_xlim(-0.6, len(arms) - 0.4)
+    grey = "0.35"
+    ax.legend(handles=[Line2D([], [], color=grey, marker="o", linestyle="none", label="rows"),
+                       Line2D([], [], color=grey, marker="s", linestyle="none", label="permuted pixels"),
+                       Line2D([], [], color=grey, marker="o", mfc="none", linestyle="none",
+                              label="BN: batch statistics at test")], fontsize=7, frameon=False)
     clamp_axis(ax)
-    label_axes(ax, "training step", "test accuracy (%)",
-               f"C16: row MNIST LSTMs at batch {int(big)} (mean, 95% t-interval over seeds)")
+    steps = " or ".join(str(int(s)) for s in sorted(set(ok.steps.dropna())))
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"C16: LSTMs at batch {int(big)}, {steps} steps (mean, 95% t-interval over seeds)", fontsize=8)
     return fig
 
 
