@@ -280,10 +280,11 @@ def best_lr_table(a: Analysis) -> pd.DataFrame:
 
     Selection is on validation accuracy (the protocol: test only in the final
     table); diverged runs count as 0 so that a fragile lr is not picked. In a
-    tuning sweep the lr is chosen on the cell's trial runs only and its numbers
-    come from the confirmation runs at that lr (fresh seeds: the trial that
-    chose an lr is biased upward); a cell without them falls back to that
-    trial, marked BIASED_NOTE.
+    tuning sweep the lr is chosen on the cell's trial runs only (among lrs tied
+    at the best score, the one with confirmation runs: the sweeper's choice)
+    and its numbers come from the confirmation runs at that lr (fresh seeds:
+    the trial that chose an lr is biased upward); a cell without them falls
+    back to that trial, marked BIASED_NOTE.
     """
     keys = [*SCIENTIFIC, *a.setting_keys]
     tuned = a.tuned
@@ -296,7 +297,12 @@ def best_lr_table(a: Analysis) -> pd.DataFrame:
         scored = scored[scored.score.notna()]
         if scored.empty or not (scored.status == "completed").any():
             continue
-        lr = scored.groupby("lr").score.mean().idxmax()
+        means = scored.groupby("lr").score.mean()
+        tied = list(means.index[means == means.max()])
+        # Of lrs tied at the best score, the one the sweeper confirmed (it broke the tie its own way); a
+        # tie broken otherwise showed the cell on one biased trial beside eight confirmation runs unused.
+        confirmed = set(g.lr[~trial]) if tuned and trial.any() else set()
+        lr = next((x for x in tied if x in confirmed), tied[0])
         basis = BASIS_ALL
         at = g[g.lr == lr]
         if trial.any():
