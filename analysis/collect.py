@@ -129,6 +129,8 @@ def run_row(rec: dict[str, Any], run: str, record_path: str) -> dict[str, Any]:
         "epochs_done": num(final.get("epoch", len(history) if history else math.nan)),
         "steps_done": num(final.get("step")),
         "diverged_at_step": num(rec.get("diverged_at_step")),
+        # Stopped at its target validation accuracy (probes.stop_at) before the budget: NaN where not.
+        "stopped_at_step": num((rec.get("probes") or {}).get("stopped_at_step")),
         "seconds_per_epoch": _median_after_first([h.get("epoch_seconds") for h in history]),
         "samples_per_second": _median_after_first([h.get("samples_per_second") for h in history]),
         "pack_size": num(history[-1].get("pack_size")) if history else math.nan,

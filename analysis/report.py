@@ -185,7 +185,13 @@ def findings_section(a: Analysis, results: list[ClaimResult], figures: dict[str,
     if untested:
         blocks.append(Para(f"Not tested by these runs: {', '.join(untested)} (each needs its preset's runs; "
                            "`python -m study.suite` runs every preset and reports on all claims)."))
-    if a.lr_varies and not a.best_differences.empty:
+    stopped = int(a.runs.stopped_at_step.notna().sum()) if "stopped_at_step" in a.runs else 0
+    if stopped:
+        blocks.append(Para(f"{stopped} run(s) stopped at their target validation accuracy (probes.stop_at) before "
+                           "the step budget: their final accuracies are at the stop, so the accuracy tables and "
+                           "figures compare runs trained for different numbers of steps, and no best-lr "
+                           "accuracy comparison is made."))
+    elif a.lr_varies and not a.best_differences.empty:
         blocks.append(Para(f"At each cell's best lr ({best_lr_phrase(a)}; Figure 5):"))
         blocks.append(Bullets([f"batch {fmt_value(r['batch_size'])}"
                                f"{(', ' + a.setting_label(r)) if a.setting_keys else ''}: {r['reading']}"

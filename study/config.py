@@ -146,6 +146,10 @@ class ProbeConfig:
 
     kinds: List[Probe] = field(default_factory=list)  # empty: no probes
     every: int = 100  # optimizer steps between the step probes
+    # val_acc: once every live run of a pack has reached this validation
+    # accuracy at a step probe, training stops there (steps to a target,
+    # Shallue et al. 2018: nothing after the target is measured). null: never.
+    stop_at: Optional[float] = None
     # activations: the hidden layer (index into model.hidden; -1 = the last)
     # and the unit whose activation input (after the norm) is tracked, over
     # `sample` fixed validation images.
@@ -333,6 +337,8 @@ def validate(cfg: DictConfig) -> None:
 
     p = cfg.probes
     need(p.every >= 1, "probes.every", p.every, "an integer >= 1")
+    need(p.stop_at is None or (0 < p.stop_at <= 1 and Probe.val_acc.value in [_enum_value(k) for k in p.kinds]),
+         "probes.stop_at", p.stop_at, "null, or a validation accuracy in (0, 1] with val_acc in probes.kinds")
     depth = len(m.hidden)
     need(-depth <= p.layer < depth, "probes.layer", p.layer,
          f"a hidden-layer index in [{-depth}, {depth - 1}] (model.hidden has {depth} layers)")

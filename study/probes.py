@@ -40,7 +40,11 @@ that step's own minibatch; one entry of `probes.series` per such step:
   ("gradient predictiveness") and the largest effective beta-smoothness
   ||grad L(w) - grad L(w')|| / ||eta * g||.
 - `val_acc`: validation accuracy of the current weights (eval mode, running
-  statistics: `study.packed.evaluate`, as the epoch evaluation).
+  statistics: `study.packed.evaluate`, as the epoch evaluation). With
+  `probes.stop_at` set, the pack stops training at the first step probe at
+  which every live run has reached that accuracy (steps to a target need
+  nothing after it); `probes.stopped_at_step` records that step (null: the
+  budget ran out first), and the run's final evaluation is at that step.
 
 Epoch probe, after each epoch's evaluation (stored in that epoch's history
 entry): `train_acc`: accuracy (`train_acc`) and mean cross-entropy
@@ -320,7 +324,9 @@ class Probes:
     def __init__(self, spec: TrainSpec, data: MNISTSplits, runs: int, device: torch.device) -> None:
         p = spec.probes
         self.kinds = list(p.kinds)
-        self.every = p.every
+        self.every, self.stop_at = p.every, p.stop_at
+        self.reached = [False] * runs  # val_acc >= stop_at at some step probe
+        self.stopped_at_step: Optional[int] = None
         self.data, self.runs, self.device = data, runs, device
         self.step_kinds = [k for k in STEP_KINDS if k in self.kinds]
         self.lr, self.batch_size, self.eval_chunk = spec.lr, spec.batch_size, spec.eval_batch_size
@@ -356,6 +362,8 @@ class Probes:
             # First: the train-mode forwards below overwrite the copy's running statistics.
             acc, _ = evaluate(net, self.data.val_x, self.data.val_y, self.eval_chunk)
             out["val_acc"] = [_num(v) for v in acc.tolist()]
+            if self.stop_at is not None:
+                self.reached = [r or bool(v >= self.stop_at) for r, v in zip(self.reached, acc.tolist())]
         net.train()
         if "activations" in self.step_kinds:
             q = activation_percentiles(net, self.sample_x, self.layer, self.unit).tolist()
@@ -386,6 +394,15 @@ class Probes:
         spent = self._clock() - t0
         self.seconds += spent
         return spent
+
+    def target_reached(self, step: int, alive: Sequence[bool]) -> bool:
+        """True (and `step` kept as the stop) when `stop_at` is set and every
+        live run has reached it at a step probe: training stops before this
+        step's update."""
+        if self.stop_at is None or not any(alive) or not all(r for r, a in zip(self.reached, alive) if a):
+            return False
+        self.stopped_at_step = step
+        return True
 
     def on_epoch(self, model: PackedMLP) -> Optional[list[dict[str, Any]]]:
         """After an epoch's evaluation: the keys to add to each run's history entry."""
@@ -453,5 +470,6 @@ class Probes:
             series = self.series[k]
             if out.diverged_at_step is not None:
                 series = [e for e in series if e["step"] < out.diverged_at_step]
-            out.probes = {"kinds": list(self.kinds), "every": self.every, "seconds": self.seconds,
+            out.probes = {"kinds": list(self.kinds), "every": self.every, "stop_at": self.stop_at,
+                          "stopped_at_step": self.stopped_at_step, "seconds": self.seconds,
                           "series": series, "final": finals[k] if alive[k] else {}}

@@ -39,6 +39,7 @@ class ProbeSpec:
 
     kinds: tuple[str, ...]
     every: int  # optimizer steps between step probes
+    stop_at: Optional[float]  # val_acc at which a pack stops training (every live run reached it); None: never
     layer: int  # hidden layer of the `activations` probe, resolved (0 = the first)
     unit: int
     sample: int  # validation images of the `activations` probe
@@ -76,7 +77,8 @@ def train_spec(cfg: Any) -> TrainSpec:
     probes = None
     if p is not None and len(p.kinds):
         probes = ProbeSpec(kinds=tuple(dict.fromkeys(str(getattr(k, "value", k)) for k in p.kinds)),
-                           every=int(p.every), layer=int(p.layer) % len(model["hidden"]), unit=int(p.unit),
+                           every=int(p.every),
+                           stop_at=None if p.stop_at is None else float(p.stop_at), layer=int(p.layer) % len(model["hidden"]), unit=int(p.unit),
                            sample=int(p.sample), landscape_scales=tuple(float(s) for s in p.landscape_scales),
                            train_subset=int(p.train_subset), shift_brightness=float(p.shift_brightness),
                            shift_contrast=float(p.shift_contrast))

@@ -176,9 +176,11 @@ def train_runs(spec: TrainSpec, seeds: list[int], data: MNISTSplits, device: tor
                               progress.within(epoch))
         if trained is None:  # every run diverged
             break
-        done += steps
+        if not len(trained.losses):  # stopped at the target before this epoch's first update
+            break
+        done += len(trained.losses)
         record_epoch(model, data, spec.eval_batch_size, epoch, done, trained, probes, watch)
-        if not watch.any_alive:
+        if not watch.any_alive or trained.stopped:
             break
         progress.epoch_end(epoch, done, trained, [o.history[-1] for o in watch.live()])
         if on_epoch is not None and epoch < n_epochs and on_epoch(epoch, outcomes):
@@ -193,13 +195,15 @@ class EpochTraining(NamedTuple):
     losses: torch.Tensor  # (steps, R): each step's loss per run, taken before its update
     samples: int  # training examples per run
     seconds: float  # training time (probes' time left out)
+    stopped: bool  # stopped before `steps`: every live run reached `probes.stop_at`
 
 
 def train_epoch(model: PackedMLP, step: Step, data: MNISTSplits, gens: list[torch.Generator], batch_size: int,
                 first_step: int, steps: int, probes: Optional[Probes], watch: "DivergenceWatch",
                 note: Callable[[int, int, float], None]) -> Optional[EpochTraining]:
     """`steps` optimizer steps from step `first_step`, each run on its own
-    permutation of the training split; None when every run diverged."""
+    permutation of the training split (fewer where every live run reached
+    `probes.stop_at` at a step probe); None when every run diverged."""
     x_train, y_train = data.train_x, data.train_y
     r, device = model.runs, x_train.device
     perms = torch.stack([torch.randperm(len(x_train), generator=g, device=device) for g in gens])
@@ -209,6 +213,7 @@ def train_epoch(model: PackedMLP, step: Step, data: MNISTSplits, gens: list[torc
     losses: list[torch.Tensor] = []
     checked, samples, probe_seconds = 0, 0, 0.0
     t0 = time.perf_counter()
+    stopped = False
     for i in range(steps):
         idx = perms[:, i * batch_size:(i + 1) * batch_size].reshape(-1)  # run-major: R blocks of b
         b = idx.numel() // r
@@ -217,6 +222,9 @@ def train_epoch(model: PackedMLP, step: Step, data: MNISTSplits, gens: list[torc
         yb = labels[:, i * batch_size:(i + 1) * batch_size].reshape(-1)
         if probes is not None and probes.step_due(first_step + i):
             probe_seconds += probes.on_step(model, xb, yb, first_step + i)
+            if probes.target_reached(first_step + i, watch.alive):
+                stopped = True
+                break
         losses.append(step(xb, yb).detach())
         samples += b
         if (i + 1) % DIVERGENCE_CHECK_EVERY == 0 or i == steps - 1:
@@ -225,9 +233,14 @@ def train_epoch(model: PackedMLP, step: Step, data: MNISTSplits, gens: list[torc
                 return None
             checked = i + 1
             note(first_step + i + 1, samples, time.perf_counter() - t0 - probe_seconds)
+    if checked < len(losses):  # stopped between divergence checks
+        watch.check_losses(torch.stack(losses[checked:]), first_step + checked)
+        if not watch.any_alive:
+            return None
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return EpochTraining(torch.stack(losses), samples, time.perf_counter() - t0 - probe_seconds)
+    done = torch.stack(losses) if losses else torch.empty(0, r, device=device)
+    return EpochTraining(done, samples, time.perf_counter() - t0 - probe_seconds, stopped)
 
 
 def record_epoch(model: PackedMLP, data: MNISTSplits, eval_batch_size: int, epoch: int, step: int,

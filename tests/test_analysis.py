@@ -11,6 +11,7 @@ report.
 from __future__ import annotations
 
 import base64
+import copy
 import itertools
 import json
 import math
@@ -261,6 +262,24 @@ def test_lr_sweep_draws_sensitivity_and_isolation(lr_sweep):
 
 
 # ------------------------------------------------ partial, failed, unreadable
+def test_runs_stopped_at_a_target_are_said_and_get_no_best_lr_comparison(lr_sweep, tmp_path):
+    _, made, report = lr_sweep
+    assert "At each cell's best lr" in (report / "report.md").read_text()
+    recs = {}
+    for run_dir, rec in made:
+        rec = copy.deepcopy(rec)
+        if rec["config"]["model"]["norm"] == "batch":  # as steps_to_target's packs that reached probes.stop_at
+            rec["probes"] = {"kinds": ["val_acc"], "every": 8, "stop_at": 0.5, "stopped_at_step": 8,
+                             "seconds": 0.1, "series": [], "final": {}}
+        recs[run_dir.name] = rec
+    md = (build_report([write_records(tmp_path / "runs", recs)]) / "report.md").read_text()
+    findings = md.split("## Findings")[1].split("## Protocol")[0]
+    n = sum(r["config"]["model"]["norm"] == "batch" for r in recs.values())
+    assert f"{n} run(s) stopped at their target validation accuracy (probes.stop_at)" in findings
+    assert "At each cell's best lr" not in findings
+    assert results(tmp_path / "runs" / "report").stopped_at_step.notna().sum() == n
+
+
 def test_failed_diverged_partial_and_unreadable_records_render_as_such(grid, lr_sweep, tmp_path):
     (_, made), (_, lr_made, _) = grid, lr_sweep
     runs = tmp_path / "runs"

@@ -97,6 +97,25 @@ def test_c4_a_censored_bn_run_cannot_support(tmp_path):
     assert res.verdict == INCONCLUSIVE
 
 
+def test_c4_runs_stopped_at_the_target_read_as_run_to_the_budget(tmp_path):
+    """probes.stop_at: a pack stops once all its runs reached the target; C4 reads the same steps."""
+    def stopped(r: dict, stop_at: float, at: int) -> dict:
+        r["probes"].update(stop_at=stop_at, stopped_at_step=at,
+                           series=[e for e in r["probes"]["series"] if e["step"] <= at])
+        return r
+
+    full = run_claim("C4", tmp_path / "full", c4_records(C4_STEPS))
+    cut = [stopped(r, TARGET_VAL_ACC, 250) if r["config"]["model"]["norm"] == "batch" else r
+           for r in c4_records(C4_STEPS)]
+    res = run_claim("C4", tmp_path / "cut", cut)
+    assert (res.verdict, res.value, res.low, res.high) == (full.verdict, full.value, full.low, full.high)
+    # Stopped below the target before reaching it: no step count and not censored either; left out, and said.
+    short = c4_records(C4_STEPS) + [stopped(c4_run("none", 9, 32, 0.1, None), 0.9, 500)]
+    res = run_claim("C4", tmp_path / "short", short)
+    assert (res.value, res.low, res.high) == (full.value, full.low, full.high)
+    assert any(d.startswith("1 run(s) left out: stopped (probes.stop_at) below the 94% target") for d in res.details)
+
+
 # ------------------------------------------------------------------ C12
 def c12_records(arms: dict) -> list[dict]:
     recs = []

@@ -175,6 +175,18 @@ def test_without_a_validation_split_the_probes_that_do_not_read_it_are_allowed()
                              "probes.kinds=[grad_norms,ics,landscape,train_acc,modes,shift]"]))
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["probes.stop_at=0.9"], "probes.stop_at=0.9 is not allowed: null, or a validation accuracy in (0, 1] with "
+                             "val_acc in probes.kinds"),
+    (["probes.kinds=[val_acc]", "probes.stop_at=1.5"], "probes.stop_at=1.5 is not allowed"),
+    (["probes.kinds=[val_acc]", "probes.stop_at=0"], "probes.stop_at=0.0 is not allowed"),
+])
+def test_a_stop_at_target_needs_the_val_acc_probe_and_an_accuracy(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        validate(compose_config(overrides))
+    assert str(e.value).startswith(message), str(e.value)
+
+
 def test_a_batch_larger_than_the_files_training_split_is_refused_before_any_record(tiny_mnist, tmp_path):
     """validate assumes 60,000 training images; smaller files (here 1,200,
     200 of them held out) are checked once read."""

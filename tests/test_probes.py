@@ -290,6 +290,34 @@ def test_step_val_acc_is_the_evaluation_of_the_current_weights(tiny_mnist, tiny_
     assert out.probes["final"] == {}
 
 
+def test_a_pack_stops_at_the_first_probe_where_every_run_reached_stop_at(tiny_mnist, tiny_data):
+    common = ["steps=96", "batch_size=32", "model.norm=batch", "probes.kinds=[val_acc]", "probes.every=8",
+              "lr=0.05"]
+    full = train_runs(spec_for(tiny_mnist, *common), [0, 1], tiny_data, CPU)
+    series = [[e["val_acc"] for e in out.probes["series"]] for out in full]
+    steps = [e["step"] for e in full[0].probes["series"]]
+    # A target both runs reach mid-run, first at different probes: the pack waits for the later one.
+    target = min(max(s[: len(s) // 2]) for s in series)
+    first = [next(i for i, v in enumerate(s) if v >= target) for s in series]
+    stop = steps[max(first)]
+    assert 0 < stop < 96
+    stopped = train_runs(spec_for(tiny_mnist, *common, f"probes.stop_at={target}"), [0, 1], tiny_data, CPU)
+    for a, b in zip(full, stopped, strict=True):
+        assert b.probes["stop_at"] == target and b.probes["stopped_at_step"] == stop
+        assert b.probes["series"] == a.probes["series"][: max(first) + 1]  # the same run, cut at the stop
+        assert b.history[-1]["step"] == stop and b.final["step"] == stop
+        assert b.final["val_acc"] == b.probes["series"][-1]["val_acc"]  # evaluated at the stop's weights
+        assert [h for h in b.history[:-1]] == [h for h in a.history if h["step"] < stop][: len(b.history) - 1]
+    assert full[0].probes["stopped_at_step"] is None and full[0].final["step"] == 96
+    # A target one run never reaches: the pack trains to its budget, as without stop_at.
+    slow = ["lr=0.0001", f"probes.stop_at={target}"]
+    never = train_runs(spec_for(tiny_mnist, *common, *slow), [0, 1], tiny_data, CPU)
+    assert max(e["val_acc"] for e in never[0].probes["series"]) < target
+    assert [o.probes["stopped_at_step"] for o in never] == [None, None] and never[0].final["step"] == 96
+    plain = train_runs(spec_for(tiny_mnist, *common, "lr=0.0001"), [0, 1], tiny_data, CPU)
+    assert [metrics(o) for o in never] == [metrics(o) for o in plain]
+
+
 # ------------------------------------------------------------------ records
 
 
@@ -301,7 +329,8 @@ def test_record_carries_the_probes_as_strict_json(tiny_mnist, tmp_path):
     on_disk = json.loads((tmp_path / "run" / RESULT_FILE).read_text(), parse_constant=pytest.fail)
     assert on_disk == rec
     pr = rec["probes"]
-    assert set(pr) == {"kinds", "every", "seconds", "series", "final"}
+    assert set(pr) == {"kinds", "every", "stop_at", "stopped_at_step", "seconds", "series", "final"}
+    assert pr["stop_at"] is None and pr["stopped_at_step"] is None
     assert pr["kinds"] == ["activations", "grad_norms", "ics", "landscape", "val_acc", "train_acc", "modes", "shift"]
     assert pr["every"] == 7 and pr["seconds"] > 0
     assert [e["step"] for e in pr["series"]] == [0, 7, 14]

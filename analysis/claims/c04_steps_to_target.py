@@ -23,7 +23,9 @@ the smaller lr). A censored no-norm run makes the ratio a lower bound, a
 censored BN run an upper bound; a bound cannot decide against its direction,
 so at a batch size where BN (no norm) has a censored run at its chosen lr a
 'supported' ('not supported') reading becomes 'inconclusive', and the
-details say so. Figure: steps to target vs batch size, log-log, with perfect
+details say so. The preset stops a pack once all its runs reached the target (probes.stop_at): their
+steps to it are the same, and a run stopped below the target before reaching it is left out (said in the
+details). Figure: steps to target vs batch size, log-log, with perfect
 1/B scaling dashed.
 """
 
@@ -57,11 +59,17 @@ STATISTIC = (f"log10(no norm's steps / BN's steps) to {TARGET_VAL_ACC:.0%} valid
 
 def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     df = _steps_table(runs.need("steps_to_target").records)
+    n_short = int(df.short.sum()) if not df.empty else 0
+    if n_short:
+        df = df[~df.short]
     if df.empty or not {"none", "batch"} <= set(df.norm):
         return runs.inconclusive(STATISTIC, "needs completed or diverged runs of both BN and no norm")
     n_hist = int((df.source == "history").sum())
     details = [f"{n_hist} run(s) without a val_acc probe series: steps read from per-epoch validation "
                "(coarser: an upper bound on the step the target was first reached)"] if n_hist else []
+    if n_short:
+        details.append(f"{n_short} run(s) left out: stopped (probes.stop_at) below the {TARGET_VAL_ACC:.0%} "
+                       "target before reaching it")
     chosen = {key: _best_lr(g) for key, g in df.groupby(["norm", "batch_size"])}
     settings = []
     for b in sorted(df.batch_size.unique()):
@@ -127,9 +135,14 @@ def _steps_table(records: list[dict[str, Any]]) -> pd.DataFrame:
             continue
         steps, source = _steps_to_target(r)
         budget = _budget(r)
+        probes = r.get("probes") if isinstance(r.get("probes"), dict) else {}
+        # Stopped (probes.stop_at) below the target before reaching it: neither a step count nor censored.
+        short = (not math.isfinite(steps) and probes.get("stopped_at_step") is not None
+                 and num(probes.get("stop_at")) < TARGET_VAL_ACC)
         rows.append({"norm": norm_of(r), "batch_size": int(b), "lr": lr, "seed": seed_of(r),
                      "steps": min(steps, budget), "censored": not math.isfinite(steps), "source": source,
-                     "budget": budget, "status": r.get("status"), "finished_at": r.get("finished_at")})
+                     "budget": budget, "status": r.get("status"), "finished_at": r.get("finished_at"),
+                     "short": short})
     df = pd.DataFrame(rows)
     if df.empty:
         return df
