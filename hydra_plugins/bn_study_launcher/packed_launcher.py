@@ -50,7 +50,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from .packs import DEFAULT_MAX_PACK, Job, job_config, job_dir, member_return, pack_members, plan_packs
+from .packs import DEFAULT_MAX_PACK, Job, job_dir, member_return, pack_members, plan_packs
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +72,13 @@ ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedL
                              provider="bn_study")
 
 
-def _run_pack(jobs: list[Job], hydra_context: HydraContext, config: DictConfig, task_function: TaskFunction,
+def _run_pack(jobs: list[Job], configs: list[DictConfig], hydra_context: HydraContext, task_function: TaskFunction,
               singleton_state: Any, threads: Optional[int], device: Optional[str] = None) -> list[JobReturn]:
     """Run a pack as the Hydra job of its first member; return every member's JobReturn.
+    `configs`: each member's composed sweep config (plan_packs composed them);
     `device`: this worker's GPU (`cuda:N`), where the workers share several."""
     setup_globals()
     Singleton.set_state(singleton_state)
-    configs = [job_config(hydra_context, config, overrides, idx) for idx, overrides in jobs]
     dirs = [job_dir(c) for c in configs]
     first = configs[0]
     with open_dict(first):
@@ -100,10 +100,11 @@ def _run_pack(jobs: list[Job], hydra_context: HydraContext, config: DictConfig, 
     return [ret] + [member_return(ret, c, d) for c, d in zip(configs[1:], dirs[1:])]
 
 
-def _run_lane(lane: list[list[Job]], hydra_context: HydraContext, config: DictConfig, task_function: TaskFunction,
-              singleton_state: Any, threads: Optional[int], device: str) -> list[list[JobReturn]]:
-    """One worker's packs, one after another, on its own GPU."""
-    return [_run_pack(p, hydra_context, config, task_function, singleton_state, threads, device) for p in lane]
+def _run_lane(lane: list[tuple[list[Job], list[DictConfig]]], hydra_context: HydraContext,
+              task_function: TaskFunction, singleton_state: Any, threads: Optional[int],
+              device: str) -> list[list[JobReturn]]:
+    """One worker's packs (each with its members' configs), one after another, on its own GPU."""
+    return [_run_pack(p, c, hydra_context, task_function, singleton_state, threads, device) for p, c in lane]
 
 
 def _gpu_count() -> int:
@@ -138,9 +139,12 @@ class PackedLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
 
         # Compose and check every job first: a bad value stops the sweep before any run.
+        composed: dict[int, DictConfig] = {}
         planned = plan_packs(self.hydra_context, self.config, job_overrides, initial_job_idx, self.max_pack,
-                             self.pack)
+                             self.pack, composed)
         packs = [p for p, _ in planned]
+        # Each pack with its members' composed configs: the workers do not compose them again.
+        work = [(p, [composed[idx] for idx, _ in p]) for p in packs]
         cores = usable_cores()  # the affinity mask and SLURM's CPU count, not the machine's cores
         n_workers = cores if self.n_jobs == -1 else max(1, self.n_jobs)
         n_workers = min(n_workers, len(packs))
@@ -157,15 +161,14 @@ class PackedLauncher(Launcher):
 
         singleton_state = Singleton.get_state()
         if n_workers == 1:
-            runs = [_run_pack(p, self.hydra_context, self.config, self.task_function, singleton_state, None)
-                    for p in packs]
+            runs = [_run_pack(p, c, self.hydra_context, self.task_function, singleton_state, None) for p, c in work]
         elif devices[0] is not None:
             # Several GPUs: worker w trains its lane, packs w, w + n, ..., on cuda:w (recorded in env.device).
             from joblib import Parallel, delayed
 
             threads = max(1, cores // n_workers)
             lanes = Parallel(n_jobs=n_workers, backend="loky")(
-                delayed(_run_lane)(packs[w::n_workers], self.hydra_context, self.config, self.task_function,
+                delayed(_run_lane)(work[w::n_workers], self.hydra_context, self.task_function,
                                    singleton_state, threads, devices[w]) for w in range(n_workers))
             runs = [None] * len(packs)
             for w, lane in enumerate(lanes):
@@ -175,7 +178,7 @@ class PackedLauncher(Launcher):
 
             threads = max(1, cores // n_workers)
             runs = Parallel(n_jobs=n_workers, backend="loky")(
-                delayed(_run_pack)(p, self.hydra_context, self.config, self.task_function, singleton_state, threads)
-                for p in packs)
+                delayed(_run_pack)(p, c, self.hydra_context, self.task_function, singleton_state, threads)
+                for p, c in work)
         by_idx = {idx: ret for pack, rets in zip(packs, runs) for (idx, _), ret in zip(pack, rets)}
         return [by_idx[initial_job_idx + i] for i in range(len(job_overrides))]

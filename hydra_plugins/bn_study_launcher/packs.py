@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
@@ -106,9 +106,12 @@ def cost(cfg: DictConfig, runs: int) -> float:
 
 
 def plan_packs(hydra_context: HydraContext, config: DictConfig, job_overrides: Sequence[Sequence[str]],
-               initial_job_idx: int, max_pack: int, pack: bool) -> list[tuple[list[Job], DictConfig]]:
+               initial_job_idx: int, max_pack: int, pack: bool,
+               composed: Optional[dict[int, DictConfig]] = None) -> list[tuple[list[Job], DictConfig]]:
     """Compose and check every job, then group them into packs, costliest first: each
-    pack's jobs and its first job's config."""
+    pack's jobs and its first job's config. `composed`, where given, receives each
+    job's composed sweep config by job number (a Hydra composition is ~0.1 s: the
+    launcher hands them on rather than composing every job again)."""
     from study.config import validate
     from study.packing import pack_key  # torch-free: this process never trains
 
@@ -116,6 +119,8 @@ def plan_packs(hydra_context: HydraContext, config: DictConfig, job_overrides: S
     cfgs: dict[Any, DictConfig] = {}
     for i, overrides in enumerate(job_overrides):
         sweep_config = job_config(hydra_context, config, overrides, initial_job_idx + i)
+        if composed is not None:
+            composed[initial_job_idx + i] = sweep_config
         task_cfg = task_config(sweep_config)
         validate(task_cfg)
         # The preset is recorded with each run: a pack's members share it.
@@ -185,15 +190,16 @@ class PackingLauncher:
         return getattr(self.launcher, name)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        composed: dict[int, DictConfig] = {}
         packs = [p for p, _ in plan_packs(self.hydra_context, self.config, job_overrides, initial_job_idx,
-                                          self.max_pack, True)]
+                                          self.max_pack, True, composed)]
         if all(len(p) == 1 for p in packs):  # nothing to pack: the jobs as they came
             return self.launcher.launch(job_overrides, initial_job_idx)
         pack_dir = Path(str(self.config.hydra.sweep.dir)) / PACKS_DIR
         pack_dir.mkdir(parents=True, exist_ok=True)
         launched, members = [], []
         for p in packs:
-            configs = [job_config(self.hydra_context, self.config, o, idx) for idx, o in p]
+            configs = [composed[idx] for idx, _ in p]
             subdirs = [job_subdir(c) for c in configs]
             dirs = [job_dir(c) for c in configs]
             overrides = list(p[0][1]) + [f"hydra.sweep.subdir={_quote(subdirs[0])}"]
