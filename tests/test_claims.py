@@ -119,6 +119,25 @@ def _record(experiment: str | None, seed: int, norm: str) -> dict:
             "env": {"device_name": "cpu", "threads": 1}, "data": {}}
 
 
+def test_a_preset_names_only_its_own_tuning_studies(tmp_path: Path) -> None:
+    """A suite's collection knows the tune preset's Optuna studies; the other presets' sub-reports
+    must not list them in their protocol (they did: every sub-report named the suite's storage)."""
+    from analysis.claims.common import subset
+
+    studies = {"run0": "tune-lr__a", "run1": "tune-lr__b", "run2": None}
+    for k, experiment in enumerate(("tune", "tune", "ics")):
+        d = tmp_path / f"run{k}"
+        d.mkdir()
+        (d / "result.json").write_text(json.dumps(_record(experiment, k, "batch")))
+    col = collect([tmp_path])
+    col.runs["study"] = [studies[Path(str(r)).name] for r in col.runs.run]  # as the tuning sweep's trials carry
+    col.tuning_studies = {"sqlite:///s.db": ["tune-lr__a", "tune-lr__b", "tune-lr__c"]}
+    tune = [e == "tune" for e in col.runs.experiment]
+    ics = [not t for t in tune]
+    assert subset(col, tune, []).tuning_studies == {"sqlite:///s.db": ["tune-lr__a", "tune-lr__b"]}
+    assert subset(col, ics, []).tuning_studies == {}
+
+
 def test_split_by_experiment_keeps_presets_apart(tmp_path: Path) -> None:
     n = 0
     for experiment in ("ics", "landscape", "quick/ics", "quick/shift", None):

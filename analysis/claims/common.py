@@ -275,9 +275,12 @@ def subset(col: Collection, mask: list[bool], records: list[dict[str, Any]]) -> 
     runs = col.runs[mask].reset_index(drop=True).copy()
     # Config keys that only other presets' records have are not this preset's keys.
     config = [c for c in col.config_columns if c in runs.columns and runs[c].notna().any()]
+    # The tuning studies these runs belong to (a preset without a tuning sweep names none).
+    here = set(runs["study"].dropna().astype(str)) if "study" in runs else set()
+    tuning = {url: [n for n in names if n in here] for url, names in col.tuning_studies.items()}
     return Collection(runs=runs, history=col.history[col.history.run.isin(set(runs["run"]))].reset_index(drop=True),
                       records=records, config_columns=config, problems=[], sources=col.sources,
-                      studies=col.studies, duplicates=[], tuning_studies=col.tuning_studies)
+                      studies=col.studies, duplicates=[], tuning_studies={u: n for u, n in tuning.items() if n})
 
 
 def runs_table(e: ExperimentRuns) -> pd.DataFrame:
