@@ -361,9 +361,10 @@ class Probes:
         if "val_acc" in self.step_kinds:
             # First: the train-mode forwards below overwrite the copy's running statistics.
             acc, _ = evaluate(net, self.data.val_x, self.data.val_y, self.eval_chunk)
-            out["val_acc"] = [_num(v) for v in acc.tolist()]
+            accs = acc.tolist()
+            out["val_acc"] = [_num(v) for v in accs]
             if self.stop_at is not None:
-                self.reached = [r or bool(v >= self.stop_at) for r, v in zip(self.reached, acc.tolist())]
+                self.reached = [r or v >= self.stop_at for r, v in zip(self.reached, accs)]
         net.train()
         if "activations" in self.step_kinds:
             q = activation_percentiles(net, self.sample_x, self.layer, self.unit).tolist()

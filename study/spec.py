@@ -77,8 +77,8 @@ def train_spec(cfg: Any) -> TrainSpec:
     probes = None
     if p is not None and len(p.kinds):
         probes = ProbeSpec(kinds=tuple(dict.fromkeys(str(getattr(k, "value", k)) for k in p.kinds)),
-                           every=int(p.every),
-                           stop_at=None if p.stop_at is None else float(p.stop_at), layer=int(p.layer) % len(model["hidden"]), unit=int(p.unit),
+                           every=int(p.every), stop_at=None if p.stop_at is None else float(p.stop_at),
+                           layer=int(p.layer) % len(model["hidden"]), unit=int(p.unit),
                            sample=int(p.sample), landscape_scales=tuple(float(s) for s in p.landscape_scales),
                            train_subset=int(p.train_subset), shift_brightness=float(p.shift_brightness),
                            shift_contrast=float(p.shift_contrast))
