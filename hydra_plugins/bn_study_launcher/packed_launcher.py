@@ -138,17 +138,14 @@ class PackedLauncher(Launcher):
                       execution_whitelist=self.hydra_context.execution_whitelist)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
 
-        # Compose and check every job first: a bad value stops the sweep before any run.
-        composed: dict[int, DictConfig] = {}
-        planned = plan_packs(self.hydra_context, self.config, job_overrides, initial_job_idx, self.max_pack,
-                             self.pack, composed)
-        packs = [p for p, _ in planned]
-        # Each pack with its members' composed configs: the workers do not compose them again.
-        work = [(p, [composed[idx] for idx, _ in p]) for p in packs]
+        # Compose and check every job first: a bad value stops the sweep before any run. Each pack
+        # comes with its members' composed configs: the workers do not compose them again.
+        work = plan_packs(self.hydra_context, self.config, job_overrides, initial_job_idx, self.max_pack, self.pack)
+        packs = [p for p, _ in work]
         cores = usable_cores()  # the affinity mask and SLURM's CPU count, not the machine's cores
         n_workers = cores if self.n_jobs == -1 else max(1, self.n_jobs)
         n_workers = min(n_workers, len(packs))
-        cuda = any(str(c.device) == "cuda" for _, c in planned)  # torch is loaded then (packs.check_torch)
+        cuda = any(str(configs[0].device) == "cuda" for _, configs in work)  # torch is loaded then (packs.check_torch)
         devices = worker_devices("cuda", _gpu_count(), n_workers) if cuda else [None]
         if devices[0] is not None:
             n_workers = len(devices)  # one worker per GPU

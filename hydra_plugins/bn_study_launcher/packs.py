@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
@@ -106,21 +106,19 @@ def cost(cfg: DictConfig, runs: int) -> float:
 
 
 def plan_packs(hydra_context: HydraContext, config: DictConfig, job_overrides: Sequence[Sequence[str]],
-               initial_job_idx: int, max_pack: int, pack: bool,
-               composed: Optional[dict[int, DictConfig]] = None) -> list[tuple[list[Job], DictConfig]]:
+               initial_job_idx: int, max_pack: int, pack: bool) -> list[tuple[list[Job], list[DictConfig]]]:
     """Compose and check every job, then group them into packs, costliest first: each
-    pack's jobs and its first job's config. `composed`, where given, receives each
-    job's composed sweep config by job number (a Hydra composition is ~0.1 s: the
-    launcher hands them on rather than composing every job again)."""
+    pack's jobs and their composed sweep configs (a Hydra composition is ~0.1 s: the
+    launchers hand these on rather than composing every job again)."""
     from study.config import validate
     from study.packing import pack_key  # torch-free: this process never trains
 
     groups: dict[Any, list[Job]] = {}
     cfgs: dict[Any, DictConfig] = {}
+    composed: dict[int, DictConfig] = {}
     for i, overrides in enumerate(job_overrides):
-        sweep_config = job_config(hydra_context, config, overrides, initial_job_idx + i)
-        if composed is not None:
-            composed[initial_job_idx + i] = sweep_config
+        sweep_config = composed[initial_job_idx + i] = job_config(hydra_context, config, overrides,
+                                                                  initial_job_idx + i)
         task_cfg = task_config(sweep_config)
         validate(task_cfg)
         # The preset is recorded with each run: a pack's members share it.
@@ -134,8 +132,9 @@ def plan_packs(hydra_context: HydraContext, config: DictConfig, job_overrides: S
     for key, group in groups.items():
         n = -(-len(group) // max_pack)  # packs of near-equal size, none above max_pack
         for k in range(n):
-            packs.append((group[k * len(group) // n:(k + 1) * len(group) // n], cfgs[key]))
-            costs.append(cost(cfgs[key], len(packs[-1][0])))
+            members = group[k * len(group) // n:(k + 1) * len(group) // n]
+            packs.append((members, [composed[idx] for idx, _ in members]))
+            costs.append(cost(cfgs[key], len(members)))
     # Costliest packs first: workers take the next pack as they free up, so that they finish together.
     return [p for _, p in sorted(zip(costs, packs), key=lambda cp: -cp[0])]
 
@@ -190,16 +189,13 @@ class PackingLauncher:
         return getattr(self.launcher, name)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        composed: dict[int, DictConfig] = {}
-        packs = [p for p, _ in plan_packs(self.hydra_context, self.config, job_overrides, initial_job_idx,
-                                          self.max_pack, True, composed)]
-        if all(len(p) == 1 for p in packs):  # nothing to pack: the jobs as they came
+        planned = plan_packs(self.hydra_context, self.config, job_overrides, initial_job_idx, self.max_pack, True)
+        if all(len(p) == 1 for p, _ in planned):  # nothing to pack: the jobs as they came
             return self.launcher.launch(job_overrides, initial_job_idx)
         pack_dir = Path(str(self.config.hydra.sweep.dir)) / PACKS_DIR
         pack_dir.mkdir(parents=True, exist_ok=True)
-        launched, members = [], []
-        for p in packs:
-            configs = [composed[idx] for idx, _ in p]
+        launched, member_dirs = [], []
+        for p, configs in planned:
             subdirs = [job_subdir(c) for c in configs]
             dirs = [job_dir(c) for c in configs]
             overrides = list(p[0][1]) + [f"hydra.sweep.subdir={_quote(subdirs[0])}"]
@@ -210,11 +206,11 @@ class PackingLauncher:
                 write_json_atomic(path, {"threads": None, "members": pack_members(configs, dirs, p)})
                 overrides.append(f"+pack={_quote(str(path.resolve()))}")
             launched.append(overrides)
-            members.append((configs, dirs))
+            member_dirs.append(dirs)
             log.info("\t#%d : %s%s", p[0][0], " ".join(p[0][1]), f"  [pack of {len(p)}]" if len(p) > 1 else "")
         returns = self.launcher.launch(launched, initial_job_idx)
         by_idx: dict[int, JobReturn] = {}
-        for p, ret, (configs, dirs) in zip(packs, returns, members):
+        for (p, configs), ret, dirs in zip(planned, returns, member_dirs):
             by_idx[p[0][0]] = ret
             for (idx, _), c, d in zip(p[1:], configs[1:], dirs[1:]):
                 by_idx[idx] = member_return(ret, c, d)
