@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from study import loggers, progress
 from study.errors import RunFailed
 from study.records import RESULT_FILE, RecordError, read_record
 
@@ -42,10 +43,20 @@ class SweepSummary(Callback):
     unless the sweep is already ending with an error of its own.
     """
 
-    def __init__(self, report: bool = True) -> None:
-        self.report = report
+    def __init__(self, report: bool = True, progress_every: float = 30.0) -> None:
+        self.report, self.progress_every = report, float(progress_every)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        progress.begin(self.progress_every)  # study/progress.py: a line per finished run and every N s
+        logger = OmegaConf.select(config, "logger")
+        if logger is not None:  # one process sets up a shared store before the workers write to it
+            loggers.prepare(OmegaConf.to_container(logger), Path(str(config.hydra.sweep.dir)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if sys.exc_info()[0] is None:
+            progress.end()  # the last progress line
+        else:
+            progress.abandon()  # an interrupt or an error ends the sweep: its own line says so
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         counts = count_statuses(sweep_dir)
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no runs"

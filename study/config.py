@@ -9,6 +9,7 @@ line naming the key, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -18,6 +19,7 @@ from typing import Any, List, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from study.loggers import EXTRAS as LOGGER_EXTRAS, KINDS as LOGGER_KINDS
 from study.errors import ConfigError  # defined there; `from study.config import ConfigError` works too
 
 
@@ -187,6 +189,15 @@ class TuneConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """Where each run's curves go besides its record (logger=none|tensorboard|mlflow; study/loggers.py)."""
+
+    kind: str = "none"
+    tracking_uri: Optional[str] = None  # mlflow; null: sqlite:///<launch dir>/outputs/mlflow.db
+    experiment: Optional[str] = None  # mlflow; null: the sweep dir, or "runs" for single runs
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -229,6 +240,7 @@ class Config:
     cost_repeats: int = 0
     trial: TrialConfig = field(default_factory=TrialConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 # The norms each family builds (the schema's Norm enum is their union).
@@ -265,6 +277,22 @@ def _validate_family(family: str, norm: str, cfg: DictConfig, need: Any) -> None
              f"only {', '.join(ANY_FAMILY_PROBES)} with model={family} (the others read the MLP's layers)")
 
 
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported, without importing it (a logger's extra; seconds to import)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _validate_logger(logger: DictConfig, need: Any) -> None:
+    kind = str(logger.kind)
+    need(kind in LOGGER_KINDS, "logger", kind, "one of " + ", ".join(LOGGER_KINDS) + " (conf/logger/)")
+    if kind in LOGGER_EXTRAS:
+        need(_installed(LOGGER_EXTRAS[kind]), "logger", kind,
+             f"{kind} is not installed: add its extra with `uv sync --extra {kind}`")
+
+
 OBJECTIVES = ("val_acc", "test_acc", "train_loss")
 MNIST_TRAIN_IMAGES = 60_000  # the official training set: data.val_size of them validate, the rest train
 DEVICES = ("cpu", "cuda", "auto")
@@ -295,6 +323,7 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.objective in OBJECTIVES, "objective", cfg.objective, "one of " + ", ".join(OBJECTIVES))
     need(cfg.progress_every >= 0, "progress_every", cfg.progress_every, "a number >= 0")
     need(cfg.cost_repeats >= 0, "cost_repeats", cfg.cost_repeats, "an integer >= 0")
+    _validate_logger(cfg.logger, need)
 
     m = cfg.model
     norm = _enum_value(m.norm)

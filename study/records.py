@@ -34,7 +34,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # it computes: left out of a run's identity (its hash) and never a reason to
 # treat two runs as different cells. The one definition. (`pack` is set by
 # the packed launcher on the job that trains a pack: study/runner.py.)
-LAUNCH_ONLY_KEYS = ("trial", "tune", "force", "run_index", "progress_every", "objective", "hydra", "pack")
+LAUNCH_ONLY_KEYS = ("trial", "tune", "force", "run_index", "progress_every", "objective", "hydra", "pack",
+                    "logger")
 # Config keys that do not change what a run computes: the launch-only ones, and
 # where it runs (threads, device), how it evaluates in chunks (eval_batch_size:
 # the same numbers) and where its data comes from (the data are checked by

@@ -53,7 +53,8 @@ def main(cfg: DictConfig) -> float:
         from study.runner import run_job
 
         record = run_job(cfg, out_dir, overrides=list(hc.overrides.task),
-                         experiment=hc.runtime.choices.get("experiment"))
+                         experiment=hc.runtime.choices.get("experiment"),
+                         sweep_dir=Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None)
     except UserError as e:
         discard_unused_dir(out_dir)
         raise UserExit(str(e)) from None

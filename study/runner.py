@@ -35,6 +35,8 @@ from omegaconf import DictConfig, OmegaConf
 from study.data import MNISTSplits, load_mnist
 from study.device import check_compile, configure_determinism, precision, resolve_device
 from study.errors import ConfigError
+from study.loggers import RunLoggers, open_loggers
+from study.progress import PackProgressFile
 from study.records import CLAIM_FILE, RESULT_FILE, SCHEMA_VERSION, environment, now_iso, write_json_atomic
 from study.reuse import code_version, find_reusable, index_run, reused_record, run_hash
 from study.spec import train_spec
@@ -55,26 +57,30 @@ class Member:
 
 
 def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] = (),
-            experiment: Optional[str] = None) -> dict[str, Any]:
+            experiment: Optional[str] = None, sweep_dir: Optional[Path] = None) -> dict[str, Any]:
     """Train this job's pack (`cfg.pack`, else its own run alone in
     `out_dir`); return the record of the job's own run.
 
     `experiment` is the preset the job was launched with (conf/experiment/,
-    Hydra's choice), recorded so that the analysis finds each claim's runs.
+    Hydra's choice), recorded so that the analysis finds each claim's runs;
+    `sweep_dir` the multirun's dir (None for a single run), which groups the
+    runs in a logger (study/loggers.py).
     """
     pack = OmegaConf.select(cfg, "pack")
     if isinstance(pack, str):  # written by the sweeper for a launcher that does not pack (hydra_plugins/.../packs.py)
         pack = OmegaConf.create(json.loads(Path(pack).read_text()))
     if pack is None:
-        return run_pack(cfg, [Member(int(cfg.seed), float(cfg.lr), Path(out_dir), tuple(overrides))], experiment)[0]
+        return run_pack(cfg, [Member(int(cfg.seed), float(cfg.lr), Path(out_dir), tuple(overrides))], experiment,
+                        sweep_dir=sweep_dir)[0]
     members = [Member(int(m.seed), float(m.lr), Path(m.dir), tuple(m.overrides)) for m in pack.members]
     if members[0].dir.resolve() != Path(out_dir).resolve():
         raise ValueError(f"a pack's job runs in its first member's dir ({members[0].dir}), not {out_dir}")
-    return run_pack(cfg, members, experiment, pack.threads, pack.get("device"))[0]
+    return run_pack(cfg, members, experiment, pack.threads, pack.get("device"), sweep_dir)[0]
 
 
 def run_pack(cfg: DictConfig, members: list[Member], experiment: Optional[str] = None,
-             threads: Optional[int] = None, device_name: Optional[str] = None) -> list[dict[str, Any]]:
+             threads: Optional[int] = None, device_name: Optional[str] = None,
+             sweep_dir: Optional[Path] = None) -> list[dict[str, Any]]:
     """Write each member's `result.json` (in its dir); return the records.
 
     Members whose run already finished (same config and code) reuse it,
@@ -98,15 +104,20 @@ def run_pack(cfg: DictConfig, members: list[Member], experiment: Optional[str] =
         data = get_data(cfg, device)
         check_batch_fits(cfg, data)
     records: list[Optional[dict[str, Any]]] = [None] * len(members)
-    for i, f in enumerate(found):
-        if f is not None:
-            records[i] = _reuse(f, members[i], experiment, configs[i])
+    logger = plain_logger(cfg)
+    reused = [i for i, f in enumerate(found) if f is not None]
+    for i in reused:
+        records[i] = _reuse(found[i], members[i], experiment, configs[i])
+    if reused and (viewers := open_loggers(logger, [members[i].dir for i in reused], sweep_dir)):
+        for k, i in enumerate(reused):
+            viewers.finish(k, records[i])
     if to_train:
         trained = [members[i] for i in to_train]
         for m in trained:
             claim_dir(m.dir)
         env = environment(device, threads)
-        pack = train_pack(configs[to_train[0]], trained, data, device)
+        viewers = open_loggers(logger, [m.dir for m in trained], sweep_dir)
+        pack = train_pack(configs[to_train[0]], trained, data, device, viewers)
         cost = None
         if cfg.get("cost_repeats", 0):  # C14's interleaved timing of both arms, in this process (study/cost.py)
             from study.cost import measure_or_error
@@ -119,7 +130,16 @@ def run_pack(cfg: DictConfig, members: list[Member], experiment: Optional[str] =
             write_json_atomic(members[i].dir / RESULT_FILE, records[i])
             if records[i]["status"] in ("completed", "diverged"):
                 index_run(configs[i], members[i].dir / RESULT_FILE)
+        if viewers is not None:  # after the records: a viewer never holds a result back
+            for k, i in enumerate(to_train):
+                viewers.finish(k, records[i])
     return records
+
+
+def plain_logger(cfg: DictConfig) -> dict[str, Any]:
+    """The `logger` node as plain values (configs made before it existed: none)."""
+    node = OmegaConf.select(cfg, "logger")
+    return OmegaConf.to_container(node) if node is not None else {"kind": "none"}
 
 
 def plain_config(cfg: DictConfig) -> DictConfig:
@@ -193,9 +213,11 @@ class PackTraining:
     pack: dict[str, Any]  # size, seeds, lrs: recorded with each run
 
 
-def train_pack(cfg: DictConfig, members: list[Member], data: MNISTSplits, device: torch.device) -> PackTraining:
+def train_pack(cfg: DictConfig, members: list[Member], data: MNISTSplits, device: torch.device,
+               viewers: Optional[RunLoggers] = None) -> PackTraining:
     """Train the members (`cfg`: the first one's config) as one pack; a
-    crash is a result to record, not a reason to stop a sweep."""
+    crash is a result to record, not a reason to stop a sweep. `viewers`
+    get each epoch's entries as they come (study/loggers.py)."""
     seeds, lrs = [m.seed for m in members], [m.lr for m in members]
     tag = run_tag(cfg) if len(members) == 1 else pack_tag(cfg, members)
     # Pruning: a job of an Optuna trial reports each epoch (packs are never trials: study.packing).
@@ -204,16 +226,31 @@ def train_pack(cfg: DictConfig, members: list[Member], data: MNISTSplits, device
         from hydra_plugins.bn_study_sweeper.pruning import trial_reporter
 
         on_epoch = trial_reporter(cfg.trial)
+    if viewers is not None:
+        on_epoch = both_on_epoch(viewers.on_epoch, on_epoch)
+    steps_file = PackProgressFile([m.dir for m in members])  # read by the sweep's progress line
     started, t0 = now_iso(), time.perf_counter()
     outcomes, error = [None] * len(members), None
     try:
         with precision(cfg.precision, device):  # fp32 | tf32 | bf16 (autocast)
-            outcomes = train_runs(train_spec(cfg), seeds, data, device, lrs=lrs, tag=tag, on_epoch=on_epoch)
+            outcomes = train_runs(train_spec(cfg), seeds, data, device, lrs=lrs, tag=tag, on_epoch=on_epoch,
+                                  on_step=steps_file)
     except Exception as e:
         log.error("%srun failed: %s", tag, e)
         error = {"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}
+    finally:
+        steps_file.remove()
     return PackTraining(outcomes, error, started, now_iso(), time.perf_counter() - t0,
                         {"size": len(members), "seeds": seeds, "lrs": lrs})
+
+
+def both_on_epoch(log_epoch, prune):
+    """train_runs' on_epoch: log the epoch, then ask the pruner (if any)."""
+    def on_epoch(epoch: int, outcomes: list[RunOutcome]) -> bool:
+        log_epoch(epoch, outcomes)
+        return prune(epoch, outcomes) if prune is not None else False
+
+    return on_epoch
 
 
 def run_record(config: DictConfig, m: Member, experiment: Optional[str], pack: PackTraining,

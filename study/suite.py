@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from analysis.claims import REPLICATION_SEED, suite_presets
+from study.progress import Tally, count_records, describe
 from study.records import REPO_ROOT, git_state, now_iso, write_json_atomic
 
 # (preset, extra overrides of the full suite), in the order they run: every
@@ -103,6 +104,32 @@ def preset_seeds(preset: str, overrides: Sequence[str]) -> tuple[list[int], list
     return seeds, confirm
 
 
+def planned_runs(overrides: Sequence[str]) -> int:
+    """How many runs a preset's sweep launches (`overrides`: its command line
+    after `-m`): its grid, or per cell its trials and confirmation seeds."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from study.config import register_configs
+
+    register_configs()
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides([o for o in overrides if not o.startswith("hydra.")])
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf")):
+        cfg = compose("config", overrides=fixed, return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    params += [o.input_line for o in parsed if o.is_sweep_override()]  # the command line's win (later)
+    if "bn_optuna" in str(sweeper._target_):
+        from hydra_plugins.bn_study_sweeper._impl import plan_sweep
+
+        cells = len(plan_sweep(params, bool(sweeper.cells)).cells())
+        return cells * (int(sweeper.n_trials) + len(sweeper.confirm_seeds or []))
+    return sum(len(batch) for batch in BasicSweeper.split_arguments(parser.parse_overrides(params), None))
+
+
 def replication_seeds(preset: str, overrides: Sequence[str]) -> list[str]:
     """The overrides that rerun `preset` on the replication seed set: every seed + REPLICATION_SEED."""
     seeds, confirm = preset_seeds(preset, overrides)
@@ -114,6 +141,60 @@ def replication_seeds(preset: str, overrides: Sequence[str]) -> list[str]:
     if confirm:
         out.append(f"tune.confirm_seeds=[{','.join(str(s + REPLICATION_SEED) for s in confirm)}]")
     return out
+
+
+def sweep_dir_of(argv: Sequence[str]) -> Path:
+    """The sweep dir a preset's command line sets (commands() quotes it)."""
+    value = next(a for a in argv if a.startswith("hydra.sweep.dir=")).split("=", 1)[1]
+    return Path(value.strip("'"))
+
+
+class SuiteProgress:
+    """The suite's own progress line: presets done, runs done of all presets'
+    planned runs (each preset's sweep prints its own line too), elapsed and
+    the time left at the pace of the runs trained so far. Runs differ in cost
+    from preset to preset, so it is a rough guide until late in the suite."""
+
+    def __init__(self, planned: Sequence[int], every: float) -> None:
+        self.planned, self.every = list(planned), every
+        self.finished: list[Tally] = []  # each preset run so far, as its sweep dir's records count
+        self.current: Optional[tuple[Path, float]] = None
+        self.t0 = time.perf_counter()
+
+    def run(self, i: int, argv: Sequence[str], sweep_dir: Path, **kwargs) -> int:
+        """Run preset `i`'s command; print the suite's line every `every` seconds meanwhile."""
+        self.current = (sweep_dir, time.time())
+        proc = subprocess.Popen(argv, **kwargs)
+        try:
+            while True:
+                try:
+                    return proc.wait(timeout=self.every if self.every > 0 else None)
+                except subprocess.TimeoutExpired:
+                    self.report()
+        finally:
+            if proc.poll() is None:  # interrupted: the child got the same Ctrl-C; let it finish its line
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            self.finished.append(self.tally_current())
+            self.current = None
+
+    def tally_current(self) -> Tally:
+        if self.current is None:
+            return Tally(planned=0)
+        return count_records(*self.current) if self.current[0].is_dir() else Tally(planned=0)
+
+    def report(self) -> None:
+        parts = [*self.finished, self.tally_current()]
+        total = Tally(planned=sum(self.planned))
+        for t in parts:
+            total.trained += t.trained
+            total.reused += t.reused
+            total.failed += t.failed
+            total.diverged += t.diverged
+        line = describe(total, time.perf_counter() - self.t0)
+        print(f"== suite: {len(self.finished)}/{len(self.planned)} presets, {line}", flush=True)
 
 
 def shown(arg: str) -> str:
@@ -131,6 +212,8 @@ def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--no-report", action="store_true", help="run the presets, skip the report")
     p.add_argument("--replicate", action="store_true",
                    help=f"then run every preset again on a disjoint seed set (each seed + {REPLICATION_SEED})")
+    p.add_argument("--progress-every", type=float, default=60.0,
+                   help="seconds between the suite's progress lines (0: only after each preset)")
     p.add_argument("overrides", nargs="*", help="after --: config overrides for every run (e.g. threads=1)")
     args = p.parse_args(argv)
     args.only = [s for s in args.only.split(",") if s]
@@ -162,14 +245,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        for name, argv_ in todo:
-            print(f"== {name}: {' '.join(argv_[1:])}", flush=True)
+        planned = [planned_runs(argv_[3:]) for _, argv_ in todo]  # after `run.py -m`
+        suite = SuiteProgress(planned, args.progress_every)
+        for i, (name, argv_) in enumerate(todo):
+            print(f"== {name} ({i + 1}/{len(todo)} presets, {planned[i]} runs): {' '.join(argv_[1:])}", flush=True)
             t0 = time.perf_counter()
-            rc = subprocess.call(argv_, cwd=REPO_ROOT, env=env)
+            rc = suite.run(i, argv_, sweep_dir_of(argv_), cwd=REPO_ROOT, env=env)
             seconds = time.perf_counter() - t0
             done.append({"preset": name, "argv": [shown(a) for a in argv_[1:]], "exit_status": rc,
                          "seconds": round(seconds, 1)})
             print(f"== {name}: exit {rc} in {seconds / 60:.1f} min", flush=True)
+            suite.report()
             if rc != 0:
                 failed.append(name)
                 if rc == 130:  # Ctrl-C in the child: stop the suite too

@@ -137,7 +137,8 @@ def training_step(spec: TrainSpec, model: PackedMLP, lrs: list[float], device: t
 
 def train_runs(spec: TrainSpec, seeds: list[int], data: MNISTSplits, device: torch.device,
                lrs: Optional[list[float]] = None, tag: str = "",
-               on_epoch: Optional[Callable[[int, list[RunOutcome]], bool]] = None) -> list[RunOutcome]:
+               on_epoch: Optional[Callable[[int, list[RunOutcome]], bool]] = None,
+               on_step: Optional[Callable[[int, int], None]] = None) -> list[RunOutcome]:
     """Train len(seeds) runs of `spec` together; one outcome each.
 
     `lrs` gives each run its own learning rate (default: `spec.lr` for all);
@@ -146,6 +147,9 @@ def train_runs(spec: TrainSpec, seeds: list[int], data: MNISTSplits, device: tor
     `on_epoch(epoch, outcomes)` is called after every evaluated epoch; when
     it returns True the runs still training stop there with status `pruned`
     (an Optuna pruner's decision), keeping the history so far.
+    `on_step(steps_done, steps_total)` is called as the progress lines are
+    (every few dozen steps, and at each epoch's end): the sweep's progress
+    line reads it (study/progress.py).
 
     `spec.probes` (study/probes.py) adds measurements on copies of the model:
     they do not change the runs, and their time is kept out of
@@ -167,7 +171,7 @@ def train_runs(spec: TrainSpec, seeds: list[int], data: MNISTSplits, device: tor
     per_epoch = batches_per_epoch(len(data.train_x), spec.batch_size)
     total_steps = spec.steps if spec.steps is not None else spec.epochs * per_epoch
     n_epochs = math.ceil(total_steps / per_epoch)
-    progress = Progress(spec.progress_every, tag, n_epochs, total_steps, len(seeds))
+    progress = Progress(spec.progress_every, tag, n_epochs, total_steps, len(seeds), on_step)
 
     done = 0
     for epoch in range(1, n_epochs + 1):
@@ -332,8 +336,10 @@ class Progress:
     """A training's log lines: one every `every` seconds within an epoch
     (0: none), and one after each epoch."""
 
-    def __init__(self, every: float, tag: str, n_epochs: int, total_steps: int, runs: int) -> None:
+    def __init__(self, every: float, tag: str, n_epochs: int, total_steps: int, runs: int,
+                 on_step: Optional[Callable[[int, int], None]] = None) -> None:
         self.every, self.tag, self.n_epochs, self.total_steps, self.runs = every, tag, n_epochs, total_steps, runs
+        self.on_step = on_step
 
     def within(self, epoch: int) -> Callable[[int, int, float], None]:
         """`note(step, samples, seconds)` for this epoch's steps (samples and seconds so far)."""
@@ -341,6 +347,8 @@ class Progress:
 
         def note(step: int, samples: int, seconds: float) -> None:
             nonlocal last
+            if self.on_step is not None:
+                self.on_step(step, self.total_steps)
             now = time.perf_counter()
             if self.every and now - last >= self.every:
                 last = now

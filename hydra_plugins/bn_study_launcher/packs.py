@@ -31,6 +31,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from study import progress
+
 log = logging.getLogger(__name__)
 
 Job = tuple[int, list[str]]  # a job's number and overrides
@@ -127,6 +129,7 @@ def plan_packs(hydra_context: HydraContext, config: DictConfig, job_overrides: S
         groups.setdefault(key, []).append((initial_job_idx + i, list(overrides)))
         cfgs[key] = task_cfg
     check_torch(cfgs.values())
+    progress.add_jobs(job_dir(c) for c in composed.values())  # the sweep's progress line counts their records
 
     packs, costs = [], []
     for key, group in groups.items():

@@ -53,6 +53,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from study import progress
 from study.records import RESULT_FILE
 
 from .pruning import PRUNER_ATTR, pruner_spec
@@ -664,6 +665,7 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         done = self._done_or_in_flight(study)
         budget = max(0, target - done)
         log.info("%s: %d of %d trials done or running; asking %d", name, done, target, budget)
+        self._expect(budget - self.n_trials)  # trials done before, or fewer in the grid, are not run now
 
         owner = this_sweep()
         batch = self._batch_size()
@@ -677,6 +679,7 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
                 log.info("%s: %d trial%s of a sweep whose heartbeat stopped marked failed (asked again)",
                          name, dead, "s" if dead > 1 else "")
                 budget += dead
+                self._expect(dead)
             k = min(batch, budget, target - self._done_or_in_flight(study))
             if k <= 0:
                 break  # another sweep on this study filled it
@@ -710,7 +713,14 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
                             asked=asked, best=self._best(study), errors=errors)
         if result.best is not None and self.confirm_seeds:
             result.confirm, result.confirm_note = self._confirm_once(storage, study, plan, fixed, result.best)
+        if not (result.confirm and result.confirm_note is None):  # no confirmation runs launched now
+            self._expect(-len(self.confirm_seeds))
         return result
+
+    def _expect(self, change: int) -> None:
+        """Tell the sweep's progress line how many runs it plans now (study/progress.py)."""
+        self.planned += change
+        progress.expect(self.planned)
 
     def _confirm_once(self, storage: optuna.storages.BaseStorage, study: optuna.Study, plan: SweepPlan,
                       fixed: dict[str, str], best: FrozenTrial) -> tuple[Optional[dict[str, Any]], Optional[str]]:
@@ -779,6 +789,8 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         self.job_idx = next_job_index(sweep_dir)
         cells = plan.cells()
+        self.planned = 0
+        self._expect(len(cells) * (self.n_trials + len(self.confirm_seeds)))
         grid = " x ".join(f"{override_key(k)}={','.join(v)}" for k, v in plan.grid.items())
         log.info("storage: %s; %d stud%s (%s); search space: %s", url, len(cells),
                  "y" if len(cells) == 1 else "ies", grid or "one cell",
