@@ -30,10 +30,12 @@ from omegaconf import DictConfig
 
 from study.config import register_configs, validate
 from study.errors import ExitWithLine, RunFailed, UserError, UserExit, describe_user_error
+from study.help import register_help_resolver
 from study.records import CLAIM_FILE, RESULT_FILE
 
 log = logging.getLogger("study.run")
 register_configs()
+register_help_resolver()
 
 
 # The only targets a config may instantiate (Hydra 1.4 asks for this list).
