@@ -1,4 +1,5 @@
-"""A pack of R networks computed one after the other: the `cnn` and `lstm` families' pack.
+"""A pack of R networks computed one after the other: the `cnn` family's pack (the
+`lstm` family's is `study.recurrent.PackedLSTM`, which batches its members).
 
 The MLP's pack (study/packed.py) fuses its runs into batched matmuls; a conv
 or recurrent net gains little from that on a CPU (a grouped convolution is

@@ -7,7 +7,9 @@ Linear to the logits (Cooijmans et al. 2016, "Recurrent Batch
 Normalization", sec. 5.1, with rows instead of single pixels). The arms,
 by `model.norm`:
 
-- none: PyTorch's `nn.LSTM`.
+- none: PyTorch's `nn.LSTM` (`build_lstm`'s network for one run; in a
+  pack, which is how the trainer runs every lstm job, its cell written out
+  as PackedLSTM does, so that every arm's cost comes from the same loop).
 - batch: BN-LSTM (Cooijmans et al. 2016, eqs. 6-8):
       gates = BN(W_h h_{t-1}; g_h) + BN(W_x x_t; g_x) + b
       c_t   = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
@@ -29,6 +31,9 @@ Every arm starts from the same weights at a seed: `nn.LSTM`'s
 initialization (uniform in +-1/sqrt(H)), copied into the hand-written
 cell (its single gate bias b = nn.LSTM's b_ih + b_hh), so the arms differ
 only by their norm. The gate order is PyTorch's (i, f, g, o).
+
+`PackedLSTM` is the family's pack: R runs as one model, their matmuls
+batched over a leading run axis, each with its own statistics.
 """
 
 from __future__ import annotations
@@ -161,3 +166,130 @@ def build_lstm(
     rnn: nn.Module = PlainLSTM(lstm) if norm == "none" else NormLSTM(
         PIXELS, hidden[0], norm, ROWS, bn_scale_init, bn_eps, bn_momentum).load_from(lstm)
     return RowLSTM(rnn, nn.Linear(hidden[0], out_features))
+
+
+class PackedLSTM(nn.Module):
+    """R runs of one `build_lstm` network computed together: (R, B, 784) -> (R, B, classes).
+
+    Every arm (none, batch, batch_shared, layer) runs the cell as NormLSTM
+    writes it out, with each member's weights stacked on a leading run axis:
+    per time step one batched matmul over the members for the recurrent term
+    (the input terms of all 28 steps in one before the loop) and each
+    member's own statistics (BN: its batch's per step, and its own running
+    rows; LN: per example, with its own gains). Each member computes what it
+    computes alone, to float tolerance (tests/test_families.py); the plain
+    arm is nn.LSTM's cell, with its two gate biases kept as two parameters
+    (each gets its own update, as in nn.LSTM), so all arms' costs come from
+    one loop rather than a loop against a fused kernel.
+    """
+
+    def __init__(self, members: Sequence[RowLSTM]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("a pack needs at least one member")
+        first = members[0].rnn
+        self.plain = isinstance(first, PlainLSTM)
+        self.norm = "none" if self.plain else first.norm
+        if any(isinstance(m.rnn, PlainLSTM) != self.plain or (not self.plain and m.rnn.norm != self.norm)
+               for m in members):
+            raise ValueError("packed members must share one architecture")
+        cells = [m.rnn.lstm if self.plain else m.rnn for m in members]
+        self.runs = len(members)
+
+        def stack(get) -> nn.Parameter:
+            return nn.Parameter(torch.stack([get(c).detach().clone() for c in cells]))
+
+        if self.plain:
+            self.weight_ih, self.weight_hh = stack(lambda c: c.weight_ih_l0), stack(lambda c: c.weight_hh_l0)
+            self.bias_ih, self.bias_hh = stack(lambda c: c.bias_ih_l0), stack(lambda c: c.bias_hh_l0)
+        else:
+            self.weight_ih, self.weight_hh = stack(lambda c: c.weight_ih), stack(lambda c: c.weight_hh)
+            self.bias_ih, self.bias_hh = stack(lambda c: c.bias), None
+        self.hidden = self.weight_hh.shape[-1]
+        self.norm_x = self.norm_h = self.norm_c = None
+        if self.norm != "none":
+            names = ("norm_x", "norm_h", "norm_c")
+            for name in names:
+                setattr(self, name, _PackedNorm([getattr(c, name) for c in cells]))
+        self.head_weight = nn.Parameter(torch.stack([m.head.weight.detach().clone() for m in members]))
+        self.head_bias = nn.Parameter(torch.stack([m.head.bias.detach().clone() for m in members]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r, b = x.shape[:2]
+        seq = x.reshape(r, b * ROWS, PIXELS)
+        wx = torch.bmm(seq, self.weight_ih.transpose(1, 2)).view(r, b, ROWS, -1)  # every step's input term
+        if self.norm == "none":
+            wx = wx + (self.bias_ih + self.bias_hh)[:, None, None, :]
+        # One (R, B, 4H) block per step, split once: indexing wx[:, :, t] in the loop made each
+        # step's backward write a zero-filled gradient of all of wx (28 full-size tensors a step).
+        steps = wx.permute(2, 0, 1, 3).contiguous().unbind(0)
+        w_hh = self.weight_hh.transpose(1, 2)  # (R, H, 4H)
+        h = x.new_zeros(r, b, self.hidden)
+        c = x.new_zeros(r, b, self.hidden)
+        for t, wx_t in enumerate(steps):
+            if self.norm == "none":
+                gates = torch.baddbmm(wx_t, h, w_hh)
+            else:
+                gates = self.norm_x(wx_t, t) + self.norm_h(torch.bmm(h, w_hh), t) + self.bias_ih[:, None, :]
+            i, f, g, o = gates.chunk(4, 2)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c if self.norm_c is None else self.norm_c(c, t))
+        return torch.baddbmm(self.head_bias[:, None, :], h, self.head_weight.transpose(1, 2))
+
+    def member_state(self, r: int) -> dict[str, torch.Tensor]:
+        """Run r's parameters and statistics under its own network's names (RowLSTM.state_dict)."""
+        if self.plain:
+            out = {"rnn.lstm.weight_ih_l0": self.weight_ih[r], "rnn.lstm.weight_hh_l0": self.weight_hh[r],
+                   "rnn.lstm.bias_ih_l0": self.bias_ih[r], "rnn.lstm.bias_hh_l0": self.bias_hh[r]}
+        else:
+            out = {"rnn.weight_ih": self.weight_ih[r], "rnn.weight_hh": self.weight_hh[r], "rnn.bias": self.bias_ih[r]}
+            for name in ("norm_x", "norm_h", "norm_c"):
+                out.update({f"rnn.{name}.{k}": v for k, v in getattr(self, name).member_state(r).items()})
+        out.update({"head.weight": self.head_weight[r], "head.bias": self.head_bias[r]})
+        return {k: v.detach() for k, v in out.items()}
+
+    def unpack(self, r: int, like: RowLSTM) -> RowLSTM:
+        """Copy run r's parameters and statistics into a reference network."""
+        like.load_state_dict(self.member_state(r))
+        return like
+
+
+class _PackedNorm(nn.Module):
+    """One of the cell's norms for R members: StepBatchNorm (per-step batch
+    statistics, running rows per member) or LayerNorm (per example), with
+    each member's own scale and shift. Input (R, B, F)."""
+
+    def __init__(self, norms: Sequence[nn.Module]) -> None:
+        super().__init__()
+        first = norms[0]
+        self.batch = isinstance(first, StepBatchNorm)
+        self.eps = first.eps
+        self.weight = nn.Parameter(torch.stack([n.weight.detach().clone() for n in norms]))
+        has_bias = first.bias is not None
+        self.bias = nn.Parameter(torch.stack([n.bias.detach().clone() for n in norms])) if has_bias else None
+        if self.batch:
+            self.momentum, self.shared = first.momentum, first.shared
+            # (rows, R, F): a row's (R, F) block is contiguous, so its flat view is updated in place.
+            self.register_buffer("running_mean", torch.stack([n.running_mean for n in norms], 1).clone())
+            self.register_buffer("running_var", torch.stack([n.running_var for n in norms], 1).clone())
+
+    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        r, b, f = x.shape
+        if not self.batch:
+            y = F.layer_norm(x, (f,), eps=self.eps)
+            return y * self.weight[:, None, :] + (self.bias[:, None, :] if self.bias is not None else 0)
+        row = 0 if self.shared else min(t, self.running_mean.shape[0] - 1)
+        # One batch norm over (B, R x F): each (member, feature) column its own statistics, as each member's alone.
+        flat = x.transpose(0, 1).reshape(b, r * f)
+        y = F.batch_norm(flat, self.running_mean[row].view(-1), self.running_var[row].view(-1),
+                         self.weight.reshape(-1), self.bias.reshape(-1) if self.bias is not None else None,
+                         self.training, self.momentum, self.eps)
+        return y.view(b, r, f).transpose(0, 1)
+
+    def member_state(self, r: int) -> dict[str, torch.Tensor]:
+        out = {"weight": self.weight[r]}
+        if self.bias is not None:
+            out["bias"] = self.bias[r]
+        if self.batch:
+            out.update(running_mean=self.running_mean[:, r], running_var=self.running_var[:, r])
+        return out

@@ -34,7 +34,7 @@ from study.looped import LoopedPack
 from study.model import build_mlp
 from study.packed import PackedMLP, evaluate
 from study.probes import Probes
-from study.recurrent import build_lstm
+from study.recurrent import PackedLSTM, build_lstm
 from study.spec import ModelSpec, OptimizerSpec, TrainSpec
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,9 @@ class Family(NamedTuple):
 
 
 # Model families: `model=<family>` picks the config group conf/model/<family>.yaml and its row here.
-# cnn and lstm packs run their members one after the other (study/looped.py).
+# cnn packs run their members one after the other (study/looped.py); lstm packs batch them (study/recurrent.py).
 FAMILIES = {"mlp": Family(build=build_mlp, pack=PackedMLP), "cnn": Family(build=build_cnn, pack=LoopedPack),
-            "lstm": Family(build=build_lstm, pack=LoopedPack)}
+            "lstm": Family(build=build_lstm, pack=PackedLSTM)}
 
 # A non-finite loss is looked for on the host every this many steps (and at
 # every epoch end); the exact step is tracked on the device in between, so
