@@ -53,7 +53,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from study.records import RESULT_FILE
+from study.records import METRIC_KEYS, RESULT_FILE
 
 from .pruning import PRUNER_ATTR, pruner_spec
 
@@ -611,7 +611,9 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         attrs: dict[str, Any] = {"overrides": list(ret.overrides or [])}
         if rec is not None:
             attrs.update(record_path=self._stored_path(path), status=rec.get("status"),
-                         diverged_at_step=rec.get("diverged_at_step"))
+                         diverged_at_step=rec.get("diverged_at_step"),
+                         # The run's final metrics: a report from the storage alone shows what its record does.
+                         final={k: _finite((rec.get("final") or {}).get(k)) for k in METRIC_KEYS})
             if rec.get("reused_from"):
                 attrs["reused_from"] = rec["reused_from"]
         elif ret.status == JobStatus.FAILED:
@@ -754,8 +756,7 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
             runs.append({"seed": seed, "record_path": self._stored_path(path) if rec else None,
                          "status": rec.get("status") if rec else problem,
                          "reused": bool(rec and rec.get("reused_from")),
-                         "val_acc": _finite(final.get("val_acc")),
-                         "test_acc": _finite(final.get("test_acc"))})
+                         **{k: _finite(final.get(k)) for k in METRIC_KEYS}})
         tests = [r["test_acc"] for r in runs if r["status"] == "completed" and r["test_acc"] is not None]
         confirm = {"trial": best.number, "params": dict(best.params), "seeds": self.confirm_seeds,
                    "runs": runs, "n_completed": len(tests),
