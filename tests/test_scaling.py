@@ -212,6 +212,28 @@ def test_one_sweep_claims_the_confirmation_of_a_best_trial(tmp_path):
     assert claim_confirmation(storage, study, 7, [1]) is True
 
 
+def test_a_dead_sweeps_confirmation_claim_is_taken_over_by_exactly_one_sweep(tmp_path):
+    """Sweeps waiting for a confirmation whose claim stopped beating take it
+    over with a compare-and-set: the first wins, the others see it changed."""
+    import json
+
+    import optuna
+
+    from hydra_plugins.bn_study_sweeper._impl import (claim_confirmation, claim_key, claim_raw, compare_and_set,
+                                                      open_storage)
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=None, grace_period=None)
+    study = optuna.create_study(study_name="s", storage=storage)
+    assert claim_raw(storage, study, claim_key(3, [1, 2])) is None
+    assert claim_confirmation(storage, study, 3, [1, 2], heartbeat_interval=5) is True
+    seen = claim_raw(storage, study, claim_key(3, [1, 2]))
+    assert json.loads(seen)["heartbeat"] == 5 and json.loads(seen)["beat"] == 0
+    first, second = json.dumps({"sweep": "first"}), json.dumps({"sweep": "second"})
+    assert compare_and_set(storage, study, claim_key(3, [1, 2]), seen, first) is True
+    assert compare_and_set(storage, study, claim_key(3, [1, 2]), seen, second) is False
+    assert study.user_attrs[claim_key(3, [1, 2])] == {"sweep": "first"}
+
+
 def test_the_run_index_survives_moving_the_outputs_folder(tmp_path, tiny_mnist):
     """Index entries hold the record's path relative to the index: copied or
     mounted elsewhere, outputs/ (index and runs together) still reuses."""

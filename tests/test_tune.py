@@ -355,3 +355,25 @@ def test_the_report_from_the_storage_alone_answers_as_the_sweep_dirs(tmp_path, t
     for t in none.get_trials():
         shutil.rmtree((tmp_path / t.user_attrs["record_path"]).parent)
     assert _answers(analyze(collect([tmp_path / "sweep"]))) == expected
+
+
+@pytest.mark.slow
+def test_a_sweep_that_cannot_finish_its_study_says_so_in_its_exit_status(tmp_path, tiny_mnist):
+    """A trial of a sweep on another host runs in the study and no heartbeat
+    can tell whether that sweep lives: this sweep runs what it can, then
+    ends with one line saying the study is not complete, and exit status 3."""
+    study = optuna.create_study(study_name="shared", storage=storage_url(tmp_path), direction="maximize")
+    foreign = study.ask({"lr": FloatDistribution(1e-3, 1.0, log=True)})
+    foreign.set_user_attr("sweep", {"host": "other-host", "pid": 1, "start": "0", "heartbeat": None})
+    proc = run_cli(sweep_args(tmp_path, tiny_mnist, "hydra/sweeper=optuna", "hydra.sweeper.study_name=shared",
+                              "hydra.sweeper.n_trials=2", "hydra.sweeper.heartbeat_interval=null",
+                              "batch_size=32", "epochs=1"), cwd=tmp_path)
+    assert proc.returncode == 3, (proc.stdout + proc.stderr)[-3000:]
+    errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("error:")]
+    assert errors == ["error: study shared is not complete: 1 trial of a sweep on other-host still running, "
+                      "which this sweep cannot tell alive or dead without heartbeats "
+                      "(hydra.sweeper.heartbeat_interval=null here or there); run the same command again to "
+                      "finish it"], errors
+    trials = studies(tmp_path)["shared"].get_trials()
+    assert [t.state for t in trials] == [TrialState.RUNNING, TrialState.COMPLETE]  # it ran what it could
+    assert "Traceback" not in proc.stderr
