@@ -26,6 +26,8 @@ FINAL_METRICS = METRIC_KEYS
 HISTORY_FIELDS = (*COUNT_KEYS, *METRIC_KEYS, *HISTORY_NUMBERS)
 # Study terms for config keys whose dotted name is long; every other key keeps its dotted name.
 COLUMN_NAMES = {"model.norm": "norm"}
+# The config key a tuning trial's record holds its trial number in (null on a confirmation run's record).
+TRIAL_NUMBER = "trial.number"
 OPTUNA_STATES = {"COMPLETE": "completed", "FAIL": "failed", "PRUNED": "pruned",
                  "RUNNING": "running", "WAITING": "waiting"}
 
@@ -316,9 +318,15 @@ class _Builder:
                                    "error": trial.user_attrs.get("error")}
             if len(experiments) == 1:
                 row["experiment"] = next(iter(experiments))
-            # The stored config's typed values over the override strings of the cell and Hydra's attributes.
-            self._config_row(row, {**cell, **_config_attrs(trial.user_attrs), **fixed, **trial.params})
-            if metric in FINAL_METRICS and state == "completed":
+            # The stored config's typed values over the override strings of the cell and Hydra's attributes;
+            # the trial number, as a trial's record has it: what makes the report treat the runs as a tuning
+            # sweep (each cell's lr chosen on its trials, shown on its confirmation runs).
+            self._config_row(row, {**cell, **_config_attrs(trial.user_attrs), **fixed, **trial.params,
+                                   TRIAL_NUMBER: trial.number})
+            final = trial.user_attrs.get("final")
+            if isinstance(final, dict):  # the run's final metrics, stored by the sweeper from its record
+                row.update({k: num(final.get(k)) for k in FINAL_METRICS})
+            elif metric in FINAL_METRICS and state == "completed":  # an older study: its value only
                 row[metric] = num(extra["objective_value"])
             self.rows.append(row)
         # Confirmation runs whose records are not here: the sweeper stored their metrics in the study.
@@ -330,7 +338,7 @@ class _Builder:
             if len(experiments) == 1:
                 row["experiment"] = next(iter(experiments))
             params = confirm.get("params") if isinstance(confirm.get("params"), dict) else {}
-            self._config_row(row, {**cell, **fixed, **params, "seed": attrs.get("seed")})
+            self._config_row(row, {**cell, **fixed, **params, "seed": attrs.get("seed"), TRIAL_NUMBER: None})
             self.rows.append(row)
 
     def _config_row(self, row: dict[str, Any], config: dict[str, Any]) -> None:
@@ -397,7 +405,7 @@ def _confirmation_records(study: Any, url: str, roots: Sequence[Path] = ()) -> l
 
 # Trial attributes the study's sweeper (hydra_plugins/bn_study_sweeper) writes about the job, not the config.
 TRIAL_BOOKKEEPING = ("record_path", "status", "diverged_at_step", "reused_from", "error", "sweep", "overrides",
-                     "retry_of")
+                     "retry_of", "final")
 
 
 def _config_attrs(attrs: dict[str, Any]) -> dict[str, Any]:

@@ -17,11 +17,10 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from analysis.collect import Collection, counted_as
+from analysis.collect import TRIAL_NUMBER, Collection, counted_as
 from analysis.stats import Difference, mean_interval, relative_difference, welch_difference
 from study.records import OPERATIONAL_KEYS
 
-TRIAL_NUMBER = "trial.number"  # set on a tuning trial's run; null on its cell's confirmation runs
 # How a cell's numbers at its best lr were obtained (best_lr_table's `basis`).
 BASIS_ALL = "all runs"  # no tuning trials: chosen and shown on the same runs
 BASIS_CONFIRM = "confirmation runs"  # chosen on the trial runs, shown on fresh seeds

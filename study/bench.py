@@ -23,6 +23,13 @@ load, samples per second of
   size (its per-step overhead is paid once for ``K`` runs, its arithmetic
   ``K`` times); the launcher packs up to 16 runs (seeds, and learning rates
   of plain SGD) by default;
+- with ``--precisions`` (default ``fp32`` only), the trainer in each other
+  precision (``trainer-tf32``, ``trainer-bf16``: study.device.precision, as a
+  run trains in it; bf16 trains with autograd), and with bf16 also the fp32
+  trainer with autograd (``trainer-fp32-autograd``, ``fused=false``), which
+  parts what autocast costs from what leaving the fused step costs; each
+  row's ``x_fp32`` is its samples/s over the ``trainer`` row's (fp32) of its
+  cell, measured in turn with it;
 
 for every batch size and norm, plus the machine's fp32 matmul ceiling: the
 fastest 2048x2048 ``torch.mm``, in GFLOP/s, sampled before, between and
@@ -68,7 +75,8 @@ from omegaconf import DictConfig, OmegaConf
 from study.config import compose_config, validate
 from study.errors import UserError, describe_user_error
 from study.records import environment, now_iso, write_json_atomic
-from study.device import compile_unavailable, configure_determinism, resolve_device, set_deterministic
+from study.config import PRECISIONS
+from study.device import compile_unavailable, configure_determinism, precision, resolve_device, set_deterministic
 from study.runner import get_data, plain_config
 from study.spec import train_spec
 from study.train import batches_per_epoch, build_member, train_runs
@@ -77,7 +85,8 @@ log = logging.getLogger(__name__)
 
 # 2: settings.pack is a list of pack sizes; rows and targets per size.
 # 3: trainer-compiled rows (settings.compile_batches); a target names its pipeline.
-BENCH_SCHEMA_VERSION = 3
+# 4: every row's precision; trainer-<precision> rows (settings.precisions) with x_fp32.
+BENCH_SCHEMA_VERSION = 4
 
 # The issue's targets, as ratios measured within one run.
 TARGET_X_NOTEBOOK = (64, 15.0)  # batch 64: trainer >= 15x the notebook's samples/s
@@ -286,7 +295,8 @@ def run_trainer(cfg: DictConfig, seeds: list[int], data, device: torch.device) -
     out: dict[str, Any] = {}
     with cpu_wait(out):
         t0 = time.perf_counter()
-        outcomes = train_runs(train_spec(cfg), seeds, data, device)
+        with precision(str(cfg.get("precision", "fp32")), device):  # as study.runner trains a run
+            outcomes = train_runs(train_spec(cfg), seeds, data, device)
         wall = time.perf_counter() - t0
     history = max((o.history for o in outcomes), key=len)
     if not history:
@@ -354,9 +364,23 @@ def best(results: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(top, repeats=[r["samples_per_second"] for r in results])
 
 
+def precision_configs(cfg: DictConfig, precisions: Sequence[str]) -> dict[str, DictConfig]:
+    """Pipeline -> the cell's config in each precision other than fp32 (`trainer-<precision>`), and with
+    bf16 the fp32 trainer on autograd (`trainer-fp32-autograd`: bf16 trains with autograd, not the fused step)."""
+    out = {}
+    for p in precisions:
+        if p != "fp32":
+            out[f"trainer-{p}"] = cell_config(cfg, cfg.batch_size, cfg.model.norm)
+            out[f"trainer-{p}"].precision = p
+    if "bf16" in precisions:
+        out["trainer-fp32-autograd"] = cell_config(cfg, cfg.batch_size, cfg.model.norm)
+        out["trainer-fp32-autograd"].fused = False
+    return out
+
+
 def measure_cell(cfg: DictConfig, seeds: list[int], packs: list[int], compiled: bool, data, dataset,
                  device: torch.device, budget: Budget, repeats: int,
-                 ceilings: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+                 ceilings: list[dict[str, Any]], precisions: Sequence[str] = ("fp32",)) -> dict[str, dict[str, Any]]:
     """Every pipeline of one (batch size, norm) cell, best of `repeats`.
 
     The pipelines take turns within each repeat, so that a burst of load on
@@ -368,6 +392,7 @@ def measure_cell(cfg: DictConfig, seeds: list[int], packs: list[int], compiled: 
     `packs`: the pack sizes to measure (the first K of `seeds` each); their
     results are keyed "trainer-pack/K" and "trainer-sequential/K".
     `compiled`: also measure the trainer with compile=true ("trainer-compiled").
+    `precisions`: also measure the trainer in each other precision (precision_configs).
     """
     bs, norm = cfg.batch_size, cfg.model.norm
     # Per-run samples/s: from a warm-up first, then the best measured so far,
@@ -380,7 +405,11 @@ def measure_cell(cfg: DictConfig, seeds: list[int], packs: list[int], compiled: 
         rate["trainer-compiled"] = budget.warm_up(comp, seeds[:1], data, device)
     for k in packs:
         rate[f"trainer-pack/{k}"] = budget.warm_up(cfg, seeds[:k], data, device)
-    runs: dict[str, list[dict[str, Any]]] = {"notebook": [], "trainer": [], "trainer-compiled": []}
+    other = precision_configs(cfg, precisions)
+    for name, c in other.items():
+        rate[name] = budget.warm_up(c, seeds[:1], data, device)
+    runs: dict[str, list[dict[str, Any]]] = {"notebook": [], "trainer": [], "trainer-compiled": [],
+                                             **{name: [] for name in other}}
     for k in packs:
         runs[f"trainer-pack/{k}"], runs[f"trainer-sequential/{k}"] = [], []
 
@@ -400,6 +429,9 @@ def measure_cell(cfg: DictConfig, seeds: list[int], packs: list[int], compiled: 
         if compiled:
             fast = cell_config(comp, bs, norm, budget.trainer_steps(bs, rate["trainer-compiled"]))
             take("trainer-compiled", lambda: run_trainer(fast, seeds[:1], data, device))
+        for name, c in other.items():  # right after the fp32 trainer: their ratio is read within the repeat
+            sized = cell_config(c, bs, norm, budget.trainer_steps(bs, rate[name]))
+            take(name, lambda: run_trainer(sized, seeds[:1], data, device))
         for k in packs:
             packed = cell_config(cfg, bs, norm, budget.trainer_steps(bs, rate[f"trainer-pack/{k}"]))
             take(f"trainer-pack/{k}", lambda: run_trainer(packed, seeds[:k], data, device))
@@ -451,11 +483,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     packs: list[dict[str, Any]] = []
 
     def row(pipeline: str, bs: int, norm: str, runs: int, m: dict[str, Any], base: float,
-            deterministic_on: bool) -> dict[str, Any]:
+            deterministic_on: bool, precision_name: str = "fp32", fp32: Optional[float] = None) -> dict[str, Any]:
         sps = m["samples_per_second"]
         r = {"pipeline": pipeline, "batch_size": bs, "norm": norm, "runs": runs,
-             "samples_per_second": sps,
+             "samples_per_second": sps, "precision": precision_name,
              "x_notebook": sps / base,
+             "x_fp32": None if fp32 is None else sps / fp32,  # over the fp32 trainer's (precision rows)
              "fraction_of_ceiling": None,  # set once the last ceiling sample is in
              "deterministic": deterministic_on, **{k: v for k, v in m.items() if k != "samples_per_second"}}
         rows.append(r)
@@ -466,12 +499,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             c = cell_config(cfg, bs, norm)
             sizes = args.pack if bs in args.pack_batches else []
             m = measure_cell(c, seeds, sizes, bs in args.compile_batches, data, dataset, device, budget,
-                             args.repeats, ceilings)
+                             args.repeats, ceilings, args.precisions)
             base = m["notebook"]["samples_per_second"]
             row("notebook", bs, norm, 1, m["notebook"], base, False)
             row("trainer", bs, norm, 1, m["trainer"], base, True)
             if "trainer-compiled" in m:
                 row("trainer-compiled", bs, norm, 1, m["trainer-compiled"], base, True)
+            for name, pc in precision_configs(c, args.precisions).items():
+                row(name, bs, norm, 1, m[name], base, True, str(pc.precision), m["trainer"]["samples_per_second"])
             for k in sizes:
                 pk, sq = m[f"trainer-pack/{k}"], m[f"trainer-sequential/{k}"]
                 row("trainer-pack", bs, norm, k, pk, base, True)
@@ -498,6 +533,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "command": ["python", "-m", "study.bench", *args.argv],
         "settings": {"batch_sizes": args.batch_sizes, "norms": args.norms, "pack": args.pack,
                      "pack_batches": args.pack_batches, "compile_batches": args.compile_batches,
+                     "precisions": args.precisions,
                      "seconds": args.seconds, "samples": args.samples,
                      "warmup_samples": args.warmup, "repeats": args.repeats, "settle_seconds": args.settle,
                      "threads": threads,
@@ -539,12 +575,12 @@ def targets(rows: list[dict[str, Any]], packs: list[dict[str, Any]]) -> list[dic
 
 
 def format_table(result: dict[str, Any]) -> str:
-    head = (f"{'pipeline':<19}{'batch':>6}  {'norm':<6}{'runs':>5}{'samples/s':>12}{'x notebook':>12}"
+    head = (f"{'pipeline':<22}{'batch':>6}  {'norm':<6}{'runs':>5}{'samples/s':>12}{'x notebook':>12}"
             f"{'% ceiling':>11}{'cpu wait':>10}")
     lines = [head, "-" * len(head)]
     for r in result["rows"]:
         wait = "n/a" if r["cpu_wait"] is None else f"{100 * r['cpu_wait']:.0f}%"
-        lines.append(f"{r['pipeline']:<19}{r['batch_size']:>6}  {r['norm']:<6}{r['runs']:>5}"
+        lines.append(f"{r['pipeline']:<22}{r['batch_size']:>6}  {r['norm']:<6}{r['runs']:>5}"
                      f"{r['samples_per_second']:>12,.0f}{r['x_notebook']:>11.2f}x"
                      f"{100 * r['fraction_of_ceiling']:>10.1f}%{wait:>10}")
     c, s, e = result["ceiling"], result["settings"], result["env"]
@@ -555,6 +591,17 @@ def format_table(result: dict[str, Any]) -> str:
         f" / {c['flops_per_sample'] / 1e6:.3f} MFLOP per training sample ({result['model']['architecture']},"
         f" 3 x forward matmuls) = {c['samples_per_second']:,.0f} samples/s",
     ]
+    cells = sorted({(r["batch_size"], r["norm"]) for r in result["rows"] if r.get("x_fp32") is not None},
+                   key=lambda bn: (bn[0], bn[1] != "none"))
+    for bs, norm in cells:
+        ratios = {r["pipeline"]: r["x_fp32"] for r in result["rows"]
+                  if (r["batch_size"], r["norm"]) == (bs, norm) and r.get("x_fp32") is not None}
+        parts = [f"{name.removeprefix('trainer-')} {x:.2f}x" for name, x in ratios.items()]
+        auto = ratios.get("trainer-fp32-autograd")
+        tail = (f"; bf16 = {ratios['trainer-bf16'] / auto:.2f}x fp32 on autograd"
+                if auto and "trainer-bf16" in ratios else "")
+        lines.append(f"precision at batch {bs}, norm {norm}: samples/s over the fp32 trainer's: "
+                     + ", ".join(parts) + tail)
     for p in result["packs"]:
         lines.append(f"pack at batch {p['batch_size']}, norm {p['norm']}: {p['runs']} runs packed "
                      f"{p['pack_samples_per_second']:,.0f} samples/s vs one after another "
@@ -611,6 +658,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--compile-batches", type=ints, default=None,
                    help="batch sizes at which to also measure the trainer with compile=true "
                         "(torch.compile; default: every batch size; '' = none)")
+    p.add_argument("--precisions", type=lambda t: t.split(","), default=["fp32"],
+                   help="comma-separated precisions to measure the trainer in, besides fp32 (default fp32; "
+                        "e.g. fp32,tf32,bf16; bf16 adds the fp32 trainer on autograd)")
     p.add_argument("--matmul-n", type=int, default=MATMUL_N, help="matmul size for the ceiling (default 2048)")
     p.add_argument("--matmul-reps", type=int, default=10,
                    help="timed matmuls before and after the cells (default 10 each; up to 3 in every cell)")
@@ -636,6 +686,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.error("--samples must be > 0")
     if not args.batch_sizes or min(args.batch_sizes) < 1:
         p.error("--batch-sizes must be integers >= 1")
+    bad = [n for n in args.precisions if n not in PRECISIONS]
+    if bad:
+        p.error(f"--precisions: unknown {bad}; known: {', '.join(PRECISIONS)}")
+    args.precisions = ["fp32", *dict.fromkeys(n for n in args.precisions if n != "fp32")]
     bad = [n for n in args.norms if n not in ("none", "batch")]
     if bad:
         p.error(f"--norms: unknown {bad}; known: none, batch")

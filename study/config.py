@@ -212,7 +212,7 @@ class Config:
     # Intra-op threads for torch; null = torch's default (one per core).
     threads: Optional[int] = None
     device: str = "cpu"  # cpu | cuda | auto
-    # fp32; tf32: float32 matmuls on TF32 tensor cores (CUDA Ampere+; on CPU torch's "high" matmul precision);
+    # fp32; tf32: float32 matmuls on TF32 tensor cores (CUDA Ampere+; refused on CPU, where it is fp32);
     # bf16: mixed precision, torch.autocast to bfloat16 (float32 weights; trains with autograd).
     precision: str = "fp32"
     eval_batch_size: int = 10000
@@ -319,6 +319,11 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.threads is None or cfg.threads >= 1, "threads", cfg.threads, "null or an integer >= 1")
     need(cfg.device in DEVICES, "device", cfg.device, "one of " + ", ".join(DEVICES))
     need(cfg.precision in PRECISIONS, "precision", cfg.precision, "one of " + ", ".join(PRECISIONS))
+    # One computation must be one cell: on CPU tf32 is fp32 (bit-identical records), so it is refused there
+    # (device=auto is checked once resolved: study.device.check_precision).
+    need(not (cfg.precision == "tf32" and cfg.device == "cpu"), "precision", cfg.precision,
+         "fp32 or bf16 with device=cpu (tf32 is CUDA tensor-core math; on CPU a tf32 run computes exactly what "
+         "fp32 does: docs/scaling.md#precision)")
     need(cfg.eval_batch_size >= 1, "eval_batch_size", cfg.eval_batch_size, "an integer >= 1")
     need(cfg.objective in OBJECTIVES, "objective", cfg.objective, "one of " + ", ".join(OBJECTIVES))
     need(cfg.progress_every >= 0, "progress_every", cfg.progress_every, "a number >= 0")

@@ -61,8 +61,8 @@ def set_deterministic(flag: bool) -> None:
 @contextlib.contextmanager
 def precision(name: str, device: torch.device) -> Iterator[None]:
     """Train and evaluate in `name`: fp32 (float32 throughout); tf32 (float32
-    matmuls may use TF32 tensor cores: CUDA Ampere and later; on CPU
-    torch's "high" matmul precision, its effect there not measured); bf16 (torch.autocast: matmuls in bfloat16, the
+    matmuls may use TF32 tensor cores: CUDA Ampere and later; runs refuse it on
+    CPU, where torch computes it as fp32: check_precision); bf16 (torch.autocast: matmuls in bfloat16, the
     weights, optimizer and losses in float32). The matmul setting is
     process-wide: restored on exit, so the next pack of a worker starts from fp32."""
     before = torch.get_float32_matmul_precision()
@@ -78,6 +78,16 @@ def precision(name: str, device: torch.device) -> Iterator[None]:
             yield
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def check_precision(name: str, device: torch.device) -> None:
+    """Refuse `precision: tf32` where it is not a computation of its own: on CPU (device=auto without CUDA)
+    torch computes it as fp32, and the run would count as another cell (study.config.validate refuses
+    device=cpu)."""
+    if name == "tf32" and device.type != "cuda":
+        raise ConfigError("precision", name, f"fp32 or bf16 here: the device is {device.type} (device=auto, "
+                                             "no CUDA device); tf32 is CUDA tensor-core math; on CPU a tf32 run "
+                                             "computes exactly what fp32 does (docs/scaling.md#precision)")
 
 
 def compile_unavailable(device: torch.device) -> Optional[str]:

@@ -88,6 +88,14 @@ class RunFailed(ExitWithLine):
     status = 1
 
 
+class StudyIncomplete(ExitWithLine):
+    """Raised at the end of a tuning sweep whose study still lacks counted
+    trials or its confirmation (e.g. another sweep's trials it could not
+    wait for). Exit status 3: run the same command again to finish it."""
+
+    status = 3
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return " ".join(text.splitlines()[:1]).strip().rstrip(".")

@@ -33,7 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from study.data import MNISTSplits, load_mnist
-from study.device import check_compile, configure_determinism, precision, resolve_device
+from study.device import check_compile, check_precision, configure_determinism, precision, resolve_device
 from study.errors import ConfigError
 from study.loggers import RunLoggers, open_loggers
 from study.progress import PackProgressFile
@@ -101,6 +101,7 @@ def run_pack(cfg: DictConfig, members: list[Member], experiment: Optional[str] =
         threads = configure_determinism(cfg.threads if cfg.threads is not None else threads)
         device = resolve_device(device_name or cfg.device)
         check_compile(cfg.compile, device)
+        check_precision(cfg.precision, device)
         data = get_data(cfg, device)
         check_batch_fits(cfg, data)
     records: list[Optional[dict[str, Any]]] = [None] * len(members)

@@ -18,7 +18,7 @@ COMPILED = [64] if HAS_CXX else []
 
 PIPELINE_RUNS = {"notebook": 1, "trainer": 1, "trainer-compiled": 1}
 ROW_KEYS = {"pipeline", "batch_size", "norm", "runs", "samples_per_second", "x_notebook",
-            "fraction_of_ceiling", "samples", "seconds", "deterministic", "cpu_wait"}
+            "fraction_of_ceiling", "samples", "seconds", "deterministic", "cpu_wait", "precision", "x_fp32"}
 TOP_KEYS = {"schema_version", "kind", "started_at", "finished_at", "wall_seconds", "command", "settings",
             "model", "data", "env", "ceiling", "rows", "packs", "targets"}
 ENV_KEYS = {"torch", "device", "device_name", "threads", "cpu_count", "deterministic", "git_commit"}
@@ -111,6 +111,27 @@ def test_table_prints_every_row(capsys, tiny_mnist):
     assert {r["pipeline"] for r in result["rows"] if r["batch_size"] == 16} == {
         "notebook", "trainer", *(["trainer-compiled"] if HAS_CXX else [])}
     assert all(r["pipeline"] != "trainer-compiled" for r in result["rows"] if r["batch_size"] == 8)
+
+
+def test_precisions_are_measured_against_the_fp32_trainer(capsys, tiny_mnist):
+    """--precisions: the trainer in tf32 and bf16 (and fp32 on autograd, what bf16 trains with), each
+    with its samples/s over the fp32 trainer's of its cell; a line per cell says the ratios."""
+    result = bench.main(tiny_args(tiny_mnist, "--batch-sizes", "64", "--norms", "batch", "--pack-batches", "",
+                                  "--compile-batches", "", "--precisions", "bf16,tf32"))
+    out = capsys.readouterr().out
+    assert result["settings"]["precisions"] == ["fp32", "bf16", "tf32"]
+    rows = {r["pipeline"]: r for r in result["rows"]}
+    assert set(rows) == {"notebook", "trainer", "trainer-bf16", "trainer-tf32", "trainer-fp32-autograd"}
+    assert {k: r["precision"] for k, r in rows.items()} == {
+        "notebook": "fp32", "trainer": "fp32", "trainer-bf16": "bf16", "trainer-tf32": "tf32",
+        "trainer-fp32-autograd": "fp32"}
+    fp32 = rows["trainer"]["samples_per_second"]
+    for name in ("trainer-bf16", "trainer-tf32", "trainer-fp32-autograd"):
+        assert math.isclose(rows[name]["x_fp32"], rows[name]["samples_per_second"] / fp32)
+    assert rows["trainer"]["x_fp32"] is None and rows["notebook"]["x_fp32"] is None
+    line = next(ln for ln in out.splitlines() if ln.startswith("precision at batch 64, norm batch: "))
+    assert f"tf32 {rows['trainer-tf32']['x_fp32']:.2f}x" in line and f"bf16 {rows['trainer-bf16']['x_fp32']:.2f}x" in line
+    assert "bf16 = " in line and "x fp32 on autograd" in line
 
 
 @pytest.mark.parametrize("pack", ["1", "0,4", ""])

@@ -106,8 +106,10 @@ def test_two_sweeps_at_once_on_a_fresh_database_share_one_study_and_confirm_once
     assert confirm["trial"] == best.number and confirm["params"] == best.params  # the global best
     claims = [k for k in study.user_attrs if k.startswith("confirm_claim:")]
     assert claims == [f"confirm_claim:{best.number}:1"]
-    # One sweep ran the confirmation; the other said why not (or, had it ended last, reported it as before).
-    confirmed = [o for o in outs if "confirm test_acc" in o and "(confirmed before)" not in o]
+    # One sweep ran the confirmation; the other waited for it and reported it (or, had it ended after it,
+    # reported it as confirmed before).
+    confirmed = [o for o in outs if "confirm test_acc" in o and "(confirmed before)" not in o
+                 and "(confirmed by another sweep)" not in o]
     assert len(confirmed) == 1, outs
     recs = [json.loads(p.read_text()) for s in "ab" for p in (tmp_path / s).glob("*/result.json")]
     assert sum(r["seed"] == 1 for r in recs) == 1  # the confirmation run trained once, in one sweep
@@ -205,3 +207,94 @@ def test_a_trial_whose_heartbeat_stopped_on_another_host_is_retried(tmp_path, ti
     assert len(retries) == 1 and retries[0].params == trials[dead.number].params
     assert retries[0].state == TrialState.COMPLETE
     assert sum(counts_toward_target(t) for t in trials.values()) == 2
+
+
+CAN_UNSHARE = shutil.which("unshare") is not None and os.geteuid() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", [
+    "this host",  # found dead by its process
+    pytest.param("other-host", marks=pytest.mark.skipif(  # found dead by its stopped heartbeat
+        not CAN_UNSHARE, reason="needs `unshare --uts` (root) to run a sweep under another hostname")),
+])
+def test_a_sweep_killed_beside_another_is_finished_by_the_survivor_without_a_human(tmp_path, tiny_mnist, pg_url,
+                                                                                    where):
+    """Two sweeps on one study. The survivor has run its trial and has
+    nothing left to ask when the other sweep is killed with -9, its trial
+    running. The survivor waits for that trial, fails it once its sweep is
+    known dead (its process gone on this host; its heartbeat stopped for the
+    grace period on another), asks its params again, confirms the study's
+    best once and exits 0: nobody reruns anything.
+
+    The other sweep is frozen (SIGSTOP) as soon as its trial runs, so that the
+    trial is still RUNNING when the survivor's own trial ends, whatever the
+    machine's load; its heartbeat stops there, and the grace period is longer
+    than what is left of the survivor's trial."""
+    beat = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=12"]
+    # Both sweeps run one config (the study refuses another).
+    common = ("epochs=10", "hydra.sweeper.n_trials=2", *beat)
+    logs = {s: open(tmp_path / f"{s}.log", "w") for s in "ab"}
+    procs: dict[str, subprocess.Popen] = {}
+
+    def start(s: str, host: str) -> None:
+        cmd = sweep_cmd(tmp_path, tiny_mnist, pg_url, s, *common)
+        if host != "this host":
+            cmd = ["unshare", "--uts", "sh", "-c", f"hostname {host} && exec {shlex.join(cmd)}"]  # one pid
+        procs[s] = subprocess.Popen(cmd, cwd=tmp_path, env=env(), start_new_session=True, stdout=logs[s],
+                                    stderr=subprocess.STDOUT)
+
+    def wait_for(what: str, found):
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                trials = study_of(pg_url).get_trials()
+            except Exception:  # not created yet
+                trials = []
+            if (got := found(trials)) is not None:
+                return got
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs.values()), \
+                f"waiting for {what}: " + (tmp_path / "b.log").read_text()[-2000:]
+            time.sleep(0.2)
+
+    def running_of(s: str):
+        return lambda trials: next((t for t in trials if t.state == TrialState.RUNNING
+                                    and (t.user_attrs.get("sweep") or {}).get("pid") == procs[s].pid), None)
+
+    try:
+        start("b", "this host")  # the survivor asks the first trial
+        mine = wait_for("the survivor's trial", running_of("b"))
+        start("a", where)  # started then, the other sweep asks the second one
+        dead = wait_for("the other sweep's trial", running_of("a"))
+        os.killpg(procs["a"].pid, signal.SIGSTOP)
+        wait_for("the survivor's trial to end", lambda trials: trials[mine.number].state.is_finished() or None)
+        assert study_of(pg_url).get_trials()[dead.number].state == TrialState.RUNNING
+        time.sleep(1.5)  # the survivor sees nothing left to ask
+        assert procs["b"].poll() is None, "the survivor ended with another sweep's trial running"
+        os.killpg(procs["a"].pid, signal.SIGKILL)
+        procs["a"].wait()
+        assert procs["b"].wait(timeout=240) == 0, (tmp_path / "b.log").read_text()[-3000:]
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        for f in logs.values():
+            f.close()
+    study = study_of(pg_url)
+    trials = {t.number: t for t in study.get_trials()}
+    assert not [t for t in trials.values() if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert trials[dead.number].state == TrialState.FAIL and trials[dead.number].user_attrs["status"] == "stale"
+    retries = [t for t in trials.values()
+               if dead.number in (t.system_attrs.get("failed_trial"), t.user_attrs.get("retry_of"))]
+    assert len(retries) == 1 and retries[0].params == dead.params and retries[0].state == TrialState.COMPLETE
+    assert retries[0].user_attrs["sweep"]["pid"] == procs["b"].pid  # the survivor asked it
+    if where != "this host":
+        assert "failed_trial" in retries[0].system_attrs  # Optuna's RetryHeartbeatStaleTrialCallback
+    assert sum(counts_toward_target(t) for t in trials.values()) == 2
+    best = max((t for t in trials.values() if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert study.user_attrs["confirm"]["trial"] == best.number and study.user_attrs["confirm"]["n_completed"] == 1
+    assert [k for k in study.user_attrs if k.startswith("confirm_claim:")] == [f"confirm_claim:{best.number}:1"]
+    out = (tmp_path / "b.log").read_text()
+    assert "waiting for 1 trial of another sweep" in out
+    assert "1 trial of a dead sweep marked failed (asked again)" in out

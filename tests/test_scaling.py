@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from helpers import REPO, tiny_overrides
 from hydra_plugins.bn_study_sweeper._impl import launcher_batch
+from study.errors import ConfigError
 from study.resources import usable_cores, worker_devices
 from test_cli import run_cli
 
@@ -58,6 +59,35 @@ def test_trial_batches_fit_the_launcher():
 
 
 @pytest.mark.slow
+def test_tf32_on_cpu_is_refused_in_one_line_as_the_fp32_it_computes(tmp_path, tiny_mnist):
+    """On CPU torch computes a tf32 run exactly as fp32: one computation would be
+    two cells. device=cpu is refused by the config check; device=auto, once it
+    resolves to the CPU, before anything trains (here, where torch sees no CUDA)."""
+    import torch
+
+    from study.device import check_precision
+
+    proc = run_cli([*tiny_overrides(tiny_mnist), "precision=tf32", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [
+        "error: precision=tf32 is not allowed: fp32 or bf16 with device=cpu (tf32 is CUDA tensor-core math; on "
+        "CPU a tf32 run computes exactly what fp32 does: docs/scaling.md#precision)"]
+    assert not (tmp_path / "run" / "result.json").exists()
+    with pytest.raises(ConfigError, match=r"^precision=tf32 is not allowed: fp32 or bf16 here: the device is cpu"):
+        check_precision("tf32", torch.device("cpu"))
+    check_precision("tf32", torch.device("cuda"))  # a computation of its own there
+    check_precision("bf16", torch.device("cpu"))
+    if not torch.cuda.is_available():
+        proc = run_cli([*tiny_overrides(tiny_mnist), "precision=tf32", "device=auto", "-m", "seed=0,1",
+                        f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")] == [
+            "error: precision=tf32 is not allowed: fp32 or bf16 here: the device is cpu (device=auto, no CUDA "
+            "device); tf32 is CUDA tensor-core math; on CPU a tf32 run computes exactly what fp32 does "
+            "(docs/scaling.md#precision)"]
+        assert not list((tmp_path / "sweep").rglob("result.json"))
+
+
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
                     reason="the slurm extra: uv sync --extra slurm (.ci/run installs it)")
 def test_submitit_local_keeps_the_default_grids_packs_and_builds_the_report(tmp_path, tiny_mnist):
@@ -210,6 +240,28 @@ def test_one_sweep_claims_the_confirmation_of_a_best_trial(tmp_path):
     study.set_user_attr("confirm_claim:7:1", {"sweep": {"host": os.uname().nodename, "pid": 2 ** 22 + 1,
                                                          "start": "0"}})
     assert claim_confirmation(storage, study, 7, [1]) is True
+
+
+def test_a_dead_sweeps_confirmation_claim_is_taken_over_by_exactly_one_sweep(tmp_path):
+    """Sweeps waiting for a confirmation whose claim stopped beating take it
+    over with a compare-and-set: the first wins, the others see it changed."""
+    import json
+
+    import optuna
+
+    from hydra_plugins.bn_study_sweeper._impl import (claim_confirmation, claim_key, claim_raw, compare_and_set,
+                                                      open_storage)
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=None, grace_period=None)
+    study = optuna.create_study(study_name="s", storage=storage)
+    assert claim_raw(storage, study, claim_key(3, [1, 2])) is None
+    assert claim_confirmation(storage, study, 3, [1, 2], heartbeat_interval=5) is True
+    seen = claim_raw(storage, study, claim_key(3, [1, 2]))
+    assert json.loads(seen)["heartbeat"] == 5 and json.loads(seen)["beat"] == 0
+    first, second = json.dumps({"sweep": "first"}), json.dumps({"sweep": "second"})
+    assert compare_and_set(storage, study, claim_key(3, [1, 2]), seen, first) is True
+    assert compare_and_set(storage, study, claim_key(3, [1, 2]), seen, second) is False
+    assert study.user_attrs[claim_key(3, [1, 2])] == {"sweep": "first"}
 
 
 def test_the_run_index_survives_moving_the_outputs_folder(tmp_path, tiny_mnist):

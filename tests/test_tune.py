@@ -301,3 +301,79 @@ def test_the_sweeper_tells_a_missing_record_from_a_damaged_one(tmp_path):
     (tmp_path / "result.json").write_text('{"schema_version": 1, "status": "completed"}')
     rec, problem, reason = read_record(tmp_path / "result.json")
     assert rec is None and problem == "unreadable" and reason
+
+
+def _answers(a) -> dict[str, list[dict]]:
+    """What a report says about a tuning sweep: its cells, each cell's chosen lr, BN vs no-BN there."""
+    import pandas as pd
+
+    def rows(df: pd.DataFrame, cols: list[str]) -> list[dict]:
+        out = df[cols].astype(object).where(df[cols].notna(), None).to_dict("records")
+        return sorted(({k: (round(float(v), 10) if isinstance(v, float) else v) for k, v in r.items()} for r in out),
+                      key=repr)
+
+    return {"cells": rows(a.cells, ["norm", "batch_size", "lr", "n_runs", "n_completed", "seeds", "val_acc_mean",
+                                    "test_acc_mean", "train_loss_mean"]),
+            "best": rows(a.best, ["norm", "batch_size", "lr", "basis", "n", "val_acc_mean", "test_acc_mean"]),
+            "differences": rows(a.best_differences, ["batch_size", "norm", "baseline", "test_acc_diff", "low", "high",
+                                                     "n", "n_baseline"])}
+
+
+@pytest.mark.slow
+def test_the_report_from_the_storage_alone_answers_as_the_sweep_dirs(tmp_path, tiny_mnist, monkeypatch):
+    """A finished tuning sweep: `python -m analysis STORAGE --study ...` on a
+    machine without its records, and the sweep dir's report where some
+    trials' records are elsewhere (another machine's sweep), give the same
+    cells, lrs and BN vs no-BN differences as the dir with every record."""
+    import shutil
+
+    from analysis.collect import collect
+    from analysis.summary import analyze
+
+    ok(run_cli(sweep_args(tmp_path, tiny_mnist, "experiment=tune", "batch_size=32", "model.norm=none,batch",
+                          "epochs=1", "tune.n_trials=2", "tune.confirm_seeds=[1,2]", "hydra.sweeper.pruner=null"),
+               cwd=tmp_path))
+    full = analyze(collect([tmp_path / "sweep"]))
+    assert full.tuned and set(full.best.basis) == {"confirmation runs"}
+    expected = _answers(full)
+    assert len(expected["cells"]) >= 2 and len(expected["differences"]) == 1
+
+    # Another machine: a copy of the storage, no record anywhere it can look.
+    far = tmp_path / "far"
+    far.mkdir()
+    shutil.copy(tmp_path / "optuna.db", far / "optuna.db")
+    monkeypatch.chdir(far)
+    names = sorted(studies(tmp_path))
+    col = collect([f"sqlite:///{far}/optuna.db"], names)
+    assert col.problems and all(p.kind == "missing" for p in col.problems)  # nothing read from a record
+    assert _answers(analyze(col)) == expected
+
+    # The sweep dir, with the no-BN study's trials run elsewhere (their records not here).
+    monkeypatch.chdir(tmp_path)
+    none = optuna.load_study(study_name=next(n for n in names if n.endswith("model.norm=none")),
+                             storage=storage_url(tmp_path))
+    for t in none.get_trials():
+        shutil.rmtree((tmp_path / t.user_attrs["record_path"]).parent)
+    assert _answers(analyze(collect([tmp_path / "sweep"]))) == expected
+
+
+@pytest.mark.slow
+def test_a_sweep_that_cannot_finish_its_study_says_so_in_its_exit_status(tmp_path, tiny_mnist):
+    """A trial of a sweep on another host runs in the study and no heartbeat
+    can tell whether that sweep lives: this sweep runs what it can, then
+    ends with one line saying the study is not complete, and exit status 3."""
+    study = optuna.create_study(study_name="shared", storage=storage_url(tmp_path), direction="maximize")
+    foreign = study.ask({"lr": FloatDistribution(1e-3, 1.0, log=True)})
+    foreign.set_user_attr("sweep", {"host": "other-host", "pid": 1, "start": "0", "heartbeat": None})
+    proc = run_cli(sweep_args(tmp_path, tiny_mnist, "hydra/sweeper=optuna", "hydra.sweeper.study_name=shared",
+                              "hydra.sweeper.n_trials=2", "hydra.sweeper.heartbeat_interval=null",
+                              "batch_size=32", "epochs=1"), cwd=tmp_path)
+    assert proc.returncode == 3, (proc.stdout + proc.stderr)[-3000:]
+    errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("error:")]
+    assert errors == ["error: study shared is not complete: 1 trial of a sweep on other-host still running, "
+                      "which this sweep cannot tell alive or dead without heartbeats "
+                      "(hydra.sweeper.heartbeat_interval=null here or there); run the same command again to "
+                      "finish it"], errors
+    trials = studies(tmp_path)["shared"].get_trials()
+    assert [t.state for t in trials] == [TrialState.RUNNING, TrialState.COMPLETE]  # it ran what it could
+    assert "Traceback" not in proc.stderr

@@ -72,19 +72,25 @@ def pack_members(configs: Sequence[DictConfig], dirs: Sequence[str], jobs: Seque
 
 
 def check_torch(cfgs: Iterable[DictConfig]) -> None:
-    """`device: cuda` where torch sees no CUDA device, and `compile: true`
-    where torch.compile cannot build, are config errors before any run, like
-    a bad value. This loads torch (seconds), so only when some job asks for
-    cuda or compile: the launching process never trains."""
-    asks = {}  # device -> whether a job on it compiles: one check per device
+    """`device: cuda` where torch sees no CUDA device, `compile: true`
+    where torch.compile cannot build, and `precision: tf32` where device=auto
+    is the CPU, are config errors before any run, like a bad value. This
+    loads torch (seconds), so only when some job asks for cuda, compile or
+    tf32: the launching process never trains."""
+    asks: dict[str, tuple[bool, bool]] = {}  # device -> whether a job on it compiles, uses tf32: one check each
     for c in cfgs:
-        if str(c.device) == "cuda" or c.compile:
-            asks[str(c.device)] = asks.get(str(c.device), False) or bool(c.compile)
+        tf32 = str(c.get("precision", "fp32")) == "tf32"
+        if str(c.device) == "cuda" or c.compile or tf32:
+            compiled, any_tf32 = asks.get(str(c.device), (False, False))
+            asks[str(c.device)] = (compiled or bool(c.compile), any_tf32 or tf32)
     if asks:
-        from study.device import check_compile, resolve_device
+        from study.device import check_compile, check_precision, resolve_device
 
-        for device, compiled in sorted(asks.items()):
-            check_compile(compiled, resolve_device(device))
+        for device, (compiled, tf32) in sorted(asks.items()):
+            resolved = resolve_device(device)
+            check_compile(compiled, resolved)
+            if tf32:
+                check_precision("tf32", resolved)
 
 
 def _steps(cfg: DictConfig) -> float:

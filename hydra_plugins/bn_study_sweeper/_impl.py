@@ -9,12 +9,16 @@ Per cell (one combination of the command line's comma lists):
    launcher runs at once), launch their jobs through the configured launcher
    with `trial.*` overrides while a thread beats for them (the job reports
    validation accuracy per epoch and stops when the study's pruner says so),
-   and tell each trial its state from the job's run record;
-3. once per study, by the sweep that finishes last: rerun the global best
-   trial's parameters with `confirm_seeds` (a plain batch of jobs, trained
-   as one pack under any launcher; a finished run of the same config is
-   reused by the runner, not retrained). docs/scaling.md: many sweeps on
-   one study.
+   and tell each trial its state from the job's run record; with nothing
+   left to ask, wait while other sweeps' trials run: each ends, or its sweep
+   is found dead (process, heartbeat) and its params are asked here;
+3. once per study: rerun the global best trial's parameters with
+   `confirm_seeds` (a plain batch of jobs, trained as one pack under any
+   launcher; a finished run of the same config is reused by the runner, not
+   retrained), by the sweep that claims it; the others wait for it and take
+   the claim over if its sweep dies. docs/scaling.md: many sweeps on one
+   study. A study left without its trials or its confirmation ends the sweep
+   with StudyIncomplete (exit status 3).
 
 A trial counts toward `n_trials` when it is COMPLETE or PRUNED, or FAIL with a
 run record (the run diverged or crashed while training: a result). Trials
@@ -54,7 +58,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from study import progress
-from study.records import RESULT_FILE
+from study.records import METRIC_KEYS, RESULT_FILE
 
 from .pruning import PRUNER_ATTR, pruner_spec
 
@@ -181,13 +185,26 @@ def open_storage(url: str, heartbeat_interval: Optional[int], grace_period: Opti
 
 def fail_dead_trials(study: optuna.Study) -> int:
     """Fail the RUNNING trials whose heartbeat stopped (a sweep dead on any
-    host); the storage's RetryHeartbeatStaleTrialCallback asks their params again.
-    Returns how many."""
-    before = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    host): Optuna's fail_stale_trials, with the storage's
+    RetryHeartbeatStaleTrialCallback, which queues their params to be asked
+    again. Each gets `status: stale` first. Returns how many."""
+    rdb = getattr(study._storage, "_backend", study._storage)
+    if not (isinstance(rdb, optuna.storages.RDBStorage) and rdb.get_heartbeat_interval()):
+        return 0
+    before = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    # Private (RDBStorage._get_stale_trial_ids): the stale trials fail_stale_trials is about to fail, so
+    # that they carry the sweeper's word for why (a finished trial's attributes cannot be set, and Optuna has
+    # no public listing of stale trials).
+    for trial_id in rdb._get_stale_trial_ids(study._study_id):
+        try:
+            study._storage.set_trial_user_attr(trial_id, "status", "stale")
+        except optuna.exceptions.UpdateFinishedTrialError:  # another sweep failed it meanwhile
+            pass
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    return before - len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    after = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    return len(before - after)
 
 
 def ask(study: optuna.Study, distributions: Optional[dict[str, BaseDistribution]] = None) -> Trial:
@@ -234,33 +251,109 @@ class Heartbeat:
             self.thread.join()
 
 
-def claim_confirmation(storage: optuna.storages.BaseStorage, study: optuna.Study, trial: int,
-                       seeds: list[int]) -> bool:
-    """True for exactly one of the sweeps that ask at once: an INSERT of the
-    study attribute `confirm_claim:<trial>:<seeds>` under the storage's
-    unique (study, key) constraint, in one transaction (Optuna's own
-    set_user_attr updates an existing key instead, so two sweeps would both
-    win). A claim left by a dead sweep on this host is taken over."""
-    import sqlalchemy.exc
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
+def claim_key(trial: int, seeds: Sequence[int]) -> str:
+    return f"confirm_claim:{trial}:{','.join(map(str, seeds))}"
 
-    key = f"confirm_claim:{trial}:{','.join(map(str, seeds))}"
-    value = {"sweep": this_sweep(), "at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+
+def _rdb(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage:
     rdb = getattr(storage, "_backend", storage)
     if not isinstance(rdb, optuna.storages.RDBStorage):
         raise _user_error("hydra.sweeper.storage must be an SQLAlchemy URL (an RDB storage)")
+    return rdb
+
+
+def _claim_value(heartbeat_interval: Optional[int], beat: int = 0) -> str:
+    return json.dumps({"sweep": this_sweep(), "at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                       "heartbeat": heartbeat_interval, "beat": beat})
+
+
+def claim_raw(storage: optuna.storages.BaseStorage, study: optuna.Study, key: str) -> Optional[str]:
+    """The stored JSON text of a study attribute (None when unset): what compare_and_set compares."""
+    from optuna.storages._rdb import models  # private: Optuna has no public compare-and-set
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(_rdb(storage).scoped_session) as session:
+        row = (session.query(models.StudyUserAttributeModel)
+               .filter(models.StudyUserAttributeModel.study_id == study._study_id,
+                       models.StudyUserAttributeModel.key == key).one_or_none())
+        return None if row is None else row.value_json
+
+
+def compare_and_set(storage: optuna.storages.BaseStorage, study: optuna.Study, key: str, old: str,
+                    new: str) -> bool:
+    """Set a study attribute to `new` only if it still holds `old` (one UPDATE ... WHERE, atomic in the
+    database): of several sweeps that take over one claim at once, exactly one gets it."""
+    from optuna.storages._rdb import models  # private: Optuna has no public compare-and-set
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    attr = models.StudyUserAttributeModel
+    with _create_scoped_session(_rdb(storage).scoped_session) as session:
+        n = (session.query(attr)
+             .filter(attr.study_id == study._study_id, attr.key == key, attr.value_json == old)
+             .update({attr.value_json: new}, synchronize_session=False))
+    return n == 1
+
+
+def claim_confirmation(storage: optuna.storages.BaseStorage, study: optuna.Study, trial: int,
+                       seeds: list[int], heartbeat_interval: Optional[int] = None) -> bool:
+    """True for exactly one of the sweeps that ask at once: an INSERT of the study attribute
+    `confirm_claim:<trial>:<seeds>` under the storage's unique (study, key)
+    constraint, in one transaction (Optuna's own set_user_attr updates an
+    existing key instead, so two sweeps would both win). A claim left by a
+    dead sweep on this host is taken over (compare_and_set)."""
+    import sqlalchemy.exc
+    from optuna.storages._rdb import models  # private: an INSERT that fails on an existing key
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    key = claim_key(trial, seeds)
+    value = _claim_value(heartbeat_interval)
     try:
-        with _create_scoped_session(rdb.scoped_session) as session:
-            session.add(models.StudyUserAttributeModel(study_id=study._study_id, key=key,
-                                                       value_json=json.dumps(value)))
+        with _create_scoped_session(_rdb(storage).scoped_session) as session:
+            session.add(models.StudyUserAttributeModel(study_id=study._study_id, key=key, value_json=value))
         return True
     except sqlalchemy.exc.IntegrityError:
-        owner = (study.user_attrs.get(key) or {}).get("sweep")
-        if owner is not None and sweep_is_gone(owner):
-            study.set_user_attr(key, value)
+        raw = claim_raw(storage, study, key)
+        owner = (json.loads(raw) if raw else {}).get("sweep")
+        if raw is not None and owner is not None and sweep_is_gone(owner) \
+                and compare_and_set(storage, study, key, raw, value):
             return True
         return False
+
+
+class ClaimBeat:
+    """While a sweep confirms, it counts the `beat` of its claim up every
+    heartbeat interval: a sweep waiting for that confirmation on another
+    host sees the count stop when the confirming sweep dies, and takes the
+    claim over after the grace period. A daemon thread, like Heartbeat."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, study: optuna.Study, key: str, value: str,
+                 interval: Optional[int]) -> None:
+        self.storage, self.study, self.key, self.value, self.interval = storage, study, key, value, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name="confirm-claim-beat")
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.interval):
+            doc = json.loads(self.value)
+            new = json.dumps(dict(doc, beat=int(doc.get("beat", 0)) + 1))
+            try:
+                if not compare_and_set(self.storage, self.study, self.key, self.value, new):
+                    log.warning("%s: another sweep took over this confirmation's claim (it saw no beat "
+                                "for the grace period)", self.study.study_name)
+                    return
+                self.value = new
+            except Exception as e:  # a lost connection: the next beat tries again
+                log.warning("beat of %s not recorded: %s", self.key, e)
+
+    def __enter__(self) -> "ClaimBeat":
+        if self.interval:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
 
 
 # ------------------------------------------------------------ sweep process
@@ -416,6 +509,7 @@ class CellResult:
     confirm: Optional[dict[str, Any]] = None
     confirm_note: Optional[str] = None  # why this sweep did not run the confirmation
     errors: list[str] = field(default_factory=list)
+    incomplete: Optional[str] = None  # why the study lacks trials or its confirmation at the sweep's end
 
 
 class BnOptunaSweeperImpl(OptunaSweeperImpl):
@@ -612,7 +706,9 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         attrs: dict[str, Any] = {"overrides": list(ret.overrides or [])}
         if rec is not None:
             attrs.update(record_path=self._stored_path(path), status=rec.get("status"),
-                         diverged_at_step=rec.get("diverged_at_step"))
+                         diverged_at_step=rec.get("diverged_at_step"),
+                         # The run's final metrics: a report from the storage alone shows what its record does.
+                         final={k: _finite((rec.get("final") or {}).get(k)) for k in METRIC_KEYS})
             if rec.get("reused_from"):
                 attrs["reused_from"] = rec["reused_from"]
         elif ret.status == JobStatus.FAILED:
@@ -653,7 +749,7 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         study = self._open_study(storage, name, direction, self._fixed_config(task, plan), cell)
         if study.user_attrs.get("objective") != objective:  # what a trial's value is, for a report without records
             study.set_user_attr("objective", objective)
-        stale = self._fail_stale(study) + fail_dead_trials(study)
+        stale = self._fail_dead(study)
         if stale:
             log.info("%s: %d trial%s left RUNNING by a dead sweep marked failed (not counted)",
                      name, stale, "s" if stale > 1 else "")
@@ -667,31 +763,55 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         log.info("%s: %d of %d trials done or running; asking %d", name, done, target, budget)
         self._expect(budget - self.n_trials)  # trials done before, or fewer in the grid, are not run now
 
-        owner = this_sweep()
+        # Who runs these trials, and whether it beats for them: a sweep on another host waits for them only
+        # if it can tell them dead by their heartbeat.
+        owner = dict(this_sweep(), heartbeat=self.heartbeat_interval)
         batch = self._batch_size()
         trial_overrides = (f"trial.storage={hydra_quote(url)}", f"trial.study={hydra_quote(name)}",
                            f"trial.prune={'true' if self.pruner is not None else 'false'}")
         errors: list[str] = []
         asked = 0
-        while budget > 0:
-            dead = fail_dead_trials(study)  # a sweep elsewhere died meanwhile: its trials are asked again
+        blind: list[FrozenTrial] = []  # other sweeps' running trials this sweep cannot tell alive or dead
+        waiting_since: Optional[float] = None
+        trials_seen = -1
+        while True:
+            dead = self._fail_dead(study)  # a sweep elsewhere died meanwhile: its trials are asked again
             if dead:
-                log.info("%s: %d trial%s of a sweep whose heartbeat stopped marked failed (asked again)",
+                log.info("%s: %d trial%s of a dead sweep marked failed (asked again)",
                          name, dead, "s" if dead > 1 else "")
                 budget += dead
                 self._expect(dead)
             k = min(batch, budget, target - self._done_or_in_flight(study))
             if k <= 0:
-                break  # another sweep on this study filled it
+                # Nothing more to ask: the study is full, counting other sweeps' running trials, or this sweep
+                # asked its share. Wait while those trials run: they end, or their sweep died and they are
+                # failed (its heartbeat stopped for grace_period, or its process is gone on this host) and
+                # asked again here. A study with no trial running and no new trial over one poll is settled.
+                trials = study.get_trials(deepcopy=False)
+                running = [t for t in trials if t.state == TrialState.RUNNING]
+                counted = sum(counts_toward_target(t) for t in trials)
+                if not running and (counted >= target or len(trials) == trials_seen):
+                    break
+                blind = [t for t in running if not self._can_wait_for(t)]
+                if blind:
+                    break
+                if running and waiting_since is None:
+                    waiting_since = time.monotonic()
+                    log.info("%s: waiting for %d trial%s of another sweep (a trial whose sweep stops beating "
+                             "for %ss is failed and asked again here)", name, len(running),
+                             "s" if len(running) > 1 else "", self._grace())
+                trials_seen = len(trials)
+                time.sleep(self._poll())
+                continue
             trials = [ask(study) for _ in range(k)]
-            self._sample(study, name, trials, plan.search)
             try:
-                for t in trials:
-                    t.set_user_attr("sweep", owner)
-                overrides = self._configure_trials(trials, plan.search, fixed, plan.passthrough)
-                overrides = [tuple(o) + trial_overrides + (f"trial.number={t.number}",)
-                             for o, t in zip(overrides, trials)]
-                with Heartbeat(storage, trials):  # other sweeps see these trials alive while they run
+                with Heartbeat(storage, trials):  # other sweeps see these trials alive from their first moment
+                    self._sample(study, name, trials, plan.search)
+                    for t in trials:
+                        t.set_user_attr("sweep", owner)
+                    overrides = self._configure_trials(trials, plan.search, fixed, plan.passthrough)
+                    overrides = [tuple(o) + trial_overrides + (f"trial.number={t.number}",)
+                                 for o, t in zip(overrides, trials)]
                     returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             except BaseException:
                 self._fail(study, trials, "interrupted")
@@ -711,8 +831,19 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         trials = study.get_trials(deepcopy=False)
         result = CellResult(study=name, cell=cell, objective=objective, counts=state_counts(trials),
                             asked=asked, best=self._best(study), errors=errors)
-        if result.best is not None and self.confirm_seeds:
+        if result.best is not None and self.confirm_seeds and not blind:
             result.confirm, result.confirm_note = self._confirm_once(storage, study, plan, fixed, result.best)
+        counted = sum(counts_toward_target(t) for t in trials)
+        if blind:
+            hosts = sorted({str((t.user_attrs.get("sweep") or {}).get("host")) for t in blind})
+            result.incomplete = (f"{len(blind)} trial{'s' if len(blind) > 1 else ''} of a sweep on "
+                                 f"{', '.join(hosts)} still running, which this sweep cannot tell alive or dead "
+                                 "without heartbeats (hydra.sweeper.heartbeat_interval=null here or there)")
+        elif counted < target:
+            result.incomplete = (f"{counted} of {target} trials counted (the others failed without a run "
+                                 "record: see the counts above)")
+        elif result.best is not None and self.confirm_seeds and result.confirm is None:
+            result.incomplete = f"its best trial is not confirmed ({result.confirm_note})"
         if not (result.confirm and result.confirm_note is None):  # no confirmation runs launched now
             self._expect(-len(self.confirm_seeds))
         return result
@@ -722,22 +853,72 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         self.planned += change
         progress.expect(self.planned)
 
+    def _fail_dead(self, study: optuna.Study) -> int:
+        """Fail the RUNNING trials of dead sweeps: by process on this host, by heartbeat on any host."""
+        return self._fail_stale(study) + fail_dead_trials(study)
+
+    def _grace(self) -> Optional[int]:
+        if not self.heartbeat_interval:
+            return None
+        return self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
+
+    def _poll(self) -> float:
+        """Seconds between looks at a study while waiting for other sweeps."""
+        return float(min(self.heartbeat_interval or 5, 5))
+
+    def _can_wait_for(self, t: FrozenTrial) -> bool:
+        """Whether this sweep can tell when another sweep's running trial is dead, and so wait for it:
+        on this host by its process; elsewhere by its heartbeat, if both sweeps beat (an owner from before
+        the owner recorded its heartbeat beat by default); a trial without an owner by its age."""
+        owner = t.user_attrs.get("sweep")
+        if not isinstance(owner, dict) or owner.get("host") == socket.gethostname():
+            return True
+        return bool(self.heartbeat_interval) and owner.get("heartbeat", "unrecorded") is not None
+
     def _confirm_once(self, storage: optuna.storages.BaseStorage, study: optuna.Study, plan: SweepPlan,
                       fixed: dict[str, str], best: FrozenTrial) -> tuple[Optional[dict[str, Any]], Optional[str]]:
-        """The study's one confirmation of its global best: run by the sweep
-        that finishes last (no trial of another sweep still running), once
-        per best trial and seeds, whichever of several sweeps gets there."""
+        """The study's one confirmation of its global best, once per best trial and seeds, whichever of
+        several sweeps claims it first. The others wait for it: it is done, or its sweep died (on this host:
+        its process is gone; elsewhere: its claim's beat stopped for the grace period) and one of them takes
+        the claim over and confirms."""
         # Queued (WAITING) trials do not count: in a full study nobody may ever ask them.
         busy = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if busy:
             return None, (f"{len(busy)} trial{'s' if len(busy) > 1 else ''} of another sweep still running: "
-                          "the sweep that finishes last confirms the best")
-        done = study.user_attrs.get("confirm")
-        if isinstance(done, dict) and done.get("trial") == best.number and done.get("seeds") == self.confirm_seeds:
-            return done, "confirmed before"
-        if not claim_confirmation(storage, study, best.number, self.confirm_seeds):
-            return None, f"another sweep is confirming trial {best.number}"
-        return self._confirm(study, plan, fixed, best), None
+                          "a sweep that can wait for them confirms the best")
+        key = claim_key(best.number, self.confirm_seeds)
+        seen: Optional[str] = None
+        seen_at = time.monotonic()
+        logged = False
+        while True:
+            done = study.user_attrs.get("confirm")
+            if isinstance(done, dict) and done.get("trial") == best.number and done.get("seeds") == self.confirm_seeds:
+                return done, "confirmed before" if not logged else "confirmed by another sweep"
+            took_over = False
+            if not claim_confirmation(storage, study, best.number, self.confirm_seeds, self.heartbeat_interval):
+                raw = claim_raw(storage, study, key)
+                claim = json.loads(raw) if raw else {}
+                owner = claim.get("sweep") if isinstance(claim.get("sweep"), dict) else {}
+                here = owner.get("host") == socket.gethostname()
+                if not here and not (self.heartbeat_interval and claim.get("heartbeat")):
+                    return None, (f"another sweep (on {owner.get('host')}) is confirming trial {best.number}; "
+                                  "without heartbeats this sweep cannot wait for it")
+                if raw != seen:
+                    seen, seen_at = raw, time.monotonic()
+                elif (not here and raw is not None and time.monotonic() - seen_at > (self._grace() or 0)
+                      and compare_and_set(storage, study, key, raw, _claim_value(self.heartbeat_interval))):
+                    took_over = True
+                    log.info("%s: the sweep confirming trial %d stopped beating; confirming it here",
+                             study.study_name, best.number)
+                if not took_over:
+                    if not logged:
+                        logged = True
+                        log.info("%s: another sweep (on %s) is confirming trial %d; waiting for it",
+                                 study.study_name, owner.get("host"), best.number)
+                    time.sleep(self._poll())
+                    continue
+            with ClaimBeat(storage, study, key, claim_raw(storage, study, key) or "", self.heartbeat_interval):
+                return self._confirm(study, plan, fixed, best), None
 
     def _best(self, study: optuna.Study) -> Optional[FrozenTrial]:
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -764,8 +945,7 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
             runs.append({"seed": seed, "record_path": self._stored_path(path) if rec else None,
                          "status": rec.get("status") if rec else problem,
                          "reused": bool(rec and rec.get("reused_from")),
-                         "val_acc": _finite(final.get("val_acc")),
-                         "test_acc": _finite(final.get("test_acc"))})
+                         **{k: _finite(final.get(k)) for k in METRIC_KEYS}})
         tests = [r["test_acc"] for r in runs if r["status"] == "completed" and r["test_acc"] is not None]
         confirm = {"trial": best.number, "params": dict(best.params), "seeds": self.confirm_seeds,
                    "runs": runs, "n_completed": len(tests),
@@ -801,6 +981,14 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         results = [self._tune_cell(storage, url, plan, cell, task, direction)
                    for cell, task in zip(cells, tasks)]
         self._report(results, url, sweep_dir)
+        incomplete = [r for r in results if r.incomplete]
+        if incomplete:
+            from study.errors import StudyIncomplete
+
+            first = incomplete[0]
+            more = f" (and {len(incomplete) - 1} more studies)" if len(incomplete) > 1 else ""
+            raise StudyIncomplete(f"study {first.study} is not complete: {first.incomplete}{more}; "
+                                  "run the same command again to finish it")
 
     def _report(self, results: list[CellResult], url: str, sweep_dir: Path) -> None:
         totals: dict[str, Any] = {}

@@ -76,8 +76,9 @@ class BnOptunaSweeperConf(OptunaSweeperConf):
     # Optuna's heartbeat (seconds): while a batch runs the sweep beats for its
     # trials; a trial whose sweep stopped beating for `grace_period` (null:
     # twice the interval) died, on any host: the next sweep on the study fails
-    # it and asks its params again. null: no heartbeat (dead sweeps are then
-    # found on their own host only).
+    # it and asks its params again; a sweep with nothing left to ask waits for
+    # that. null: no heartbeat (dead sweeps are then found on their own host
+    # only, and a sweep does not wait for another host's trials: it exits 3).
     heartbeat_interval: Optional[int] = 60
     grace_period: Optional[int] = None
     # Record paths stored in the study are relative to this dir (null: the
