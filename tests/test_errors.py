@@ -30,8 +30,13 @@ def user_errors() -> list[BaseException]:
     from hydra_plugins.bn_study_sweeper.pruning import PrunerError
     from study.data import DataError
 
+    import errno
+
+    from study.errors import OutputError
+
     return [UserError("a plain one"), ConfigError("model.hidden", [128, 64], "a non-empty list"),
-            DataError("data.root=/x cannot be written"), PrunerError("hydra.sweeper.pruner is not allowed: x")]
+            DataError("data.root=/x cannot be written"), PrunerError("hydra.sweeper.pruner is not allowed: x"),
+            OutputError(OSError(errno.ENOSPC, "No space left on device"), "/x/result.json")]
 
 
 def test_every_user_error_class_pickles_with_its_message():
@@ -236,3 +241,4 @@ def test_an_unknown_optimizer_is_one_line_listing_the_optimizers(tmp_path, tiny_
                    cwd=tmp_path, timeout=120)
     assert one_error_line(proc) == "error: Could not find 'optimizer/rmsprop': optimizer is one of adam, adamw, sgd"
     assert not (tmp_path / "run").exists()
+
