@@ -38,6 +38,7 @@ register_configs()
 
 # The only targets a config may instantiate (Hydra 1.4 asks for this list).
 TRUSTED_TARGETS = [
+    "study.callbacks.Preflight",
     "study.callbacks.SweepSummary",
     "hydra_plugins.bn_study_launcher.packed_launcher.PackedLauncher",
 ]

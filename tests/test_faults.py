@@ -74,6 +74,12 @@ def test_a_sweep_killed_mid_pack_finishes_when_rerun_into_its_dir(tmp_path, tiny
     third = run_cli(args, cwd=tmp_path)
     assert third.returncode == 0 and records(sweep) == after
     assert "finished already" in third.stdout + third.stderr
+    # Another sweep into that dir is refused in one line; nothing is written.
+    other = run_cli(sweep_args(tiny_mnist, tmp_path, sweep, "steps=300", "hydra.launcher.n_jobs=1"), cwd=tmp_path)
+    assert other.returncode == 2
+    lines = [ln for ln in other.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: hydra.sweep.dir={sweep} holds another sweep's runs ")
+    assert records(sweep) == after
 
 
 @pytest.mark.slow
