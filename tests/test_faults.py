@@ -1,6 +1,7 @@
 """Issue 25, end to end: `study/run.py` as users run it, through faults. A
 sweep killed mid-pack and rerun into its fixed dir finishes; a full disk is
-one line with no claimed dir left without a record; two identical sweeps started together train each run once."""
+one line with no claimed dir left without a record; Ctrl-C is one line and
+exit 130; two identical sweeps started together train each run once."""
 
 from __future__ import annotations
 
@@ -133,6 +134,43 @@ def test_a_full_disk_mid_sweep_is_one_line_and_leaves_no_claimed_dir_without_a_r
     assert len(records(sweep)) == 1
     assert not claimed_without_record(sweep)
     assert not list((tmp_path / "index").glob("*.claim"))
+
+
+def _loky_worker_started(pgid: int) -> bool:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and b"loky" in (stat.parent / "cmdline").read_bytes():
+                return True
+        except (OSError, IndexError, ValueError):
+            continue
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["workers starting", "mid-sweep"])
+def test_ctrl_c_is_one_line_exit_130_and_keeps_finished_runs(tmp_path, tiny_mnist, when):
+    """Ctrl-C signals the terminal's whole process group: the workers too."""
+    sweep = tmp_path / "sweep"
+    args = sweep_args(tiny_mnist, tmp_path, sweep, "steps=400", "batch_size=16,32", "hydra.launcher.n_jobs=2")
+    proc = start(args, tmp_path)
+    if when == "workers starting":
+        wait_for(lambda: _loky_worker_started(proc.pid))
+        time.sleep(0.3)  # importing joblib and torch
+    else:
+        wait_for(lambda: len(records(sweep)) >= 1)
+    finished = records(sweep)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert [ln for ln in err.splitlines() if ln.strip()] == [
+        "interrupted: finished runs are kept; run the same command again to go on"], err[-3000:]
+    assert "Traceback" not in out + err
+    for name, rec in finished.items():
+        assert records(sweep)[name] == rec
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(records(sweep)) == 12
 
 
 @pytest.mark.slow
