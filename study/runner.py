@@ -105,6 +105,10 @@ def run_pack(cfg: DictConfig, members: list[Member], experiment: Optional[str] =
                 and here.get("run_hash") == run_hash(configs[i])):
             log.info("%sfinished already in %s: kept", run_tag(configs[i]), m.dir)
             records[i] = here
+        elif here is not None and not cfg.force:
+            log.info("%s%s holds this run %s: training it again", run_tag(configs[i]), m.dir,
+                     f"with status {here['status']}" if here["status"] not in ("completed", "diverged")
+                     else "from other code, torch or threads (another run hash)")
     prepared: Optional[tuple[Any, ...]] = None
     pending = [i for i, r in enumerate(records) if r is None]
     while pending:
@@ -118,11 +122,15 @@ def run_pack(cfg: DictConfig, members: list[Member], experiment: Optional[str] =
                     found[i] = f
                     continue
                 claim = index_claim(configs[i])
-                held = None if cfg.force else claims.take(claim, run_dir=str(members[i].dir))
+                with output_errors(claim):
+                    held = None if cfg.force else claims.take(claim, run_dir=str(members[i].dir))
                 if held is not None:
                     waiting[i] = held
                 elif not cfg.force:
                     claimed.append(claim)
+                    # Finished by another process between the look and the claim: reuse it after all.
+                    if (f := find_reusable(configs[i])) is not None:
+                        found[i] = f
             to_train = [i for i in pending if i not in found and i not in waiting]
             if to_train and prepared is None:  # the steps that can refuse a config come before any record is written
                 threads = configure_determinism(cfg.threads if cfg.threads is not None else threads)
