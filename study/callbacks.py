@@ -1,19 +1,22 @@
-"""Hydra callbacks: what a multirun prints when it ends."""
+"""Hydra callbacks: what a run or multirun checks before it starts
+(`Preflight`), and what a multirun prints when it ends (`SweepSummary`)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from study import loggers, progress
-from study.errors import RunFailed
-from study.records import RESULT_FILE, RecordError, read_record
+from study.errors import RunFailed, UserError, UserExit
+from study.records import CLAIM_FILE, OPERATIONAL_KEYS, RESULT_FILE, RecordError, read_record
 
 log = logging.getLogger("study.sweep")
 
@@ -26,6 +29,106 @@ def count_statuses(sweep_dir: Path) -> Counter:
         except RecordError:
             counts["unreadable"] += 1
     return counts
+
+
+def unusable_dir(path: Path) -> Optional[str]:
+    """Why `path` cannot be made into a writable folder, or None. Writes nothing:
+    it looks at the deepest part of the path that exists."""
+    path = Path(os.path.abspath(Path(path).expanduser()))
+    if path.is_dir():
+        return None if os.access(path, os.W_OK | os.X_OK) else "cannot be written (read-only or no permission)"
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent == path:
+        return "is a file, not a folder"
+    if not parent.is_dir():
+        return f"cannot be made: {parent} is a file"
+    if not os.access(parent, os.W_OK | os.X_OK) or parent in (Path("/proc"), Path("/sys")) \
+            or str(parent).startswith(("/proc/", "/sys/")):
+        return f"cannot be made: {parent} cannot be written (read-only or no permission)"
+    return None
+
+
+def sweep_identity(config: DictConfig) -> dict[str, Any]:
+    """What makes a sweep this sweep: its overrides that change what runs compute
+    (launch-only and operational keys aside) and the sweeper's own axes."""
+    overrides = [o for o in (config.hydra.overrides.task or [])
+                 if not any(o.split("=", 1)[0].lstrip("+~") == k or o.split("=", 1)[0].lstrip("+~").startswith(k + ".")
+                            for k in OPERATIONAL_KEYS)]
+    params = OmegaConf.select(config, "hydra.sweeper.params")
+    return {"overrides": sorted(overrides),
+            "sweeper_params": OmegaConf.to_container(params, resolve=False) if params is not None else None}
+
+
+def holds_runs(folder: Path) -> bool:
+    return any(True for _ in folder.rglob(RESULT_FILE)) or any(True for _ in folder.rglob(CLAIM_FILE))
+
+
+_refused = False  # Preflight refused this process's (multi)run: nothing to summarize
+
+
+class Preflight(Callback):
+    """Before a run or multirun writes anything: every output it needs can be
+    written, its launcher can work here, and a sweep dir that already holds
+    runs holds this sweep's (a rerun goes on from them; another sweep's are
+    refused). A problem is one line naming the key and the fix, exit status 2."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check([("hydra.run.dir", config.hydra.run.dir), ("run_index", config.run_index)])
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        self._check([("hydra.sweep.dir", sweep_dir), ("run_index", config.run_index)])
+        try:
+            check_launcher(config)
+            check_same_sweep(sweep_dir, config)
+        except UserError as e:
+            self._refuse(str(e))
+
+    def _check(self, outputs: list[tuple[str, Any]]) -> None:
+        for key, value in outputs:
+            why = unusable_dir(Path(str(value)))
+            if why:
+                self._refuse(f"{key}={value} {why}; give {key} a folder that can be written")
+
+    @staticmethod
+    def _refuse(message: str) -> None:
+        global _refused
+        _refused = True
+        raise UserExit(message)
+
+
+def check_launcher(config: DictConfig) -> None:
+    """A SLURM launcher needs SLURM here: refuse before a sweep dir is made
+    (submitit found no `srun` only after writing one)."""
+    target = str(OmegaConf.select(config, "hydra.launcher._target_") or "")
+    if target.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
+        choice = OmegaConf.select(config, "hydra.runtime.choices") or {}
+        name = choice.get("hydra/launcher") or "submitit_slurm"
+        raise UserError(f"hydra/launcher={name} needs SLURM, and this machine has none (no sbatch on PATH); "
+                        "launch from a SLURM login node, or use hydra/launcher=packed here")
+
+
+def check_same_sweep(sweep_dir: Path, config: DictConfig) -> None:
+    """A sweep dir that holds runs of another sweep (other overrides or sweeper
+    axes, as its multirun.yaml says) is refused: rerun the same command to go
+    on, or give a new dir."""
+    saved = sweep_dir / "multirun.yaml"
+    if not saved.is_file() or not holds_runs(sweep_dir):
+        return
+    try:
+        before = sweep_identity(OmegaConf.load(saved))
+    except Exception:  # unreadable: the runs' own dirs are checked one by one (study.reuse.record_in_dir)
+        return
+    now = sweep_identity(config)
+    if before != now:
+        what = (f"its overrides: {' '.join(before['overrides']) or 'none'}; this sweep's: "
+                f"{' '.join(now['overrides']) or 'none'}" if before["overrides"] != now["overrides"]
+                else f"its hydra.sweeper.params: {before['sweeper_params']}; this sweep's: {now['sweeper_params']}")
+        raise UserError(f"hydra.sweep.dir={sweep_dir} holds another sweep's runs ({what}); rerun that sweep's "
+                        "command to go on with it, or give this sweep a new hydra.sweep.dir (or leave it out "
+                        "for a new timestamped one)")
 
 
 class SweepSummary(Callback):
@@ -58,6 +161,8 @@ class SweepSummary(Callback):
         else:
             progress.abandon()  # an interrupt or an error ends the sweep: its own line says so
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        if _refused or not sweep_dir.is_dir():  # refused, or stopped before it made its dir: nothing to say
+            return
         counts = count_statuses(sweep_dir)
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no runs"
         log.info("results: %s (%s)", sweep_dir, summary)

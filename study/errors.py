@@ -12,6 +12,7 @@ and Hydra's `JobReturn.__getstate__` then recursed for minutes).
 
 from __future__ import annotations
 
+import errno
 from enum import Enum
 from typing import Any, Optional
 
@@ -47,6 +48,17 @@ class ConfigError(UserError, ValueError):
     def __init__(self, key: str, value: Any, allowed: str) -> None:
         self.key, self.value, self.allowed = key, _show(value), allowed
         super().__init__(f"{key}={self.value} is not allowed: {allowed}")
+
+
+class OutputError(UserError):
+    """An output the file system refuses: a full disk, a read-only mount, no
+    permission. One line naming the file and what to do; finished runs stay."""
+
+    def __init__(self, e: OSError, path: Any = None) -> None:
+        where = e.filename or path or "an output file"
+        super().__init__(f"cannot write {where}: {e.strerror or e}; free space there or give another output dir "
+                         "(hydra.sweep.dir, hydra.run.dir, run_index); finished runs are kept and the same "
+                         "command goes on from them")
 
 
 def _show(value: Any) -> str:
@@ -115,7 +127,13 @@ def describe_user_error(e: BaseException) -> Optional[str]:
     for err in chain:  # our own messages are already one line and name the key
         if isinstance(err, UserError):
             return str(err)
+    for err in chain:  # a full disk or read-only mount wherever it was met (Hydra's job files, a log)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return str(OutputError(err))
     for i, err in enumerate(chain):
+        if isinstance(err, MissingConfigException) and _needs_submitit(err):
+            return ("the submitit launchers (hydra/launcher=slurm, submitit_slurm, submitit_local) need the slurm "
+                    "extra, which is not installed: uv sync --extra slurm")
         if isinstance(err, MissingConfigException) and _choices(err):
             return f"Could not find '{err.missing_cfg_file}': {_choices(err)}"
         if isinstance(err, USER_ERRORS):
@@ -130,6 +148,18 @@ def describe_user_error(e: BaseException) -> Optional[str]:
                 line += f" (key: {full_key})"
             return line
     return None
+
+
+def _needs_submitit(err: MissingConfigException) -> bool:
+    """A submitit launcher asked for (conf/hydra/launcher/slurm.yaml names one) without the slurm extra."""
+    import importlib.util
+
+    if (err.missing_cfg_file or "") not in ("hydra/launcher/submitit_slurm", "hydra/launcher/submitit_local"):
+        return False
+    try:
+        return importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None
+    except (ImportError, ValueError):
+        return True
 
 
 def _choices(err: MissingConfigException) -> str:

@@ -20,7 +20,8 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from study.records import LAUNCH_ONLY_KEYS, REPO_ROOT, RecordError, now_iso, read_record, write_json_atomic
+from study.records import (LAUNCH_ONLY_KEYS, OPERATIONAL_KEYS, REPO_ROOT, RESULT_FILE, RecordError, now_iso,
+                           read_record, write_json_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,61 @@ def index_run(cfg: DictConfig, record_path: Path) -> None:
     index = Path(cfg.run_index)
     record = os.path.relpath(record_path.resolve(), index.resolve())
     write_json_atomic(index / f"{run_hash(cfg)}.json", {"record": record, "indexed_at": now_iso()})
+
+
+def index_claim(cfg: DictConfig, hash_: Optional[str] = None) -> Path:
+    """Where a run in training is claimed (study/claims.py): beside its index
+    entry, so that every sweep that shares the run index sees it."""
+    return Path(cfg.run_index) / f"{hash_ or run_hash(cfg)}.claim"
+
+
+def _cell(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config as flat `key.sub` -> value, without the keys that do not
+    change what it computes (OPERATIONAL_KEYS)."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(config, "")
+    return {k: v for k, v in flat.items()
+            if not any(k == op or k.startswith(op + ".") for op in OPERATIONAL_KEYS)}
+
+
+def record_in_dir(run_dir: Path, config: dict[str, Any], experiment: Optional[str]) -> Optional[dict[str, Any]]:
+    """The readable record in `run_dir`, where it is a run of `config` (plain
+    values; operational keys aside) launched with preset `experiment`.
+
+    None where the dir holds no record, or a damaged one (the run is trained
+    again). A dir that holds another config's run belongs to another sweep:
+    a UserError (one line) names the dir and the first key that differs.
+    """
+    from study.errors import UserError
+
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"output dir {run_dir} is a file, not a folder; give the run another dir "
+                        "(hydra.sweep.dir or hydra.run.dir)")
+    path = run_dir / RESULT_FILE
+    if not path.exists():
+        return None
+    try:
+        rec = read_record(path)
+    except RecordError as e:
+        log.warning("%s is damaged (%s): training that run again", path, e)
+        return None
+    there, here = _cell(rec["config"]), _cell(config)
+    if there != here or rec.get("experiment") != experiment:
+        key = next((k for k in sorted(set(there) | set(here)) if there.get(k) != here.get(k)), None)
+        what = (f"{key}={there.get(key, '(unset)')} there, {here.get(key, '(unset)')} here" if key
+                else f"preset experiment={rec.get('experiment')} there, {experiment} here")
+        raise UserError(f"output dir {run_dir} holds another sweep's run ({what}); give this sweep a new "
+                        "hydra.sweep.dir (or hydra.run.dir), or leave it out for a new timestamped one")
+    return rec
 
 
 def reused_record(found: tuple[Path, dict[str, Any]], overrides: list[str],

@@ -40,6 +40,7 @@ register_help_resolver()
 
 # The only targets a config may instantiate (Hydra 1.4 asks for this list).
 TRUSTED_TARGETS = [
+    "study.callbacks.Preflight",
     "study.callbacks.SweepSummary",
     "hydra_plugins.bn_study_launcher.packed_launcher.PackedLauncher",
 ]
@@ -79,10 +80,42 @@ def discard_unused_dir(out_dir: Path) -> None:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
+def workers_ignore_ctrl_c() -> None:
+    """Start joblib's (loky's) worker processes with SIGINT blocked.
+
+    Ctrl-C in a terminal signals the whole foreground process group: each
+    worker, caught importing or training, printed its own KeyboardInterrupt
+    traceback (29-91 lines) before this process's one line. Only this process
+    should answer Ctrl-C; it stops the workers as it ends (joblib terminates
+    them). loky's resource tracker is started the same way (its own code
+    blocks the signal around the spawn); the mask is inherited across exec.
+    """
+    import signal
+
+    try:
+        from joblib.externals.loky.backend import fork_exec as loky_fork_exec
+    except ImportError:
+        return
+    real = loky_fork_exec.fork_exec
+    if getattr(real, "blocks_sigint", False):
+        return
+
+    def fork_exec(*args, **kwargs):
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return real(*args, **kwargs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    fork_exec.blocks_sigint = True
+    loky_fork_exec.fork_exec = fork_exec
+
+
 def cli() -> None:
     # Let Hydra raise instead of printing its multi-line report; the errors
     # that are the user's are reported below in one line.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    workers_ignore_ctrl_c()
     try:
         main()
     except ExitWithLine as e:

@@ -19,26 +19,27 @@ again (study/reuse.py).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
-import os
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from study.data import MNISTSplits, load_mnist
+from study import claims
 from study.device import check_compile, check_precision, configure_determinism, precision, resolve_device
-from study.errors import ConfigError
+from study.errors import ConfigError, OutputError, UserError
 from study.loggers import RunLoggers, open_loggers
 from study.progress import PackProgressFile
 from study.records import CLAIM_FILE, RESULT_FILE, SCHEMA_VERSION, environment, now_iso, write_json_atomic
-from study.reuse import code_version, find_reusable, index_run, reused_record, run_hash
+from study.reuse import code_version, find_reusable, index_claim, index_run, record_in_dir, reused_record, run_hash
 from study.spec import train_spec
 from study.train import RunOutcome, train_runs
 
@@ -83,58 +84,152 @@ def run_pack(cfg: DictConfig, members: list[Member], experiment: Optional[str] =
              sweep_dir: Optional[Path] = None) -> list[dict[str, Any]]:
     """Write each member's `result.json` (in its dir); return the records.
 
-    Members whose run already finished (same config and code) reuse it,
-    unless `force`; the others train together as one pack. `threads` is the
-    torch thread count when the config leaves `threads` unset (the packed
-    launcher's share of the cores per worker); `device_name` the launcher
-    worker's own GPU (`cuda:N`) where several workers share a machine's GPUs.
+    A member whose dir already holds its finished run (a rerun into the same
+    sweep dir) keeps it; a member whose run finished elsewhere (same config
+    and code) reuses it; the others train together as one pack (`force`
+    retrains all). A run another process is training (its claim in the run
+    index: study/claims.py) is waited for and then reused, so sweeps of the
+    same runs started together train each run once; a dead process's claim
+    is taken over. A dir that holds another config's run is refused
+    (study.reuse.record_in_dir). `threads` is the torch thread count when the
+    config leaves `threads` unset (the packed launcher's share of the cores
+    per worker); `device_name` the launcher worker's own GPU (`cuda:N`)
+    where several workers share a machine's GPUs.
 
-    Config and data errors propagate (no record: nothing ran). A crash during
-    training is recorded as status `failed` for every member it trained and
-    does not propagate, so a sweep goes on.
+    Config and data errors propagate (no record: nothing ran); so does an
+    output that cannot be written (OutputError, one line: a full disk). A
+    crash during training is recorded as status `failed` for every member it
+    trained and does not propagate, so a sweep goes on. However the job
+    ends, no member's dir is left claimed without a record.
     """
     cfg = plain_config(cfg)
     configs = [member_config(cfg, m) for m in members]
-    found = [None if cfg.force else find_reusable(c) for c in configs]
-    to_train = [i for i, f in enumerate(found) if f is None]
-    if to_train:  # the steps that can refuse a config come before any record is written
-        threads = configure_determinism(cfg.threads if cfg.threads is not None else threads)
-        device = resolve_device(device_name or cfg.device)
-        check_compile(cfg.compile, device)
-        check_precision(cfg.precision, device)
-        data = get_data(cfg, device)
-        check_batch_fits(cfg, data)
     records: list[Optional[dict[str, Any]]] = [None] * len(members)
+    for i, m in enumerate(members):
+        here = record_in_dir(m.dir, OmegaConf.to_container(configs[i]), experiment)
+        if (here is not None and not cfg.force and here["status"] in ("completed", "diverged")
+                and here.get("run_hash") == run_hash(configs[i])):
+            log.info("%sfinished already in %s: kept", run_tag(configs[i]), m.dir)
+            records[i] = here
+        elif here is not None and not cfg.force:
+            log.info("%s%s holds this run %s: training it again", run_tag(configs[i]), m.dir,
+                     f"with status {here['status']}" if here["status"] not in ("completed", "diverged")
+                     else "from other code, torch or threads (another run hash)")
+    prepared: Optional[tuple[Any, ...]] = None
     logger = plain_logger(cfg)
-    reused = [i for i, f in enumerate(found) if f is not None]
-    for i in reused:
-        records[i] = _reuse(found[i], members[i], experiment, configs[i])
-    if reused and (viewers := open_loggers(logger, [members[i].dir for i in reused], sweep_dir)):
-        for k, i in enumerate(reused):
-            viewers.finish(k, records[i])
-    if to_train:
-        trained = [members[i] for i in to_train]
-        for m in trained:
-            claim_dir(m.dir)
+    pending = [i for i, r in enumerate(records) if r is None]
+    while pending:
+        waiting: dict[int, dict[str, Any]] = {}
+        found: dict[int, tuple[Path, dict[str, Any]]] = {}
+        claimed: list[Path] = []
+        try:
+            for i in pending:
+                f = None if cfg.force else find_reusable(configs[i])
+                if f is not None:
+                    found[i] = f
+                    continue
+                claim = index_claim(configs[i])
+                with output_errors(claim):
+                    held = None if cfg.force else claims.take(claim, run_dir=str(members[i].dir))
+                if held is not None:
+                    waiting[i] = held
+                elif not cfg.force:
+                    claimed.append(claim)
+                    # Finished by another process between the look and the claim: reuse it after all.
+                    if (f := find_reusable(configs[i])) is not None:
+                        found[i] = f
+            to_train = [i for i in pending if i not in found and i not in waiting]
+            if to_train and prepared is None:  # the steps that can refuse a config come before any record is written
+                threads = configure_determinism(cfg.threads if cfg.threads is not None else threads)
+                device = resolve_device(device_name or cfg.device)
+                check_compile(cfg.compile, device)
+                check_precision(cfg.precision, device)
+                data = get_data(cfg, device)
+                check_batch_fits(cfg, data)
+                prepared = (threads, device, data)
+            for i, f in found.items():
+                records[i] = _reuse(f, members[i], experiment, configs[i])
+            if found and (viewers := open_loggers(logger, [members[i].dir for i in found], sweep_dir)):
+                for k, i in enumerate(found):
+                    viewers.finish(k, records[i])
+            if to_train:
+                _train_and_write(cfg, [members[i] for i in to_train], [configs[i] for i in to_train],
+                                 experiment, *prepared, records, to_train, claimed, logger, sweep_dir)
+        finally:
+            for c in claimed:
+                claims.release(c)
+        pending = _wait_for(waiting, configs)
+    return records
+
+
+def _train_and_write(cfg: DictConfig, trained: list[Member], configs: list[DictConfig], experiment: Optional[str],
+                     threads: int, device: torch.device, data: MNISTSplits, records: list[Optional[dict[str, Any]]],
+                     where: list[int], claimed: list[Path], logger: dict[str, Any],
+                     sweep_dir: Optional[Path]) -> None:
+    """Train `trained` as one pack; write each one's record into its dir
+    (`records[where[k]]`), then give it to the viewers (`logger`). A member
+    left without a record (an interrupt, a write that failed) leaves no claim on its dir."""
+    dirs = []
+    try:
+        for m, c in zip(trained, configs):
+            claim_dir(m.dir, run_hash(c))
+            dirs.append(m.dir)
         env = environment(device, threads)
         viewers = open_loggers(logger, [m.dir for m in trained], sweep_dir)
-        pack = train_pack(configs[to_train[0]], trained, data, device, viewers)
+        with claims.Heartbeat([d / CLAIM_FILE for d in dirs] + claimed):
+            pack = train_pack(configs[0], trained, data, device, viewers)
         cost = None
         if cfg.get("cost_repeats", 0):  # C14's interleaved timing of both arms, in this process (study/cost.py)
             from study.cost import measure_or_error
 
-            cost = measure_or_error(configs[to_train[0]], data, device, int(cfg.cost_repeats))
-        for i, outcome in zip(to_train, pack.outcomes):
-            records[i] = run_record(configs[i], members[i], experiment, pack, outcome, data, env)
+            cost = measure_or_error(configs[0], data, device, int(cfg.cost_repeats))
+        for k, (m, c, outcome) in enumerate(zip(trained, configs, pack.outcomes)):
+            record = run_record(c, m, experiment, pack, outcome, data, env)
             if cost is not None:
-                records[i]["cost"] = cost
-            write_json_atomic(members[i].dir / RESULT_FILE, records[i])
-            if records[i]["status"] in ("completed", "diverged"):
-                index_run(configs[i], members[i].dir / RESULT_FILE)
+                record["cost"] = cost
+            with output_errors(m.dir / RESULT_FILE):
+                write_json_atomic(m.dir / RESULT_FILE, record)
+            records[where[k]] = record
+            if record["status"] in ("completed", "diverged"):
+                with output_errors(Path(c.run_index)):
+                    index_run(c, m.dir / RESULT_FILE)
         if viewers is not None:  # after the records: a viewer never holds a result back
-            for k, i in enumerate(to_train):
-                viewers.finish(k, records[i])
-    return records
+            for k in range(len(trained)):
+                viewers.finish(k, records[where[k]])
+    finally:
+        for k, d in enumerate(dirs):
+            if records[where[k]] is None:
+                release_dir(d)
+
+
+@contextlib.contextmanager
+def output_errors(path: Optional[Path] = None) -> Iterator[None]:
+    """A write the file system refuses (a full disk, a read-only mount) is an
+    OutputError: one line naming the file (`path` where the error names none), no traceback."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(e, path) from None
+
+
+def _wait_for(waiting: dict[int, dict[str, Any]], configs: list[DictConfig], poll: float = 1.0) -> list[int]:
+    """Wait until the runs that other processes are training are released
+    (finished, failed or dead); return their indices, to look again."""
+    if not waiting:
+        return []
+    for i, held in waiting.items():
+        log.info("%sanother process is training this run (%s): waiting for its record",
+                 run_tag(configs[i]), claims.describe(held))
+    while True:
+        still = []
+        for i in waiting:
+            claim = index_claim(configs[i])
+            held = claims.read_claim(claim)
+            if held is not None and not claims.is_mine(held) and claims.is_live(held, claim):
+                still.append(i)
+        if not still:
+            return sorted(waiting)
+        time.sleep(poll)
 
 
 def plain_logger(cfg: DictConfig) -> dict[str, Any]:
@@ -180,23 +275,41 @@ def check_batch_fits(cfg: DictConfig, data: MNISTSplits) -> None:
                           f"in {data.info['root']}, data.val_size={cfg.data.val_size} of them held out)")
 
 
-def claim_dir(out_dir: Path) -> None:
-    """Refuse a dir that already holds a run: never two runs in one dir."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def claim_dir(out_dir: Path, hash_: Optional[str] = None) -> None:
+    """Claim `out_dir` for this process (study/claims.py): never two live
+    processes writing one dir. A claim whose process died is taken over (its
+    run is trained again); one held by a live process is a UserError."""
     try:
-        fd = os.open(out_dir / CLAIM_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        raise RuntimeError(f"output dir {out_dir} already holds a run; refusing to overwrite it") from None
-    os.write(fd, f"{os.getpid()} {now_iso()}\n".encode())
-    os.close(fd)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        held = claims.take(out_dir / CLAIM_FILE, run_hash=hash_)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"output dir {out_dir} is a file, not a folder; give the run another dir "
+                        "(hydra.sweep.dir or hydra.run.dir)") from None
+    except OSError as e:
+        raise OutputError(e, out_dir / CLAIM_FILE) from None
+    if held is not None:
+        raise UserError(f"output dir {out_dir} is being written by {claims.describe(held)}; "
+                        "wait for it, or give this run another dir (hydra.sweep.dir or hydra.run.dir)")
+
+
+def release_dir(out_dir: Path) -> None:
+    """Give up this process's claim on a dir it wrote no record into; remove the dir if it is then empty."""
+    claims.release(out_dir / CLAIM_FILE)
+    with contextlib.suppress(OSError):
+        out_dir.rmdir()  # only where empty: Hydra's job files stay
 
 
 def _reuse(found: tuple[Path, dict[str, Any]], m: Member, experiment: Optional[str],
            config: DictConfig) -> dict[str, Any]:
     """Record a finished identical run in the member's dir instead of retraining."""
-    claim_dir(m.dir)
+    claim_dir(m.dir, run_hash(config))
     record = reused_record(found, list(m.overrides), experiment)
-    write_json_atomic(m.dir / RESULT_FILE, record)
+    try:
+        with output_errors(m.dir / RESULT_FILE):
+            write_json_atomic(m.dir / RESULT_FILE, record)
+    except BaseException:
+        release_dir(m.dir)
+        raise
     log.info("%sreusing the finished run %s (same config and code; force=true retrains)",
              run_tag(config), found[0])
     return record

@@ -30,8 +30,13 @@ def user_errors() -> list[BaseException]:
     from hydra_plugins.bn_study_sweeper.pruning import PrunerError
     from study.data import DataError
 
+    import errno
+
+    from study.errors import OutputError
+
     return [UserError("a plain one"), ConfigError("model.hidden", [128, 64], "a non-empty list"),
-            DataError("data.root=/x cannot be written"), PrunerError("hydra.sweeper.pruner is not allowed: x")]
+            DataError("data.root=/x cannot be written"), PrunerError("hydra.sweeper.pruner is not allowed: x"),
+            OutputError(OSError(errno.ENOSPC, "No space left on device"), "/x/result.json")]
 
 
 def test_every_user_error_class_pickles_with_its_message():
@@ -236,3 +241,149 @@ def test_an_unknown_optimizer_is_one_line_listing_the_optimizers(tmp_path, tiny_
                    cwd=tmp_path, timeout=120)
     assert one_error_line(proc) == "error: Could not find 'optimizer/rmsprop': optimizer is one of adam, adamw, sgd"
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------- unusable outputs, storage, launcher (issue 25)
+
+
+def nothing_written(tmp_path, *names):
+    return all(not (tmp_path / n).exists() for n in names) and not list(tmp_path.rglob("result.json"))
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+@pytest.mark.parametrize("where, why", [
+    ("afile", "is a file, not a folder"),
+    ("afile/sub", "cannot be made: {tmp}/afile is a file"),
+    ("/proc/nope/sweep", "cannot be made: /proc cannot be written (read-only or no permission)"),
+])
+def test_an_output_dir_that_cannot_be_written_is_one_line(tmp_path, tiny_mnist, multirun, where, why):
+    (tmp_path / "afile").write_text("not a dir")
+    out = where if where.startswith("/") else f"{tmp_path}/{where}"
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    proc = run_cli([*(["-m"] if multirun else []), *tiny_overrides(tiny_mnist), "steps=2", f"{key}={out}"],
+                   cwd=tmp_path, timeout=120)
+    assert one_error_line(proc) == (f"error: {key}={out} {why.format(tmp=tmp_path)}; give {key} a folder that "
+                                    "can be written")
+    assert (tmp_path / "afile").read_text() == "not a dir" and nothing_written(tmp_path, "outputs")
+
+
+def test_a_run_index_that_is_a_file_is_one_line(tmp_path, tiny_mnist):
+    (tmp_path / "idx").write_text("")
+    args = [o for o in tiny_overrides(tiny_mnist) if not o.startswith("run_index=")]
+    proc = run_cli(["-m", *args, f"run_index={tmp_path}/idx", "steps=2", f"hydra.sweep.dir={tmp_path}/sweep"],
+                   cwd=tmp_path, timeout=120)
+    assert one_error_line(proc) == (f"error: run_index={tmp_path}/idx is a file, not a folder; give run_index a "
+                                    "folder that can be written")
+    assert nothing_written(tmp_path, "sweep")
+
+
+# study/run.py as users run it without a package (an extra not installed): its import fails.
+WITHOUT = """
+import runpy, sys
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_without(packages, args, cwd):
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    # -W: Hydra warns that the (installed) entry points of a package hidden this way do not load.
+    return subprocess.run([sys.executable, "-W", "ignore::UserWarning", "-c", WITHOUT, packages,
+                           str(REPO / "study" / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def tune_args(tiny_mnist, tmp_path, storage):
+    return ["-m", *tiny_overrides(tiny_mnist), "steps=2", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1",
+            f"hydra.sweeper.storage='{storage}'", f"hydra.sweep.dir={tmp_path}/sweep"]
+
+
+def test_a_storage_in_a_folder_that_cannot_be_made_is_one_line(tmp_path, tiny_mnist):
+    proc = run_cli(tune_args(tiny_mnist, tmp_path, "sqlite:////proc/nope/x.db"), cwd=tmp_path)
+    assert one_error_line(proc) == (
+        "error: hydra.sweeper.storage=sqlite:////proc/nope/x.db: cannot make /proc/nope (No such file or "
+        "directory); give a database file in a folder that can be written")
+    assert nothing_written(tmp_path, "sweep")
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.skipif(not _has("psycopg"), reason="needs the postgres extra (psycopg)")
+def test_a_postgresql_server_that_refuses_connections_is_one_line(tmp_path, tiny_mnist):
+    # Port 1 on the loopback: nothing listens there.
+    proc = run_cli(tune_args(tiny_mnist, tmp_path, "postgresql://me:secret@127.0.0.1:1/study"), cwd=tmp_path)
+    line = one_error_line(proc)
+    assert line.startswith("error: hydra.sweeper.storage=postgresql://me:***@127.0.0.1:1/study cannot be opened "
+                           "(OperationalError: ") and "Connection refused" in line, line
+    assert line.endswith("; start the database server or fix the URL") and "secret" not in line
+    assert nothing_written(tmp_path, "sweep")
+
+
+def test_a_postgresql_storage_without_the_extra_says_how_to_install_it(tmp_path, tiny_mnist):
+    proc = run_without("psycopg,psycopg2", tune_args(tiny_mnist, tmp_path, "postgresql://me@127.0.0.1:1/study"),
+                       tmp_path)
+    assert one_error_line(proc) == ("error: hydra.sweeper.storage=postgresql://me@127.0.0.1:1/study needs the "
+                                    "database driver psycopg, which is not installed: uv sync --extra postgres")
+    assert nothing_written(tmp_path, "sweep")
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "submitit_slurm", "submitit_local"])
+def test_a_submitit_launcher_without_the_extra_says_how_to_install_it(tmp_path, tiny_mnist, launcher):
+    proc = run_without("hydra_plugins.hydra_submitit_launcher",
+                       ["-m", *tiny_overrides(tiny_mnist), "steps=2", f"hydra/launcher={launcher}",
+                        f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
+    assert one_error_line(proc) == (
+        "error: the submitit launchers (hydra/launcher=slurm, submitit_slurm, submitit_local) need the slurm "
+        "extra, which is not installed: uv sync --extra slurm")
+    assert nothing_written(tmp_path, "sweep")
+
+
+@pytest.mark.skipif(not _has("hydra_plugins.hydra_submitit_launcher"), reason="needs the slurm extra")
+@pytest.mark.parametrize("launcher", ["slurm", "submitit_slurm"])
+def test_a_slurm_launcher_on_a_machine_without_slurm_is_one_line_and_writes_nothing(tmp_path, tiny_mnist,
+                                                                                    launcher):
+    import os
+    import shutil
+
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                           if not (p and shutil.which("sbatch", path=p)))
+    proc = run_cli(["-m", *tiny_overrides(tiny_mnist), "steps=2", f"hydra/launcher={launcher}",
+                    f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path, timeout=120, PATH=path)
+    assert one_error_line(proc) == (f"error: hydra/launcher={launcher} needs SLURM, and this machine has none (no "
+                                    "sbatch on PATH); launch from a SLURM login node, or use hydra/launcher=packed "
+                                    "here")
+    assert nothing_written(tmp_path, "sweep")
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A read-only tmpfs (needs root and mount; skipped elsewhere)."""
+    import subprocess
+
+    where = tmp_path / "ro"
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    yield where
+    subprocess.run(["umount", str(where)], capture_output=True)
+
+
+def test_a_sweep_dir_on_a_read_only_mount_is_one_line(tmp_path, tiny_mnist, read_only_mount):
+    proc = run_cli(["-m", *tiny_overrides(tiny_mnist), "steps=2", f"hydra.sweep.dir={read_only_mount}/sweep"],
+                   cwd=tmp_path, timeout=120)
+    assert one_error_line(proc) == (f"error: hydra.sweep.dir={read_only_mount}/sweep cannot be made: "
+                                    f"{read_only_mount} cannot be written (read-only or no permission); give "
+                                    "hydra.sweep.dir a folder that can be written")

@@ -2,6 +2,7 @@
 
 import json
 import math
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from helpers import needs_cxx, tiny_overrides
 from study.config import compose_config
 from study.data import load_mnist
+from study.errors import UserError
 from study.records import RESULT_FILE, objective
 from study.runner import Member, claim_dir, plain_config, run_job, run_pack
 from study.spec import train_spec
@@ -195,10 +197,20 @@ def test_a_diverging_run_does_not_disturb_its_pack(tiny_mnist, tiny_data, monkey
         assert packed[k].history[-1]["train_loss"] == pytest.approx(alone.history[-1]["train_loss"], rel=1e-4)
 
 
-def test_an_output_dir_is_never_reused(tmp_path):
+def test_an_output_dir_is_never_written_by_two_live_processes(tmp_path):
+    # This process holds its claim (a rerun in it may write again); a live other process's claim is
+    # refused in one line; a dead one's is taken over (tests/test_reruns.py).
     claim_dir(tmp_path / "run")
-    with pytest.raises(RuntimeError, match="already holds a run"):
-        claim_dir(tmp_path / "run")
+    claim_dir(tmp_path / "run")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / "run" / ".claimed").write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid,
+                                                               "start": None}))
+        with pytest.raises(UserError, match=f"is being written by pid {other.pid} on "):
+            claim_dir(tmp_path / "run")
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_identical_rerun_reuses_the_finished_record_and_force_retrains(tiny_mnist, tmp_path):

@@ -115,11 +115,13 @@ def cost(cfg: DictConfig, runs: int) -> float:
 
 def plan_packs(hydra_context: HydraContext, config: DictConfig, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int, max_pack: int, pack: bool) -> list[tuple[list[Job], list[DictConfig]]]:
-    """Compose and check every job, then group them into packs, costliest first: each
-    pack's jobs and their composed sweep configs (a Hydra composition is ~0.1 s: the
-    launchers hand these on rather than composing every job again)."""
+    """Compose and check every job (its values, and that its dir holds no other config's run: a rerun
+    into a sweep dir), then group them into packs, costliest first: each pack's jobs and their composed
+    sweep configs (a Hydra composition is ~0.1 s: the launchers hand these on rather than composing
+    every job again)."""
     from study.config import validate
     from study.packing import pack_key  # torch-free: this process never trains
+    from study.reuse import record_in_dir
 
     groups: dict[Any, list[Job]] = {}
     cfgs: dict[Any, DictConfig] = {}
@@ -129,6 +131,9 @@ def plan_packs(hydra_context: HydraContext, config: DictConfig, job_overrides: S
                                                                   initial_job_idx + i)
         task_cfg = task_config(sweep_config)
         validate(task_cfg)
+        # A rerun into a sweep dir: a job dir holding another config's run is refused before anything is written.
+        record_in_dir(Path(job_dir(sweep_config)), OmegaConf.to_container(task_cfg, resolve=True, enum_to_str=True),
+                      sweep_config.hydra.runtime.choices.get("experiment"))
         # The preset is recorded with each run: a pack's members share it.
         key = ((pack_key(task_cfg), sweep_config.hydra.runtime.choices.get("experiment"))
                if pack else initial_job_idx + i)

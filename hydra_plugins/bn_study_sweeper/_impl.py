@@ -183,6 +183,47 @@ def open_storage(url: str, heartbeat_interval: Optional[int], grace_period: Opti
     raise AssertionError("unreachable")
 
 
+def open_user_storage(storage: Any, heartbeat_interval: Optional[int],
+                      grace_period: Optional[int]) -> tuple[str, optuna.storages.RDBStorage]:
+    """The storage's URL and the storage (resolve_storage, open_storage). One
+    that cannot be opened is a user error, one line naming
+    hydra.sweeper.storage and the fix: a missing driver (the postgres extra),
+    a database server that refuses connections, a path that cannot be made."""
+    from study.errors import UserError
+
+    try:
+        url = resolve_storage(storage)
+        return url, open_storage(url, heartbeat_interval, grace_period)
+    except UserError:
+        raise
+    except Exception as e:
+        import sqlalchemy.engine
+        import sqlalchemy.exc
+
+        try:
+            shown = sqlalchemy.engine.make_url(str(storage)).render_as_string(hide_password=True)
+        except Exception:
+            shown = str(storage)
+        key = f"hydra.sweeper.storage={shown}"
+        chain = [e]
+        while chain[-1].__cause__ or chain[-1].__context__:
+            chain.append(chain[-1].__cause__ or chain[-1].__context__)
+        missing = next((str(c.name) for c in chain if isinstance(c, ImportError) and c.name), None)
+        if missing:
+            extra = ("uv sync --extra postgres" if missing.startswith(("psycopg", "pg8000", "asyncpg"))
+                     else f"install the Python package {missing.split('.')[0]}")
+            raise _user_error(f"{key} needs the database driver {missing}, which is not installed: {extra}") from None
+        if isinstance(e, OSError):
+            raise _user_error(f"{key}: cannot make {e.filename or 'its folder'} ({e.strerror or e}); give a "
+                              "database file in a folder that can be written") from None
+        why = " ".join(str(getattr(e, "orig", None) or e).split())[:300]
+        if isinstance(e, sqlalchemy.exc.ArgumentError):
+            raise _user_error(f"{key} is not allowed: an SQLAlchemy URL, e.g. sqlite:///outputs/optuna/studies.db "
+                              f"({why})") from None
+        raise _user_error(f"{key} cannot be opened ({type(e).__name__}: {why}); start the database server "
+                          "or fix the URL") from None
+
+
 def fail_dead_trials(study: optuna.Study) -> int:
     """Fail the RUNNING trials whose heartbeat stopped (a sweep dead on any
     host): Optuna's fail_stale_trials, with the storage's
@@ -963,8 +1004,7 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
             raise _user_error("nothing to tune: give a search space, e.g. 'lr=tag(log, interval(1e-3, 1.0))' "
                               "or hydra.sweeper.params.lr=...")
         direction = self._direction()
-        url = resolve_storage(self.storage)
-        storage = open_storage(url, self.heartbeat_interval, self.grace_period)
+        url, storage = open_user_storage(self.storage, self.heartbeat_interval, self.grace_period)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         self.job_idx = next_job_index(sweep_dir)
