@@ -116,7 +116,7 @@ def test_a_multirun_into_a_file_prints_plain_progress_lines(tmp_path: Path, tiny
     log = tmp_path / "sweep.log"
     args = [sys.executable, str(REPO / "study" / "run.py"), "-m", *tiny_overrides(tiny_mnist), "force=false",
             "batch_size=16,64", "epochs=4", "hydra.callbacks.summary.report=false",
-            "hydra.callbacks.summary.progress_every=1", "hydra.launcher.max_pack=2"]
+            "hydra.callbacks.summary.progress_every=1", "hydra.launcher.max_pack=2", "hydra.launcher.n_jobs=1"]
     with log.open("w") as out:
         proc = subprocess.run(args + [f"hydra.sweep.dir={tmp_path}/a"], cwd=tmp_path, stdout=out,
                               stderr=subprocess.STDOUT, timeout=300)
