@@ -76,19 +76,12 @@ def test_a_config_error_raised_in_a_loky_worker_reaches_the_parent():
 # ------------------------------------------------------- config group options
 
 
-def _has_submitit() -> bool:
-    """The submitit launchers are options only with `--extra slurm` installed (CI installs it)."""
-    import importlib.util
-
-    return importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
-
-
 @pytest.mark.parametrize("override, line", [
     ("optimizer=rmsprop", "Could not find 'optimizer/rmsprop': optimizer is one of adam, adamw, sgd"),
     ("data=imagenet", "Could not find 'data/imagenet': data is one of mnist"),
     ("hydra/launcher=nope", "Could not find 'hydra/launcher/nope': hydra/launcher is one of "
-     + ", ".join(sorted({"basic", "joblib", "packed", "slurm"}  # slurm: conf/hydra/launcher/slurm.yaml
-                        | ({"submitit_local", "submitit_slurm"} if _has_submitit() else set())))),
+     # slurm, submitit_local, submitit_slurm: conf/hydra/launcher/ (hydra_plugins/bn_study_launcher/submitit_support.py)
+     + ", ".join(sorted({"basic", "joblib", "packed", "slurm", "submitit_local", "submitit_slurm"}))),
 ])
 def test_a_missing_group_option_lists_what_exists(override, line):
     with pytest.raises(Exception) as e:
