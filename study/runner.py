@@ -37,7 +37,8 @@ from study.device import check_compile, configure_determinism, precision, resolv
 from study.errors import ConfigError
 from study.loggers import RunLoggers, open_loggers
 from study.progress import PackProgressFile
-from study.records import CLAIM_FILE, RESULT_FILE, SCHEMA_VERSION, environment, now_iso, write_json_atomic
+from study.records import (CLAIM_FILE, RESULT_FILE, SCHEMA_VERSION, RecordError, environment, now_iso,
+                           read_record, write_json_atomic)
 from study.reuse import code_version, find_reusable, index_run, reused_record, run_hash
 from study.spec import train_spec
 from study.train import RunOutcome, train_runs
@@ -193,12 +194,25 @@ def claim_dir(out_dir: Path) -> None:
 def _reuse(found: tuple[Path, dict[str, Any]], m: Member, experiment: Optional[str],
            config: DictConfig) -> dict[str, Any]:
     """Record a finished identical run in the member's dir instead of retraining."""
+    own = _own_record(m.dir, found[1]["run_hash"])
+    if own is not None:  # written by an earlier try of this job (a requeued pack: submitit_support.py)
+        log.info("%skeeping the finished run in %s (same config and code)", run_tag(config), m.dir)
+        return own
     claim_dir(m.dir)
     record = reused_record(found, list(m.overrides), experiment)
     write_json_atomic(m.dir / RESULT_FILE, record)
     log.info("%sreusing the finished run %s (same config and code; force=true retrains)",
              run_tag(config), found[0])
     return record
+
+
+def _own_record(out_dir: Path, want_hash: str) -> Optional[dict[str, Any]]:
+    """The finished record of this run already in its dir, trained or reused there, if any."""
+    try:
+        rec = read_record(out_dir / RESULT_FILE)
+    except RecordError:
+        return None
+    return rec if rec.get("run_hash") == want_hash and rec["status"] in ("completed", "diverged") else None
 
 
 @dataclass

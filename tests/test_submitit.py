@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
+import subprocess
+import time
 
 import pytest
 from omegaconf import OmegaConf
 
 from helpers import tiny_overrides
 from study.resources import usable_cores
-from test_cli import run_cli
+from test_cli import RUN, run_cli
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
                                 reason="the slurm extra: uv sync --extra slurm (.ci/run installs it)")
@@ -29,6 +33,12 @@ def launcher(name: str, **params):
     return get_class(node.pop("_target_"))(**(node | params))
 
 
+def reuse_overrides(root, tmp_path):
+    """Tiny data with reuse on (no force=true) and the test's own run index."""
+    return [o for o in tiny_overrides(root) if not o.startswith(("force=", "run_index="))] + [
+        f"run_index={tmp_path}/.run-index"]
+
+
 def test_the_launchers_compose_with_requeue_and_the_trial_batches_they_had():
     from hydra_plugins.bn_study_sweeper._impl import launcher_batch
     from study.config import compose_config
@@ -37,7 +47,7 @@ def test_the_launchers_compose_with_requeue_and_the_trial_batches_they_had():
                       ("slurm", "SlurmLauncher")):
         node = compose_config([f"hydra/launcher={name}"], return_hydra_config=True).hydra.launcher
         assert node._target_ == f"hydra_plugins.bn_study_launcher.submitit_support.{cls}"
-        assert node.submitit_folder is None
+        assert node.max_num_timeout == 3 and node.submitit_folder is None
     local = compose_config(["hydra/launcher=submitit_local"], return_hydra_config=True).hydra.launcher
     assert launcher_batch(local) == usable_cores()
 
@@ -61,6 +71,57 @@ def test_submitits_folder_is_joined_to_the_sweep_dir_the_launcher_makes(tmp_path
     assert mine.submitit_folder() == str(tmp_path / "logs" / "%j")
 
 
+def test_release_claims_frees_only_this_process_unfinished_dirs(tmp_path):
+    from hydra_plugins.bn_study_launcher.submitit_support import release_claims
+    from study.records import CLAIM_FILE, RESULT_FILE
+
+    dirs = {name: tmp_path / name for name in ("mine", "finished", "other")}
+    for name, d in dirs.items():
+        d.mkdir()
+        pid = 1 if name == "other" else os.getpid()
+        (d / CLAIM_FILE).write_text(f"{pid} 2026-12-06T00:00:00+00:00\n")
+    (dirs["finished"] / RESULT_FILE).write_text("{}")
+    assert release_claims([*dirs.values(), tmp_path / "never-claimed"]) == [dirs["mine"]]
+    assert [n for n, d in dirs.items() if (d / CLAIM_FILE).exists()] == ["finished", "other"]
+
+
+def test_a_requeued_pack_keeps_its_finished_runs_and_trains_the_rest(tmp_path, tiny_mnist):
+    """A pack stopped (timeout, preemption) after writing two of its three
+    records, one of them a finished run reused from an earlier sweep:
+    submitit calls the launcher's checkpoint in the task, which releases the
+    unfinished run's dir and resubmits the same call; the requeued job keeps
+    the two records as they are and trains the third. Before, the requeued
+    job refused its own dirs ("already holds a run")."""
+    from submitit.helpers import DelayedSubmission
+
+    from study.config import compose_config, validate
+    from study.records import CLAIM_FILE, RESULT_FILE
+    from study.runner import Member, run_pack
+
+    cfg = compose_config([*reuse_overrides(tiny_mnist, tmp_path), "epochs=1"])
+    validate(cfg)
+    members = [Member(s, float(cfg.lr), tmp_path / f"run{s}") for s in (0, 1, 2)]
+    (earlier,) = run_pack(cfg, [Member(0, float(cfg.lr), tmp_path / "earlier")])
+    first = run_pack(cfg, members)
+    assert first[0]["reused_from"] == str((tmp_path / "earlier" / RESULT_FILE).resolve())
+    (members[2].dir / RESULT_FILE).unlink()  # the first try was stopped before this record
+    pack = tmp_path / "pack.json"
+    pack.write_text(json.dumps({"threads": None, "members": [
+        {"seed": m.seed, "lr": m.lr, "dir": str(m.dir), "overrides": []} for m in members]}))
+
+    local = launcher("submitit_local")
+    args = ([f"+pack='{pack}'"], "hydra.sweep.dir", 0, "job_id_for_0", {})
+    delayed = local.checkpoint(*args)  # in the task's process, on submitit's signal
+    assert isinstance(delayed, DelayedSubmission) and delayed.function is local and delayed.args == args
+    assert [(m.dir / CLAIM_FILE).exists() for m in members] == [True, True, False]
+
+    again = run_pack(cfg, members)  # the requeued job
+    assert again[:2] == first[:2] and "reused_from" not in again[1]  # kept as they were, not retrained
+    assert first[2]["pack"]["seeds"] == [1, 2] and again[2]["pack"]["seeds"] == [2]  # trained alone...
+    assert again[2]["final"] == first[2]["final"] and "reused_from" not in again[2]  # ...to the same numbers
+    assert json.loads((members[2].dir / RESULT_FILE).read_text()) == again[2]
+
+
 @pytest.mark.slow
 def test_submitit_local_gives_each_task_its_share_of_the_cores_and_logs_under_the_sweep_dir(tmp_path, tiny_mnist):
     """The default grid under submitit_local: two tasks started together, each
@@ -78,3 +139,35 @@ def test_submitit_local_gives_each_task_its_share_of_the_cores_and_logs_under_th
     assert {r["env"]["threads"] for r in recs} == {max(1, usable_cores() // 2)}
     assert list(tmp_path.rglob(".submitit")) == [sweep / ".submitit"]
     assert len([p for p in (sweep / ".submitit").iterdir() if p.name.isdigit()]) == 2
+
+
+@pytest.mark.slow
+def test_a_preempted_submitit_task_is_requeued_and_its_pack_finishes(tmp_path, tiny_mnist):
+    """submitit's preemption signal (USR2, what SLURM sends before a timeout)
+    reaches the training task: the launcher's checkpoint releases the pack's
+    dirs, submitit_local starts the job again, the new task trains the pack
+    and the sweep ends with every record, exit 0."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *reuse_overrides(tiny_mnist, tmp_path), "model.norm=batch", "epochs=100",
+            "hydra/launcher=submitit_local", "hydra.callbacks.summary.report=false", f"hydra.sweep.dir={sweep}"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen(RUN + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(sweep.glob("0_*/.progress.json")):  # the pack is training
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        (first_dir,) = sweep.glob("0_*")
+        task = int((first_dir / ".claimed").read_text().split()[0])  # the training process
+        os.kill(task, signal.SIGUSR2)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    recs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/result.json"))]
+    assert [r["status"] for r in recs] == ["completed"] * 3
+    assert all(r["env"]["pid"] != task for r in recs)  # trained by the requeued task
+    log = (first_dir / "run.log").read_text()
+    assert "3 unfinished run dir(s) released" in log and "Requeued job" in log

@@ -16,6 +16,14 @@ upstream launchers applies; what they add:
 - **Logs under the sweep dir.** `submitit_folder: null` (the default) is
   `<sweep dir>/.submitit/%j`, joined in `launch` from the very sweep dir
   the launcher creates, never resolved a second time.
+- **Requeue on timeout or preemption.** `max_num_timeout` (default 3)
+  timeouts are requeued. When SLURM (or submitit_local) signals the task
+  before its time is up, submitit calls `checkpoint` in the task process:
+  it releases the run dirs this task claimed and did not finish
+  (`release_claims`), and the job is submitted again with the same
+  arguments. The requeued pack keeps its finished members (their records,
+  found by study.reuse with the same config and code) and trains the others
+  from the start: a pack holds no mid-training state.
 
 Imported by Hydra's plugin discovery on every start: without the slurm
 extra (hydra-submitit-launcher) it defines nothing.
@@ -24,9 +32,10 @@ extra (hydra-submitit-launcher) it defines nothing.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 
@@ -39,6 +48,55 @@ except ImportError:  # no slurm extra: hydra/launcher=submitit_* cannot compose 
     upstream = None
 
 SUBMITIT_DIR = ".submitit/%j"  # under the sweep dir; %j: submitit's job id
+
+
+def pack_file(overrides: Iterable[str]) -> Optional[Path]:
+    """The pack file a job was given (`+pack=<file>`: packs.PackingLauncher), if any."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for text in overrides:
+        if text.lstrip("+~").startswith("pack="):
+            value = OverridesParser.create().parse_overrides([text])[0].value()
+            return Path(str(value)) if isinstance(value, str) else None
+    return None
+
+
+def job_run_dirs(overrides: Sequence[str]) -> list[Path]:
+    """The run dirs of the job now running in this process: its own and,
+    for a pack, every member's."""
+    import json
+
+    from hydra.core.hydra_config import HydraConfig
+
+    dirs = []
+    if HydraConfig.initialized():
+        dirs.append(Path(str(HydraConfig.get().runtime.output_dir)))
+    path = pack_file(overrides)
+    if path is not None and path.is_file():
+        dirs += [Path(m["dir"]) for m in json.loads(path.read_text())["members"]]
+    return list(dict.fromkeys(d.resolve() for d in dirs))
+
+
+def release_claims(dirs: Iterable[Path], pid: Optional[int] = None) -> list[Path]:
+    """Remove the claim (study.records.CLAIM_FILE) of each dir that this
+    process claimed and left without a record: its training stops here, and
+    the requeued job trains it again (study.runner.claim_dir would refuse a
+    claimed dir). A dir with a record keeps its claim (its run is finished
+    and is kept), and so does a dir claimed by another process."""
+    from study.records import CLAIM_FILE, RESULT_FILE
+
+    pid = os.getpid() if pid is None else pid
+    released = []
+    for d in dirs:
+        claim = Path(d) / CLAIM_FILE
+        try:
+            owner = claim.read_text().split()[:1]
+        except OSError:
+            continue
+        if owner == [str(pid)] and not (Path(d) / RESULT_FILE).exists():
+            claim.unlink(missing_ok=True)
+            released.append(Path(d))
+    return released
 
 
 class StudySubmititLauncher:
@@ -92,6 +150,15 @@ class StudySubmititLauncher:
         torch.set_num_threads(self.task_threads or usable_cores())  # the config's `threads` still wins
         return super().__call__(sweep_overrides, *args)
 
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Called by submitit in the task's process when the task is timed out
+        or preempted, before it requeues the job: release what this task
+        claimed and did not finish; the job is submitted again as it was."""
+        released = release_claims(job_run_dirs(args[0] if args else kwargs.get("sweep_overrides", [])))
+        log.warning("stopped by a timeout or preemption: %d unfinished run dir(s) released; "
+                    "the job is requeued, keeping its finished runs", len(released))
+        return super().checkpoint(*args, **kwargs)
+
 
 if upstream is not None:
     # Named as upstream's: the Optuna sweeper reads what the launcher runs at
@@ -106,11 +173,13 @@ if upstream is not None:
     class StudyLocalConf(LocalQueueConf):
         _target_: str = "hydra_plugins.bn_study_launcher.submitit_support.LocalLauncher"
         submitit_folder: Optional[str] = None  # null: <sweep dir>/.submitit/%j
+        max_num_timeout: int = 3  # requeues after a timeout (submitit_local's own default)
 
     @dataclass
     class StudySlurmConf(SlurmQueueConf):
         _target_: str = "hydra_plugins.bn_study_launcher.submitit_support.SlurmLauncher"
         submitit_folder: Optional[str] = None  # null: <sweep dir>/.submitit/%j
+        max_num_timeout: int = 3  # upstream's 0 lost a timed-out pack; its finished runs are kept (checkpoint)
 
     # Outside hydra/launcher, so that they are not options of their own:
     # conf/hydra/launcher/submitit_local.yaml and submitit_slurm.yaml take them.
