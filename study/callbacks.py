@@ -53,6 +53,9 @@ class SweepSummary(Callback):
             loggers.prepare(OmegaConf.to_container(logger), Path(str(config.hydra.sweep.dir)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if getattr(sys.exc_info()[1], "dry_run", False):  # hydra.launcher.dry_run: the plan is all it prints
+            progress.abandon()
+            return
         if sys.exc_info()[0] is None:
             progress.end()  # the last progress line
         else:

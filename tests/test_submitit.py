@@ -1,7 +1,7 @@
 """The study's submitit launchers (hydra_plugins/bn_study_launcher/submitit_support.py):
 torch threads per task from the cores a task gets, submitit's logs under the
 sweep dir, a timed-out or preempted pack requeued with its finished runs
-kept,."""
+kept, and a dry run that prints the plan and submits nothing."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_the_launchers_compose_with_requeue_and_the_trial_batches_they_had():
                       ("slurm", "SlurmLauncher")):
         node = compose_config([f"hydra/launcher={name}"], return_hydra_config=True).hydra.launcher
         assert node._target_ == f"hydra_plugins.bn_study_launcher.submitit_support.{cls}"
-        assert node.max_num_timeout == 3 and node.submitit_folder is None
+        assert node.max_num_timeout == 3 and node.submitit_folder is None and node.dry_run is False
     local = compose_config(["hydra/launcher=submitit_local"], return_hydra_config=True).hydra.launcher
     assert launcher_batch(local) == usable_cores()
 
@@ -171,3 +171,43 @@ def test_a_preempted_submitit_task_is_requeued_and_its_pack_finishes(tmp_path, t
     assert all(r["env"]["pid"] != task for r in recs)  # trained by the requeued task
     log = (first_dir / "run.log").read_text()
     assert "3 unfinished run dir(s) released" in log and "Requeued job" in log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launch", ["submitit_local", "slurm"])
+def test_a_dry_run_prints_the_packs_and_submits_nothing(tmp_path, tiny_mnist, launch):
+    """hydra.launcher.dry_run=true: the planned jobs (one per pack) and their
+    runs' dirs, exit 0; no sweep dir (nor the parents made for it), no
+    submitit folder, nothing trained; for SLURM too, on a machine without SLURM."""
+    sweep = tmp_path / "new" / "sweep"
+    proc = run_cli(["-m", *tiny_overrides(tiny_mnist), "batch_size=32,64", f"hydra/launcher={launch}",
+                    "hydra.launcher.dry_run=true", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    executor = "local" if launch == "submitit_local" else "slurm"
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"dry run: 4 submitit_{executor} jobs, 12 runs; nothing submitted"
+    assert f"submitit folder: {sweep / '.submitit' / '%j'}" in lines
+    jobs = [ln for ln in lines if ln.startswith("job #")]
+    assert len(jobs) == 4 and all(": 3 runs [bs=" in ln for ln in jobs)
+    dirs = [ln.strip().rpartition("/") for ln in lines if ln.startswith("    ")]
+    assert {head for head, _, _ in dirs} == {str(sweep)}
+    assert sorted(int(name.partition("_")[0]) for _, _, name in dirs) == list(range(12))
+    assert sorted(name.partition("_")[2] for _, _, name in dirs) == sorted(
+        f"batch_size={bs},data.val_size=200,model.norm={n},seed={s}"
+        for bs in (32, 64) for n in ("none", "batch") for s in (0, 1, 2))
+    assert "error" not in proc.stderr.lower()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra, line", [
+    (["batch_size=0"], "error: batch_size=0 is not allowed: an integer >= 1"),
+    (["experiment=tune"], "error: hydra.launcher.dry_run=true plans the packs of a grid sweep (hydra/sweeper=basic); "
+                          "an Optuna sweep (BnOptunaSweeper) asks its trials as it goes"),
+])
+def test_a_dry_run_of_a_bad_launch_is_one_line_exit_2(tmp_path, tiny_mnist, extra, line):
+    proc = run_cli(["-m", *tiny_overrides(tiny_mnist), *extra, "hydra/launcher=submitit_local",
+                    "hydra.launcher.dry_run=true", f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [line]
+    assert "dry run" not in proc.stdout

@@ -24,6 +24,10 @@ upstream launchers applies; what they add:
   arguments. The requeued pack keeps its finished members (their records,
   found by study.reuse with the same config and code) and trains the others
   from the start: a pack holds no mid-training state.
+- **Dry run.** `dry_run: true` prints the planned jobs (one per pack, its
+  runs and dirs), the submitit parameters and the torch threads per task,
+  then exits 0 without submitting or training anything; a bad config still
+  stops it with its one-line error (packs.plan_packs checks every job first).
 
 Imported by Hydra's plugin discovery on every start: without the slurm
 extra (hydra-submitit-launcher) it defines nothing.
@@ -33,11 +37,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,18 @@ except ImportError:  # no slurm extra: hydra/launcher=submitit_* cannot compose 
     upstream = None
 
 SUBMITIT_DIR = ".submitit/%j"  # under the sweep dir; %j: submitit's job id
+GRID_SWEEPER = "hydra_plugins.bn_study_launcher.grid_sweeper.BnGridSweeper"
+OWN_KEYS = ("dry_run",)  # this module's keys; the others go to submitit
+
+
+class DryRun(SystemExit):
+    """Ends a dry run with exit status 0 once the plan is printed (nothing was
+    submitted); study.callbacks.SweepSummary says nothing more for it."""
+
+    dry_run = True
+
+    def __init__(self) -> None:
+        super().__init__(0)
 
 
 def pack_file(overrides: Iterable[str]) -> Optional[Path]:
@@ -99,6 +117,25 @@ def release_claims(dirs: Iterable[Path], pid: Optional[int] = None) -> list[Path
     return released
 
 
+def missing_top(path: Path) -> Optional[Path]:
+    """The highest of `path` and its parents that does not exist yet, if any."""
+    top = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        top = p
+    return top
+
+
+def _describe(configs: Sequence[DictConfig]) -> str:
+    c = configs[0]
+    seeds = ",".join(str(s) for s in sorted({int(x.seed) for x in configs}))
+    lrs = ",".join(f"{v:g}" for v in sorted({float(x.lr) for x in configs}))
+    model = c.get("model", {})
+    norm = model.get("norm")
+    return f"bs={c.batch_size} norm={getattr(norm, 'value', norm)} lr={lrs} seeds={seeds}"
+
+
 class StudySubmititLauncher:
     """What the study adds to hydra-submitit-launcher's launchers (module
     docstring); mixed in before upstream's LocalLauncher or SlurmLauncher."""
@@ -106,11 +143,24 @@ class StudySubmititLauncher:
     _EXECUTOR: str
 
     def __init__(self, **params: Any) -> None:
+        own = {k: params.pop(k) for k in OWN_KEYS if k in params}
         super().__init__(**params)
+        self.dry_run = bool(own.get("dry_run", False))
         self.folder_setting = self.params.get("submitit_folder")
         self.task_threads: Optional[int] = None  # set by `launch`, read by each task
 
     # ---------------------------------------------------------------- launching process
+    def setup(self, **kwargs: Any) -> None:
+        super().setup(**kwargs)
+        sweeper = str(self.config.hydra.sweeper.get("_target_", ""))
+        if self.dry_run and sweeper != GRID_SWEEPER:
+            from study.errors import UserError
+
+            raise UserError(f"hydra.launcher.dry_run=true plans the packs of a grid sweep (hydra/sweeper=basic); "
+                            f"an Optuna sweep ({sweeper.rpartition('.')[2]}) asks its trials as it goes")
+        # The sweeper makes the sweep dir (and its missing parents) before it launches: a dry run removes them.
+        self.made_for_dry_run = missing_top(Path(str(self.config.hydra.sweep.dir))) if self.dry_run else None
+
     def submitit_folder(self) -> str:
         """Where submitit writes its logs and pickles: `<sweep dir>/.submitit/%j`
         unless `submitit_folder` says otherwise."""
@@ -135,10 +185,44 @@ class StudySubmititLauncher:
         return max(1, cores // self.tasks_at_once(n_jobs))
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
+        if self.dry_run:  # reached without packs.PackingLauncher (which shows the plan first): the jobs as they are
+            from .packs import plan_packs
+
+            self.show_plan(plan_packs(self.hydra_context, self.config, job_overrides, initial_job_idx, 1, False))
         self.params["submitit_folder"] = self.submitit_folder()
         self.task_threads = self.threads_for(len(job_overrides))
         log.info("torch threads per task: %s", self.task_threads or "the task's cores (SLURM_CPUS_PER_TASK)")
         return super().launch(job_overrides, initial_job_idx)
+
+    def show_plan(self, planned: Sequence[tuple[Sequence[tuple[int, Sequence[str]]], Sequence[DictConfig]]]) -> None:
+        """Print the jobs that `launch` would submit (one per pack), then end the
+        sweep (DryRun, exit status 0): nothing submitted, nothing trained."""
+        from hydra.core.utils import filter_overrides
+
+        from .packs import job_dir
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
+        threads = self.threads_for(len(planned))
+        params = {k: v for k, v in self.params.items() if v not in (None, [], {}) and k != "submitit_folder"}
+        runs = sum(len(p) for p, _ in planned)
+        out = [f"dry run: {len(planned)} submitit_{self._EXECUTOR} jobs, {runs} runs; nothing submitted",
+               f"sweep dir: {sweep_dir}",
+               f"submitit folder: {Path(self.submitit_folder()).resolve()}",
+               "submitit: " + " ".join(f"{k}={v}" for k, v in sorted(params.items())),
+               "torch threads per task: " + (str(threads) if threads is not None else
+                                            "the task's cores (SLURM_CPUS_PER_TASK, its affinity mask)")
+               + " (unless the config sets `threads`)"]
+        for jobs, configs in planned:
+            dirs = [job_dir(c) for c in configs]
+            out.append(f"job #{jobs[0][0]}: {len(jobs)} run{'s' if len(jobs) > 1 else ''} [{_describe(configs)}]: "
+                       + " ".join(filter_overrides(jobs[0][1])))
+            out += [f"    {d}" for d in dirs]
+        print("\n".join(out), flush=True)
+        made = getattr(self, "made_for_dry_run", None)
+        if made is not None and made.is_dir() and all(p.is_dir() or p == sweep_dir / "multirun.yaml"
+                                                      for p in made.resolve().rglob("*")):
+            shutil.rmtree(made, ignore_errors=True)  # what Hydra's sweeper made for this launch only
+        raise DryRun()
 
     # ---------------------------------------------------------------- the task's process
     def __call__(self, sweep_overrides: list[str], *args: Any) -> Any:
@@ -174,12 +258,14 @@ if upstream is not None:
         _target_: str = "hydra_plugins.bn_study_launcher.submitit_support.LocalLauncher"
         submitit_folder: Optional[str] = None  # null: <sweep dir>/.submitit/%j
         max_num_timeout: int = 3  # requeues after a timeout (submitit_local's own default)
+        dry_run: bool = False
 
     @dataclass
     class StudySlurmConf(SlurmQueueConf):
         _target_: str = "hydra_plugins.bn_study_launcher.submitit_support.SlurmLauncher"
         submitit_folder: Optional[str] = None  # null: <sweep dir>/.submitit/%j
         max_num_timeout: int = 3  # upstream's 0 lost a timed-out pack; its finished runs are kept (checkpoint)
+        dry_run: bool = False
 
     # Outside hydra/launcher, so that they are not options of their own:
     # conf/hydra/launcher/submitit_local.yaml and submitit_slurm.yaml take them.
