@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import signal
+import sys
 import subprocess
 import time
 
@@ -211,3 +212,23 @@ def test_a_dry_run_of_a_bad_launch_is_one_line_exit_2(tmp_path, tiny_mnist, extr
     assert proc.returncode == 2
     assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [line]
     assert "dry run" not in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launch, name", [("submitit_local", "submitit_local"), ("slurm", "submitit_slurm")])
+def test_without_the_slurm_extra_a_submitit_launch_is_one_line_exit_2(tmp_path, tiny_mnist, launch, name):
+    """hydra-submitit-launcher hidden from the process (as without `--extra
+    slurm`): the launch stops in one line naming the fix, nothing written."""
+    hide = ("import sys, runpy\n"
+            "for m in ('hydra_plugins.hydra_submitit_launcher', 'hydra_plugins.hydra_submitit_launcher.config',\n"
+            "          'hydra_plugins.hydra_submitit_launcher.submitit_launcher'):\n"
+            "    sys.modules[m] = None\n"
+            f"sys.argv = {[str(RUN[1]), '-m', *tiny_overrides(tiny_mnist), f'hydra/launcher={launch}']!r}\n"
+            f"runpy.run_path({str(RUN[1])!r}, run_name='__main__')\n")
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-c", hide], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [
+        f"error: hydra/launcher={name} needs hydra-submitit-launcher: uv sync --extra slurm"]
+    assert list(tmp_path.iterdir()) == []

@@ -29,8 +29,9 @@ upstream launchers applies; what they add:
   then exits 0 without submitting or training anything; a bad config still
   stops it with its one-line error (packs.plan_packs checks every job first).
 
-Imported by Hydra's plugin discovery on every start: without the slurm
-extra (hydra-submitit-launcher) it defines nothing.
+Imported by Hydra's plugin discovery on every start. Without the slurm
+extra (hydra-submitit-launcher) its launchers stop a launch in one line
+that says how to install it.
 """
 
 from __future__ import annotations
@@ -267,7 +268,39 @@ if upstream is not None:
         max_num_timeout: int = 3  # upstream's 0 lost a timed-out pack; its finished runs are kept (checkpoint)
         dry_run: bool = False
 
-    # Outside hydra/launcher, so that they are not options of their own:
-    # conf/hydra/launcher/submitit_local.yaml and submitit_slurm.yaml take them.
-    ConfigStore.instance().store(group="bn_study/submitit", name="local", node=StudyLocalConf, provider="bn_study")
-    ConfigStore.instance().store(group="bn_study/submitit", name="slurm", node=StudySlurmConf, provider="bn_study")
+else:
+    from hydra.plugins.launcher import Launcher
+
+    class _NeedsSlurmExtra(Launcher):
+        """hydra/launcher=submitit_* without hydra-submitit-launcher installed."""
+
+        _EXECUTOR: str
+
+        def __init__(self, **_params: Any) -> None:
+            self.refuse()
+
+        def refuse(self) -> None:
+            from study.errors import UserError
+
+            raise UserError(f"hydra/launcher=submitit_{self._EXECUTOR} needs hydra-submitit-launcher: "
+                            f"uv sync --extra slurm")
+
+        def setup(self, **_kwargs: Any) -> None:
+            self.refuse()
+
+        def launch(self, *_args: Any, **_kwargs: Any) -> Any:
+            self.refuse()
+
+    class LocalLauncher(_NeedsSlurmExtra):
+        _EXECUTOR = "local"
+
+    class SlurmLauncher(_NeedsSlurmExtra):
+        _EXECUTOR = "slurm"
+
+    StudyLocalConf = {"_target_": "hydra_plugins.bn_study_launcher.submitit_support.LocalLauncher"}
+    StudySlurmConf = {"_target_": "hydra_plugins.bn_study_launcher.submitit_support.SlurmLauncher"}
+
+# Outside hydra/launcher, so that they are not options of their own:
+# conf/hydra/launcher/submitit_local.yaml and submitit_slurm.yaml take them.
+ConfigStore.instance().store(group="bn_study/submitit", name="local", node=StudyLocalConf, provider="bn_study")
+ConfigStore.instance().store(group="bn_study/submitit", name="slurm", node=StudySlurmConf, provider="bn_study")
