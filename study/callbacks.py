@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -15,7 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from study import loggers, progress
-from study.errors import RunFailed, UserError, UserExit
+from study.errors import RunFailed, UserError, UserExit, needs_slurm_extra
 from study.records import CLAIM_FILE, OPERATIONAL_KEYS, RESULT_FILE, RecordError, read_record
 
 log = logging.getLogger("study.sweep")
@@ -100,14 +101,25 @@ class Preflight(Callback):
 
 
 def check_launcher(config: DictConfig) -> None:
-    """A SLURM launcher needs SLURM here: refuse before a sweep dir is made
-    (submitit found no `srun` only after writing one)."""
+    """A submitit launcher needs the slurm extra, and a SLURM one SLURM here:
+    refuse before a sweep dir is made (submitit found no `srun` only after
+    writing one). The extra first: it is the fix to make first."""
     target = str(OmegaConf.select(config, "hydra.launcher._target_") or "")
-    if target.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
-        choice = OmegaConf.select(config, "hydra.runtime.choices") or {}
-        name = choice.get("hydra/launcher") or "submitit_slurm"
+    choice = OmegaConf.select(config, "hydra.runtime.choices") or {}
+    name = choice.get("hydra/launcher") or "submitit_slurm"
+    if "submitit" in target and not _installed("hydra_plugins.hydra_submitit_launcher"):
+        raise UserError(needs_slurm_extra(name))
+    dry_run = bool(OmegaConf.select(config, "hydra.launcher.dry_run", default=False))  # prints the plan only
+    if target.endswith("SlurmLauncher") and shutil.which("sbatch") is None and not dry_run:
         raise UserError(f"hydra/launcher={name} needs SLURM, and this machine has none (no sbatch on PATH); "
                         "launch from a SLURM login node, or use hydra/launcher=packed here")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def check_same_sweep(sweep_dir: Path, config: DictConfig) -> None:
@@ -156,6 +168,9 @@ class SweepSummary(Callback):
             loggers.prepare(OmegaConf.to_container(logger), Path(str(config.hydra.sweep.dir)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if getattr(sys.exc_info()[1], "dry_run", False):  # hydra.launcher.dry_run: the plan is all it prints
+            progress.abandon()
+            return
         if sys.exc_info()[0] is None:
             progress.end()  # the last progress line
         else:

@@ -131,9 +131,6 @@ def describe_user_error(e: BaseException) -> Optional[str]:
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
             return str(OutputError(err))
     for i, err in enumerate(chain):
-        if isinstance(err, MissingConfigException) and _needs_submitit(err):
-            return ("the submitit launchers (hydra/launcher=slurm, submitit_slurm, submitit_local) need the slurm "
-                    "extra, which is not installed: uv sync --extra slurm")
         if isinstance(err, MissingConfigException) and _choices(err):
             return f"Could not find '{err.missing_cfg_file}': {_choices(err)}"
         if isinstance(err, USER_ERRORS):
@@ -150,16 +147,9 @@ def describe_user_error(e: BaseException) -> Optional[str]:
     return None
 
 
-def _needs_submitit(err: MissingConfigException) -> bool:
-    """A submitit launcher asked for (conf/hydra/launcher/slurm.yaml names one) without the slurm extra."""
-    import importlib.util
-
-    if (err.missing_cfg_file or "") not in ("hydra/launcher/submitit_slurm", "hydra/launcher/submitit_local"):
-        return False
-    try:
-        return importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None
-    except (ImportError, ValueError):
-        return True
+def needs_slurm_extra(launcher: str) -> str:
+    """The one line for a submitit launcher without hydra-submitit-launcher installed."""
+    return f"hydra/launcher={launcher} needs hydra-submitit-launcher: uv sync --extra slurm"
 
 
 def _choices(err: MissingConfigException) -> str:

@@ -195,7 +195,7 @@ def test_the_example_slurm_launcher_composes_with_submitit():
     from study.config import compose_config
 
     launcher = compose_config(["hydra/launcher=slurm"], return_hydra_config=True).hydra.launcher
-    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher._target_.endswith("submitit_support.SlurmLauncher")  # hydra-submitit-launcher's, extended
     assert launcher.cpus_per_task == 4 and launcher_batch(launcher) == launcher.array_parallelism == 32
 
 

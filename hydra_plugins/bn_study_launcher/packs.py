@@ -204,6 +204,8 @@ class PackingLauncher:
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         planned = plan_packs(self.hydra_context, self.config, job_overrides, initial_job_idx, self.max_pack, True)
+        if getattr(self.launcher, "dry_run", False):  # submitit_support.py: print the plan, submit nothing
+            self.launcher.show_plan(planned)
         if all(len(p) == 1 for p, _ in planned):  # nothing to pack: the jobs as they came
             return self.launcher.launch(job_overrides, initial_job_idx)
         pack_dir = Path(str(self.config.hydra.sweep.dir)) / PACKS_DIR
