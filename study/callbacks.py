@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shutil
@@ -16,6 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from study import loggers, progress
+from study.config import installed
 from study.errors import RunFailed, UserError, UserExit, needs_slurm_extra
 from study.records import CLAIM_FILE, OPERATIONAL_KEYS, RESULT_FILE, RecordError, read_record
 
@@ -107,19 +107,12 @@ def check_launcher(config: DictConfig) -> None:
     target = str(OmegaConf.select(config, "hydra.launcher._target_") or "")
     choice = OmegaConf.select(config, "hydra.runtime.choices") or {}
     name = choice.get("hydra/launcher") or "submitit_slurm"
-    if "submitit" in target and not _installed("hydra_plugins.hydra_submitit_launcher"):
+    if "submitit" in target and not installed("hydra_plugins.hydra_submitit_launcher"):
         raise UserError(needs_slurm_extra(name))
     dry_run = bool(OmegaConf.select(config, "hydra.launcher.dry_run", default=False))  # prints the plan only
     if target.endswith("SlurmLauncher") and shutil.which("sbatch") is None and not dry_run:
         raise UserError(f"hydra/launcher={name} needs SLURM, and this machine has none (no sbatch on PATH); "
                         "launch from a SLURM login node, or use hydra/launcher=packed here")
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def check_same_sweep(sweep_dir: Path, config: DictConfig) -> None:

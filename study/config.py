@@ -277,8 +277,8 @@ def _validate_family(family: str, norm: str, cfg: DictConfig, need: Any) -> None
              f"only {', '.join(ANY_FAMILY_PROBES)} with model={family} (the others read the MLP's layers)")
 
 
-def _installed(module: str) -> bool:
-    """Whether `module` can be imported, without importing it (a logger's extra; seconds to import)."""
+def installed(module: str) -> bool:
+    """Whether `module` can be imported, without importing it (an extra's package; seconds to import)."""
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
@@ -289,7 +289,7 @@ def _validate_logger(logger: DictConfig, need: Any) -> None:
     kind = str(logger.kind)
     need(kind in LOGGER_KINDS, "logger", kind, "one of " + ", ".join(LOGGER_KINDS) + " (conf/logger/)")
     if kind in LOGGER_EXTRAS:
-        need(_installed(LOGGER_EXTRAS[kind]), "logger", kind,
+        need(installed(LOGGER_EXTRAS[kind]), "logger", kind,
              f"{kind} is not installed: add its extra with `uv sync --extra {kind}`")
 
 
