@@ -256,20 +256,45 @@ def ask(study: optuna.Study, distributions: Optional[dict[str, BaseDistribution]
         return study.ask(distributions)
 
 
-class Heartbeat:
+class _Beating:
+    """A daemon thread that runs `_beat` while the `with` block runs (and
+    only where `interval` is set); it dies with the sweep, and so do the beats."""
+
+    name = "beat"
+
+    def __init__(self, interval: Optional[int]) -> None:
+        self.interval = interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name=self.name)
+
+    def _beat(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        if self.interval:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+class Heartbeat(_Beating):
     """Records a heartbeat for each trial of a batch while its jobs run.
 
     Optuna beats only inside `study.optimize`; an ask/tell sweep must do it
     itself, or every trial would look dead to the other sweeps after
-    `grace_period`. A daemon thread: it dies with the sweep, and so do the beats.
+    `grace_period`.
     """
+
+    name = "optuna-heartbeat"
 
     def __init__(self, storage: optuna.storages.BaseStorage, trials: Sequence[Trial]) -> None:
         self.storage, self.ids = storage, [t._trial_id for t in trials]
-        interval = storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
-        self.interval = interval
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._beat, daemon=True, name="optuna-heartbeat")
+        super().__init__(storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage)
+                         else None)
 
     def _beat(self) -> None:
         while True:
@@ -280,16 +305,6 @@ class Heartbeat:
                     log.warning("heartbeat of trial id %d not recorded: %s", trial_id, e)
             if self.stop.wait(self.interval):
                 return
-
-    def __enter__(self) -> "Heartbeat":
-        if self.interval:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join()
 
 
 def claim_key(trial: int, seeds: Sequence[int]) -> str:
@@ -361,17 +376,18 @@ def claim_confirmation(storage: optuna.storages.BaseStorage, study: optuna.Study
         return False
 
 
-class ClaimBeat:
+class ClaimBeat(_Beating):
     """While a sweep confirms, it counts the `beat` of its claim up every
     heartbeat interval: a sweep waiting for that confirmation on another
     host sees the count stop when the confirming sweep dies, and takes the
-    claim over after the grace period. A daemon thread, like Heartbeat."""
+    claim over after the grace period."""
+
+    name = "confirm-claim-beat"
 
     def __init__(self, storage: optuna.storages.BaseStorage, study: optuna.Study, key: str, value: str,
                  interval: Optional[int]) -> None:
-        self.storage, self.study, self.key, self.value, self.interval = storage, study, key, value, interval
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._beat, daemon=True, name="confirm-claim-beat")
+        self.storage, self.study, self.key, self.value = storage, study, key, value
+        super().__init__(interval)
 
     def _beat(self) -> None:
         while not self.stop.wait(self.interval):
@@ -385,16 +401,6 @@ class ClaimBeat:
                 self.value = new
             except Exception as e:  # a lost connection: the next beat tries again
                 log.warning("beat of %s not recorded: %s", self.key, e)
-
-    def __enter__(self) -> "ClaimBeat":
-        if self.interval:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join()
 
 
 # ------------------------------------------------------------ sweep process
