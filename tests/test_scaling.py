@@ -219,9 +219,9 @@ def test_a_stopped_heartbeat_fails_the_trial_and_asks_its_params_again(tmp_path)
     trial = ask(study, {"lr": FloatDistribution(1e-3, 1.0, log=True)})
     with Heartbeat(storage, [trial]):
         time.sleep(7)  # beyond the grace period, but beating
-        assert fail_dead_trials(study) == 0
+        assert fail_dead_trials(storage, study) == 0
     time.sleep(9)  # the beats stopped: dead
-    assert fail_dead_trials(study) == 1
+    assert fail_dead_trials(storage, study) == 1
     trials = study.get_trials()
     assert trials[0].state == TrialState.FAIL
     assert trials[1].state == TrialState.WAITING and trials[1].system_attrs["failed_trial"] == 0

@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import optuna
+from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import Trial
 
@@ -27,46 +30,49 @@ from .beats import BeatSettings, Heartbeat
 from .liveness import OtherSweeps, fail_dead_trials, this_sweep
 from .lock import confirm_once
 from .plan import (SweepPlan, check_direction, draw, fixed_config, hydra_quote, launcher_batch, override_key,
-                   plan_sweep, seeded_sampler, study_name, trial_target)
-from .pruning import pruner_spec
+                   plan_sweep, seeded_sampler, study_name, trial_overrides, trial_target)
+from .pruning import pruner_spec, store_pruner
 from .storage import ask, fail_interrupted, open_study, open_user_storage, tell
 
 log = logging.getLogger("study.tune")
 
 
-class BnOptunaSweeperImpl(OptunaSweeperImpl):
+class BnOptunaSweeperImpl(Sweeper):
     def __init__(self, *, sampler_conf: DictConfig, direction: Any, storage: Any, study_name: Optional[str],
                  n_trials: int, n_jobs: Optional[int], max_failure_rate: float,
                  custom_search_space: Optional[str], params: Optional[DictConfig], pruner: Any,
                  cells: bool, confirm_seeds: list[int], heartbeat_interval: Optional[int] = None,
                  grace_period: Optional[int] = None, results_root: Optional[str] = None) -> None:
         # The sampler is made per study (seeded per study), from its config.
-        super().__init__(None, direction, storage, study_name, n_trials, n_jobs or 1, max_failure_rate,
-                         custom_search_space, params)
-        self.sampler_conf, self.storage_conf = sampler_conf, storage
-        self.batch = n_jobs
+        self.sampler_conf, self.direction, self.storage_conf = sampler_conf, direction, storage
+        self.study_name, self.n_trials, self.batch = study_name, n_trials, n_jobs
+        self.max_failure_rate, self.params, self.cells = max_failure_rate, params, cells
+        # The plugin's custom search space: a function (config, trial) that suggests more.
+        self.extend = (instantiate({"_target_": custom_search_space, "_partial_": True})
+                       if custom_search_space else None)
         self.pruner = pruner_spec(OmegaConf.to_container(pruner, resolve=True)
                                   if isinstance(pruner, DictConfig) else pruner) if pruner else None
         self.confirm_seeds = [int(s) for s in confirm_seeds]
-        self.cells = cells
         self.results_root = Path(results_root or os.getcwd()).expanduser().resolve()
         self.beat = BeatSettings(heartbeat_interval, grace_period)
         if n_trials < 1:
             raise UserError(f"hydra.sweeper.n_trials={n_trials} is not allowed: an integer >= 1")
 
-    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
-        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
+                                                           task_function=task_function)
         # Confirmation reruns are packed under any launcher (trials never are: study.packing).
-        self.launcher = packing(self.launcher, hydra_context, config)
+        self.launcher = packing(launcher, hydra_context, config)
 
     # ------------------------------------------------------------------ sweep
     def sweep(self, arguments: list[str]) -> None:
-        self._process_searchspace_config()
-        plan = plan_sweep(self._parse_sweeper_params_config() + list(arguments), self.cells)
+        params = [f"{k}={v}" for k, v in (self.params or {}).items()]
+        plan = plan_sweep(params + list(arguments), self.cells)
         if not plan.search:
             raise UserError("nothing to tune: give a search space, e.g. 'lr=tag(log, interval(1e-3, 1.0))' "
                             "or hydra.sweeper.params.lr=...")
-        direction = check_direction(self._get_directions(), str(self.config.objective))
+        direction = check_direction(self.direction, str(self.config.objective))
         self.url, self.storage = open_user_storage(self.storage_conf, self.beat.interval, self.beat.grace_period)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -95,8 +101,10 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         """The cell's study, its dead sweeps' trials failed and its sampler seeded; and its target."""
         name = study_name(plan, cell, self.study_name, self._launch_only_keys())
         study = open_study(self.storage, name, direction, fixed_config(task, plan, self._launch_only_keys()),
-                           cell, str(task.objective), self.pruner)
-        stale = fail_dead_trials(study)
+                           cell, str(task.objective))
+        if self.pruner is not None:
+            store_pruner(study, self.pruner)
+        stale = fail_dead_trials(self.storage, study)
         if stale:
             log.info("%s: %d trial%s left RUNNING by a dead sweep marked failed (not counted)",
                      name, stale, "s" if stale > 1 else "")
@@ -117,7 +125,7 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
         errors: list[str] = []
         asked = 0
         while True:
-            dead = fail_dead_trials(study)  # a sweep elsewhere died meanwhile: asked again here
+            dead = fail_dead_trials(self.storage, study)  # a sweep elsewhere died meanwhile: asked again here
             if dead:
                 log.info("%s: %d trial%s of a dead sweep marked failed (asked again)",
                          name, dead, "s" if dead > 1 else "")
@@ -166,11 +174,12 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
                 draw(study, trials, plan.search, self.sampler_conf)
                 for t in trials:
                     t.set_user_attr("sweep", owner)
-                overrides = self._configure_trials(trials, plan.search, {**plan.fixed, **cell}, plan.passthrough)
-                overrides = [tuple(o) + to_trial + (f"trial.number={t.number}",) for o, t in zip(overrides, trials)]
+                overrides = trial_overrides(trials, {**plan.fixed, **cell}, plan.passthrough, self.extend,
+                                            self.config)
+                overrides = [o + to_trial + (f"trial.number={t.number}",) for o, t in zip(overrides, trials)]
                 returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
         except BaseException:
-            fail_interrupted(study, trials, "interrupted")
+            fail_interrupted(self.storage, study, trials, "interrupted")
             raise
         self.job_idx += len(returns)
         return returns

@@ -14,6 +14,8 @@ from optuna.trial import Trial
 
 from study.errors import UserError
 
+from .storage import trial_id
+
 log = logging.getLogger("study.tune")
 
 
@@ -83,7 +85,7 @@ class Heartbeat(Beating):
     def __init__(self, storage: optuna.storages.BaseStorage, trials: Sequence[Trial]) -> None:
         interval = storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
         self.storage = storage
-        self.ids = [t._trial_id for t in trials]
+        self.ids = [trial_id(storage, t.study, t.number) for t in trials] if interval else []
         super().__init__(interval)
 
     def _beat(self) -> None:

@@ -76,13 +76,13 @@ def can_wait_for(t: FrozenTrial, heartbeat_interval: Optional[int]) -> bool:
     return bool(heartbeat_interval) and owner.get("heartbeat", "unrecorded") is not None
 
 
-def fail_dead_trials(study: optuna.Study) -> int:
+def fail_dead_trials(storage: optuna.storages.RDBStorage, study: optuna.Study) -> int:
     """Fail the RUNNING trials of dead sweeps, by process on this host, then by
     heartbeat on any host; their params are asked again. Returns how many."""
-    return _fail_gone(study) + _fail_stale(study)
+    return _fail_gone(storage, study) + _fail_stale(storage, study)
 
 
-def _fail_gone(study: optuna.Study) -> int:
+def _fail_gone(storage: optuna.storages.RDBStorage, study: optuna.Study) -> int:
     """Fail RUNNING trials whose sweep's process is gone from this host (`status: stale`).
 
     A stale trial's job may have finished and indexed its run before the
@@ -98,32 +98,31 @@ def _fail_gone(study: optuna.Study) -> int:
         ownerless_old = (owner is None and t.datetime_start is not None
                          and now - t.datetime_start > OWNERLESS_STALE_AFTER)
         if sweep_is_gone(owner) or ownerless_old:
-            fail_and_ask_again(study, t, "stale")
+            fail_and_ask_again(storage, study, t, "stale")
             n += 1
     return n
 
 
-def _fail_stale(study: optuna.Study) -> int:
+def _fail_stale(storage: optuna.storages.RDBStorage, study: optuna.Study) -> int:
     """Fail the RUNNING trials whose heartbeat stopped (a sweep dead on any
     host): Optuna's fail_stale_trials, with the storage's
     RetryHeartbeatStaleTrialCallback, which queues their params to be asked
     again. Each gets `status: stale` first."""
-    rdb = getattr(study._storage, "_backend", study._storage)
-    if not (isinstance(rdb, optuna.storages.RDBStorage) and rdb.get_heartbeat_interval()):
+    if not storage.get_heartbeat_interval():
         return 0
-    before = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     # Private (RDBStorage._get_stale_trial_ids): the stale trials fail_stale_trials is about to fail, so
     # that they carry the sweeper's word for why (a finished trial's attributes cannot be set, and Optuna has
     # no public listing of stale trials).
-    for trial_id in rdb._get_stale_trial_ids(study._study_id):
+    for tid in storage._get_stale_trial_ids(storage.get_study_id_from_name(study.study_name)):
         try:
-            study._storage.set_trial_user_attr(trial_id, "status", "stale")
+            storage.set_trial_user_attr(tid, "status", "stale")
         except optuna.exceptions.UpdateFinishedTrialError:  # another sweep failed it meanwhile
             pass
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    after = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     return len(before - after)
 
 

@@ -14,13 +14,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import optuna
 import sqlalchemy.exc
-# Private (Optuna's table of study attributes, its session helper): Optuna has no public
-# insert-if-absent nor compare-and-set, which a claim that exactly one of several sweeps wins needs.
+import sqlalchemy.orm
+# Private (Optuna's table of study attributes): Optuna has no public insert-if-absent
+# nor compare-and-set, which a claim that exactly one of several sweeps wins needs.
 from optuna.storages._rdb.models import StudyUserAttributeModel as StudyAttr
-from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
-
-from study.errors import UserError
 
 from .beats import Beating, BeatSettings
 from .liveness import sweep_is_gone, this_sweep
@@ -37,18 +35,15 @@ def claim_value(heartbeat_interval: Optional[int], beat: int = 0) -> str:
                        "heartbeat": heartbeat_interval, "beat": beat})
 
 
-def _rdb(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage:
-    rdb = getattr(storage, "_backend", storage)
-    if not isinstance(rdb, optuna.storages.RDBStorage):
-        raise UserError("hydra.sweeper.storage must be an SQLAlchemy URL (an RDB storage)")
-    return rdb
+def _study_id(storage: optuna.storages.RDBStorage, study: optuna.Study) -> int:
+    return storage.get_study_id_from_name(study.study_name)
 
 
 def claim_raw(storage: optuna.storages.RDBStorage, study: optuna.Study, key: str) -> Optional[str]:
     """The stored JSON text of a study attribute (None when unset): what compare_and_set compares."""
-    with _create_scoped_session(_rdb(storage).scoped_session) as session:
+    with sqlalchemy.orm.Session(storage.engine) as session:
         row = (session.query(StudyAttr)
-               .filter(StudyAttr.study_id == study._study_id, StudyAttr.key == key).one_or_none())
+               .filter(StudyAttr.study_id == _study_id(storage, study), StudyAttr.key == key).one_or_none())
         return None if row is None else row.value_json
 
 
@@ -56,9 +51,10 @@ def compare_and_set(storage: optuna.storages.RDBStorage, study: optuna.Study, ke
                     new: str) -> bool:
     """Set a study attribute to `new` only if it still holds `old` (one UPDATE ... WHERE, atomic in the
     database): of several sweeps that take over one claim at once, exactly one gets it."""
-    with _create_scoped_session(_rdb(storage).scoped_session) as session:
+    study_id = _study_id(storage, study)
+    with sqlalchemy.orm.Session(storage.engine) as session, session.begin():
         n = (session.query(StudyAttr)
-             .filter(StudyAttr.study_id == study._study_id, StudyAttr.key == key, StudyAttr.value_json == old)
+             .filter(StudyAttr.study_id == study_id, StudyAttr.key == key, StudyAttr.value_json == old)
              .update({StudyAttr.value_json: new}, synchronize_session=False))
     return n == 1
 
@@ -72,9 +68,10 @@ def claim_confirmation(storage: optuna.storages.RDBStorage, study: optuna.Study,
     dead sweep on this host is taken over (compare_and_set)."""
     key = claim_key(trial, seeds)
     value = claim_value(heartbeat_interval)
+    study_id = _study_id(storage, study)
     try:
-        with _create_scoped_session(_rdb(storage).scoped_session) as session:
-            session.add(StudyAttr(study_id=study._study_id, key=key, value_json=value))
+        with sqlalchemy.orm.Session(storage.engine) as session, session.begin():
+            session.add(StudyAttr(study_id=study_id, key=key, value_json=value))
         return True
     except sqlalchemy.exc.IntegrityError:
         raw = claim_raw(storage, study, key)

@@ -8,19 +8,22 @@ import functools
 import hashlib
 import itertools
 import math
+from collections.abc import MutableSequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
+from hydra_plugins.hydra_optuna_sweeper.config import Direction
 # Private (the plugin's `_impl` module): its rules from Optuna syntax to a
 # distribution, and from a distribution to grid choices. Not public, and
 # reused rather than copied so that a search space means here what it means
 # under the plugin.
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_optuna_distribution_from_override
 from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import BaseDistribution
+from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
+                                  IntDistribution)
 from optuna.trial import Trial
 
 from study.errors import UserError
@@ -89,8 +92,12 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def check_direction(directions: list[str], objective: str) -> str:
-    """The study's one direction, checked against the objective."""
+def check_direction(direction: Any, objective: str) -> str:
+    """The study's one direction (the plugin's `direction` key), checked against the objective."""
+    if isinstance(direction, MutableSequence):  # the plugin's forms: one direction, or a list
+        directions = [d.name if isinstance(d, Direction) else d for d in direction]
+    else:
+        directions = [direction if isinstance(direction, str) else direction.name]
     if len(directions) != 1:
         raise UserError(f"hydra.sweeper.direction={directions} is not allowed: one direction "
                         f"(the objective, {objective}, is one number)")
@@ -156,6 +163,16 @@ def trial_target(sampler: Any, n_trials: int, search: dict[str, BaseDistribution
     return min(n_trials, math.prod(len(grid_choices(d)) for d in search.values()))
 
 
+def suggest(trial: Trial, name: str, d: BaseDistribution) -> Any:
+    """`trial.suggest_*` for a distribution of the plan (what Optuna's private `_suggest` does)."""
+    if isinstance(d, FloatDistribution):
+        return trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
+    if isinstance(d, IntDistribution):
+        return trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+    assert isinstance(d, CategoricalDistribution), d
+    return trial.suggest_categorical(name, d.choices)
+
+
 def draw(study: optuna.Study, trials: Sequence[Trial], search: dict[str, BaseDistribution],
          sampler_conf: DictConfig) -> None:
     """Draw each asked trial's params with the sampler seeded from its own trial number.
@@ -166,12 +183,31 @@ def draw(study: optuna.Study, trials: Sequence[Trial], search: dict[str, BaseDis
     concurrent sweeps draw different points, and one sweep alone is still
     reproducible. A grid sampler keeps its own bookkeeping (its grid
     point is chosen when the trial is asked)."""
-    if isinstance(study.sampler, optuna.samplers.GridSampler):
-        return
+    grid = isinstance(study.sampler, optuna.samplers.GridSampler)
     for t in trials:
-        study.sampler = seeded_sampler(sampler_conf, study.study_name, t.number, search)
+        if not grid:
+            study.sampler = seeded_sampler(sampler_conf, study.study_name, t.number, search)
         for param, distribution in search.items():
-            t._suggest(param, distribution)  # _configure_trials then reads the stored value
+            suggest(t, param, distribution)
+
+
+def trial_overrides(trials: Sequence[Trial], fixed: dict[str, str], passthrough: list[str],
+                    extend: Optional[Callable[[DictConfig, Trial], None]], config: DictConfig) -> list[tuple[str, ...]]:
+    """Each drawn trial's job overrides, the plugin's way: its params, then the fixed
+    overrides (also stored as user attributes), the custom search space, the deletions."""
+    overrides = []
+    for trial in trials:
+        for name, value in fixed.items():
+            trial.set_user_attr(name, value)
+        if extend is not None:
+            extend(config, trial)
+        overlap = trial.params.keys() & trial.user_attrs
+        if overlap:
+            raise ValueError("Overlapping fixed parameters and search space parameters found!"
+                             f"Overlapping parameters: {list(overlap)}")
+        params = {**trial.params, **fixed}
+        overrides.append(tuple(f"{k}={v}" for k, v in params.items()) + tuple(passthrough))
+    return overrides
 
 
 def launcher_batch(launcher: DictConfig) -> int:

@@ -19,7 +19,6 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from study.errors import UserError
 
 from .plan import override_key
-from .pruning import PRUNER_ATTR
 
 log = logging.getLogger("study.tune")
 
@@ -110,9 +109,9 @@ def open_user_storage(storage: Any, heartbeat_interval: Optional[int],
 
 
 def open_study(storage: optuna.storages.RDBStorage, name: str, direction: str, fixed_config: dict[str, Any],
-               cell: dict[str, str], objective: str, pruner: Optional[dict[str, Any]]) -> optuna.Study:
+               cell: dict[str, str], objective: str) -> optuna.Study:
     """The cell's study, created or resumed; one tuned with another config or direction is refused.
-    It holds what jobs and reports read: the fixed config, the cell, the pruner and the objective."""
+    It holds what reports read: the fixed config, the cell and the objective."""
     study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
     if study.direction.name.lower() != direction:
         raise UserError(f"study {name} exists with direction {study.direction.name.lower()}, "
@@ -127,12 +126,15 @@ def open_study(storage: optuna.storages.RDBStorage, name: str, direction: str, f
         raise UserError(f"study {name} was tuned with another config ({shown}"
                         f"{'; ...' if len(diff) > 4 else ''}): give hydra.sweeper.study_name=NAME "
                         f"for a new study, or delete it (optuna delete-study)")
-    if pruner is not None:
-        # Jobs rebuild the pruner from here (Optuna does not store pruners).
-        study.set_user_attr(PRUNER_ATTR, pruner)
     if study.user_attrs.get("objective") != objective:  # what a trial's value is, for a report without records
         study.set_user_attr("objective", objective)
     return study
+
+
+def trial_id(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int) -> int:
+    """A trial's id in the storage, by the storage's public lookups (Optuna keeps it in `_trial_id`)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
+                                                           number)
 
 
 def ask(study: optuna.Study, distributions: Optional[dict[str, BaseDistribution]] = None) -> Trial:
@@ -154,21 +156,23 @@ def tell(study: optuna.Study, trial: Trial | int, state: TrialState, value: Opti
             raise
 
 
-def fail_and_ask_again(study: optuna.Study, trial: FrozenTrial, why: str) -> None:
+def fail_and_ask_again(storage: optuna.storages.BaseStorage, study: optuna.Study, trial: FrozenTrial,
+                       why: str) -> None:
     """Fail a RUNNING trial with `status: why` and queue its params, so that the
     next ask retries them (and the runner reuses the run if its job had finished)."""
-    study._storage.set_trial_user_attr(trial._trial_id, "status", why)
+    storage.set_trial_user_attr(trial_id(storage, study, trial.number), "status", why)
     tell(study, trial.number, TrialState.FAIL)
     if trial.params:
         study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
 
 
-def fail_interrupted(study: optuna.Study, trials: Sequence[Trial], why: str) -> None:
+def fail_interrupted(storage: optuna.storages.BaseStorage, study: optuna.Study, trials: Sequence[Trial],
+                     why: str) -> None:
     """Fail the trials of a batch that stopped (Ctrl-C, a launcher that raised) and are still RUNNING."""
     for t in trials:
         try:
-            frozen = study._storage.get_trial(t._trial_id)
+            frozen = storage.get_trial(trial_id(storage, study, t.number))
             if frozen.state == TrialState.RUNNING:
-                fail_and_ask_again(study, frozen, why)
+                fail_and_ask_again(storage, study, frozen, why)
         except Exception as e:  # the original error matters more; the next run fails it as stale
             log.warning("could not mark trial %d failed: %s", t.number, e)
