@@ -1,12 +1,5 @@
-"""Pruning: the study's pruner, shared by the sweeper and the jobs that report to it.
-
-Optuna does not store a study's pruner: a job that loads the study gets
-Optuna's default `MedianPruner()`, not the one the sweep was configured with.
-The sweeper therefore stores the pruner's settings in the study
-(user attribute `pruner`) and each job rebuilds it from there
-(`trial_reporter`, called by study/runner.py). Only classes of
-`optuna.pruners` can be named.
-"""
+"""Pruning: the study's pruner, stored in the study by the sweeper and rebuilt by
+each job that reports to it (Optuna does not store pruners; docs/tuning.md: Pruning)."""
 
 from __future__ import annotations
 
