@@ -27,7 +27,7 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import REPO, tiny_overrides
-from hydra_plugins.bn_study_sweeper._impl import counts_toward_target
+from hydra_plugins.bn_study_sweeper.accounting import counts_toward_target
 from test_cli import RUN
 
 DSN_VARIABLE = "BN_STUDY_TEST_POSTGRES"
@@ -187,7 +187,7 @@ def test_a_trial_whose_heartbeat_stopped_on_another_host_is_retried(tmp_path, ti
     `other-host` that beat once and then stopped (what a dead sweep leaves)."""
     from optuna.distributions import FloatDistribution
 
-    from hydra_plugins.bn_study_sweeper._impl import ask, open_storage
+    from hydra_plugins.bn_study_sweeper.storage import ask, open_storage
 
     storage = open_storage(pg_url, heartbeat_interval=1, grace_period=2)
     study = optuna.create_study(study_name="shared", storage=storage, direction="maximize")

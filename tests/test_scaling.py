@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from helpers import REPO, tiny_overrides
-from hydra_plugins.bn_study_sweeper._impl import launcher_batch
+from hydra_plugins.bn_study_sweeper.plan import launcher_batch
 from study.errors import ConfigError
 from study.resources import usable_cores, worker_devices
 from test_cli import run_cli
@@ -209,7 +209,9 @@ def test_a_stopped_heartbeat_fails_the_trial_and_asks_its_params_again(tmp_path)
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState
 
-    from hydra_plugins.bn_study_sweeper._impl import Heartbeat, ask, fail_dead_trials, open_storage
+    from hydra_plugins.bn_study_sweeper.beats import Heartbeat
+    from hydra_plugins.bn_study_sweeper.liveness import fail_dead_trials
+    from hydra_plugins.bn_study_sweeper.storage import ask, open_storage
 
     # A grace of 6 beats: a beat delayed by a loaded machine (CI runs beside other jobs) is not a death.
     storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=1, grace_period=6)
@@ -217,9 +219,9 @@ def test_a_stopped_heartbeat_fails_the_trial_and_asks_its_params_again(tmp_path)
     trial = ask(study, {"lr": FloatDistribution(1e-3, 1.0, log=True)})
     with Heartbeat(storage, [trial]):
         time.sleep(7)  # beyond the grace period, but beating
-        assert fail_dead_trials(study) == 0
+        assert fail_dead_trials(storage, study) == 0
     time.sleep(9)  # the beats stopped: dead
-    assert fail_dead_trials(study) == 1
+    assert fail_dead_trials(storage, study) == 1
     trials = study.get_trials()
     assert trials[0].state == TrialState.FAIL
     assert trials[1].state == TrialState.WAITING and trials[1].system_attrs["failed_trial"] == 0
@@ -229,7 +231,8 @@ def test_a_stopped_heartbeat_fails_the_trial_and_asks_its_params_again(tmp_path)
 def test_one_sweep_claims_the_confirmation_of_a_best_trial(tmp_path):
     import optuna
 
-    from hydra_plugins.bn_study_sweeper._impl import claim_confirmation, open_storage
+    from hydra_plugins.bn_study_sweeper.lock import claim_confirmation
+    from hydra_plugins.bn_study_sweeper.storage import open_storage
 
     storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=None, grace_period=None)
     study = optuna.create_study(study_name="s", storage=storage)
@@ -249,8 +252,8 @@ def test_a_dead_sweeps_confirmation_claim_is_taken_over_by_exactly_one_sweep(tmp
 
     import optuna
 
-    from hydra_plugins.bn_study_sweeper._impl import (claim_confirmation, claim_key, claim_raw, compare_and_set,
-                                                      open_storage)
+    from hydra_plugins.bn_study_sweeper.lock import claim_confirmation, claim_key, claim_raw, compare_and_set
+    from hydra_plugins.bn_study_sweeper.storage import open_storage
 
     storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=None, grace_period=None)
     study = optuna.create_study(study_name="s", storage=storage)

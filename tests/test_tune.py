@@ -19,8 +19,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from helpers import tiny_overrides
-from hydra_plugins.bn_study_sweeper._impl import (counts_toward_target, plan_sweep, read_record, sweep_is_gone,
-                                                  this_sweep)
+from hydra_plugins.bn_study_sweeper.accounting import counts_toward_target, read_record
+from hydra_plugins.bn_study_sweeper.liveness import sweep_is_gone, this_sweep
+from hydra_plugins.bn_study_sweeper.plan import plan_sweep
 from hydra_plugins.bn_study_sweeper.pruning import pruner_spec, stored_pruner
 from study.config import compose_config
 from test_cli import RUN, run_cli

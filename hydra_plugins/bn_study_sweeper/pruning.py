@@ -1,18 +1,15 @@
-"""Pruning: the study's pruner, shared by the sweeper and the jobs that report to it.
-
-Optuna does not store a study's pruner: a job that loads the study gets
-Optuna's default `MedianPruner()`, not the one the sweep was configured with.
-The sweeper therefore stores the pruner's settings in the study
-(user attribute `pruner`) and each job rebuilds it from there
-(`trial_reporter`, called by study/runner.py). Only classes of
-`optuna.pruners` can be named.
-"""
+"""Pruning: the study's pruner, stored in the study by the sweeper and rebuilt by
+each job that reports to it (Optuna does not store pruners; docs/tuning.md: Pruning)."""
 
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+import optuna
+
 from study.errors import UserError
+
+from .storage import trial_id
 
 PRUNER_ATTR = "pruner"
 PRUNERS_MODULE = "optuna.pruners."
@@ -33,8 +30,7 @@ def pruner_spec(conf: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def make_pruner(spec: Mapping[str, Any]):
-    import optuna
-
+    """The pruner a spec names; only classes of `optuna.pruners` are allowed."""
     spec = dict(spec)
     target = str(spec.pop("_target_", ""))
     name = target[len(PRUNERS_MODULE):] if target.startswith(PRUNERS_MODULE) else ""
@@ -45,10 +41,13 @@ def make_pruner(spec: Mapping[str, Any]):
     return cls(**spec)
 
 
-def stored_pruner(study):
-    """The pruner the sweep stored in `study`; Optuna's default for other studies."""
-    import optuna
+def store_pruner(study: optuna.Study, spec: dict[str, Any]) -> None:
+    """Keep the sweep's pruner in the study, where each job finds it (stored_pruner)."""
+    study.set_user_attr(PRUNER_ATTR, spec)
 
+
+def stored_pruner(study: optuna.Study) -> optuna.pruners.BasePruner:
+    """The pruner the sweep stored in `study`; Optuna's default for other studies."""
     spec = study.user_attrs.get(PRUNER_ATTR)
     return make_pruner(spec) if spec else optuna.pruners.MedianPruner()
 
@@ -62,12 +61,12 @@ def trial_reporter(trial: Any) -> Optional[Callable[[int, Sequence[Any]], bool]]
     """
     if not trial.prune or trial.number is None or not trial.storage:
         return None
-    import optuna
-
-    study = optuna.load_study(study_name=trial.study, storage=trial.storage)
+    storage = optuna.storages.RDBStorage(trial.storage)
+    study = optuna.load_study(study_name=trial.study, storage=storage)
     study.pruner = stored_pruner(study)  # the sweep's pruner (Optuna does not store pruners)
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, trial.number)
-    live = optuna.trial.Trial(study, trial_id)
+    # Optuna's Trial constructor, "not recommended" to call directly: the only way to report to a trial
+    # that another process asked (ask/tell hands Trial objects only to the process that asks).
+    live = optuna.trial.Trial(study, trial_id(storage, study, trial.number))
 
     def report(epoch: int, outcomes: Sequence[Any]) -> bool:
         (outcome,) = outcomes
