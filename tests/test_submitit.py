@@ -41,7 +41,7 @@ def reuse_overrides(root, tmp_path):
 
 
 def test_the_launchers_compose_with_requeue_and_the_trial_batches_they_had():
-    from hydra_plugins.bn_study_sweeper._impl import launcher_batch
+    from hydra_plugins.bn_study_sweeper.plan import launcher_batch
     from study.config import compose_config
 
     for name, cls in (("submitit_local", "LocalLauncher"), ("submitit_slurm", "SlurmLauncher"),

@@ -245,7 +245,7 @@ class StudySubmititLauncher:
 
 if upstream is not None:
     # Named as upstream's: the Optuna sweeper reads what the launcher runs at
-    # once from the target's class name (bn_study_sweeper._impl.launcher_batch).
+    # once from the target's class name (bn_study_sweeper.plan.launcher_batch).
     class LocalLauncher(StudySubmititLauncher, upstream.LocalLauncher):
         _EXECUTOR = "local"
 
