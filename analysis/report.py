@@ -22,9 +22,10 @@ from typing import Any, Sequence
 import pandas as pd
 
 from analysis.claims import REPLICATION_SEED, evaluate_claims
-from analysis.claims.common import (NO_PRESET, NOT_RUN, VERDICT_RULE, ClaimResult, ExperimentRuns, claims_table,
-                                    preset_of, split_by_experiment)
 from analysis.claims.notebook_claims import notebook_verdicts
+from analysis.claims.result import ClaimResult, claims_table
+from analysis.claims.rule import NOT_RUN, VERDICT_RULE
+from analysis.claims.runs import NO_PRESET, ExperimentRuns, preset_of, split_by_experiment
 from analysis.collect import NORMALIZE_KEY, AnalysisError, Collection, collect, is_storage_url, normalize_of
 from analysis.document import Bullets, Details, Figure_, Para, Section, Table, Warning_, to_html, to_markdown
 from analysis.figures import draw_figures

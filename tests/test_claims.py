@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from analysis.claims import BY_ID, CLAIMS, REPLICATION_SEED, evaluate_claims
-from analysis.claims.common import (_MARGIN, INCONCLUSIVE, NO_EFFECT, NOT_REPLICATED, NOT_RUN, NOT_SUPPORTED,
-                                    SUPPORTED, ClaimResult, claims_table, combine, directional,
-                                    split_by_experiment)
 from analysis.claims.notebook_claims import NOTEBOOK_CLAIMS, notebook_verdicts
+from analysis.claims.result import ClaimResult, claims_table
+from analysis.claims.rule import (_MARGIN, INCONCLUSIVE, NO_EFFECT, NOT_REPLICATED, NOT_RUN, NOT_SUPPORTED, SUPPORTED,
+                                  combine, directional)
+from analysis.claims.runs import split_by_experiment, subset
 from analysis.collect import collect
 from helpers import REPO
 
@@ -122,8 +123,6 @@ def _record(experiment: str | None, seed: int, norm: str) -> dict:
 def test_a_preset_names_only_its_own_tuning_studies(tmp_path: Path) -> None:
     """A suite's collection knows the tune preset's Optuna studies; the other presets' sub-reports
     must not list them in their protocol (they did: every sub-report named the suite's storage)."""
-    from analysis.claims.common import subset
-
     studies = {"run0": "tune-lr__a", "run1": "tune-lr__b", "run2": None}
     for k, experiment in enumerate(("tune", "tune", "ics")):
         d = tmp_path / f"run{k}"

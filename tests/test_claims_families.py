@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from analysis.claims import evaluate_claim
-from analysis.claims.common import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, split_by_experiment
+from analysis.claims.rule import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED
+from analysis.claims.runs import split_by_experiment
 from analysis.collect import collect
 from analysis.stats import relative_difference, welch_difference
 

@@ -23,8 +23,9 @@ import pytest
 
 from analysis.claims import evaluate_claim
 from analysis.claims.c07_ghost_batch import _figure as fig_c7
-from analysis.claims.common import (CHANCE_ACC, INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ZERO_WIDTH_NOTE,
-                                    curves_figure, split_by_experiment, verdict_of)
+from analysis.claims.plots import curves_figure
+from analysis.claims.rule import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ZERO_WIDTH_NOTE, verdict_of
+from analysis.claims.runs import CHANCE_ACC, split_by_experiment
 from analysis.collect import collect
 from analysis.stats import Difference, contrast, mean_interval, welch_difference
 

@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import analysis.claims.c18_precise_bn as c18
 import study.probes as probes
 from analysis.claims import BY_ID
-from analysis.claims.common import (INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ClaimRuns, guarded,
-                                    split_by_experiment)
+from analysis.claims.rule import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED
+from analysis.claims.runs import ClaimRuns, guarded, split_by_experiment
 from analysis.collect import collect
 from analysis.stats import mean_interval
 from helpers import tiny_overrides

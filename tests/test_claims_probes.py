@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import analysis.claims.plots as plots
 from analysis.claims import evaluate_claim
-from analysis.claims.common import (INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ZERO_WIDTH_NOTE, ExperimentRuns,
-                                    split_by_experiment)
 from analysis.claims.probe_tables import probe_finals, probe_series
+from analysis.claims.rule import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ZERO_WIDTH_NOTE
+from analysis.claims.runs import ExperimentRuns, split_by_experiment
 from analysis.collect import collect
 from analysis.stats import mean_interval, welch_difference
 
@@ -330,10 +331,8 @@ def test_identical_seeds_never_make_a_probe_claim_supported(tmp_path):
 
 
 def test_c6_accuracy_axes_are_clamped_and_say_what_the_bars_are(tmp_path, monkeypatch):
-    import analysis.claims.common as common
-
     figs = []
-    monkeypatch.setattr(common, "save_figure", lambda fig, out, claim: figs.append(fig) or "claim_c6.png")
+    monkeypatch.setattr(plots, "save_figure", lambda fig, out, claim: figs.append(fig) or "claim_c6.png")
     recs, _ = c6_records("up")
     for r in recs:  # two seeds far apart on the shifted set: a t interval far outside 0-100%
         shift = (r["probes"] or {}).get("final", {}).get("shift")

@@ -15,10 +15,12 @@ from typing import Optional
 
 import pandas as pd
 
-from analysis.claims.common import (ClaimResult, ClaimRuns, ExperimentRuns, combine, draw, families, headline, scaled,
-                                    verdict_of)
+from analysis.claims.plots import draw
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import combine, headline, verdict_of
+from analysis.claims.runs import ClaimRuns, ExperimentRuns, families
 from analysis.figures import fig_accuracy_vs_batch
-from analysis.stats import Difference, contrast
+from analysis.stats import Difference, contrast, scaled
 from analysis.summary import fmt_value, setting_groups
 
 LITERATURE = "no direct figure; Masters & Luschi 2018: best results at batch 2-32 when lr is tuned"

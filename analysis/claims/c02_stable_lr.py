@@ -18,11 +18,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (ClaimResult, ClaimRuns, ExperimentRuns, clamp_axis, column, combine, draw,
-                                    families, headline, label_axes, palette, panel, runs_table, verdict_of,
-                                    with_interval)
+from analysis.claims.plots import clamp_axis, draw, label_axes, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import combine, headline, verdict_of
+from analysis.claims.runs import ClaimRuns, ExperimentRuns, column, families, runs_table
+from analysis.figures import palette
 from analysis.stats import MeanInterval, mean_interval
 from analysis.summary import norm_name, norm_order, setting_groups
+from analysis.text import with_interval
 
 LITERATURE = ("Bjorck et al. 2018 (ResNet-110, CIFAR-10): BN's benefit comes mainly from enabling larger "
               "learning rates")

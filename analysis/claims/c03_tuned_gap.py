@@ -17,10 +17,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (INCONCLUSIVE, ClaimResult, ClaimRuns, clamp_axis, combine, diff_text, draw,
-                                    headline, label_axes, n_text, num, palette, panel, runs_table, scaled, verdict_of)
-from analysis.stats import Difference, contrast
+from analysis.claims.plots import clamp_axis, draw, label_axes, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import INCONCLUSIVE, combine, headline, verdict_of
+from analysis.claims.runs import ClaimRuns, runs_table
+from analysis.collect import num
+from analysis.figures import palette
+from analysis.stats import Difference, contrast, scaled
 from analysis.summary import Analysis, norm_name
+from analysis.text import diff_text, n_text
 
 LITERATURE = ("Bjorck et al. 2018: at the same small learning rate the two are close; Tuning Playbook: "
               "tune the baseline's lr as well")

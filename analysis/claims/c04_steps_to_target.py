@@ -39,12 +39,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, ClaimResult, ClaimRuns, combine,
-                                    config_of, diff_text, draw, finite, headline, label_axes, log2_batch_axis, log_y,
-                                    n_text, norm_of, num, palette, panel, seed_of, val_series, verdict_of)
-from analysis.collect import counted_as
+from analysis.claims.plots import draw, label_axes, log_y, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, combine, headline, verdict_of
+from analysis.claims.runs import ClaimRuns, config_of, norm_of, seed_of, val_series
+from analysis.collect import counted_as, finite, num
+from analysis.figures import log2_batch_axis, palette
 from analysis.stats import welch_difference
 from analysis.summary import norm_name, norm_order
+from analysis.text import diff_text, n_text
 
 LITERATURE = ("Ioffe & Szegedy 2015 (ImageNet): 14x fewer steps to 72.2% (with other changes); "
               "Shallue et al. 2018: steps to target fall as 1/B, then diminish, then plateau")

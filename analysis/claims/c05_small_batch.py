@@ -16,11 +16,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (DIVERGED_NOTE, ClaimResult, ClaimRuns, acc_values, clamp_axis, counts_note,
-                                    diff_text, draw, label_axes, log2_batch_axis, mean_band, n_text, palette, panel,
-                                    runs_table, verdict_of)
+from analysis.claims.plots import clamp_axis, draw, label_axes, mean_band, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import verdict_of
+from analysis.claims.runs import DIVERGED_NOTE, ClaimRuns, acc_values, counts_note, runs_table
+from analysis.figures import log2_batch_axis, palette
 from analysis.stats import Difference, contrast, welch_difference
 from analysis.summary import norm_name, norm_order
+from analysis.text import diff_text, n_text
 
 LITERATURE = ("Wu & He 2018 (ResNet-50, ImageNet): BN top-1 error 23.6/23.7/24.8/27.3/34.7 at 32/16/8/4/2 "
               "images per GPU; GroupNorm 24.1/24.2/24.0/24.2/24.1")

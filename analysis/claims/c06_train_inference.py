@@ -17,11 +17,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (INCONCLUSIVE, ClaimResult, ClaimRuns, bracketed, clamp_axis, combine, draw,
-                                    errorbar, grid, legend, log2_batch_axis, palette, short, signed, verdict_of)
+from analysis.claims.plots import clamp_axis, draw, errorbar, legend
 from analysis.claims.probe_tables import counted, left_out, probe_finals
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import INCONCLUSIVE, combine, verdict_of
+from analysis.claims.runs import ClaimRuns
+from analysis.figures import grid, log2_batch_axis, palette
 from analysis.stats import Difference, mean_interval, welch_difference
 from analysis.summary import norm_name
+from analysis.text import bracketed, short, signed
 
 LITERATURE = ("Ioffe 2017 (Batch Renorm) and Wu & He 2018: small batches make BN's batch statistics "
               "inaccurate, so training and inference disagree")

@@ -16,11 +16,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (DIVERGED_NOTE, SUPPORTED, ClaimResult, ClaimRuns, acc_values, clamp_axis, column,
-                                    combine, counts_note, diff_text, draw, headline, label_axes, n_text, palette, panel,
-                                    runs_table, verdict_of)
+from analysis.claims.plots import clamp_axis, draw, label_axes, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import SUPPORTED, combine, headline, verdict_of
+from analysis.claims.runs import DIVERGED_NOTE, ClaimRuns, acc_values, column, counts_note, runs_table
 from analysis.collect import counted_as
+from analysis.figures import palette
 from analysis.stats import Difference, interval_bounds, welch_difference
+from analysis.text import diff_text, n_text
 
 LITERATURE = "Hoffer et al. 2017: the large-batch gap comes from fewer updates; ghost BN reduces it"
 REFERENCE_BATCH = 64  # the small-batch result

@@ -17,11 +17,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (ClaimResult, ClaimRuns, bracketed, count, draw, grid, legend, n_text, palette,
-                                    short, verdict_of)
+from analysis.claims.plots import draw, legend
 from analysis.claims.probe_tables import PERCENTILES, arms, completed_series, seed_order
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import verdict_of
+from analysis.claims.runs import ClaimRuns
+from analysis.figures import grid, palette
 from analysis.stats import mean_interval, welch_difference
 from analysis.summary import norm_name
+from analysis.text import bracketed, count, n_text, short
 
 LITERATURE = ("Ioffe & Szegedy 2015, fig. 1b,c: 15/50/85th percentiles of a last-hidden sigmoid input "
               "drift without BN and stay stable with BN")

@@ -17,11 +17,15 @@ from typing import Optional
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (NOT_SUPPORTED, SUPPORTED, ClaimResult, ClaimRuns, bracketed, draw, grid, legend,
-                                    n_text, palette, short, trace, verdict_of)
+from analysis.claims.plots import draw, legend, trace
 from analysis.claims.probe_tables import arms, completed_series, layer_columns
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import NOT_SUPPORTED, SUPPORTED, verdict_of
+from analysis.claims.runs import ClaimRuns
+from analysis.figures import grid, palette
 from analysis.stats import Difference, mean_interval, welch_difference
 from analysis.summary import norm_name
+from analysis.text import bracketed, n_text, short
 
 LITERATURE = "Santurkar et al. 2018 (VGG, CIFAR-10): internal covariate shift is not smaller with BN"
 STATISTIC = ("BN minus no-norm mean ICS cosine (gradient of the last Linear layer before vs after the "

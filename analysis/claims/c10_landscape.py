@@ -19,11 +19,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (ClaimResult, ClaimRuns, bracketed, draw, grid, legend, n_text, palette, short,
-                                    trace, verdict_of)
+from analysis.claims.plots import draw, legend, trace
 from analysis.claims.probe_tables import LANDSCAPE, arms, completed_series, probe_series, run_total
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import verdict_of
+from analysis.claims.runs import ClaimRuns
+from analysis.figures import grid, palette
 from analysis.stats import welch_difference
 from analysis.summary import norm_name
+from analysis.text import bracketed, n_text, short
 
 LITERATURE = ("Santurkar et al. 2018: loss variation, gradient change and effective beta-smoothness along "
               "the gradient are smaller with BN, by up to two orders of magnitude early in training")

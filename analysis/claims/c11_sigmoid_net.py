@@ -15,12 +15,15 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from analysis.claims.common import (DIVERGED_NOTE, NOT_SUPPORTED, SUPPORTED, ClaimResult, ClaimRuns, ExperimentRuns,
-                                    acc_values, counts_note, curves_figure, diff_text, draw, n_text, norm_of,
-                                    runs_table, seed_of, val_series, verdict_of)
+from analysis.claims.plots import curves_figure, draw
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import NOT_SUPPORTED, SUPPORTED, verdict_of
+from analysis.claims.runs import (DIVERGED_NOTE, ClaimRuns, ExperimentRuns, acc_values, counts_note, norm_of,
+                                  runs_table, seed_of, val_series)
 from analysis.collect import counted_as
 from analysis.stats import Difference, contrast, mean_interval, welch_difference
 from analysis.summary import norm_name
+from analysis.text import diff_text, n_text
 
 LITERATURE = ("Ioffe & Szegedy 2015 sec. 4.1 (3x100 sigmoid, batch 60, 50,000 steps): a public re-run "
               "reported 0.980 with BN vs 0.977 without")

@@ -19,10 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.claims.common import (INCONCLUSIVE, ClaimResult, ClaimRuns, curves_figure, diff_text, draw, n_text,
-                                    runs_table, verdict_of)
+from analysis.claims.plots import curves_figure, draw
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import INCONCLUSIVE, verdict_of
+from analysis.claims.runs import ClaimRuns, runs_table
 from analysis.stats import welch_difference
 from analysis.summary import norm_name
+from analysis.text import diff_text, n_text
 
 LITERATURE = "Ioffe & Szegedy 2015: BN regularizes (dropout could be reduced); no MNIST figure"
 SATURATED = 0.995  # the mean final training accuracy each arm must reach for the gap to read as regularization

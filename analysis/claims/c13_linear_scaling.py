@@ -29,10 +29,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (CHANCE_ACC, ClaimResult, ClaimRuns, acc_values, clamp_axis, counts_note, draw,
-                                    label_axes, log2_batch_axis, n_text, palette, panel, runs_table, verdict_of)
+from analysis.claims.plots import clamp_axis, draw, label_axes, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import verdict_of
+from analysis.claims.runs import CHANCE_ACC, ClaimRuns, acc_values, counts_note, runs_table
+from analysis.figures import log2_batch_axis, palette
 from analysis.stats import LEVEL, Difference
 from analysis.summary import norm_name, norm_order
+from analysis.text import n_text
 
 LITERATURE = "Goyal et al. 2017 (ImageNet): lr proportional to batch size, with warm-up, holds to batch 8k"
 REFERENCE_BATCH = 64

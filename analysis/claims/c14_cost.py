@@ -33,19 +33,16 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (ClaimResult, ClaimRuns, ExperimentRuns, column, combine, diff_text, draw,
-                                    errorbar, families, finite, headline, label_axes, log2_batch_axis, log_y,
-                                    mean_band, n_text, norm_of, num, palette, panel, runs_table, verdict_of,
-                                    with_interval)
+from analysis.claims.plots import draw, errorbar, label_axes, log_y, mean_band, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import combine, headline, verdict_of
+from analysis.claims.runs import ClaimRuns, ExperimentRuns, column, families, norm_of, runs_table
+from analysis.collect import finite, num
+from analysis.figures import log2_batch_axis, palette
 from analysis.stats import Difference, mean_interval, relative_difference
-from analysis.summary import (
-    NOT_COMPARABLE,
-    NOT_COMPARABLE_WHY,
-    norm_name,
-    norm_order,
-    setting_groups,
-    timed_in_one_process,
-)
+from analysis.summary import (NOT_COMPARABLE, NOT_COMPARABLE_WHY, norm_name, norm_order, setting_groups,
+                              timed_in_one_process)
+from analysis.text import diff_text, n_text, with_interval
 
 LITERATURE = "measured on this project's trainer only; the notebook names the overhead without a number"
 STATISTIC = ("BN's time relative to no norm's, minus 1, in percent, per batch size, for a training step and for an "

@@ -18,11 +18,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from analysis.claims.common import (INCONCLUSIVE, ClaimResult, ClaimRuns, bracketed, combine, draw, grid, legend,
-                                    n_text, palette, short, verdict_of)
+from analysis.claims.plots import draw, legend
 from analysis.claims.probe_tables import completed_series, layer_columns, run_total
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import INCONCLUSIVE, combine, verdict_of
+from analysis.claims.runs import ClaimRuns
+from analysis.figures import grid, palette
 from analysis.stats import Difference, mean_interval, welch_difference
 from analysis.summary import norm_name
+from analysis.text import bracketed, n_text, short
 
 LITERATURE = ("Ioffe & Szegedy 2015: BN prevents small parameter changes from amplifying through deep "
               "networks and lets saturating nonlinearities train")

@@ -33,12 +33,16 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (DIVERGED_NOTE, ClaimResult, ClaimRuns, ExperimentRuns, acc_values, bracketed,
-                                    clamp_axis, combine, config_of, counts_note, diff_text, draw, errorbar, finite,
-                                    headline, label_axes, log2_batch_axis, n_text, norm_of, num, palette, panel,
-                                    seed_of, verdict_of)
+from analysis.claims.plots import clamp_axis, draw, errorbar, label_axes, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import combine, headline, verdict_of
+from analysis.claims.runs import (DIVERGED_NOTE, ClaimRuns, ExperimentRuns, acc_values, config_of, counts_note, norm_of,
+                                  seed_of)
+from analysis.collect import finite, num
+from analysis.figures import log2_batch_axis, palette
 from analysis.stats import Difference, mean_interval, relative_difference, welch_difference
 from analysis.summary import norm_order
+from analysis.text import bracketed, diff_text, n_text
 
 LITERATURE = ("Cooijmans et al. 2016: pixel MNIST LSTM 98.9% / BN-LSTM 99.0%, permuted 90.2% / 95.4%, BN-LSTM "
               "converging faster; Laurent et al. 2016: faster training, no generalization gain; one reproduction: "

@@ -20,11 +20,14 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (DIVERGED_NOTE, ClaimResult, ClaimRuns, ExperimentRuns, acc_values, clamp_axis,
-                                    combine, counts_note, diff_text, draw, families, headline, label_axes,
-                                    log2_batch_axis, mean_band, n_text, palette, panel, runs_table, verdict_of)
+from analysis.claims.plots import clamp_axis, draw, label_axes, mean_band, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import combine, headline, verdict_of
+from analysis.claims.runs import DIVERGED_NOTE, ClaimRuns, ExperimentRuns, acc_values, counts_note, families, runs_table
+from analysis.figures import log2_batch_axis, palette
 from analysis.stats import Difference, contrast, welch_difference
 from analysis.summary import norm_name, norm_order
+from analysis.text import diff_text, n_text
 
 LITERATURE = ("Ioffe & Szegedy 2015 (Inception, ImageNet): BN's accuracy in 14x fewer steps (with a 5x lr); "
               "Santurkar et al. 2018 (VGG, CIFAR-10, SGD lr 0.1, batch 128): 83% with BN vs 80% without")

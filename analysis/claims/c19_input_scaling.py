@@ -19,12 +19,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (DIVERGED_NOTE, ClaimResult, ClaimRuns, acc_values, clamp_axis, combine,
-                                    counts_note, diff_text, draw, errorbar, headline, label_axes, n_text, palette,
-                                    panel, runs_table, verdict_of)
+from analysis.claims.plots import clamp_axis, draw, errorbar, label_axes, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import combine, headline, verdict_of
+from analysis.claims.runs import DIVERGED_NOTE, ClaimRuns, acc_values, counts_note, runs_table
 from analysis.collect import NORMALIZE_KEY
+from analysis.figures import palette
 from analysis.stats import Difference, contrast, mean_interval, welch_difference
 from analysis.summary import norm_name, setting_groups
+from analysis.text import diff_text, n_text
 
 LITERATURE = ("no published number for this setup; LeCun, Bottou, Orr & Mueller 1998 (Efficient BackProp): "
               "inputs of mean zero speed up SGD; Ioffe & Szegedy 2015: BN makes a layer's output invariant to "
