@@ -11,8 +11,8 @@ import pytest
 from analysis.claims import BY_ID, CLAIMS, REPLICATION_SEED, evaluate_claims
 from analysis.claims.notebook_claims import NOTEBOOK_CLAIMS, notebook_verdicts
 from analysis.claims.result import ClaimResult, claims_table
-from analysis.claims.rule import (_MARGIN, INCONCLUSIVE, NO_EFFECT, NOT_REPLICATED, NOT_RUN, NOT_SUPPORTED, SUPPORTED,
-                                  combine, directional)
+from analysis.claims.rule import (INCONCLUSIVE, NO_EFFECT, NOT_REPLICATED, NOT_RUN, NOT_SUPPORTED, SUPPORTED, combine,
+                                  directional)
 from analysis.claims.runs import split_by_experiment, subset
 from analysis.collect import collect
 from helpers import REPO
@@ -28,7 +28,7 @@ from helpers import REPO
     (0.3, 0.3, True, INCONCLUSIVE),  # every seed the same value: no spread to judge
 ])
 def test_verdict_rule(low: float, high: float, positive: bool, verdict: str) -> None:
-    assert directional(low, high, positive) == verdict
+    assert directional(low, high, None, positive) == verdict
 
 
 @pytest.mark.parametrize("low, high, verdict", [
@@ -39,12 +39,8 @@ def test_verdict_rule(low: float, high: float, positive: bool, verdict: str) -> 
     (-0.5, 0.2, INCONCLUSIVE),  # touching the margin is not inside it
 ])
 def test_margin_turns_a_narrow_interval_into_no_meaningful_effect(low: float, high: float, verdict: str) -> None:
-    token = _MARGIN.set(0.5)
-    try:
-        assert directional(low, high) == verdict
-    finally:
-        _MARGIN.reset(token)
-    assert directional(-0.3, 0.4) == INCONCLUSIVE  # without a claim's margin, the plain rule
+    assert directional(low, high, 0.5) == verdict
+    assert directional(-0.3, 0.4, None) == INCONCLUSIVE  # without a margin, the plain rule
 
 
 def test_every_claim_states_its_margin() -> None:

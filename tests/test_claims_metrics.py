@@ -569,11 +569,11 @@ def test_c2_same_grid_ratio_for_every_seed_is_inconclusive(tmp_path):
 
 
 def test_verdict_of_reads_the_rule_except_zero_width():
-    assert verdict_of(Difference(1.0, 0.5, 1.5, 3, 3)) == SUPPORTED
-    assert verdict_of(Difference(-1.0, -1.5, -0.5, 3, 3)) == NOT_SUPPORTED
-    assert verdict_of(Difference(-1.0, -1.5, -0.5, 3, 3), expect_positive=False) == SUPPORTED
-    assert verdict_of(Difference(1.0, 1.0, 1.0, 2, 2)) == INCONCLUSIVE
-    assert verdict_of(Difference(1.0, math.nan, math.nan, 1, 1)) == INCONCLUSIVE
+    assert verdict_of(Difference(1.0, 0.5, 1.5, 3, 3), None) == SUPPORTED
+    assert verdict_of(Difference(-1.0, -1.5, -0.5, 3, 3), None) == NOT_SUPPORTED
+    assert verdict_of(Difference(-1.0, -1.5, -0.5, 3, 3), None, expect_positive=False) == SUPPORTED
+    assert verdict_of(Difference(1.0, 1.0, 1.0, 2, 2), None) == INCONCLUSIVE
+    assert verdict_of(Difference(1.0, math.nan, math.nan, 1, 1), None) == INCONCLUSIVE
 
 
 def test_accuracy_axes_stay_within_0_to_100(tmp_path):

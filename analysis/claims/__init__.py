@@ -16,8 +16,8 @@ report evaluates each claim on the runs of its presets. A claim's module
 - `LITERATURE`: the published number its statistic stands beside;
 - `evaluate(runs, out) -> ClaimResult`: selection (`runs.need("<preset>")`;
   a preset without runs makes the claim "not run") -> statistic -> verdict
-  (`rule.verdict_of`, the one rule) -> prose -> figure (a helper of the
-  module, saved as `out/claim_<id>.png`);
+  (`rule.verdict_of`, the one rule, with the claim's margin) -> prose ->
+  figure (a helper of the module, saved as `out/claim_<id>.png`);
 - where the row says `plain_sweep=True`, `tests_plain_sweep(exp)`: whether a
   sweep launched without a preset has what the claim compares, so that it
   stands in for the claim's first preset (a plain `batch_size=8,64,512`

@@ -42,7 +42,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
               if (rows := _by_batch(g)) is not None]
     if not groups:
         return runs.inconclusive(STATISTIC, "needs BN and no-norm runs at two or more batch sizes", unit="points")
-    settings = [(label, d, verdict_of(d)) for label, g in groups for d in [_growth(g)]]
+    settings = [(label, d, verdict_of(d, runs.claim.margin)) for label, g in groups for d in [_growth(g)]]
     label, c = headline(settings)
     g = dict(groups)[label]
     lo, hi = g.iloc[0], g.iloc[-1]

@@ -52,7 +52,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
         m, lines, bounds[label] = _paired_ratio(g)
         details += [f"{label}: {line}" if label else line for line in lines]
         if m is not None:
-            settings.append((label, m, verdict_of(m)))
+            settings.append((label, m, verdict_of(m, runs.claim.margin)))
     figure = draw("C2", out, lambda: _figure(df), details)
     if not settings:
         return runs.inconclusive(STATISTIC, "no seed has a stable lr in both arms: no paired ratio", figure=figure,

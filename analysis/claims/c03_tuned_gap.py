@@ -49,7 +49,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     rows = [(b, scaled(fixed[b], 100), scaled(tuned[b], 100)) for b in both]
     details, settings = [], []
     for b, f, t in rows:
-        line, setting = _compare(b, f, t)
+        line, setting = _compare(b, f, t, runs.claim.margin)
         details.append(line)
         if setting is not None:
             settings.append(setting)
@@ -89,14 +89,16 @@ def _abs(d: Difference) -> Difference:
     return Difference(-d.diff, -d.high, -d.low, d.n_a, d.n_b, d.se, d.df)
 
 
-def _compare(b: int, fixed: Difference, tuned: Difference) -> tuple[str, Optional[tuple[str, Difference, str]]]:
+def _compare(b: int, fixed: Difference, tuned: Difference,
+             margin: float) -> tuple[str, Optional[tuple[str, Difference, str]]]:
     """One batch size: its detail line, and its setting (label, |fixed| - |tuned|, verdict) where the
     fixed-lr gap is clear of zero."""
     c = contrast(_abs(fixed), _abs(tuned))
-    line = f"batch {b}: fixed-lr gap {diff_text(fixed)}, tuned gap {diff_text(tuned)}; |fixed| - |tuned| {diff_text(c)}"
-    if verdict_of(fixed) == INCONCLUSIVE:
+    line = (f"batch {b}: fixed-lr gap {diff_text(fixed)}, tuned gap {diff_text(tuned)}; "
+            f"|fixed| - |tuned| {diff_text(c)}")
+    if verdict_of(fixed, margin) == INCONCLUSIVE:
         return line + ": fixed-lr gap not clear of zero, not counted", None
-    return f"{line}: {verdict_of(c)}", (f"batch {b}", c, verdict_of(c))
+    return f"{line}: {verdict_of(c, margin)}", (f"batch {b}", c, verdict_of(c, margin))
 
 
 def _protocol_note(tune: Analysis, exps: dict) -> str:

@@ -76,7 +76,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     chosen = {key: _best_lr(g) for key, g in df.groupby(["norm", "batch_size"])}
     settings = []
     for b in sorted(df.batch_size.unique()):
-        line, setting = _compare(b, chosen.get(("batch", b)), chosen.get(("none", b)))
+        line, setting = _compare(b, chosen.get(("batch", b)), chosen.get(("none", b)), runs.claim.margin)
         details.append(line)
         if setting is not None:
             settings.append(setting)
@@ -177,7 +177,7 @@ def _arm_text(name: str, c: dict[str, Any]) -> str:
     return f"{name} median {np.median(c['steps']):.0f} steps at lr {c['lr']:g}{edge}{cens}"
 
 
-def _compare(b: int, bn: Optional[dict], no: Optional[dict]) -> tuple[str, Optional[tuple]]:
+def _compare(b: int, bn: Optional[dict], no: Optional[dict], margin: float) -> tuple[str, Optional[tuple]]:
     """One batch size: its detail line, and its setting (label, log10 ratio, verdict) where an arm reached it.
     A censored run makes the ratio a bound, which cannot decide against its direction."""
     if not (bn and no):
@@ -186,7 +186,7 @@ def _compare(b: int, bn: Optional[dict], no: Optional[dict]) -> tuple[str, Optio
     if bn["censored"] and no["censored"]:
         return text + ": neither arm reached the target, no statistic", None
     d = welch_difference(np.log10(no["steps"]), np.log10(bn["steps"]))
-    v = verdict_of(d)
+    v = verdict_of(d, margin)
     if no["n_censored"] and bn["n_censored"]:
         text += "; both arms censored: neither bound holds"
         v = INCONCLUSIVE

@@ -53,11 +53,11 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                                  figure=figure, details=details)
     worst = max(other, key=lambda n: rises[n].diff)
     c = contrast(rises["batch"], rises[worst])
-    evidence = (f"From batch {ref} to {small}, BN's test error rises by {diff_text(rises['batch'])}; the largest rise "
-                f"among the other norms is {norm_name(worst)}'s, {diff_text(rises[worst])}; BN's rise minus it: "
-                f"{diff_text(c)}. {DIVERGED_NOTE}. Figure: test error vs batch size per norm (log2 axis), mean and "
-                "95% t-interval over seeds.")
-    return runs.result(verdict_of(c), STATISTIC, interval=c, unit="points",
+    evidence = (f"From batch {ref} to {small}, BN's test error rises by {diff_text(rises['batch'])}; the "
+                f"largest rise among the other norms is {norm_name(worst)}'s, {diff_text(rises[worst])}; BN's "
+                f"rise minus it: {diff_text(c)}. {DIVERGED_NOTE}. Figure: test error vs batch size per norm (log2 "
+                "axis), mean and 95% t-interval over seeds.")
+    return runs.result(verdict_of(c, runs.claim.margin), STATISTIC, interval=c, unit="points",
                        n=n_text([c.n_a, c.n_b], "seeds per cell (smallest)"), evidence=evidence, figure=figure,
                        details=details)
 

@@ -55,8 +55,8 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                 f"BN {short(bn.drift.mean())} of the run's own p15-p85 spread (difference {bracketed(d, 3)}). "
                 "Figure: the 15/50/85th percentiles vs step, one panel per arm (lowest seed bold, others "
                 f"faint){note}.")
-    return runs.result(verdict_of(d), STATISTIC, interval=d, unit="spreads", n=n_text([d.n_b, d.n_a]),
-                       evidence=evidence, figure=figure, details=details)
+    return runs.result(verdict_of(d, runs.claim.margin), STATISTIC, interval=d, unit="spreads",
+                       n=n_text([d.n_b, d.n_a]), evidence=evidence, figure=figure, details=details)
 
 
 def drift_table(series: pd.DataFrame) -> pd.DataFrame:

@@ -49,7 +49,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
         missing = [name for name, n in (("BN", d.n_a), ("no norm", d.n_b)) if n == 0]
         return runs.inconclusive(STATISTIC, f"no completed {' or '.join(missing)} run with ICS probes, so the arms "
                                             f"cannot be compared{note}", unit="cosine", figure=figure, details=details)
-    verdict = verdict_of(d, expect_positive=False)
+    verdict = verdict_of(d, runs.claim.margin, expect_positive=False)
     evidence = (f"mean ICS cosine of layer {last_j} (the last Linear layer): BN {short(bn[last_c].mean())}, "
                 f"no norm {short(none[last_c].mean())}, difference {bracketed(d, 3)}: {_reading(verdict, d)}. "
                 "Figure: ICS cosine (top) and distance (bottom) vs step per arm for each Linear layer >= 1 "

@@ -60,7 +60,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     saturation = ("Training accuracy saturated in both arms (mean final " + ", ".join(
         f"{norm_name(n)} {100 * train[n].mean():.2f}% (lowest run {100 * train[n].min():.2f}%)" for n in train)
         + f"; needed: {SATURATED:.1%})")
-    verdict = verdict_of(d)
+    verdict = verdict_of(d, runs.claim.margin)
     if short:
         saturation = ("Not saturated: " + ", ".join(f"{norm_name(n)}'s mean final training accuracy is "
                                                     f"{100 * train[n].mean():.2f}%" for n in short)

@@ -103,7 +103,7 @@ def _interleaved(runs: ClaimRuns, exp: ExperimentRuns, m: pd.DataFrame, out: Pat
         g = m[m.batch_size == b]
         for k in KINDS:
             mi = mean_interval(g[f"{k}_pct"])
-            v = verdict_of(mi)
+            v = verdict_of(mi, runs.claim.margin)
             settings.append((f"batch {int(b)}, {KIND_NAMES[k]}", mi, v))
             details.append(f"batch {int(b)}, {KIND_NAMES[k]}: BN {g[f'{k}_batch_ms'].median():.4g} ms vs no norm "
                            f"{g[f'{k}_none_ms'].median():.4g} ms (medians over measurements); BN relative to no norm "
@@ -152,7 +152,7 @@ def _epoch_timings(runs: ClaimRuns, exp: ExperimentRuns, out: Path) -> ClaimResu
     for label, g in setting_groups(exp.analysis, t):
         for b in sorted(g.batch_size.dropna().unique()):
             where = f"batch {int(b)}" + (f", {label}" if label else "")
-            line, setting = _compare(where, g[g.batch_size == b])
+            line, setting = _compare(where, g[g.batch_size == b], runs.claim.margin)
             if setting is not None:
                 settings.append(setting)
             if line:
@@ -175,8 +175,8 @@ def _epoch_timings(runs: ClaimRuns, exp: ExperimentRuns, out: Path) -> ClaimResu
     evidence = ("No interleaved cost measurement in these records (study/cost.py; the overhead preset's cost_repeats): "
                 "the trainer's per-epoch timings of separate runs stand in. "
                 f"At {label} (least favourable of {len(settings)}) BN's training step time relative to no norm's "
-                f"is {diff_text(d, '%', 1)} (positive: BN slower; interval: Welch difference over seeds divided by no "
-                "norm's mean; both arms timed in one process); verdict combined over batch sizes"
+                f"is {diff_text(d, '%', 1)} (positive: BN slower; interval: Welch difference over seeds divided by "
+                "no norm's mean; both arms timed in one process); verdict combined over batch sizes"
                 + (f" ({NOT_COMPARABLE}, left out: {', '.join(apart)})" if apart else "")
                 + ". Figure: milliseconds per training step by batch size and arm, mean and 95% t-interval over "
                 "seeds.")
@@ -208,7 +208,7 @@ def timing_table(exp: ExperimentRuns) -> pd.DataFrame:
     return t[np.isfinite(t.sec_per_step.astype(float))] if len(t) else t
 
 
-def _compare(label: str, t: pd.DataFrame) -> tuple[str, tuple[str, Difference, str] | None]:
+def _compare(label: str, t: pd.DataFrame, margin: float) -> tuple[str, tuple[str, Difference, str] | None]:
     """One batch size (and setting): its detail line and setting (label, relative step time, verdict); no
     line without timed runs of both arms, no setting where no process timed both."""
     bn, no = t[t.norm == "batch"], t[t.norm == "none"]
@@ -222,7 +222,7 @@ def _compare(label: str, t: pd.DataFrame) -> tuple[str, tuple[str, Difference, s
     bn, no = bn_one, no_one
     d = relative_difference(bn.sec_per_step, no.sec_per_step, 100)
     ev = relative_difference(bn.eval_sec, no.eval_sec, 100)
-    v = verdict_of(d)
+    v = verdict_of(d, margin)
     return (f"{label}: training step BN {1e3 * bn.sec_per_step.mean():.3f} ms vs no norm "
             f"{1e3 * no.sec_per_step.mean():.3f} ms: {diff_text(d, '%', 1)}: {v}; inference (eval-mode "
             f"passes over validation+test) {diff_text(ev, '%', 1)}"

@@ -135,7 +135,7 @@ def _accuracy(runs: ClaimRuns, df: pd.DataFrame, out: Path) -> ClaimResult:
         if got is None:
             continue
         d, note = got
-        settings.append((_where(big, permuted), d, verdict_of(d)))
+        settings.append((_where(big, permuted), d, verdict_of(d, runs.claim.margin)))
         details.append(f"{_where(big, permuted)}: BN-LSTM minus LSTM {diff_text(d)}{note}")
         first = _acc_diff(df, "batch", "none", big, permuted, "first_test_acc")
         cell = _cell(df, "batch", big, permuted)
@@ -217,7 +217,7 @@ def _cost(runs: ClaimRuns, df: pd.DataFrame, out: Path) -> ClaimResult:
         if bn.empty or plain.empty:
             continue
         d = relative_difference(bn, plain, 100)
-        settings.append((f"batch {int(b)}", d, verdict_of(d)))
+        settings.append((f"batch {int(b)}", d, verdict_of(d, runs.claim.margin)))
         others = "; ".join(f"{arm(n)} {_cell(ok, n, b).ms_per_step.mean():.1f} ms"
                            for n in norm_order(ok.norm) if not _cell(ok, n, b).empty)
         details.append(f"batch {int(b)}: BN-LSTM's step {diff_text(d, ' %', 0)} against the LSTM's "
@@ -258,8 +258,9 @@ def _discrepancy(runs: ClaimRuns, df: pd.DataFrame, out: Path) -> ClaimResult:
                 f"{diff_text(d)}. LN-LSTM and LSTM have no batch statistics (gap 0 by construction: a control).")
     figure = draw("C16c", out, lambda: _per_arm_figure(ok, "gap", "|eval - train mode| accuracy (points)",
                                                        "C16c: train/eval discrepancy by arm"), details)
-    return runs.result(verdict_of(d), stat, interval=d, unit="points", n=n_text([d.n_a, d.n_b], "seeds per batch size"),
-                       evidence=evidence, figure=figure, details=details)
+    return runs.result(verdict_of(d, runs.claim.margin), stat, interval=d, unit="points",
+                       n=n_text([d.n_a, d.n_b], "seeds per batch size"), evidence=evidence, figure=figure,
+                       details=details)
 
 
 # ------------------------------------------------------------------ C16d: LayerNorm instead
@@ -271,7 +272,7 @@ def _layer_norm(runs: ClaimRuns, df: pd.DataFrame, out: Path) -> ClaimResult:
         if got is None:
             continue
         d, note = got
-        settings.append((f"batch {int(b)}", d, verdict_of(d)))
+        settings.append((f"batch {int(b)}", d, verdict_of(d, runs.claim.margin)))
         details.append(f"batch {int(b)}: LN-LSTM minus BN-LSTM {diff_text(d)}{note}")
         plain = _acc_diff(df, "layer", "none", b)
         if plain is not None:
@@ -282,7 +283,8 @@ def _layer_norm(runs: ClaimRuns, df: pd.DataFrame, out: Path) -> ClaimResult:
     if not settings:
         return runs.inconclusive(stat, "needs LN-LSTM and BN-LSTM runs at a shared batch size", unit="points")
     label, c = headline(settings)
-    evidence = ("LN-LSTM minus BN-LSTM test accuracy: " + "; ".join(f"{diff_text(d)} at {w}" for w, d, _ in settings)
+    evidence = ("LN-LSTM minus BN-LSTM test accuracy: "
+                + "; ".join(f"{diff_text(d)} at {w}" for w, d, _ in settings)
                 + f"; headline: the least favourable, {label}. An interval across zero means no difference was "
                   f"resolved, in either direction. {DIVERGED_NOTE}.")
     ok = df[~df.permuted].assign(acc=lambda t: 100 * t.test_acc)

@@ -47,7 +47,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     diffs, details = _advantages(df, sizes)
     if not diffs:
         return runs.inconclusive(STATISTIC, "no batch size has completed runs of both arms", unit="points")
-    settings = [(f"batch {b}", d, verdict_of(d)) for b, d in diffs.items()]
+    settings = [(f"batch {b}", d, verdict_of(d, runs.claim.margin)) for b, d in diffs.items()]
     label, c = headline(settings)
     lr = ", ".join(f"{v:g}" for v in sorted(df.lr.dropna().unique()))
     evidence = (f"Conv net (lr {lr}): BN minus no norm "

@@ -76,12 +76,12 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
             f"batch {b}: test accuracy (%) EMA {_mean(g.ema_acc)}, precise N=10^2 {_mean(g[_col(FEW_N)])}, "
             f"10^3 {_mean(g[_col(SUFFICE_N)])}, 10^4 {_mean(g[_col(REFERENCE_N)])}, train mode (batch statistics "
             f"at batch {b}) {_mean(g.batch_stats_acc)}; precise(10^4) - EMA {bracketed(gains[b])} points -> "
-            f"{verdict_of(gains[b])}; precise(10^3) - precise(10^4) {bracketed(checks[b])} -> "
+            f"{verdict_of(gains[b], margin)}; precise(10^3) - precise(10^4) {bracketed(checks[b])} -> "
             f"{suffices(checks[b], margin)}; precise(10^2) - precise(10^4) {bracketed(mean_interval(g.few))}; "
             f"precise(10^4) - train mode {bracketed(mean_interval(g.batch_gap))}")
     small = batches[0]
     head = gains[small]
-    verdict = verdict_of(head)
+    verdict = verdict_of(head, margin)
     line2 = [suffices(checks[b], margin) for b in batches]
     n_ok = sum(v == SUFFICE for v in line2)
     worst = max(batches, key=lambda b: _reach(checks[b]))

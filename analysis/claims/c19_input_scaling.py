@@ -53,10 +53,11 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     for label, g in setting_groups(a, df, keys):
         moves, note = _moves(g)
         c = contrast(moves["none"], moves["batch"])
-        settings.append((label, c, verdict_of(c), moves))
+        settings.append((label, c, verdict_of(c, runs.claim.margin), moves))
         where = f"{label}: " if label else ""
-        details.append(f"{where}no norm moves by {diff_text(moves['none'])}, BN by {diff_text(moves['batch'])} "
-                       f"(standard minus notebook scaling); difference {diff_text(c)}{note}")
+        details.append(f"{where}no norm moves by {diff_text(moves['none'])}, BN by "
+                       f"{diff_text(moves['batch'])} (standard minus notebook scaling); difference "
+                       f"{diff_text(c)}{note}")
     details.append("test accuracy (%) by scaling: " + "; ".join(
         f"{norm_name(n)} {' / '.join(_mean(df, n, s) for s in SCALINGS)} (standard / notebook)"
         for n in ("none", "batch")))

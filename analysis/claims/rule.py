@@ -1,13 +1,12 @@
 """The one verdict rule: a signed statistic's 95% interval, the claim's margin -> a verdict.
 
-Every claim module takes its verdicts from `verdict_of`, under its own
-margin (set by `runs.guarded`); docs/claims.md#the-verdict-rule says why.
+Every claim module takes its verdicts from `verdict_of`, passing its own
+margin (`runs.claim.margin`); docs/claims.md#the-verdict-rule says why.
 """
 
 from __future__ import annotations
 
 import math
-from contextvars import ContextVar
 from typing import Any, Iterable, Optional
 
 from analysis.stats import Difference, MeanInterval
@@ -42,21 +41,16 @@ def zero_width(low: Optional[float], high: Optional[float]) -> bool:
     return low is not None and high is not None and math.isfinite(low) and math.isfinite(high) and not high > low
 
 
-# The margin (smallest effect that matters, Claim.margin) of the claim being evaluated. `guarded` sets it
-# for the duration of one claim's `evaluate`, so that every verdict the claim's module takes through
-# `verdict_of`/`directional`, one per setting included, is judged against that claim's own margin.
-_MARGIN: ContextVar[Optional[float]] = ContextVar("claim_margin", default=None)
-
-
 def within_margin(low: Optional[float], high: Optional[float], margin: Optional[float]) -> bool:
     """The whole interval inside (-margin, +margin): no effect that matters."""
     return (margin is not None and low is not None and high is not None and math.isfinite(low)
             and math.isfinite(high) and -margin < low and high < margin)
 
 
-def directional(low: Optional[float], high: Optional[float], expect_positive: bool = True) -> str:
-    """The verdict rule for one interval of a statistic whose expected sign is given (and, while a claim is
-    evaluated, that claim's margin: an interval inside +-margin is 'no meaningful effect').
+def directional(low: Optional[float], high: Optional[float], margin: Optional[float],
+                expect_positive: bool = True) -> str:
+    """The verdict rule for one interval of a statistic whose expected sign is given; an interval inside
+    +-margin (the claim's smallest effect that matters; None: no margin) is 'no meaningful effect'.
 
     stats gives a zero-width 95% interval when every seed of every arm has the
     same value (seeds that agree to the last digit, steps on a coarse probe
@@ -65,7 +59,7 @@ def directional(low: Optional[float], high: Optional[float], expect_positive: bo
     """
     if low is None or high is None or math.isnan(low) or math.isnan(high) or zero_width(low, high):
         return INCONCLUSIVE
-    if within_margin(low, high, _MARGIN.get()):
+    if within_margin(low, high, margin):
         return NO_EFFECT
     if (low > 0) if expect_positive else (high < 0):
         return SUPPORTED
@@ -74,9 +68,9 @@ def directional(low: Optional[float], high: Optional[float], expect_positive: bo
     return INCONCLUSIVE
 
 
-def verdict_of(x: Difference | MeanInterval, expect_positive: bool = True) -> str:
-    """The rule on a difference or a mean with its interval."""
-    return directional(x.low, x.high, expect_positive)
+def verdict_of(x: Difference | MeanInterval, margin: Optional[float], expect_positive: bool = True) -> str:
+    """The rule on a difference or a mean with its interval, against the claim's margin."""
+    return directional(x.low, x.high, margin, expect_positive)
 
 
 def combine(verdicts: Iterable[str]) -> str:

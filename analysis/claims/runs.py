@@ -2,9 +2,10 @@
 
 `split_by_experiment` groups a collection's runs by preset (and seed set);
 `ClaimRuns` is what a claim module's `evaluate(runs, out)` receives: its
-presets' runs (`runs.need`) and its result's frame (`runs.result`). `guarded`
-runs a claim under its margin, so that it never raises into the report.
-Below: reading records, and accuracies with diverged runs at chance.
+presets' runs (`runs.need`), its margin (`runs.claim.margin`, passed to
+`verdict_of`) and its result's frame (`runs.result`). `guarded` runs a claim
+so that it never raises into the report. Below: reading records, and
+accuracies with diverged runs at chance.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.claims.result import ClaimResult, bound_note, flag_zero_width
-from analysis.claims.rule import _MARGIN, INCONCLUSIVE, NOT_RUN
+from analysis.claims.rule import INCONCLUSIVE, NOT_RUN
 from analysis.collect import Collection, finite
 from analysis.stats import Difference, MeanInterval
 from analysis.summary import Analysis, analyze
@@ -191,10 +192,9 @@ def _replicates(x: Difference | MeanInterval) -> int:
 
 
 def guarded(fn: Callable[[ClaimRuns, Path], ClaimResult], runs: ClaimRuns, out: Path) -> ClaimResult:
-    """`fn(runs, out)` under the claim's margin, never raising: a missing preset gives a 'not run' row; data
+    """`fn(runs, out)`, never raising: a missing preset gives a 'not run' row; data
     that trip an unforeseen case give an inconclusive row naming the error, not a crashed report. Also flags
     a zero-width headline interval and states the bound of an undecided one in the evidence."""
-    token = _MARGIN.set(runs.claim.margin)
     try:
         res = flag_zero_width(fn(runs, Path(out)))
     except NotRun as e:
@@ -202,8 +202,6 @@ def guarded(fn: Callable[[ClaimRuns, Path], ClaimResult], runs: ClaimRuns, out: 
     except Exception as e:  # the report must still build; the row names the error
         logging.getLogger(__name__).exception("claim %s could not be computed", runs.claim.id)
         return runs.inconclusive("", f"the statistic could not be computed from these runs ({type(e).__name__}: {e})")
-    finally:
-        _MARGIN.reset(token)
     note = bound_note(res)
     if note and note not in res.evidence:
         res.evidence = f"{res.evidence.rstrip('. ')}. {note}."
