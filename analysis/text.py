@@ -1,12 +1,53 @@
-"""Numbers in words for the claims: signed values, counts, a value with its 95% interval."""
+"""Numbers in words, written once for the report, the summary and the claims.
+
+`interval_text` is the one way a value and its 95% interval are printed; the
+sections differ only in its arguments (digits, unit, brackets, scale).
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Any, Iterable
 
+import pandas as pd
+
 from analysis.collect import finite, num
 from analysis.stats import Difference, MeanInterval
+
+# Where the bounds stand: '(+0.50 to +1.96)', '[+0.50, +1.96]', '+0.50 to +1.96'.
+ROUND, SQUARE, BARE = "({} to {})", "[{}, {}]", "{} to {}"
+NO_INTERVAL = "(no interval: fewer than two seeds)"
+ALONE = object()  # interval_text without a value: the bounds alone
+
+
+def interval_text(low: Any, high: Any, *, value: Any = ALONE, spec: str = "+.2f", unit: str = "", form: str = ROUND,
+                  none: str = NO_INTERVAL, scale: float = 1.0) -> str:
+    """'+1.23 points (+0.50 to +1.96)': `value` (times `scale`, in `spec`) and `unit`, then the bounds in `form`.
+
+    Without `value`, the interval alone; a value that is not a finite number: 'n/a'. `none` stands for the
+    interval where a bound is not finite (fewer than two seeds)."""
+    bounds = (form.format(format(scale * low, spec), format(scale * high, spec)) if finite(low) and finite(high)
+              else none)
+    if value is ALONE:
+        return bounds
+    return f"{format(scale * value, spec)}{unit} {bounds}" if finite(value) else "n/a"
+
+
+def estimate(x: Difference | MeanInterval) -> float:
+    """The value an interval is around: a difference's diff, a mean's mean."""
+    return x.diff if isinstance(x, Difference) else x.mean
+
+
+def with_interval(x: Difference | MeanInterval, unit: str = " points", digits: int = 2) -> str:
+    """'+1.23 points (+0.50 to +1.96)'; the missing interval said in words."""
+    return interval_text(x.low, x.high, value=estimate(x), spec=f"+.{digits}f", unit=unit)
+
+
+def bracketed(x: Difference | MeanInterval, digits: int = 2) -> str:
+    """'+1.23 [+0.50, +1.96] (n=3)' for a mean, '(n=3, 3)' for a difference of two arms."""
+    n = f"{x.n_a}, {x.n_b}" if isinstance(x, Difference) else str(x.n)
+    iv = interval_text(x.low, x.high, spec=f"+.{digits}f", form=SQUARE, none="no interval")
+    return f"{signed(estimate(x), digits)} {iv} (n={n})"
 
 
 def signed(x: Any, digits: int = 2) -> str:
@@ -24,25 +65,18 @@ def count(x: Any) -> str:
     return f"{num(x):,.0f}" if finite(x) else "n/a"
 
 
-def with_interval(v: float, lo: float, hi: float, unit: str = " points", digits: int = 2) -> str:
-    """'+1.23 points (+0.50 to +1.96)'; the missing interval said in words."""
-    if not math.isfinite(v):
-        return "n/a"
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return f"{v:+.{digits}f}{unit} (no interval: fewer than two seeds)"
-    return f"{v:+.{digits}f}{unit} ({lo:+.{digits}f} to {hi:+.{digits}f})"
+def pct(x: float) -> str:
+    """A fraction as a percentage with two decimals: '97.31%'."""
+    return f"{100 * x:.2f}%" if isinstance(x, (int, float)) and math.isfinite(x) else "n/a"
 
 
-def diff_text(d: Difference, unit: str = " points", digits: int = 2) -> str:
-    return with_interval(d.diff, d.low, d.high, unit, digits)
-
-
-def bracketed(x: Difference | MeanInterval, digits: int = 2) -> str:
-    """'+1.23 [+0.50, +1.96] (n=3)' for a mean, '(n=3, 3)' for a difference of two arms."""
-    v, n = (x.diff, f"{x.n_a}, {x.n_b}") if isinstance(x, Difference) else (x.mean, str(x.n))
-    iv = (f"[{x.low:+.{digits}f}, {x.high:+.{digits}f}]" if math.isfinite(x.low) and math.isfinite(x.high)
-          else "no interval")
-    return f"{signed(v, digits)} {iv} (n={n})"
+def fmt_value(v: Any) -> str:
+    """A config value as the tables show it ('0.01', 'batch'); null where missing."""
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return "null"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
 
 
 def n_text(counts: Iterable[int], what: str = "seeds per arm") -> str:

@@ -21,7 +21,8 @@ from analysis.claims.rule import combine, headline, verdict_of
 from analysis.claims.runs import ClaimRuns, ExperimentRuns, families
 from analysis.figures import fig_accuracy_vs_batch
 from analysis.stats import Difference, contrast, scaled
-from analysis.summary import fmt_value, setting_groups
+from analysis.summary import setting_groups
+from analysis.text import fmt_value
 
 LITERATURE = "no direct figure; Masters & Luschi 2018: best results at batch 2-32 when lr is tuned"
 STATISTIC = ("BN minus no-norm test accuracy at the largest batch minus the same at the smallest, expected > 0")

@@ -61,7 +61,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     where = f"At {label} (least favourable of {len(settings)} settings; verdict combined over them), " if label else ""
     ci = f"{10 ** m.low:.2g}x to {10 ** m.high:.2g}x" if math.isfinite(m.low) else "no interval"
     evidence = (f"{where}BN's largest stable lr is {10 ** m.mean:.3g}x no norm's (geometric mean over {m.n} paired "
-                f"seeds; {ci}); log10 ratio {with_interval(m.mean, m.low, m.high, '', 3)}. Diverged runs and runs "
+                f"seeds; {ci}); log10 ratio {with_interval(m, '', 3)}. Diverged runs and runs "
                 f"ending below {UNSTABLE_VAL_ACC:.0%} validation accuracy count as unstable. Figure: final "
                 f"validation accuracy against lr per arm, one point per seed, diverged runs as crosses at 0."
                 f"{bounds[label]}")

@@ -25,7 +25,7 @@ from analysis.collect import num
 from analysis.figures import palette
 from analysis.stats import Difference, contrast, scaled
 from analysis.summary import Analysis, norm_name
-from analysis.text import diff_text, n_text
+from analysis.text import n_text, with_interval
 
 LITERATURE = ("Bjorck et al. 2018: at the same small learning rate the two are close; Tuning Playbook: "
               "tune the baseline's lr as well")
@@ -60,7 +60,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                                             "presets: there is no gap to shrink", figure=figure, details=details)
     label, d = headline(settings)
     evidence = (f"At {label} (least favourable of {len(settings)} batch size(s) with a clear fixed-lr gap) the "
-                f"fixed-lr gap exceeds the tuned gap by {diff_text(d)}; verdict combined over batch sizes. "
+                f"fixed-lr gap exceeds the tuned gap by {with_interval(d)}; verdict combined over batch sizes. "
                 "Figure: BN minus no-norm test accuracy per batch size, fixed lr vs tuned lr, 95% Welch intervals.")
     return runs.result(combine(v for *_, v in settings), STATISTIC, interval=d, unit="points",
                        n=n_text([min(d.n_a, d.n_b)], "seeds per arm (smallest)"), evidence=evidence,
@@ -94,8 +94,8 @@ def _compare(b: int, fixed: Difference, tuned: Difference,
     """One batch size: its detail line, and its setting (label, |fixed| - |tuned|, verdict) where the
     fixed-lr gap is clear of zero."""
     c = contrast(_abs(fixed), _abs(tuned))
-    line = (f"batch {b}: fixed-lr gap {diff_text(fixed)}, tuned gap {diff_text(tuned)}; "
-            f"|fixed| - |tuned| {diff_text(c)}")
+    line = (f"batch {b}: fixed-lr gap {with_interval(fixed)}, tuned gap {with_interval(tuned)}; "
+            f"|fixed| - |tuned| {with_interval(c)}")
     if verdict_of(fixed, margin) == INCONCLUSIVE:
         return line + ": fixed-lr gap not clear of zero, not counted", None
     return f"{line}: {verdict_of(c, margin)}", (f"batch {b}", c, verdict_of(c, margin))

@@ -47,7 +47,7 @@ from analysis.collect import counted_as, finite, num
 from analysis.figures import log2_batch_axis, palette
 from analysis.stats import welch_difference
 from analysis.summary import norm_name, norm_order
-from analysis.text import diff_text, n_text
+from analysis.text import n_text, with_interval
 
 LITERATURE = ("Ioffe & Szegedy 2015 (ImageNet): 14x fewer steps to 72.2% (with other changes); "
               "Shallue et al. 2018: steps to target fall as 1/B, then diminish, then plateau")
@@ -94,7 +94,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     label, d = headline(settings)
     budget = int(df.budget.max())
     evidence = (f"At {label} (least favourable of {len(settings)} batch size(s)) no norm needs {10 ** d.diff:.3g}x "
-                f"BN's steps to {TARGET_VAL_ACC:.0%} validation accuracy (log10 {diff_text(d, '', 3)}); verdict "
+                f"BN's steps to {TARGET_VAL_ACC:.0%} validation accuracy (log10 {with_interval(d, '', 3)}); verdict "
                 f"combined over batch sizes. Target and {budget}-step budget fixed before the runs (from the old "
                 "report's pilot). Each arm's lr is the one with the fewest median steps; a run that never reached "
                 f"the target, or diverged, is censored and counts at the budget ({n_cens} such run(s) over all "
@@ -196,7 +196,7 @@ def _compare(b: int, bn: Optional[dict], no: Optional[dict], margin: float) -> t
     elif bn["n_censored"]:
         text += "; an upper bound (BN censored)"
         v = INCONCLUSIVE if v == SUPPORTED else v
-    return f"{text}; log10 ratio {diff_text(d, '', 3)} ({10 ** d.diff:.3g}x): {v}", (f"batch {b}", d, v)
+    return f"{text}; log10 ratio {with_interval(d, '', 3)} ({10 ** d.diff:.3g}x): {v}", (f"batch {b}", d, v)
 
 
 def _scaling_lines(rows: list[dict[str, Any]]) -> list[str]:

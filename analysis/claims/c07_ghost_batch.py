@@ -23,7 +23,7 @@ from analysis.claims.runs import DIVERGED_NOTE, ClaimRuns, acc_values, column, c
 from analysis.collect import counted_as
 from analysis.figures import palette
 from analysis.stats import Difference, interval_bounds, welch_difference
-from analysis.text import diff_text, n_text
+from analysis.text import n_text, with_interval
 
 LITERATURE = "Hoffer et al. 2017: the large-batch gap comes from fewer updates; ghost BN reduces it"
 REFERENCE_BATCH = 64  # the small-batch result
@@ -50,7 +50,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
         series[f"BN@{REFERENCE_BATCH}"] = a_small
         details += [f"BN at batch {REFERENCE_BATCH}: {np.mean(a_small):.2f}% (n={len(a_small)})"
                     f"{counts_note(dv64, lo64)}",
-                    f"BN at batch {REFERENCE_BATCH} minus plain BN at {large}: {diff_text(small_gap)}"
+                    f"BN at batch {REFERENCE_BATCH} minus plain BN at {large}: {with_interval(small_gap)}"
                     + ("" if gap_clear else ": not clearly positive, so no share of it is computed")]
     settings, lines = _ghost_sizes(ghosts, a_plain, small_gap if gap_clear else None, large, series,
                                    runs.claim.margin)
@@ -61,7 +61,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                                  details=details)
     label, d = headline(settings)
     evidence = (f"At batch {large}, {label} (least favourable of {len(settings)}) minus plain BN: "
-                f"{diff_text(d)}; verdict combined over ghost sizes. {DIVERGED_NOTE}. Figure: test accuracy per "
+                f"{with_interval(d)}; verdict combined over ghost sizes. {DIVERGED_NOTE}. Figure: test accuracy per "
                 "arm, one point per seed, mean and 95% t-interval.")
     return runs.result(combine(v for *_, v in settings), STATISTIC, interval=d, unit="points",
                        n=n_text([d.n_a, d.n_b], "seeds per arm"), evidence=evidence, figure=figure, details=details)
@@ -85,7 +85,7 @@ def _ghost_sizes(ghosts: pd.DataFrame, a_plain: list[float], small_gap: Optional
             share = (f"; recovers {100 * (np.mean(vals) - np.mean(a_plain)) / small_gap.diff:.0f}% of the gap from "
                      f"plain BN@{large} to BN@{REFERENCE_BATCH} ({small_gap.diff:+.2f} points)")
         details.append(f"ghost size {int(g)} at batch {large}: {np.mean(vals):.2f}%, minus plain BN "
-                       f"{diff_text(d)}: {v}{share}{counts_note(dvg, log_)}")
+                       f"{with_interval(d)}: {v}{share}{counts_note(dvg, log_)}")
     return settings, details
 
 

@@ -23,7 +23,7 @@ from analysis.claims.runs import (DIVERGED_NOTE, ClaimRuns, ExperimentRuns, acc_
 from analysis.collect import counted_as
 from analysis.stats import Difference, contrast, mean_interval, welch_difference
 from analysis.summary import norm_name
-from analysis.text import diff_text, n_text
+from analysis.text import n_text, with_interval
 
 LITERATURE = ("Ioffe & Szegedy 2015 sec. 4.1 (3x100 sigmoid, batch 60, 50,000 steps): a public re-run "
               "reported 0.980 with BN vs 0.977 without")
@@ -50,7 +50,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
         "C11: 3x100 sigmoid MLP, validation accuracy", scale=100), details)
     source = ("val_acc probe" if {s for _, _, s in curves} == {"probe"}
               else "per-epoch history where a run has no probe")
-    evidence = (f"BN minus no norm test accuracy: {diff_text(d)}{note}. {DIVERGED_NOTE}. Figure: validation "
+    evidence = (f"BN minus no norm test accuracy: {with_interval(d)}{note}. {DIVERGED_NOTE}. Figure: validation "
                 f"accuracy vs steps per arm ({source}), mean and 95% t-band over seeds.")
     return runs.result(verdict_of(d, runs.claim.margin), STATISTIC, interval=d, unit="points", n=n_text([d.n_a, d.n_b]),
                        evidence=evidence, figure=figure, details=details)
@@ -76,7 +76,7 @@ def _relu_line(notebook: Optional[ExperimentRuns], sigmoid: Difference, margin: 
     reading = {SUPPORTED: "larger with sigmoid", NOT_SUPPORTED: "smaller with sigmoid"}.get(verdict_of(c, margin),
                                                                                              "no clear difference")
     return (f"ReLU notebook network at batch {NOTEBOOK_BATCH}, lr {NOTEBOOK_LR}: BN minus no norm "
-            f"{diff_text(relu)}{note}; sigmoid gap minus ReLU gap {diff_text(c)}: {reading}")
+            f"{with_interval(relu)}{note}; sigmoid gap minus ReLU gap {with_interval(c)}: {reading}")
 
 
 def _curves(exp: ExperimentRuns) -> list[tuple[str, list[tuple[float, float]], str]]:

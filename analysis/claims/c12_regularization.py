@@ -25,7 +25,7 @@ from analysis.claims.rule import INCONCLUSIVE, verdict_of
 from analysis.claims.runs import ClaimRuns, runs_table
 from analysis.stats import welch_difference
 from analysis.summary import norm_name
-from analysis.text import diff_text, n_text
+from analysis.text import n_text, with_interval
 
 LITERATURE = "Ioffe & Szegedy 2015: BN regularizes (dropout could be reduced); no MNIST figure"
 SATURATED = 0.995  # the mean final training accuracy each arm must reach for the gap to read as regularization
@@ -68,7 +68,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                       "regularization rather than under-fitting), so the verdict is inconclusive whatever the "
                       f"interval (it would read '{verdict}')")
         verdict = INCONCLUSIVE
-    evidence = (f"No norm's gap minus BN's: {diff_text(d)}; 'not supported' here means BN's gap is the larger. "
+    evidence = (f"No norm's gap minus BN's: {with_interval(d)}; 'not supported' here means BN's gap is the larger. "
                 f"{saturation}. Training accuracy is measured in eval mode on a fixed subset of the training split. "
                 "Figure: the gap per epoch, mean and 95% t-band over seeds.")
     return runs.result(verdict, STATISTIC, interval=d, unit="points", n=n_text([d.n_a, d.n_b]),

@@ -13,6 +13,7 @@ from typing import Optional
 import pandas as pd
 
 from analysis.claims.rule import INCONCLUSIVE, NO_EFFECT, NOT_REPLICATED, NOT_RUN, ZERO_WIDTH_NOTE, zero_width
+from analysis.text import BARE, SQUARE, interval_text
 
 
 @dataclass
@@ -76,18 +77,12 @@ def bound_note(res: ClaimResult) -> str:
     margin = (f"; the smallest effect that matters here is {res.margin:g}{unit}, so the data cannot yet tell "
               f"a meaningful effect from none" if res.margin is not None and b >= res.margin else "")
     return (f"Bound: no effect larger than {b:.3g}{unit} in either direction is compatible with the data (95%; "
-            f"the interval runs from {res.low:+.3g} to {res.high:+.3g}){margin}")
+            f"the interval runs from {interval_text(res.low, res.high, spec='+.3g', form=BARE)}){margin}")
 
 def format_value(r: ClaimResult) -> str:
-    """The statistic with its interval, for the tables."""
-    def ok(x: Optional[float]) -> bool:
-        return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
-
-    if not ok(r.value):
-        return "n/a"
-    unit = f" {r.unit}" if r.unit else ""
-    iv = f" [{r.low:+.3g}, {r.high:+.3g}]" if ok(r.low) and ok(r.high) else " (no interval)"
-    return f"{r.value:+.3g}{unit}{iv}"
+    """The statistic with its interval, for the tables: '+1.23 points [+0.50, +1.96]'."""
+    return interval_text(r.low, r.high, value=r.value, spec="+.3g", unit=f" {r.unit}" if r.unit else "",
+                         form=SQUARE, none="(no interval)")
 
 
 def format_margin(r: ClaimResult) -> str:

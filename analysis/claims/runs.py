@@ -2,10 +2,9 @@
 
 `split_by_experiment` groups a collection's runs by preset (and seed set);
 `ClaimRuns` is what a claim module's `evaluate(runs, out)` receives: its
-presets' runs (`runs.need`), its margin (`runs.claim.margin`, passed to
-`verdict_of`) and its result's frame (`runs.result`). `guarded` runs a claim
-so that it never raises into the report. Below: reading records, and
-accuracies with diverged runs at chance.
+presets' runs (`runs.need`), its margin (`runs.claim.margin`) and its result's
+frame (`runs.result`). `guarded` runs a claim so that it never raises into the
+report. Below: reading records, and accuracies with diverged runs at chance.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from analysis.claims.rule import INCONCLUSIVE, NOT_RUN
 from analysis.collect import Collection, finite
 from analysis.stats import Difference, MeanInterval
 from analysis.summary import Analysis, analyze
+from analysis.text import estimate
 
 if TYPE_CHECKING:
     from analysis.claims import Claim
@@ -182,8 +182,7 @@ class ClaimRuns:
 
 
 def _bounds(x: Difference | MeanInterval) -> tuple[Optional[float], ...]:
-    v = x.diff if isinstance(x, Difference) else x.mean
-    return tuple(float(b) if b is not None and math.isfinite(b) else None for b in (v, x.low, x.high))
+    return tuple(float(b) if b is not None and math.isfinite(b) else None for b in (estimate(x), x.low, x.high))
 
 
 def _replicates(x: Difference | MeanInterval) -> int:
