@@ -15,7 +15,7 @@ from analysis.claims.rule import (INCONCLUSIVE, NO_EFFECT, NOT_REPLICATED, NOT_R
                                   directional)
 from analysis.claims.runs import split_by_experiment, subset
 from analysis.collect import collect
-from helpers import REPO
+from helpers import REPO, c2_untested_records, write_runs
 
 
 @pytest.mark.parametrize("low, high, positive, verdict", [
@@ -227,12 +227,8 @@ def test_sweep_report_findings_come_from_the_claim_modules(tmp_path: Path) -> No
     import re
 
     from analysis import build_report
-    from test_claims_metrics import c2_untested_records
 
-    for i, rec in enumerate(c2_untested_records(None)):
-        (tmp_path / "runs" / str(i)).mkdir(parents=True)
-        (tmp_path / "runs" / str(i) / "result.json").write_text(json.dumps(rec))
-    md = (build_report([tmp_path / "runs"]) / "report.md").read_text()
+    md = (build_report([write_runs(tmp_path / "runs", c2_untested_records(None))]) / "report.md").read_text()
     findings = md.split("## Findings")[1].split("## Protocol")[0]
     assert "- inconclusive: C2: BN raises the largest stable learning rate." in findings
     assert not re.search(r"^- (not )?supported: C2", findings, re.M)

@@ -9,7 +9,6 @@ degenerate input (no probes, every run diverged, one arm missing, NaNs).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from analysis.claims.rule import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED
 from analysis.claims.runs import ExperimentRuns, split_by_experiment
 from analysis.collect import collect
 from analysis.stats import mean_interval, welch_difference
+from helpers import write_runs
 
 SEEDS = (0, 1, 2)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -47,12 +47,7 @@ def record(experiment: str, norm: str, seed: int, probes: dict | None, status: s
 
 
 def exps_of(tmp_path: Path, records: list[dict]) -> dict:
-    root = tmp_path / "runs"
-    for i, rec in enumerate(records):
-        d = root / f"{i}"
-        d.mkdir(parents=True)
-        (d / "result.json").write_text(json.dumps(rec))
-    col = collect([root])
+    col = collect([write_runs(tmp_path / "runs", records)])
     if (col.runs.status != "completed").all():
         # split_by_experiment's analyze() needs a final metric that some run has; the claims read
         # only the records, so a preset whose runs all diverged is built by hand here.

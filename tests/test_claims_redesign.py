@@ -21,8 +21,7 @@ from analysis.claims.c12_regularization import SATURATED
 from analysis.claims.c13_linear_scaling import HOLD_POINTS, share_difference, wilson
 from analysis.claims.rule import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 from analysis.stats import mean_interval, welch_difference
-from helpers import tiny_overrides
-from test_claims_metrics import VERDICTS, assert_png, record, run_claim
+from helpers import VERDICTS, assert_png, record, run_claim, tiny_overrides
 
 
 # ------------------------------------------------------------------ C4
