@@ -13,21 +13,18 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 import pandas as pd
 
+from analysis.claims import Claim, in_replication
 from analysis.claims.result import ClaimResult, bound_note, flag_zero_width
 from analysis.claims.rule import INCONCLUSIVE, NOT_RUN
 from analysis.collect import Collection, finite
 from analysis.stats import Difference, MeanInterval
 from analysis.summary import Analysis, analyze
 from analysis.text import estimate
-
-if TYPE_CHECKING:
-    from analysis.claims import Claim
-
 
 QUICK_PREFIX = "quick/"
 NO_PRESET = "(no preset)"  # runs launched without experiment=...
@@ -68,8 +65,6 @@ def split_by_experiment(col: Collection, replication: Optional[bool] = None) -> 
     the replication seed set (True: seeds >= REPLICATION_SEED), only the
     first set's (False), or all (None).
     """
-    from analysis.claims import in_replication
-
     keys = [preset_of(e) for e in (col.runs["experiment"] if "experiment" in col.runs else [None] * len(col.runs))]
     if replication is not None:
         seeds = col.runs["seed"] if "seed" in col.runs else [None] * len(col.runs)
