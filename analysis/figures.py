@@ -28,8 +28,8 @@ from matplotlib.ticker import (FixedLocator, FuncFormatter, MaxNLocator, NullFor
 
 from analysis.stats import interval_bounds  # noqa: E402
 from analysis.summary import (BASELINE_NORM, BASIS_ALL, BASIS_TRIAL, BIASED_NOTE, NOT_COMPARABLE,  # noqa: E402
-                              NOT_COMPARABLE_WHY, Analysis, best_lr_phrase, fmt_value, norm_name, setting_groups,
-                              timings)
+                              NOT_COMPARABLE_WHY, Analysis, best_lr_phrase, norm_name, setting_groups, timings)
+from analysis.text import fmt_value  # noqa: E402
 
 DPI = 110
 PANEL = (3.4, 2.7)  # inches per facet

@@ -114,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     args = p.parse_args(argv)
     from analysis.claims import evaluate_claims
-    from analysis.claims.common import split_by_experiment
+    from analysis.claims.runs import split_by_experiment
     from analysis.collect import AnalysisError, collect
 
     try:

@@ -22,13 +22,15 @@ from typing import Any, Sequence
 import pandas as pd
 
 from analysis.claims import REPLICATION_SEED, evaluate_claims
-from analysis.claims.common import (NO_PRESET, NOT_RUN, VERDICT_RULE, ClaimResult, ExperimentRuns, claims_table,
-                                    preset_of, split_by_experiment)
 from analysis.claims.notebook_claims import notebook_verdicts
+from analysis.claims.result import ClaimResult, claims_table
+from analysis.claims.rule import NOT_RUN, VERDICT_RULE
+from analysis.claims.runs import NO_PRESET, ExperimentRuns, preset_of, split_by_experiment
 from analysis.collect import NORMALIZE_KEY, AnalysisError, Collection, collect, is_storage_url, normalize_of
 from analysis.document import Bullets, Details, Figure_, Para, Section, Table, Warning_, to_html, to_markdown
 from analysis.figures import draw_figures
-from analysis.summary import BASELINE_NORM, Analysis, analyze, best_lr_phrase, fmt_value, norm_name, pct
+from analysis.summary import BASELINE_NORM, Analysis, analyze, best_lr_phrase, norm_name
+from analysis.text import BARE, fmt_value, interval_text, pct, signed
 from study.records import OPERATIONAL_KEYS
 
 REPORT_HTML = "report.html"
@@ -40,6 +42,7 @@ CLAIMS_REPORT_TITLES = ("Claims", "The notebook's claims", "Claim figures", "Exp
 EXPERIMENTS_DIR = "experiments"
 LIBRARIES = ("torch", "torchvision", "numpy", "hydra", "optuna", "python")
 MAX_LISTED = 25  # problem runs listed in the report; the rest are in results.csv
+ONE_SEED = "none: 1 seed"  # a cell's interval where it has one seed
 
 
 def default_out_dir(paths: list[str], studies: list[str]) -> Path:
@@ -115,11 +118,12 @@ def history_table(a: Analysis) -> pd.DataFrame:
 
 
 def _interval(mean: float, low: float, high: float, n: int) -> str:
+    """A cell's 95% interval in points ('96.10 to 97.85'), beside its mean."""
     if n == 0 or not math.isfinite(mean):
         return "n/a"
-    if n < 2 or not math.isfinite(low):
-        return "none: 1 seed"
-    return f"{100 * low:.2f} to {100 * high:.2f}"
+    if n < 2:
+        return ONE_SEED
+    return interval_text(low, high, spec=".2f", form=BARE, none=ONE_SEED, scale=100)
 
 
 def _cell_display(a: Analysis) -> pd.DataFrame:
@@ -150,10 +154,8 @@ def _difference_display(a: Analysis, diffs: pd.DataFrame, keys: list[str]) -> pd
     for d in diffs.to_dict("records"):
         row = {k: fmt_value(d[k]) for k in keys}
         row["comparison"] = f"{norm_name(d['norm'])} minus {norm_name(d['baseline'])}"
-        row["test acc difference (points)"] = (f"{100 * d['test_acc_diff']:+.2f}"
-                                               if math.isfinite(d["test_acc_diff"]) else "n/a")
-        row["95% interval (Welch)"] = (f"{100 * d['low']:.2f} to {100 * d['high']:.2f}"
-                                       if math.isfinite(d["low"]) else "none")
+        row["test acc difference (points)"] = signed(100 * d["test_acc_diff"])
+        row["95% interval (Welch)"] = interval_text(d["low"], d["high"], spec=".2f", form=BARE, none="none", scale=100)
         row["reading"] = d["reading"]
         rows.append(row)
     return pd.DataFrame(rows)
@@ -461,7 +463,7 @@ def cells_section(a: Analysis) -> Section:
     blocks: list[Any] = [
         Para("One row per cell. Accuracies are means over completed runs with a 95% t-interval over seeds; "
              "training loss is the last epoch's mean; seconds per epoch exclude evaluation."),
-        Table(_cell_display(a), "'none: 1 seed': a single seed has no spread, so no interval is claimed."
+        Table(_cell_display(a), f"'{ONE_SEED}': a single seed has no spread, so no interval is claimed."
               if ((a.cells.val_acc_n == 1) | (a.cells.test_acc_n == 1)).any() else ""),
     ]
     if a.lr_varies and not a.best.empty:

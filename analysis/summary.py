@@ -19,6 +19,7 @@ import pandas as pd
 
 from analysis.collect import TRIAL_NUMBER, Collection, counted_as
 from analysis.stats import Difference, mean_interval, relative_difference, welch_difference
+from analysis.text import fmt_value, interval_text
 from study.records import OPERATIONAL_KEYS
 
 # How a cell's numbers at its best lr were obtained (best_lr_table's `basis`).
@@ -49,18 +50,6 @@ def norm_order(norms: Iterable[Any]) -> list[Any]:
 
 def norm_name(norm: Any) -> str:
     return NORM_NAMES.get(str(norm), f"norm={norm}")
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.2f}%" if isinstance(x, (int, float)) and math.isfinite(x) else "n/a"
-
-
-def fmt_value(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
-        return "null"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
 
 
 def seeds_phrase(n_a: int, n_b: int, name_a: str, name_b: str) -> str:
@@ -241,7 +230,7 @@ def reading(d: Difference, name: str, base: str, excluded: list[str]) -> str:
     if math.isnan(d.low):
         text = f"{head}, {n}: no interval (a single seed has no spread; run more seeds)"
     else:
-        text = f"{head} ({100 * d.low:.2f} to {100 * d.high:.2f}), {n}"
+        text = f"{head} {interval_text(d.low, d.high, spec='.2f', scale=100)}, {n}"
         if d.low <= 0 <= d.high and d.diff != 0:
             text += "; the interval includes 0: no clear difference"
     if excluded:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import itertools
 import json
 import math
 import os
@@ -32,24 +31,7 @@ from analysis import AnalysisError, build_report
 from analysis.__main__ import main as analysis_main
 from analysis.report import SECTION_TITLES
 from analysis.stats import mean_interval, t_quantile, welch_difference
-from helpers import REPO, tiny_overrides
-from study.config import compose_config
-from study.runner import run_job
-
-EPOCHS = 2
-NORMS = ["model.norm=none", "model.norm=batch"]
-
-
-def make_runs(root: Path, out: Path, grid: list[list[str]], extra: tuple[str, ...] = ()) -> list[tuple[Path, dict]]:
-    """Train one real run per combination of the grid's overrides; return (run dir, record) pairs."""
-    made = []
-    for i, combo in enumerate(itertools.product(*grid)):
-        # One thread: the runs are tiny, and on a busy 2-core machine two OpenMP
-        # threads per run wait on each other far longer than they compute.
-        overrides = [f"epochs={EPOCHS}", "threads=1", *extra, *combo]
-        run_dir = out / f"{i}_{','.join(combo)}"
-        made.append((run_dir, run_job(compose_config(tiny_overrides(root) + overrides), run_dir, overrides)))
-    return made
+from helpers import EPOCHS, NORMS, REPO, make_runs, tiny_overrides
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from analysis.claims import BY_ID, CLAIMS, REPLICATION_SEED, evaluate_claims
-from analysis.claims.common import (_MARGIN, INCONCLUSIVE, NO_EFFECT, NOT_REPLICATED, NOT_RUN, NOT_SUPPORTED,
-                                    SUPPORTED, ClaimResult, claims_table, combine, directional,
-                                    split_by_experiment)
 from analysis.claims.notebook_claims import NOTEBOOK_CLAIMS, notebook_verdicts
+from analysis.claims.result import ClaimResult, claims_table
+from analysis.claims.rule import (INCONCLUSIVE, NO_EFFECT, NOT_REPLICATED, NOT_RUN, NOT_SUPPORTED, SUPPORTED, combine,
+                                  directional)
+from analysis.claims.runs import split_by_experiment, subset
 from analysis.collect import collect
-from helpers import REPO
+from helpers import REPO, c2_untested_records, write_runs
 
 
 @pytest.mark.parametrize("low, high, positive, verdict", [
@@ -27,7 +28,7 @@ from helpers import REPO
     (0.3, 0.3, True, INCONCLUSIVE),  # every seed the same value: no spread to judge
 ])
 def test_verdict_rule(low: float, high: float, positive: bool, verdict: str) -> None:
-    assert directional(low, high, positive) == verdict
+    assert directional(low, high, None, positive) == verdict
 
 
 @pytest.mark.parametrize("low, high, verdict", [
@@ -38,12 +39,8 @@ def test_verdict_rule(low: float, high: float, positive: bool, verdict: str) -> 
     (-0.5, 0.2, INCONCLUSIVE),  # touching the margin is not inside it
 ])
 def test_margin_turns_a_narrow_interval_into_no_meaningful_effect(low: float, high: float, verdict: str) -> None:
-    token = _MARGIN.set(0.5)
-    try:
-        assert directional(low, high) == verdict
-    finally:
-        _MARGIN.reset(token)
-    assert directional(-0.3, 0.4) == INCONCLUSIVE  # without a claim's margin, the plain rule
+    assert directional(low, high, 0.5) == verdict
+    assert directional(-0.3, 0.4, None) == INCONCLUSIVE  # without a margin, the plain rule
 
 
 def test_every_claim_states_its_margin() -> None:
@@ -122,8 +119,6 @@ def _record(experiment: str | None, seed: int, norm: str) -> dict:
 def test_a_preset_names_only_its_own_tuning_studies(tmp_path: Path) -> None:
     """A suite's collection knows the tune preset's Optuna studies; the other presets' sub-reports
     must not list them in their protocol (they did: every sub-report named the suite's storage)."""
-    from analysis.claims.common import subset
-
     studies = {"run0": "tune-lr__a", "run1": "tune-lr__b", "run2": None}
     for k, experiment in enumerate(("tune", "tune", "ics")):
         d = tmp_path / f"run{k}"
@@ -232,12 +227,8 @@ def test_sweep_report_findings_come_from_the_claim_modules(tmp_path: Path) -> No
     import re
 
     from analysis import build_report
-    from test_claims_metrics import c2_untested_records
 
-    for i, rec in enumerate(c2_untested_records(None)):
-        (tmp_path / "runs" / str(i)).mkdir(parents=True)
-        (tmp_path / "runs" / str(i) / "result.json").write_text(json.dumps(rec))
-    md = (build_report([tmp_path / "runs"]) / "report.md").read_text()
+    md = (build_report([write_runs(tmp_path / "runs", c2_untested_records(None))]) / "report.md").read_text()
     findings = md.split("## Findings")[1].split("## Protocol")[0]
     assert "- inconclusive: C2: BN raises the largest stable learning rate." in findings
     assert not re.search(r"^- (not )?supported: C2", findings, re.M)

@@ -4,18 +4,14 @@ checked against analysis.stats on the same numbers."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from analysis.claims import evaluate_claim
-from analysis.claims.common import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, split_by_experiment
-from analysis.collect import collect
+from analysis.claims.rule import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED
 from analysis.stats import relative_difference, welch_difference
-
-BROKEN = "could not be computed"
+from helpers import run_claim
 
 
 def record(exp: str | None, norm: str, seed: int, *, batch: int, test: float, family: str = "lstm", permute: bool = False,
@@ -38,16 +34,6 @@ def record(exp: str | None, norm: str, seed: int, *, batch: int, test: float, fa
                       "step": 200 if done else None},
             "history": hist if done else [], "probes": probes, "finished_at": "2026-01-01T00:00:00+00:00",
             "env": {"device_name": "test-cpu", "threads": 1, "hostname": "test", "process": "p"}}
-
-
-def run_claim(claim: str, tmp: Path, recs: list[dict]):
-    for i, r in enumerate(recs):
-        d = tmp / "runs" / str(i)
-        d.mkdir(parents=True)
-        (d / "result.json").write_text(json.dumps(r))
-    res = evaluate_claim(claim, split_by_experiment(collect([tmp / "runs"])), tmp / "report")
-    assert BROKEN not in res.evidence, res.evidence
-    return res
 
 
 # Test accuracy by (arm, batch): three seeds each, +0.1% per seed.

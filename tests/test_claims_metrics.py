@@ -13,58 +13,18 @@ test_claims_redesign.py; C14's fallback on per-epoch timings here.
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from analysis.claims import evaluate_claim
 from analysis.claims.c07_ghost_batch import _figure as fig_c7
-from analysis.claims.common import (CHANCE_ACC, INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ZERO_WIDTH_NOTE,
-                                    curves_figure, split_by_experiment, verdict_of)
-from analysis.collect import collect
+from analysis.claims.plots import curves_figure
+from analysis.claims.rule import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ZERO_WIDTH_NOTE, verdict_of
+from analysis.claims.runs import CHANCE_ACC
 from analysis.stats import Difference, contrast, mean_interval, welch_difference
-
-BROKEN = "could not be computed"  # the guard's words: a claim that raised
-
-
-# ------------------------------------------------------------------ records
-PROCESS = "test:100:2026-01-01T00:00:00+00:00"  # study.records.process_id of the sweep that timed the runs
-
-
-def record(exp: str, norm: str, seed: int, *, batch: int = 64, lr: float = 0.01, status: str = "completed",
-           val: float = 0.95, test: float | None = None, history: list[dict] | None = None,
-           probes: dict | None = None, model: dict | None = None, steps: int | None = None,
-           trial: Any = "absent") -> dict:
-    test = val if test is None else test
-    cfg: dict[str, Any] = {"model": {"norm": norm, **(model or {})}, "batch_size": batch, "lr": lr, "seed": seed,
-                           "epochs": 1, "steps": steps}
-    if trial != "absent":
-        cfg["trial"] = {"number": trial}
-    done = status == "completed"
-    final = {"val_acc": val if done else None, "test_acc": test if done else None, "train_loss": 0.1 if done else None,
-             "val_loss": 0.1 if done else None, "epoch": 1, "step": 100}
-    if history is None:
-        history = [{"epoch": 1, "step": 100, "val_acc": val, "test_acc": test, "train_loss": 0.1, "val_loss": 0.1,
-                    "epoch_seconds": 1.0, "samples_per_second": 6400.0, "eval_seconds": 0.1,
-                    "pack_size": 1}] if done else []
-    return {"schema_version": 1, "experiment": exp, "status": status, "seed": seed, "config": cfg, "final": final,
-            "history": history,
-            "probes": probes, "finished_at": "2026-01-01T00:00:00+00:00",
-            # summary's cost finding reads env.device_name (a column that is dropped when all null)
-            # process: the one that timed the run (C14 compares timings within one process only)
-            "env": {"device_name": "test-cpu", "threads": 1, "hostname": "test", "process": PROCESS}}
-
-
-def load(tmp: Path, recs: list[dict]) -> dict:
-    for i, r in enumerate(recs):
-        d = tmp / "runs" / str(i)
-        d.mkdir(parents=True)
-        (d / "result.json").write_text(json.dumps(r))
-    return split_by_experiment(collect([tmp / "runs"]))
+from helpers import BROKEN, PROCESS, VERDICTS, assert_png, c2_untested_records, load, record, run_claim
 
 
 def pts(xs) -> list[float]:
@@ -72,20 +32,6 @@ def pts(xs) -> list[float]:
     return [100 * x for x in xs]
 
 
-def run_claim(claim: str, tmp: Path, recs: list[dict]):
-    exps = load(tmp, recs)
-    res = evaluate_claim(claim, exps, tmp / "report")
-    assert BROKEN not in res.evidence, res.evidence
-    return res
-
-
-def assert_png(tmp: Path, res) -> None:
-    assert res.figure == f"claim_{res.claim.lower()}.png"
-    data = (tmp / "report" / res.figure).read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
-
-
-VERDICTS = {1: SUPPORTED, -1: NOT_SUPPORTED, 0: INCONCLUSIVE}
 METRIC_CLAIMS = ["C2", "C3", "C4", "C5", "C7", "C11", "C12", "C13", "C14"]  # the claims read from metrics
 
 
@@ -125,22 +71,6 @@ def test_c2_largest_stable_lr(tmp_path, direction):
     if direction == 1:  # BN stable at lr 10, the top of the grid, for seed 3
         assert "lower bound" in res.evidence and "x no norm's" in res.evidence
         assert_png(tmp_path, res)
-
-
-def c2_untested_records(experiment: str | None) -> list[dict]:
-    """No norm diverges at lr 1, which no BN run tried; BN's grid differs per seed; at batch 512 no BN run at all.
-
-    Compared on each arm's own grid, BN's largest stable lr (0.03 to 0.3) beats no norm's (0.01) for every
-    seed, and the ratio's interval is clear of zero; but no BN run tested an lr where no norm failed.
-    """
-    bn_top = [0.1, 0.03, 0.3, 0.1, 0.3]
-    recs = []
-    for s, top in enumerate(bn_top):
-        recs += [record(experiment, "batch", s, lr=lr, val=0.9 + 0.001 * s) for lr in (0.01, top)]
-        for batch in (64, 512):
-            recs += [record(experiment, "none", s, batch=batch, lr=0.01, val=0.9 + 0.001 * s),
-                     record(experiment, "none", s, batch=batch, lr=1.0, status="diverged")]
-    return recs
 
 
 @pytest.mark.parametrize("experiment", ["max_lr", None])  # the preset, and a sweep without one standing in
@@ -568,11 +498,11 @@ def test_c2_same_grid_ratio_for_every_seed_is_inconclusive(tmp_path):
 
 
 def test_verdict_of_reads_the_rule_except_zero_width():
-    assert verdict_of(Difference(1.0, 0.5, 1.5, 3, 3)) == SUPPORTED
-    assert verdict_of(Difference(-1.0, -1.5, -0.5, 3, 3)) == NOT_SUPPORTED
-    assert verdict_of(Difference(-1.0, -1.5, -0.5, 3, 3), expect_positive=False) == SUPPORTED
-    assert verdict_of(Difference(1.0, 1.0, 1.0, 2, 2)) == INCONCLUSIVE
-    assert verdict_of(Difference(1.0, math.nan, math.nan, 1, 1)) == INCONCLUSIVE
+    assert verdict_of(Difference(1.0, 0.5, 1.5, 3, 3), None) == SUPPORTED
+    assert verdict_of(Difference(-1.0, -1.5, -0.5, 3, 3), None) == NOT_SUPPORTED
+    assert verdict_of(Difference(-1.0, -1.5, -0.5, 3, 3), None, expect_positive=False) == SUPPORTED
+    assert verdict_of(Difference(1.0, 1.0, 1.0, 2, 2), None) == INCONCLUSIVE
+    assert verdict_of(Difference(1.0, math.nan, math.nan, 1, 1), None) == INCONCLUSIVE
 
 
 def test_accuracy_axes_stay_within_0_to_100(tmp_path):

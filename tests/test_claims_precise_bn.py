@@ -16,11 +16,11 @@ from torch.utils.data import DataLoader, TensorDataset
 import analysis.claims.c18_precise_bn as c18
 import study.probes as probes
 from analysis.claims import BY_ID
-from analysis.claims.common import (INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ClaimRuns, guarded,
-                                    split_by_experiment)
+from analysis.claims.rule import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED
+from analysis.claims.runs import ClaimRuns, guarded, split_by_experiment
 from analysis.collect import collect
 from analysis.stats import mean_interval
-from helpers import tiny_overrides
+from helpers import tiny_overrides, write_runs
 from study.config import compose_config
 from study.model import build_mlp
 from study.packed import PackedMLP, evaluate
@@ -170,11 +170,7 @@ def claim_runs(exps: dict) -> ClaimRuns:
 
 
 def run_claim(tmp_path: Path, records: list[dict]):
-    root = tmp_path / "runs"
-    for i, rec in enumerate(records):
-        (root / str(i)).mkdir(parents=True)
-        (root / str(i) / "result.json").write_text(json.dumps(rec))
-    exps = split_by_experiment(collect([root])) if records else {}
+    exps = split_by_experiment(collect([write_runs(tmp_path / "runs", records)])) if records else {}
     return guarded(c18.evaluate, claim_runs(exps), tmp_path / "out")
 
 

@@ -9,19 +9,20 @@ degenerate input (no probes, every run diverged, one arm missing, NaNs).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import analysis.claims.plots as plots
 from analysis.claims import evaluate_claim
-from analysis.claims.common import (INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ZERO_WIDTH_NOTE, ExperimentRuns,
-                                    split_by_experiment)
 from analysis.claims.probe_tables import probe_finals, probe_series
+from analysis.claims.rule import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ZERO_WIDTH_NOTE
+from analysis.claims.runs import ExperimentRuns, split_by_experiment
 from analysis.collect import collect
 from analysis.stats import mean_interval, welch_difference
+from helpers import write_runs
 
 SEEDS = (0, 1, 2)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -46,12 +47,7 @@ def record(experiment: str, norm: str, seed: int, probes: dict | None, status: s
 
 
 def exps_of(tmp_path: Path, records: list[dict]) -> dict:
-    root = tmp_path / "runs"
-    for i, rec in enumerate(records):
-        d = root / f"{i}"
-        d.mkdir(parents=True)
-        (d / "result.json").write_text(json.dumps(rec))
-    col = collect([root])
+    col = collect([write_runs(tmp_path / "runs", records)])
     if (col.runs.status != "completed").all():
         # split_by_experiment's analyze() needs a final metric that some run has; the claims read
         # only the records, so a preset whose runs all diverged is built by hand here.
@@ -330,10 +326,8 @@ def test_identical_seeds_never_make_a_probe_claim_supported(tmp_path):
 
 
 def test_c6_accuracy_axes_are_clamped_and_say_what_the_bars_are(tmp_path, monkeypatch):
-    import analysis.claims.common as common
-
     figs = []
-    monkeypatch.setattr(common, "save_figure", lambda fig, out, claim: figs.append(fig) or "claim_c6.png")
+    monkeypatch.setattr(plots, "save_figure", lambda fig, out, claim: figs.append(fig) or "claim_c6.png")
     recs, _ = c6_records("up")
     for r in recs:  # two seeds far apart on the shifted set: a t interval far outside 0-100%
         shift = (r["probes"] or {}).get("final", {}).get("shift")

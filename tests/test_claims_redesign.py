@@ -19,10 +19,9 @@ import pytest
 from analysis.claims.c04_steps_to_target import TARGET_VAL_ACC
 from analysis.claims.c12_regularization import SATURATED
 from analysis.claims.c13_linear_scaling import HOLD_POINTS, share_difference, wilson
-from analysis.claims.common import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
+from analysis.claims.rule import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 from analysis.stats import mean_interval, welch_difference
-from helpers import tiny_overrides
-from test_claims_metrics import VERDICTS, assert_png, record, run_claim
+from helpers import VERDICTS, assert_png, record, run_claim, tiny_overrides
 
 
 # ------------------------------------------------------------------ C4

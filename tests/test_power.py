@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from analysis.claims.common import INCONCLUSIVE, NO_EFFECT, ClaimResult, bound_note
+from analysis.claims.result import ClaimResult, bound_note
+from analysis.claims.rule import INCONCLUSIVE, NO_EFFECT
 from analysis.power import MAX_SEEDS, MIN_SEEDS, SAFETY, needs, projected_half_width, seeds_needed
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from analysis import build_report
 from analysis.report import REPORT_HTML, SECTION_TITLES
-from test_analysis import NORMS, make_runs
+from helpers import NORMS, make_runs
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -16,8 +16,8 @@ report evaluates each claim on the runs of its presets. A claim's module
 - `LITERATURE`: the published number its statistic stands beside;
 - `evaluate(runs, out) -> ClaimResult`: selection (`runs.need("<preset>")`;
   a preset without runs makes the claim "not run") -> statistic -> verdict
-  (`common.verdict_of`, the one rule) -> prose -> figure (a helper of the
-  module, saved as `out/claim_<id>.png`);
+  (`rule.verdict_of`, the one rule, with the claim's margin) -> prose ->
+  figure (a helper of the module, saved as `out/claim_<id>.png`);
 - where the row says `plain_sweep=True`, `tests_plain_sweep(exp)`: whether a
   sweep launched without a preset has what the claim compares, so that it
   stands in for the claim's first preset (a plain `batch_size=8,64,512`
@@ -26,8 +26,9 @@ report evaluates each claim on the runs of its presets. A claim's module
   variants of its presets (`conv_variant`: `cnn_max_lr` for `max_lr`)
   where its first preset did not run, and says so in its evidence.
 
-Add a claim: write its module with those three names (common.py has the
-result, the rule, the run selection, number formatting and figure helpers),
+Add a claim: write its module with those three names (from rule.py, the
+verdict rule; runs.py, the run selection and the guard; result.py, the
+result; plots.py, the figure parts; analysis/text.py, numbers in words),
 add its row here, its preset `conf/experiment/<name>.yaml` and a
 `quick/<name>.yaml`, and a test that builds records for it
 (tests/test_claims_*.py).
@@ -44,7 +45,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Optional
 
 if TYPE_CHECKING:
-    from analysis.claims.common import ClaimResult, ExperimentRuns
+    from analysis.claims.result import ClaimResult
+    from analysis.claims.runs import ExperimentRuns
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ def suite_presets() -> tuple[tuple[str, tuple[str, ...]], ...]:
 
 def evaluate_claim(claim_id: str, exps: Mapping[str, ExperimentRuns], out: Path) -> ClaimResult:
     """One claim on the runs in `exps` (preset -> runs); its figure goes into `out`. Never raises."""
-    from analysis.claims.common import NO_PRESET, ClaimRuns, guarded
+    from analysis.claims.runs import NO_PRESET, ClaimRuns, guarded
 
     claim = BY_ID[claim_id]
     module = importlib.import_module(f"analysis.claims.{claim.module}")

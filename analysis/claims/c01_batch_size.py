@@ -15,11 +15,14 @@ from typing import Optional
 
 import pandas as pd
 
-from analysis.claims.common import (ClaimResult, ClaimRuns, ExperimentRuns, combine, draw, families, headline, scaled,
-                                    verdict_of)
+from analysis.claims.plots import draw
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import combine, headline, verdict_of
+from analysis.claims.runs import ClaimRuns, ExperimentRuns, families
 from analysis.figures import fig_accuracy_vs_batch
-from analysis.stats import Difference, contrast
-from analysis.summary import fmt_value, setting_groups
+from analysis.stats import Difference, contrast, scaled
+from analysis.summary import setting_groups
+from analysis.text import fmt_value
 
 LITERATURE = "no direct figure; Masters & Luschi 2018: best results at batch 2-32 when lr is tuned"
 STATISTIC = ("BN minus no-norm test accuracy at the largest batch minus the same at the smallest, expected > 0")
@@ -40,7 +43,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
               if (rows := _by_batch(g)) is not None]
     if not groups:
         return runs.inconclusive(STATISTIC, "needs BN and no-norm runs at two or more batch sizes", unit="points")
-    settings = [(label, d, verdict_of(d)) for label, g in groups for d in [_growth(g)]]
+    settings = [(label, d, verdict_of(d, runs.claim.margin)) for label, g in groups for d in [_growth(g)]]
     label, c = headline(settings)
     g = dict(groups)[label]
     lo, hi = g.iloc[0], g.iloc[-1]

@@ -18,11 +18,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (ClaimResult, ClaimRuns, ExperimentRuns, clamp_axis, column, combine, draw,
-                                    families, headline, label_axes, palette, panel, runs_table, verdict_of,
-                                    with_interval)
+from analysis.claims.plots import clamp_axis, draw, label_axes, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import combine, headline, verdict_of
+from analysis.claims.runs import ClaimRuns, ExperimentRuns, column, families, runs_table
+from analysis.figures import palette
 from analysis.stats import MeanInterval, mean_interval
 from analysis.summary import norm_name, norm_order, setting_groups
+from analysis.text import with_interval
 
 LITERATURE = ("Bjorck et al. 2018 (ResNet-110, CIFAR-10): BN's benefit comes mainly from enabling larger "
               "learning rates")
@@ -49,7 +52,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
         m, lines, bounds[label] = _paired_ratio(g)
         details += [f"{label}: {line}" if label else line for line in lines]
         if m is not None:
-            settings.append((label, m, verdict_of(m)))
+            settings.append((label, m, verdict_of(m, runs.claim.margin)))
     figure = draw("C2", out, lambda: _figure(df), details)
     if not settings:
         return runs.inconclusive(STATISTIC, "no seed has a stable lr in both arms: no paired ratio", figure=figure,
@@ -58,7 +61,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     where = f"At {label} (least favourable of {len(settings)} settings; verdict combined over them), " if label else ""
     ci = f"{10 ** m.low:.2g}x to {10 ** m.high:.2g}x" if math.isfinite(m.low) else "no interval"
     evidence = (f"{where}BN's largest stable lr is {10 ** m.mean:.3g}x no norm's (geometric mean over {m.n} paired "
-                f"seeds; {ci}); log10 ratio {with_interval(m.mean, m.low, m.high, '', 3)}. Diverged runs and runs "
+                f"seeds; {ci}); log10 ratio {with_interval(m, '', 3)}. Diverged runs and runs "
                 f"ending below {UNSTABLE_VAL_ACC:.0%} validation accuracy count as unstable. Figure: final "
                 f"validation accuracy against lr per arm, one point per seed, diverged runs as crosses at 0."
                 f"{bounds[label]}")

@@ -17,10 +17,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (INCONCLUSIVE, ClaimResult, ClaimRuns, clamp_axis, combine, diff_text, draw,
-                                    headline, label_axes, n_text, num, palette, panel, runs_table, scaled, verdict_of)
-from analysis.stats import Difference, contrast
+from analysis.claims.plots import clamp_axis, draw, label_axes, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import INCONCLUSIVE, combine, headline, verdict_of
+from analysis.claims.runs import ClaimRuns, runs_table
+from analysis.collect import num
+from analysis.figures import palette
+from analysis.stats import Difference, contrast, scaled
 from analysis.summary import Analysis, norm_name
+from analysis.text import n_text, with_interval
 
 LITERATURE = ("Bjorck et al. 2018: at the same small learning rate the two are close; Tuning Playbook: "
               "tune the baseline's lr as well")
@@ -44,7 +49,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     rows = [(b, scaled(fixed[b], 100), scaled(tuned[b], 100)) for b in both]
     details, settings = [], []
     for b, f, t in rows:
-        line, setting = _compare(b, f, t)
+        line, setting = _compare(b, f, t, runs.claim.margin)
         details.append(line)
         if setting is not None:
             settings.append(setting)
@@ -55,7 +60,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                                             "presets: there is no gap to shrink", figure=figure, details=details)
     label, d = headline(settings)
     evidence = (f"At {label} (least favourable of {len(settings)} batch size(s) with a clear fixed-lr gap) the "
-                f"fixed-lr gap exceeds the tuned gap by {diff_text(d)}; verdict combined over batch sizes. "
+                f"fixed-lr gap exceeds the tuned gap by {with_interval(d)}; verdict combined over batch sizes. "
                 "Figure: BN minus no-norm test accuracy per batch size, fixed lr vs tuned lr, 95% Welch intervals.")
     return runs.result(combine(v for *_, v in settings), STATISTIC, interval=d, unit="points",
                        n=n_text([min(d.n_a, d.n_b)], "seeds per arm (smallest)"), evidence=evidence,
@@ -84,14 +89,16 @@ def _abs(d: Difference) -> Difference:
     return Difference(-d.diff, -d.high, -d.low, d.n_a, d.n_b, d.se, d.df)
 
 
-def _compare(b: int, fixed: Difference, tuned: Difference) -> tuple[str, Optional[tuple[str, Difference, str]]]:
+def _compare(b: int, fixed: Difference, tuned: Difference,
+             margin: float) -> tuple[str, Optional[tuple[str, Difference, str]]]:
     """One batch size: its detail line, and its setting (label, |fixed| - |tuned|, verdict) where the
     fixed-lr gap is clear of zero."""
     c = contrast(_abs(fixed), _abs(tuned))
-    line = f"batch {b}: fixed-lr gap {diff_text(fixed)}, tuned gap {diff_text(tuned)}; |fixed| - |tuned| {diff_text(c)}"
-    if verdict_of(fixed) == INCONCLUSIVE:
+    line = (f"batch {b}: fixed-lr gap {with_interval(fixed)}, tuned gap {with_interval(tuned)}; "
+            f"|fixed| - |tuned| {with_interval(c)}")
+    if verdict_of(fixed, margin) == INCONCLUSIVE:
         return line + ": fixed-lr gap not clear of zero, not counted", None
-    return f"{line}: {verdict_of(c)}", (f"batch {b}", c, verdict_of(c))
+    return f"{line}: {verdict_of(c, margin)}", (f"batch {b}", c, verdict_of(c, margin))
 
 
 def _protocol_note(tune: Analysis, exps: dict) -> str:

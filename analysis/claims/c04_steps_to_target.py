@@ -39,12 +39,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, ClaimResult, ClaimRuns, combine,
-                                    config_of, diff_text, draw, finite, headline, label_axes, log2_batch_axis, log_y,
-                                    n_text, norm_of, num, palette, panel, seed_of, val_series, verdict_of)
-from analysis.collect import counted_as
+from analysis.claims.plots import draw, label_axes, log_y, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, combine, headline, verdict_of
+from analysis.claims.runs import ClaimRuns, config_of, norm_of, seed_of, val_series
+from analysis.collect import counted_as, finite, num
+from analysis.figures import log2_batch_axis, palette
 from analysis.stats import welch_difference
 from analysis.summary import norm_name, norm_order
+from analysis.text import n_text, with_interval
 
 LITERATURE = ("Ioffe & Szegedy 2015 (ImageNet): 14x fewer steps to 72.2% (with other changes); "
               "Shallue et al. 2018: steps to target fall as 1/B, then diminish, then plateau")
@@ -73,7 +76,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     chosen = {key: _best_lr(g) for key, g in df.groupby(["norm", "batch_size"])}
     settings = []
     for b in sorted(df.batch_size.unique()):
-        line, setting = _compare(b, chosen.get(("batch", b)), chosen.get(("none", b)))
+        line, setting = _compare(b, chosen.get(("batch", b)), chosen.get(("none", b)), runs.claim.margin)
         details.append(line)
         if setting is not None:
             settings.append(setting)
@@ -91,7 +94,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     label, d = headline(settings)
     budget = int(df.budget.max())
     evidence = (f"At {label} (least favourable of {len(settings)} batch size(s)) no norm needs {10 ** d.diff:.3g}x "
-                f"BN's steps to {TARGET_VAL_ACC:.0%} validation accuracy (log10 {diff_text(d, '', 3)}); verdict "
+                f"BN's steps to {TARGET_VAL_ACC:.0%} validation accuracy (log10 {with_interval(d, '', 3)}); verdict "
                 f"combined over batch sizes. Target and {budget}-step budget fixed before the runs (from the old "
                 "report's pilot). Each arm's lr is the one with the fewest median steps; a run that never reached "
                 f"the target, or diverged, is censored and counts at the budget ({n_cens} such run(s) over all "
@@ -174,7 +177,7 @@ def _arm_text(name: str, c: dict[str, Any]) -> str:
     return f"{name} median {np.median(c['steps']):.0f} steps at lr {c['lr']:g}{edge}{cens}"
 
 
-def _compare(b: int, bn: Optional[dict], no: Optional[dict]) -> tuple[str, Optional[tuple]]:
+def _compare(b: int, bn: Optional[dict], no: Optional[dict], margin: float) -> tuple[str, Optional[tuple]]:
     """One batch size: its detail line, and its setting (label, log10 ratio, verdict) where an arm reached it.
     A censored run makes the ratio a bound, which cannot decide against its direction."""
     if not (bn and no):
@@ -183,7 +186,7 @@ def _compare(b: int, bn: Optional[dict], no: Optional[dict]) -> tuple[str, Optio
     if bn["censored"] and no["censored"]:
         return text + ": neither arm reached the target, no statistic", None
     d = welch_difference(np.log10(no["steps"]), np.log10(bn["steps"]))
-    v = verdict_of(d)
+    v = verdict_of(d, margin)
     if no["n_censored"] and bn["n_censored"]:
         text += "; both arms censored: neither bound holds"
         v = INCONCLUSIVE
@@ -193,7 +196,7 @@ def _compare(b: int, bn: Optional[dict], no: Optional[dict]) -> tuple[str, Optio
     elif bn["n_censored"]:
         text += "; an upper bound (BN censored)"
         v = INCONCLUSIVE if v == SUPPORTED else v
-    return f"{text}; log10 ratio {diff_text(d, '', 3)} ({10 ** d.diff:.3g}x): {v}", (f"batch {b}", d, v)
+    return f"{text}; log10 ratio {with_interval(d, '', 3)} ({10 ** d.diff:.3g}x): {v}", (f"batch {b}", d, v)
 
 
 def _scaling_lines(rows: list[dict[str, Any]]) -> list[str]:

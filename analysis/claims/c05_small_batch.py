@@ -16,11 +16,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (DIVERGED_NOTE, ClaimResult, ClaimRuns, acc_values, clamp_axis, counts_note,
-                                    diff_text, draw, label_axes, log2_batch_axis, mean_band, n_text, palette, panel,
-                                    runs_table, verdict_of)
+from analysis.claims.plots import clamp_axis, draw, label_axes, mean_band, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import verdict_of
+from analysis.claims.runs import DIVERGED_NOTE, ClaimRuns, acc_values, counts_note, runs_table
+from analysis.figures import log2_batch_axis, palette
 from analysis.stats import Difference, contrast, welch_difference
 from analysis.summary import norm_name, norm_order
+from analysis.text import n_text, with_interval
 
 LITERATURE = ("Wu & He 2018 (ResNet-50, ImageNet): BN top-1 error 23.6/23.7/24.8/27.3/34.7 at 32/16/8/4/2 "
               "images per GPU; GroupNorm 24.1/24.2/24.0/24.2/24.1")
@@ -50,11 +53,11 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                                  figure=figure, details=details)
     worst = max(other, key=lambda n: rises[n].diff)
     c = contrast(rises["batch"], rises[worst])
-    evidence = (f"From batch {ref} to {small}, BN's test error rises by {diff_text(rises['batch'])}; the largest rise "
-                f"among the other norms is {norm_name(worst)}'s, {diff_text(rises[worst])}; BN's rise minus it: "
-                f"{diff_text(c)}. {DIVERGED_NOTE}. Figure: test error vs batch size per norm (log2 axis), mean and "
-                "95% t-interval over seeds.")
-    return runs.result(verdict_of(c), STATISTIC, interval=c, unit="points",
+    evidence = (f"From batch {ref} to {small}, BN's test error rises by {with_interval(rises['batch'])}; the "
+                f"largest rise among the other norms is {norm_name(worst)}'s, {with_interval(rises[worst])}; BN's "
+                f"rise minus it: {with_interval(c)}. {DIVERGED_NOTE}. Figure: test error vs batch size per norm (log2 "
+                "axis), mean and 95% t-interval over seeds.")
+    return runs.result(verdict_of(c, runs.claim.margin), STATISTIC, interval=c, unit="points",
                        n=n_text([c.n_a, c.n_b], "seeds per cell (smallest)"), evidence=evidence, figure=figure,
                        details=details)
 
@@ -70,7 +73,7 @@ def _rises(df: pd.DataFrame, norms: list[Any], small: int, ref: int) -> tuple[di
             details.append(f"{norm_name(norm)}: no runs at batch {small} or {ref}")
             continue
         rises[norm] = welch_difference([100 - a for a in a_small], [100 - a for a in a_ref])
-        details.append(f"{norm_name(norm)}: error at batch {small} minus at {ref}: {diff_text(rises[norm])}"
+        details.append(f"{norm_name(norm)}: error at batch {small} minus at {ref}: {with_interval(rises[norm])}"
                        f"{counts_note(dv1 + dv2, lo1 + lo2)}")
     return rises, details
 

@@ -17,11 +17,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (INCONCLUSIVE, ClaimResult, ClaimRuns, bracketed, clamp_axis, combine, draw,
-                                    errorbar, grid, legend, log2_batch_axis, palette, short, signed, verdict_of)
+from analysis.claims.plots import clamp_axis, draw, errorbar, legend
 from analysis.claims.probe_tables import counted, left_out, probe_finals
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import INCONCLUSIVE, combine, verdict_of
+from analysis.claims.runs import ClaimRuns
+from analysis.figures import grid, log2_batch_axis, palette
 from analysis.stats import Difference, mean_interval, welch_difference
 from analysis.summary import norm_name
+from analysis.text import bracketed, short, signed
 
 LITERATURE = ("Ioffe 2017 (Batch Renorm) and Wu & He 2018: small batches make BN's batch statistics "
               "inaccurate, so training and inference disagree")
@@ -37,8 +41,8 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     if bn.empty:
         return runs.inconclusive(STATISTIC, "no completed BN run here, so there is no train/eval-mode discrepancy "
                                             "to measure" + note, unit="points")
-    v_a, part_a, d_a, n, details = _part_a(bn, none)
-    v_b, part_b, lines = _part_b(bn, none)
+    v_a, part_a, d_a, n, details = _part_a(bn, none, runs.claim.margin)
+    v_b, part_b, lines = _part_b(bn, none, runs.claim.margin)
     verdict = combine([v_a, v_b])
     details += lines + [f"verdict: (a) {v_a}, (b) {v_b} -> {verdict} (supported only when both parts are)"]
     evidence = (f"{part_a}; {part_b}. Figure: left, the gap vs batch size per arm; right, shifted-test "
@@ -56,7 +60,8 @@ def _with_gaps(df: pd.DataFrame) -> pd.DataFrame:
                      shift_loss=100 * (df.clean_acc - df.running_acc))
 
 
-def _part_a(bn: pd.DataFrame, none: pd.DataFrame) -> tuple[str, str, Optional[Difference], str, list[str]]:
+def _part_a(bn: pd.DataFrame, none: pd.DataFrame,
+            margin: float) -> tuple[str, str, Optional[Difference], str, list[str]]:
     """(a) BN's gap at the smallest batch minus at the largest: verdict, its sentence, the difference, its n,
     details."""
     with_gap = bn[np.isfinite(bn.gap)]
@@ -73,7 +78,7 @@ def _part_a(bn: pd.DataFrame, none: pd.DataFrame) -> tuple[str, str, Optional[Di
         return INCONCLUSIVE, text, None, "", details + ["(a) inconclusive: " + text]
     small, large = batches[0], batches[-1]
     d = welch_difference(with_gap[with_gap.batch_size == small].gap, with_gap[with_gap.batch_size == large].gap)
-    v = verdict_of(d)
+    v = verdict_of(d, margin)
     text = (f"BN's train/eval-mode gap is {short(means[small].mean)} points at batch {small} and "
             f"{short(means[large].mean)} at batch {large} (difference {bracketed(d)}: {v})")
     n = (f"{d.n_a} BN seeds at batch {small}, {d.n_b} at batch {large}" if d.n_a != d.n_b
@@ -81,7 +86,7 @@ def _part_a(bn: pd.DataFrame, none: pd.DataFrame) -> tuple[str, str, Optional[Di
     return v, text, d, n, details + [f"(a) gap at batch {small} minus at batch {large}: {bracketed(d)} points -> {v}"]
 
 
-def _part_b(bn: pd.DataFrame, none: pd.DataFrame) -> tuple[str, str, list[str]]:
+def _part_b(bn: pd.DataFrame, none: pd.DataFrame, margin: float) -> tuple[str, str, list[str]]:
     """(b) per batch size, BN's shifted accuracy with recomputed minus running statistics."""
     verdicts, gains, details = [], [], []
     for b in sorted(int(x) for x in bn.batch_size.dropna().unique()):
@@ -89,7 +94,7 @@ def _part_b(bn: pd.DataFrame, none: pd.DataFrame) -> tuple[str, str, list[str]]:
         m = mean_interval(g.recompute_gain)
         if m.n == 0:
             continue
-        verdicts.append(verdict_of(m))
+        verdicts.append(verdict_of(m, margin))
         gains.append(f"{signed(m.mean)} points at batch {b}")
         details.append(f"(b) batch {b}: BN shifted accuracy, recomputed minus running statistics {bracketed(m)} "
                        f"points -> {verdicts[-1]}; accuracy lost to the shift (clean - shifted with running "

@@ -16,11 +16,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (DIVERGED_NOTE, SUPPORTED, ClaimResult, ClaimRuns, acc_values, clamp_axis, column,
-                                    combine, counts_note, diff_text, draw, headline, label_axes, n_text, palette, panel,
-                                    runs_table, verdict_of)
+from analysis.claims.plots import clamp_axis, draw, label_axes, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import SUPPORTED, combine, headline, verdict_of
+from analysis.claims.runs import DIVERGED_NOTE, ClaimRuns, acc_values, column, counts_note, runs_table
 from analysis.collect import counted_as
+from analysis.figures import palette
 from analysis.stats import Difference, interval_bounds, welch_difference
+from analysis.text import n_text, with_interval
 
 LITERATURE = "Hoffer et al. 2017: the large-batch gap comes from fewer updates; ghost BN reduces it"
 REFERENCE_BATCH = 64  # the small-batch result
@@ -42,29 +45,30 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     details = [f"plain BN at batch {large}: {np.mean(a_plain):.2f}% (n={len(a_plain)}){counts_note(dv, lo)}"]
     series = {f"BN@{large}": a_plain}
     small_gap = welch_difference(a_small, a_plain) if a_small else None
-    gap_clear = small_gap is not None and verdict_of(small_gap) == SUPPORTED
+    gap_clear = small_gap is not None and verdict_of(small_gap, runs.claim.margin) == SUPPORTED
     if a_small:
         series[f"BN@{REFERENCE_BATCH}"] = a_small
         details += [f"BN at batch {REFERENCE_BATCH}: {np.mean(a_small):.2f}% (n={len(a_small)})"
                     f"{counts_note(dv64, lo64)}",
-                    f"BN at batch {REFERENCE_BATCH} minus plain BN at {large}: {diff_text(small_gap)}"
+                    f"BN at batch {REFERENCE_BATCH} minus plain BN at {large}: {with_interval(small_gap)}"
                     + ("" if gap_clear else ": not clearly positive, so no share of it is computed")]
-    settings, lines = _ghost_sizes(ghosts, a_plain, small_gap if gap_clear else None, large, series)
+    settings, lines = _ghost_sizes(ghosts, a_plain, small_gap if gap_clear else None, large, series,
+                                   runs.claim.margin)
     details += lines
     figure = draw("C7", out, lambda: _figure(series), details)
     if not settings:
         return runs.inconclusive(STATISTIC, f"no ghost BN run at batch {large} has a test accuracy", figure=figure,
                                  details=details)
     label, d = headline(settings)
-    evidence = (f"At batch {large}, {label} (least favourable of {len(settings)}) minus plain BN: {diff_text(d)}; "
-                f"verdict combined over ghost sizes. {DIVERGED_NOTE}. Figure: test accuracy per arm, one point per "
-                "seed, mean and 95% t-interval.")
+    evidence = (f"At batch {large}, {label} (least favourable of {len(settings)}) minus plain BN: "
+                f"{with_interval(d)}; verdict combined over ghost sizes. {DIVERGED_NOTE}. Figure: test accuracy per "
+                "arm, one point per seed, mean and 95% t-interval.")
     return runs.result(combine(v for *_, v in settings), STATISTIC, interval=d, unit="points",
                        n=n_text([d.n_a, d.n_b], "seeds per arm"), evidence=evidence, figure=figure, details=details)
 
 
 def _ghost_sizes(ghosts: pd.DataFrame, a_plain: list[float], small_gap: Optional[Difference], large: int,
-                 series: dict[str, list[float]]) -> tuple[list[tuple[str, Difference, str]], list[str]]:
+                 series: dict[str, list[float]], margin: float) -> tuple[list[tuple[str, Difference, str]], list[str]]:
     """Per ghost size at the large batch: (label, minus plain BN, verdict) and its detail line, with the share
     of the small-batch gap it recovers where that gap is clear (`small_gap`); adds its accuracies to `series`."""
     settings, details = [], []
@@ -73,14 +77,15 @@ def _ghost_sizes(ghosts: pd.DataFrame, a_plain: list[float], small_gap: Optional
         if not vals:
             continue
         d = welch_difference(vals, a_plain)
-        settings.append((f"ghost size {int(g)}", d, verdict_of(d)))
+        v = verdict_of(d, margin)
+        settings.append((f"ghost size {int(g)}", d, v))
         series[f"ghost {int(g)}@{large}"] = vals
         share = ""
         if small_gap is not None:
             share = (f"; recovers {100 * (np.mean(vals) - np.mean(a_plain)) / small_gap.diff:.0f}% of the gap from "
                      f"plain BN@{large} to BN@{REFERENCE_BATCH} ({small_gap.diff:+.2f} points)")
-        details.append(f"ghost size {int(g)} at batch {large}: {np.mean(vals):.2f}%, minus plain BN {diff_text(d)}: "
-                       f"{verdict_of(d)}{share}{counts_note(dvg, log_)}")
+        details.append(f"ghost size {int(g)} at batch {large}: {np.mean(vals):.2f}%, minus plain BN "
+                       f"{with_interval(d)}: {v}{share}{counts_note(dvg, log_)}")
     return settings, details
 
 

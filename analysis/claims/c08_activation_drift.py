@@ -17,11 +17,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (ClaimResult, ClaimRuns, bracketed, count, draw, grid, legend, n_text, palette,
-                                    short, verdict_of)
+from analysis.claims.plots import draw, legend
 from analysis.claims.probe_tables import PERCENTILES, arms, completed_series, seed_order
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import verdict_of
+from analysis.claims.runs import ClaimRuns
+from analysis.figures import grid, palette
 from analysis.stats import mean_interval, welch_difference
 from analysis.summary import norm_name
+from analysis.text import bracketed, count, n_text, short
 
 LITERATURE = ("Ioffe & Szegedy 2015, fig. 1b,c: 15/50/85th percentiles of a last-hidden sigmoid input "
               "drift without BN and stay stable with BN")
@@ -51,8 +55,8 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                 f"BN {short(bn.drift.mean())} of the run's own p15-p85 spread (difference {bracketed(d, 3)}). "
                 "Figure: the 15/50/85th percentiles vs step, one panel per arm (lowest seed bold, others "
                 f"faint){note}.")
-    return runs.result(verdict_of(d), STATISTIC, interval=d, unit="spreads", n=n_text([d.n_b, d.n_a]),
-                       evidence=evidence, figure=figure, details=details)
+    return runs.result(verdict_of(d, runs.claim.margin), STATISTIC, interval=d, unit="spreads",
+                       n=n_text([d.n_b, d.n_a]), evidence=evidence, figure=figure, details=details)
 
 
 def drift_table(series: pd.DataFrame) -> pd.DataFrame:

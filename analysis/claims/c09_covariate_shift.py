@@ -17,11 +17,15 @@ from typing import Optional
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (NOT_SUPPORTED, SUPPORTED, ClaimResult, ClaimRuns, bracketed, draw, grid, legend,
-                                    n_text, palette, short, trace, verdict_of)
+from analysis.claims.plots import draw, legend, trace
 from analysis.claims.probe_tables import arms, completed_series, layer_columns
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import NOT_SUPPORTED, SUPPORTED, verdict_of
+from analysis.claims.runs import ClaimRuns
+from analysis.figures import grid, palette
 from analysis.stats import Difference, mean_interval, welch_difference
 from analysis.summary import norm_name
+from analysis.text import bracketed, n_text, short
 
 LITERATURE = "Santurkar et al. 2018 (VGG, CIFAR-10): internal covariate shift is not smaller with BN"
 STATISTIC = ("BN minus no-norm mean ICS cosine (gradient of the last Linear layer before vs after the "
@@ -45,7 +49,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
         missing = [name for name, n in (("BN", d.n_a), ("no norm", d.n_b)) if n == 0]
         return runs.inconclusive(STATISTIC, f"no completed {' or '.join(missing)} run with ICS probes, so the arms "
                                             f"cannot be compared{note}", unit="cosine", figure=figure, details=details)
-    verdict = verdict_of(d, expect_positive=False)
+    verdict = verdict_of(d, runs.claim.margin, expect_positive=False)
     evidence = (f"mean ICS cosine of layer {last_j} (the last Linear layer): BN {short(bn[last_c].mean())}, "
                 f"no norm {short(none[last_c].mean())}, difference {bracketed(d, 3)}: {_reading(verdict, d)}. "
                 "Figure: ICS cosine (top) and distance (bottom) vs step per arm for each Linear layer >= 1 "

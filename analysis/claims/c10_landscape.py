@@ -19,11 +19,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (ClaimResult, ClaimRuns, bracketed, draw, grid, legend, n_text, palette, short,
-                                    trace, verdict_of)
+from analysis.claims.plots import draw, legend, trace
 from analysis.claims.probe_tables import LANDSCAPE, arms, completed_series, probe_series, run_total
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import verdict_of
+from analysis.claims.runs import ClaimRuns
+from analysis.figures import grid, palette
 from analysis.stats import welch_difference
 from analysis.summary import norm_name
+from analysis.text import bracketed, n_text, short
 
 LITERATURE = ("Santurkar et al. 2018: loss variation, gradient change and effective beta-smoothness along "
               "the gradient are smaller with BN, by up to two orders of magnitude early in training")
@@ -51,7 +55,8 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     none, bn = win[win.norm == "none"], win[win.norm == "batch"]
     diffs = {(q, w): welch_difference(_log10(none[f"{q}_{w}"]), _log10(bn[f"{q}_{w}"]))
              for q in LANDSCAPE for w in ("early", "late")}
-    details = [_window_line(q, w, none, bn, diffs[(q, w)]) for q in LANDSCAPE for w in ("early", "late")]
+    details = [_window_line(q, w, none, bn, diffs[(q, w)], runs.claim.margin)
+               for q in LANDSCAPE for w in ("early", "late")]
     figure = draw("C10", out, lambda: _figure(series), details)
     d, late = diffs[("beta_smoothness", "early")], diffs[("beta_smoothness", "late")]
     if d.n_a == 0 or d.n_b == 0:
@@ -64,7 +69,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                 f"{short(10 ** late.diff)}x (log10 {bracketed(late)}). "
                 "Figure: loss range, gradient change and beta-smoothness vs step per arm (log y; seeds faint, "
                 f"geometric mean bold; shaded: the first 25% of training){note}.")
-    return runs.result(verdict_of(d), STATISTIC, interval=d, unit="log10", n=n_text([d.n_b, d.n_a]),
+    return runs.result(verdict_of(d, runs.claim.margin), STATISTIC, interval=d, unit="log10", n=n_text([d.n_b, d.n_a]),
                        evidence=evidence, experiment=experiment, figure=figure, details=details)
 
 
@@ -91,10 +96,10 @@ def _log10(values: pd.Series) -> pd.Series:
     return np.log10(v.where(v > 0))
 
 
-def _window_line(q: str, w: str, none: pd.DataFrame, bn: pd.DataFrame, d) -> str:
+def _window_line(q: str, w: str, none: pd.DataFrame, bn: pd.DataFrame, d, margin: float) -> str:
     span = f"first {int(100 * EARLY)}" if w == "early" else f"last {int(round(100 * (1 - LATE)))}"
     return (f"{NAMES[q]}, {w} (probes of the {span}% of training): no norm {short(none[f'{q}_{w}'].mean())}, BN "
-            f"{short(bn[f'{q}_{w}'].mean())}; log10(no norm / BN) {bracketed(d)} -> {verdict_of(d)}")
+            f"{short(bn[f'{q}_{w}'].mean())}; log10(no norm / BN) {bracketed(d)} -> {verdict_of(d, margin)}")
 
 
 def _figure(series: pd.DataFrame) -> Optional[Figure]:

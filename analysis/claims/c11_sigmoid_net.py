@@ -15,12 +15,15 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from analysis.claims.common import (DIVERGED_NOTE, NOT_SUPPORTED, SUPPORTED, ClaimResult, ClaimRuns, ExperimentRuns,
-                                    acc_values, counts_note, curves_figure, diff_text, draw, n_text, norm_of,
-                                    runs_table, seed_of, val_series, verdict_of)
+from analysis.claims.plots import curves_figure, draw
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import NOT_SUPPORTED, SUPPORTED, verdict_of
+from analysis.claims.runs import (DIVERGED_NOTE, ClaimRuns, ExperimentRuns, acc_values, counts_note, norm_of,
+                                  runs_table, seed_of, val_series)
 from analysis.collect import counted_as
 from analysis.stats import Difference, contrast, mean_interval, welch_difference
 from analysis.summary import norm_name
+from analysis.text import n_text, with_interval
 
 LITERATURE = ("Ioffe & Szegedy 2015 sec. 4.1 (3x100 sigmoid, batch 60, 50,000 steps): a public re-run "
               "reported 0.980 with BN vs 0.977 without")
@@ -40,16 +43,16 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
         details.append(f"{norm_name(norm)}: test accuracy {m.mean:.4f}"
                        + (f" ({m.low:.4f} to {m.high:.4f})" if math.isfinite(m.low) else "") + f", n={m.n}")
     details.append("literature (a public re-run of Ioffe & Szegedy 2015 sec. 4.1): 0.980 with BN vs 0.977 without")
-    details.append(_relu_line(runs.get("notebook"), d))
+    details.append(_relu_line(runs.get("notebook"), d, runs.claim.margin))
     curves = _curves(exp)
     figure = draw("C11", out, lambda: curves_figure(
         [(n, pts) for n, pts, _ in curves], "optimizer steps", "validation accuracy (%)",
         "C11: 3x100 sigmoid MLP, validation accuracy", scale=100), details)
     source = ("val_acc probe" if {s for _, _, s in curves} == {"probe"}
               else "per-epoch history where a run has no probe")
-    evidence = (f"BN minus no norm test accuracy: {diff_text(d)}{note}. {DIVERGED_NOTE}. Figure: validation "
+    evidence = (f"BN minus no norm test accuracy: {with_interval(d)}{note}. {DIVERGED_NOTE}. Figure: validation "
                 f"accuracy vs steps per arm ({source}), mean and 95% t-band over seeds.")
-    return runs.result(verdict_of(d), STATISTIC, interval=d, unit="points", n=n_text([d.n_a, d.n_b]),
+    return runs.result(verdict_of(d, runs.claim.margin), STATISTIC, interval=d, unit="points", n=n_text([d.n_a, d.n_b]),
                        evidence=evidence, figure=figure, details=details)
 
 
@@ -60,7 +63,7 @@ def _gap(df: pd.DataFrame) -> tuple[Difference, str]:
     return welch_difference(bn, no), counts_note(dv1 + dv2, lo1 + lo2)
 
 
-def _relu_line(notebook: Optional[ExperimentRuns], sigmoid: Difference) -> str:
+def _relu_line(notebook: Optional[ExperimentRuns], sigmoid: Difference, margin: float) -> str:
     """The same gap in the notebook's ReLU network, and the sigmoid gap minus it."""
     if notebook is None:
         return "no notebook runs: no ReLU comparison"
@@ -70,10 +73,10 @@ def _relu_line(notebook: Optional[ExperimentRuns], sigmoid: Difference) -> str:
         return f"notebook runs lack both arms at batch {NOTEBOOK_BATCH}, lr {NOTEBOOK_LR}: no ReLU comparison"
     relu, note = _gap(nb)
     c = contrast(sigmoid, relu)
-    reading = {SUPPORTED: "larger with sigmoid", NOT_SUPPORTED: "smaller with sigmoid"}.get(verdict_of(c),
+    reading = {SUPPORTED: "larger with sigmoid", NOT_SUPPORTED: "smaller with sigmoid"}.get(verdict_of(c, margin),
                                                                                              "no clear difference")
     return (f"ReLU notebook network at batch {NOTEBOOK_BATCH}, lr {NOTEBOOK_LR}: BN minus no norm "
-            f"{diff_text(relu)}{note}; sigmoid gap minus ReLU gap {diff_text(c)}: {reading}")
+            f"{with_interval(relu)}{note}; sigmoid gap minus ReLU gap {with_interval(c)}: {reading}")
 
 
 def _curves(exp: ExperimentRuns) -> list[tuple[str, list[tuple[float, float]], str]]:

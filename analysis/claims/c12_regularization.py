@@ -19,10 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.claims.common import (INCONCLUSIVE, ClaimResult, ClaimRuns, curves_figure, diff_text, draw, n_text,
-                                    runs_table, verdict_of)
+from analysis.claims.plots import curves_figure, draw
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import INCONCLUSIVE, verdict_of
+from analysis.claims.runs import ClaimRuns, runs_table
 from analysis.stats import welch_difference
 from analysis.summary import norm_name
+from analysis.text import n_text, with_interval
 
 LITERATURE = "Ioffe & Szegedy 2015: BN regularizes (dropout could be reduced); no MNIST figure"
 SATURATED = 0.995  # the mean final training accuracy each arm must reach for the gap to read as regularization
@@ -57,7 +60,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     saturation = ("Training accuracy saturated in both arms (mean final " + ", ".join(
         f"{norm_name(n)} {100 * train[n].mean():.2f}% (lowest run {100 * train[n].min():.2f}%)" for n in train)
         + f"; needed: {SATURATED:.1%})")
-    verdict = verdict_of(d)
+    verdict = verdict_of(d, runs.claim.margin)
     if short:
         saturation = ("Not saturated: " + ", ".join(f"{norm_name(n)}'s mean final training accuracy is "
                                                     f"{100 * train[n].mean():.2f}%" for n in short)
@@ -65,7 +68,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                       "regularization rather than under-fitting), so the verdict is inconclusive whatever the "
                       f"interval (it would read '{verdict}')")
         verdict = INCONCLUSIVE
-    evidence = (f"No norm's gap minus BN's: {diff_text(d)}; 'not supported' here means BN's gap is the larger. "
+    evidence = (f"No norm's gap minus BN's: {with_interval(d)}; 'not supported' here means BN's gap is the larger. "
                 f"{saturation}. Training accuracy is measured in eval mode on a fixed subset of the training split. "
                 "Figure: the gap per epoch, mean and 95% t-band over seeds.")
     return runs.result(verdict, STATISTIC, interval=d, unit="points", n=n_text([d.n_a, d.n_b]),

@@ -29,10 +29,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (CHANCE_ACC, ClaimResult, ClaimRuns, acc_values, clamp_axis, counts_note, draw,
-                                    label_axes, log2_batch_axis, n_text, palette, panel, runs_table, verdict_of)
+from analysis.claims.plots import clamp_axis, draw, label_axes, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import verdict_of
+from analysis.claims.runs import CHANCE_ACC, ClaimRuns, acc_values, counts_note, runs_table
+from analysis.figures import log2_batch_axis, palette
 from analysis.stats import LEVEL, Difference
 from analysis.summary import norm_name, norm_order
+from analysis.text import n_text
 
 LITERATURE = "Goyal et al. 2017 (ImageNet): lr proportional to batch size, with warm-up, holds to batch 8k"
 REFERENCE_BATCH = 64
@@ -98,8 +102,8 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
         (kb, nb), (kn, nn) = arms["batch"]["holds"][b], arms["none"]["holds"][b]
         d = diffs[b] = share_difference(kb, nb, kn, nn)
         details.append(f"batch {b} (lr {0.01 * b / REFERENCE_BATCH:g}): BN {kb} of {nb} runs hold, no norm {kn} of "
-                       f"{nn}; BN minus no norm {_share_text(d)}: {verdict_of(d)}; median accuracy BN "
-                       f"{arms['batch']['median'][b]:.2f}%, no norm {arms['none']['median'][b]:.2f}%")
+                       f"{nn}; BN minus no norm {_share_text(d)}: {verdict_of(d, runs.claim.margin)}; median "
+                       f"accuracy BN {arms['batch']['median'][b]:.2f}%, no norm {arms['none']['median'][b]:.2f}%")
     b = above[-1]
     d = diffs[b]
     (kb, nb), (kn, nn) = arms["batch"]["holds"][b], arms["none"]["holds"][b]
@@ -113,7 +117,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                 f"counts at chance accuracy ({CHANCE_ACC:.0%}), which never holds; failed and pruned runs are left "
                 "out. Figure: each run's final validation accuracy vs batch size, the median per arm, and each "
                 "arm's hold threshold (dashed).")
-    return runs.result(verdict_of(d), STATISTIC, interval=d, unit="points",
+    return runs.result(verdict_of(d, runs.claim.margin), STATISTIC, interval=d, unit="points",
                        n=n_text([d.n_a, d.n_b], "runs per arm at the largest batch"), evidence=evidence,
                        figure=figure, details=details)
 

@@ -33,19 +33,16 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (ClaimResult, ClaimRuns, ExperimentRuns, column, combine, diff_text, draw,
-                                    errorbar, families, finite, headline, label_axes, log2_batch_axis, log_y,
-                                    mean_band, n_text, norm_of, num, palette, panel, runs_table, verdict_of,
-                                    with_interval)
+from analysis.claims.plots import draw, errorbar, label_axes, log_y, mean_band, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import combine, headline, verdict_of
+from analysis.claims.runs import ClaimRuns, ExperimentRuns, column, families, norm_of, runs_table
+from analysis.collect import finite, num
+from analysis.figures import log2_batch_axis, palette
 from analysis.stats import Difference, mean_interval, relative_difference
-from analysis.summary import (
-    NOT_COMPARABLE,
-    NOT_COMPARABLE_WHY,
-    norm_name,
-    norm_order,
-    setting_groups,
-    timed_in_one_process,
-)
+from analysis.summary import (NOT_COMPARABLE, NOT_COMPARABLE_WHY, norm_name, norm_order, setting_groups,
+                              timed_in_one_process)
+from analysis.text import n_text, with_interval
 
 LITERATURE = "measured on this project's trainer only; the notebook names the overhead without a number"
 STATISTIC = ("BN's time relative to no norm's, minus 1, in percent, per batch size, for a training step and for an "
@@ -106,11 +103,11 @@ def _interleaved(runs: ClaimRuns, exp: ExperimentRuns, m: pd.DataFrame, out: Pat
         g = m[m.batch_size == b]
         for k in KINDS:
             mi = mean_interval(g[f"{k}_pct"])
-            v = verdict_of(mi)
+            v = verdict_of(mi, runs.claim.margin)
             settings.append((f"batch {int(b)}, {KIND_NAMES[k]}", mi, v))
             details.append(f"batch {int(b)}, {KIND_NAMES[k]}: BN {g[f'{k}_batch_ms'].median():.4g} ms vs no norm "
                            f"{g[f'{k}_none_ms'].median():.4g} ms (medians over measurements); BN relative to no norm "
-                           f"{with_interval(mi.mean, mi.low, mi.high, '%', 1)} (n={mi.n}): {v}")
+                           f"{with_interval(mi, '%', 1)} (n={mi.n}): {v}")
     loaded = int((pd.to_numeric(m.cpu_wait, errors="coerce") > LOADED).sum())
     threads = sorted({int(t) for t in m.threads if finite(t)})
     reps = pd.to_numeric(m.repeats, errors="coerce").dropna()
@@ -124,7 +121,7 @@ def _interleaved(runs: ClaimRuns, exp: ExperimentRuns, m: pd.DataFrame, out: Pat
     label, d = headline(settings)
     evidence = (f"At {label} (least favourable of {len(settings)} settings: {m.batch_size.nunique()} batch size(s) x "
                 f"training step and inference pass) BN's time relative to no norm's is "
-                f"{with_interval(d.mean, d.low, d.high, '%', 1)} (positive: BN slower; per measurement BN's median "
+                f"{with_interval(d, '%', 1)} (positive: BN slower; per measurement BN's median "
                 "time over no norm's, minus 1, both arms timed in one process, interleaved; mean and 95% t interval "
                 "over measurements, one per run); verdict combined over every setting. Figure: the relative cost per "
                 "batch size, training step and inference pass, mean and 95% t interval.")
@@ -155,7 +152,7 @@ def _epoch_timings(runs: ClaimRuns, exp: ExperimentRuns, out: Path) -> ClaimResu
     for label, g in setting_groups(exp.analysis, t):
         for b in sorted(g.batch_size.dropna().unique()):
             where = f"batch {int(b)}" + (f", {label}" if label else "")
-            line, setting = _compare(where, g[g.batch_size == b])
+            line, setting = _compare(where, g[g.batch_size == b], runs.claim.margin)
             if setting is not None:
                 settings.append(setting)
             if line:
@@ -178,8 +175,8 @@ def _epoch_timings(runs: ClaimRuns, exp: ExperimentRuns, out: Path) -> ClaimResu
     evidence = ("No interleaved cost measurement in these records (study/cost.py; the overhead preset's cost_repeats): "
                 "the trainer's per-epoch timings of separate runs stand in. "
                 f"At {label} (least favourable of {len(settings)}) BN's training step time relative to no norm's "
-                f"is {diff_text(d, '%', 1)} (positive: BN slower; interval: Welch difference over seeds divided by no "
-                "norm's mean; both arms timed in one process); verdict combined over batch sizes"
+                f"is {with_interval(d, '%', 1)} (positive: BN slower; interval: Welch difference over seeds divided by "
+                "no norm's mean; both arms timed in one process); verdict combined over batch sizes"
                 + (f" ({NOT_COMPARABLE}, left out: {', '.join(apart)})" if apart else "")
                 + ". Figure: milliseconds per training step by batch size and arm, mean and 95% t-interval over "
                 "seeds.")
@@ -211,7 +208,7 @@ def timing_table(exp: ExperimentRuns) -> pd.DataFrame:
     return t[np.isfinite(t.sec_per_step.astype(float))] if len(t) else t
 
 
-def _compare(label: str, t: pd.DataFrame) -> tuple[str, tuple[str, Difference, str] | None]:
+def _compare(label: str, t: pd.DataFrame, margin: float) -> tuple[str, tuple[str, Difference, str] | None]:
     """One batch size (and setting): its detail line and setting (label, relative step time, verdict); no
     line without timed runs of both arms, no setting where no process timed both."""
     bn, no = t[t.norm == "batch"], t[t.norm == "none"]
@@ -225,10 +222,10 @@ def _compare(label: str, t: pd.DataFrame) -> tuple[str, tuple[str, Difference, s
     bn, no = bn_one, no_one
     d = relative_difference(bn.sec_per_step, no.sec_per_step, 100)
     ev = relative_difference(bn.eval_sec, no.eval_sec, 100)
-    v = verdict_of(d)
+    v = verdict_of(d, margin)
     return (f"{label}: training step BN {1e3 * bn.sec_per_step.mean():.3f} ms vs no norm "
-            f"{1e3 * no.sec_per_step.mean():.3f} ms: {diff_text(d, '%', 1)}: {v}; inference (eval-mode "
-            f"passes over validation+test) {diff_text(ev, '%', 1)}"
+            f"{1e3 * no.sec_per_step.mean():.3f} ms: {with_interval(d, '%', 1)}: {v}; inference (eval-mode "
+            f"passes over validation+test) {with_interval(ev, '%', 1)}"
             + (f"; {n_left} run(s) timed in other processes left out" if n_left else "")), (label, d, v)
 
 

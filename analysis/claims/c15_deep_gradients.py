@@ -18,11 +18,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from analysis.claims.common import (INCONCLUSIVE, ClaimResult, ClaimRuns, bracketed, combine, draw, grid, legend,
-                                    n_text, palette, short, verdict_of)
+from analysis.claims.plots import draw, legend
 from analysis.claims.probe_tables import completed_series, layer_columns, run_total
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import INCONCLUSIVE, combine, verdict_of
+from analysis.claims.runs import ClaimRuns
+from analysis.figures import grid, palette
 from analysis.stats import Difference, mean_interval, welch_difference
 from analysis.summary import norm_name
+from analysis.text import bracketed, n_text, short
 
 LITERATURE = ("Ioffe & Szegedy 2015: BN prevents small parameter changes from amplifying through deep "
               "networks and lets saturating nonlinearities train")
@@ -44,7 +48,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     shown = "sigmoid" if "sigmoid" in activations else activations[0]
     verdicts, parts, details, diffs = [], [], [], {}
     for act in activations:
-        diffs[act], v, line, part = _activation(per_run[per_run.activation == act], act)
+        diffs[act], v, line, part = _activation(per_run[per_run.activation == act], act, runs.claim.margin)
         verdicts.append(v)
         details.append(line)
         parts.append(part)
@@ -87,12 +91,12 @@ def spreads(series: pd.DataFrame, early: float = EARLY) -> tuple[pd.DataFrame, p
     return per_run.reset_index(), layers
 
 
-def _activation(g: pd.DataFrame, act: str) -> tuple[Difference, str, str, str]:
+def _activation(g: pd.DataFrame, act: str, margin: float) -> tuple[Difference, str, str, str]:
     """One activation: no norm minus BN early spread, its verdict, detail line and evidence phrase."""
     none, bn = g[g.norm == "none"], g[g.norm == "batch"]
     d = welch_difference(none.early, bn.early)
     d_all = welch_difference(none["all"], bn["all"])
-    v = verdict_of(d) if d.n_a and d.n_b else INCONCLUSIVE
+    v = verdict_of(d, margin) if d.n_a and d.n_b else INCONCLUSIVE
     zeros = int(g.zeros.sum())
     line = (f"{act}: spread early: no norm {bracketed(mean_interval(none.early))}, BN "
             f"{bracketed(mean_interval(bn.early))} decades; no norm minus BN {bracketed(d)} -> {v}. Over all probes: "

@@ -33,12 +33,16 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (DIVERGED_NOTE, ClaimResult, ClaimRuns, ExperimentRuns, acc_values, bracketed,
-                                    clamp_axis, combine, config_of, counts_note, diff_text, draw, errorbar, finite,
-                                    headline, label_axes, log2_batch_axis, n_text, norm_of, num, palette, panel,
-                                    seed_of, verdict_of)
+from analysis.claims.plots import clamp_axis, draw, errorbar, label_axes, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import combine, headline, verdict_of
+from analysis.claims.runs import (DIVERGED_NOTE, ClaimRuns, ExperimentRuns, acc_values, config_of, counts_note, norm_of,
+                                  seed_of)
+from analysis.collect import finite, num
+from analysis.figures import log2_batch_axis, palette
 from analysis.stats import Difference, mean_interval, relative_difference, welch_difference
 from analysis.summary import norm_order
+from analysis.text import bracketed, n_text, with_interval
 
 LITERATURE = ("Cooijmans et al. 2016: pixel MNIST LSTM 98.9% / BN-LSTM 99.0%, permuted 90.2% / 95.4%, BN-LSTM "
               "converging faster; Laurent et al. 2016: faster training, no generalization gain; one reproduction: "
@@ -131,31 +135,31 @@ def _accuracy(runs: ClaimRuns, df: pd.DataFrame, out: Path) -> ClaimResult:
         if got is None:
             continue
         d, note = got
-        settings.append((_where(big, permuted), d, verdict_of(d)))
-        details.append(f"{_where(big, permuted)}: BN-LSTM minus LSTM {diff_text(d)}{note}")
+        settings.append((_where(big, permuted), d, verdict_of(d, runs.claim.margin)))
+        details.append(f"{_where(big, permuted)}: BN-LSTM minus LSTM {with_interval(d)}{note}")
         first = _acc_diff(df, "batch", "none", big, permuted, "first_test_acc")
         cell = _cell(df, "batch", big, permuted)
         step = cell.first_step.min()
         if first is not None and finite(step) and step < cell.steps.max():  # one evaluation: nothing earlier
             details.append(f"{_where(big, permuted)}, after the first epoch (step {int(step)}): "
-                           f"{diff_text(first[0])}")
+                           f"{with_interval(first[0])}")
     if not settings:
         return runs.inconclusive(stat, f"needs BN-LSTM and LSTM runs at batch {int(big)}", unit="points")
     for b in sizes[:-1]:
         got = _acc_diff(df, "batch", "none", b)
         if got is not None:
-            details.append(f"{_where(b, False)}: BN-LSTM minus LSTM {diff_text(got[0])}{got[1]}")
+            details.append(f"{_where(b, False)}: BN-LSTM minus LSTM {with_interval(got[0])}{got[1]}")
     batch_stats = _acc_diff(df, "batch", "none", big, False, "train_mode_acc")
     if batch_stats is not None:
         details.append(f"{_where(big, False)}: BN-LSTM with batch statistics at test (train mode, probe modes) "
-                       f"minus LSTM {diff_text(batch_stats[0])}: what BN-LSTM's weights reach before its "
+                       f"minus LSTM {with_interval(batch_stats[0])}: what BN-LSTM's weights reach before its "
                        "population statistics (C16c)")
     shared = _acc_diff(df, "batch_shared", "batch", big)
     if shared is not None:
         details.append(f"{_where(big, False)}: shared minus per-step statistics (the same training; only the "
-                       f"population statistics differ) {diff_text(shared[0])}")
+                       f"population statistics differ) {with_interval(shared[0])}")
     label, c = headline(settings)
-    evidence = ("; ".join(f"{w}: BN-LSTM minus LSTM test accuracy {diff_text(d)}" for w, d, _ in settings)
+    evidence = ("; ".join(f"{w}: BN-LSTM minus LSTM test accuracy {with_interval(d)}" for w, d, _ in settings)
                 + f"; headline: the least favourable, {label}. {_budget(df)} {DIVERGED_NOTE}. Figure: final test "
                   f"accuracy per arm at batch {int(big)}, with population and (BN arms) batch statistics.")
     figure = draw("C16", out, lambda: _accuracy_figure(df, big), details)
@@ -213,10 +217,10 @@ def _cost(runs: ClaimRuns, df: pd.DataFrame, out: Path) -> ClaimResult:
         if bn.empty or plain.empty:
             continue
         d = relative_difference(bn, plain, 100)
-        settings.append((f"batch {int(b)}", d, verdict_of(d)))
+        settings.append((f"batch {int(b)}", d, verdict_of(d, runs.claim.margin)))
         others = "; ".join(f"{arm(n)} {_cell(ok, n, b).ms_per_step.mean():.1f} ms"
                            for n in norm_order(ok.norm) if not _cell(ok, n, b).empty)
-        details.append(f"batch {int(b)}: BN-LSTM's step {diff_text(d, ' %', 0)} against the LSTM's "
+        details.append(f"batch {int(b)}: BN-LSTM's step {with_interval(d, ' %', 0)} against the LSTM's "
                        f"({bn.mean():.1f} vs {plain.mean():.1f} ms, ratio {bn.mean() / plain.mean():.1f}x); {others}")
     if not settings:
         return runs.inconclusive(stat, "needs completed, timed BN-LSTM and LSTM runs at a shared batch size",
@@ -225,7 +229,7 @@ def _cost(runs: ClaimRuns, df: pd.DataFrame, out: Path) -> ClaimResult:
     details.append("per run: training seconds (evaluation and probes left out) over its steps, divided by its "
                    "pack's size (a looped pack runs its members one after the other); machine and load as the "
                    "runs found them")
-    parts = "; ".join(f"{diff_text(d, ' %', 0)} at {w}" for w, d, _ in settings)
+    parts = "; ".join(f"{with_interval(d, ' %', 0)} at {w}" for w, d, _ in settings)
     evidence = (f"BN-LSTM's step costs more than nn.LSTM's by {parts}; headline: {label}. The BN-LSTM is a "
                 "Python loop over the 28 steps, nn.LSTM one fused kernel: the cost includes that, not only BN's "
                 "arithmetic.")
@@ -251,11 +255,12 @@ def _discrepancy(runs: ClaimRuns, df: pd.DataFrame, out: Path) -> ClaimResult:
     evidence = (f"BN-LSTM's test accuracy with batch statistics (test chunks of the training batch size) and "
                 f"with population statistics differ by {_cell(ok, 'batch', small).gap.mean():.2f} points at batch "
                 f"{int(small)} and {_cell(ok, 'batch', big).gap.mean():.2f} at batch {int(big)}: difference "
-                f"{diff_text(d)}. LN-LSTM and LSTM have no batch statistics (gap 0 by construction: a control).")
+                f"{with_interval(d)}. LN-LSTM and LSTM have no batch statistics (gap 0 by construction: a control).")
     figure = draw("C16c", out, lambda: _per_arm_figure(ok, "gap", "|eval - train mode| accuracy (points)",
                                                        "C16c: train/eval discrepancy by arm"), details)
-    return runs.result(verdict_of(d), stat, interval=d, unit="points", n=n_text([d.n_a, d.n_b], "seeds per batch size"),
-                       evidence=evidence, figure=figure, details=details)
+    return runs.result(verdict_of(d, runs.claim.margin), stat, interval=d, unit="points",
+                       n=n_text([d.n_a, d.n_b], "seeds per batch size"), evidence=evidence, figure=figure,
+                       details=details)
 
 
 # ------------------------------------------------------------------ C16d: LayerNorm instead
@@ -267,18 +272,19 @@ def _layer_norm(runs: ClaimRuns, df: pd.DataFrame, out: Path) -> ClaimResult:
         if got is None:
             continue
         d, note = got
-        settings.append((f"batch {int(b)}", d, verdict_of(d)))
-        details.append(f"batch {int(b)}: LN-LSTM minus BN-LSTM {diff_text(d)}{note}")
+        settings.append((f"batch {int(b)}", d, verdict_of(d, runs.claim.margin)))
+        details.append(f"batch {int(b)}: LN-LSTM minus BN-LSTM {with_interval(d)}{note}")
         plain = _acc_diff(df, "layer", "none", b)
         if plain is not None:
-            details.append(f"batch {int(b)}: LN-LSTM minus LSTM {diff_text(plain[0])}")
+            details.append(f"batch {int(b)}: LN-LSTM minus LSTM {with_interval(plain[0])}")
     got = _acc_diff(df, "layer", "batch", BIG, True)
     if got is not None:
-        details.append(f"permuted pixels, batch {BIG}: LN-LSTM minus BN-LSTM {diff_text(got[0])}")
+        details.append(f"permuted pixels, batch {BIG}: LN-LSTM minus BN-LSTM {with_interval(got[0])}")
     if not settings:
         return runs.inconclusive(stat, "needs LN-LSTM and BN-LSTM runs at a shared batch size", unit="points")
     label, c = headline(settings)
-    evidence = ("LN-LSTM minus BN-LSTM test accuracy: " + "; ".join(f"{diff_text(d)} at {w}" for w, d, _ in settings)
+    evidence = ("LN-LSTM minus BN-LSTM test accuracy: "
+                + "; ".join(f"{with_interval(d)} at {w}" for w, d, _ in settings)
                 + f"; headline: the least favourable, {label}. An interval across zero means no difference was "
                   f"resolved, in either direction. {DIVERGED_NOTE}.")
     ok = df[~df.permuted].assign(acc=lambda t: 100 * t.test_acc)

@@ -20,11 +20,14 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (DIVERGED_NOTE, ClaimResult, ClaimRuns, ExperimentRuns, acc_values, clamp_axis,
-                                    combine, counts_note, diff_text, draw, families, headline, label_axes,
-                                    log2_batch_axis, mean_band, n_text, palette, panel, runs_table, verdict_of)
+from analysis.claims.plots import clamp_axis, draw, label_axes, mean_band, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import combine, headline, verdict_of
+from analysis.claims.runs import DIVERGED_NOTE, ClaimRuns, ExperimentRuns, acc_values, counts_note, families, runs_table
+from analysis.figures import log2_batch_axis, palette
 from analysis.stats import Difference, contrast, welch_difference
 from analysis.summary import norm_name, norm_order
+from analysis.text import n_text, with_interval
 
 LITERATURE = ("Ioffe & Szegedy 2015 (Inception, ImageNet): BN's accuracy in 14x fewer steps (with a 5x lr); "
               "Santurkar et al. 2018 (VGG, CIFAR-10, SGD lr 0.1, batch 128): 83% with BN vs 80% without")
@@ -44,17 +47,17 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     diffs, details = _advantages(df, sizes)
     if not diffs:
         return runs.inconclusive(STATISTIC, "no batch size has completed runs of both arms", unit="points")
-    settings = [(f"batch {b}", d, verdict_of(d)) for b, d in diffs.items()]
+    settings = [(f"batch {b}", d, verdict_of(d, runs.claim.margin)) for b, d in diffs.items()]
     label, c = headline(settings)
     lr = ", ".join(f"{v:g}" for v in sorted(df.lr.dropna().unique()))
     evidence = (f"Conv net (lr {lr}): BN minus no norm "
-                + "; ".join(f"{diff_text(d)} at batch {b}" for b, d in diffs.items())
+                + "; ".join(f"{with_interval(d)} at batch {b}" for b, d in diffs.items())
                 + f"; headline: the least favourable, {label}. {DIVERGED_NOTE}. Figure: test accuracy vs batch "
                   "size per arm, mean and 95% t-interval over seeds.")
     if len(diffs) >= 2:
         lo, hi = min(diffs), max(diffs)
         details.append(f"C1 on the conv net: BN's advantage at batch {hi} minus at batch {lo}: "
-                       f"{diff_text(contrast(diffs[hi], diffs[lo]))}")
+                       f"{with_interval(contrast(diffs[hi], diffs[lo]))}")
     details += _mlp_beside(runs, sizes)
     figure = draw("C17", out, lambda: _figure(df), details)
     n = n_text([x for d in diffs.values() for x in (d.n_a, d.n_b)], "seeds per arm and batch size")
@@ -79,7 +82,7 @@ def _advantages(df: pd.DataFrame, sizes: list[float]) -> tuple[dict[int, Differe
         d = welch_difference(bn, none)
         diffs[int(b)] = d
         details.append(f"batch {int(b)}: BN {sum(bn) / len(bn):.2f}%, no norm {sum(none) / len(none):.2f}%, "
-                       f"difference {diff_text(d)}{counts_note(d1 + d2, l1 + l2)}")
+                       f"difference {with_interval(d)}{counts_note(d1 + d2, l1 + l2)}")
     return diffs, details
 
 
@@ -90,7 +93,7 @@ def _mlp_beside(runs: ClaimRuns, sizes: list[float]) -> list[str]:
         return []
     df = _table(mlp)
     diffs, _ = _advantages(df, [b for b in sizes if b in set(df.batch_size)])
-    return [f"beside it, the MLP (notebook preset) at batch {b}: BN minus no norm {diff_text(d)}"
+    return [f"beside it, the MLP (notebook preset) at batch {b}: BN minus no norm {with_interval(d)}"
             for b, d in diffs.items()]
 
 

@@ -32,10 +32,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (ClaimResult, ClaimRuns, bracketed, clamp_axis, draw, errorbar, grid, legend,
-                                    log2_batch_axis, num, short, signed, verdict_of, within_margin, zero_width)
+from analysis.claims.plots import clamp_axis, draw, errorbar, legend
 from analysis.claims.probe_tables import counted, left_out, probe_finals
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import verdict_of, within_margin, zero_width
+from analysis.claims.runs import ClaimRuns
+from analysis.collect import num
+from analysis.figures import grid, log2_batch_axis
 from analysis.stats import MeanInterval, mean_interval
+from analysis.text import bracketed, short, signed
 
 LITERATURE = ("Wu & Johnson 2021 (Rethinking \"Batch\" in BatchNorm), sec. 3-4: the EMA of BN's statistics can be "
               "inaccurate (it mixes statistics of older weights; unstable in ResNet-50/ImageNet training at batch "
@@ -71,12 +76,12 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
             f"batch {b}: test accuracy (%) EMA {_mean(g.ema_acc)}, precise N=10^2 {_mean(g[_col(FEW_N)])}, "
             f"10^3 {_mean(g[_col(SUFFICE_N)])}, 10^4 {_mean(g[_col(REFERENCE_N)])}, train mode (batch statistics "
             f"at batch {b}) {_mean(g.batch_stats_acc)}; precise(10^4) - EMA {bracketed(gains[b])} points -> "
-            f"{verdict_of(gains[b])}; precise(10^3) - precise(10^4) {bracketed(checks[b])} -> "
+            f"{verdict_of(gains[b], margin)}; precise(10^3) - precise(10^4) {bracketed(checks[b])} -> "
             f"{suffices(checks[b], margin)}; precise(10^2) - precise(10^4) {bracketed(mean_interval(g.few))}; "
             f"precise(10^4) - train mode {bracketed(mean_interval(g.batch_gap))}")
     small = batches[0]
     head = gains[small]
-    verdict = verdict_of(head)
+    verdict = verdict_of(head, margin)
     line2 = [suffices(checks[b], margin) for b in batches]
     n_ok = sum(v == SUFFICE for v in line2)
     worst = max(batches, key=lambda b: _reach(checks[b]))
@@ -108,7 +113,7 @@ SUFFICE, NOT_SUFFICE, UNDECIDED = "10^3 suffice", "10^3 do not suffice", "undeci
 
 def suffices(m: MeanInterval, margin: float) -> str:
     """The 10^3-samples check on precise(10^3) - precise(10^4): the 95% interval inside +-margin (suffice: the
-    rule's 'no meaningful effect', common.within_margin), wholly outside it (do not suffice), else undecided
+    rule's 'no meaningful effect', rule.within_margin), wholly outside it (do not suffice), else undecided
     (also without an interval, or with a zero-width one: identical seeds say nothing about the spread)."""
     if not (math.isfinite(m.low) and math.isfinite(m.high)) or zero_width(m.low, m.high):
         return UNDECIDED

@@ -19,12 +19,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.common import (DIVERGED_NOTE, ClaimResult, ClaimRuns, acc_values, clamp_axis, combine,
-                                    counts_note, diff_text, draw, errorbar, headline, label_axes, n_text, palette,
-                                    panel, runs_table, verdict_of)
+from analysis.claims.plots import clamp_axis, draw, errorbar, label_axes, panel
+from analysis.claims.result import ClaimResult
+from analysis.claims.rule import combine, headline, verdict_of
+from analysis.claims.runs import DIVERGED_NOTE, ClaimRuns, acc_values, counts_note, runs_table
 from analysis.collect import NORMALIZE_KEY
+from analysis.figures import palette
 from analysis.stats import Difference, contrast, mean_interval, welch_difference
 from analysis.summary import norm_name, setting_groups
+from analysis.text import n_text, with_interval
 
 LITERATURE = ("no published number for this setup; LeCun, Bottou, Orr & Mueller 1998 (Efficient BackProp): "
               "inputs of mean zero speed up SGD; Ioffe & Szegedy 2015: BN makes a layer's output invariant to "
@@ -50,10 +53,11 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     for label, g in setting_groups(a, df, keys):
         moves, note = _moves(g)
         c = contrast(moves["none"], moves["batch"])
-        settings.append((label, c, verdict_of(c), moves))
+        settings.append((label, c, verdict_of(c, runs.claim.margin), moves))
         where = f"{label}: " if label else ""
-        details.append(f"{where}no norm moves by {diff_text(moves['none'])}, BN by {diff_text(moves['batch'])} "
-                       f"(standard minus notebook scaling); difference {diff_text(c)}{note}")
+        details.append(f"{where}no norm moves by {with_interval(moves['none'])}, BN by "
+                       f"{with_interval(moves['batch'])} (standard minus notebook scaling); difference "
+                       f"{with_interval(c)}{note}")
     details.append("test accuracy (%) by scaling: " + "; ".join(
         f"{norm_name(n)} {' / '.join(_mean(df, n, s) for s in SCALINGS)} (standard / notebook)"
         for n in ("none", "batch")))
@@ -63,9 +67,9 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     where = f" At {label} (least favourable of {len(settings)} settings; verdict combined over them)" if label else ""
     # After the title in the report's line: "C19: BN makes the network insensitive to input scaling. No norm
     # moves by X points between the two scalings, BN by Y ..."
-    evidence = (f"No norm moves by {diff_text(moves['none'])} between the two scalings, BN by "
-                f"{diff_text(moves['batch'])} (test accuracy, standard minus notebook scaling).{where} The "
-                f"scaling's effect on no norm minus its effect on BN: {diff_text(c)}. "
+    evidence = (f"No norm moves by {with_interval(moves['none'])} between the two scalings, BN by "
+                f"{with_interval(moves['batch'])} (test accuracy, standard minus notebook scaling).{where} The "
+                f"scaling's effect on no norm minus its effect on BN: {with_interval(c)}. "
                 f"{DIVERGED_NOTE}. Test accuracy is read: nothing is selected at this fixed lr. Figure: test "
                 "accuracy per scaling and norm, mean and 95% t-interval over seeds, seeds as dots.")
     return runs.result(combine(v for _, _, v, _ in settings), STATISTIC, interval=c, unit="points",

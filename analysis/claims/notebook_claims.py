@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from analysis.claims.common import (NO_EFFECT, NOT_REPLICATED, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ClaimResult,
-                                    combine, format_value)
+from analysis.claims.result import ClaimResult, format_value
+from analysis.claims.rule import NO_EFFECT, NOT_REPLICATED, NOT_RUN, NOT_SUPPORTED, SUPPORTED, combine
 
 # How a row's verdict reads for the notebook's claim it answers:
 #   EFFECT:   the notebook claims the row's effect (its verdict as it is);

@@ -13,8 +13,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from analysis.claims.common import config_of, norm_of, num, seed_of
-from analysis.collect import counted_as
+from analysis.claims.runs import config_of, norm_of, seed_of
+from analysis.collect import counted_as, num
 from analysis.summary import norm_name
 
 PERCENTILES = ("p15", "p50", "p85")
