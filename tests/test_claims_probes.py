@@ -18,7 +18,7 @@ import pytest
 import analysis.claims.plots as plots
 from analysis.claims import evaluate_claim
 from analysis.claims.probe_tables import probe_finals, probe_series
-from analysis.claims.rule import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ZERO_WIDTH_NOTE
+from analysis.claims.rule import CONTRADICTED, INCONCLUSIVE, MIXED, NO_EFFECT, NOT_RUN, SUPPORTED, ZERO_WIDTH_NOTE
 from analysis.claims.runs import ExperimentRuns, split_by_experiment
 from analysis.collect import collect
 from analysis.stats import mean_interval, welch_difference
@@ -153,7 +153,7 @@ def c6_records(direction: str) -> tuple[list[dict], dict]:
     return recs, {"gaps": gaps, "gains": gains}
 
 
-@pytest.mark.parametrize("direction,verdict", [("up", SUPPORTED), ("not", NOT_SUPPORTED), ("mixed", INCONCLUSIVE)])
+@pytest.mark.parametrize("direction,verdict", [("up", SUPPORTED), ("not", CONTRADICTED), ("mixed", MIXED)])
 def test_c6(tmp_path, direction, verdict):
     recs, truth = c6_records(direction)
     res = evaluate_claim("C6", exps_of(tmp_path, recs), tmp_path)
@@ -199,7 +199,7 @@ def hand_drift(p50s):
     return abs(p50s[-1] - p50s[1]) / 2.0
 
 
-@pytest.mark.parametrize("direction,verdict", [("up", SUPPORTED), ("not", NOT_SUPPORTED), ("mixed", INCONCLUSIVE)])
+@pytest.mark.parametrize("direction,verdict", [("up", SUPPORTED), ("not", CONTRADICTED), ("mixed", INCONCLUSIVE)])
 def test_c8(tmp_path, direction, verdict):
     recs = c8_records(direction)
     res = evaluate_claim("C8", exps_of(tmp_path, recs), tmp_path)
@@ -238,7 +238,7 @@ def ics_records(case: str, experiment: str = "ics") -> list[dict]:
     return recs
 
 
-@pytest.mark.parametrize("case,verdict", [("supported", SUPPORTED), ("not", NOT_SUPPORTED),
+@pytest.mark.parametrize("case,verdict", [("supported", SUPPORTED), ("not", CONTRADICTED),
                                           ("similar", INCONCLUSIVE)])
 def test_c9(tmp_path, case, verdict):
     res = evaluate_claim("C9", exps_of(tmp_path, ics_records(case)), tmp_path)
@@ -246,7 +246,7 @@ def test_c9(tmp_path, case, verdict):
     bn_cos, none_cos = C9_COS[case]
     assert_interval(res, welch_difference(bn_cos, none_cos))  # one value per run (constant over probes)
     assert {"supported": "more shift with BN", "not": "less shift with BN",
-            "similar": "similar in both arms"}[case] in res.evidence
+            "similar": "undecided (the interval contains 0"}[case] in res.evidence
     assert any(d.startswith("layer 2 distance") and "not scale-free" in d for d in res.details)
     assert any(d.startswith("layer 1 cosine") for d in res.details)
     assert_png(tmp_path / res.figure)
@@ -272,7 +272,7 @@ def test_c10_not_supported_and_inconclusive(tmp_path):
     recs = ics_records("similar", "landscape")
     for r in recs:  # swap the arms' landscapes
         r["config"]["model"]["norm"] = {"batch": "none", "none": "batch"}[r["config"]["model"]["norm"]]
-    assert evaluate_claim("C10", exps_of(tmp_path / "not", recs), tmp_path / "not").verdict == NOT_SUPPORTED
+    assert evaluate_claim("C10", exps_of(tmp_path / "not", recs), tmp_path / "not").verdict == CONTRADICTED
     recs = ics_records("similar", "landscape")
     for r in recs:  # the same early smoothness in both arms, up to seed noise
         for i, e in enumerate(r["probes"]["series"]):
@@ -310,10 +310,10 @@ def test_c15(tmp_path):
     assert any(d.startswith("relu:") and "supported" in d for d in res.details)
     assert_png(tmp_path / "a" / res.figure)
     flipped = {(a, n): decays[(a, {"none": "batch", "batch": "none"}[n])] for a, n in decays}
-    assert evaluate_claim("C15", exps_of(tmp_path / "b", c15_records(flipped)), tmp_path / "b").verdict == NOT_SUPPORTED
+    assert evaluate_claim("C15", exps_of(tmp_path / "b", c15_records(flipped)), tmp_path / "b").verdict == CONTRADICTED
     mixed = {**decays, ("relu", "none"): decays[("relu", "batch")], ("relu", "batch"): decays[("relu", "none")]}
     res = evaluate_claim("C15", exps_of(tmp_path / "c", c15_records(mixed)), tmp_path / "c")
-    assert res.verdict == INCONCLUSIVE and "relu not supported" in res.details[-1]
+    assert res.verdict == MIXED and "relu contradicted" in res.details[-1]
 
 
 # ------------------------------------------------------------------ review fixes

@@ -17,7 +17,7 @@ import pandas as pd
 
 from analysis.claims.plots import curves_figure, draw
 from analysis.claims.result import ClaimResult
-from analysis.claims.rule import NOT_SUPPORTED, SUPPORTED, verdict_of
+from analysis.claims.rule import CONTRADICTED, SUPPORTED, verdict_of
 from analysis.claims.runs import (DIVERGED_NOTE, ClaimRuns, ExperimentRuns, acc_values, counts_note, norm_of,
                                   runs_table, seed_of, val_series)
 from analysis.collect import counted_as
@@ -73,7 +73,7 @@ def _relu_line(notebook: Optional[ExperimentRuns], sigmoid: Difference, margin: 
         return f"notebook runs lack both arms at batch {NOTEBOOK_BATCH}, lr {NOTEBOOK_LR}: no ReLU comparison"
     relu, note = _gap(nb)
     c = contrast(sigmoid, relu)
-    reading = {SUPPORTED: "larger with sigmoid", NOT_SUPPORTED: "smaller with sigmoid"}.get(verdict_of(c, margin),
+    reading = {SUPPORTED: "larger with sigmoid", CONTRADICTED: "smaller with sigmoid"}.get(verdict_of(c, margin),
                                                                                              "no clear difference")
     return (f"ReLU notebook network at batch {NOTEBOOK_BATCH}, lr {NOTEBOOK_LR}: BN minus no norm "
             f"{with_interval(relu)}{note}; sigmoid gap minus ReLU gap {with_interval(c)}: {reading}")

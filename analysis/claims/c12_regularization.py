@@ -68,7 +68,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                       "regularization rather than under-fitting), so the verdict is inconclusive whatever the "
                       f"interval (it would read '{verdict}')")
         verdict = INCONCLUSIVE
-    evidence = (f"No norm's gap minus BN's: {with_interval(d)}; 'not supported' here means BN's gap is the larger. "
+    evidence = (f"No norm's gap minus BN's: {with_interval(d)}; 'contradicted' here means BN's gap is the larger. "
                 f"{saturation}. Training accuracy is measured in eval mode on a fixed subset of the training split. "
                 "Figure: the gap per epoch, mean and 95% t-band over seeds.")
     return runs.result(verdict, STATISTIC, interval=d, unit="points", n=n_text([d.n_a, d.n_b]),
