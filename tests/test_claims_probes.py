@@ -9,6 +9,7 @@ degenerate input (no probes, every run diverged, one arm missing, NaNs).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -193,10 +194,10 @@ def c8_records(direction: str) -> list[dict]:
     return recs
 
 
-def hand_drift(p50s):
-    # reference = the probe at 10% of 1000 steps (step 100, index 1); spread p85 - p15 = 2 throughout;
-    # all three percentiles move by the same amount
-    return abs(p50s[-1] - p50s[1]) / 2.0
+def hand_drift(p50s, ref=0):
+    # reference = the first probe (index 0; the details' late window: index 1, step 100 of 1000); spread
+    # p85 - p15 = 2 at the last probe; all three percentiles move by the same amount
+    return abs(p50s[-1] - p50s[ref]) / 2.0
 
 
 @pytest.mark.parametrize("direction,verdict", [("up", SUPPORTED), ("not", CONTRADICTED), ("mixed", INCONCLUSIVE)])
@@ -208,7 +209,21 @@ def test_c8(tmp_path, direction, verdict):
                   for r in recs if r["config"]["model"]["norm"] == n] for n in ("none", "batch")}
     assert_interval(res, welch_difference(drifts["none"], drifts["batch"]))
     assert res.n == "3 seeds per arm" and "expected > 0" in res.statistic
+    late = {n: [hand_drift([a["activations"]["p50"] for a in r["probes"]["series"]], ref=1)
+                for r in recs if r["config"]["model"]["norm"] == n] for n in ("none", "batch")}
+    line = next(d for d in res.details if d.startswith("from 10% of training on"))
+    assert f"{welch_difference(late['none'], late['batch']).diff:+.3f}" in line, line
     assert_png(tmp_path / res.figure)
+
+
+def test_c8_reads_the_sigmoid_network_only(tmp_path):
+    """ioffe2015 also trains a ReLU arm (for C11): C8's drift is the sigmoid network's."""
+    recs = c8_records("up")
+    relu = [json.loads(json.dumps(r)) for r in c8_records("not")]
+    for r in relu:
+        r["config"]["model"]["activation"] = "relu"
+    res = evaluate_claim("C8", exps_of(tmp_path, recs + relu), tmp_path)
+    assert res.verdict == SUPPORTED and res.n == "3 seeds per arm", res
 
 
 # ------------------------------------------------------------------ C9 / C10 (the same runs)

@@ -218,6 +218,12 @@ def norm_of(r: dict[str, Any]) -> Any:
     return m.get("norm") if isinstance(m, dict) else None
 
 
+def activation_of(r: dict[str, Any], default: str) -> str:
+    """A record's hidden activation (`model.activation`), `default` where the record has none."""
+    m = config_of(r).get("model")
+    return str(m.get("activation") or default) if isinstance(m, dict) else default
+
+
 def seed_of(r: dict[str, Any]) -> Any:
     return r.get("seed", config_of(r).get("seed"))
 
