@@ -166,8 +166,8 @@ def _html_blocks(blocks: list, fig_dir: Path) -> list[str]:
 
 def _verdict_html(text: str) -> str:
     """Colour the verdict word that starts a findings line."""
-    for word, cls in (("not supported", "verdict-not"), ("supported", "verdict-supported"),
-                      ("inconclusive", "verdict-inconclusive")):
+    for word, cls in (("contradicted", "verdict-not"), ("supported", "verdict-supported"),
+                      ("inconclusive", "verdict-inconclusive"), ("error", "verdict-not")):
         if text.lower().startswith(word):
             return f'<span class="{cls}">{_esc(text[:len(word)])}</span>{_esc(text[len(word):])}'
     return _esc(text)

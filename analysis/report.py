@@ -309,7 +309,6 @@ def protocol_section(a: Analysis) -> Section:
     if len(confirmations):
         items.append(f"{len(confirmations)} confirmation runs have no run record here: they appear with the "
                      "val_acc and test_acc the sweeper stored in the study (no history).")
-    items.append("Out of scope: recurrent models (the notebook's limitation 9) are not studied here.")
     blocks.append(Bullets(items))
     blocks.extend(_problem_blocks(a))
     fixed = pd.DataFrame([{"key": k, "value": fmt_value(v)} for k, v in a.fixed.items()])

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from analysis.claims import evaluate_claim
-from analysis.claims.rule import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
+from analysis.claims.rule import INCONCLUSIVE, CONTRADICTED, SUPPORTED
 from analysis.claims.runs import split_by_experiment
 from analysis.collect import collect
 from study.config import compose_config
@@ -94,7 +94,7 @@ def load(tmp: Path, recs: list[dict]) -> dict:
     return split_by_experiment(collect([write_runs(tmp / "runs", recs)]))
 
 
-VERDICTS = {1: SUPPORTED, -1: NOT_SUPPORTED, 0: INCONCLUSIVE}  # a case's direction -> the verdict it must get
+VERDICTS = {1: SUPPORTED, -1: CONTRADICTED, 0: INCONCLUSIVE}  # a case's direction -> the verdict it must get
 
 
 def run_claim(claim: str, tmp: Path, recs: list[dict]):

@@ -11,8 +11,8 @@ import pytest
 from analysis.claims import BY_ID, CLAIMS, REPLICATION_SEED, evaluate_claims
 from analysis.claims.notebook_claims import NOTEBOOK_CLAIMS, notebook_verdicts
 from analysis.claims.result import ClaimResult, claims_table
-from analysis.claims.rule import (INCONCLUSIVE, NO_EFFECT, NOT_REPLICATED, NOT_RUN, NOT_SUPPORTED, SUPPORTED, combine,
-                                  directional)
+from analysis.claims.rule import (CONTRADICTED, ERROR, INCONCLUSIVE, MIXED, NO_EFFECT, NON_INFERIORITY, NOT_REPLICATED,
+                                  NOT_RUN, PREMISE_NOT_MET, SUPPORTED, TRIVIAL, combine, directional)
 from analysis.claims.runs import split_by_experiment, subset
 from analysis.collect import collect
 from helpers import REPO, c2_untested_records, write_runs
@@ -20,10 +20,10 @@ from helpers import REPO, c2_untested_records, write_runs
 
 @pytest.mark.parametrize("low, high, positive, verdict", [
     (0.1, 0.5, True, SUPPORTED),
-    (-0.5, -0.1, True, NOT_SUPPORTED),
+    (-0.5, -0.1, True, CONTRADICTED),
     (-0.1, 0.5, True, INCONCLUSIVE),
     (-0.5, -0.1, False, SUPPORTED),  # a claim that expects a negative statistic
-    (0.1, 0.5, False, NOT_SUPPORTED),
+    (0.1, 0.5, False, CONTRADICTED),
     (math.nan, math.nan, True, INCONCLUSIVE),  # one seed: no interval
     (0.3, 0.3, True, INCONCLUSIVE),  # every seed the same value: no spread to judge
 ])
@@ -32,15 +32,31 @@ def test_verdict_rule(low: float, high: float, positive: bool, verdict: str) -> 
 
 
 @pytest.mark.parametrize("low, high, verdict", [
-    (-0.3, 0.4, NO_EFFECT),  # inside +-0.5: an answer, not a shrug
-    (0.1, 0.4, NO_EFFECT),  # clear of zero but smaller than any effect that matters
+    (-0.3, 0.4, NO_EFFECT),  # inside +-0.5 and containing 0: an answer, not a shrug
+    (0.1, 0.4, TRIVIAL),  # clear of zero but inside the margin: real, smaller than any effect that matters
+    (-0.4, -0.1, TRIVIAL),  # the same on the other side: trivially small is not "contradicted"
     (-0.3, 0.6, INCONCLUSIVE),  # reaches past the margin: a meaningful effect is still possible
     (0.6, 0.9, SUPPORTED),
+    (0.1, 0.9, SUPPORTED),  # clear of 0 on the expected side and not inside the margin (Lakens 2017)
+    (-0.9, -0.1, CONTRADICTED),  # clear of 0 on the other side, not inside the margin: never "inconclusive"
     (-0.5, 0.2, INCONCLUSIVE),  # touching the margin is not inside it
 ])
-def test_margin_turns_a_narrow_interval_into_no_meaningful_effect(low: float, high: float, verdict: str) -> None:
+def test_the_rule_reads_the_interval_against_zero_and_the_margin(low: float, high: float, verdict: str) -> None:
     assert directional(low, high, 0.5) == verdict
-    assert directional(-0.3, 0.4, None) == INCONCLUSIVE  # without a margin, the plain rule
+    assert directional(-high, -low, 0.5, expect_positive=False) == verdict  # a claim that expects a negative sign
+    assert directional(-0.3, 0.4, None) == INCONCLUSIVE  # without a margin nothing is inside it
+
+
+@pytest.mark.parametrize("low, high, verdict", [
+    (-0.3, 0.4, SUPPORTED),  # no worse by more than the margin: "as good as" holds
+    (0.6, 0.9, SUPPORTED),  # better also holds
+    (-0.9, -0.6, CONTRADICTED),  # worse by more than the margin throughout
+    (-0.9, 0.2, INCONCLUSIVE),  # may be worse by more than the margin
+    (0.2, 0.2, INCONCLUSIVE),  # zero width: no spread to judge
+])
+def test_non_inferiority_asks_only_whether_it_is_worse_by_more_than_the_margin(low: float, high: float,
+                                                                              verdict: str) -> None:
+    assert directional(low, high, 0.5, test=NON_INFERIORITY) == verdict
 
 
 def test_every_claim_states_its_margin() -> None:
@@ -49,9 +65,12 @@ def test_every_claim_states_its_margin() -> None:
 
 def test_combine_needs_every_setting_to_agree() -> None:
     assert combine([SUPPORTED, SUPPORTED]) == SUPPORTED
-    assert combine([NOT_SUPPORTED, NOT_SUPPORTED]) == NOT_SUPPORTED
+    assert combine([CONTRADICTED, CONTRADICTED]) == CONTRADICTED
     assert combine([SUPPORTED, INCONCLUSIVE]) == INCONCLUSIVE
-    assert combine([SUPPORTED, NOT_SUPPORTED]) == INCONCLUSIVE
+    assert combine([SUPPORTED, CONTRADICTED]) == MIXED  # two clear answers that differ: neither is the row's
+    assert combine([SUPPORTED, TRIVIAL]) == MIXED
+    assert combine([SUPPORTED, PREMISE_NOT_MET]) == PREMISE_NOT_MET
+    assert combine([SUPPORTED, ERROR]) == ERROR
     assert combine([NOT_RUN, SUPPORTED]) == SUPPORTED  # a row that did not run does not vote
     assert combine([NOT_RUN]) == NOT_RUN
     assert combine([NO_EFFECT, NO_EFFECT]) == NO_EFFECT
@@ -65,26 +84,30 @@ def _result(claim: str, verdict: str) -> ClaimResult:
 
 def test_notebook_claims_follow_their_rows() -> None:
     rows = {r["#"]: r for r in notebook_verdicts([
-        _result("C8", SUPPORTED), _result("C9", NOT_SUPPORTED), _result("C2", SUPPORTED),
-        _result("C5", SUPPORTED), _result("C1", INCONCLUSIVE)])}
+        _result("C8", SUPPORTED), _result("C9", CONTRADICTED), _result("C2", SUPPORTED),
+        _result("C5", SUPPORTED), _result("C6", INCONCLUSIVE), _result("C1", CONTRADICTED)])}
     assert len(rows) == len(NOTEBOOK_CLAIMS)
     # C9 ("BN does not reduce ICS") not supported = evidence FOR the notebook's claim 1
     assert rows["1"]["verdict"] == SUPPORTED and "read in reverse" in rows["1"]["from"]
     assert rows["1"]["figures"] == "claim_c8.png, claim_c9.png"
     assert rows["2"]["verdict"] == SUPPORTED and "+1 points [+0.5, +1.5], n = 3 seeds" in rows["2"]["from"]
-    assert rows["7"]["verdict"] == INCONCLUSIVE  # C5 supported, C1 inconclusive
+    assert rows["7"]["verdict"] == INCONCLUSIVE  # C5 supported, C6 inconclusive (C1 is no longer read)
+    assert "C1" not in rows["7"]["from"] and "C11" not in rows["3"]["from"]  # claim 3 reads C4 (steps) only
     assert rows["4"]["verdict"] == NOT_RUN  # C12 absent
     assert rows["9"]["verdict"] == NOT_RUN  # C16..C16d absent
-    rows = {r["#"]: r for r in notebook_verdicts([_result("C16", NOT_SUPPORTED), _result("C16b", SUPPORTED),
+    rows = {r["#"]: r for r in notebook_verdicts([_result("C16", CONTRADICTED), _result("C16b", SUPPORTED),
                                                   _result("C16c", SUPPORTED), _result("C16d", SUPPORTED)])}
     # BN fits recurrent models poorly: no accuracy gain (C16 read in reverse), a costlier step,
     # a small-batch discrepancy and LayerNorm as good
-    assert rows["9"]["verdict"] == SUPPORTED and "C16 not supported (read as: the effect is absent)" in rows["9"]["from"]
-    # no meaningful accuracy gain and LayerNorm within the margin of BN also say "poorly"
+    assert rows["9"]["verdict"] == SUPPORTED and "C16 contradicted (read as: the effect is absent)" in rows["9"]["from"]
+    # no meaningful (or a trivially small) accuracy gain also says "poorly"
     rows = {r["#"]: r for r in notebook_verdicts([_result("C16", NO_EFFECT), _result("C16b", SUPPORTED),
-                                                  _result("C16c", SUPPORTED), _result("C16d", NO_EFFECT)])}
+                                                  _result("C16c", SUPPORTED), _result("C16d", SUPPORTED)])}
     assert rows["9"]["verdict"] == SUPPORTED
-    assert notebook_verdicts([_result("C16", SUPPORTED)])[8]["verdict"] == NOT_SUPPORTED  # BN helps the LSTM
+    rows = {r["#"]: r for r in notebook_verdicts([_result("C16", TRIVIAL), _result("C16b", SUPPORTED),
+                                                  _result("C16c", SUPPORTED), _result("C16d", SUPPORTED)])}
+    assert rows["9"]["verdict"] == SUPPORTED
+    assert notebook_verdicts([_result("C16", SUPPORTED)])[8]["verdict"] == CONTRADICTED  # BN helps the LSTM
 
 
 def test_a_disagreeing_replication_is_never_settled() -> None:
@@ -102,8 +125,8 @@ def test_a_disagreeing_replication_is_never_settled() -> None:
 
 
 def test_no_meaningful_effect_in_a_reversed_row_contradicts_the_notebook() -> None:
-    rows = {r["#"]: r for r in notebook_verdicts([_result("C8", NOT_SUPPORTED), _result("C9", NO_EFFECT)])}
-    assert rows["1"]["verdict"] == NOT_SUPPORTED  # C9: BN's shift no smaller -> claim 1 contradicted
+    rows = {r["#"]: r for r in notebook_verdicts([_result("C8", CONTRADICTED), _result("C9", NO_EFFECT)])}
+    assert rows["1"]["verdict"] == CONTRADICTED  # C9: BN's shift no smaller -> claim 1 contradicted
 
 
 def _record(experiment: str | None, seed: int, norm: str) -> dict:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from analysis.claims.rule import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED
+from analysis.claims.rule import CONTRADICTED, INCONCLUSIVE, MIXED, NOT_RUN, SUPPORTED
 from analysis.stats import relative_difference, welch_difference
 from helpers import run_claim
 
@@ -68,9 +68,9 @@ def test_c16_bn_lstm_accuracy_on_rows_and_permuted(tmp_path: Path) -> None:
     assert res.value == pytest.approx(d.diff) and res.low == pytest.approx(d.low)
     assert any("permuted" in line for line in res.details) and "batch 128, rows" in res.evidence
     assert any("shared minus per-step" in line for line in res.details)
-    # on permuted pixels BN-LSTM below LSTM: the settings disagree -> inconclusive
+    # on permuted pixels BN-LSTM below LSTM: the settings give different clear answers -> mixed
     other = tmp_path / "b"
-    assert run_claim("C16", other, rnn_records(permuted_bn=0.85)).verdict == INCONCLUSIVE
+    assert run_claim("C16", other, rnn_records(permuted_bn=0.85)).verdict == MIXED
 
 
 def test_c16_convergence_detail_only_with_an_earlier_evaluation(tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def test_c16d_layer_norm_against_bn(tmp_path: Path) -> None:
     assert res.value == pytest.approx(welch_difference(seeds(0.975), seeds(0.97)).diff)
     flipped = [r for r in rnn_records() if not (r["config"]["model"]["norm"] == "layer")]
     flipped += [record("rnn", "layer", s, batch=b, test=0.5 + s / 1000) for b in (8, 128) for s in range(3)]
-    assert run_claim("C16d", tmp_path / "b", flipped).verdict == NOT_SUPPORTED
+    assert run_claim("C16d", tmp_path / "b", flipped).verdict == CONTRADICTED
 
 
 def test_c16_rows_without_their_preset_are_not_run(tmp_path: Path) -> None:
@@ -119,7 +119,7 @@ def test_c16_diverged_runs_count_at_chance(tmp_path: Path) -> None:
                                              and r["experiment"] == "rnn")]
     recs += [record("rnn", "batch", s, batch=128, test=0.0, status="diverged") for s in range(3)]
     res = run_claim("C16", tmp_path, recs)
-    assert res.verdict in (NOT_SUPPORTED, INCONCLUSIVE) and "counted at chance" in " ".join(res.details)
+    assert res.verdict in (CONTRADICTED, INCONCLUSIVE, MIXED) and "counted at chance" in " ".join(res.details)
 
 
 def test_c17_bn_advantage_in_the_conv_net(tmp_path: Path) -> None:
@@ -133,7 +133,7 @@ def test_c17_bn_advantage_in_the_conv_net(tmp_path: Path) -> None:
     assert any("C1 on the conv net" in line for line in res.details)
     recs = [r for r in recs if not (r["config"]["model"]["norm"] == "batch" and r["config"]["batch_size"] == 8)]
     recs += [record("cnn", "batch", s, batch=8, test=0.95 + s / 1000, family="cnn") for s in range(3)]
-    assert run_claim("C17", tmp_path / "b", recs).verdict == INCONCLUSIVE  # + at 512, - at 8
+    assert run_claim("C17", tmp_path / "b", recs).verdict == MIXED  # + at 512, - at 8: two clear answers
 
 
 def test_c17_answered_by_a_plain_conv_net_sweep_but_not_by_an_mlp_one(tmp_path: Path) -> None:

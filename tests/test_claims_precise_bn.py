@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import analysis.claims.c18_precise_bn as c18
 import study.probes as probes
 from analysis.claims import BY_ID
-from analysis.claims.rule import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED
+from analysis.claims.rule import INCONCLUSIVE, NOT_RUN, CONTRADICTED, SUPPORTED
 from analysis.claims.runs import ClaimRuns, guarded, split_by_experiment
 from analysis.collect import collect
 from analysis.stats import mean_interval
@@ -184,7 +184,7 @@ GAINS = {"supported": [0.020, 0.025, 0.030, 0.022], "not supported": [-0.020, -0
          "inconclusive": [0.030, -0.030, 0.020, -0.010]}
 
 
-@pytest.mark.parametrize("case,expected", [("supported", SUPPORTED), ("not supported", NOT_SUPPORTED),
+@pytest.mark.parametrize("case,expected", [("supported", SUPPORTED), ("not supported", CONTRADICTED),
                                            ("inconclusive", INCONCLUSIVE)])
 def test_the_verdict_is_the_one_the_numbers_imply(tmp_path, case, expected):
     recs = []

@@ -9,6 +9,7 @@ degenerate input (no probes, every run diverged, one arm missing, NaNs).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 import analysis.claims.plots as plots
 from analysis.claims import evaluate_claim
 from analysis.claims.probe_tables import probe_finals, probe_series
-from analysis.claims.rule import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, ZERO_WIDTH_NOTE
+from analysis.claims.rule import CONTRADICTED, INCONCLUSIVE, MIXED, NO_EFFECT, NOT_RUN, SUPPORTED, ZERO_WIDTH_NOTE
 from analysis.claims.runs import ExperimentRuns, split_by_experiment
 from analysis.collect import collect
 from analysis.stats import mean_interval, welch_difference
@@ -153,7 +154,7 @@ def c6_records(direction: str) -> tuple[list[dict], dict]:
     return recs, {"gaps": gaps, "gains": gains}
 
 
-@pytest.mark.parametrize("direction,verdict", [("up", SUPPORTED), ("not", NOT_SUPPORTED), ("mixed", INCONCLUSIVE)])
+@pytest.mark.parametrize("direction,verdict", [("up", SUPPORTED), ("not", CONTRADICTED), ("mixed", MIXED)])
 def test_c6(tmp_path, direction, verdict):
     recs, truth = c6_records(direction)
     res = evaluate_claim("C6", exps_of(tmp_path, recs), tmp_path)
@@ -193,13 +194,13 @@ def c8_records(direction: str) -> list[dict]:
     return recs
 
 
-def hand_drift(p50s):
-    # reference = the probe at 10% of 1000 steps (step 100, index 1); spread p85 - p15 = 2 throughout;
-    # all three percentiles move by the same amount
-    return abs(p50s[-1] - p50s[1]) / 2.0
+def hand_drift(p50s, ref=0):
+    # reference = the first probe (index 0; the details' late window: index 1, step 100 of 1000); spread
+    # p85 - p15 = 2 at the last probe; all three percentiles move by the same amount
+    return abs(p50s[-1] - p50s[ref]) / 2.0
 
 
-@pytest.mark.parametrize("direction,verdict", [("up", SUPPORTED), ("not", NOT_SUPPORTED), ("mixed", INCONCLUSIVE)])
+@pytest.mark.parametrize("direction,verdict", [("up", SUPPORTED), ("not", CONTRADICTED), ("mixed", INCONCLUSIVE)])
 def test_c8(tmp_path, direction, verdict):
     recs = c8_records(direction)
     res = evaluate_claim("C8", exps_of(tmp_path, recs), tmp_path)
@@ -208,7 +209,21 @@ def test_c8(tmp_path, direction, verdict):
                   for r in recs if r["config"]["model"]["norm"] == n] for n in ("none", "batch")}
     assert_interval(res, welch_difference(drifts["none"], drifts["batch"]))
     assert res.n == "3 seeds per arm" and "expected > 0" in res.statistic
+    late = {n: [hand_drift([a["activations"]["p50"] for a in r["probes"]["series"]], ref=1)
+                for r in recs if r["config"]["model"]["norm"] == n] for n in ("none", "batch")}
+    line = next(d for d in res.details if d.startswith("from 10% of training on"))
+    assert f"{welch_difference(late['none'], late['batch']).diff:+.3f}" in line, line
     assert_png(tmp_path / res.figure)
+
+
+def test_c8_reads_the_sigmoid_network_only(tmp_path):
+    """ioffe2015 also trains a ReLU arm (for C11): C8's drift is the sigmoid network's."""
+    recs = c8_records("up")
+    relu = [json.loads(json.dumps(r)) for r in c8_records("not")]
+    for r in relu:
+        r["config"]["model"]["activation"] = "relu"
+    res = evaluate_claim("C8", exps_of(tmp_path, recs + relu), tmp_path)
+    assert res.verdict == SUPPORTED and res.n == "3 seeds per arm", res
 
 
 # ------------------------------------------------------------------ C9 / C10 (the same runs)
@@ -238,7 +253,7 @@ def ics_records(case: str, experiment: str = "ics") -> list[dict]:
     return recs
 
 
-@pytest.mark.parametrize("case,verdict", [("supported", SUPPORTED), ("not", NOT_SUPPORTED),
+@pytest.mark.parametrize("case,verdict", [("supported", SUPPORTED), ("not", CONTRADICTED),
                                           ("similar", INCONCLUSIVE)])
 def test_c9(tmp_path, case, verdict):
     res = evaluate_claim("C9", exps_of(tmp_path, ics_records(case)), tmp_path)
@@ -246,7 +261,7 @@ def test_c9(tmp_path, case, verdict):
     bn_cos, none_cos = C9_COS[case]
     assert_interval(res, welch_difference(bn_cos, none_cos))  # one value per run (constant over probes)
     assert {"supported": "more shift with BN", "not": "less shift with BN",
-            "similar": "similar in both arms"}[case] in res.evidence
+            "similar": "undecided (the interval contains 0"}[case] in res.evidence
     assert any(d.startswith("layer 2 distance") and "not scale-free" in d for d in res.details)
     assert any(d.startswith("layer 1 cosine") for d in res.details)
     assert_png(tmp_path / res.figure)
@@ -272,7 +287,7 @@ def test_c10_not_supported_and_inconclusive(tmp_path):
     recs = ics_records("similar", "landscape")
     for r in recs:  # swap the arms' landscapes
         r["config"]["model"]["norm"] = {"batch": "none", "none": "batch"}[r["config"]["model"]["norm"]]
-    assert evaluate_claim("C10", exps_of(tmp_path / "not", recs), tmp_path / "not").verdict == NOT_SUPPORTED
+    assert evaluate_claim("C10", exps_of(tmp_path / "not", recs), tmp_path / "not").verdict == CONTRADICTED
     recs = ics_records("similar", "landscape")
     for r in recs:  # the same early smoothness in both arms, up to seed noise
         for i, e in enumerate(r["probes"]["series"]):
@@ -310,10 +325,10 @@ def test_c15(tmp_path):
     assert any(d.startswith("relu:") and "supported" in d for d in res.details)
     assert_png(tmp_path / "a" / res.figure)
     flipped = {(a, n): decays[(a, {"none": "batch", "batch": "none"}[n])] for a, n in decays}
-    assert evaluate_claim("C15", exps_of(tmp_path / "b", c15_records(flipped)), tmp_path / "b").verdict == NOT_SUPPORTED
+    assert evaluate_claim("C15", exps_of(tmp_path / "b", c15_records(flipped)), tmp_path / "b").verdict == CONTRADICTED
     mixed = {**decays, ("relu", "none"): decays[("relu", "batch")], ("relu", "batch"): decays[("relu", "none")]}
     res = evaluate_claim("C15", exps_of(tmp_path / "c", c15_records(mixed)), tmp_path / "c")
-    assert res.verdict == INCONCLUSIVE and "relu not supported" in res.details[-1]
+    assert res.verdict == MIXED and "relu contradicted" in res.details[-1]
 
 
 # ------------------------------------------------------------------ review fixes

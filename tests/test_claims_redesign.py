@@ -19,7 +19,7 @@ import pytest
 from analysis.claims.c04_steps_to_target import TARGET_VAL_ACC
 from analysis.claims.c12_regularization import SATURATED
 from analysis.claims.c13_linear_scaling import HOLD_POINTS, share_difference, wilson
-from analysis.claims.rule import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
+from analysis.claims.rule import INCONCLUSIVE, CONTRADICTED, SUPPORTED
 from analysis.stats import mean_interval, welch_difference
 from helpers import VERDICTS, assert_png, record, run_claim, tiny_overrides
 
@@ -71,7 +71,7 @@ def test_c4_target_is_fixed_and_supported_by_hand(tmp_path):
 
 def test_c4_other_directions(tmp_path):
     flipped = {(("none" if n == "batch" else "batch"), b, lr): v for (n, b, lr), v in C4_STEPS.items()}
-    assert run_claim("C4", tmp_path / "rev", c4_records(flipped)).verdict == NOT_SUPPORTED
+    assert run_claim("C4", tmp_path / "rev", c4_records(flipped)).verdict == CONTRADICTED
     same = {k: ([200, 300, 250] if k[0] == "batch" else [250, 200, 300]) for k in C4_STEPS}
     assert run_claim("C4", tmp_path / "same", c4_records(same)).verdict == INCONCLUSIVE
 
@@ -212,7 +212,7 @@ def test_c13_bimodal_no_norm_counted_as_shares(tmp_path):
 
 def test_c13_other_directions(tmp_path):
     res = run_claim("C13", tmp_path / "rev", c13_records({"batch": BIMODAL, "none": HOLDS}))
-    assert res.verdict == NOT_SUPPORTED
+    assert res.verdict == CONTRADICTED
     res = run_claim("C13", tmp_path / "both", c13_records({"batch": HOLDS, "none": HOLDS}))
     assert res.verdict == INCONCLUSIVE and res.value == pytest.approx(0.0)
 
@@ -262,7 +262,7 @@ def test_c14_interleaved_measurements(tmp_path):
 
 def test_c14_interleaved_other_directions(tmp_path):
     faster = {b: [(-tr, -inf) for tr, inf in v] for b, v in C14_SLOWER.items()}
-    assert run_claim("C14", tmp_path / "f", c14_records(faster)).verdict == NOT_SUPPORTED
+    assert run_claim("C14", tmp_path / "f", c14_records(faster)).verdict == CONTRADICTED
     mixed = {8: [(40, 10), (42, 11), (41, 9), (43, 10)], 512: [(9, 1), (-9, -1), (7, 2), (-7, -2)]}
     res = run_claim("C14", tmp_path / "m", c14_records(mixed))
     assert res.verdict == INCONCLUSIVE

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from analysis.claims.plots import clamp_axis, draw, label_axes, panel
 from analysis.claims.result import ClaimResult
-from analysis.claims.rule import INCONCLUSIVE, combine, headline, verdict_of
+from analysis.claims.rule import SUPPORTED, combine, headline, verdict_of
 from analysis.claims.runs import ClaimRuns, runs_table
 from analysis.collect import num
 from analysis.figures import palette
@@ -31,7 +31,8 @@ LITERATURE = ("Bjorck et al. 2018: at the same small learning rate the two are c
               "tune the baseline's lr as well")
 NOTEBOOK_LR = 0.01  # the notebook's fixed learning rate
 STATISTIC = ("|BN minus no norm| test accuracy at the notebook's fixed lr 0.01 minus the same gap with the lr "
-             "tuned per arm (best vs best), in points, at each batch size where the fixed-lr gap is clear; "
+             "tuned per arm (best vs best), in points, at each batch size where the fixed-lr gap is clear of zero "
+             "and larger than the margin (the premise); "
              "expected > 0")
 
 
@@ -56,8 +57,9 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     details.append(_protocol_note(tune, {"notebook": runs.need("notebook"), "tune": runs.need("tune")}))
     figure = draw("C3", out, lambda: _figure(rows), details)
     if not settings:
-        return runs.inconclusive(STATISTIC, "the fixed-lr gap is not clear of zero at any batch size present in both "
-                                            "presets: there is no gap to shrink", figure=figure, details=details)
+        return runs.premise_not_met(STATISTIC, "at no batch size present in both presets is the fixed-lr gap clear of "
+                                               f"zero and larger than the margin ({runs.claim.margin:g} points): there is "
+                                               "no gap to shrink (the details give each)", figure=figure, details=details)
     label, d = headline(settings)
     evidence = (f"At {label} (least favourable of {len(settings)} batch size(s) with a clear fixed-lr gap) the "
                 f"fixed-lr gap exceeds the tuned gap by {with_interval(d)}; verdict combined over batch sizes. "
@@ -96,8 +98,9 @@ def _compare(b: int, fixed: Difference, tuned: Difference,
     c = contrast(_abs(fixed), _abs(tuned))
     line = (f"batch {b}: fixed-lr gap {with_interval(fixed)}, tuned gap {with_interval(tuned)}; "
             f"|fixed| - |tuned| {with_interval(c)}")
-    if verdict_of(fixed, margin) == INCONCLUSIVE:
-        return line + ": fixed-lr gap not clear of zero, not counted", None
+    premise = verdict_of(_abs(fixed), margin)
+    if premise != SUPPORTED:
+        return line + f": the fixed-lr gap is {premise} against the margin, no gap to shrink: not counted", None
     return f"{line}: {verdict_of(c, margin)}", (f"batch {b}", c, verdict_of(c, margin))
 
 

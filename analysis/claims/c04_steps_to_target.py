@@ -22,7 +22,7 @@ median steps (censored runs at the budget; ties: fewer censored runs, then
 the smaller lr). A censored no-norm run makes the ratio a lower bound, a
 censored BN run an upper bound; a bound cannot decide against its direction,
 so at a batch size where BN (no norm) has a censored run at its chosen lr a
-'supported' ('not supported') reading becomes 'inconclusive', and the
+'supported' ('contradicted') reading becomes 'inconclusive', and the
 details say so. The preset stops a pack once all its runs reached the target (probes.stop_at): their
 steps to it are the same, and a run stopped below the target before reaching it is left out (said in the
 details). Figure: steps to target vs batch size, log-log, with perfect
@@ -41,7 +41,7 @@ from matplotlib.figure import Figure
 
 from analysis.claims.plots import draw, label_axes, log_y, panel
 from analysis.claims.result import ClaimResult
-from analysis.claims.rule import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, combine, headline, verdict_of
+from analysis.claims.rule import CONTRADICTED, INCONCLUSIVE, NO_EFFECT, SUPPORTED, TRIVIAL, combine, headline, verdict_of
 from analysis.claims.runs import ClaimRuns, config_of, norm_of, seed_of, val_series
 from analysis.collect import counted_as, finite, num
 from analysis.figures import log2_batch_axis, palette
@@ -192,10 +192,10 @@ def _compare(b: int, bn: Optional[dict], no: Optional[dict], margin: float) -> t
         v = INCONCLUSIVE
     elif no["n_censored"]:
         text += "; a lower bound (no norm censored)"
-        v = INCONCLUSIVE if v == NOT_SUPPORTED else v
+        v = INCONCLUSIVE if v in (CONTRADICTED, TRIVIAL, NO_EFFECT) else v
     elif bn["n_censored"]:
         text += "; an upper bound (BN censored)"
-        v = INCONCLUSIVE if v == SUPPORTED else v
+        v = INCONCLUSIVE if v in (SUPPORTED, TRIVIAL, NO_EFFECT) else v
     return f"{text}; log10 ratio {with_interval(d, '', 3)} ({10 ** d.diff:.3g}x): {v}", (f"batch {b}", d, v)
 
 

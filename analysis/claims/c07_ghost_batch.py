@@ -50,8 +50,9 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
         series[f"BN@{REFERENCE_BATCH}"] = a_small
         details += [f"BN at batch {REFERENCE_BATCH}: {np.mean(a_small):.2f}% (n={len(a_small)})"
                     f"{counts_note(dv64, lo64)}",
-                    f"BN at batch {REFERENCE_BATCH} minus plain BN at {large}: {with_interval(small_gap)}"
-                    + ("" if gap_clear else ": not clearly positive, so no share of it is computed")]
+                    f"BN at batch {REFERENCE_BATCH} minus plain BN at {large}: {with_interval(small_gap)}: "
+                    f"{verdict_of(small_gap, runs.claim.margin)}"
+                    + ("" if gap_clear else ", so no share of it is computed")]
     settings, lines = _ghost_sizes(ghosts, a_plain, small_gap if gap_clear else None, large, series,
                                    runs.claim.margin)
     details += lines
@@ -60,6 +61,16 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
         return runs.inconclusive(STATISTIC, f"no ghost BN run at batch {large} has a test accuracy", figure=figure,
                                  details=details)
     label, d = headline(settings)
+    if not gap_clear:
+        gap = (f"BN at batch {REFERENCE_BATCH} minus plain BN at batch {large} is {with_interval(small_gap)}, "
+               f"{verdict_of(small_gap, runs.claim.margin)} against the claim's margin of {runs.claim.margin:g} "
+               "points" if small_gap is not None else f"there are no plain BN runs at batch {REFERENCE_BATCH}")
+        return runs.premise_not_met(
+            STATISTIC, f"No small-batch result to recover: {gap}, so ghost BN at batch {large} has no gap to close "
+                       f"(the claim presupposes one). For the record, {label} minus plain BN at batch {large}: "
+                       f"{with_interval(d)}. {DIVERGED_NOTE}. Figure: test accuracy per arm, one point per seed, "
+                       "mean and 95% t-interval.", interval=d, unit="points", n=n_text([d.n_a, d.n_b], "seeds per arm"),
+            figure=figure, details=details)
     evidence = (f"At batch {large}, {label} (least favourable of {len(settings)}) minus plain BN: "
                 f"{with_interval(d)}; verdict combined over ghost sizes. {DIVERGED_NOTE}. Figure: test accuracy per "
                 "arm, one point per seed, mean and 95% t-interval.")

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from analysis.claims.plots import draw, legend, trace
 from analysis.claims.probe_tables import arms, completed_series, layer_columns
 from analysis.claims.result import ClaimResult
-from analysis.claims.rule import NOT_SUPPORTED, SUPPORTED, verdict_of
+from analysis.claims.rule import CONTRADICTED, NO_EFFECT, SUPPORTED, TRIVIAL, verdict_of
 from analysis.claims.runs import ClaimRuns
 from analysis.figures import grid, palette
 from analysis.stats import Difference, mean_interval, welch_difference
@@ -77,11 +77,13 @@ def _layer_lines(bn: pd.DataFrame, none: pd.DataFrame, cos_cols: list[tuple[int,
 def _reading(verdict: str, d: Difference) -> str:
     if verdict == SUPPORTED:
         return "lower with BN: more shift with BN, as Santurkar et al. report"
-    if verdict == NOT_SUPPORTED:
+    if verdict == CONTRADICTED:
         return "higher with BN: less shift with BN, i.e. BN does reduce ICS by this measure"
+    if verdict in (NO_EFFECT, TRIVIAL):
+        return "similar in both arms (within the margin): BN does not meaningfully reduce ICS here, as the claim says"
     if math.isfinite(d.low):
-        return ("similar in both arms (the interval contains 0): BN does not measurably reduce ICS here, "
-                "which agrees with the claim's 'similar', but the rule reads an interval across 0 as inconclusive")
+        return ("undecided (the interval contains 0 and reaches past the margin): the data cannot tell whether BN "
+                "reduces ICS by this measure")
     return "without an interval (fewer than two seeds in an arm)"
 
 

@@ -2,7 +2,7 @@
 
 Runs: the input_scaling preset (the notebook's setup with pixels scaled two
 ways, data.normalize=standard (mean 0, std 1) and notebook ([-1, 1]), both
-arms, 3 seeds). Statistic: the BN gap (BN minus no-norm test accuracy) under
+arms, 8 seeds). Statistic: the BN gap (BN minus no-norm test accuracy) under
 the notebook's scaling minus the BN gap under standard scaling, in points:
 the same number as no norm's change between the scalings (standard minus
 notebook) minus BN's, so positive where the scaling moves no norm more than

@@ -12,7 +12,8 @@ from typing import Optional
 
 import pandas as pd
 
-from analysis.claims.rule import INCONCLUSIVE, NO_EFFECT, NOT_REPLICATED, NOT_RUN, ZERO_WIDTH_NOTE, zero_width
+from analysis.claims.rule import (INCONCLUSIVE, NO_EFFECT, NOT_REPLICATED, NOT_RUN, TRIVIAL, ZERO_WIDTH_NOTE,
+                                  zero_width)
 from analysis.text import BARE, SQUARE, interval_text
 
 
@@ -20,7 +21,7 @@ from analysis.text import BARE, SQUARE, interval_text
 class ClaimResult:
     claim: str  # "C5"
     title: str  # the claim in words, from the protocol's table
-    verdict: str  # supported | not supported | inconclusive | not run
+    verdict: str  # a verdict of analysis.claims.rule: supported, contradicted, trivially small, ...
     statistic: str  # what was measured, with the sign the claim expects ("BN minus LayerNorm ..., expected > 0")
     value: Optional[float] = None  # the statistic
     low: Optional[float] = None  # its 95% interval
@@ -71,6 +72,9 @@ def bound_note(res: ClaimResult) -> str:
     if res.verdict == NO_EFFECT:
         return (f"The whole 95% interval lies within +-{res.margin:g}{unit}, the smallest effect that matters for "
                 f"this claim: no meaningful effect")
+    if res.verdict == TRIVIAL:
+        return (f"The 95% interval excludes 0 but lies within +-{res.margin:g}{unit}, the smallest effect that "
+                f"matters for this claim: a real effect, trivially small")
     b = res.bound
     if res.verdict != INCONCLUSIVE or b is None or zero_width(res.low, res.high) or not res.low <= 0 <= res.high:
         return ""  # an interval clear of zero undecided only because the settings disagree: the details say

@@ -11,25 +11,37 @@ from typing import Any, Iterable, Optional
 
 from analysis.stats import Difference, MeanInterval
 
-SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN, OUT_OF_SCOPE = (
-    "supported", "not supported", "inconclusive", "not run", "out of scope")
-NO_EFFECT = "no meaningful effect"  # the equivalence verdict: the whole interval inside +-the claim's margin
+SUPPORTED, CONTRADICTED, TRIVIAL, NO_EFFECT, INCONCLUSIVE = (
+    "supported", "contradicted", "trivially small", "no meaningful effect", "inconclusive")
+MIXED = "mixed"  # a claim's settings give different answers (its details list each)
+PREMISE_NOT_MET = "premise not met"  # the difference the claim is about is absent from the data
+ERROR = "error"  # the claim's code raised: a bug or unforeseen data, never a verdict
+NOT_RUN, OUT_OF_SCOPE = "not run", "out of scope"
 NOT_REPLICATED = "not replicated"  # the two seed sets of a claim gave different verdicts
+ANSWERS = (SUPPORTED, CONTRADICTED, TRIVIAL, NO_EFFECT)  # the verdicts that answer a claim's question
+
+EFFECT, NON_INFERIORITY = "effect", "non-inferiority"  # what a claim asserts: an effect, or "as good as"
 
 VERDICT_RULE = (
-    "Each claim is measured as one signed statistic (the table says which, and which sign the "
-    "claim expects) with a 95% interval over seeds (Student t for a mean, Welch for a difference of "
-    "means), and has a margin: the smallest effect that matters for it, in the statistic's unit, fixed "
-    "before the runs (docs/claims.md says why each). No meaningful effect: the whole interval lies inside "
-    "plus or minus the margin. Otherwise supported: the whole interval is on the expected side of zero; "
-    "not supported: the whole interval is on the other side; inconclusive: the interval contains zero "
-    "(the row then says how large an effect the data still allow), there are fewer than two seeds per "
-    "arm (no interval), or every seed gave the same value (a zero-width interval says nothing about "
-    "the spread). A claim checked per setting (batch size, ...) gets a verdict only where every setting "
-    "gives the same one. A claim whose runs are missing is 'not run'. With a replication (python -m "
-    "study.suite --replicate: every preset again on a disjoint seed set) a claim is settled only where "
-    "both seed sets give the same verdict; otherwise it reads 'not replicated' with both verdicts shown. "
-    "The verdicts are computed from the runs each time the report is built.")
+    "Each claim is measured as one signed statistic (the table says which, and which sign the claim expects) "
+    "with a 95% interval over seeds (Student t for a mean, Welch for a difference of means), and has a margin "
+    "m: the smallest effect that matters for it, in the statistic's unit, fixed before the runs "
+    "(docs/claims.md says why each). The verdict reads the interval against 0 and +-m, as equivalence and "
+    "minimum-effect tests do (Lakens 2017, 'Equivalence tests', Soc. Psychol. Personal. Sci. 8(4)). "
+    "Supported: clear of 0 on the expected side and not inside +-m. Trivially small: clear of 0 but inside "
+    "+-m (a real effect, smaller than any that matters). No meaningful effect: inside +-m and containing 0. "
+    "Contradicted: clear of 0 on the other side and not inside +-m. Inconclusive: otherwise (the row then says "
+    "how large an effect the data still allow), or fewer than two seeds per arm, or every seed gave the same "
+    "value (a zero-width interval measures no spread). A claim that one arm does as well as another "
+    "(non-inferiority) is supported when the interval lies above -m, contradicted when it lies below -m, "
+    "else inconclusive. A claim checked per setting (batch size, ...) takes the verdict every setting gives; "
+    "settings that answer differently make it 'mixed' (the details list each), and an undecided setting makes "
+    "it inconclusive. A claim about a difference the data lack (a gap to recover or to shrink) reads "
+    "'premise not met', with the numbers. A claim whose runs are missing is 'not run'; one whose code raised "
+    "reads 'error' with the exception, never a verdict. With a replication (python -m study.suite "
+    "--replicate: every preset again on a disjoint seed set) a claim is settled only where both seed sets "
+    "give the same verdict; otherwise it reads 'not replicated' with both verdicts shown. The verdicts are "
+    "computed from the runs each time the report is built.")
 
 ZERO_WIDTH_NOTE = ("The headline interval has zero width: every seed gave the same value, so the t interval "
                    "measures no spread (identical replicates, a discrete grid or a constant metric) and the rule "
@@ -48,9 +60,9 @@ def within_margin(low: Optional[float], high: Optional[float], margin: Optional[
 
 
 def directional(low: Optional[float], high: Optional[float], margin: Optional[float],
-                expect_positive: bool = True) -> str:
-    """The verdict rule for one interval of a statistic whose expected sign is given; an interval inside
-    +-margin (the claim's smallest effect that matters; None: no margin) is 'no meaningful effect'.
+                expect_positive: bool = True, test: str = EFFECT) -> str:
+    """The verdict rule (VERDICT_RULE) for one interval of a statistic whose expected sign is given, against
+    the claim's margin (None: no margin, so nothing is 'inside' it).
 
     stats gives a zero-width 95% interval when every seed of every arm has the
     same value (seeds that agree to the last digit, steps on a coarse probe
@@ -59,30 +71,35 @@ def directional(low: Optional[float], high: Optional[float], margin: Optional[fl
     """
     if low is None or high is None or math.isnan(low) or math.isnan(high) or zero_width(low, high):
         return INCONCLUSIVE
-    if within_margin(low, high, margin):
-        return NO_EFFECT
-    if (low > 0) if expect_positive else (high < 0):
-        return SUPPORTED
-    if (high < 0) if expect_positive else (low > 0):
-        return NOT_SUPPORTED
-    return INCONCLUSIVE
+    if not expect_positive:
+        low, high = -high, -low
+    if test == NON_INFERIORITY:
+        m = margin or 0.0
+        return SUPPORTED if low > -m else CONTRADICTED if high < -m else INCONCLUSIVE
+    inside = within_margin(low, high, margin)
+    if low > 0 or high < 0:
+        return TRIVIAL if inside else SUPPORTED if low > 0 else CONTRADICTED
+    return NO_EFFECT if inside else INCONCLUSIVE
 
 
-def verdict_of(x: Difference | MeanInterval, margin: Optional[float], expect_positive: bool = True) -> str:
+def verdict_of(x: Difference | MeanInterval, margin: Optional[float], expect_positive: bool = True,
+               test: str = EFFECT) -> str:
     """The rule on a difference or a mean with its interval, against the claim's margin."""
-    return directional(x.low, x.high, margin, expect_positive)
+    return directional(x.low, x.high, margin, expect_positive, test)
 
 
 def combine(verdicts: Iterable[str]) -> str:
-    """One verdict from several settings: the verdict every setting gives (supported, not supported, no
-    meaningful effect), else inconclusive."""
+    """One verdict from several settings: the one every setting gives; 'mixed' where the settings answer
+    differently; inconclusive where one is undecided. An error or a missing premise anywhere is the row's."""
     vs = [v for v in verdicts if v not in (NOT_RUN, OUT_OF_SCOPE)]
     if not vs:
         return NOT_RUN
-    for v in (SUPPORTED, NOT_SUPPORTED, NO_EFFECT):
-        if all(x == v for x in vs):
-            return v
-    return INCONCLUSIVE
+    for special in (ERROR, PREMISE_NOT_MET):
+        if special in vs:
+            return special
+    if all(v == vs[0] for v in vs):
+        return vs[0]
+    return MIXED if all(v in ANSWERS + (MIXED,) for v in vs) else INCONCLUSIVE
 
 
 def headline(settings: list[tuple[str, Any, str]], expect_positive: bool = True) -> tuple[str, Any]:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from analysis.claims import Claim, in_replication
 from analysis.claims.result import ClaimResult, bound_note, flag_zero_width
-from analysis.claims.rule import INCONCLUSIVE, NOT_RUN
+from analysis.claims.rule import ERROR, INCONCLUSIVE, NOT_RUN, PREMISE_NOT_MET
 from analysis.collect import Collection, finite
 from analysis.stats import Difference, MeanInterval
 from analysis.summary import Analysis, analyze
@@ -169,6 +169,10 @@ class ClaimRuns:
     def inconclusive(self, statistic: str, why: str, **fields: Any) -> ClaimResult:
         return self.result(INCONCLUSIVE, statistic, evidence=why, **fields)
 
+    def premise_not_met(self, statistic: str, why: str, **fields: Any) -> ClaimResult:
+        """The difference the claim is about is absent from the data (`why` gives the numbers)."""
+        return self.result(PREMISE_NOT_MET, statistic, evidence=why, **fields)
+
     def not_run(self, why: str = "") -> ClaimResult:
         presets = [self.aliases.get(p, p) for p in self.claim.presets]
         cmd = "; ".join(f"python study/run.py -m experiment={p}" for p in presets)
@@ -186,16 +190,17 @@ def _replicates(x: Difference | MeanInterval) -> int:
 
 
 def guarded(fn: Callable[[ClaimRuns, Path], ClaimResult], runs: ClaimRuns, out: Path) -> ClaimResult:
-    """`fn(runs, out)`, never raising: a missing preset gives a 'not run' row; data
-    that trip an unforeseen case give an inconclusive row naming the error, not a crashed report. Also flags
-    a zero-width headline interval and states the bound of an undecided one in the evidence."""
+    """`fn(runs, out)`, never raising: a missing preset gives a 'not run' row; a claim whose code raises gives
+    an 'error' row naming the exception (a bug is never a verdict), not a crashed report. Also flags a
+    zero-width headline interval and states the bound of an undecided one in the evidence."""
     try:
         res = flag_zero_width(fn(runs, Path(out)))
     except NotRun as e:
         return runs.not_run(f"no runs of preset {e} here")
-    except Exception as e:  # the report must still build; the row names the error
+    except Exception as e:  # the report must still build; the row names the error and the log has the traceback
         logging.getLogger(__name__).exception("claim %s could not be computed", runs.claim.id)
-        return runs.inconclusive("", f"the statistic could not be computed from these runs ({type(e).__name__}: {e})")
+        return runs.result(ERROR, "", evidence=f"the claim's code raised {type(e).__name__}: {e} (a bug or data it "
+                                               "does not handle, not a verdict; the log has the traceback)")
     note = bound_note(res)
     if note and note not in res.evidence:
         res.evidence = f"{res.evidence.rstrip('. ')}. {note}."
@@ -211,6 +216,12 @@ def config_of(r: dict[str, Any]) -> dict[str, Any]:
 def norm_of(r: dict[str, Any]) -> Any:
     m = config_of(r).get("model")
     return m.get("norm") if isinstance(m, dict) else None
+
+
+def activation_of(r: dict[str, Any], default: str) -> str:
+    """A record's hidden activation (`model.activation`), `default` where the record has none."""
+    m = config_of(r).get("model")
+    return str(m.get("activation") or default) if isinstance(m, dict) else default
 
 
 def seed_of(r: dict[str, Any]) -> Any:
