@@ -38,9 +38,9 @@ flatter the trainer), turned into a samples/s ceiling for the model (3 x the
 forward matmul flops per training sample: the forward matmul, and the two of
 the backward pass).
 
-With `model=cnn` (the conv net, study/convnet.py) the same rows compare the
+With `model=cnn` (the conv net, study/models/cnn.py) the same rows compare the
 conv net in the notebook's plain nn.Module loop with the trainer, whose pack
-of K runs them one after the other (study/looped.py), and the ceiling
+of K runs them one after the other (study/models/pack.py), and the ceiling
 counts the convolutions' flops too; `model.channels_last=false` measures
 NCHW convolutions.
 

@@ -98,9 +98,9 @@ class DataConfig:
 class ModelFamily(str, Enum):
     """`model=<family>` (conf/model/<family>.yaml); study.train.FAMILIES builds it."""
 
-    mlp = "mlp"  # Linear -> norm -> activation layers (study/model.py)
-    cnn = "cnn"  # conv -> norm -> activation -> pool blocks, then an MLP head (study/convnet.py)
-    lstm = "lstm"  # one LSTM layer reading 28 rows of 28 pixels (study/recurrent.py)
+    mlp = "mlp"  # Linear -> norm -> activation layers (study/models/mlp.py)
+    cnn = "cnn"  # conv -> norm -> activation -> pool blocks, then an MLP head (study/models/cnn.py)
+    lstm = "lstm"  # one LSTM layer reading 28 rows of 28 pixels (study/models/lstm.py)
 
 
 @dataclass
@@ -221,7 +221,7 @@ class Config:
     # Seconds between progress lines inside an epoch (0 = only per epoch).
     progress_every: float = 15.0
     # Plain SGD steps (no momentum/weight decay) without autograd: the same
-    # math with in-place updates, ~2x faster at small batches (study/fused_sgd/:
+    # math with in-place updates, ~2x faster at small batches (study/models/fused_sgd/:
     # step.py computes it, __init__.py says when it applies; tests compare it
     # with the autograd path). false = autograd.
     fused: bool = True

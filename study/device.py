@@ -14,8 +14,8 @@ import torch
 import torch.utils.deterministic
 
 from study.errors import ConfigError
-from study.fused_sgd.step import fused_sgd_step
-from study.packed import PackedMLP
+from study.models.fused_sgd.step import fused_sgd_step
+from study.models.packed import PackedMLP
 
 
 def resolve_device(name: str) -> torch.device:

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from study import fused_sgd
+from study.models import fused_sgd
 
 
 def lr_packable(cfg: Any) -> bool:

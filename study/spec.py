@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from study import fused_sgd
+from study.models import fused_sgd
 from study.packing import lr_packable
 
 
@@ -58,7 +58,7 @@ class TrainSpec:
     epochs: int
     steps: Optional[int]  # optimizer-step budget; replaces epochs when set
     eval_batch_size: int  # examples per evaluation forward pass (same numbers, less memory)
-    fused_step: bool  # train with study.fused_sgd's step (config `fused`, where it applies), else autograd
+    fused_step: bool  # train with study.models.fused_sgd's step (config `fused`, where it applies), else autograd
     lr_packable: bool  # runs with their own learning rates may train as one pack
     compile: bool  # torch.compile the training step
     progress_every: float  # seconds between progress lines within an epoch (0: per epoch only)

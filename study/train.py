@@ -29,12 +29,12 @@ from torch import nn
 
 from study.data import MNISTSplits
 from study.device import training_functions
-from study.convnet import build_cnn
-from study.looped import LoopedPack
-from study.model import build_mlp
-from study.packed import PackedMLP, evaluate
+from study.models.cnn import build_cnn
+from study.models.pack import LoopedPack
+from study.models.mlp import build_mlp
+from study.models.packed import PackedMLP, evaluate
 from study.probes import Probes
-from study.recurrent import PackedLSTM, build_lstm
+from study.models.lstm import PackedLSTM, build_lstm
 from study.spec import ModelSpec, OptimizerSpec, TrainSpec
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class Family(NamedTuple):
 
 
 # Model families: `model=<family>` picks the config group conf/model/<family>.yaml and its row here.
-# cnn packs run their members one after the other (study/looped.py); lstm packs batch them (study/recurrent.py).
+# cnn packs run their members one after the other (study/models/pack.py); lstm packs batch them (study/models/lstm.py).
 FAMILIES = {"mlp": Family(build=build_mlp, pack=PackedMLP), "cnn": Family(build=build_cnn, pack=LoopedPack),
             "lstm": Family(build=build_lstm, pack=PackedLSTM)}
 

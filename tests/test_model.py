@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from study.model import build_mlp
-from study.packed import PackedMLP
+from study.models.mlp import build_mlp
+from study.models.packed import PackedMLP
 
 
 def test_notebook_architecture_and_norm_placement():

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from study.model import GhostBatchNorm1d, build_mlp
-from study.packed import PackedMLP
+from study.models.mlp import GhostBatchNorm1d, build_mlp
+from study.models.packed import PackedMLP
 
 EPS = 1e-5
 

@@ -274,9 +274,9 @@ def test_fused_sgd_step_equals_autograd_and_torch_sgd(tiny_mnist, tiny_data, nor
 
 
 def test_fused_step_updates_parameters_and_bn_statistics_like_autograd():
-    from study.fused_sgd.step import fused_sgd_step
-    from study.model import build_mlp
-    from study.packed import PackedMLP
+    from study.models.fused_sgd.step import fused_sgd_step
+    from study.models.mlp import build_mlp
+    from study.models.packed import PackedMLP
 
     def make():
         torch.manual_seed(0)
@@ -302,7 +302,7 @@ def test_the_training_side_imports_no_config_framework():
 
     from helpers import REPO
 
-    for name in ("train.py", "model.py", "packed.py", "probes.py", "fused_sgd/step.py", "device.py"):
+    for name in ("train.py", "models/mlp.py", "models/packed.py", "probes.py", "models/fused_sgd/step.py", "device.py"):
         tree = ast.parse((REPO / "study" / name).read_text())
         modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
@@ -310,9 +310,9 @@ def test_the_training_side_imports_no_config_framework():
 
 
 def test_the_fused_step_rule_names_the_activations_the_step_computes():
-    from study import fused_sgd
-    from study.fused_sgd import step
-    from study.model import ACTIVATIONS
+    from study.models import fused_sgd
+    from study.models.fused_sgd import step
+    from study.models.mlp import ACTIVATIONS
 
     assert set(step._FORWARD) == set(step._BACKWARD) == {ACTIVATIONS[a] for a in fused_sgd.ACTIVATIONS}
 

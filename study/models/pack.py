@@ -1,7 +1,7 @@
 """A pack of R networks computed one after the other: the `cnn` family's pack (the
-`lstm` family's is `study.recurrent.PackedLSTM`, which batches its members).
+`lstm` family's is `study.models.lstm.PackedLSTM`, which batches its members).
 
-The MLP's pack (study/packed.py) fuses its runs into batched matmuls; a conv
+The MLP's pack (study/models/packed.py) fuses its runs into batched matmuls; a conv
 or recurrent net gains little from that on a CPU (a grouped convolution is
 no faster than R small ones) and would need its own packed layers. So these
 families' packs hold the R reference networks as they are and run them in

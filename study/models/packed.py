@@ -1,6 +1,6 @@
 """R networks of one architecture as one model: each run its own weights.
 
-`PackedMLP` holds R `study.model.build_mlp` networks (e.g. different seeds)
+`PackedMLP` holds R `study.models.mlp.build_mlp` networks (e.g. different seeds)
 as one model over a leading run axis, (R, B, in) -> (R, B, classes): each
 Linear becomes a batched matmul and each BatchNorm1d one BatchNorm over
 R x features channels, so every run still sees only its own batch
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.model import GhostBatchNorm1d, ghost_chunks
+from study.models.mlp import GhostBatchNorm1d, ghost_chunks
 
 
 class PackedLinear(nn.Module):

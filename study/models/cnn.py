@@ -14,9 +14,9 @@ The norms over a conv layer's (C, H, W) output:
 - layer: per example over all of C x H x W with a per-channel affine
   (`nn.GroupNorm(1, C)`, the conv LayerNorm of Wu & He 2018, fig. 2);
 
-and the head's hidden layers use the MLP's norms (study/model.py).
+and the head's hidden layers use the MLP's norms (study/models/mlp.py).
 
-A pack of such networks is `study.looped.LoopedPack`: the members computed
+A pack of such networks is `study.models.pack.LoopedPack`: the members computed
 one after the other (no grouped convolutions), each exactly as alone.
 """
 
@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from study.model import ACTIVATIONS, GhostBatchNorm1d, GhostStatistics
+from study.models.mlp import ACTIVATIONS, GhostBatchNorm1d, GhostStatistics
 
 CNN_NORMS = ("none", "batch", "ghost", "layer", "group")
 IMAGE = (1, 28, 28)

@@ -3,7 +3,7 @@
 `build_mlp` is the reference model: Linear -> [norm] -> activation for each
 hidden layer, then a Linear to the logits. The norms are PyTorch's, plus
 `GhostBatchNorm1d` (Hoffer et al. 2017). The trainer trains R such networks
-at once as one `study.packed.PackedMLP`; tests check a pack against this
+at once as one `study.models.packed.PackedMLP`; tests check a pack against this
 model, and packed runs against runs trained one by one.
 """
 
