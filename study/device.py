@@ -15,7 +15,7 @@ import torch.utils.deterministic
 
 from study.errors import ConfigError
 from study.models.fused_sgd.step import fused_sgd_step
-from study.models.packed import PackedMLP
+from study.models.mlp import PackedMLP
 
 
 def resolve_device(name: str) -> torch.device:

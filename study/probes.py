@@ -40,7 +40,7 @@ that step's own minibatch; one entry of `probes.series` per such step:
   ("gradient predictiveness") and the largest effective beta-smoothness
   ||grad L(w) - grad L(w')|| / ||eta * g||.
 - `val_acc`: validation accuracy of the current weights (eval mode, running
-  statistics: `study.models.packed.evaluate`, as the epoch evaluation). With
+  statistics: `study.models.pack.evaluate`, as the epoch evaluation). With
   `probes.stop_at` set, the pack stops training at the first step probe at
   which every live run has reached that accuracy (steps to a target need
   nothing after it); `probes.stopped_at_step` records that step (null: the
@@ -88,8 +88,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from study.data import MNISTSplits
-from study.models.mlp import ACTIVATIONS, ghost_chunks
-from study.models.packed import PackedBatchNorm, PackedLinear, PackedMLP, evaluate
+from study.models.mlp import ACTIVATIONS, PackedBatchNorm, PackedLinear, PackedMLP, ghost_chunks
+from study.models.pack import evaluate
 from study.spec import TrainSpec
 
 STEP_KINDS = ("activations", "grad_norms", "ics", "landscape", "val_acc")

@@ -30,9 +30,8 @@ from torch import nn
 from study.data import MNISTSplits
 from study.device import training_functions
 from study.models.cnn import build_cnn
-from study.models.pack import LoopedPack
-from study.models.mlp import build_mlp
-from study.models.packed import PackedMLP, evaluate
+from study.models.mlp import PackedMLP, build_mlp
+from study.models.pack import LoopedPack, evaluate
 from study.probes import Probes
 from study.models.lstm import PackedLSTM, build_lstm
 from study.spec import ModelSpec, OptimizerSpec, TrainSpec

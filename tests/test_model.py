@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from study.models.mlp import build_mlp
-from study.models.packed import PackedMLP
+from study.models.mlp import PackedMLP, build_mlp
 
 
 def test_notebook_architecture_and_norm_placement():

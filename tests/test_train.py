@@ -275,8 +275,7 @@ def test_fused_sgd_step_equals_autograd_and_torch_sgd(tiny_mnist, tiny_data, nor
 
 def test_fused_step_updates_parameters_and_bn_statistics_like_autograd():
     from study.models.fused_sgd.step import fused_sgd_step
-    from study.models.mlp import build_mlp
-    from study.models.packed import PackedMLP
+    from study.models.mlp import PackedMLP, build_mlp
 
     def make():
         torch.manual_seed(0)
@@ -302,7 +301,7 @@ def test_the_training_side_imports_no_config_framework():
 
     from helpers import REPO
 
-    for name in ("train.py", "models/mlp.py", "models/packed.py", "probes.py", "models/fused_sgd/step.py", "device.py"):
+    for name in ("train.py", "models/mlp.py", "models/pack.py", "probes.py", "models/fused_sgd/step.py", "device.py"):
         tree = ast.parse((REPO / "study" / name).read_text())
         modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}

@@ -14,7 +14,7 @@ The norms over a conv layer's (C, H, W) output:
 - layer: per example over all of C x H x W with a per-channel affine
   (`nn.GroupNorm(1, C)`, the conv LayerNorm of Wu & He 2018, fig. 2);
 
-and the head's hidden layers use the MLP's norms (study/models/mlp.py).
+and the head is the MLP (`build_mlp`, study/models/mlp.py), with its norms.
 
 A pack of such networks is `study.models.pack.LoopedPack`: the members computed
 one after the other (no grouped convolutions), each exactly as alone.
@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from study.models.mlp import ACTIVATIONS, GhostBatchNorm1d, GhostStatistics
+from study.models.mlp import ACTIVATIONS, GhostStatistics, build_mlp
 
 CNN_NORMS = ("none", "batch", "ghost", "layer", "group")
 IMAGE = (1, 28, 28)
@@ -46,18 +46,6 @@ def conv_norm(norm: str, channels: int, eps: float, momentum: float, ghost_size:
         return nn.GroupNorm(1, channels, eps=eps)
     if norm == "group":
         return nn.GroupNorm(groups, channels, eps=eps)
-    raise ValueError(f"unknown norm {norm!r}; known: {CNN_NORMS}")
-
-
-def dense_norm(norm: str, width: int, eps: float, momentum: float, ghost_size: int, groups: int) -> nn.Module:
-    if norm == "batch":
-        return nn.BatchNorm1d(width, eps=eps, momentum=momentum)
-    if norm == "ghost":
-        return GhostBatchNorm1d(width, ghost_size, eps=eps, momentum=momentum)
-    if norm == "layer":
-        return nn.LayerNorm(width, eps=eps)
-    if norm == "group":
-        return nn.GroupNorm(groups, width, eps=eps)
     raise ValueError(f"unknown norm {norm!r}; known: {CNN_NORMS}")
 
 
@@ -90,7 +78,8 @@ def build_cnn(
     **_other_families: Any,  # ModelConfig is every family's keys: the MLP's in_features etc. are not read here
 ) -> ConvNet:
     """Conv3x3 -> norm -> activation -> max pool 2 per `channels`, flatten,
-    then Linear -> norm -> activation per `hidden`, Linear -> logits."""
+    then the MLP head: `build_mlp` over the flattened features (Linear ->
+    norm -> activation per `hidden`, Linear -> logits)."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
     if norm not in CNN_NORMS:
@@ -98,23 +87,15 @@ def build_cnn(
     if not 1 <= len(channels) <= 4:
         raise ValueError(f"channels {list(channels)}: 1 to 4 conv blocks (28 -> 14 -> 7 -> 3 -> 1 pixels)")
     bias = bias_before_norm or norm not in ("batch", "ghost")
-    opts = dict(eps=bn_eps, momentum=bn_momentum, ghost_size=ghost_size, groups=groups)
     blocks: list[nn.Module] = []
     c_in, side = IMAGE[0], IMAGE[1]
     for c in channels:
         blocks.append(nn.Conv2d(c_in, c, 3, padding=1, bias=bias))
         if norm != "none":
-            blocks.append(conv_norm(norm, c, **opts))
+            blocks.append(conv_norm(norm, c, bn_eps, bn_momentum, ghost_size, groups))
         blocks += [ACTIVATIONS[activation](), nn.MaxPool2d(2)]
         c_in, side = c, side // 2
-    head: list[nn.Module] = []
-    width = c_in * side * side
-    for h in hidden:
-        head.append(nn.Linear(width, h, bias=bias))
-        if norm != "none":
-            head.append(dense_norm(norm, h, **opts))
-        head.append(ACTIVATIONS[activation]())
-        width = h
-    head.append(nn.Linear(width, out_features))
-    net = ConvNet(nn.Sequential(*blocks), nn.Sequential(*head), channels_last)
+    head = build_mlp(c_in * side * side, hidden, out_features, activation, norm, bn_momentum, bn_eps,
+                     bias_before_norm, ghost_size, groups)
+    net = ConvNet(nn.Sequential(*blocks), head, channels_last)
     return net.to(memory_format=torch.channels_last) if channels_last else net

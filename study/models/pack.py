@@ -1,16 +1,17 @@
-"""A pack of R networks computed one after the other: the `cnn` family's pack (the
-`lstm` family's is `study.models.lstm.PackedLSTM`, which batches its members).
+"""A pack, R runs as one model mapping (R, B, ...) to (R, B, classes): the
+`cnn` family's pack, `LoopedPack`, and `evaluate`, which scores every run of
+any pack.
 
-The MLP's pack (study/models/packed.py) fuses its runs into batched matmuls; a conv
-or recurrent net gains little from that on a CPU (a grouped convolution is
-no faster than R small ones) and would need its own packed layers. So these
-families' packs hold the R reference networks as they are and run them in
-a loop: (R, B, 784) -> (R, B, classes), member r on its own slice. Each
-member computes exactly what it computes alone (the same modules, shapes
-and kernels; its gradient is that of its own loss, and torch.optim's
-foreach updates are elementwise), so a run's numbers do not depend on its
-pack (tests/test_families.py). What a pack saves is a process start and a
-data load per run, not compute.
+`LoopedPack` holds the R reference networks as they are and runs them one
+after the other, member r on its own slice. A conv or recurrent net gains
+little from batching its runs on a CPU (a grouped convolution is no faster
+than R small ones), so the MLP and the LSTM have packs of their own
+(study/models/mlp.py, study/models/lstm.py) and any other network that maps
+(B, 784) to (B, classes) can use this one. Each member computes exactly
+what it computes alone (the same modules, shapes and kernels; its gradient
+is that of its own loss, and torch.optim's foreach updates are elementwise),
+so a run's numbers do not depend on its pack (tests/test_families.py). What
+a pack saves is a process start and a data load per run, not compute.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -39,3 +41,22 @@ class LoopedPack(nn.Module):
         """Copy run r's parameters and statistics into a reference model."""
         like.load_state_dict(self.members[r].state_dict())
         return like
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accuracy and mean cross-entropy per run of a pack (`model.runs` of them; eval mode: BN running stats)."""
+    was_training = model.training
+    model.eval()
+    r = model.runs
+    correct = torch.zeros(r, dtype=torch.long, device=x.device)
+    loss = torch.zeros(r, dtype=torch.float64, device=x.device)
+    for s in range(0, len(x), chunk):
+        xb, yb = x[s:s + chunk], y[s:s + chunk]
+        logits = model(xb.unsqueeze(0).expand(r, -1, -1))
+        correct += (logits.argmax(-1) == yb).sum(1)
+        loss += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.repeat(r),
+                                reduction="none").view(r, -1).sum(1, dtype=torch.float64)
+    model.train(was_training)
+    n = len(x)
+    return correct.double() / n, loss / n

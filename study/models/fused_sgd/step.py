@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from study.models.packed import PackedBatchNorm, PackedLinear, PackedMLP
+from study.models.mlp import PackedBatchNorm, PackedLinear, PackedMLP
 
 
 @torch.no_grad()
