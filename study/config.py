@@ -21,15 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from study.loggers import EXTRAS as LOGGER_EXTRAS, KINDS as LOGGER_KINDS
 from study.errors import ConfigError  # defined there; `from study.config import ConfigError` works too
+from study.models import FAMILIES
 
-
-class Norm(str, Enum):
-    none = "none"
-    batch = "batch"  # BatchNorm1d (Ioffe & Szegedy 2015)
-    ghost = "ghost"  # BN over virtual batches of model.ghost_size (Hoffer et al. 2017)
-    layer = "layer"  # LayerNorm over a layer's features (Ba et al. 2016)
-    group = "group"  # GroupNorm, model.groups groups of features (Wu & He 2018)
-    batch_shared = "batch_shared"  # model=lstm: BN-LSTM with one set of population statistics for all time steps
+# `model=<family>` (conf/model/<family>.yaml) and `model.norm`: the families' registry names them
+# (study/models/__init__.py); the schema's enums are its families and the union of their norms, and
+# `validate` checks each family's own.
+ModelFamily = Enum("ModelFamily", {name: name for name in FAMILIES}, type=str, module=__name__)
+Norm = Enum("Norm", {n: n for f in FAMILIES.values() for n in f.norms}, type=str, module=__name__)
 
 
 class Activation(str, Enum):
@@ -93,14 +91,6 @@ class DataConfig:
     # same for every image and split: permuted MNIST (Cooijmans et al. 2016).
     permute: bool = False
     permute_seed: int = 0
-
-
-class ModelFamily(str, Enum):
-    """`model=<family>` (conf/model/<family>.yaml); study.train.FAMILIES builds it."""
-
-    mlp = "mlp"  # Linear -> norm -> activation layers (study/models/mlp.py)
-    cnn = "cnn"  # conv -> norm -> activation -> pool blocks, then an MLP head (study/models/cnn.py)
-    lstm = "lstm"  # one LSTM layer reading 28 rows of 28 pixels (study/models/lstm.py)
 
 
 @dataclass
@@ -243,40 +233,6 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-# The norms each family builds (the schema's Norm enum is their union).
-FAMILY_NORMS = {
-    ModelFamily.mlp.value: ("none", "batch", "ghost", "layer", "group"),
-    ModelFamily.cnn.value: ("none", "batch", "ghost", "layer", "group"),
-    ModelFamily.lstm.value: ("none", "batch", "batch_shared", "layer"),
-}
-# The probes written for any pack (study.probes: evaluation only); the others read PackedMLP's layers.
-ANY_FAMILY_PROBES = ("val_acc", "train_acc", "modes")
-
-
-def _validate_family(family: str, norm: str, cfg: DictConfig, need: Any) -> None:
-    """What one model family allows of the model keys (ModelConfig is their union) and of the probes."""
-    m = cfg.model
-    need(norm in FAMILY_NORMS[family], "model.norm", norm,
-         f"one of {', '.join(FAMILY_NORMS[family])} with model={family}")
-    if family == ModelFamily.cnn.value:
-        need(1 <= len(m.channels) <= 4 and all(c >= 1 for c in m.channels), "model.channels", list(m.channels),
-             "a list of 1 to 4 integers >= 1 (each conv block halves the 28x28 image)")
-    if family == ModelFamily.lstm.value:
-        need(len(m.hidden) == 1, "model.hidden", list(m.hidden), "[units]: model=lstm has one LSTM layer")
-        # Dynamo refuses nn.LSTM (its RNN support is experimental, off by default); the hand-written cells compile.
-        need(not (cfg.compile and norm == Norm.none.value), "compile", "true",
-             "false with model=lstm model.norm=none (torch.compile does not trace nn.LSTM)")
-        need(math.isfinite(m.bn_scale_init) and m.bn_scale_init > 0, "model.bn_scale_init", m.bn_scale_init,
-             "a number > 0")
-    else:
-        need(m.bn_scale_init == 1.0, "model.bn_scale_init", m.bn_scale_init,
-             f"1.0 with model={family} (PyTorch's BN scale init; only model=lstm sets it)")
-    if family != ModelFamily.mlp.value:
-        kinds = [_enum_value(k) for k in cfg.probes.kinds]
-        need(set(kinds) <= set(ANY_FAMILY_PROBES), "probes.kinds", kinds,
-             f"only {', '.join(ANY_FAMILY_PROBES)} with model={family} (the others read the MLP's layers)")
-
-
 def installed(module: str) -> bool:
     """Whether `module` can be imported, without importing it (an extra's package; seconds to import)."""
     try:
@@ -298,6 +254,7 @@ MNIST_TRAIN_IMAGES = 60_000  # the official training set: data.val_size of them 
 DEVICES = ("cpu", "cuda", "auto")
 PRECISIONS = ("fp32", "tf32", "bf16")
 VALIDATION_PROBES = (Probe.activations.value, Probe.val_acc.value)  # the probes that read the validation split
+BATCH_STATISTICS = ("batch", "ghost", "batch_shared")  # the norms that take statistics from the batch
 
 
 def _enum_value(value: Any) -> str:
@@ -332,7 +289,7 @@ def validate(cfg: DictConfig) -> None:
 
     m = cfg.model
     norm = _enum_value(m.norm)
-    batch_stats = norm in (Norm.batch.value, Norm.ghost.value, Norm.batch_shared.value)  # statistics from the batch
+    batch_stats = norm in BATCH_STATISTICS
     need(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), "model.hidden", list(m.hidden),
          "a non-empty list of integers >= 1")
     # The data are MNIST: 28x28 = 784 pixels per image, labels 0..9.
@@ -340,15 +297,16 @@ def validate(cfg: DictConfig) -> None:
     need(m.out_features >= 10, "model.out_features", m.out_features, "an integer >= 10 (MNIST's labels are 0..9)")
     need(0 < m.bn_momentum <= 1, "model.bn_momentum", m.bn_momentum, "a number in (0, 1]")
     need(m.bn_eps > 0, "model.bn_eps", m.bn_eps, "a number > 0")
-    if norm == Norm.ghost.value:
+    name = _enum_value(m.family)
+    family = FAMILIES[name]
+    need(norm in family.norms, "model.norm", norm, f"one of {', '.join(family.norms)} with model={name}")
+    if norm == "ghost":
         need(m.ghost_size >= 2, "model.ghost_size", m.ghost_size, "an integer >= 2")
-    family = _enum_value(m.family)
-    widths = [*m.channels, *m.hidden] if family == ModelFamily.cnn.value else list(m.hidden)
-    if norm == Norm.group.value:
-        need(m.groups >= 1 and all(h % m.groups == 0 for h in widths), "model.groups", m.groups,
-             f"an integer >= 1 that divides every {'channel count and ' if family == 'cnn' else ''}"
-             f"hidden width {widths}")
-    _validate_family(family, norm, cfg, need)
+    family.check(cfg, norm, need)
+    if family.probes is not None:
+        kinds = [_enum_value(k) for k in cfg.probes.kinds]
+        need(set(kinds) <= set(family.probes), "probes.kinds", kinds,
+             f"only {', '.join(family.probes)} with model={name} (the others read the MLP's layers)")
     if batch_stats:
         # BN in training mode cannot normalize a single example (zero variance);
         # nn.BatchNorm1d raises on it.

@@ -59,8 +59,9 @@ class Arm:
 
     def __init__(self, cfg: DictConfig, norm: str, xb: torch.Tensor, yb: torch.Tensor,
                  device: torch.device) -> None:
+        from study.models import FAMILIES
         from study.spec import train_spec
-        from study.train import FAMILIES, build_member, training_step
+        from study.train import build_member, training_step
 
         spec = train_spec(arm_config(cfg, norm))
         self.model = FAMILIES[spec.model.family].pack([build_member(spec.model, int(cfg.seed))]).to(device)

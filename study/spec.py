@@ -19,7 +19,7 @@ from study.packing import lr_packable
 
 @dataclass(frozen=True)
 class ModelSpec:
-    family: str  # `model=<family>`: a key of study.train.FAMILIES
+    family: str  # `model=<family>`: a key of study.models.FAMILIES
     options: dict[str, Any]  # the family's other config values: its build function's keyword arguments
 
 

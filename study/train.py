@@ -20,7 +20,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -29,25 +29,13 @@ from torch import nn
 
 from study.data import MNISTSplits
 from study.device import training_functions
-from study.models.cnn import build_cnn
-from study.models.mlp import PackedMLP, build_mlp
-from study.models.pack import LoopedPack, evaluate
+from study.models import FAMILIES
+from study.models.pack import evaluate
 from study.probes import Probes
-from study.models.lstm import PackedLSTM, build_lstm
 from study.spec import ModelSpec, OptimizerSpec, TrainSpec
 
 log = logging.getLogger(__name__)
 
-
-class Family(NamedTuple):
-    build: Callable[..., nn.Module]  # one run's network from the family's config values (conf/model/<family>.yaml)
-    pack: Callable[[Sequence[nn.Module]], nn.Module]  # R of them as one model: (R, B, ...) -> (R, B, classes)
-
-
-# Model families: `model=<family>` picks the config group conf/model/<family>.yaml and its row here.
-# cnn packs run their members one after the other (study/models/pack.py); lstm packs batch them (study/models/lstm.py).
-FAMILIES = {"mlp": Family(build=build_mlp, pack=PackedMLP), "cnn": Family(build=build_cnn, pack=LoopedPack),
-            "lstm": Family(build=build_lstm, pack=PackedLSTM)}
 
 # A non-finite loss is looked for on the host every this many steps (and at
 # every epoch end); the exact step is tracked on the device in between, so
@@ -84,7 +72,7 @@ def seed_everything(seed: int) -> None:
 
 
 def build_member(model: ModelSpec, seed: int) -> nn.Module:
-    """One run's reference network, initialized from its seed."""
+    """One run's reference network, initialized from its seed (its family's `build`: study/models/)."""
     seed_everything(seed)
     return FAMILIES[model.family].build(**model.options)
 
@@ -112,7 +100,7 @@ def batches_per_epoch(n_train: int, batch_size: int) -> int:
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def training_step(spec: TrainSpec, model: PackedMLP, lrs: list[float], device: torch.device,
+def training_step(spec: TrainSpec, model: nn.Module, lrs: list[float], device: torch.device,
                   dtype: torch.dtype) -> Step:
     """`step(xb, yb)`: one optimizer step of every run on its minibatch
     (xb (R, b, in), yb (R * b,)); returns each run's loss (R,)."""
@@ -201,7 +189,7 @@ class EpochTraining(NamedTuple):
     stopped: bool  # stopped before `steps`: every live run reached `probes.stop_at`
 
 
-def train_epoch(model: PackedMLP, step: Step, data: MNISTSplits, gens: list[torch.Generator], batch_size: int,
+def train_epoch(model: nn.Module, step: Step, data: MNISTSplits, gens: list[torch.Generator], batch_size: int,
                 first_step: int, steps: int, probes: Optional[Probes], watch: "DivergenceWatch",
                 note: Callable[[int, int, float], None]) -> Optional[EpochTraining]:
     """`steps` optimizer steps from step `first_step`, each run on its own
@@ -246,7 +234,7 @@ def train_epoch(model: PackedMLP, step: Step, data: MNISTSplits, gens: list[torc
     return EpochTraining(done, samples, time.perf_counter() - t0 - probe_seconds, stopped)
 
 
-def record_epoch(model: PackedMLP, data: MNISTSplits, eval_batch_size: int, epoch: int, step: int,
+def record_epoch(model: nn.Module, data: MNISTSplits, eval_batch_size: int, epoch: int, step: int,
                  trained: EpochTraining, probes: Optional[Probes], watch: "DivergenceWatch") -> None:
     """Evaluate every run after an epoch; append each live run's history entry.
 

@@ -95,12 +95,12 @@ def test_pack_rejects_mixed_architectures():
 
 def test_every_model_family_has_its_config_group_and_its_row():
     """`model=<family>`: conf/model/<family>.yaml names the family, and
-    study.train.FAMILIES builds it (a new family adds all three)."""
+    its record in study.models.FAMILIES builds it (the schema's ModelFamily is read from there)."""
     from omegaconf import OmegaConf
 
     from helpers import REPO
     from study.config import ModelFamily
-    from study.train import FAMILIES
+    from study.models import FAMILIES
 
     assert set(FAMILIES) == {f.value for f in ModelFamily}
     for family in ModelFamily:

@@ -27,9 +27,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from study.models import check_norm
 from study.models.mlp import ACTIVATIONS, GhostStatistics, build_mlp
 
-CNN_NORMS = ("none", "batch", "ghost", "layer", "group")
 IMAGE = (1, 28, 28)
 
 
@@ -46,7 +46,7 @@ def conv_norm(norm: str, channels: int, eps: float, momentum: float, ghost_size:
         return nn.GroupNorm(1, channels, eps=eps)
     if norm == "group":
         return nn.GroupNorm(groups, channels, eps=eps)
-    raise ValueError(f"unknown norm {norm!r}; known: {CNN_NORMS}")
+    raise ValueError(f"no conv norm {norm!r}")
 
 
 class ConvNet(nn.Module):
@@ -82,8 +82,7 @@ def build_cnn(
     norm -> activation per `hidden`, Linear -> logits)."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
-    if norm not in CNN_NORMS:
-        raise ValueError(f"unknown norm {norm!r}; known: {CNN_NORMS}")
+    check_norm("cnn", norm)
     if not 1 <= len(channels) <= 4:
         raise ValueError(f"channels {list(channels)}: 1 to 4 conv blocks (28 -> 14 -> 7 -> 3 -> 1 pixels)")
     bias = bias_before_norm or norm not in ("batch", "ghost")

@@ -44,7 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LSTM_NORMS = ("none", "batch", "batch_shared", "layer")
+from study.models import check_norm
+
 ROWS, PIXELS = 28, 28  # 28 time steps of 28 pixels
 
 
@@ -84,8 +85,7 @@ class NormLSTM(nn.Module):
     def __init__(self, input_size: int, hidden: int, norm: str, steps: int = ROWS, scale_init: float = 0.1,
                  eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
-        if norm not in LSTM_NORMS:
-            raise ValueError(f"unknown norm {norm!r}; known: {LSTM_NORMS}")
+        check_norm("lstm", norm)
         self.hidden, self.norm = hidden, norm
         self.weight_ih = nn.Parameter(torch.empty(4 * hidden, input_size))
         self.weight_hh = nn.Parameter(torch.empty(4 * hidden, hidden))
@@ -158,8 +158,7 @@ def build_lstm(
     **_other_families: Any,  # ModelConfig is every family's keys: the MLP's activation etc. are not read here
 ) -> RowLSTM:
     """One LSTM layer of hidden[0] units over 28 rows, then Linear -> logits."""
-    if norm not in LSTM_NORMS:
-        raise ValueError(f"unknown norm {norm!r}; known: {LSTM_NORMS}")
+    check_norm("lstm", norm)
     if len(hidden) != 1:
         raise ValueError(f"hidden {list(hidden)}: the lstm family has one layer, hidden: [units]")
     lstm = nn.LSTM(PIXELS, hidden[0], batch_first=True)  # every arm's initial weights

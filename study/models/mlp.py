@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from study.models import check_norm
+
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
-NORMS = ("none", "batch", "ghost", "layer", "group")
 
 
 class GhostStatistics:
@@ -77,8 +78,7 @@ def build_mlp(
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; known: {NORMS}")
+    check_norm("mlp", norm)
     layers: list[nn.Module] = []
     width = in_features
     for h in hidden:
