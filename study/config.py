@@ -226,7 +226,7 @@ class Config:
     run_index: str = "outputs/.run-index"  # where finished runs are indexed by config hash
     probes: ProbeConfig = field(default_factory=ProbeConfig)
     # > 0: after training, time BN's and no norm's training step and inference pass in this process,
-    # arms interleaved, this many repeats (study/cost.py; the overhead preset); recorded as `cost`.
+    # arms interleaved, this many repeats (study/measure/cost.py; the overhead preset); recorded as `cost`.
     cost_repeats: int = 0
     trial: TrialConfig = field(default_factory=TrialConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)

@@ -193,7 +193,7 @@ RECORD_SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "wall_seconds": (NUMBER, False),
     "diverged_at_step": ((int, type(None)), False),
     "probes": ((dict, type(None)), False),
-    "cost": ((dict, type(None)), False),  # study/cost.py, runs with cost_repeats > 0
+    "cost": ((dict, type(None)), False),  # study/measure/cost.py, runs with cost_repeats > 0
     "data": ((dict,), False),
     "env": ((dict,), False),
     "error": ((dict, type(None)), False),

@@ -179,8 +179,8 @@ def _train_and_write(cfg: DictConfig, trained: list[Member], configs: list[DictC
         with claims.Heartbeat([d / CLAIM_FILE for d in dirs] + claimed):
             pack = train_pack(configs[0], trained, data, device, viewers)
         cost = None
-        if cfg.get("cost_repeats", 0):  # C14's interleaved timing of both arms, in this process (study/cost.py)
-            from study.cost import measure_or_error
+        if cfg.get("cost_repeats", 0):  # C14's interleaved timing of both arms, in this process (study/measure/cost.py)
+            from study.measure.cost import measure_or_error
 
             cost = measure_or_error(configs[0], data, device, int(cfg.cost_repeats))
         for k, (m, c, outcome) in enumerate(zip(trained, configs, pack.outcomes)):
