@@ -65,18 +65,18 @@ import logging
 import math
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from study.config import compose_config, validate
+from study.config import PRECISIONS, compose_config, validate
+from study.device import compile_unavailable, configure_determinism, precision, resolve_device
 from study.errors import UserError, describe_user_error
+from study.measure.clock import cpu_wait, settle, sync
+from study.measure.notebook import measure_notebook, notebook_dataset
 from study.records import environment, now_iso, write_json_atomic
-from study.config import PRECISIONS
-from study.device import compile_unavailable, configure_determinism, precision, resolve_device, set_deterministic
 from study.runner import get_data, plain_config
 from study.spec import train_spec
 from study.train import batches_per_epoch, build_member, train_runs
@@ -151,11 +151,6 @@ def flops_per_sample(cfg: DictConfig) -> int:
 # -------------------------------------------------------------- measuring
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def matmul_ceiling(device: torch.device, n: int = MATMUL_N, reps: int = 10) -> dict[str, Any]:
     """Best-of-`reps` fp32 n x n `torch.mm`, in GFLOP/s."""
     g = torch.Generator().manual_seed(0)
@@ -163,131 +158,14 @@ def matmul_ceiling(device: torch.device, n: int = MATMUL_N, reps: int = 10) -> d
     b = torch.randn(n, n, generator=g).to(device)
     out = torch.empty(n, n, device=device)
     torch.mm(a, b, out=out)  # warm-up
-    _sync(device)
+    sync(device)
     best = math.inf
     for _ in range(reps):
         t0 = time.perf_counter()
         torch.mm(a, b, out=out)
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - t0)
     return {"n": n, "reps": reps, "best_seconds": best, "gflops": 2 * n**3 / best / 1e9}
-
-
-PSI_CPU = Path("/proc/pressure/cpu")
-
-
-def cpu_wait_us() -> Optional[int]:
-    """Linux pressure stall info: total microseconds in which some runnable task
-    waited for a CPU (None where the kernel does not expose it)."""
-    try:
-        for line in PSI_CPU.read_text().splitlines():
-            if line.startswith("some "):
-                return int(line.rsplit("total=", 1)[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-@contextmanager
-def cpu_wait(into: dict[str, Any]) -> Iterator[None]:
-    """Put into `into["cpu_wait"]` the share of the block's wall time in which
-    some task waited for a CPU: ~0 on a quiet machine; high when other
-    processes competed with this one (such a measurement reads low)."""
-    w0, t0 = cpu_wait_us(), time.perf_counter()
-    yield
-    w1, t1 = cpu_wait_us(), time.perf_counter()
-    # (clamped: the kernel's counter and this clock are read at slightly different instants)
-    into["cpu_wait"] = None if w0 is None or w1 is None else min(1.0, (w1 - w0) / 1e6 / max(t1 - t0, 1e-9))
-
-
-def settle(max_seconds: float, window: float = 0.5, threshold: float = 0.02) -> float:
-    """Wait (up to `max_seconds`) for a `window` in which tasks waited for a CPU
-    less than `threshold` of the time; return the seconds waited.
-
-    On a shared machine other jobs come and go; measuring in their gaps
-    keeps their load out of the numbers (best-of-repeats does the rest).
-    """
-    if max_seconds <= 0 or cpu_wait_us() is None:
-        return 0.0
-    t0 = time.perf_counter()
-    while True:
-        probe: dict[str, Any] = {}
-        with cpu_wait(probe):
-            time.sleep(window)
-        waited = time.perf_counter() - t0
-        if probe["cpu_wait"] < threshold or waited >= max_seconds:
-            return waited
-
-
-@contextmanager
-def deterministic(flag: bool) -> Iterator[None]:
-    before = torch.are_deterministic_algorithms_enabled()
-    set_deterministic(flag)
-    try:
-        yield
-    finally:
-        set_deterministic(before)
-
-
-def notebook_dataset(root: Path):
-    """The notebook's dataset: per-sample ToTensor + Normalize on PIL images."""
-    from torchvision import datasets, transforms
-
-    # As the notebook wrote it (pixels to [-1, 1]); the trainer's default, data.normalize=notebook, is the same.
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
-    # download=False: the files were prepared (and verified, unless --no-verify) by load_mnist.
-    return datasets.MNIST(root, train=True, download=False, transform=transform)
-
-
-def measure_notebook(cfg: DictConfig, dataset, device: torch.device, budget: "Budget") -> dict[str, Any]:
-    """The notebook's training loop, timed over the budget after a warm-up."""
-    from torch.utils.data import DataLoader
-
-    model = build_member(train_spec(cfg).model, cfg.seed).to(device)
-    criterion = torch.nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True)
-    model.train()
-
-    def batches():
-        while True:  # as many epochs as the budget needs
-            yield from loader
-
-    it = batches()
-    running_loss = 0.0
-
-    def step() -> int:
-        nonlocal running_loss
-        images, labels = next(it)
-        while len(images) < 2:  # an epoch's trailing batch of one, which BN cannot train on
-            images, labels = next(it)
-        images, labels = images.to(device), labels.to(device)
-        optimizer.zero_grad()
-        outputs = model(images.view(images.size(0), -1))
-        loss = criterion(outputs, labels)
-        loss.backward()
-        optimizer.step()
-        running_loss += loss.item()  # the notebook's loss bookkeeping (a host sync per step)
-        return images.size(0)
-
-    out: dict[str, Any] = {}
-    with deterministic(False):  # the notebook never turned it on
-        warm = 0
-        while warm < budget.warmup:
-            warm += step()
-        _sync(device)
-        with cpu_wait(out):
-            samples, t0 = 0, time.perf_counter()
-            while True:
-                samples += step()
-                if budget.samples is not None:
-                    if samples >= budget.samples:
-                        break
-                elif time.perf_counter() - t0 >= budget.seconds:
-                    break
-            _sync(device)
-            seconds = time.perf_counter() - t0
-    return {"samples": samples, "seconds": seconds, "samples_per_second": samples / seconds, **out}
 
 
 def run_trainer(cfg: DictConfig, seeds: list[int], data, device: torch.device) -> dict[str, Any]:
@@ -423,7 +301,7 @@ def measure_cell(cfg: DictConfig, seeds: list[int], packs: list[int], compiled: 
     for _ in range(repeats):
         budget.settle()
         ceilings.append(matmul_ceiling(device, budget.matmul_n, reps=budget.matmul_reps))
-        take("notebook", lambda: measure_notebook(cfg, dataset, device, budget))
+        take("notebook", lambda: measure_notebook(cfg, dataset, device, budget.warmup, budget.samples, budget.seconds))
         single = cell_config(cfg, bs, norm, budget.trainer_steps(bs, rate["trainer"]))
         take("trainer", lambda: run_trainer(single, seeds[:1], data, device))
         if compiled:

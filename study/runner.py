@@ -37,6 +37,7 @@ from study import claims
 from study.device import check_compile, check_precision, configure_determinism, precision, resolve_device
 from study.errors import ConfigError, OutputError, UserError
 from study.loggers import RunLoggers, open_loggers
+from study.measure.cost import measure_or_error
 from study.progress import PackProgressFile
 from study.records import CLAIM_FILE, RESULT_FILE, SCHEMA_VERSION, environment, now_iso, write_json_atomic
 from study.reuse import code_version, find_reusable, index_claim, index_run, record_in_dir, reused_record, run_hash
@@ -180,8 +181,6 @@ def _train_and_write(cfg: DictConfig, trained: list[Member], configs: list[DictC
             pack = train_pack(configs[0], trained, data, device, viewers)
         cost = None
         if cfg.get("cost_repeats", 0):  # C14's interleaved timing of both arms, in this process (study/measure/cost.py)
-            from study.measure.cost import measure_or_error
-
             cost = measure_or_error(configs[0], data, device, int(cfg.cost_repeats))
         for k, (m, c, outcome) in enumerate(zip(trained, configs, pack.outcomes)):
             record = run_record(c, m, experiment, pack, outcome, data, env)

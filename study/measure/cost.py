@@ -23,8 +23,8 @@ the N repeats. The run's numbers: BN's median over no norm's, minus 1
 (`relative`), and the median of the N paired block ratios (`paired`).
 Before measuring it waits (up to SETTLE_SECONDS) for a moment in which no
 other task wants a CPU, and records the share of the measurement's time in
-which some task waited for one (`cpu_wait`); both from study.bench, the
-project's throughput benchmark, which interleaves its pipelines the same way.
+which some task waited for one (`cpu_wait`); both from clock.py, shared with
+the throughput benchmark (study/bench.py), which interleaves its pipelines the same way.
 """
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from study.measure.clock import cpu_wait, settle, sync
+from study.models import FAMILIES
+from study.records import now_iso, process_id
+from study.spec import train_spec
+from study.train import build_member, training_step
 
 COST_VERSION = 1
 ARMS = ("none", "batch")  # the baseline first
@@ -59,10 +65,6 @@ class Arm:
 
     def __init__(self, cfg: DictConfig, norm: str, xb: torch.Tensor, yb: torch.Tensor,
                  device: torch.device) -> None:
-        from study.models import FAMILIES
-        from study.spec import train_spec
-        from study.train import build_member, training_step
-
         spec = train_spec(arm_config(cfg, norm))
         self.model = FAMILIES[spec.model.family].pack([build_member(spec.model, int(cfg.seed))]).to(device)
         self.model.train()
@@ -88,12 +90,10 @@ class Arm:
 
 
 def _per_call(run: Callable[[int], None], k: int, device: torch.device) -> float:
-    from study.bench import _sync
-
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     run(k)
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) / k
 
 
@@ -111,9 +111,6 @@ def _calls_per_block(runs: dict[str, Callable[[int], None]], device: torch.devic
 
 def measure(cfg: DictConfig, data: Any, device: torch.device, repeats: int) -> dict[str, Any]:
     """The cost measurement of `cfg`'s architecture at its batch size (module docstring)."""
-    from study.bench import cpu_wait, settle
-    from study.records import now_iso, process_id
-
     b = int(cfg.batch_size)
     g = torch.Generator().manual_seed(int(cfg.seed))
     idx = torch.randperm(len(data.train_x), generator=g)[:b].to(data.train_x.device)
