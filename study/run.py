@@ -12,7 +12,7 @@ training crashed. A crash is recorded (status `failed`, its traceback in
 the record's `error`): a single run stops there and says where its record
 is; a sweep (-m) goes on with its other jobs, and at its end, after the
 summary and the report, says how many runs failed and exits 1 (the summary
-callback, study/callbacks.py, does it).
+callback, study/sweep/callbacks.py, does it).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ register_help_resolver()
 
 # The only targets a config may instantiate (Hydra 1.4 asks for this list).
 TRUSTED_TARGETS = [
-    "study.callbacks.Preflight",
-    "study.callbacks.SweepSummary",
+    "study.sweep.callbacks.Preflight",
+    "study.sweep.callbacks.SweepSummary",
     "hydra_plugins.bn_study_launcher.packed_launcher.PackedLauncher",
 ]
 
@@ -62,7 +62,7 @@ def main(cfg: DictConfig) -> float:
         discard_unused_dir(out_dir)
         raise UserExit(str(e)) from None
     log.info("%s: %s -> %s", record["status"], out_dir, "result.json")
-    if record["status"] == "failed" and hc.mode != RunMode.MULTIRUN:  # a sweep goes on (study/callbacks.py)
+    if record["status"] == "failed" and hc.mode != RunMode.MULTIRUN:  # a sweep goes on (study/sweep/callbacks.py)
         error = record.get("error") or {}
         why = " ".join(str(error.get("message", "")).split())
         raise RunFailed(f"the run failed ({error.get('type', 'error')}: {why[:300]}); "

@@ -38,7 +38,7 @@ from study.device import check_compile, check_precision, configure_determinism, 
 from study.errors import ConfigError, OutputError, UserError
 from study.loggers import RunLoggers, open_loggers
 from study.measure.cost import measure_or_error
-from study.progress import PackProgressFile
+from study.sweep.progress import PackProgressFile
 from study.records import CLAIM_FILE, RESULT_FILE, SCHEMA_VERSION, environment, now_iso, write_json_atomic
 from study.reuse import code_version, find_reusable, index_claim, index_run, record_in_dir, reused_record, run_hash
 from study.spec import train_spec

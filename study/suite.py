@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from analysis.claims import REPLICATION_SEED, suite_presets
-from study.progress import Tally, count_records, describe
+from study.sweep.progress import Tally, count_records, describe
 from study.records import REPO_ROOT, git_state, now_iso, write_json_atomic
 
 # (preset, extra overrides of the full suite), in the order they run: every

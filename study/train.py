@@ -136,7 +136,7 @@ def train_runs(spec: TrainSpec, seeds: list[int], data: MNISTSplits, device: tor
     (an Optuna pruner's decision), keeping the history so far.
     `on_step(steps_done, steps_total)` is called as the progress lines are
     (every few dozen steps, and at each epoch's end): the sweep's progress
-    line reads it (study/progress.py).
+    line reads it (study/sweep/progress.py).
 
     `spec.probes` (study/probes.py) adds measurements on copies of the model:
     they do not change the runs, and their time is kept out of

@@ -31,7 +31,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from study import progress
+from study.sweep import progress
 
 log = logging.getLogger(__name__)
 

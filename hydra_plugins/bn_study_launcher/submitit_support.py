@@ -61,7 +61,7 @@ OWN_KEYS = ("dry_run",)  # this module's keys; the others go to submitit
 
 class DryRun(SystemExit):
     """Ends a dry run with exit status 0 once the plan is printed (nothing was
-    submitted); study.callbacks.SweepSummary says nothing more for it."""
+    submitted); study.sweep.callbacks.SweepSummary says nothing more for it."""
 
     dry_run = True
 

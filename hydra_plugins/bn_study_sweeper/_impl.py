@@ -57,7 +57,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from study import progress
+from study.sweep import progress
 from study.records import METRIC_KEYS, RESULT_FILE
 
 from .pruning import PRUNER_ATTR, pruner_spec

@@ -2,7 +2,7 @@
 ones apart), failed and diverged so far, elapsed, and the time left.
 
 The launching process keeps a `SweepProgress` (started by the summary
-callback, study/callbacks.py); the launchers tell it each job's run dir
+callback, study/sweep/callbacks.py); the launchers tell it each job's run dir
 (`add_jobs`) and a sweeper that plans further ahead tells it the total
 (`expect`). A thread reads the run dirs every second and prints a line at
 each finished run and every `every` seconds. It reads files only, so it
