@@ -13,12 +13,13 @@ import importlib.util
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from study import CONF_DIR
 from study.loggers import EXTRAS as LOGGER_EXTRAS, KINDS as LOGGER_KINDS
 from study.errors import ConfigError  # defined there; `from study.config import ConfigError` works too
 from study.models import FAMILIES
@@ -369,14 +370,9 @@ def validate(cfg: DictConfig) -> None:
          f"{MNIST_TRAIN_IMAGES} - data.val_size={d.val_size} images")
 
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
 def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
     """The study's real config (conf/config.yaml, schema-checked), composed
-    outside `@hydra.main`: for the tests and the benchmark."""
-    from hydra import compose, initialize_config_dir
-
+    outside `@hydra.main`: for the tests, the benchmark and the suite."""
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)

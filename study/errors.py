@@ -19,6 +19,8 @@ from typing import Any, Optional
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
+from study import CONF_DIR
+
 
 def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
     err = cls.__new__(cls)
@@ -156,8 +158,6 @@ def _choices(err: MissingConfigException) -> str:
     """'optimizer is one of adam, adamw, sgd' for a config group option that
     does not exist (Hydra lists the options on lines of their own, which a
     one-line report would drop), with the presets of sub-folders (quick/<name>)."""
-    from study.config import CONF_DIR  # study.config imports this module
-
     group = (err.missing_cfg_file or "").rpartition("/")[0]
     folder = CONF_DIR / group
     names = list(err.options or []) or sorted(p.stem for p in folder.glob("*.yaml"))

@@ -22,13 +22,14 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from study import REPO_ROOT
+
 if TYPE_CHECKING:  # torch is imported where needed: the analysis reads records without it
     import torch
 
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
 CLAIM_FILE = ".claimed"  # a job's marker that it started in its dir (study/runner.py: claim_dir)
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Top-level config keys that say how a run is launched or reported, not what
 # it computes: left out of a run's identity (its hash) and never a reason to

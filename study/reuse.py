@@ -20,8 +20,9 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from study.records import (LAUNCH_ONLY_KEYS, OPERATIONAL_KEYS, REPO_ROOT, RESULT_FILE, RecordError, now_iso,
-                           read_record, write_json_atomic)
+from study import REPO_ROOT
+from study.records import (LAUNCH_ONLY_KEYS, OPERATIONAL_KEYS, RESULT_FILE, RecordError, now_iso, read_record,
+                           write_json_atomic)
 
 log = logging.getLogger(__name__)
 

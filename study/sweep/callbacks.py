@@ -14,6 +14,7 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from analysis import build_report
 from study import loggers
 from study.config import installed
 from study.errors import RunFailed, UserError, UserExit, needs_slurm_extra
@@ -186,8 +187,6 @@ class SweepSummary(Callback):
     @staticmethod
     def build_report(sweep_dir: Path) -> None:
         try:
-            from analysis import build_report
-
             report_dir = build_report([sweep_dir], out_dir=sweep_dir / "report")
         except Exception as e:  # the sweep's results stand even if the report fails
             log.error("report not built (%s: %s); the results above are intact; "
