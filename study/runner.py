@@ -2,7 +2,7 @@
 
 A job trains a *pack*: the runs of one config that differ only in their
 seed (and learning rate, where the fused SGD step trains them), as one
-model (study/packing.py). A job launched alone, or by any Hydra launcher,
+model (hydra_plugins/bn_study_launcher/packs.py). A job launched alone, or by any Hydra launcher,
 is a pack of one: its own run, in its own dir. The packed launcher
 (hydra_plugins/bn_study_launcher) runs each pack as one Hydra job and puts
 the pack on that job's config, a launch-only node
@@ -32,6 +32,7 @@ from typing import Any, Iterator, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.bn_study_sweeper.pruning import trial_reporter
 from study.data import MNISTSplits, load_mnist
 from study import claims
 from study.device import check_compile, check_precision, configure_determinism, precision, resolve_device
@@ -333,11 +334,9 @@ def train_pack(cfg: DictConfig, members: list[Member], data: MNISTSplits, device
     get each epoch's entries as they come (study/loggers.py)."""
     seeds, lrs = [m.seed for m in members], [m.lr for m in members]
     tag = run_tag(cfg) if len(members) == 1 else pack_tag(cfg, members)
-    # Pruning: a job of an Optuna trial reports each epoch (packs are never trials: study.packing).
+    # Pruning: a job of an Optuna trial reports each epoch (packs are never trials: packs.pack_key).
     on_epoch = None
     if len(members) == 1 and cfg.trial.prune:
-        from hydra_plugins.bn_study_sweeper.pruning import trial_reporter
-
         on_epoch = trial_reporter(cfg.trial)
     if viewers is not None:
         on_epoch = both_on_epoch(viewers.on_epoch, on_epoch)

@@ -14,7 +14,6 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from study.models import fused_sgd
-from study.packing import lr_packable
 
 
 @dataclass(frozen=True)
@@ -67,6 +66,19 @@ class TrainSpec:
 
 def _plain(node: Any) -> dict[str, Any]:
     return OmegaConf.to_container(node, resolve=True, enum_to_str=True) if isinstance(node, DictConfig) else dict(node)
+
+
+def lr_packable(cfg: Any) -> bool:
+    """Whether runs of `cfg` that differ in learning rate can train as one pack.
+
+    The fused SGD step takes a learning rate per run; autograd's optimizers
+    (momentum, Adam, other norms) and the probes that take an SGD step of
+    their own (ics, landscape) use one.
+    """
+    if not fused_sgd.trains(cfg):
+        return False
+    p = cfg.get("probes")
+    return not {str(getattr(k, "value", k)) for k in (p.kinds if p is not None else [])} & {"ics", "landscape"}
 
 
 def train_spec(cfg: Any) -> TrainSpec:

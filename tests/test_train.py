@@ -160,7 +160,8 @@ def test_runs_with_their_own_learning_rates_pack_like_runs_trained_alone(tiny_mn
 @pytest.mark.parametrize("override", ["fused=false", "optimizer.momentum=0.9", "model.norm=layer",
                                       "optimizer=adam", "probes.kinds=[ics]"])
 def test_learning_rates_pack_only_where_the_fused_step_trains(tiny_mnist, tiny_data, override):
-    from study.packing import lr_packable, pack_key
+    from hydra_plugins.bn_study_launcher.packs import pack_key
+    from study.spec import lr_packable
 
     plain = cfg_for(tiny_mnist, "batch_size=8")
     assert lr_packable(plain) and lr_packable(plain_config(plain))
@@ -540,11 +541,11 @@ def test_determinism_is_on_without_loading_the_compiler():
 
 
 def test_the_launcher_groups_jobs_without_loading_torch(tiny_mnist):
-    """study.packing (the packed launcher's grouping) is torch-free: the
+    """The packed launcher's grouping (packs.pack_key) is torch-free: the
     launching process never trains, so it should not pay torch's import."""
     python_ok("import sys\n"
               "from study.config import compose_config\n"
-              "from study.packing import pack_key\n"
+              "from hydra_plugins.bn_study_launcher.packs import pack_key\n"
               f"cfg = compose_config(['data.root={tiny_mnist}', 'batch_size=8'])\n"
               "assert pack_key(cfg)\n"
               "assert 'torch' not in sys.modules, 'torch was imported'\n"

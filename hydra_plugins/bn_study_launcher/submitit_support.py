@@ -70,7 +70,7 @@ class DryRun(SystemExit):
 
 
 def pack_file(overrides: Iterable[str]) -> Optional[Path]:
-    """The pack file a job was given (`+pack=<file>`: packs.PackingLauncher), if any."""
+    """The pack file a job was given (`+pack=<file>`: packed_launcher.PackingLauncher), if any."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     for text in overrides:
@@ -184,7 +184,7 @@ class StudySubmititLauncher:
         return max(1, cores // self.tasks_at_once(n_jobs))
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
-        if self.dry_run:  # reached without packs.PackingLauncher (which shows the plan first): the jobs as they are
+        if self.dry_run:  # reached without packed_launcher.PackingLauncher (which shows the plan first): the jobs as they are
             from .packs import plan_packs
 
             self.show_plan(plan_packs(self.hydra_context, self.config, job_overrides, initial_job_idx, 1, False))

@@ -587,7 +587,7 @@ class BnOptunaSweeperImpl(OptunaSweeperImpl):
 
     # ------------------------------------------------------------- helpers
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
-        from hydra_plugins.bn_study_launcher.packs import packing
+        from hydra_plugins.bn_study_launcher.packed_launcher import packing
 
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         # Confirmation reruns are packed under any launcher (trials never are: study.packing).
