@@ -32,7 +32,7 @@ def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
 class UserError(Exception):
     """A mistake in the user's config or data; `str(e)` is one line.
 
-    Subclasses: `ConfigError` (below), `study.data.DataError`,
+    Subclasses: `ConfigError` (below), `study.mnist_files.DataError`,
     `hydra_plugins.bn_study_sweeper.pruning.PrunerError`. Kept free of torch
     imports so that a bad override is reported in a fraction of a second.
     """
