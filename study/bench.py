@@ -1,62 +1,7 @@
-"""Throughput benchmark: the notebook's pipeline vs the project's trainer.
-
-`python -m study.bench` measures, in one process and so under one machine
-load, samples per second of
-
-- ``notebook``: the notebook's own pipeline, as it was written:
-  ``torchvision.datasets.MNIST`` with ``Compose([ToTensor(), Normalize((0.5,), (0.5,))])``
-  (per-sample PIL -> tensor work), ``DataLoader(batch_size=B, shuffle=True)``
-  with no workers, ``build_mlp``, ``nn.CrossEntropyLoss``, ``SGD(lr)``, the
-  zero_grad/backward/step loop;
-- ``trainer``: the project's trainer, ``study.train.train_runs`` (one run, a
-  pack of one), on the same model, data and thread count;
-- ``trainer-compiled`` (at ``--compile-batches``, default every batch size):
-  the same with ``compile=true`` (torch.compile'd step). Its compile is paid
-  before the measurement, by a pass over one epoch and a step (every batch
-  shape: the epoch's trailing batch is a graph of its own), as a long study
-  pays it once per process;
-- at batch 8 (``--pack-batches``), for each pack size ``K`` in ``--pack``
-  (default 6 and 16): ``K`` seeds trained together as one ``PackedMLP``
-  (``trainer-pack``) against the same ``K`` seeds trained one after another
-  (``trainer-sequential``), each with the same step budget; both are
-  aggregate samples/s over the ``K`` runs. A pack's gain grows with its
-  size (its per-step overhead is paid once for ``K`` runs, its arithmetic
-  ``K`` times); the launcher packs up to 16 runs (seeds, and learning rates
-  of plain SGD) by default;
-- with ``--precisions`` (default ``fp32`` only), the trainer in each other
-  precision (``trainer-tf32``, ``trainer-bf16``: study.device.precision, as a
-  run trains in it; bf16 trains with autograd), and with bf16 also the fp32
-  trainer with autograd (``trainer-fp32-autograd``, ``fused=false``), which
-  parts what autocast costs from what leaving the fused step costs; each
-  row's ``x_fp32`` is its samples/s over the ``trainer`` row's (fp32) of its
-  cell, measured in turn with it;
-
-for every batch size and norm, plus the machine's fp32 matmul ceiling: the
-fastest 2048x2048 ``torch.mm``, in GFLOP/s, sampled before, between and
-after the cells (so that a loaded moment cannot lower the ceiling and
-flatter the trainer), turned into a samples/s ceiling for the model (3 x the
-forward matmul flops per training sample: the forward matmul, and the two of
-the backward pass).
-
-With `model=cnn` (the conv net, study/models/cnn.py) the same rows compare the
-conv net in the notebook's plain nn.Module loop with the trainer, whose pack
-of K runs them one after the other (study/models/pack.py), and the ceiling
-counts the convolutions' flops too; `model.channels_last=false` measures
-NCHW convolutions.
-
-The trainer's samples/s is its own number (the history's
-``samples_per_second`` times ``epoch_seconds``, summed over epochs: training
-time only, evaluation excluded); the notebook is timed here around its loop.
-Each measurement follows a warm-up, which for ``--seconds`` also sizes the
-step budget. Ratios are meant to be read within one run (one table): this is
-a benchmark, not a test, and the machine it runs on may be noisy.
-
-The notebook pipeline runs as the notebook did, without
-``torch.use_deterministic_algorithms``; the trainer runs as the project runs
-it (deterministic algorithms on, `configure_determinism`). Both use the same
-``--threads``. Results: a table on stdout and, with ``--json PATH``, the same
-numbers with the environment (written atomically).
-"""
+"""`python -m study.bench`: samples per second of the notebook's pipeline
+against the project's trainer (and its compiled, packed and other-precision
+variants) and the machine's matmul ceiling, in one process; the rows and how
+each is measured: docs/speed.md#the-benchmark."""
 
 from __future__ import annotations
 

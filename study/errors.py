@@ -1,14 +1,6 @@
-"""Turning a user's mistake into one line (no traceback).
-
-A user error is a bad override or value (Hydra/OmegaConf composition
-errors, `ConfigError`) or unusable data (`DataError`). Anything else is a bug
-and keeps its traceback.
-
-Every user error pickles with its message: a job that fails in a joblib/loky
-worker sends its exception back to the launching process (an exception whose
-`__init__` takes other arguments than its `args` fails to unpickle there,
-and Hydra's `JobReturn.__getstate__` then recursed for minutes).
-"""
+"""A user's mistake as one line, without a traceback (`UserError`,
+`describe_user_error`), and the exits with a line of their own
+(docs/configuration.md#exit-status)."""
 
 from __future__ import annotations
 
@@ -39,7 +31,10 @@ class UserError(Exception):
 
     def __reduce__(self) -> tuple:
         # Rebuilt from its message and attributes, without calling the
-        # subclass's __init__ (whose arguments need not be `self.args`).
+        # subclass's __init__ (whose arguments need not be `self.args`): a job
+        # that fails in a joblib/loky worker sends its exception back to the
+        # launching process, and one that failed to unpickle there made Hydra's
+        # JobReturn.__getstate__ recurse for minutes.
         return _rebuild, (type(self), self.args, dict(self.__dict__))
 
 

@@ -1,19 +1,7 @@
-"""Hydra entry point: `python study/run.py -m batch_size=8,64,512`.
-
-Composes conf/config.yaml (schema-checked), checks the values (once per
-job, before torch loads), trains the job's run (or, under the packed
-launcher, its pack: study/runner.py), writes its `result.json` and returns
-the objective (validation accuracy by default) to the sweeper.
-
-Exit status: 0 when every run trained (a diverged run is a result, not a
-failure); 2 for a user error (bad override, bad value, missing data), with
-one line on stderr and no traceback, before anything trains; 1 when
-training crashed. A crash is recorded (status `failed`, its traceback in
-the record's `error`): a single run stops there and says where its record
-is; a sweep (-m) goes on with its other jobs, and at its end, after the
-summary and the report, says how many runs failed and exits 1 (the summary
-callback, study/sweep/callbacks.py, does it).
-"""
+"""Hydra entry point: `python study/run.py -m batch_size=8,64,512`. Composes
+conf/config.yaml, checks the values before torch loads, runs the job
+(study/runner.py) and returns its objective to the sweeper; errors and exit
+status: docs/configuration.md#exit-status."""
 
 from __future__ import annotations
 

@@ -1,21 +1,7 @@
-"""One job: config -> data -> model and training -> one `result.json` per run.
-
-A job trains a *pack*: the runs of one config that differ only in their
-seed (and learning rate, where the fused SGD step trains them), as one
-model (hydra_plugins/bn_study_launcher/packs.py). A job launched alone, or by any Hydra launcher,
-is a pack of one: its own run, in its own dir. The packed launcher
-(hydra_plugins/bn_study_launcher) runs each pack as one Hydra job and puts
-the pack on that job's config, a launch-only node
-`pack: {threads, members: [{seed, lr, dir, overrides}, ...]}` whose first
-member is the job's own run; the job writes every member's record into
-that member's own dir, and the launcher reports each member to the
-sweeper from its record.
-
-`run_job(cfg, out_dir)` is the whole job, for the Hydra entry point
-(study/run.py), tests and other callers; it takes a validated config
-(study.config.validate). Finished identical runs are reused, not trained
-again (study/reuse.py).
-"""
+"""One job, in a straight line: reuse or claim each run, prepare device and
+data, train the job's pack (its runs of one config that differ only in
+seed and lr; a job alone is a pack of one), write one `result.json` per run
+into that run's dir (docs/architecture.md, docs/sweeps.md#packing)."""
 
 from __future__ import annotations
 

@@ -1,27 +1,6 @@
-"""The claims suite: every preset of conf/experiment/, then one report.
-
-    python -m study.suite                 # the full suite (minutes per preset: docs/speed.md)
-    python -m study.suite --quick         # the quick/ variants, a smoke test
-    python -m study.suite --only ics,shift -- data.root=/data threads=1
-    python -m study.suite --replicate     # also every preset again on a disjoint seed set
-
-Each preset is one `study/run.py -m experiment=<preset>` multirun in its own
-sweep dir under `--out` (default outputs/claims, outputs/claims-quick with
---quick); the Optuna studies of `tune` go to a storage in the same folder.
-Then `python -m analysis <out>` builds the report whose claims section gives
-a verdict on every claim of the registry (analysis/claims/__init__.py: the
-claims of ../shared/docs/protocol.md, then the study's own findings). Rerunning the same
-command after an interruption retrains nothing that finished: every job
-finds its finished run through the run index. `suite.json` in `--out`
-records each preset's command, exit status and wall time.
-
-`--replicate` then runs every preset a second time with each of its seeds
-plus REPLICATION_SEED (1000): a disjoint seed set, in its own sweep dir
-(`<preset>/<stamp>-replication`). The report evaluates every claim on both
-sets and shows per claim both verdicts and whether they agree
-(analysis/claims/__init__.py). A preset's seeds are read from its composed
-config (the sweep's `seed` list, or `seed` and `tune.confirm_seeds`).
-"""
+"""`python -m study.suite`: every claim's preset (conf/experiment/), each as
+one multirun, then one report whose claims section gives every verdict;
+`--replicate` runs them again on a disjoint seed set (docs/claims.md#running-them)."""
 
 from __future__ import annotations
 

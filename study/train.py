@@ -1,17 +1,6 @@
-"""The training loop: in-memory tensors, minibatches drawn by index.
-
-`train_runs` trains one or more runs of a `TrainSpec` that differ only in
-their seed (and, with the fused SGD step, their learning rate) as one packed
-model (a single run is a pack of one). Each run keeps its own initialization
-(`torch.manual_seed(seed)`, then its model family's build), its own
-minibatch order (a `torch.Generator` seeded with `seed`) and its own
-learning rate, so a run's numbers do not depend on what it was packed with.
-
-An epoch: `train_epoch` takes the optimizer steps (each run its own
-permutation of the training split), `DivergenceWatch` takes runs whose loss
-turned non-finite out of the record, `record_epoch` evaluates and appends
-each run's history entry; `Progress` writes the log lines.
-"""
+"""The training loop: `train_runs` trains the runs of a pack together, each
+with its own initialization, minibatch order and lr, so a run's numbers do
+not depend on its pack; in-memory tensors, minibatches drawn by index."""
 
 from __future__ import annotations
 

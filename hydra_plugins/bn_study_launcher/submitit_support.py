@@ -1,37 +1,9 @@
-"""The study's submitit launchers: `hydra/launcher=submitit_local | submitit_slurm | slurm`.
-
-conf/hydra/launcher/submitit_local.yaml and submitit_slurm.yaml (the names
-hydra-submitit-launcher registers; a config in conf/ comes first) select
-these subclasses of hydra-submitit-launcher's launchers. Every key of the
-upstream launchers applies; what they add:
-
-- **Torch threads per task from the cores a task gets.** submitit_local
-  starts every job of a launch at once, as processes on this machine, and
-  ignores `cpus_per_task`; each task's torch took every core (2 tasks x 2
-  threads on 2 cores). Each task now sets torch's threads (where the config
-  leaves `threads` unset) to `cpus_per_task` when set, else to this
-  machine's usable cores shared among the tasks started together
-  (`threads_for`). Under SLURM a task counts its own cores
-  (study.resources.usable_cores: SLURM_CPUS_PER_TASK, its affinity mask).
-- **Logs under the sweep dir.** `submitit_folder: null` (the default) is
-  `<sweep dir>/.submitit/%j`, joined in `launch` from the very sweep dir
-  the launcher creates, never resolved a second time.
-- **Requeue on timeout or preemption.** `max_num_timeout` (default 3)
-  timeouts are requeued. When SLURM (or submitit_local) signals the task
-  before its time is up, submitit calls `checkpoint` in the task process:
-  it releases the run dirs this task claimed and did not finish
-  (`release_claims`), and the job is submitted again with the same
-  arguments. The requeued pack keeps its finished members (their records,
-  found by study.reuse with the same config and code) and trains the others
-  from the start: a pack holds no mid-training state.
-- **Dry run.** `dry_run: true` prints the planned jobs (one per pack, its
-  runs and dirs), the submitit parameters and the torch threads per task,
-  then exits 0 without submitting or training anything; a bad config still
-  stops it with its one-line error (packs.plan_packs checks every job first).
-
-Imported by Hydra's plugin discovery on every start. Without the slurm
-extra (hydra-submitit-launcher) its launchers stop a launch in one line
-that says how to install it.
+"""The study's submitit launchers (`hydra/launcher=submitit_local | submitit_slurm
+| slurm`): hydra-submitit-launcher's, plus torch threads per task, logs under
+the sweep dir, requeue keeping finished runs, and a dry run
+(docs/scaling.md#the-submitit-launchers). Hydra's plugin discovery imports
+this module on every start; without the slurm extra its launchers stop a
+launch in one line that says how to install it.
 """
 
 from __future__ import annotations

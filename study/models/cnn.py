@@ -1,24 +1,6 @@
-"""The `cnn` model family: a small conv net on the same MNIST tensors.
-
-`build_cnn` is one run's network: the flat (B, 784) images viewed as
-(B, 1, 28, 28), then one block per entry of `channels` (3x3 conv, padding 1
--> norm -> activation -> 2x2 max pool: 28 -> 14 -> 7 -> 3), then the MLP
-head: Linear -> norm -> activation per `hidden` width, Linear -> logits.
-The norms over a conv layer's (C, H, W) output:
-
-- batch: `nn.BatchNorm2d`, statistics per channel over batch x height x width
-  (Ioffe & Szegedy 2015, sec. 3.2);
-- ghost: `GhostBatchNorm2d`, the same over virtual batches of `ghost_size`;
-- group: `nn.GroupNorm(groups, C)`, per example over each group of channels
-  and all positions (Wu & He 2018);
-- layer: per example over all of C x H x W with a per-channel affine
-  (`nn.GroupNorm(1, C)`, the conv LayerNorm of Wu & He 2018, fig. 2);
-
-and the head is the MLP (`build_mlp`, study/models/mlp.py), with its norms.
-
-A pack of such networks is `study.models.pack.LoopedPack`: the members computed
-one after the other (no grouped convolutions), each exactly as alone.
-"""
+"""The `cnn` model family: a small conv net on the same MNIST tensors, 3x3
+conv -> norm -> activation -> 2x2 max pool blocks, then the MLP as its head;
+its pack is `LoopedPack` (pack.py). Its norms: docs/configuration.md#model-families."""
 
 from __future__ import annotations
 

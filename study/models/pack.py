@@ -1,18 +1,7 @@
-"""A pack, R runs as one model mapping (R, B, ...) to (R, B, classes): the
-`cnn` family's pack, `LoopedPack`, and `evaluate`, which scores every run of
-any pack.
-
-`LoopedPack` holds the R reference networks as they are and runs them one
-after the other, member r on its own slice. A conv or recurrent net gains
-little from batching its runs on a CPU (a grouped convolution is no faster
-than R small ones), so the MLP and the LSTM have packs of their own
-(study/models/mlp.py, study/models/lstm.py) and any other network that maps
-(B, 784) to (B, classes) can use this one. Each member computes exactly
-what it computes alone (the same modules, shapes and kernels; its gradient
-is that of its own loss, and torch.optim's foreach updates are elementwise),
-so a run's numbers do not depend on its pack (tests/test_families.py). What
-a pack saves is a process start and a data load per run, not compute.
-"""
+"""A pack, R runs as one model mapping (R, B, ...) to (R, B, classes):
+`LoopedPack` runs R networks one after the other, each exactly as alone
+(the `cnn` family's pack, and any network's); `evaluate` scores every run
+of any pack."""
 
 from __future__ import annotations
 
@@ -24,6 +13,16 @@ from torch import nn
 
 
 class LoopedPack(nn.Module):
+    """R networks of one architecture, run one after the other on their slices.
+
+    A conv or recurrent net gains little from batching its runs on a CPU (a
+    grouped convolution is no faster than R small ones), so the members are
+    kept as they are: each computes exactly what it computes alone (the same
+    modules, shapes and kernels; its gradient is that of its own loss, and
+    torch.optim's foreach updates are elementwise; tests/test_families.py).
+    A pack saves a process start and a data load per run, not compute.
+    """
+
     def __init__(self, members: Sequence[nn.Module]) -> None:
         super().__init__()
         if not members:
