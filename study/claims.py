@@ -5,6 +5,7 @@ trained again (docs/sweeps.md#claims-who-is-writing-a-run). Torch-free."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -100,8 +101,6 @@ def describe(claim: dict[str, Any]) -> str:
 def _folder_lock(folder: Path) -> Iterator[None]:
     """An exclusive flock on `folder` (released when this process dies); none
     where the file system has no flock on folders."""
-    import fcntl
-
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

@@ -97,7 +97,7 @@ def compile_unavailable(device: torch.device) -> Optional[str]:
     """
     if device.type != "cpu":
         return None
-    from torch._inductor.cpp_builder import get_cpp_compiler
+    from torch._inductor.cpp_builder import get_cpp_compiler  # loads Inductor (seconds): only where asked
 
     try:
         get_cpp_compiler()

@@ -58,7 +58,7 @@ def final_metrics(record: dict[str, Any]) -> dict[str, float]:
 
 class _TensorBoardRun:
     def __init__(self, run_dir: Path, options: dict[str, Any]) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # the tensorboard extra: only where it is chosen
 
         logdir = run_dir / TENSORBOARD_DIR
         shutil.rmtree(logdir, ignore_errors=True)  # a run trained again here: its old curves are not this run's
@@ -95,7 +95,7 @@ class _MLflowRun:
     @staticmethod
     def store(options: dict[str, Any]) -> tuple[Any, str]:
         """The tracking client and the experiment's id (created if new)."""
-        import mlflow
+        import mlflow  # the mlflow extra: only where it is chosen
 
         for name in ("mlflow", "alembic"):  # their store setup logs a line per table migration
             logging.getLogger(name).setLevel(logging.WARNING)

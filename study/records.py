@@ -19,10 +19,12 @@ import platform
 import socket
 import subprocess
 import tempfile
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from study import REPO_ROOT
+from study.resources import usable_cores
 
 if TYPE_CHECKING:  # torch is imported where needed: the analysis reads records without it
     import torch
@@ -111,8 +113,6 @@ def _cpu_model() -> str:
 
 
 def _version(module: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(module)
     except PackageNotFoundError:
@@ -136,8 +136,6 @@ def process_id() -> str:
 def environment(device: "torch.device", threads: int) -> dict[str, Any]:
     """What a reader needs to reproduce or compare a number."""
     import torch  # here, not at the top: the analysis and the sweeper read records without torch
-
-    from study.resources import usable_cores
 
     env = {
         "torch": torch.__version__,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from omegaconf import DictConfig
 from study.config import register_configs, validate
 from study.errors import ExitWithLine, RunFailed, UserError, UserExit, describe_user_error
 from study.help import register_help_resolver
-from study.records import CLAIM_FILE, RESULT_FILE
+from study.records import CLAIM_FILE, RESULT_FILE, objective
 
 log = logging.getLogger("study.run")
 register_configs()
@@ -40,7 +41,8 @@ def main(cfg: DictConfig) -> float:
     out_dir = Path(hc.runtime.output_dir)
     try:
         validate(cfg)  # the job's one check, before torch loads: a bad value is reported at once
-        from study.records import objective
+        # Imported here, after the check: the runner loads torch (seconds per process), and a bad
+        # value must not wait for it (tests/test_train.py::test_validate_runs_before_torch_loads).
         from study.runner import run_job
 
         record = run_job(cfg, out_dir, overrides=list(hc.overrides.task),
@@ -78,9 +80,7 @@ def workers_ignore_ctrl_c() -> None:
     them). loky's resource tracker is started the same way (its own code
     blocks the signal around the spawn); the mask is inherited across exec.
     """
-    import signal
-
-    try:
+    try:  # a private module of joblib's: where it moved, there is nothing to patch
         from joblib.externals.loky.backend import fork_exec as loky_fork_exec
     except ImportError:
         return

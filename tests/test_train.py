@@ -552,6 +552,22 @@ def test_the_launcher_groups_jobs_without_loading_torch(tiny_mnist):
               "print('ok')\n")
 
 
+def test_validate_runs_before_torch_loads(tiny_mnist, tmp_path):
+    """study/run.py checks a job's values before it imports the runner,
+    which loads torch: a bad value is refused without that import."""
+    from helpers import REPO
+
+    run = str(REPO / "study" / "run.py")
+    python_ok("import runpy, sys\n"
+              f"sys.argv = [{run!r}, 'lr=-1', 'data.root={tiny_mnist}', 'hydra.run.dir={tmp_path / 'run'}']\n"
+              "try:\n"
+              "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+              "except SystemExit as e:\n"
+              "    assert e.code == 2, e.code\n"
+              "assert 'torch' not in sys.modules, 'torch was imported'\n"
+              "print('ok')\n")
+
+
 def test_the_launcher_asks_torch_only_for_cuda_or_compile(tiny_mnist):
     """The launcher's device check loads torch only where a job asks for
     device=cuda or compile=true (then it must ask torch)."""

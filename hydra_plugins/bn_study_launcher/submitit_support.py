@@ -8,15 +8,25 @@ launch in one line that says how to install it.
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import filter_overrides
 from omegaconf import DictConfig
+
+from study import claims
+from study.errors import UserError, needs_slurm_extra
+from study.records import CLAIM_FILE, RESULT_FILE
+from study.resources import usable_cores
+
+from .packs import job_dir, plan_packs
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +53,6 @@ class DryRun(SystemExit):
 
 def pack_file(overrides: Iterable[str]) -> Optional[Path]:
     """The pack file a job was given (`+pack=<file>`: packed_launcher.PackingLauncher), if any."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     for text in overrides:
         if text.lstrip("+~").startswith("pack="):
             value = OverridesParser.create().parse_overrides([text])[0].value()
@@ -55,10 +63,6 @@ def pack_file(overrides: Iterable[str]) -> Optional[Path]:
 def job_run_dirs(overrides: Sequence[str]) -> list[Path]:
     """The run dirs of the job now running in this process: its own and,
     for a pack, every member's."""
-    import json
-
-    from hydra.core.hydra_config import HydraConfig
-
     dirs = []
     if HydraConfig.initialized():
         dirs.append(Path(str(HydraConfig.get().runtime.output_dir)))
@@ -75,9 +79,6 @@ def release_claims(dirs: Iterable[Path]) -> list[Path]:
     live process elsewhere would be refused: study/claims.py). A dir with a
     record keeps its claim (its run is finished and is kept), and so does a
     dir claimed by another process."""
-    from study import claims
-    from study.records import CLAIM_FILE, RESULT_FILE
-
     released = []
     for d in dirs:
         claim = Path(d) / CLAIM_FILE
@@ -125,8 +126,6 @@ class StudySubmititLauncher:
         super().setup(**kwargs)
         sweeper = str(self.config.hydra.sweeper.get("_target_", ""))
         if self.dry_run and sweeper != GRID_SWEEPER:
-            from study.errors import UserError
-
             raise UserError(f"hydra.launcher.dry_run=true plans the packs of a grid sweep (hydra/sweeper=basic); "
                             f"an Optuna sweep ({sweeper.rpartition('.')[2]}) asks its trials as it goes")
         # The sweeper makes the sweep dir (and its missing parents) before it launches: a dry run removes them.
@@ -146,8 +145,6 @@ class StudySubmititLauncher:
         """Torch threads of each task when `n_jobs` jobs are launched together:
         submitit_local, `cpus_per_task` (at most the usable cores) or the usable
         cores shared among the tasks; SLURM, None (each task counts its own)."""
-        from study.resources import usable_cores
-
         if self._EXECUTOR != "local":
             return None
         cores, cpus = usable_cores(), self.params.get("cpus_per_task")
@@ -157,8 +154,6 @@ class StudySubmititLauncher:
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
         if self.dry_run:  # reached without packed_launcher.PackingLauncher (which shows the plan first): the jobs as they are
-            from .packs import plan_packs
-
             self.show_plan(plan_packs(self.hydra_context, self.config, job_overrides, initial_job_idx, 1, False))
         self.params["submitit_folder"] = self.submitit_folder()
         self.task_threads = self.threads_for(len(job_overrides))
@@ -168,10 +163,6 @@ class StudySubmititLauncher:
     def show_plan(self, planned: Sequence[tuple[Sequence[tuple[int, Sequence[str]]], Sequence[DictConfig]]]) -> None:
         """Print the jobs that `launch` would submit (one per pack), then end the
         sweep (DryRun, exit status 0): nothing submitted, nothing trained."""
-        from hydra.core.utils import filter_overrides
-
-        from .packs import job_dir
-
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         threads = self.threads_for(len(planned))
         params = {k: v for k, v in self.params.items() if v not in (None, [], {}) and k != "submitit_folder"}
@@ -198,9 +189,7 @@ class StudySubmititLauncher:
     # ---------------------------------------------------------------- the task's process
     def __call__(self, sweep_overrides: list[str], *args: Any) -> Any:
         """Run one job (a pack) in a submitit task, with the torch threads of its cores."""
-        import torch
-
-        from study.resources import usable_cores
+        import torch  # in the task only: Hydra's plugin discovery imports this module in every process
 
         torch.set_num_threads(self.task_threads or usable_cores())  # the config's `threads` still wins
         return super().__call__(sweep_overrides, *args)
@@ -250,8 +239,6 @@ else:
             self.refuse()
 
         def refuse(self) -> None:
-            from study.errors import UserError, needs_slurm_extra
-
             raise UserError(needs_slurm_extra(f"submitit_{self._EXECUTOR}"))
 
         def setup(self, **_kwargs: Any) -> None:
