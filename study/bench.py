@@ -1,62 +1,7 @@
-"""Throughput benchmark: the notebook's pipeline vs the project's trainer.
-
-`python -m study.bench` measures, in one process and so under one machine
-load, samples per second of
-
-- ``notebook``: the notebook's own pipeline, as it was written:
-  ``torchvision.datasets.MNIST`` with ``Compose([ToTensor(), Normalize((0.5,), (0.5,))])``
-  (per-sample PIL -> tensor work), ``DataLoader(batch_size=B, shuffle=True)``
-  with no workers, ``build_mlp``, ``nn.CrossEntropyLoss``, ``SGD(lr)``, the
-  zero_grad/backward/step loop;
-- ``trainer``: the project's trainer, ``study.train.train_runs`` (one run, a
-  pack of one), on the same model, data and thread count;
-- ``trainer-compiled`` (at ``--compile-batches``, default every batch size):
-  the same with ``compile=true`` (torch.compile'd step). Its compile is paid
-  before the measurement, by a pass over one epoch and a step (every batch
-  shape: the epoch's trailing batch is a graph of its own), as a long study
-  pays it once per process;
-- at batch 8 (``--pack-batches``), for each pack size ``K`` in ``--pack``
-  (default 6 and 16): ``K`` seeds trained together as one ``PackedMLP``
-  (``trainer-pack``) against the same ``K`` seeds trained one after another
-  (``trainer-sequential``), each with the same step budget; both are
-  aggregate samples/s over the ``K`` runs. A pack's gain grows with its
-  size (its per-step overhead is paid once for ``K`` runs, its arithmetic
-  ``K`` times); the launcher packs up to 16 runs (seeds, and learning rates
-  of plain SGD) by default;
-- with ``--precisions`` (default ``fp32`` only), the trainer in each other
-  precision (``trainer-tf32``, ``trainer-bf16``: study.device.precision, as a
-  run trains in it; bf16 trains with autograd), and with bf16 also the fp32
-  trainer with autograd (``trainer-fp32-autograd``, ``fused=false``), which
-  parts what autocast costs from what leaving the fused step costs; each
-  row's ``x_fp32`` is its samples/s over the ``trainer`` row's (fp32) of its
-  cell, measured in turn with it;
-
-for every batch size and norm, plus the machine's fp32 matmul ceiling: the
-fastest 2048x2048 ``torch.mm``, in GFLOP/s, sampled before, between and
-after the cells (so that a loaded moment cannot lower the ceiling and
-flatter the trainer), turned into a samples/s ceiling for the model (3 x the
-forward matmul flops per training sample: the forward matmul, and the two of
-the backward pass).
-
-With `model=cnn` (the conv net, study/convnet.py) the same rows compare the
-conv net in the notebook's plain nn.Module loop with the trainer, whose pack
-of K runs them one after the other (study/looped.py), and the ceiling
-counts the convolutions' flops too; `model.channels_last=false` measures
-NCHW convolutions.
-
-The trainer's samples/s is its own number (the history's
-``samples_per_second`` times ``epoch_seconds``, summed over epochs: training
-time only, evaluation excluded); the notebook is timed here around its loop.
-Each measurement follows a warm-up, which for ``--seconds`` also sizes the
-step budget. Ratios are meant to be read within one run (one table): this is
-a benchmark, not a test, and the machine it runs on may be noisy.
-
-The notebook pipeline runs as the notebook did, without
-``torch.use_deterministic_algorithms``; the trainer runs as the project runs
-it (deterministic algorithms on, `configure_determinism`). Both use the same
-``--threads``. Results: a table on stdout and, with ``--json PATH``, the same
-numbers with the environment (written atomically).
-"""
+"""`python -m study.bench`: samples per second of the notebook's pipeline
+against the project's trainer (and its compiled, packed and other-precision
+variants) and the machine's matmul ceiling, in one process; the rows and how
+each is measured: docs/speed.md#the-benchmark."""
 
 from __future__ import annotations
 
@@ -65,18 +10,18 @@ import logging
 import math
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from study.config import compose_config, validate
+from study.config import PRECISIONS, compose_config, validate
+from study.device import compile_unavailable, configure_determinism, precision, resolve_device
 from study.errors import UserError, describe_user_error
+from study.measure.clock import cpu_wait, settle, sync
+from study.measure.notebook import measure_notebook, notebook_dataset
 from study.records import environment, now_iso, write_json_atomic
-from study.config import PRECISIONS
-from study.device import compile_unavailable, configure_determinism, precision, resolve_device, set_deterministic
 from study.runner import get_data, plain_config
 from study.spec import train_spec
 from study.train import batches_per_epoch, build_member, train_runs
@@ -151,11 +96,6 @@ def flops_per_sample(cfg: DictConfig) -> int:
 # -------------------------------------------------------------- measuring
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def matmul_ceiling(device: torch.device, n: int = MATMUL_N, reps: int = 10) -> dict[str, Any]:
     """Best-of-`reps` fp32 n x n `torch.mm`, in GFLOP/s."""
     g = torch.Generator().manual_seed(0)
@@ -163,131 +103,14 @@ def matmul_ceiling(device: torch.device, n: int = MATMUL_N, reps: int = 10) -> d
     b = torch.randn(n, n, generator=g).to(device)
     out = torch.empty(n, n, device=device)
     torch.mm(a, b, out=out)  # warm-up
-    _sync(device)
+    sync(device)
     best = math.inf
     for _ in range(reps):
         t0 = time.perf_counter()
         torch.mm(a, b, out=out)
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - t0)
     return {"n": n, "reps": reps, "best_seconds": best, "gflops": 2 * n**3 / best / 1e9}
-
-
-PSI_CPU = Path("/proc/pressure/cpu")
-
-
-def cpu_wait_us() -> Optional[int]:
-    """Linux pressure stall info: total microseconds in which some runnable task
-    waited for a CPU (None where the kernel does not expose it)."""
-    try:
-        for line in PSI_CPU.read_text().splitlines():
-            if line.startswith("some "):
-                return int(line.rsplit("total=", 1)[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-@contextmanager
-def cpu_wait(into: dict[str, Any]) -> Iterator[None]:
-    """Put into `into["cpu_wait"]` the share of the block's wall time in which
-    some task waited for a CPU: ~0 on a quiet machine; high when other
-    processes competed with this one (such a measurement reads low)."""
-    w0, t0 = cpu_wait_us(), time.perf_counter()
-    yield
-    w1, t1 = cpu_wait_us(), time.perf_counter()
-    # (clamped: the kernel's counter and this clock are read at slightly different instants)
-    into["cpu_wait"] = None if w0 is None or w1 is None else min(1.0, (w1 - w0) / 1e6 / max(t1 - t0, 1e-9))
-
-
-def settle(max_seconds: float, window: float = 0.5, threshold: float = 0.02) -> float:
-    """Wait (up to `max_seconds`) for a `window` in which tasks waited for a CPU
-    less than `threshold` of the time; return the seconds waited.
-
-    On a shared machine other jobs come and go; measuring in their gaps
-    keeps their load out of the numbers (best-of-repeats does the rest).
-    """
-    if max_seconds <= 0 or cpu_wait_us() is None:
-        return 0.0
-    t0 = time.perf_counter()
-    while True:
-        probe: dict[str, Any] = {}
-        with cpu_wait(probe):
-            time.sleep(window)
-        waited = time.perf_counter() - t0
-        if probe["cpu_wait"] < threshold or waited >= max_seconds:
-            return waited
-
-
-@contextmanager
-def deterministic(flag: bool) -> Iterator[None]:
-    before = torch.are_deterministic_algorithms_enabled()
-    set_deterministic(flag)
-    try:
-        yield
-    finally:
-        set_deterministic(before)
-
-
-def notebook_dataset(root: Path):
-    """The notebook's dataset: per-sample ToTensor + Normalize on PIL images."""
-    from torchvision import datasets, transforms
-
-    # As the notebook wrote it (pixels to [-1, 1]); the trainer's default, data.normalize=notebook, is the same.
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
-    # download=False: the files were prepared (and verified, unless --no-verify) by load_mnist.
-    return datasets.MNIST(root, train=True, download=False, transform=transform)
-
-
-def measure_notebook(cfg: DictConfig, dataset, device: torch.device, budget: "Budget") -> dict[str, Any]:
-    """The notebook's training loop, timed over the budget after a warm-up."""
-    from torch.utils.data import DataLoader
-
-    model = build_member(train_spec(cfg).model, cfg.seed).to(device)
-    criterion = torch.nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True)
-    model.train()
-
-    def batches():
-        while True:  # as many epochs as the budget needs
-            yield from loader
-
-    it = batches()
-    running_loss = 0.0
-
-    def step() -> int:
-        nonlocal running_loss
-        images, labels = next(it)
-        while len(images) < 2:  # an epoch's trailing batch of one, which BN cannot train on
-            images, labels = next(it)
-        images, labels = images.to(device), labels.to(device)
-        optimizer.zero_grad()
-        outputs = model(images.view(images.size(0), -1))
-        loss = criterion(outputs, labels)
-        loss.backward()
-        optimizer.step()
-        running_loss += loss.item()  # the notebook's loss bookkeeping (a host sync per step)
-        return images.size(0)
-
-    out: dict[str, Any] = {}
-    with deterministic(False):  # the notebook never turned it on
-        warm = 0
-        while warm < budget.warmup:
-            warm += step()
-        _sync(device)
-        with cpu_wait(out):
-            samples, t0 = 0, time.perf_counter()
-            while True:
-                samples += step()
-                if budget.samples is not None:
-                    if samples >= budget.samples:
-                        break
-                elif time.perf_counter() - t0 >= budget.seconds:
-                    break
-            _sync(device)
-            seconds = time.perf_counter() - t0
-    return {"samples": samples, "seconds": seconds, "samples_per_second": samples / seconds, **out}
 
 
 def run_trainer(cfg: DictConfig, seeds: list[int], data, device: torch.device) -> dict[str, Any]:
@@ -423,7 +246,7 @@ def measure_cell(cfg: DictConfig, seeds: list[int], packs: list[int], compiled: 
     for _ in range(repeats):
         budget.settle()
         ceilings.append(matmul_ceiling(device, budget.matmul_n, reps=budget.matmul_reps))
-        take("notebook", lambda: measure_notebook(cfg, dataset, device, budget))
+        take("notebook", lambda: measure_notebook(cfg, dataset, device, budget.warmup, budget.samples, budget.seconds))
         single = cell_config(cfg, bs, norm, budget.trainer_steps(bs, rate["trainer"]))
         take("trainer", lambda: run_trainer(single, seeds[:1], data, device))
         if compiled:

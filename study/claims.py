@@ -1,30 +1,11 @@
-"""Claims: which process is writing a run, so that a run is trained once at
-a time, and a run whose process died is trained again.
-
-A claim is a small JSON file taken with O_EXCL: `<run dir>/.claimed` (this
-dir is being written) and `<run_index>/<run hash>.claim` (this run is being
-trained, wherever: every sweep of the same run index sees it). It names its
-owner: host, pid and the process's start time (a pid is reused after its
-process ends).
-
-A claim is live while its owner is alive:
-
-- on this host: the pid exists, is not a zombie, and started when the claim
-  says (`/proc/<pid>/stat`);
-- on another host nothing can be asked: the owner refreshes the claim's
-  mtime every CLAIM_HEARTBEAT_SECONDS while it trains (`Heartbeat`), and a
-  claim not refreshed for CLAIM_STALE_SECONDS is dead (a host that crashed,
-  a job killed by its scheduler). Hosts that share a run index need clocks
-  within a minute or so of the file server's.
-
-A dead owner's claim is stale: the next process takes it over (under a
-lock on the claim's folder, so that two takers cannot both win) and trains
-the run again. The module is torch-free.
-"""
+"""Claims on runs: which process is writing a run dir or training a run, so
+that a run is trained once at a time and a run whose process died is
+trained again (docs/sweeps.md#claims-who-is-writing-a-run). Torch-free."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -120,8 +101,6 @@ def describe(claim: dict[str, Any]) -> str:
 def _folder_lock(folder: Path) -> Iterator[None]:
     """An exclusive flock on `folder` (released when this process dies); none
     where the file system has no flock on folders."""
-    import fcntl
-
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

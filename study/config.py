@@ -13,23 +13,22 @@ import importlib.util
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from study import CONF_DIR
 from study.loggers import EXTRAS as LOGGER_EXTRAS, KINDS as LOGGER_KINDS
 from study.errors import ConfigError  # defined there; `from study.config import ConfigError` works too
+from study.models import FAMILIES
 
-
-class Norm(str, Enum):
-    none = "none"
-    batch = "batch"  # BatchNorm1d (Ioffe & Szegedy 2015)
-    ghost = "ghost"  # BN over virtual batches of model.ghost_size (Hoffer et al. 2017)
-    layer = "layer"  # LayerNorm over a layer's features (Ba et al. 2016)
-    group = "group"  # GroupNorm, model.groups groups of features (Wu & He 2018)
-    batch_shared = "batch_shared"  # model=lstm: BN-LSTM with one set of population statistics for all time steps
+# `model=<family>` (conf/model/<family>.yaml) and `model.norm`: the families' registry names them
+# (study/models/__init__.py); the schema's enums are its families and the union of their norms, and
+# `validate` checks each family's own.
+ModelFamily = Enum("ModelFamily", {name: name for name in FAMILIES}, type=str, module=__name__)
+Norm = Enum("Norm", {n: n for f in FAMILIES.values() for n in f.norms}, type=str, module=__name__)
 
 
 class Activation(str, Enum):
@@ -93,14 +92,6 @@ class DataConfig:
     # same for every image and split: permuted MNIST (Cooijmans et al. 2016).
     permute: bool = False
     permute_seed: int = 0
-
-
-class ModelFamily(str, Enum):
-    """`model=<family>` (conf/model/<family>.yaml); study.train.FAMILIES builds it."""
-
-    mlp = "mlp"  # Linear -> norm -> activation layers (study/model.py)
-    cnn = "cnn"  # conv -> norm -> activation -> pool blocks, then an MLP head (study/convnet.py)
-    lstm = "lstm"  # one LSTM layer reading 28 rows of 28 pixels (study/recurrent.py)
 
 
 @dataclass
@@ -221,7 +212,7 @@ class Config:
     # Seconds between progress lines inside an epoch (0 = only per epoch).
     progress_every: float = 15.0
     # Plain SGD steps (no momentum/weight decay) without autograd: the same
-    # math with in-place updates, ~2x faster at small batches (study/fused_sgd/:
+    # math with in-place updates, ~2x faster at small batches (study/models/fused_sgd/:
     # step.py computes it, __init__.py says when it applies; tests compare it
     # with the autograd path). false = autograd.
     fused: bool = True
@@ -236,45 +227,11 @@ class Config:
     run_index: str = "outputs/.run-index"  # where finished runs are indexed by config hash
     probes: ProbeConfig = field(default_factory=ProbeConfig)
     # > 0: after training, time BN's and no norm's training step and inference pass in this process,
-    # arms interleaved, this many repeats (study/cost.py; the overhead preset); recorded as `cost`.
+    # arms interleaved, this many repeats (study/measure/cost.py; the overhead preset); recorded as `cost`.
     cost_repeats: int = 0
     trial: TrialConfig = field(default_factory=TrialConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-
-
-# The norms each family builds (the schema's Norm enum is their union).
-FAMILY_NORMS = {
-    ModelFamily.mlp.value: ("none", "batch", "ghost", "layer", "group"),
-    ModelFamily.cnn.value: ("none", "batch", "ghost", "layer", "group"),
-    ModelFamily.lstm.value: ("none", "batch", "batch_shared", "layer"),
-}
-# The probes written for any pack (study.probes: evaluation only); the others read PackedMLP's layers.
-ANY_FAMILY_PROBES = ("val_acc", "train_acc", "modes")
-
-
-def _validate_family(family: str, norm: str, cfg: DictConfig, need: Any) -> None:
-    """What one model family allows of the model keys (ModelConfig is their union) and of the probes."""
-    m = cfg.model
-    need(norm in FAMILY_NORMS[family], "model.norm", norm,
-         f"one of {', '.join(FAMILY_NORMS[family])} with model={family}")
-    if family == ModelFamily.cnn.value:
-        need(1 <= len(m.channels) <= 4 and all(c >= 1 for c in m.channels), "model.channels", list(m.channels),
-             "a list of 1 to 4 integers >= 1 (each conv block halves the 28x28 image)")
-    if family == ModelFamily.lstm.value:
-        need(len(m.hidden) == 1, "model.hidden", list(m.hidden), "[units]: model=lstm has one LSTM layer")
-        # Dynamo refuses nn.LSTM (its RNN support is experimental, off by default); the hand-written cells compile.
-        need(not (cfg.compile and norm == Norm.none.value), "compile", "true",
-             "false with model=lstm model.norm=none (torch.compile does not trace nn.LSTM)")
-        need(math.isfinite(m.bn_scale_init) and m.bn_scale_init > 0, "model.bn_scale_init", m.bn_scale_init,
-             "a number > 0")
-    else:
-        need(m.bn_scale_init == 1.0, "model.bn_scale_init", m.bn_scale_init,
-             f"1.0 with model={family} (PyTorch's BN scale init; only model=lstm sets it)")
-    if family != ModelFamily.mlp.value:
-        kinds = [_enum_value(k) for k in cfg.probes.kinds]
-        need(set(kinds) <= set(ANY_FAMILY_PROBES), "probes.kinds", kinds,
-             f"only {', '.join(ANY_FAMILY_PROBES)} with model={family} (the others read the MLP's layers)")
 
 
 def installed(module: str) -> bool:
@@ -298,6 +255,7 @@ MNIST_TRAIN_IMAGES = 60_000  # the official training set: data.val_size of them 
 DEVICES = ("cpu", "cuda", "auto")
 PRECISIONS = ("fp32", "tf32", "bf16")
 VALIDATION_PROBES = (Probe.activations.value, Probe.val_acc.value)  # the probes that read the validation split
+BATCH_STATISTICS = ("batch", "ghost", "batch_shared")  # the norms that take statistics from the batch
 
 
 def _enum_value(value: Any) -> str:
@@ -332,7 +290,7 @@ def validate(cfg: DictConfig) -> None:
 
     m = cfg.model
     norm = _enum_value(m.norm)
-    batch_stats = norm in (Norm.batch.value, Norm.ghost.value, Norm.batch_shared.value)  # statistics from the batch
+    batch_stats = norm in BATCH_STATISTICS
     need(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), "model.hidden", list(m.hidden),
          "a non-empty list of integers >= 1")
     # The data are MNIST: 28x28 = 784 pixels per image, labels 0..9.
@@ -340,15 +298,16 @@ def validate(cfg: DictConfig) -> None:
     need(m.out_features >= 10, "model.out_features", m.out_features, "an integer >= 10 (MNIST's labels are 0..9)")
     need(0 < m.bn_momentum <= 1, "model.bn_momentum", m.bn_momentum, "a number in (0, 1]")
     need(m.bn_eps > 0, "model.bn_eps", m.bn_eps, "a number > 0")
-    if norm == Norm.ghost.value:
+    name = _enum_value(m.family)
+    family = FAMILIES[name]
+    need(norm in family.norms, "model.norm", norm, f"one of {', '.join(family.norms)} with model={name}")
+    if norm == "ghost":
         need(m.ghost_size >= 2, "model.ghost_size", m.ghost_size, "an integer >= 2")
-    family = _enum_value(m.family)
-    widths = [*m.channels, *m.hidden] if family == ModelFamily.cnn.value else list(m.hidden)
-    if norm == Norm.group.value:
-        need(m.groups >= 1 and all(h % m.groups == 0 for h in widths), "model.groups", m.groups,
-             f"an integer >= 1 that divides every {'channel count and ' if family == 'cnn' else ''}"
-             f"hidden width {widths}")
-    _validate_family(family, norm, cfg, need)
+    family.check(cfg, norm, need)
+    if family.probes is not None:
+        kinds = [_enum_value(k) for k in cfg.probes.kinds]
+        need(set(kinds) <= set(family.probes), "probes.kinds", kinds,
+             f"only {', '.join(family.probes)} with model={name} (the others read the MLP's layers)")
     if batch_stats:
         # BN in training mode cannot normalize a single example (zero variance);
         # nn.BatchNorm1d raises on it.
@@ -411,14 +370,9 @@ def validate(cfg: DictConfig) -> None:
          f"{MNIST_TRAIN_IMAGES} - data.val_size={d.val_size} images")
 
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
 def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
     """The study's real config (conf/config.yaml, schema-checked), composed
-    outside `@hydra.main`: for the tests and the benchmark."""
-    from hydra import compose, initialize_config_dir
-
+    outside `@hydra.main`: for the tests, the benchmark and the suite."""
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)

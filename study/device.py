@@ -14,8 +14,8 @@ import torch
 import torch.utils.deterministic
 
 from study.errors import ConfigError
-from study.fused_sgd.step import fused_sgd_step
-from study.packed import PackedMLP
+from study.models.fused_sgd.step import fused_sgd_step
+from study.models.mlp import PackedMLP
 
 
 def resolve_device(name: str) -> torch.device:
@@ -97,7 +97,7 @@ def compile_unavailable(device: torch.device) -> Optional[str]:
     """
     if device.type != "cpu":
         return None
-    from torch._inductor.cpp_builder import get_cpp_compiler
+    from torch._inductor.cpp_builder import get_cpp_compiler  # loads Inductor (seconds): only where asked
 
     try:
         get_cpp_compiler()

@@ -1,14 +1,6 @@
-"""Turning a user's mistake into one line (no traceback).
-
-A user error is a bad override or value (Hydra/OmegaConf composition
-errors, `ConfigError`) or unusable data (`DataError`). Anything else is a bug
-and keeps its traceback.
-
-Every user error pickles with its message: a job that fails in a joblib/loky
-worker sends its exception back to the launching process (an exception whose
-`__init__` takes other arguments than its `args` fails to unpickle there,
-and Hydra's `JobReturn.__getstate__` then recursed for minutes).
-"""
+"""A user's mistake as one line, without a traceback (`UserError`,
+`describe_user_error`), and the exits with a line of their own
+(docs/configuration.md#exit-status)."""
 
 from __future__ import annotations
 
@@ -18,6 +10,8 @@ from typing import Any, Optional
 
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
+
+from study import CONF_DIR
 
 
 def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
@@ -30,14 +24,17 @@ def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
 class UserError(Exception):
     """A mistake in the user's config or data; `str(e)` is one line.
 
-    Subclasses: `ConfigError` (below), `study.data.DataError`,
+    Subclasses: `ConfigError` (below), `study.mnist_files.DataError`,
     `hydra_plugins.bn_study_sweeper.pruning.PrunerError`. Kept free of torch
     imports so that a bad override is reported in a fraction of a second.
     """
 
     def __reduce__(self) -> tuple:
         # Rebuilt from its message and attributes, without calling the
-        # subclass's __init__ (whose arguments need not be `self.args`).
+        # subclass's __init__ (whose arguments need not be `self.args`): a job
+        # that fails in a joblib/loky worker sends its exception back to the
+        # launching process, and one that failed to unpickle there made Hydra's
+        # JobReturn.__getstate__ recurse for minutes.
         return _rebuild, (type(self), self.args, dict(self.__dict__))
 
 
@@ -156,8 +153,6 @@ def _choices(err: MissingConfigException) -> str:
     """'optimizer is one of adam, adamw, sgd' for a config group option that
     does not exist (Hydra lists the options on lines of their own, which a
     one-line report would drop), with the presets of sub-folders (quick/<name>)."""
-    from study.config import CONF_DIR  # study.config imports this module
-
     group = (err.missing_cfg_file or "").rpartition("/")[0]
     folder = CONF_DIR / group
     names = list(err.options or []) or sorted(p.stem for p in folder.glob("*.yaml"))

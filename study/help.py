@@ -9,7 +9,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "conf" / "experiment"
+from study import CONF_DIR
+
+EXPERIMENTS = CONF_DIR / "experiment"
 
 
 def preset_summary(path: Path) -> str:

@@ -1,22 +1,6 @@
 """Each run's curves in TensorBoard or MLflow as well (`logger=tensorboard`,
 `logger=mlflow`; docs/viewing.md). A viewer only: the run's result is its
-`result.json`, and a logger that fails warns once and never costs a result.
-
-One viewer run per record, packed runs included: a pack's members log as
-their separate runs. Per epoch, at the epoch's end (x axis: the epoch, so
-that batch sizes compare at equal examples seen): `train_loss`, `val_acc`,
-`test_acc`, `val_loss`, `samples_per_second` and `step` (optimizer steps so
-far), the record's own names. At the record: the rest of its history, the
-final metrics (`final/...`), its status, and its config as hyperparameters.
-
-- TensorBoard: event files in `<run dir>/tensorboard/`, so `tensorboard
-  --logdir <sweep dir>` shows every run of a sweep, named by its dir, and
-  the HParams tab compares them.
-- MLflow: one MLflow run per record in the experiment `logger.experiment`
-  (default: the sweep dir, or `runs` for a single run) of the tracking store
-  `logger.tracking_uri` (default `sqlite:///<launch dir>/outputs/mlflow.db`:
-  MLflow 3 refuses new runs in its old `./mlruns` file store).
-"""
+`result.json`, and a logger that fails warns once and never costs a result."""
 
 from __future__ import annotations
 
@@ -74,7 +58,7 @@ def final_metrics(record: dict[str, Any]) -> dict[str, float]:
 
 class _TensorBoardRun:
     def __init__(self, run_dir: Path, options: dict[str, Any]) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # the tensorboard extra: only where it is chosen
 
         logdir = run_dir / TENSORBOARD_DIR
         shutil.rmtree(logdir, ignore_errors=True)  # a run trained again here: its old curves are not this run's
@@ -111,7 +95,7 @@ class _MLflowRun:
     @staticmethod
     def store(options: dict[str, Any]) -> tuple[Any, str]:
         """The tracking client and the experiment's id (created if new)."""
-        import mlflow
+        import mlflow  # the mlflow extra: only where it is chosen
 
         for name in ("mlflow", "alembic"):  # their store setup logs a line per table migration
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,80 +1,6 @@
-"""Opt-in measurements taken while runs train (config key `probes`).
-
-A probe never changes the run it measures: it works on a deep copy of the
-`PackedMLP` (`copy.deepcopy`, whose running statistics it may overwrite and
-then discards), draws no random numbers (the run's generators and the global
-RNG are untouched) and its wall time is kept out of the epoch's
-`epoch_seconds` / `samples_per_second` (the total is `probes.seconds`).
-tests/test_probes.py checks that a run's metrics are bit-identical with and
-without probes, on the fused and the autograd path.
-
-The R runs of a pack are measured at once: every value is computed per run
-on the packed model (a run's gradient is its slice of the gradient of the
-summed per-run losses), so a run's probe values do not depend on its pack.
-
-Kinds (`study.config.Probe`; the settings: `study.spec.ProbeSpec`):
-
-Step probes, before the update of steps 0, every, 2*every, ... (when the
-number of updates done so far, `step`, is a multiple of `probes.every`), on
-that step's own minibatch; one entry of `probes.series` per such step:
-
-- `activations`: Ioffe & Szegedy 2015 (Batch Normalization: Accelerating Deep
-  Network Training by Reducing Internal Covariate Shift), fig. 1(b, c): the
-  15th, 50th and 85th percentiles of the input to the nonlinearity (after the
-  norm, if any) of one unit over a fixed sample of validation images, in
-  train mode (batch statistics of that sample, as in training).
-- `grad_norms`: the L2 norm of each Linear weight's gradient of the
-  minibatch loss (input layer first).
-- `ics`: Santurkar, Tsipras, Ilyas & Madry 2018 (How Does Batch Normalization
-  Help Optimization?), Definition 2.1: for layer i, G is the gradient of the
-  loss w.r.t. layer i's weight at the current parameters and G' the same
-  gradient after every parameter of the earlier modules (Linear weights and
-  biases, norm affine parameters) took a plain SGD step (lr: the run's) with
-  its gradient at the current parameters, on the same batch; recorded:
-  ||G - G'||_2 and cos(G, G'). The update is plain SGD whatever the run's
-  optimizer is (momentum, Adam state etc. are not used).
-- `landscape`: Santurkar et al. 2018, sec. 3.1 (fig. 4): along the gradient g
-  of the minibatch loss (all trainable parameters), at w' = w - eta * g for
-  eta = s * lr, s in `probes.landscape_scales`: the losses L(w') on the same
-  batch, their range, the largest gradient change ||grad L(w) - grad L(w')||
-  ("gradient predictiveness") and the largest effective beta-smoothness
-  ||grad L(w) - grad L(w')|| / ||eta * g||.
-- `val_acc`: validation accuracy of the current weights (eval mode, running
-  statistics: `study.packed.evaluate`, as the epoch evaluation). With
-  `probes.stop_at` set, the pack stops training at the first step probe at
-  which every live run has reached that accuracy (steps to a target need
-  nothing after it); `probes.stopped_at_step` records that step (null: the
-  budget ran out first), and the run's final evaluation is at that step.
-
-Epoch probe, after each epoch's evaluation (stored in that epoch's history
-entry): `train_acc`: accuracy (`train_acc`) and mean cross-entropy
-(`train_eval_loss`) in eval mode on the first `probes.train_subset`
-training images (the train-test gap).
-
-Final probes, after the last step of a run that did not diverge
-(`probes.final`):
-
-- `modes`: test accuracy in eval mode (running statistics) and in train mode
-  (the test set fed in order in chunks of `batch_size`, each chunk normalized
-  with its own batch statistics, as the network sees data while training).
-- `shift`: test images shifted in pixel space (contrast * p + brightness,
-  then the run's own `data.normalize` scaling): eval-mode accuracy with the
-  training running statistics, and after those statistics were re-estimated
-  on the shifted test set (reset, cumulative average over one train-mode pass, as
-  `torch.optim.swa_utils.update_bn`); null for models without running
-  statistics (norm none, layer, group).
-- `precise_bn`: Wu & Johnson 2021 (Rethinking "Batch" in BatchNorm), sec. 3:
-  test accuracy (eval mode) with the running statistics as trained (the
-  exponential moving average, EMA) and with "precise" statistics recomputed
-  with the final, frozen weights from N = `PRECISE_SAMPLES` training images
-  (the first N of one fixed permutation of the training split, seed
-  `PRECISE_SEED`, so the sets are nested and the same for every run), in
-  chunks of the run's batch size (its normalization batch; one chunk of N
-  where N is smaller), reset and cumulative average as
-  `torch.optim.swa_utils.update_bn`; and train-mode accuracy (batch
-  statistics of the test set in order, chunks of the batch size, as
-  `modes`). precise_acc is null for models without running statistics.
-"""
+"""The opt-in measurements taken while runs train (config `probes`): `Probes`
+takes them on a copy of the pack, per run, and never changes what a run
+computes. What each measures, with its citation: docs/claims.md#the-probes."""
 
 from __future__ import annotations
 
@@ -88,8 +14,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from study.data import MNISTSplits
-from study.model import ACTIVATIONS, ghost_chunks
-from study.packed import PackedBatchNorm, PackedLinear, PackedMLP, evaluate
+from study.models.mlp import ACTIVATIONS, PackedBatchNorm, PackedLinear, PackedMLP, ghost_chunks
+from study.models.pack import evaluate
 from study.spec import TrainSpec
 
 STEP_KINDS = ("activations", "grad_norms", "ics", "landscape", "val_acc")

@@ -19,8 +19,12 @@ import platform
 import socket
 import subprocess
 import tempfile
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from study import REPO_ROOT
+from study.resources import usable_cores
 
 if TYPE_CHECKING:  # torch is imported where needed: the analysis reads records without it
     import torch
@@ -28,7 +32,6 @@ if TYPE_CHECKING:  # torch is imported where needed: the analysis reads records 
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
 CLAIM_FILE = ".claimed"  # a job's marker that it started in its dir (study/runner.py: claim_dir)
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Top-level config keys that say how a run is launched or reported, not what
 # it computes: left out of a run's identity (its hash) and never a reason to
@@ -110,8 +113,6 @@ def _cpu_model() -> str:
 
 
 def _version(module: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(module)
     except PackageNotFoundError:
@@ -135,8 +136,6 @@ def process_id() -> str:
 def environment(device: "torch.device", threads: int) -> dict[str, Any]:
     """What a reader needs to reproduce or compare a number."""
     import torch  # here, not at the top: the analysis and the sweeper read records without torch
-
-    from study.resources import usable_cores
 
     env = {
         "torch": torch.__version__,
@@ -193,7 +192,7 @@ RECORD_SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "wall_seconds": (NUMBER, False),
     "diverged_at_step": ((int, type(None)), False),
     "probes": ((dict, type(None)), False),
-    "cost": ((dict, type(None)), False),  # study/cost.py, runs with cost_repeats > 0
+    "cost": ((dict, type(None)), False),  # study/measure/cost.py, runs with cost_repeats > 0
     "data": ((dict,), False),
     "env": ((dict,), False),
     "error": ((dict, type(None)), False),

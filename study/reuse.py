@@ -20,8 +20,10 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from study.records import (LAUNCH_ONLY_KEYS, OPERATIONAL_KEYS, REPO_ROOT, RESULT_FILE, RecordError, now_iso,
-                           read_record, write_json_atomic)
+from study import REPO_ROOT
+from study.errors import UserError
+from study.records import (LAUNCH_ONLY_KEYS, OPERATIONAL_KEYS, RESULT_FILE, RecordError, now_iso, read_record,
+                           write_json_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +129,6 @@ def record_in_dir(run_dir: Path, config: dict[str, Any], experiment: Optional[st
     again). A dir that holds another config's run belongs to another sweep:
     a UserError (one line) names the dir and the first key that differs.
     """
-    from study.errors import UserError
-
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"output dir {run_dir} is a file, not a folder; give the run another dir "

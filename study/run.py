@@ -1,25 +1,14 @@
-"""Hydra entry point: `python study/run.py -m batch_size=8,64,512`.
-
-Composes conf/config.yaml (schema-checked), checks the values (once per
-job, before torch loads), trains the job's run (or, under the packed
-launcher, its pack: study/runner.py), writes its `result.json` and returns
-the objective (validation accuracy by default) to the sweeper.
-
-Exit status: 0 when every run trained (a diverged run is a result, not a
-failure); 2 for a user error (bad override, bad value, missing data), with
-one line on stderr and no traceback, before anything trains; 1 when
-training crashed. A crash is recorded (status `failed`, its traceback in
-the record's `error`): a single run stops there and says where its record
-is; a sweep (-m) goes on with its other jobs, and at its end, after the
-summary and the report, says how many runs failed and exits 1 (the summary
-callback, study/callbacks.py, does it).
-"""
+"""Hydra entry point: `python study/run.py -m batch_size=8,64,512`. Composes
+conf/config.yaml, checks the values before torch loads, runs the job
+(study/runner.py) and returns its objective to the sweeper; errors and exit
+status: docs/configuration.md#exit-status."""
 
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -31,7 +20,7 @@ from omegaconf import DictConfig
 from study.config import register_configs, validate
 from study.errors import ExitWithLine, RunFailed, UserError, UserExit, describe_user_error
 from study.help import register_help_resolver
-from study.records import CLAIM_FILE, RESULT_FILE
+from study.records import CLAIM_FILE, RESULT_FILE, objective
 
 log = logging.getLogger("study.run")
 register_configs()
@@ -40,8 +29,8 @@ register_help_resolver()
 
 # The only targets a config may instantiate (Hydra 1.4 asks for this list).
 TRUSTED_TARGETS = [
-    "study.callbacks.Preflight",
-    "study.callbacks.SweepSummary",
+    "study.sweep.callbacks.Preflight",
+    "study.sweep.callbacks.SweepSummary",
     "hydra_plugins.bn_study_launcher.packed_launcher.PackedLauncher",
 ]
 
@@ -52,7 +41,8 @@ def main(cfg: DictConfig) -> float:
     out_dir = Path(hc.runtime.output_dir)
     try:
         validate(cfg)  # the job's one check, before torch loads: a bad value is reported at once
-        from study.records import objective
+        # Imported here, after the check: the runner loads torch (seconds per process), and a bad
+        # value must not wait for it (tests/test_train.py::test_validate_runs_before_torch_loads).
         from study.runner import run_job
 
         record = run_job(cfg, out_dir, overrides=list(hc.overrides.task),
@@ -62,7 +52,7 @@ def main(cfg: DictConfig) -> float:
         discard_unused_dir(out_dir)
         raise UserExit(str(e)) from None
     log.info("%s: %s -> %s", record["status"], out_dir, "result.json")
-    if record["status"] == "failed" and hc.mode != RunMode.MULTIRUN:  # a sweep goes on (study/callbacks.py)
+    if record["status"] == "failed" and hc.mode != RunMode.MULTIRUN:  # a sweep goes on (study/sweep/callbacks.py)
         error = record.get("error") or {}
         why = " ".join(str(error.get("message", "")).split())
         raise RunFailed(f"the run failed ({error.get('type', 'error')}: {why[:300]}); "
@@ -90,9 +80,7 @@ def workers_ignore_ctrl_c() -> None:
     them). loky's resource tracker is started the same way (its own code
     blocks the signal around the spawn); the mask is inherited across exec.
     """
-    import signal
-
-    try:
+    try:  # a private module of joblib's: where it moved, there is nothing to patch
         from joblib.externals.loky.backend import fork_exec as loky_fork_exec
     except ImportError:
         return

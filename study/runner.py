@@ -1,21 +1,7 @@
-"""One job: config -> data -> model and training -> one `result.json` per run.
-
-A job trains a *pack*: the runs of one config that differ only in their
-seed (and learning rate, where the fused SGD step trains them), as one
-model (study/packing.py). A job launched alone, or by any Hydra launcher,
-is a pack of one: its own run, in its own dir. The packed launcher
-(hydra_plugins/bn_study_launcher) runs each pack as one Hydra job and puts
-the pack on that job's config, a launch-only node
-`pack: {threads, members: [{seed, lr, dir, overrides}, ...]}` whose first
-member is the job's own run; the job writes every member's record into
-that member's own dir, and the launcher reports each member to the
-sweeper from its record.
-
-`run_job(cfg, out_dir)` is the whole job, for the Hydra entry point
-(study/run.py), tests and other callers; it takes a validated config
-(study.config.validate). Finished identical runs are reused, not trained
-again (study/reuse.py).
-"""
+"""One job, in a straight line: reuse or claim each run, prepare device and
+data, train the job's pack (its runs of one config that differ only in
+seed and lr; a job alone is a pack of one), write one `result.json` per run
+into that run's dir (docs/architecture.md, docs/sweeps.md#packing)."""
 
 from __future__ import annotations
 
@@ -32,12 +18,14 @@ from typing import Any, Iterator, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.bn_study_sweeper.pruning import trial_reporter
 from study.data import MNISTSplits, load_mnist
 from study import claims
 from study.device import check_compile, check_precision, configure_determinism, precision, resolve_device
 from study.errors import ConfigError, OutputError, UserError
 from study.loggers import RunLoggers, open_loggers
-from study.progress import PackProgressFile
+from study.measure.cost import measure_or_error
+from study.sweep.progress import PackProgressFile
 from study.records import CLAIM_FILE, RESULT_FILE, SCHEMA_VERSION, environment, now_iso, write_json_atomic
 from study.reuse import code_version, find_reusable, index_claim, index_run, record_in_dir, reused_record, run_hash
 from study.spec import train_spec
@@ -179,9 +167,7 @@ def _train_and_write(cfg: DictConfig, trained: list[Member], configs: list[DictC
         with claims.Heartbeat([d / CLAIM_FILE for d in dirs] + claimed):
             pack = train_pack(configs[0], trained, data, device, viewers)
         cost = None
-        if cfg.get("cost_repeats", 0):  # C14's interleaved timing of both arms, in this process (study/cost.py)
-            from study.cost import measure_or_error
-
+        if cfg.get("cost_repeats", 0):  # C14's interleaved timing of both arms, in this process (study/measure/cost.py)
             cost = measure_or_error(configs[0], data, device, int(cfg.cost_repeats))
         for k, (m, c, outcome) in enumerate(zip(trained, configs, pack.outcomes)):
             record = run_record(c, m, experiment, pack, outcome, data, env)
@@ -334,11 +320,9 @@ def train_pack(cfg: DictConfig, members: list[Member], data: MNISTSplits, device
     get each epoch's entries as they come (study/loggers.py)."""
     seeds, lrs = [m.seed for m in members], [m.lr for m in members]
     tag = run_tag(cfg) if len(members) == 1 else pack_tag(cfg, members)
-    # Pruning: a job of an Optuna trial reports each epoch (packs are never trials: study.packing).
+    # Pruning: a job of an Optuna trial reports each epoch (packs are never trials: packs.pack_key).
     on_epoch = None
     if len(members) == 1 and cfg.trial.prune:
-        from hydra_plugins.bn_study_sweeper.pruning import trial_reporter
-
         on_epoch = trial_reporter(cfg.trial)
     if viewers is not None:
         on_epoch = both_on_epoch(viewers.on_epoch, on_epoch)

@@ -13,13 +13,12 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from study import fused_sgd
-from study.packing import lr_packable
+from study.models import fused_sgd
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    family: str  # `model=<family>`: a key of study.train.FAMILIES
+    family: str  # `model=<family>`: a key of study.models.FAMILIES
     options: dict[str, Any]  # the family's other config values: its build function's keyword arguments
 
 
@@ -58,7 +57,7 @@ class TrainSpec:
     epochs: int
     steps: Optional[int]  # optimizer-step budget; replaces epochs when set
     eval_batch_size: int  # examples per evaluation forward pass (same numbers, less memory)
-    fused_step: bool  # train with study.fused_sgd's step (config `fused`, where it applies), else autograd
+    fused_step: bool  # train with study.models.fused_sgd's step (config `fused`, where it applies), else autograd
     lr_packable: bool  # runs with their own learning rates may train as one pack
     compile: bool  # torch.compile the training step
     progress_every: float  # seconds between progress lines within an epoch (0: per epoch only)
@@ -67,6 +66,19 @@ class TrainSpec:
 
 def _plain(node: Any) -> dict[str, Any]:
     return OmegaConf.to_container(node, resolve=True, enum_to_str=True) if isinstance(node, DictConfig) else dict(node)
+
+
+def lr_packable(cfg: Any) -> bool:
+    """Whether runs of `cfg` that differ in learning rate can train as one pack.
+
+    The fused SGD step takes a learning rate per run; autograd's optimizers
+    (momentum, Adam, other norms) and the probes that take an SGD step of
+    their own (ics, landscape) use one.
+    """
+    if not fused_sgd.trains(cfg):
+        return False
+    p = cfg.get("probes")
+    return not {str(getattr(k, "value", k)) for k in (p.kinds if p is not None else [])} & {"ics", "landscape"}
 
 
 def train_spec(cfg: Any) -> TrainSpec:

@@ -1,27 +1,6 @@
-"""The claims suite: every preset of conf/experiment/, then one report.
-
-    python -m study.suite                 # the full suite (minutes per preset: docs/speed.md)
-    python -m study.suite --quick         # the quick/ variants, a smoke test
-    python -m study.suite --only ics,shift -- data.root=/data threads=1
-    python -m study.suite --replicate     # also every preset again on a disjoint seed set
-
-Each preset is one `study/run.py -m experiment=<preset>` multirun in its own
-sweep dir under `--out` (default outputs/claims, outputs/claims-quick with
---quick); the Optuna studies of `tune` go to a storage in the same folder.
-Then `python -m analysis <out>` builds the report whose claims section gives
-a verdict on every claim of the registry (analysis/claims/__init__.py: the
-claims of ../shared/docs/protocol.md, then the study's own findings). Rerunning the same
-command after an interruption retrains nothing that finished: every job
-finds its finished run through the run index. `suite.json` in `--out`
-records each preset's command, exit status and wall time.
-
-`--replicate` then runs every preset a second time with each of its seeds
-plus REPLICATION_SEED (1000): a disjoint seed set, in its own sweep dir
-(`<preset>/<stamp>-replication`). The report evaluates every claim on both
-sets and shows per claim both verdicts and whether they agree
-(analysis/claims/__init__.py). A preset's seeds are read from its composed
-config (the sweep's `seed` list, or `seed` and `tune.confirm_seeds`).
-"""
+"""`python -m study.suite`: every claim's preset (conf/experiment/), each as
+one multirun, then one report whose claims section gives every verdict;
+`--replicate` runs them again on a disjoint seed set (docs/claims.md#running-them)."""
 
 from __future__ import annotations
 
@@ -34,9 +13,15 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from analysis import build_report
 from analysis.claims import REPLICATION_SEED, suite_presets
-from study.progress import Tally, count_records, describe
-from study.records import REPO_ROOT, git_state, now_iso, write_json_atomic
+from study import REPO_ROOT
+from study.config import compose_config
+from study.records import git_state, now_iso, write_json_atomic
+from study.sweep.progress import Tally, count_records, describe
 
 # (preset, extra overrides of the full suite), in the order they run: every
 # preset a claim reads, from the claims' registry (analysis/claims/__init__.py),
@@ -80,17 +65,10 @@ SEED_KEYS = ("seed", "tune.confirm_seeds")  # replaced, not repeated, on a repli
 
 def preset_seeds(preset: str, overrides: Sequence[str]) -> tuple[list[int], list[int]]:
     """(the seeds a preset's sweep runs, its tuning confirmation seeds), from its composed config."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from study.config import register_configs
-
-    register_configs()
     parser = OverridesParser.create()
     parsed = parser.parse_overrides(list(overrides))
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]  # compose takes no sweeps
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf")):
-        cfg = compose("config", overrides=[f"experiment={preset}", *fixed], return_hydra_config=True)
+    cfg = compose_config([f"experiment={preset}", *fixed], return_hydra_config=True)
     sweep = (cfg.hydra.sweeper.get("params") or {}).get("seed")
     cli = [o for o in parsed if o.key_or_group == "seed"]
     if cli:
@@ -107,23 +85,15 @@ def preset_seeds(preset: str, overrides: Sequence[str]) -> tuple[list[int], list
 def planned_runs(overrides: Sequence[str]) -> int:
     """How many runs a preset's sweep launches (`overrides`: its command line
     after `-m`): its grid, or per cell its trials and confirmation seeds."""
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from study.config import register_configs
-
-    register_configs()
     parser = OverridesParser.create()
     parsed = parser.parse_overrides([o for o in overrides if not o.startswith("hydra.")])
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf")):
-        cfg = compose("config", overrides=fixed, return_hydra_config=True)
+    cfg = compose_config(fixed, return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
     params += [o.input_line for o in parsed if o.is_sweep_override()]  # the command line's win (later)
     if "bn_optuna" in str(sweeper._target_):
-        from hydra_plugins.bn_study_sweeper._impl import plan_sweep
+        from hydra_plugins.bn_study_sweeper.plan import plan_sweep  # loads optuna: only for the tuning preset
 
         cells = len(plan_sweep(params, bool(sweeper.cells)).cells())
         return cells * (int(sweeper.n_trials) + len(sweeper.confirm_seeds or []))
@@ -269,8 +239,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"== suite: {len(done)} presets in {total / 60:.1f} min"
           + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
     if not args.no_report:
-        from analysis import build_report
-        from analysis.collect import AnalysisError
+        from analysis.collect import AnalysisError  # loads pandas: once the presets have run
 
         try:
             report = build_report([out], out_dir=out / "report")

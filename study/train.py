@@ -1,17 +1,6 @@
-"""The training loop: in-memory tensors, minibatches drawn by index.
-
-`train_runs` trains one or more runs of a `TrainSpec` that differ only in
-their seed (and, with the fused SGD step, their learning rate) as one packed
-model (a single run is a pack of one). Each run keeps its own initialization
-(`torch.manual_seed(seed)`, then its model family's build), its own
-minibatch order (a `torch.Generator` seeded with `seed`) and its own
-learning rate, so a run's numbers do not depend on what it was packed with.
-
-An epoch: `train_epoch` takes the optimizer steps (each run its own
-permutation of the training split), `DivergenceWatch` takes runs whose loss
-turned non-finite out of the record, `record_epoch` evaluates and appends
-each run's history entry; `Progress` writes the log lines.
-"""
+"""The training loop: `train_runs` trains the runs of a pack together, each
+with its own initialization, minibatch order and lr, so a run's numbers do
+not depend on its pack; in-memory tensors, minibatches drawn by index."""
 
 from __future__ import annotations
 
@@ -20,7 +9,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -29,26 +18,13 @@ from torch import nn
 
 from study.data import MNISTSplits
 from study.device import training_functions
-from study.convnet import build_cnn
-from study.looped import LoopedPack
-from study.model import build_mlp
-from study.packed import PackedMLP, evaluate
+from study.models import FAMILIES
+from study.models.pack import evaluate
 from study.probes import Probes
-from study.recurrent import PackedLSTM, build_lstm
 from study.spec import ModelSpec, OptimizerSpec, TrainSpec
 
 log = logging.getLogger(__name__)
 
-
-class Family(NamedTuple):
-    build: Callable[..., nn.Module]  # one run's network from the family's config values (conf/model/<family>.yaml)
-    pack: Callable[[Sequence[nn.Module]], nn.Module]  # R of them as one model: (R, B, ...) -> (R, B, classes)
-
-
-# Model families: `model=<family>` picks the config group conf/model/<family>.yaml and its row here.
-# cnn packs run their members one after the other (study/looped.py); lstm packs batch them (study/recurrent.py).
-FAMILIES = {"mlp": Family(build=build_mlp, pack=PackedMLP), "cnn": Family(build=build_cnn, pack=LoopedPack),
-            "lstm": Family(build=build_lstm, pack=PackedLSTM)}
 
 # A non-finite loss is looked for on the host every this many steps (and at
 # every epoch end); the exact step is tracked on the device in between, so
@@ -85,7 +61,7 @@ def seed_everything(seed: int) -> None:
 
 
 def build_member(model: ModelSpec, seed: int) -> nn.Module:
-    """One run's reference network, initialized from its seed."""
+    """One run's reference network, initialized from its seed (its family's `build`: study/models/)."""
     seed_everything(seed)
     return FAMILIES[model.family].build(**model.options)
 
@@ -113,7 +89,7 @@ def batches_per_epoch(n_train: int, batch_size: int) -> int:
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def training_step(spec: TrainSpec, model: PackedMLP, lrs: list[float], device: torch.device,
+def training_step(spec: TrainSpec, model: nn.Module, lrs: list[float], device: torch.device,
                   dtype: torch.dtype) -> Step:
     """`step(xb, yb)`: one optimizer step of every run on its minibatch
     (xb (R, b, in), yb (R * b,)); returns each run's loss (R,)."""
@@ -149,7 +125,7 @@ def train_runs(spec: TrainSpec, seeds: list[int], data: MNISTSplits, device: tor
     (an Optuna pruner's decision), keeping the history so far.
     `on_step(steps_done, steps_total)` is called as the progress lines are
     (every few dozen steps, and at each epoch's end): the sweep's progress
-    line reads it (study/progress.py).
+    line reads it (study/sweep/progress.py).
 
     `spec.probes` (study/probes.py) adds measurements on copies of the model:
     they do not change the runs, and their time is kept out of
@@ -202,7 +178,7 @@ class EpochTraining(NamedTuple):
     stopped: bool  # stopped before `steps`: every live run reached `probes.stop_at`
 
 
-def train_epoch(model: PackedMLP, step: Step, data: MNISTSplits, gens: list[torch.Generator], batch_size: int,
+def train_epoch(model: nn.Module, step: Step, data: MNISTSplits, gens: list[torch.Generator], batch_size: int,
                 first_step: int, steps: int, probes: Optional[Probes], watch: "DivergenceWatch",
                 note: Callable[[int, int, float], None]) -> Optional[EpochTraining]:
     """`steps` optimizer steps from step `first_step`, each run on its own
@@ -247,7 +223,7 @@ def train_epoch(model: PackedMLP, step: Step, data: MNISTSplits, gens: list[torc
     return EpochTraining(done, samples, time.perf_counter() - t0 - probe_seconds, stopped)
 
 
-def record_epoch(model: PackedMLP, data: MNISTSplits, eval_batch_size: int, epoch: int, step: int,
+def record_epoch(model: nn.Module, data: MNISTSplits, eval_batch_size: int, epoch: int, step: int,
                  trained: EpochTraining, probes: Optional[Probes], watch: "DivergenceWatch") -> None:
     """Evaluate every run after an epoch; append each live run's history entry.
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from study.data import write_idx
+from study.mnist_files import write_idx
 
 TINY_N_TRAIN = 1200
 TINY_N_TEST = 400

@@ -402,7 +402,7 @@ def test_optuna_storage_with_and_without_records(grid, tmp_path, monkeypatch):
 def test_a_sweep_whose_report_fails_keeps_its_results_and_says_so(grid, tmp_path, caplog):
     from omegaconf import OmegaConf
 
-    from study.callbacks import SweepSummary
+    from study.sweep.callbacks import SweepSummary
 
     out, made = grid
     sweep = tmp_path / "sweep"
@@ -678,7 +678,7 @@ def test_a_resumed_tuning_sweeps_report_covers_every_trial_of_its_studies(grid, 
     import yaml
     from omegaconf import OmegaConf
 
-    from study.callbacks import SweepSummary
+    from study.sweep.callbacks import SweepSummary
 
     _, made = grid
     base = made[0][1]

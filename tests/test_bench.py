@@ -11,6 +11,7 @@ import pytest
 
 from helpers import HAS_CXX
 from study import bench
+from study.measure.notebook import notebook_dataset
 
 # The compiled trainer at batch 64 only (a compile costs seconds per shape),
 # where torch.compile can build.
@@ -177,7 +178,7 @@ def test_the_notebook_pipeline_sees_the_trainers_inputs(tiny_mnist):
     from study.data import load_mnist
 
     trainer_x = load_mnist(tiny_mnist, val_size=0, verify=False).train_x  # all images, in file order
-    dataset = bench.notebook_dataset(tiny_mnist)
+    dataset = notebook_dataset(tiny_mnist)
     for i in (0, 1, 599):
         assert torch.allclose(dataset[i][0].reshape(-1), trainer_x[i], atol=1e-6)
 

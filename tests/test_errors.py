@@ -28,7 +28,7 @@ def all_subclasses(cls: type) -> set[type]:
 def user_errors() -> list[BaseException]:
     """One instance of every user error class the study defines."""
     from hydra_plugins.bn_study_sweeper.pruning import PrunerError
-    from study.data import DataError
+    from study.mnist_files import DataError
 
     import errno
 

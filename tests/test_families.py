@@ -10,9 +10,9 @@ from torch import nn
 
 from helpers import tiny_overrides
 from study.config import ConfigError, compose_config, validate
-from study.convnet import GhostBatchNorm2d, build_cnn
-from study.looped import LoopedPack
-from study.recurrent import NormLSTM, PackedLSTM, StepBatchNorm, build_lstm
+from study.models.cnn import GhostBatchNorm2d, build_cnn
+from study.models.pack import LoopedPack
+from study.models.lstm import NormLSTM, PackedLSTM, StepBatchNorm, build_lstm
 
 EPS = 1e-5
 

@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from study.model import build_mlp
-from study.packed import PackedMLP
+from study.models.mlp import PackedMLP, build_mlp
 
 
 def test_notebook_architecture_and_norm_placement():
@@ -95,14 +94,29 @@ def test_pack_rejects_mixed_architectures():
 
 
 def test_every_model_family_has_its_config_group_and_its_row():
-    """`model=<family>`: conf/model/<family>.yaml names the family, and
-    study.train.FAMILIES builds it (a new family adds all three)."""
+    """`model=<family>`: conf/model/<family>.yaml names the family, and its
+    record in study.models.FAMILIES builds it (the schema's ModelFamily and
+    Norm are read from the records)."""
     from omegaconf import OmegaConf
 
     from helpers import REPO
-    from study.config import ModelFamily
-    from study.train import FAMILIES
+    from study.config import ModelFamily, Norm
+    from study.models import FAMILIES
 
-    assert set(FAMILIES) == {f.value for f in ModelFamily}
-    for family in ModelFamily:
-        assert OmegaConf.load(REPO / "conf" / "model" / f"{family.value}.yaml").family == family.value
+    assert {p.stem for p in (REPO / "conf" / "model").glob("*.yaml")} == set(FAMILIES)
+    assert {f.value for f in ModelFamily} == set(FAMILIES)
+    assert {n.value for n in Norm} == {n for f in FAMILIES.values() for n in f.norms}
+    for family in FAMILIES:
+        assert OmegaConf.load(REPO / "conf" / "model" / f"{family}.yaml").family == family
+
+def test_a_builder_refuses_a_norm_its_family_does_not_build():
+    """The builders' guard reads the family's record, as validate does."""
+    from study.models.cnn import build_cnn
+    from study.models.lstm import build_lstm
+
+    with pytest.raises(ValueError, match="'batch_shared' for model=mlp"):
+        build_mlp(784, [8], 10, "relu", "batch_shared")
+    with pytest.raises(ValueError, match="'batch_shared' for model=cnn"):
+        build_cnn(norm="batch_shared")
+    with pytest.raises(ValueError, match="'group' for model=lstm"):
+        build_lstm(norm="group")

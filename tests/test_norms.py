@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from study.model import GhostBatchNorm1d, build_mlp
-from study.packed import PackedMLP
+from study.models.mlp import GhostBatchNorm1d, PackedMLP, build_mlp
 
 EPS = 1e-5
 

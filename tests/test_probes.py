@@ -16,8 +16,8 @@ import study.probes as probes
 from helpers import tiny_overrides
 from study.config import compose_config
 from study.data import load_mnist
-from study.model import build_mlp
-from study.packed import PackedMLP, evaluate
+from study.models.mlp import PackedMLP, build_mlp
+from study.models.pack import evaluate
 from study.records import RESULT_FILE
 from study.runner import plain_config, run_job
 from study.spec import train_spec

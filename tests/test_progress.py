@@ -15,7 +15,7 @@ import pytest
 
 from helpers import REPO, tiny_overrides
 from study.config import compose_config
-from study.progress import (PROGRESS_FILE, PackProgressFile, SweepProgress, Tally, clock_text, count_records,
+from study.sweep.progress import (PROGRESS_FILE, PackProgressFile, SweepProgress, Tally, clock_text, count_records,
                             describe, time_left)
 from study.runner import run_job
 

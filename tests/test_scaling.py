@@ -161,7 +161,7 @@ def test_bf16_on_cpu_trains_under_autocast_and_is_recorded(tmp_path, tiny_mnist)
     fused step computes float32 only). Its numbers are its own (rounding),
     close to float32's; the record says which precision ran."""
     from study.config import compose_config, validate
-    from study.packing import lr_packable
+    from study.spec import lr_packable
     from study.runner import run_job
 
     def run(name, *over):

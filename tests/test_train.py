@@ -160,7 +160,8 @@ def test_runs_with_their_own_learning_rates_pack_like_runs_trained_alone(tiny_mn
 @pytest.mark.parametrize("override", ["fused=false", "optimizer.momentum=0.9", "model.norm=layer",
                                       "optimizer=adam", "probes.kinds=[ics]"])
 def test_learning_rates_pack_only_where_the_fused_step_trains(tiny_mnist, tiny_data, override):
-    from study.packing import lr_packable, pack_key
+    from hydra_plugins.bn_study_launcher.packs import pack_key
+    from study.spec import lr_packable
 
     plain = cfg_for(tiny_mnist, "batch_size=8")
     assert lr_packable(plain) and lr_packable(plain_config(plain))
@@ -274,9 +275,8 @@ def test_fused_sgd_step_equals_autograd_and_torch_sgd(tiny_mnist, tiny_data, nor
 
 
 def test_fused_step_updates_parameters_and_bn_statistics_like_autograd():
-    from study.fused_sgd.step import fused_sgd_step
-    from study.model import build_mlp
-    from study.packed import PackedMLP
+    from study.models.fused_sgd.step import fused_sgd_step
+    from study.models.mlp import PackedMLP, build_mlp
 
     def make():
         torch.manual_seed(0)
@@ -302,7 +302,7 @@ def test_the_training_side_imports_no_config_framework():
 
     from helpers import REPO
 
-    for name in ("train.py", "model.py", "packed.py", "probes.py", "fused_sgd/step.py", "device.py"):
+    for name in ("train.py", "models/mlp.py", "models/pack.py", "probes.py", "models/fused_sgd/step.py", "device.py"):
         tree = ast.parse((REPO / "study" / name).read_text())
         modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
@@ -310,9 +310,9 @@ def test_the_training_side_imports_no_config_framework():
 
 
 def test_the_fused_step_rule_names_the_activations_the_step_computes():
-    from study import fused_sgd
-    from study.fused_sgd import step
-    from study.model import ACTIVATIONS
+    from study.models import fused_sgd
+    from study.models.fused_sgd import step
+    from study.models.mlp import ACTIVATIONS
 
     assert set(step._FORWARD) == set(step._BACKWARD) == {ACTIVATIONS[a] for a in fused_sgd.ACTIVATIONS}
 
@@ -541,13 +541,29 @@ def test_determinism_is_on_without_loading_the_compiler():
 
 
 def test_the_launcher_groups_jobs_without_loading_torch(tiny_mnist):
-    """study.packing (the packed launcher's grouping) is torch-free: the
+    """The packed launcher's grouping (packs.pack_key) is torch-free: the
     launching process never trains, so it should not pay torch's import."""
     python_ok("import sys\n"
               "from study.config import compose_config\n"
-              "from study.packing import pack_key\n"
+              "from hydra_plugins.bn_study_launcher.packs import pack_key\n"
               f"cfg = compose_config(['data.root={tiny_mnist}', 'batch_size=8'])\n"
               "assert pack_key(cfg)\n"
+              "assert 'torch' not in sys.modules, 'torch was imported'\n"
+              "print('ok')\n")
+
+
+def test_validate_runs_before_torch_loads(tiny_mnist, tmp_path):
+    """study/run.py checks a job's values before it imports the runner,
+    which loads torch: a bad value is refused without that import."""
+    from helpers import REPO
+
+    run = str(REPO / "study" / "run.py")
+    python_ok("import runpy, sys\n"
+              f"sys.argv = [{run!r}, 'lr=-1', 'data.root={tiny_mnist}', 'hydra.run.dir={tmp_path / 'run'}']\n"
+              "try:\n"
+              "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+              "except SystemExit as e:\n"
+              "    assert e.code == 2, e.code\n"
               "assert 'torch' not in sys.modules, 'torch was imported'\n"
               "print('ok')\n")
 

@@ -3,7 +3,7 @@ Hydra's basic sweeper, launching through packs.
 
 Under the `packed` launcher nothing changes (it packs). Under any other
 launcher (basic, joblib, submitit_local, submitit_slurm) the sweeper packs
-before launching (packs.PackingLauncher): each pack is one job of that
+before launching (packed_launcher.PackingLauncher): each pack is one job of that
 launcher, so `hydra/launcher=submitit_slurm` trains the default grid as two
 SLURM tasks of three runs each, and every run still gets its own dir and record.
 """
@@ -16,7 +16,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from .packs import packing
+from .packed_launcher import packing
 
 
 class BnGridSweeper(BasicSweeper):

@@ -1,38 +1,7 @@
-"""The `packed` launcher: the joblib launcher, plus packing and pre-validation.
-
-Before anything runs it composes every job's config and checks its values
-(study.config.validate; `device: cuda` and `compile: true` against this
-machine), so a bad value anywhere in a sweep stops it before the first run
-instead of after some. Then it groups the jobs whose resolved
-configs differ only in `seed`, and in `lr` where the fused SGD step trains
-them (study.packing.pack_key), into packs of at most `max_pack` runs.
-
-A pack is one Hydra job, the job of its first member: the launcher puts
-the pack on that job's config (a launch-only node, listed in
-study.records.LAUNCH_ONLY_KEYS):
-
-    pack:
-      threads: 4      # torch threads where the config leaves `threads` unset
-      members:        # the first is the job's own run
-        - {seed: 0, lr: 0.01, dir: <its job dir>, overrides: [...]}
-
-and the job trains the members as one vectorized model and writes each
-member's record into that member's own job dir (study.runner.run_pack).
-The other members' jobs are not run: the launcher gives each the Hydra job
-dir files (.hydra/config.yaml, hydra.yaml, overrides.yaml) and the
-`JobReturn` that Hydra's run_job would have (the objective read from its
-record), so sweepers and callbacks see one job per run, as with any
-launcher. Why one job per pack rather than per run: a pack's job depends
-on no other job (no results handed from job to job, no order to keep, no
-state shared in a process), so a pack could run wherever a Hydra job runs,
-under another launcher too, while every run keeps its own dir and record.
-
-`n_jobs: 1` runs the packs one after another in this process; more (the
-default, -1, is one per usable core: study.resources) runs them on joblib workers (loky processes),
-each with cores / workers torch threads when the config leaves `threads`
-unset. A run's numbers do not depend on its pack or launcher at a given
-thread count (tests/test_cli.py compares them); the thread count, recorded
-in each record's env, can change the last bits of float sums.
+"""The launchers that train a sweep's packs (packs.py plans them): `packed`
+(`hydra/launcher=packed`, the default), the joblib launcher that runs each
+pack as one Hydra job, and `PackingLauncher`, which the sweepers put in
+front of any other launcher (`packing`). docs/sweeps.md#packing.
 """
 
 from __future__ import annotations
@@ -50,9 +19,15 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from .packs import DEFAULT_MAX_PACK, Job, job_dir, member_return, pack_members, plan_packs
+from study.errors import ConfigError, UserError, UserExit
+from study.records import write_json_atomic
+from study.resources import usable_cores, worker_devices
+
+from .packs import DEFAULT_MAX_PACK, Job, job_dir, job_subdir, member_return, pack_members, plan_packs
 
 log = logging.getLogger(__name__)
+
+PACKS_DIR = ".packs"  # under the sweep dir: one file per pack that PackingLauncher launches
 
 
 @dataclass
@@ -86,8 +61,6 @@ def _run_pack(jobs: list[Job], configs: list[DictConfig], hydra_context: HydraCo
         if device is not None:
             first.pack.device = device
     HydraConfig.instance().set_config(first)
-    from study.errors import UserExit
-
     try:
         ret = run_job(hydra_context=hydra_context, task_function=task_function, config=first,
                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
@@ -115,8 +88,6 @@ def _gpu_count() -> int:
 
 class PackedLauncher(Launcher):
     def __init__(self, n_jobs: int = -1, max_pack: int = DEFAULT_MAX_PACK, pack: bool = True) -> None:
-        from study.errors import ConfigError
-
         if max_pack < 1:
             raise ConfigError("hydra.launcher.max_pack", max_pack, "an integer >= 1")
         if n_jobs == 0 or n_jobs < -1:
@@ -130,8 +101,6 @@ class PackedLauncher(Launcher):
         self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from study.resources import usable_cores, worker_devices
-
         setup_globals()
         assert self.config is not None and self.task_function is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose,
@@ -161,7 +130,7 @@ class PackedLauncher(Launcher):
             runs = [_run_pack(p, c, self.hydra_context, self.task_function, singleton_state, None) for p, c in work]
         elif devices[0] is not None:
             # Several GPUs: worker w trains its lane, packs w, w + n, ..., on cuda:w (recorded in env.device).
-            from joblib import Parallel, delayed
+            from joblib import Parallel, delayed  # ~1 s to import: only where workers start
 
             threads = max(1, cores // n_workers)
             lanes = Parallel(n_jobs=n_workers, backend="loky")(
@@ -171,7 +140,7 @@ class PackedLauncher(Launcher):
             for w, lane in enumerate(lanes):
                 runs[w::n_workers] = lane
         else:
-            from joblib import Parallel, delayed
+            from joblib import Parallel, delayed  # ~1 s to import: only where workers start
 
             threads = max(1, cores // n_workers)
             runs = Parallel(n_jobs=n_workers, backend="loky")(
@@ -179,3 +148,62 @@ class PackedLauncher(Launcher):
                 for p, c in work)
         by_idx = {idx: ret for pack, rets in zip(packs, runs) for (idx, _), ret in zip(pack, rets)}
         return [by_idx[initial_job_idx + i] for i in range(len(job_overrides))]
+
+
+def _quote(value: str) -> str:
+    """A value Hydra's override parser reads back verbatim (a path, a subdir with `=` and `,`)."""
+    for q in ("'", '"'):
+        if q not in value and "\\" not in value and "${" not in value:
+            return f"{q}{value}{q}"
+    raise UserError(f"cannot pass {value!r} to a pack's job as an override (quotes, a backslash or '${{')")
+
+
+class PackingLauncher:
+    """The sweeper's packing in front of a launcher that does not pack.
+
+    `launch` has the launcher's signature and result (one JobReturn per
+    job, in order); each pack is one job of the launcher underneath.
+    """
+
+    def __init__(self, launcher: Any, hydra_context: HydraContext, config: DictConfig,
+                 max_pack: int = DEFAULT_MAX_PACK) -> None:
+        self.launcher, self.hydra_context, self.config, self.max_pack = launcher, hydra_context, config, max_pack
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the launcher's
+        return getattr(self.launcher, name)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        planned = plan_packs(self.hydra_context, self.config, job_overrides, initial_job_idx, self.max_pack, True)
+        if getattr(self.launcher, "dry_run", False):  # submitit_support.py: print the plan, submit nothing
+            self.launcher.show_plan(planned)
+        if all(len(p) == 1 for p, _ in planned):  # nothing to pack: the jobs as they came
+            return self.launcher.launch(job_overrides, initial_job_idx)
+        pack_dir = Path(str(self.config.hydra.sweep.dir)) / PACKS_DIR
+        pack_dir.mkdir(parents=True, exist_ok=True)
+        launched, member_dirs = [], []
+        for p, configs in planned:
+            subdirs = [job_subdir(c) for c in configs]
+            dirs = [job_dir(c) for c in configs]
+            overrides = list(p[0][1]) + [f"hydra.sweep.subdir={_quote(subdirs[0])}"]
+            if len(p) > 1:
+                path = pack_dir / f"{p[0][0]}.json"
+                write_json_atomic(path, {"threads": None, "members": pack_members(configs, dirs, p)})
+                overrides.append(f"+pack={_quote(str(path.resolve()))}")
+            launched.append(overrides)
+            member_dirs.append(dirs)
+            log.info("\t#%d : %s%s", p[0][0], " ".join(p[0][1]), f"  [pack of {len(p)}]" if len(p) > 1 else "")
+        returns = self.launcher.launch(launched, initial_job_idx)
+        by_idx: dict[int, JobReturn] = {}
+        for (p, configs), ret, dirs in zip(planned, returns, member_dirs):
+            by_idx[p[0][0]] = ret
+            for (idx, _), c, d in zip(p[1:], configs[1:], dirs[1:]):
+                by_idx[idx] = member_return(ret, c, d)
+        return [by_idx[initial_job_idx + i] for i in range(len(job_overrides))]
+
+
+def packing(launcher: Any, hydra_context: HydraContext, config: DictConfig) -> Any:
+    """The launcher a sweeper launches through: the `packed` launcher packs
+    itself; any other gets PackingLauncher in front of it."""
+    if isinstance(launcher, (PackedLauncher, PackingLauncher)):
+        return launcher
+    return PackingLauncher(launcher, hydra_context, config)

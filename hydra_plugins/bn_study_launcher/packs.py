@@ -1,26 +1,12 @@
-"""Packs under any launcher: the plan (which jobs train together) and, for a
-launcher other than `packed`, the sweeper's side of packing.
-
-`plan_packs` composes and checks every job's config (a bad value anywhere
-stops the sweep before any run), groups the jobs by study.packing.pack_key
-and splits groups above `max_pack`; the costliest packs come first.
-
-The `packed` launcher runs the plan itself (packed_launcher.py). Any other
-launcher (Hydra's basic or joblib, submitit_local, submitit_slurm, ...)
-gets it from the sweeper: `PackingLauncher` stands in front of it, launches
-one Hydra job per pack (one submitit task) and turns each pack's return
-into one return per run. The pack's job gets two overrides:
-
-    +pack=<sweep dir>/.packs/<first job number>.json   # the members, as the packed launcher puts them
-    hydra.sweep.subdir=<its first member's subdir>     # the job runs in its first member's dir
-
-and study.runner.run_job reads the members from that file. A file rather
-than the node itself in an override: members' dirs and overrides are any
-text (quotes, `${...}`), which Hydra's override grammar would reinterpret.
+"""The plan of a sweep's packs: which jobs train together (`pack_key`), every
+job's config composed and checked before any runs (`plan_packs`), and what a
+member that its pack's job trained returns (`member_return`). The launchers
+that run a plan are in packed_launcher.py (docs/sweeps.md#packing).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -31,12 +17,15 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from study import progress
+from study.config import MNIST_TRAIN_IMAGES, validate
+from study.records import RESULT_FILE, objective, read_record
+from study.reuse import record_in_dir
+from study.spec import lr_packable
+from study.sweep import progress
 
 log = logging.getLogger(__name__)
 
 Job = tuple[int, list[str]]  # a job's number and overrides
-PACKS_DIR = ".packs"  # under the sweep dir: one file per pack launched by PackingLauncher
 DEFAULT_MAX_PACK = 16  # the packed launcher's default (PackedLauncherConf.max_pack), used by PackingLauncher too
 
 
@@ -84,7 +73,7 @@ def check_torch(cfgs: Iterable[DictConfig]) -> None:
             compiled, any_tf32 = asks.get(str(c.device), (False, False))
             asks[str(c.device)] = (compiled or bool(c.compile), any_tf32 or tf32)
     if asks:
-        from study.device import check_compile, check_precision, resolve_device
+        from study.device import check_compile, check_precision, resolve_device  # loads torch: only here
 
         for device, (compiled, tf32) in sorted(asks.items()):
             resolved = resolve_device(device)
@@ -95,8 +84,6 @@ def check_torch(cfgs: Iterable[DictConfig]) -> None:
 
 def _steps(cfg: DictConfig) -> float:
     """Rough optimizer-step count of a job (as if it trained on all MNIST training images)."""
-    from study.config import MNIST_TRAIN_IMAGES
-
     return cfg.steps if cfg.steps is not None else cfg.epochs * MNIST_TRAIN_IMAGES / cfg.batch_size
 
 
@@ -113,16 +100,27 @@ def cost(cfg: DictConfig, runs: int) -> float:
     return _steps(cfg) * (STEP_OVERHEAD_SAMPLES + cfg.batch_size * runs)
 
 
+def pack_key(cfg: Any) -> str:
+    """Jobs with equal keys train as one pack: their resolved configs are
+    equal but for `seed` (and `lr`, where `lr_packable`), launch-only keys
+    included, so that each member's config is the pack's with its own seed
+    and learning rate. A job of an Optuna trial (its own `trial.number`) is
+    never packed.
+    """
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    plain.pop("pack", None)
+    plain.pop("seed", None)
+    if lr_packable(cfg):
+        plain.pop("lr", None)
+    return json.dumps(plain, sort_keys=True)
+
+
 def plan_packs(hydra_context: HydraContext, config: DictConfig, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int, max_pack: int, pack: bool) -> list[tuple[list[Job], list[DictConfig]]]:
     """Compose and check every job (its values, and that its dir holds no other config's run: a rerun
     into a sweep dir), then group them into packs, costliest first: each pack's jobs and their composed
     sweep configs (a Hydra composition is ~0.1 s: the launchers hand these on rather than composing
     every job again)."""
-    from study.config import validate
-    from study.packing import pack_key  # torch-free: this process never trains
-    from study.reuse import record_in_dir
-
     groups: dict[Any, list[Job]] = {}
     cfgs: dict[Any, DictConfig] = {}
     composed: dict[int, DictConfig] = {}
@@ -157,8 +155,6 @@ def member_return(pack: JobReturn, sweep_config: DictConfig, out_dir: str) -> Jo
     """What Hydra's run_job would return for a member that its pack's job
     trained: the pack's status, and the member's objective from its record.
     Its dir gets Hydra's job files, as a job dir does."""
-    from study.records import RESULT_FILE, objective, read_record
-
     with read_write(sweep_config.hydra.runtime), open_dict(sweep_config.hydra.runtime):
         sweep_config.hydra.runtime.output_dir = out_dir
     task_cfg, hydra_cfg = task_config(sweep_config), OmegaConf.masked_copy(sweep_config, ["hydra"])
@@ -176,69 +172,3 @@ def member_return(pack: JobReturn, sweep_config: DictConfig, out_dir: str) -> Jo
                            ("overrides.yaml", sweep_config.hydra.overrides.task)):
             (saved / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
     return ret
-
-
-def _quote(value: str) -> str:
-    """A value Hydra's override parser reads back verbatim (a path, a subdir with `=` and `,`)."""
-    for q in ("'", '"'):
-        if q not in value and "\\" not in value and "${" not in value:
-            return f"{q}{value}{q}"
-    from study.errors import UserError
-
-    raise UserError(f"cannot pass {value!r} to a pack's job as an override (quotes, a backslash or '${{')")
-
-
-class PackingLauncher:
-    """The sweeper's packing in front of a launcher that does not pack.
-
-    `launch` has the launcher's signature and result (one JobReturn per
-    job, in order); each pack is one job of the launcher underneath.
-    """
-
-    def __init__(self, launcher: Any, hydra_context: HydraContext, config: DictConfig,
-                 max_pack: int = DEFAULT_MAX_PACK) -> None:
-        self.launcher, self.hydra_context, self.config, self.max_pack = launcher, hydra_context, config, max_pack
-
-    def __getattr__(self, name: str) -> Any:  # everything else is the launcher's
-        return getattr(self.launcher, name)
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        planned = plan_packs(self.hydra_context, self.config, job_overrides, initial_job_idx, self.max_pack, True)
-        if getattr(self.launcher, "dry_run", False):  # submitit_support.py: print the plan, submit nothing
-            self.launcher.show_plan(planned)
-        if all(len(p) == 1 for p, _ in planned):  # nothing to pack: the jobs as they came
-            return self.launcher.launch(job_overrides, initial_job_idx)
-        pack_dir = Path(str(self.config.hydra.sweep.dir)) / PACKS_DIR
-        pack_dir.mkdir(parents=True, exist_ok=True)
-        launched, member_dirs = [], []
-        for p, configs in planned:
-            subdirs = [job_subdir(c) for c in configs]
-            dirs = [job_dir(c) for c in configs]
-            overrides = list(p[0][1]) + [f"hydra.sweep.subdir={_quote(subdirs[0])}"]
-            if len(p) > 1:
-                from study.records import write_json_atomic
-
-                path = pack_dir / f"{p[0][0]}.json"
-                write_json_atomic(path, {"threads": None, "members": pack_members(configs, dirs, p)})
-                overrides.append(f"+pack={_quote(str(path.resolve()))}")
-            launched.append(overrides)
-            member_dirs.append(dirs)
-            log.info("\t#%d : %s%s", p[0][0], " ".join(p[0][1]), f"  [pack of {len(p)}]" if len(p) > 1 else "")
-        returns = self.launcher.launch(launched, initial_job_idx)
-        by_idx: dict[int, JobReturn] = {}
-        for (p, configs), ret, dirs in zip(planned, returns, member_dirs):
-            by_idx[p[0][0]] = ret
-            for (idx, _), c, d in zip(p[1:], configs[1:], dirs[1:]):
-                by_idx[idx] = member_return(ret, c, d)
-        return [by_idx[initial_job_idx + i] for i in range(len(job_overrides))]
-
-
-def packing(launcher: Any, hydra_context: HydraContext, config: DictConfig) -> Any:
-    """The launcher a sweeper launches through: the `packed` launcher packs
-    itself; any other gets PackingLauncher in front of it."""
-    from .packed_launcher import PackedLauncher
-
-    if isinstance(launcher, (PackedLauncher, PackingLauncher)):
-        return launcher
-    return PackingLauncher(launcher, hydra_context, config)
-

@@ -1,50 +1,32 @@
-"""The study's submitit launchers: `hydra/launcher=submitit_local | submitit_slurm | slurm`.
-
-conf/hydra/launcher/submitit_local.yaml and submitit_slurm.yaml (the names
-hydra-submitit-launcher registers; a config in conf/ comes first) select
-these subclasses of hydra-submitit-launcher's launchers. Every key of the
-upstream launchers applies; what they add:
-
-- **Torch threads per task from the cores a task gets.** submitit_local
-  starts every job of a launch at once, as processes on this machine, and
-  ignores `cpus_per_task`; each task's torch took every core (2 tasks x 2
-  threads on 2 cores). Each task now sets torch's threads (where the config
-  leaves `threads` unset) to `cpus_per_task` when set, else to this
-  machine's usable cores shared among the tasks started together
-  (`threads_for`). Under SLURM a task counts its own cores
-  (study.resources.usable_cores: SLURM_CPUS_PER_TASK, its affinity mask).
-- **Logs under the sweep dir.** `submitit_folder: null` (the default) is
-  `<sweep dir>/.submitit/%j`, joined in `launch` from the very sweep dir
-  the launcher creates, never resolved a second time.
-- **Requeue on timeout or preemption.** `max_num_timeout` (default 3)
-  timeouts are requeued. When SLURM (or submitit_local) signals the task
-  before its time is up, submitit calls `checkpoint` in the task process:
-  it releases the run dirs this task claimed and did not finish
-  (`release_claims`), and the job is submitted again with the same
-  arguments. The requeued pack keeps its finished members (their records,
-  found by study.reuse with the same config and code) and trains the others
-  from the start: a pack holds no mid-training state.
-- **Dry run.** `dry_run: true` prints the planned jobs (one per pack, its
-  runs and dirs), the submitit parameters and the torch threads per task,
-  then exits 0 without submitting or training anything; a bad config still
-  stops it with its one-line error (packs.plan_packs checks every job first).
-
-Imported by Hydra's plugin discovery on every start. Without the slurm
-extra (hydra-submitit-launcher) its launchers stop a launch in one line
-that says how to install it.
+"""The study's submitit launchers (`hydra/launcher=submitit_local | submitit_slurm
+| slurm`): hydra-submitit-launcher's, plus torch threads per task, logs under
+the sweep dir, requeue keeping finished runs, and a dry run
+(docs/scaling.md#the-submitit-launchers). Hydra's plugin discovery imports
+this module on every start; without the slurm extra its launchers stop a
+launch in one line that says how to install it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import filter_overrides
 from omegaconf import DictConfig
+
+from study import claims
+from study.errors import UserError, needs_slurm_extra
+from study.records import CLAIM_FILE, RESULT_FILE
+from study.resources import usable_cores
+
+from .packs import job_dir, plan_packs
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +43,7 @@ OWN_KEYS = ("dry_run",)  # this module's keys; the others go to submitit
 
 class DryRun(SystemExit):
     """Ends a dry run with exit status 0 once the plan is printed (nothing was
-    submitted); study.callbacks.SweepSummary says nothing more for it."""
+    submitted); study.sweep.callbacks.SweepSummary says nothing more for it."""
 
     dry_run = True
 
@@ -70,9 +52,7 @@ class DryRun(SystemExit):
 
 
 def pack_file(overrides: Iterable[str]) -> Optional[Path]:
-    """The pack file a job was given (`+pack=<file>`: packs.PackingLauncher), if any."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
+    """The pack file a job was given (`+pack=<file>`: packed_launcher.PackingLauncher), if any."""
     for text in overrides:
         if text.lstrip("+~").startswith("pack="):
             value = OverridesParser.create().parse_overrides([text])[0].value()
@@ -83,10 +63,6 @@ def pack_file(overrides: Iterable[str]) -> Optional[Path]:
 def job_run_dirs(overrides: Sequence[str]) -> list[Path]:
     """The run dirs of the job now running in this process: its own and,
     for a pack, every member's."""
-    import json
-
-    from hydra.core.hydra_config import HydraConfig
-
     dirs = []
     if HydraConfig.initialized():
         dirs.append(Path(str(HydraConfig.get().runtime.output_dir)))
@@ -103,9 +79,6 @@ def release_claims(dirs: Iterable[Path]) -> list[Path]:
     live process elsewhere would be refused: study/claims.py). A dir with a
     record keeps its claim (its run is finished and is kept), and so does a
     dir claimed by another process."""
-    from study import claims
-    from study.records import CLAIM_FILE, RESULT_FILE
-
     released = []
     for d in dirs:
         claim = Path(d) / CLAIM_FILE
@@ -153,8 +126,6 @@ class StudySubmititLauncher:
         super().setup(**kwargs)
         sweeper = str(self.config.hydra.sweeper.get("_target_", ""))
         if self.dry_run and sweeper != GRID_SWEEPER:
-            from study.errors import UserError
-
             raise UserError(f"hydra.launcher.dry_run=true plans the packs of a grid sweep (hydra/sweeper=basic); "
                             f"an Optuna sweep ({sweeper.rpartition('.')[2]}) asks its trials as it goes")
         # The sweeper makes the sweep dir (and its missing parents) before it launches: a dry run removes them.
@@ -174,8 +145,6 @@ class StudySubmititLauncher:
         """Torch threads of each task when `n_jobs` jobs are launched together:
         submitit_local, `cpus_per_task` (at most the usable cores) or the usable
         cores shared among the tasks; SLURM, None (each task counts its own)."""
-        from study.resources import usable_cores
-
         if self._EXECUTOR != "local":
             return None
         cores, cpus = usable_cores(), self.params.get("cpus_per_task")
@@ -184,9 +153,7 @@ class StudySubmititLauncher:
         return max(1, cores // self.tasks_at_once(n_jobs))
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
-        if self.dry_run:  # reached without packs.PackingLauncher (which shows the plan first): the jobs as they are
-            from .packs import plan_packs
-
+        if self.dry_run:  # reached without packed_launcher.PackingLauncher (which shows the plan first): the jobs as they are
             self.show_plan(plan_packs(self.hydra_context, self.config, job_overrides, initial_job_idx, 1, False))
         self.params["submitit_folder"] = self.submitit_folder()
         self.task_threads = self.threads_for(len(job_overrides))
@@ -196,10 +163,6 @@ class StudySubmititLauncher:
     def show_plan(self, planned: Sequence[tuple[Sequence[tuple[int, Sequence[str]]], Sequence[DictConfig]]]) -> None:
         """Print the jobs that `launch` would submit (one per pack), then end the
         sweep (DryRun, exit status 0): nothing submitted, nothing trained."""
-        from hydra.core.utils import filter_overrides
-
-        from .packs import job_dir
-
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         threads = self.threads_for(len(planned))
         params = {k: v for k, v in self.params.items() if v not in (None, [], {}) and k != "submitit_folder"}
@@ -226,9 +189,7 @@ class StudySubmititLauncher:
     # ---------------------------------------------------------------- the task's process
     def __call__(self, sweep_overrides: list[str], *args: Any) -> Any:
         """Run one job (a pack) in a submitit task, with the torch threads of its cores."""
-        import torch
-
-        from study.resources import usable_cores
+        import torch  # in the task only: Hydra's plugin discovery imports this module in every process
 
         torch.set_num_threads(self.task_threads or usable_cores())  # the config's `threads` still wins
         return super().__call__(sweep_overrides, *args)
@@ -278,8 +239,6 @@ else:
             self.refuse()
 
         def refuse(self) -> None:
-            from study.errors import UserError, needs_slurm_extra
-
             raise UserError(needs_slurm_extra(f"submitit_{self._EXECUTOR}"))
 
         def setup(self, **_kwargs: Any) -> None:

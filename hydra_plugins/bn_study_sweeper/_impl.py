@@ -19,10 +19,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import Trial
 
-from hydra_plugins.bn_study_launcher.packs import packing
-from study import progress
+from hydra_plugins.bn_study_launcher.packed_launcher import packing
 from study.config import validate
 from study.errors import StudyIncomplete, UserError
+from study.sweep import progress
 
 from .accounting import (CellResult, best_trial, confirmation, counts_toward_target, done_or_in_flight,
                          job_outcome, report, state_counts)
@@ -62,7 +62,7 @@ class BnOptunaSweeperImpl(Sweeper):
         self.config, self.hydra_context = config, hydra_context
         launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
                                                            task_function=task_function)
-        # Confirmation reruns are packed under any launcher (trials never are: study.packing).
+        # Confirmation reruns are packed under any launcher (trials never are: packed_launcher.packing).
         self.launcher = packing(launcher, hydra_context, config)
 
     # ------------------------------------------------------------------ sweep

@@ -1,21 +1,6 @@
-"""Where a multirun stands, printed as it goes: runs done of planned (reused
-ones apart), failed and diverged so far, elapsed, and the time left.
-
-The launching process keeps a `SweepProgress` (started by the summary
-callback, study/callbacks.py); the launchers tell it each job's run dir
-(`add_jobs`) and a sweeper that plans further ahead tells it the total
-(`expect`). A thread reads the run dirs every second and prints a line at
-each finished run and every `every` seconds. It reads files only, so it
-follows any launcher whose jobs write to a dir it can see (packed, joblib,
-submitit). A pack that trains writes `.progress.json` into its first
-member's dir (`PackProgressFile`), so the estimate counts the part of a long
-pack already trained, not only finished runs.
-
-The time left is the work left at the pace so far: runs left (planned minus
-done minus the trained part of packs in flight) x elapsed / runs trained
-(reused runs cost nothing and count in neither). Until one run's worth of
-training is done the line says "estimating".
-"""
+"""Where a multirun stands, printed as it goes (runs done of planned, failed,
+diverged, elapsed, time left): `SweepProgress` in the launching process,
+`PackProgressFile` written by a training pack (docs/viewing.md#progress)."""
 
 from __future__ import annotations
 

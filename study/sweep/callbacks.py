@@ -14,10 +14,12 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from study import loggers, progress
+from analysis import build_report
+from study import loggers
 from study.config import installed
 from study.errors import RunFailed, UserError, UserExit, needs_slurm_extra
 from study.records import CLAIM_FILE, OPERATIONAL_KEYS, RESULT_FILE, RecordError, read_record
+from study.sweep import progress
 
 log = logging.getLogger("study.sweep")
 
@@ -155,7 +157,7 @@ class SweepSummary(Callback):
         self.report, self.progress_every = report, float(progress_every)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        progress.begin(self.progress_every)  # study/progress.py: a line per finished run and every N s
+        progress.begin(self.progress_every)  # study/sweep/progress.py: a line per finished run and every N s
         logger = OmegaConf.select(config, "logger")
         if logger is not None:  # one process sets up a shared store before the workers write to it
             loggers.prepare(OmegaConf.to_container(logger), Path(str(config.hydra.sweep.dir)))
@@ -185,8 +187,6 @@ class SweepSummary(Callback):
     @staticmethod
     def build_report(sweep_dir: Path) -> None:
         try:
-            from analysis import build_report
-
             report_dir = build_report([sweep_dir], out_dir=sweep_dir / "report")
         except Exception as e:  # the sweep's results stand even if the report fails
             log.error("report not built (%s: %s); the results above are intact; "

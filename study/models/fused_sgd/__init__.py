@@ -3,18 +3,21 @@
 The rule lives here, torch-free, because two places ask it: the trainer
 (through `study.spec.TrainSpec.fused_step`) and the packed launcher, which
 packs runs that differ in learning rate only where this step trains them
-(`study.packing.lr_packable`) and never loads torch. Whoever teaches the
-step a new layer or optimizer setting widens the rule in the same change.
+(`study.spec.lr_packable`) and never loads torch. The norms it computes are
+in each family's record (`fused_norms`, study/models/__init__.py). Whoever
+teaches the step a new layer or optimizer setting widens the rule in the
+same change.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-# What `step.fused_sgd_step` computes, by config value.
-FAMILIES = ("mlp",)
+from study.models import FAMILIES
+
+# What `step.fused_sgd_step` computes besides its families' norms, by config value.
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
-NORMS = ("none", "batch")  # not ghost BN (its statistics differ), not per-sample norms
+PRECISIONS = ("fp32", "tf32")  # the step computes in the parameters' float32; bf16 (autocast) trains with autograd
 
 
 def _name(v: Any) -> str:
@@ -25,14 +28,12 @@ def _name(v: Any) -> str:
 def applies(optimizer: Mapping[str, Any], model: Mapping[str, Any]) -> bool:
     """Whether the fused step computes what `optimizer` would on `model`
     (config nodes, composed or plain): plain SGD (no momentum, weight decay
-    or nesterov) on an MLP of the activations and norms it handles."""
+    or nesterov) on a family, activation and norm it handles."""
+    family = FAMILIES.get(_name(model.get("family", "mlp")))
     return (_name(optimizer["name"]) == "sgd" and optimizer["momentum"] == 0
             and optimizer["weight_decay"] == 0 and not optimizer["nesterov"]
-            and _name(model.get("family", "mlp")) in FAMILIES
-            and _name(model["activation"]) in ACTIVATIONS and _name(model["norm"]) in NORMS)
-
-
-PRECISIONS = ("fp32", "tf32")  # the step computes in the parameters' float32; bf16 (autocast) trains with autograd
+            and family is not None and _name(model["norm"]) in family.fused_norms
+            and _name(model["activation"]) in ACTIVATIONS)
 
 
 def trains(cfg: Any) -> bool:

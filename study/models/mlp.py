@@ -1,22 +1,105 @@
-"""R networks of one architecture as one model: each run its own weights.
+"""The `mlp` model family: the MLP as the notebook writes it, and R of them as one model.
 
-`PackedMLP` holds R `study.model.build_mlp` networks (e.g. different seeds)
-as one model over a leading run axis, (R, B, in) -> (R, B, classes): each
-Linear becomes a batched matmul and each BatchNorm1d one BatchNorm over
-R x features channels, so every run still sees only its own batch
-statistics. A single run is a pack of one. `evaluate` scores every run of a
-pack at once.
+`build_mlp` is one run's network (Linear -> [norm] -> activation per hidden
+layer, then Linear -> logits); `PackedMLP` is the family's pack: R such
+networks over a leading run axis, each Linear a batched matmul and each
+BatchNorm1d one BatchNorm over R x features channels, so every run still
+sees only its own batch statistics. Tests check a pack against its networks
+run one by one.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.model import GhostBatchNorm1d, ghost_chunks
+from study.models import check_norm
+
+ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+
+class GhostStatistics:
+    """Training statistics from virtual ("ghost") batches, for a BatchNorm class (mixed in first).
+
+    Hoffer et al. 2017: the batch is split into consecutive chunks of
+    `ghost_size` examples; each chunk is normalized with its own mean and
+    (biased) variance, and the running statistics are updated once per chunk,
+    in order, as BatchNorm1d would for each chunk alone. A trailing chunk of
+    one example joins the chunk before it (one example has no variance).
+    Eval mode uses the running statistics, like BatchNorm1d.
+    """
+
+    def __init__(self, num_features: int, ghost_size: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.ghost_size = ghost_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        return torch.cat([F.batch_norm(c, self.running_mean, self.running_var, self.weight, self.bias,
+                                       True, self.momentum, self.eps)
+                          for c in ghost_chunks(x, self.ghost_size, dim=0)], dim=0)
+
+
+class GhostBatchNorm1d(GhostStatistics, nn.BatchNorm1d):
+    """BatchNorm1d over virtual batches of `ghost_size` examples (GhostStatistics)."""
+
+
+def ghost_chunks(x: torch.Tensor, size: int, dim: int) -> list[torch.Tensor]:
+    """Consecutive chunks of `size` along `dim`; a last chunk of one joins the one before."""
+    chunks = list(torch.split(x, size, dim=dim))
+    if len(chunks) > 1 and chunks[-1].shape[dim] == 1:
+        chunks[-2:] = [torch.cat(chunks[-2:], dim=dim)]
+    return chunks
+
+
+def build_mlp(
+    in_features: int = 784,
+    hidden: Sequence[int] = (128, 64),
+    out_features: int = 10,
+    activation: str = "relu",
+    norm: str = "none",
+    bn_momentum: float = 0.1,
+    bn_eps: float = 1e-5,
+    bias_before_norm: bool = True,
+    ghost_size: int = 32,
+    groups: int = 8,
+    **_other_families: Any,  # ModelConfig is every family's keys: the cnn's channels etc. are not read here
+) -> nn.Sequential:
+    """Linear -> norm -> activation per hidden layer, then Linear -> logits.
+
+    norm: none; batch (BatchNorm1d); ghost (BN over virtual batches of
+    `ghost_size`); layer (LayerNorm over a layer's features); group
+    (GroupNorm with `groups` groups of features; `groups` must divide every
+    hidden width).
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
+    check_norm("mlp", norm)
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden:
+        # Only batch statistics make the bias redundant (the batch mean removes
+        # it); LayerNorm/GroupNorm remove just its mean over features.
+        layers.append(nn.Linear(width, h, bias=bias_before_norm or norm not in ("batch", "ghost")))
+        if norm == "batch":
+            layers.append(nn.BatchNorm1d(h, eps=bn_eps, momentum=bn_momentum))
+        elif norm == "ghost":
+            layers.append(GhostBatchNorm1d(h, ghost_size, eps=bn_eps, momentum=bn_momentum))
+        elif norm == "layer":
+            layers.append(nn.LayerNorm(h, eps=bn_eps))
+        elif norm == "group":
+            layers.append(nn.GroupNorm(groups, h, eps=bn_eps))
+        layers.append(ACTIVATIONS[activation]())
+        width = h
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
+# ------------------------------------------------------------------ the pack
 
 
 class PackedLinear(nn.Module):
@@ -154,22 +237,3 @@ class PackedMLP(nn.Module):
                     for name, value in packed.unpack(r).items():
                         getattr(plain, name).copy_(value)
         return like
-
-
-@torch.inference_mode()
-def evaluate(model: PackedMLP, x: torch.Tensor, y: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accuracy and mean cross-entropy per run (eval mode: BN running stats)."""
-    was_training = model.training
-    model.eval()
-    r = model.runs
-    correct = torch.zeros(r, dtype=torch.long, device=x.device)
-    loss = torch.zeros(r, dtype=torch.float64, device=x.device)
-    for s in range(0, len(x), chunk):
-        xb, yb = x[s:s + chunk], y[s:s + chunk]
-        logits = model(xb.unsqueeze(0).expand(r, -1, -1))
-        correct += (logits.argmax(-1) == yb).sum(1)
-        loss += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.repeat(r),
-                                reduction="none").view(r, -1).sum(1, dtype=torch.float64)
-    model.train(was_training)
-    n = len(x)
-    return correct.double() / n, loss / n

@@ -1,4 +1,4 @@
-"""One plain-SGD step of a `PackedMLP` without autograd; `study.fused_sgd`
+"""One plain-SGD step of a `PackedMLP` without autograd; `study.models.fused_sgd`
 (this package) says when it trains a run."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from study.packed import PackedBatchNorm, PackedLinear, PackedMLP
+from study.models.mlp import PackedBatchNorm, PackedLinear, PackedMLP
 
 
 @torch.no_grad()
@@ -83,7 +83,7 @@ def fused_sgd_step(model: PackedMLP, x: torch.Tensor, y: torch.Tensor,
     return losses
 
 
-# The activations it handles (study.fused_sgd.ACTIVATIONS, by name): forward,
+# The activations it handles (study.models.fused_sgd.ACTIVATIONS, by name): forward,
 # and backward from the output.
 _FORWARD = {nn.ReLU: torch.relu, nn.Sigmoid: torch.sigmoid, nn.Tanh: torch.tanh}
 _BACKWARD = {

@@ -1,31 +1,7 @@
-"""BN's compute cost, measured in one process with the arms interleaved (claim C14).
-
-A run with `cost_repeats: N` (N > 0; the overhead preset sets it) takes,
-after its training and in the process that trained it, one cost measurement of its
-architecture and batch size, and records it under the record's `cost` key
-(study/runner.py). Two networks are built from the run's config, one with
-`model.norm=batch` and one with `model.norm=none` (the run's seed for the
-init, its lr, its threads), and timed on one fixed minibatch of `batch_size`
-training images:
-
-- `train`: one optimizer step of the trainer as the runs train
-  (`study.train.training_step`: the fused SGD step where it applies), on a
-  pack of one; the minibatch gather (the same for both arms) is left out;
-- `infer`: one eval-mode forward pass of the same minibatch under
-  `torch.inference_mode` (running statistics, as the evaluation runs).
-
-Each timed block is `calls` calls of one (kind, arm), sized from a warm-up
-so that a block takes about BLOCK_SECONDS; per repeat the arms take turns
-(none, batch; the order flipped every other repeat: ABBAAB...), training
-step blocks first, then inference blocks. A burst of load on the machine
-hits both arms alike, and the per-call time of each arm is the median over
-the N repeats. The run's numbers: BN's median over no norm's, minus 1
-(`relative`), and the median of the N paired block ratios (`paired`).
-Before measuring it waits (up to SETTLE_SECONDS) for a moment in which no
-other task wants a CPU, and records the share of the measurement's time in
-which some task waited for one (`cpu_wait`); both from study.bench, the
-project's throughput benchmark, which interleaves its pipelines the same way.
-"""
+"""C14's measure of BN's compute cost: after a run with `cost_repeats` > 0
+trains, BN's and no norm's network of its shape are timed in its process,
+a training step and an inference pass each, arms interleaved; the record's
+`cost` (docs/claims.md, C14; docs/records.md)."""
 
 from __future__ import annotations
 
@@ -36,6 +12,12 @@ from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from study.measure.clock import cpu_wait, settle, sync
+from study.models import FAMILIES
+from study.records import now_iso, process_id
+from study.spec import train_spec
+from study.train import build_member, training_step
 
 COST_VERSION = 1
 ARMS = ("none", "batch")  # the baseline first
@@ -59,9 +41,6 @@ class Arm:
 
     def __init__(self, cfg: DictConfig, norm: str, xb: torch.Tensor, yb: torch.Tensor,
                  device: torch.device) -> None:
-        from study.spec import train_spec
-        from study.train import FAMILIES, build_member, training_step
-
         spec = train_spec(arm_config(cfg, norm))
         self.model = FAMILIES[spec.model.family].pack([build_member(spec.model, int(cfg.seed))]).to(device)
         self.model.train()
@@ -87,12 +66,10 @@ class Arm:
 
 
 def _per_call(run: Callable[[int], None], k: int, device: torch.device) -> float:
-    from study.bench import _sync
-
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     run(k)
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) / k
 
 
@@ -110,9 +87,6 @@ def _calls_per_block(runs: dict[str, Callable[[int], None]], device: torch.devic
 
 def measure(cfg: DictConfig, data: Any, device: torch.device, repeats: int) -> dict[str, Any]:
     """The cost measurement of `cfg`'s architecture at its batch size (module docstring)."""
-    from study.bench import cpu_wait, settle
-    from study.records import now_iso, process_id
-
     b = int(cfg.batch_size)
     g = torch.Generator().manual_seed(int(cfg.seed))
     idx = torch.randperm(len(data.train_x), generator=g)[:b].to(data.train_x.device)

@@ -1,40 +1,7 @@
-"""The `lstm` model family: MNIST read row by row by one LSTM layer.
-
-`build_lstm` is one run's network: the flat (B, 784) image (pixel-permuted
-first where `data.permute` is on) read as 28 steps of 28 pixels by one
-LSTM layer of `hidden[0]` units; the last hidden state goes through a
-Linear to the logits (Cooijmans et al. 2016, "Recurrent Batch
-Normalization", sec. 5.1, with rows instead of single pixels). The arms,
-by `model.norm`:
-
-- none: PyTorch's `nn.LSTM` (`build_lstm`'s network for one run; in a
-  pack, which is how the trainer runs every lstm job, its cell written out
-  as PackedLSTM does, so that every arm's cost comes from the same loop).
-- batch: BN-LSTM (Cooijmans et al. 2016, eqs. 6-8):
-      gates = BN(W_h h_{t-1}; g_h) + BN(W_x x_t; g_x) + b
-      c_t   = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
-      h_t   = sigmoid(o) * tanh(BN(c_t; g_c, b_c))
-  with statistics per time step: each step's batch statistics in training
-  and a running (population) estimate per time step at evaluation; the
-  scales g are shared over time and start at `bn_scale_init` (0.1, their
-  sec. 4), the shifts at 0 (the gate bias b stands in for the first two).
-- batch_shared: the same cell and the same training computation (each
-  step's batch statistics), but one running estimate for all time steps,
-  updated at every step: what BN-LSTM looks like without per-step
-  population statistics. Training is the same as `batch`'s at the same
-  seed; only the evaluation (population statistics) differs.
-- layer: LN-LSTM (Ba et al. 2016, "Layer Normalization", supp. A.4): LN in
-  place of each BN above (statistics per example over the 4H gate
-  pre-activations and over the H cell units; gains start at 1).
-
-Every arm starts from the same weights at a seed: `nn.LSTM`'s
-initialization (uniform in +-1/sqrt(H)), copied into the hand-written
-cell (its single gate bias b = nn.LSTM's b_ih + b_hh), so the arms differ
-only by their norm. The gate order is PyTorch's (i, f, g, o).
-
-`PackedLSTM` is the family's pack: R runs as one model, their matmuls
-batched over a leading run axis, each with its own statistics.
-"""
+"""The `lstm` model family: MNIST read row by row (28 steps of 28 pixels) by
+one LSTM layer, its cell plain (`nn.LSTM`), with BN (BN-LSTM) or with LN
+(LN-LSTM); `PackedLSTM` is its pack. The arms' equations:
+docs/configuration.md#model-families."""
 
 from __future__ import annotations
 
@@ -44,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LSTM_NORMS = ("none", "batch", "batch_shared", "layer")
+from study.models import check_norm
+
 ROWS, PIXELS = 28, 28  # 28 time steps of 28 pixels
 
 
@@ -84,8 +52,7 @@ class NormLSTM(nn.Module):
     def __init__(self, input_size: int, hidden: int, norm: str, steps: int = ROWS, scale_init: float = 0.1,
                  eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
-        if norm not in LSTM_NORMS:
-            raise ValueError(f"unknown norm {norm!r}; known: {LSTM_NORMS}")
+        check_norm("lstm", norm)
         self.hidden, self.norm = hidden, norm
         self.weight_ih = nn.Parameter(torch.empty(4 * hidden, input_size))
         self.weight_hh = nn.Parameter(torch.empty(4 * hidden, hidden))
@@ -158,8 +125,7 @@ def build_lstm(
     **_other_families: Any,  # ModelConfig is every family's keys: the MLP's activation etc. are not read here
 ) -> RowLSTM:
     """One LSTM layer of hidden[0] units over 28 rows, then Linear -> logits."""
-    if norm not in LSTM_NORMS:
-        raise ValueError(f"unknown norm {norm!r}; known: {LSTM_NORMS}")
+    check_norm("lstm", norm)
     if len(hidden) != 1:
         raise ValueError(f"hidden {list(hidden)}: the lstm family has one layer, hidden: [units]")
     lstm = nn.LSTM(PIXELS, hidden[0], batch_first=True)  # every arm's initial weights

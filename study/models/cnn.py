@@ -1,24 +1,6 @@
-"""The `cnn` model family: a small conv net on the same MNIST tensors.
-
-`build_cnn` is one run's network: the flat (B, 784) images viewed as
-(B, 1, 28, 28), then one block per entry of `channels` (3x3 conv, padding 1
--> norm -> activation -> 2x2 max pool: 28 -> 14 -> 7 -> 3), then the MLP
-head: Linear -> norm -> activation per `hidden` width, Linear -> logits.
-The norms over a conv layer's (C, H, W) output:
-
-- batch: `nn.BatchNorm2d`, statistics per channel over batch x height x width
-  (Ioffe & Szegedy 2015, sec. 3.2);
-- ghost: `GhostBatchNorm2d`, the same over virtual batches of `ghost_size`;
-- group: `nn.GroupNorm(groups, C)`, per example over each group of channels
-  and all positions (Wu & He 2018);
-- layer: per example over all of C x H x W with a per-channel affine
-  (`nn.GroupNorm(1, C)`, the conv LayerNorm of Wu & He 2018, fig. 2);
-
-and the head's hidden layers use the MLP's norms (study/model.py).
-
-A pack of such networks is `study.looped.LoopedPack`: the members computed
-one after the other (no grouped convolutions), each exactly as alone.
-"""
+"""The `cnn` model family: a small conv net on the same MNIST tensors, 3x3
+conv -> norm -> activation -> 2x2 max pool blocks, then the MLP as its head;
+its pack is `LoopedPack` (pack.py). Its norms: docs/configuration.md#model-families."""
 
 from __future__ import annotations
 
@@ -27,9 +9,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from study.model import ACTIVATIONS, GhostBatchNorm1d, GhostStatistics
+from study.models import check_norm
+from study.models.mlp import ACTIVATIONS, GhostStatistics, build_mlp
 
-CNN_NORMS = ("none", "batch", "ghost", "layer", "group")
 IMAGE = (1, 28, 28)
 
 
@@ -46,19 +28,7 @@ def conv_norm(norm: str, channels: int, eps: float, momentum: float, ghost_size:
         return nn.GroupNorm(1, channels, eps=eps)
     if norm == "group":
         return nn.GroupNorm(groups, channels, eps=eps)
-    raise ValueError(f"unknown norm {norm!r}; known: {CNN_NORMS}")
-
-
-def dense_norm(norm: str, width: int, eps: float, momentum: float, ghost_size: int, groups: int) -> nn.Module:
-    if norm == "batch":
-        return nn.BatchNorm1d(width, eps=eps, momentum=momentum)
-    if norm == "ghost":
-        return GhostBatchNorm1d(width, ghost_size, eps=eps, momentum=momentum)
-    if norm == "layer":
-        return nn.LayerNorm(width, eps=eps)
-    if norm == "group":
-        return nn.GroupNorm(groups, width, eps=eps)
-    raise ValueError(f"unknown norm {norm!r}; known: {CNN_NORMS}")
+    raise ValueError(f"no conv norm {norm!r}")
 
 
 class ConvNet(nn.Module):
@@ -90,31 +60,23 @@ def build_cnn(
     **_other_families: Any,  # ModelConfig is every family's keys: the MLP's in_features etc. are not read here
 ) -> ConvNet:
     """Conv3x3 -> norm -> activation -> max pool 2 per `channels`, flatten,
-    then Linear -> norm -> activation per `hidden`, Linear -> logits."""
+    then the MLP head: `build_mlp` over the flattened features (Linear ->
+    norm -> activation per `hidden`, Linear -> logits)."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
-    if norm not in CNN_NORMS:
-        raise ValueError(f"unknown norm {norm!r}; known: {CNN_NORMS}")
+    check_norm("cnn", norm)
     if not 1 <= len(channels) <= 4:
         raise ValueError(f"channels {list(channels)}: 1 to 4 conv blocks (28 -> 14 -> 7 -> 3 -> 1 pixels)")
     bias = bias_before_norm or norm not in ("batch", "ghost")
-    opts = dict(eps=bn_eps, momentum=bn_momentum, ghost_size=ghost_size, groups=groups)
     blocks: list[nn.Module] = []
     c_in, side = IMAGE[0], IMAGE[1]
     for c in channels:
         blocks.append(nn.Conv2d(c_in, c, 3, padding=1, bias=bias))
         if norm != "none":
-            blocks.append(conv_norm(norm, c, **opts))
+            blocks.append(conv_norm(norm, c, bn_eps, bn_momentum, ghost_size, groups))
         blocks += [ACTIVATIONS[activation](), nn.MaxPool2d(2)]
         c_in, side = c, side // 2
-    head: list[nn.Module] = []
-    width = c_in * side * side
-    for h in hidden:
-        head.append(nn.Linear(width, h, bias=bias))
-        if norm != "none":
-            head.append(dense_norm(norm, h, **opts))
-        head.append(ACTIVATIONS[activation]())
-        width = h
-    head.append(nn.Linear(width, out_features))
-    net = ConvNet(nn.Sequential(*blocks), nn.Sequential(*head), channels_last)
+    head = build_mlp(c_in * side * side, hidden, out_features, activation, norm, bn_momentum, bn_eps,
+                     bias_before_norm, ghost_size, groups)
+    net = ConvNet(nn.Sequential(*blocks), head, channels_last)
     return net.to(memory_format=torch.channels_last) if channels_last else net
