@@ -47,6 +47,18 @@ class FigureOut:
     skipped: str | None = None  # why it was not drawn
 
 
+
+
+def strip(**kw) -> None:
+    """seaborn's stripplot with a fixed jitter: it draws the jitter from numpy's global generator, so two
+    builds of the same report would differ in their pixels; seeded here, a report rebuilds byte-identical."""
+    state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        sns.stripplot(**kw)
+    finally:
+        np.random.set_state(state)  # the caller's generator as it was
+
 def palette(norms: Iterable[Any]) -> dict[Any, Any]:
     """One colour per norm, the same in every figure of the report and of the claims."""
     colors = sns.color_palette("colorblind", 10)
@@ -339,8 +351,8 @@ def fig_isolation(a: Analysis) -> tuple[Figure | None, str]:
         sns.pointplot(data=d, x="batch", y="test_acc", hue="norm", hue_order=norms, palette=pal,
                       estimator="mean", errorbar=interval_bounds, dodge=width, linestyle="none",
                       capsize=0.08, markers="o", ax=ax)
-        sns.stripplot(data=d, x="batch", y="test_acc", hue="norm", hue_order=norms, palette=pal, dodge=True,
-                      alpha=0.4, size=3, legend=False, ax=ax)
+        strip(data=d, x="batch", y="test_acc", hue="norm", hue_order=norms, palette=pal, dodge=True,
+              alpha=0.4, size=3, legend=False, ax=ax)
         for r in a.best.to_dict("records"):
             if r["norm"] not in offsets or r["n"] == 0 or (label and a.setting_label(r) != label):
                 continue
@@ -397,8 +409,8 @@ def fig_cost(a: Analysis) -> tuple[Figure | None, str]:
                               (axes[i, 1], "epoch_seconds", "seconds per training epoch")):
             sns.barplot(data=g, x="batch", y=y, hue="norm", hue_order=norms, palette=pal, estimator="mean",
                         errorbar=interval_bounds, capsize=0.15, err_kws={"linewidth": 1}, alpha=0.85, ax=ax)
-            sns.stripplot(data=g, x="batch", y=y, hue="norm", hue_order=norms, palette=["0.2"] * len(norms),
-                          dodge=True, size=2.5, alpha=0.6, legend=False, ax=ax)
+            strip(data=g, x="batch", y=y, hue="norm", hue_order=norms, palette=["0.2"] * len(norms),
+                  dodge=True, size=2.5, alpha=0.6, legend=False, ax=ax)
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 100 else f"{v:g}"))
             ax.set_xlabel("batch size")
             ax.set_ylabel(ylabel)

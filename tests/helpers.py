@@ -6,9 +6,12 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 
 from analysis.claims import evaluate_claim
@@ -19,6 +22,20 @@ from study.config import compose_config
 from study.runner import run_job
 
 REPO = Path(__file__).resolve().parents[1]
+RUN = [sys.executable, str(REPO / "study" / "run.py")]  # the command line as users run it
+
+
+def run_cli(args, cwd, timeout=300, **extra_env) -> subprocess.CompletedProcess:
+    """`python study/run.py ARGS` in a subprocess (HYDRA_FULL_ERROR unset, as a user's shell has it)."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | extra_env
+    return subprocess.run(RUN + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    """A finished command's output, asserting it exited 0."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out
 
 # torch.compile on CPU needs a C++ compiler (Inductor looks for $CXX, else
 # g++); .ci/run installs one, elsewhere the compiled paths' tests skip.
@@ -124,3 +141,22 @@ def c2_untested_records(experiment: str | None) -> list[dict]:
             recs += [record(experiment, "none", s, batch=batch, lr=0.01, val=0.9 + 0.001 * s),
                      record(experiment, "none", s, batch=batch, lr=1.0, status="diverged")]
     return recs
+
+
+# ------------------------------------------------------------------ Optuna sweeps on the tiny data
+def storage_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/optuna.db?timeout=60"
+
+
+def multirun_args(tmp_path: Path, root: Path, *extra: str) -> list[str]:
+    """A multirun on the tiny data that reuses finished runs (no force), with
+    its own run index, in-process jobs on one thread and no report."""
+    base = [o for o in tiny_overrides(root) if not o.startswith(("force=", "run_index="))]
+    return ["-m", *base, f"run_index={tmp_path}/.run-index", "threads=1", "hydra.launcher.n_jobs=1",
+            "hydra.callbacks.summary.report=false", *extra]
+
+
+def studies(tmp_path: Path) -> dict[str, optuna.Study]:
+    url = storage_url(tmp_path)
+    return {name: optuna.load_study(study_name=name, storage=url)
+            for name in optuna.get_all_study_names(url)}

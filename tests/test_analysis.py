@@ -31,7 +31,7 @@ from analysis import AnalysisError, build_report
 from analysis.__main__ import main as analysis_main
 from analysis.report import SECTION_TITLES
 from analysis.stats import mean_interval, t_quantile, welch_difference
-from helpers import EPOCHS, NORMS, REPO, make_runs, tiny_overrides
+from helpers import EPOCHS, NORMS, REPO, make_runs, multirun_args, ok, run_cli, studies, tiny_overrides
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -750,8 +750,6 @@ def test_several_studies_of_a_storage_by_name(grid, tmp_path):
 def test_a_real_tuning_sweep_resumed_into_another_dir_reports_every_trial(tmp_path, tiny_mnist):
     """The bn_optuna sweeper end to end: two trials per study in a first sweep dir, then the same studies to
     three trials in a second dir; the second sweep's own report (multirun end) counts all three lrs."""
-    from test_tune import multirun_args, ok, run_cli, studies
-
     def sweep(name: str, n_trials: int, report: bool) -> str:
         args = multirun_args(tmp_path, tiny_mnist, f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
                              f"hydra.sweep.dir={tmp_path / name}", "experiment=tune", "batch_size=32",

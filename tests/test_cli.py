@@ -8,15 +8,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import REPO, tiny_overrides
-
-RUN = [sys.executable, str(REPO / "study" / "run.py")]
-
-
-def run_cli(args, cwd, timeout=300, **extra_env):
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | extra_env
-    return subprocess.run(RUN + list(args), cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+from helpers import REPO, run_cli, tiny_overrides
 
 
 @pytest.mark.parametrize(

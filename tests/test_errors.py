@@ -9,10 +9,9 @@ import pickle
 
 import pytest
 
-from helpers import tiny_overrides
+from helpers import run_cli, tiny_overrides
 from study.config import compose_config, validate
 from study.errors import ConfigError, UserError, UserExit, describe_user_error
-from test_cli import run_cli
 
 
 def all_subclasses(cls: type) -> set[type]:

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, tiny_overrides
+from helpers import REPO, RUN, run_cli, tiny_overrides
 from study.records import CLAIM_FILE, RESULT_FILE
-from test_cli import RUN, run_cli
 
 
 def sweep_args(root, tmp_path, sweep, *extra):

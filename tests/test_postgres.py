@@ -26,9 +26,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers import REPO, tiny_overrides
+from helpers import REPO, RUN, tiny_overrides
 from hydra_plugins.bn_study_sweeper.accounting import counts_toward_target
-from test_cli import RUN
 
 DSN_VARIABLE = "BN_STUDY_TEST_POSTGRES"
 optuna.logging.set_verbosity(optuna.logging.WARNING)

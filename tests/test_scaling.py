@@ -13,11 +13,10 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import REPO, tiny_overrides
+from helpers import REPO, run_cli, tiny_overrides
 from hydra_plugins.bn_study_sweeper.plan import launcher_batch
 from study.errors import ConfigError
 from study.resources import usable_cores, worker_devices
-from test_cli import run_cli
 
 
 @pytest.mark.skipif(shutil.which("taskset") is None or not hasattr(os, "sched_getaffinity"),

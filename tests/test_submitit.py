@@ -16,9 +16,8 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import tiny_overrides
+from helpers import RUN, run_cli, tiny_overrides
 from study.resources import usable_cores
-from test_cli import RUN, run_cli
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
                                 reason="the slurm extra: uv sync --extra slurm (.ci/run installs it)")

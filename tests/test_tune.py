@@ -18,39 +18,20 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from helpers import tiny_overrides
+from helpers import RUN, multirun_args, ok, run_cli, storage_url, studies
 from hydra_plugins.bn_study_sweeper.accounting import counts_toward_target, read_record
 from hydra_plugins.bn_study_sweeper.liveness import sweep_is_gone, this_sweep
 from hydra_plugins.bn_study_sweeper.plan import plan_sweep
 from hydra_plugins.bn_study_sweeper.pruning import pruner_spec, stored_pruner
 from study.config import compose_config
-from test_cli import RUN, run_cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def storage_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/optuna.db?timeout=60"
-
-
-def multirun_args(tmp_path: Path, root: Path, *extra: str) -> list[str]:
-    """A multirun on the tiny data that reuses finished runs (no force), with
-    its own run index, in-process jobs on one thread and no report."""
-    base = [o for o in tiny_overrides(root) if not o.startswith(("force=", "run_index="))]
-    return ["-m", *base, f"run_index={tmp_path}/.run-index", "threads=1", "hydra.launcher.n_jobs=1",
-            "hydra.callbacks.summary.report=false", *extra]
 
 
 def sweep_args(tmp_path: Path, root: Path, *extra: str) -> list[str]:
     """An Optuna sweep (its sweeper chosen in `extra`): temp storage and sweep dir."""
     return multirun_args(tmp_path, root, f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
                          f"hydra.sweep.dir={tmp_path}/sweep", *extra)
-
-
-def studies(tmp_path: Path) -> dict[str, optuna.Study]:
-    url = storage_url(tmp_path)
-    return {name: optuna.load_study(study_name=name, storage=url)
-            for name in optuna.get_all_study_names(url)}
 
 
 def records(sweep: Path) -> list[dict]:
@@ -61,12 +42,6 @@ def trained(recs: list[dict]) -> Counter:
     """Runs actually trained (not reused), by (norm, lr, seed)."""
     return Counter((r["config"]["model"]["norm"], r["config"]["lr"], r["seed"])
                    for r in recs if not r.get("reused_from"))
-
-
-def ok(proc: subprocess.CompletedProcess) -> str:
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    return out
 
 
 # ------------------------------------------------------------------ fast

@@ -1,4 +1,4 @@
-"""Claims C4, C12, C13 and C14 as redesigned (issue 14) on hand-built records, and C14's measurement.
+"""Claims C4 (censored at the budget), C12 (saturation), C13 (shares of runs that hold) and C14 (interleaved timings) on hand-built records, and C14's measurement.
 
 C4: a target and budget fixed before the data; a run that never reaches the
 target is censored at the budget, never dropped, and a bound decides only in
