@@ -47,8 +47,6 @@ class FigureOut:
     skipped: str | None = None  # why it was not drawn
 
 
-
-
 def strip(**kw) -> None:
     """seaborn's stripplot with a fixed jitter: it draws the jitter from numpy's global generator, so two
     builds of the same report would differ in their pixels; seeded here, a report rebuilds byte-identical."""
