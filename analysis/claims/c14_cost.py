@@ -2,7 +2,7 @@
 
 Runs: the overhead preset. Each of its runs, after its short training, times
 BN's and no norm's network of its shape in the process that trained it, with the arms
-interleaved (study/cost.py, recorded as the record's `cost`): a block of
+interleaved (study/measure/cost.py, recorded as the record's `cost`): a block of
 training steps and a block of eval-mode forward passes of each arm on one
 fixed minibatch of the run's batch size, the arms taking turns
 (none, BN, BN, none, ...) over `cost_repeats` repeats, after a warm-up; per
@@ -50,7 +50,7 @@ STATISTIC = ("BN's time relative to no norm's, minus 1, in percent, per batch si
              "expected > 0")
 EPOCH_STATISTIC = ("BN's seconds per training step relative to no norm's, minus 1, in percent, per batch size "
                    "(Welch over seeds), expected > 0")
-KINDS = ("train", "infer")  # the record's cost keys (study/cost.py KINDS)
+KINDS = ("train", "infer")  # the record's cost keys (study/measure/cost.py KINDS)
 KIND_NAMES = {"train": "training step", "infer": "inference pass"}
 LOADED = 0.10  # a measurement whose cpu wait share exceeds this ran while other processes competed
 
@@ -73,7 +73,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
 
 
 def cost_table(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per interleaved cost measurement (study/cost.py) in the records: a measurement that a pack's
+    """One row per interleaved cost measurement (study/measure/cost.py) in the records: a measurement that a pack's
     members share counts once."""
     rows, seen = [], set()
     for r in records:
@@ -172,7 +172,7 @@ def _epoch_timings(runs: ClaimRuns, exp: ExperimentRuns, out: Path) -> ClaimResu
                else "no batch size has timed runs of both arms")
         return runs.inconclusive(EPOCH_STATISTIC, why, figure=figure, details=details)
     label, d = headline(settings)
-    evidence = ("No interleaved cost measurement in these records (study/cost.py; the overhead preset's cost_repeats): "
+    evidence = ("No interleaved cost measurement in these records (study/measure/cost.py; the overhead preset's cost_repeats): "
                 "the trainer's per-epoch timings of separate runs stand in. "
                 f"At {label} (least favourable of {len(settings)}) BN's training step time relative to no norm's "
                 f"is {with_interval(d, '%', 1)} (positive: BN slower; interval: Welch difference over seeds divided by "

@@ -14,7 +14,7 @@ answers that row's question (`PARTS`):
 - C16b: BN-LSTM's seconds per training step relative to the LSTM's, minus
   1, in percent, at each batch size, expected > 0. A run's seconds per step
   are its training seconds over its steps divided by its pack's size: the
-  members of a cnn/lstm pack run one after the other (study/looped.py).
+  members of a cnn/lstm pack run one after the other (study/models/pack.py: LoopedPack).
 - C16c: BN-LSTM's |eval mode - train mode| test-accuracy gap (probe
   `modes`: population statistics vs the batch statistics of test chunks of
   the training batch size) at batch 8 minus at batch 128, expected > 0.

@@ -230,7 +230,7 @@ class BnOptunaSweeperImpl(Sweeper):
             return str(real)
 
     def _expect(self, change: int) -> None:
-        """Tell the sweep's progress line how many runs it plans now (study/progress.py)."""
+        """Tell the sweep's progress line how many runs it plans now (study/sweep/progress.py)."""
         self.planned += change
         progress.expect(self.planned)
 
