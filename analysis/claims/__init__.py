@@ -66,7 +66,7 @@ CLAIMS: tuple[Claim, ...] = (
           "c01_batch_size", margin=1.0, plain_sweep=True, suite_grid=("batch_size=8,64,512",)),
     Claim("C2", "BN raises the largest stable learning rate", ("max_lr",),
           "c02_stable_lr", margin=0.5, plain_sweep=True, conv=True),
-    Claim("C3", "with lr tuned per arm the gap shrinks", ("tune", "notebook"), "c03_tuned_gap", margin=1.0,
+    Claim("C3", "with lr tuned per arm the gap shrinks", ("tune", "tune_reference"), "c03_tuned_gap", margin=1.0,
           suite_grid=("batch_size=8,64,512",), conv=True),
     Claim("C4", "BN needs fewer steps to a target accuracy", ("steps_to_target",), "c04_steps_to_target", margin=0.1,
           conv=True),
@@ -114,7 +114,9 @@ def conv_variant(preset: str) -> str:
     so that the report of e.g. `python study/run.py -m experiment=cnn_max_lr`
     gives C2's verdict on the conv net. The suite runs only the MLP presets
     of C1..C5 (the conv net's row is C17)."""
-    return "cnn" if preset == "notebook" else f"cnn_{preset}"
+    # C3's fixed-lr reference on the conv net is the cnn preset (all 60,000 images, as the notebook's), not a
+    # reference on tune's split: the conv-net reading of C3 still compares two splits (docs/claims.md).
+    return "cnn" if preset in ("notebook", "tune_reference") else f"cnn_{preset}"
 
 
 def in_replication(seed: object) -> bool:

@@ -1,8 +1,9 @@
 """C3: with lr tuned per arm the gap shrinks.
 
 Runs: the tune preset (each cell's best lr, chosen on its tuning trials and
-shown with its confirmation runs) and the notebook preset (lr 0.01 for both
-arms). Statistic: per batch size where the fixed-lr gap is clear of zero,
+shown with its confirmation runs) and the tune_reference preset (the
+notebook's lr 0.01 for both arms, on tune's training split). Statistic: per
+batch size where the fixed-lr gap is clear of zero and beyond the margin,
 |BN minus no norm| at the fixed lr minus the same gap with tuned lrs.
 Figure: both gaps per batch size.
 """
@@ -37,7 +38,7 @@ STATISTIC = ("|BN minus no norm| test accuracy at the notebook's fixed lr 0.01 m
 
 
 def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
-    tune, nb = runs.need("tune").analysis, runs.need("notebook").analysis
+    tune, nb = runs.need("tune").analysis, runs.need("tune_reference").analysis
     tuned = _bn_gaps(tune.best_differences if tune.lr_varies else tune.differences)
     fixed = _bn_gaps(nb.differences, NOTEBOOK_LR if nb.lr_varies else None)
     if not nb.lr_varies and nb.fixed.get("lr") is not None and not math.isclose(num(nb.fixed["lr"]), NOTEBOOK_LR):
@@ -45,7 +46,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     both = sorted(set(tuned) & set(fixed))
     if not both:
         return runs.inconclusive(STATISTIC, f"no batch size has a BN-vs-no-norm difference in both presets (tune: "
-                                            f"{sorted(tuned) or 'none'}; notebook at lr {NOTEBOOK_LR}: "
+                                            f"{sorted(tuned) or 'none'}; tune_reference at lr {NOTEBOOK_LR}: "
                                             f"{sorted(fixed) or 'none'})")
     rows = [(b, scaled(fixed[b], 100), scaled(tuned[b], 100)) for b in both]
     details, settings = [], []
@@ -54,7 +55,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
         details.append(line)
         if setting is not None:
             settings.append(setting)
-    details.append(_protocol_note(tune, {"notebook": runs.need("notebook"), "tune": runs.need("tune")}))
+    details.append(_protocol_note(tune, {"tune_reference": runs.need("tune_reference"), "tune": runs.need("tune")}))
     figure = draw("C3", out, lambda: _figure(rows), details)
     if not settings:
         return runs.premise_not_met(STATISTIC, "at no batch size present in both presets is the fixed-lr gap clear of "
@@ -123,7 +124,7 @@ def _protocol_note(tune: Analysis, exps: dict) -> str:
 def _figure(rows: list[tuple[int, Difference, Difference]]) -> Figure:
     fig, ax = panel()
     pal = palette(["batch", "none"])
-    for k, (name, idx, color) in enumerate((("fixed lr 0.01 (notebook)", 1, pal["none"]),
+    for k, (name, idx, color) in enumerate((("fixed lr 0.01 (tune_reference)", 1, pal["none"]),
                                             ("lr tuned per arm (tune)", 2, pal["batch"]))):
         x = np.arange(len(rows)) + (k - 0.5) * 0.25
         d = [r[idx] for r in rows]
