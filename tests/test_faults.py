@@ -33,10 +33,16 @@ def claimed_without_record(sweep: Path) -> list[Path]:
     return [c.parent for c in sweep.rglob(CLAIM_FILE) if not (c.parent / RESULT_FILE).exists()]
 
 
+def as_in_a_terminal() -> None:
+    """Ctrl-C's default action, as a terminal's foreground job has it: a test run started in the background
+    (`bash .ci/run &`) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args, cwd, **extra_env):
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | extra_env
     return subprocess.Popen(RUN + list(args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
+                            env=env, start_new_session=True, preexec_fn=as_in_a_terminal)
 
 
 def wait_for(condition, timeout=120.0):
