@@ -199,6 +199,11 @@ class Config:
     # Optimizer-step budget; when set it replaces `epochs` (batch-size studies
     # compare at equal steps as well as at equal epochs).
     steps: Optional[int] = None
+    # Gradual warm-up (Goyal et al. 2017): over the first warmup_epochs epochs
+    # the lr rises linearly, step by step, from warmup_lr to lr (a run whose
+    # lr is below warmup_lr trains at its lr throughout). 0: none.
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 0.0
     seed: int = 0
     # Intra-op threads for torch; null = torch's default (one per core).
     threads: Optional[int] = None
@@ -273,6 +278,11 @@ def validate(cfg: DictConfig) -> None:
     need(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", cfg.lr, "a finite number > 0")
     need(cfg.epochs >= 1, "epochs", cfg.epochs, "an integer >= 1")
     need(cfg.steps is None or cfg.steps >= 1, "steps", cfg.steps, "null or an integer >= 1")
+    need(math.isfinite(cfg.warmup_epochs) and 0 <= cfg.warmup_epochs and
+         (cfg.steps is not None or cfg.warmup_epochs <= cfg.epochs), "warmup_epochs", cfg.warmup_epochs,
+         f"a number from 0 (no warm-up) to epochs ({cfg.epochs})")
+    need(math.isfinite(cfg.warmup_lr) and cfg.warmup_lr >= 0, "warmup_lr", cfg.warmup_lr,
+         "a finite number >= 0 (the lr of the warm-up's first step)")
     need(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     need(cfg.threads is None or cfg.threads >= 1, "threads", cfg.threads, "null or an integer >= 1")
     need(cfg.device in DEVICES, "device", cfg.device, "one of " + ", ".join(DEVICES))

@@ -56,6 +56,8 @@ class TrainSpec:
     batch_size: int  # examples per optimizer step
     epochs: int
     steps: Optional[int]  # optimizer-step budget; replaces epochs when set
+    warmup_epochs: float  # lr rises linearly from warmup_lr to each run's lr over these epochs (0: none)
+    warmup_lr: float
     eval_batch_size: int  # examples per evaluation forward pass (same numbers, less memory)
     fused_step: bool  # train with study.models.fused_sgd's step (config `fused`, where it applies), else autograd
     lr_packable: bool  # runs with their own learning rates may train as one pack
@@ -100,7 +102,9 @@ def train_spec(cfg: Any) -> TrainSpec:
                                 nesterov=bool(opt["nesterov"]), weight_decay=float(opt["weight_decay"]),
                                 betas=tuple(float(b) for b in opt["betas"]), eps=float(opt["eps"])),
         lr=float(cfg.lr), batch_size=int(cfg.batch_size), epochs=int(cfg.epochs),
-        steps=None if cfg.steps is None else int(cfg.steps), eval_batch_size=int(cfg.eval_batch_size),
+        steps=None if cfg.steps is None else int(cfg.steps),
+        warmup_epochs=float(cfg.get("warmup_epochs", 0.0)), warmup_lr=float(cfg.get("warmup_lr", 0.0)),
+        eval_batch_size=int(cfg.eval_batch_size),
         fused_step=fused_sgd.trains(cfg), lr_packable=lr_packable(cfg), compile=bool(cfg.compile),
         progress_every=float(cfg.progress_every), probes=probes,
     )

@@ -4,6 +4,7 @@ not depend on its pack; in-memory tensors, minibatches drawn by index."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
@@ -89,17 +90,48 @@ def batches_per_epoch(n_train: int, batch_size: int) -> int:
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def warmup_lrs(lrs: list[float], warmup_lr: float, warmup_steps: int, step: int) -> list[float]:
+    """Each run's lr at optimizer step `step` (0-based) of a linear warm-up
+    from warmup_lr to its lr over `warmup_steps` steps (Goyal et al. 2017;
+    after them, and for a run whose lr is not above warmup_lr, its lr)."""
+    if step >= warmup_steps:
+        return list(lrs)
+    f = (step + 1) / warmup_steps  # reaches the lr at the warm-up's last step
+    return [lr if lr <= warmup_lr else warmup_lr + (lr - warmup_lr) * f for lr in lrs]
+
+
+def warmup_steps(spec: TrainSpec, steps_per_epoch: int) -> int:
+    """The warm-up's optimizer steps: warmup_epochs of `steps_per_epoch` (0: none)."""
+    return max(1, round(spec.warmup_epochs * steps_per_epoch)) if spec.warmup_epochs > 0 else 0
+
+
 def training_step(spec: TrainSpec, model: nn.Module, lrs: list[float], device: torch.device,
-                  dtype: torch.dtype) -> Step:
+                  dtype: torch.dtype, warmup: int = 0) -> Step:
     """`step(xb, yb)`: one optimizer step of every run on its minibatch
-    (xb (R, b, in), yb (R * b,)); returns each run's loss (R,)."""
+    (xb (R, b, in), yb (R * b,)); returns each run's loss (R,). With
+    `warmup` > 0 steps, the lrs follow `warmup_lrs` (the step counts its calls)."""
     fused_step, forward = training_functions(model, spec.compile)
+    calls = itertools.count()
     if spec.fused_step:
         lr = torch.tensor(lrs, dtype=dtype, device=device)  # each run's own
-        return lambda xb, yb: fused_step(model, xb, yb, lr)
+        if not warmup:
+            return lambda xb, yb: fused_step(model, xb, yb, lr)
+
+        def warm_fused_step(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+            i = next(calls)
+            now = lr if i >= warmup else torch.tensor(warmup_lrs(lrs, spec.warmup_lr, warmup, i),
+                                                      dtype=dtype, device=device)
+            return fused_step(model, xb, yb, now)
+
+        return warm_fused_step
     opt = build_optimizer(spec.optimizer, lrs[0], model.parameters())  # one lr: not lr_packable
 
     def autograd_step(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        if warmup:
+            i = next(calls)
+            if i <= warmup:  # the step after the warm-up sets the lr itself
+                for group in opt.param_groups:
+                    group["lr"] = warmup_lrs(lrs, spec.warmup_lr, warmup, i)[0]
         r, b = xb.shape[:2]
         logits = forward(xb)  # (R, b, classes)
         losses = F.cross_entropy(logits.view(r * b, -1), yb, reduction="none").view(r, b).mean(1)
@@ -139,12 +171,12 @@ def train_runs(spec: TrainSpec, seeds: list[int], data: MNISTSplits, device: tor
                          "step (plain SGD, norm none or batch, no ics/landscape probes)")
     model = FAMILIES[spec.model.family].pack([build_member(spec.model, s) for s in seeds]).to(device)
     model.train()
-    step = training_step(spec, model, lrs, device, data.train_x.dtype)
+    per_epoch = batches_per_epoch(len(data.train_x), spec.batch_size)
+    step = training_step(spec, model, lrs, device, data.train_x.dtype, warmup_steps(spec, per_epoch))
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     outcomes = [RunOutcome(seed=s, lr=lr) for s, lr in zip(seeds, lrs)]
     probes = Probes.create(spec, data, len(seeds), device)
     watch = DivergenceWatch(outcomes, tag)
-    per_epoch = batches_per_epoch(len(data.train_x), spec.batch_size)
     total_steps = spec.steps if spec.steps is not None else spec.epochs * per_epoch
     n_epochs = math.ceil(total_steps / per_epoch)
     progress = Progress(spec.progress_every, tag, n_epochs, total_steps, len(seeds), on_step)
