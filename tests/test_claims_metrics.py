@@ -131,14 +131,15 @@ def test_c3_tuned_gap_against_fixed_lr_gap(tmp_path, direction):
 
 
 # ------------------------------------------------------------------ C5
-def c5_records(direction: int) -> tuple[list[dict], dict]:
+def c5_records(direction: int, linear_lr: bool = False) -> tuple[list[dict], dict]:
     flat = {4: [0.93, 0.935, 0.94], 16: [0.94, 0.945, 0.95], 64: [0.95, 0.955, 0.96]}
     hurt = {4: [0.78, 0.79, 0.80], 16: [0.90, 0.905, 0.91], 64: [0.95, 0.955, 0.96]}
     noisy = {4: [0.90, 0.95, 0.99], 16: [0.94, 0.945, 0.95], 64: [0.95, 0.955, 0.96]}
     acc = {1: {"batch": hurt, "none": flat, "layer": flat},
            -1: {"batch": flat, "none": flat, "layer": hurt},
            0: {"batch": noisy, "none": noisy, "layer": noisy}}[direction]
-    recs = [record("small_batch", norm, s, batch=b, test=v[s], val=v[s] - 0.001)
+    recs = [record("small_batch", norm, s, batch=b, test=v[s], val=v[s] - 0.001,
+                   lr=0.01 * b / 64 if linear_lr else 0.01)
             for norm, table in acc.items() for b, v in table.items() for s in range(3)]
     return recs, acc
 
@@ -155,8 +156,23 @@ def test_c5_small_batch(tmp_path, direction):
     c = contrast(rise["batch"], rise[worst])
     assert (res.value, res.low, res.high) == pytest.approx((c.diff, c.low, c.high))
     if direction == 1:
-        assert "test error (%) by batch size" in res.details[-1]
+        assert any("test error (%) by batch size" in d for d in res.details)
         assert_png(tmp_path, res)
+    # Where the rise starts: the same contrast at every batch below the reference, batch 4's the headline's.
+    (by_batch,) = [d for d in res.details if d.startswith("BN's rise minus the largest other rise")]
+    assert f"{c.diff:+.2f}" in by_batch.split("at batch 4")[0] and "at batch 16" in by_batch
+    assert "lr fixed at 0.01" in res.evidence and "step-count confound" in res.evidence
+
+
+def test_c5_says_the_lr_was_scaled_with_the_batch(tmp_path):
+    recs, _ = c5_records(1, linear_lr=True)
+    res = evaluate_claim("C5", load(tmp_path, recs), tmp_path / "report")
+    assert res.evidence.startswith("lr scaled with the batch size (lr = 0.01 x B/64: equal lr x steps at every")
+    assert "lr: 0.000625 at batch 4; 0.0025 at batch 16; 0.01 at batch 64" in res.details
+    for r in recs:
+        r["config"]["steps"] = 2000  # a step budget (the quick preset's): lr x steps then differs by batch
+    res = evaluate_claim("C5", load(tmp_path / "steps", recs), tmp_path / "report-steps")
+    assert "at a budget of 2000 steps, so not equal lr x steps" in res.evidence
 
 
 def test_c5_diverged_run_counts_at_chance(tmp_path):

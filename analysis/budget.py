@@ -1,0 +1,167 @@
+"""Budget pilots: is a preset's training budget long enough for its claim?
+
+    python -m analysis.budget outputs/pilot-c13 --by epochs
+    python -m analysis.budget outputs/pilot-c13 --by epochs --where warmup_epochs=1 --claims C13
+    python -m analysis.budget outputs/pilot-c5 --by epochs --json
+
+A pilot trains a preset at its budget and at twice it (e.g. `python
+study/run.py -m experiment=small_batch epochs=1,2 'seed=range(0,4)'
+hydra.sweep.dir=outputs/pilot-c5`). The runs are split by the config key
+`--by` (its values, in increasing order: the budgets), each claim is
+evaluated on each budget's runs, and the table gives each claim's headline
+statistic and interval per budget. The rule (issue 23, docs/claims.md#budgets):
+a budget B is long enough when the headline at B and at the next budget
+(2B) differ by less than half the claim's margin and read the same verdict;
+a claim whose statement names its budget (a fixed-budget claim, e.g. C1's
+"at a fixed lr and epoch budget") says so in docs/claims.md instead.
+`--where KEY=VALUE` keeps only runs with that config value (repeatable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from analysis.collect import flatten
+
+
+@dataclass(frozen=True)
+class Step:
+    budget: Any  # the --by key's value
+    verdict: str
+    value: Optional[float]
+    low: Optional[float]
+    high: Optional[float]
+    seeds: Optional[int]
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    claim: str
+    unit: str
+    margin: Optional[float]
+    steps: list[Step]  # one per budget, in increasing order
+    change: Optional[float]  # headline at the second budget minus at the first
+    long_enough: Optional[bool]  # |change| < margin / 2 and the same verdict; None: not decidable here
+    why: str
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return math.isclose(float(a), float(b))
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def _order(values: list[Any]) -> list[Any]:
+    try:
+        return sorted(values, key=float)
+    except (TypeError, ValueError):
+        return sorted(values, key=str)
+
+
+def check(results_by_budget: list[tuple[Any, list]]) -> list[BudgetCheck]:
+    """One BudgetCheck per claim evaluated at the first two budgets (results: analysis.claims' ClaimResults)."""
+    out = []
+    claims = [r.claim for r in results_by_budget[0][1]]
+    for claim in claims:
+        rows = [(b, next(r for r in res if r.claim == claim)) for b, res in results_by_budget]
+        if all(r.value is None for _, r in rows):
+            continue  # not run at any budget
+        steps = [Step(b, r.verdict, r.value, r.low, r.high, r.seeds) for b, r in rows]
+        first = rows[0][1]
+        margin, unit = first.margin, first.unit
+        if len(rows) < 2 or rows[0][1].value is None or rows[1][1].value is None:
+            out.append(BudgetCheck(claim, unit, margin, steps, None, None, "no headline at both budgets"))
+            continue
+        change = rows[1][1].value - rows[0][1].value
+        if margin is None or not math.isfinite(change):
+            out.append(BudgetCheck(claim, unit, margin, steps, change, None, "no margin or no finite change"))
+            continue
+        same_verdict = rows[0][1].verdict == rows[1][1].verdict
+        ok = abs(change) < margin / 2 and same_verdict
+        why = (f"|change| {abs(change):.3g} {'<' if abs(change) < margin / 2 else '>='} half the margin "
+               f"{margin / 2:.3g}; verdict {'unchanged' if same_verdict else 'changes'}")
+        out.append(BudgetCheck(claim, unit, margin, steps, change, ok, why))
+    return out
+
+
+def markdown(checks: list[BudgetCheck], by: str) -> str:
+    def f(x: Optional[float]) -> str:
+        return "-" if x is None or not math.isfinite(x) else f"{x:+.3g}"
+
+    budgets = [s.budget for s in checks[0].steps] if checks else []
+    head = ("| claim | " + " | ".join(f"{by}={b}" for b in budgets) + " | change | margin/2 | long enough |\n"
+            "|---|" + "---|" * len(budgets) + "---|---|---|")
+    lines = []
+    for c in checks:
+        cells = [f"{s.verdict}: {f(s.value)} [{f(s.low)}, {f(s.high)}] (n={s.seeds or '-'})" for s in c.steps]
+        verdict = {True: "yes", False: "no", None: "-"}[c.long_enough]
+        half = "-" if c.margin is None else f"{c.margin / 2:.3g} {c.unit}"
+        lines.append(f"| {c.claim} | " + " | ".join(cells) + f" | {f(c.change)} | {half} | {verdict}: {c.why} |")
+    return "\n".join([head, *lines])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.budget", description=__doc__.split("\n\n")[0])
+    p.add_argument("paths", nargs="+", help="folders with the pilot's runs")
+    p.add_argument("--by", required=True, help="the config key that sets the budget (epochs, steps, ...)")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="keep only runs with this config value (repeatable)")
+    p.add_argument("--claims", default="", help="comma-separated claim ids to show (default: every claim run)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
+    args = p.parse_args(argv)
+    from analysis.claims import evaluate_claims
+    from analysis.claims.runs import split_by_experiment, subset
+    from analysis.collect import AnalysisError, collect
+
+    where = []
+    for w in args.where:
+        key, sep, value = w.partition("=")
+        if not sep:
+            print(f"error: --where {w!r}: expected KEY=VALUE", file=sys.stderr)
+            return 2
+        where.append((key, value))
+    try:
+        col = collect([str(x) for x in args.paths])
+    except AnalysisError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    keys = [args.by, *(k for k, _ in where)]
+    missing = [k for k in keys if k not in col.runs.columns]
+    if missing:
+        print(f"error: no config key {', '.join(missing)} in these runs; keys: {', '.join(col.config_columns)}",
+              file=sys.stderr)
+        return 2
+
+    def keep(cfg: dict[str, Any], budget: Any) -> bool:
+        return _same(cfg.get(args.by), budget) and all(_same(cfg.get(k), v) for k, v in where)
+
+    kept = col.runs[[all(_same(row.get(k), v) for k, v in where) for row in col.runs[keys].to_dict("records")]]
+    budgets = _order([v.item() if hasattr(v, "item") else v for v in kept[args.by].dropna().unique()])
+    if len(budgets) < 2:
+        print(f"error: --by {args.by}: the runs{' kept by --where' if where else ''} have {len(budgets)} "
+              "value(s) of it; a pilot needs two budgets", file=sys.stderr)
+        return 2
+    by_budget = []
+    with tempfile.TemporaryDirectory() as figures:
+        for b in budgets:
+            mask = [keep({k: row.get(k) for k in keys}, b) for row in col.runs[keys].to_dict("records")]
+            records = [r for r in col.records if keep(flatten(r.get("config", {})), b)]
+            exps = split_by_experiment(subset(col, mask, records), replication=False)
+            by_budget.append((b, evaluate_claims(exps, Path(figures) / str(b))))
+    rows = check(by_budget)
+    wanted = {c.strip() for c in args.claims.split(",") if c.strip()}
+    rows = [r for r in rows if not wanted or r.claim in wanted]
+    print(json.dumps([asdict(r) for r in rows], indent=2, default=str) if args.json else markdown(rows, args.by))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
