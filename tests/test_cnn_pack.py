@@ -49,13 +49,20 @@ def assert_member_matches(pack, r, net, grads=True):
             torch.testing.assert_close(g[k], p.grad, **TIGHT, msg=f"grad {k}")
 
 
+# The pack's two ways through its conv blocks: grouped layers (below `grouped_below` examples per
+# member) and member by member on slices of the same weights.
+PATHS = {"grouped": 10**9, "one_by_one": 0}
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("norm", NORMS)
-def test_packed_cnn_trains_each_member_as_alone(norm, optimizer):
+def test_packed_cnn_trains_each_member_as_alone(norm, optimizer, path):
     # A bias just before batch statistics has a zero gradient up to rounding, which Adam divides by its
     # own size: +-lr steps from noise. Without that bias under Adam (SGD keeps it: its steps stay ~1e-17).
     bias = optimizer == "sgd" or norm not in ("batch", "ghost")
     pack = PackedCNN([member(norm, s, bias_before_norm=bias) for s in range(R)])
+    pack.grouped_below = PATHS[path]
     alone = [member(norm, s, bias_before_norm=bias) for s in range(R)]
     for r, m in enumerate(alone):  # the pack starts from its members' weights
         assert_member_matches(pack, r, m, grads=False)
@@ -98,11 +105,13 @@ def test_packed_cnn_trains_each_member_as_alone(norm, optimizer):
             assert torch.equal(unpacked.state_dict()[k], v), k
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("norm", NORMS)
-def test_a_packed_member_sees_only_its_own_batch(norm):
+def test_a_packed_member_sees_only_its_own_batch(norm, path):
     """Changing one member's batch leaves the others' outputs and statistics untouched (training mode)."""
     pack = PackedCNN([member(norm, s) for s in range(R)])
     twin = PackedCNN([member(norm, s) for s in range(R)])
+    pack.grouped_below = twin.grouped_below = PATHS[path]
     x = torch.randn(R, B, 784, dtype=torch.float64)
     other = x.clone()
     other[1] = torch.randn(B, 784, dtype=torch.float64) * 3 + 1
@@ -114,14 +123,16 @@ def test_a_packed_member_sees_only_its_own_batch(norm):
             torch.testing.assert_close(v, twin.member_state(r)[k], **TIGHT, msg=k)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_packed_cnn_pools_before_its_activation_and_keeps_the_memory_format(activation, channels_last):
+def test_packed_cnn_pools_before_its_activation_and_keeps_the_memory_format(activation, channels_last, path):
     """The pack max-pools before the (monotone) activation, a quarter of the
     activation's work: the same numbers as the member's activation -> pool,
     in either memory format."""
     nets = [member("batch", s, channels_last, activation) for s in range(R)]
     pack = PackedCNN([member("batch", s, channels_last, activation) for s in range(R)])
+    pack.grouped_below = PATHS[path]
     kinds = [type(m).__name__ for m in pack.features]
     assert kinds[2] == "MaxPool2d" and kinds[3] != "MaxPool2d"
     assert pack.features[4].weight.is_contiguous(memory_format=torch.channels_last) == channels_last

@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from study.models import check_norm
-from study.models.mlp import ACTIVATIONS, GhostStatistics, PackedMLP, build_mlp
+from study.models.mlp import ACTIVATIONS, GhostStatistics, PackedMLP, build_mlp, ghost_chunks
 
 IMAGE = (1, 28, 28)
 
@@ -95,10 +96,20 @@ class PackedCNN(nn.Module):
     BatchNorm2d's per-channel statistics over batch x height x width are per member
     and channel, GroupNorm(R x groups) keeps every group inside one member (layer =
     one group per member), and a ghost batch splits every member's batch alike.
-    Pooling and activations act per channel. The head is the MLP's pack over the
-    flattened per-member features. Tests: each member equals its network alone
-    (tests/test_cnn_pack.py).
+    Pooling and activations act per channel; each max pool comes before its
+    activation (monotone: the same numbers, a quarter of the activation's work).
+    The head is the MLP's pack over the flattened per-member features.
+
+    From `grouped_below` examples per member on, the conv blocks run member by
+    member instead, on slices of the same stacked weights and statistics: on
+    the 2-core development machine with one thread the grouped layers were
+    1.2-2.4x faster than R networks one after another at batch 2 and 8, but
+    0.7-0.9x at 64 and 0.7x at 512 (R x larger tensors fall out of the cache;
+    docs/speed.md#the-packed-conv-net). Tests: each member equals its network
+    alone either way (tests/test_cnn_pack.py).
     """
+
+    grouped_below = 32  # examples per member; measured at 2, 8 (grouped faster) and 64, 512 (slower)
 
     def __init__(self, members: Sequence[ConvNet]) -> None:
         super().__init__()
@@ -120,11 +131,39 @@ class PackedCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r, b = x.shape[:2]
+        if b >= self.grouped_below:
+            return self.head(torch.stack([self._member_features(k, x[k]) for k in range(r)]))
         h = x.transpose(0, 1).reshape(b, r * IMAGE[0], *IMAGE[1:])  # member r's image is channel r
         if self.channels_last:
             h = h.contiguous(memory_format=torch.channels_last)
         h = self.features(h)
         return self.head(h.reshape(b, r, -1).transpose(0, 1))  # (R, B, C x H x W): each member's flatten
+
+    def _member_features(self, r: int, x: torch.Tensor) -> torch.Tensor:
+        """Member r's conv blocks alone, (B, 784) -> (B, C x H x W), on its slice of every layer."""
+        h = x.reshape(-1, *IMAGE)
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
+        for layer in self.features:
+            if isinstance(layer, nn.Conv2d):
+                bias = None if layer.bias is None else layer.bias.chunk(self.runs)[r]
+                h = F.conv2d(h, layer.weight.chunk(self.runs)[r], bias, padding=layer.padding)
+            elif isinstance(layer, nn.BatchNorm2d):
+                own = [t.chunk(self.runs)[r] for t in (layer.running_mean, layer.running_var, layer.weight,
+                                                        layer.bias)]
+                ghost = isinstance(layer, GhostBatchNorm2d) and self.training
+                parts = ghost_chunks(h, layer.ghost_size, 0) if ghost else [h]
+                # a slice of the running statistics, updated in place
+                outs = [F.batch_norm(c, *own, self.training, layer.momentum, layer.eps) for c in parts]
+                h = outs[0] if len(outs) == 1 else torch.cat(outs)
+                if self.training and r == 0 and not ghost:
+                    layer.num_batches_tracked.add_(1)  # as the member's BatchNorm2d counts (GhostStatistics: none)
+            elif isinstance(layer, nn.GroupNorm):
+                h = F.group_norm(h, layer.num_groups // self.runs, layer.weight.chunk(self.runs)[r],
+                                 layer.bias.chunk(self.runs)[r], layer.eps)
+            else:
+                h = layer(h)
+        return h.flatten(1)
 
     def member_state(self, r: int) -> dict[str, torch.Tensor]:
         """Run r's parameters and statistics under its own network's names (ConvNet.state_dict)."""
