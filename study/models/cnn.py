@@ -1,6 +1,6 @@
 """The `cnn` model family: a small conv net on the same MNIST tensors, 3x3
 conv -> norm -> activation -> 2x2 max pool blocks, then the MLP as its head;
-its pack is `LoopedPack` (pack.py). Its norms: docs/configuration.md#model-families."""
+its pack is `PackedCNN` (below). Its norms: docs/configuration.md#model-families."""
 
 from __future__ import annotations
 
