@@ -1,5 +1,6 @@
 """The cnn and lstm families: each norm and cell against a hand computation,
-the looped pack against its members alone, and their config checks."""
+the looped pack against its members alone, and their config checks (the
+cnn's own pack: tests/test_cnn_pack.py)."""
 
 import math
 
@@ -356,10 +357,12 @@ def test_training_a_family_end_to_end_is_deterministic(tiny_mnist, tmp_path, fam
         assert h["test_acc"] > 0.5
     for k in ("val_acc", "test_acc", "train_acc", "train_eval_loss"):
         assert alone[0].history[-1][k] == again[0].history[-1][k], k  # deterministic
-        if family == "cnn" or k != "train_eval_loss":  # the same weights (looped pack: bit for bit)
-            assert alone[0].history[-1][k] == h[k], k
-        else:  # the lstm pack batches its members' matmuls and norms: float tolerance
+        if k == "train_eval_loss":  # both packs batch their members' matmuls and norms: float tolerance
             assert h[k] == pytest.approx(alone[0].history[-1][k], rel=1e-5), k
+        elif family == "lstm":  # the same predictions
+            assert alone[0].history[-1][k] == h[k], k
+        else:  # after an epoch of Adam, float tolerance may flip a borderline example (1 in 400 seen)
+            assert h[k] == pytest.approx(alone[0].history[-1][k], abs=0.006), k
     # the epoch's mean of the step losses is reduced over a (steps, R) tensor: the sum's order may differ
     assert alone[0].history[-1]["train_loss"] == again[0].history[-1]["train_loss"]
     assert h["train_loss"] == pytest.approx(alone[0].history[-1]["train_loss"], rel=1e-6)

@@ -88,8 +88,8 @@ FAMILIES = {
     "mlp": Family(network="study.models.mlp.build_mlp", packed="study.models.mlp.PackedMLP", norms=MLP_NORMS,
                   probes=None, fused_norms=("none", "batch"), check=_check_mlp),
     # conv -> norm -> activation -> pool blocks, then the MLP as its head (and so the MLP's norms); its
-    # pack runs the members one after the other.
-    "cnn": Family(network="study.models.cnn.build_cnn", packed="study.models.pack.LoopedPack", norms=MLP_NORMS,
+    # pack: the members side by side on the channel axis, grouped convolutions, the MLP's pack as the head.
+    "cnn": Family(network="study.models.cnn.build_cnn", packed="study.models.cnn.PackedCNN", norms=MLP_NORMS,
                   probes=EVALUATION_PROBES, check=_check_cnn),
     # One LSTM layer reading 28 rows of 28 pixels. batch: BN-LSTM, statistics per time step (Cooijmans et
     # al. 2016); batch_shared: the same with one set of population statistics for all steps; layer: LN-LSTM.

@@ -1,7 +1,7 @@
 """A pack, R runs as one model mapping (R, B, ...) to (R, B, classes):
 `LoopedPack` runs R networks one after the other, each exactly as alone
-(the `cnn` family's pack, and any network's); `evaluate` scores every run
-of any pack."""
+(any network's pack; each family has its own now: mlp.py, cnn.py,
+lstm.py); `evaluate` scores every run of any pack."""
 
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ from torch import nn
 class LoopedPack(nn.Module):
     """R networks of one architecture, run one after the other on their slices.
 
-    A conv or recurrent net gains little from batching its runs on a CPU (a
-    grouped convolution is no faster than R small ones), so the members are
-    kept as they are: each computes exactly what it computes alone (the same
-    modules, shapes and kernels; its gradient is that of its own loss, and
-    torch.optim's foreach updates are elementwise; tests/test_families.py).
-    A pack saves a process start and a data load per run, not compute.
+    The members are kept as they are: each computes exactly what it computes
+    alone (the same modules, shapes and kernels; its gradient is that of its
+    own loss, and torch.optim's foreach updates are elementwise;
+    tests/test_families.py). It saves a process start and a data load per
+    run, not compute. The baseline of the families' own packs: on the 2-core
+    development machine, one thread, R grouped convolutions were slower than
+    this loop at batch 64 and 512 and faster at 2 and 8, so `PackedCNN`
+    (cnn.py) groups only below 32 examples per member
+    (docs/speed.md#the-packed-conv-net).
     """
 
     def __init__(self, members: Sequence[nn.Module]) -> None:
