@@ -91,7 +91,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("C16b", "BN costs the LSTM compute per step", ("rnn",), "c16_recurrent", margin=5.0),
     Claim("C16c", "BN-LSTM's train/eval discrepancy is larger at small batch", ("rnn",), "c16_recurrent", margin=1.0),
     Claim("C16d", "LayerNorm does as well as BN in the LSTM", ("rnn",), "c16_recurrent", margin=0.5),
-    Claim("C17", "BN's benefits carry to conv nets (BatchNorm2d)", ("cnn",), "c17_conv_net", margin=0.25,
+    Claim("C17", "BN's accuracy advantage at C1's fixed budget carries to conv nets (BatchNorm2d)", ("cnn",), "c17_conv_net", margin=0.25,
           plain_sweep=True),
     Claim("C18", "statistics recomputed with frozen weights (precise BN) match or beat the moving averages",
           ("precise_bn",), "c18_precise_bn", margin=0.25),

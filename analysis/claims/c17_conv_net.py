@@ -1,4 +1,4 @@
-"""C17: BN's benefits carry to conv nets (BatchNorm2d).
+"""C17: BN's accuracy advantage at C1's fixed budget carries to conv nets (BatchNorm2d).
 
 Runs: the cnn preset (the notebook grid of C1 on `model=cnn`: no norm vs
 BatchNorm2d at batch 8, 64 and 512, lr 0.01, 5 epochs), or a sweep without
