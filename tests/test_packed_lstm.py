@@ -34,3 +34,16 @@ def test_a_pack_has_each_members_gradients(norm, runs):
             torch.testing.assert_close(packed.grad[r], p.grad, rtol=1e-9, atol=1e-12, msg=f"{norm} {name}")
         for name, v in m.state_dict().items():
             torch.testing.assert_close(state[name], v, rtol=1e-9, atol=1e-12, msg=f"{norm} {name}")
+
+
+@pytest.mark.parametrize("norm", ["none", "batch", "layer"])
+def test_evaluation_in_chunks_is_evaluation_at_once(norm, monkeypatch):
+    """In eval mode a large batch runs in chunks (memory): each example's logits are as at once."""
+    torch.manual_seed(0)
+    pack = PackedLSTM([build_lstm(hidden=[6], norm=norm).double() for _ in range(2)])
+    pack(torch.randn(2, 4, 784, dtype=torch.float64))  # a training step's statistics
+    pack.eval()
+    x = torch.randn(2, 7, 784, dtype=torch.float64)
+    whole = pack(x)
+    monkeypatch.setattr(PackedLSTM, "EVAL_CHUNK", 3)
+    torch.testing.assert_close(pack(x), whole, rtol=1e-12, atol=1e-12)
