@@ -18,7 +18,7 @@ from study.measure.notebook import notebook_dataset
 COMPILED = [64] if HAS_CXX else []
 
 PIPELINE_RUNS = {"notebook": 1, "trainer": 1, "trainer-compiled": 1}
-ROW_KEYS = {"pipeline", "batch_size", "norm", "runs", "samples_per_second", "x_notebook",
+ROW_KEYS = {"pipeline", "batch_size", "norm", "runs", "samples_per_second", "x_notebook", "x_sequential",
             "fraction_of_ceiling", "samples", "seconds", "deterministic", "cpu_wait", "precision", "x_fp32"}
 TOP_KEYS = {"schema_version", "kind", "started_at", "finished_at", "wall_seconds", "command", "settings",
             "model", "data", "env", "ceiling", "rows", "packs", "targets"}
@@ -90,7 +90,8 @@ def test_packs_and_targets_are_consistent(bench_run):
     assert names == {(name, "trainer", b, n, None) for n in ("none", "batch")
                      for name, b in (("trainer_x_notebook", 64), ("trainer_fraction_of_ceiling", 512))} | {
         ("trainer_x_notebook", "trainer-compiled", b, n, None) for b in COMPILED for n in ("none", "batch")} | {
-        ("pack_x_sequential", "trainer-pack", 8, n, k) for n in ("none", "batch") for k in (2, 3)}
+        ("pack_x_sequential", "trainer-pack", 8, n, k) for n in ("none", "batch") for k in (2, 3)} | {
+        ("bn_fraction_of_ceiling", "trainer", 64, "batch", None)}
     for t in result["targets"]:
         assert t["met"] == (t["value"] >= t["target"])
 
@@ -183,22 +184,91 @@ def test_the_notebook_pipeline_sees_the_trainers_inputs(tiny_mnist):
         assert torch.allclose(dataset[i][0].reshape(-1), trainer_x[i], atol=1e-6)
 
 
+def check_rows(result):
+    """What every row of any family must satisfy: its keys, and its ratios are those of its samples/s."""
+    rows = {(r["pipeline"], r["batch_size"], r["norm"], r["runs"]): r for r in result["rows"]}
+    for (pipeline, b, n, runs), r in rows.items():
+        assert ROW_KEYS <= set(r) and r["samples_per_second"] > 0 and r["seconds"] > 0
+        base = rows[("notebook", b, n, 1)]["samples_per_second"]
+        assert math.isclose(r["x_notebook"], r["samples_per_second"] / base)
+        assert math.isclose(r["fraction_of_ceiling"], r["samples_per_second"] / result["ceiling"]["samples_per_second"])
+        if pipeline == "trainer-pack":  # over the same runs one after another
+            seq = rows[("trainer-sequential", b, n, runs)]["samples_per_second"]
+            assert math.isclose(r["x_sequential"], r["samples_per_second"] / seq)
+        else:
+            assert r["x_sequential"] is None
+    for t in result["targets"]:
+        assert t["met"] == (t["value"] <= t["target"] if t.get("at_most") else t["value"] >= t["target"])
+    return rows
+
+
 def test_the_conv_net_is_benchmarked_with_its_conv_flops(tiny_mnist):
-    """model=cnn: the same rows, and a ceiling that counts the convolutions (channels [2, 4], head [8])."""
-    result = bench.main(tiny_args(tiny_mnist, "--batch-sizes", "16", "--pack-batches", "", "--compile-batches", "",
-                                  "model=cnn", "model.channels=[2,4]", "model.hidden=[8]", "model.groups=2"))
+    """model=cnn: the same rows (packs too), and a ceiling that counts the convolutions (channels [2, 4], head [8])."""
+    result = bench.main(tiny_args(tiny_mnist, "--batch-sizes", "64", "--pack", "2", "--pack-batches", "64",
+                                  "--compile-batches", "", "model=cnn", "model.channels=[2,4]", "model.hidden=[8]",
+                                  "model.groups=2"))
     conv = 2 * (1 * 9) * (2 * 28 * 28) + 2 * (2 * 9) * (4 * 14 * 14)
     dense = 2 * (4 * 7 * 7) * 8 + 2 * 8 * 10
     assert result["model"]["flops_per_sample"] == 3 * (conv + dense)
     assert result["model"]["architecture"] == "cnn conv 2-4, head 784-8-10"
-    assert {(r["pipeline"], r["norm"]) for r in result["rows"]} == {
-        (p, n) for p in ("notebook", "trainer") for n in ("none", "batch")}
-    assert all(r["samples_per_second"] > 0 for r in result["rows"])
+    rows = check_rows(result)
+    assert set(rows) == {(p, 64, n, 1) for p in ("notebook", "trainer") for n in ("none", "batch")} | {
+        (p, 64, n, 2) for p in ("trainer-pack", "trainer-sequential") for n in ("none", "batch")}
+    # The conv net's own targets (issue 24), not the MLP's: the trainer at 3x its plain loop, a pack at 2x.
+    assert {(t["name"], t["batch_size"], t["norm"], t["target"]) for t in result["targets"]} == {
+        (name, 64, n, goal) for n in ("none", "batch")
+        for name, goal in (("trainer_x_notebook", 3.0), ("pack_x_sequential", 2.0))}
 
 
-def test_the_lstm_is_refused_in_one_line(tiny_mnist, capsys):
+def test_the_lstm_is_benchmarked_per_arm_against_nn_lstm(tiny_mnist, capsys):
+    """model=lstm: the same columns as the other families; every arm's plain loop, trainer and packs;
+    the plain arm also on nn.LSTM's fused kernel (trainer-nn-lstm), and issue 24's targets: a pack at
+    batch 8 over its runs one after another, nn.LSTM over the trainer's plain arm at batch 128."""
+    result = bench.main(tiny_args(tiny_mnist, "--batch-sizes", "8,128", "--pack", "2", "--pack-batches", "8",
+                                  "--norms", "none,batch,layer", "model=lstm", "model.hidden=[8]"))
+    out = capsys.readouterr().out
+    h = 8  # 28 steps of (28 -> 4h) and (h -> 4h), then the head h -> 10
+    assert result["model"]["flops_per_sample"] == 3 * (28 * 2 * (4 * h * 28 + 4 * h * h) + 2 * h * 10)
+    assert result["model"]["architecture"] == "lstm 28 steps x 28 pixels, 8 units, head 8-10"
+    assert result["settings"]["compile_batches"] == []  # not compiled unless asked
+    norms = ("none", "batch", "layer")
+    rows = check_rows(result)
+    assert set(rows) == {(p, b, n, 1) for p in ("notebook", "trainer") for b in (8, 128) for n in norms} | {
+        ("trainer-nn-lstm", b, "none", 1) for b in (8, 128)} | {
+        (p, 8, n, 2) for p in ("trainer-pack", "trainer-sequential") for n in norms}
+    assert {(t["name"], t["batch_size"], t["norm"]) for t in result["targets"]} == {
+        ("pack_x_sequential", 8, n) for n in norms} | {("nn_lstm_x_trainer", 128, "none")}
+    fused = next(t for t in result["targets"] if t["name"] == "nn_lstm_x_trainer")
+    assert fused["at_most"] and fused["target"] == 1.5 and math.isclose(
+        fused["value"], rows[("trainer-nn-lstm", 128, "none", 1)]["samples_per_second"]
+        / rows[("trainer", 128, "none", 1)]["samples_per_second"])
+    assert all(t["target"] == 4.0 for t in result["targets"] if t["name"] == "pack_x_sequential")
+    assert "target nn_lstm_x_trainer batch 128 norm none:" in out and "(target <= 1.5x)" in out
+    line = next(ln for ln in out.splitlines() if ln.startswith("trainer-pack") and " layer " in ln)
+    assert line.split()[6] == f"{rows[('trainer-pack', 8, 'layer', 2)]['x_sequential']:.2f}x"  # the x seq column
+
+
+def test_the_lstm_flops_count_its_cell_in_every_arm():
+    """flops_per_sample reads the cell's weights whichever network the arm builds (nn.LSTM or NormLSTM)."""
+    from study.bench import bench_config, flops_per_sample
+
+    for norm in ("none", "batch", "layer"):
+        cfg = bench_config(["model=lstm", f"model.norm={norm}"])
+        assert flops_per_sample(cfg) == 3 * (28 * 2 * 400 * (28 + 100) + 2 * 100 * 10), norm
+
+
+def test_pack_batches_are_among_the_batch_sizes(capsys):
+    assert bench.parse_args(["--batch-sizes", "64,512"]).pack_batches == []  # the default, 8, where measured
+    assert bench.parse_args([]).pack_batches == [8]
     with pytest.raises(SystemExit) as e:
-        bench.main(tiny_args(tiny_mnist, "--pack-batches", "", "--compile-batches", "", "model=lstm"))
+        bench.parse_args(["--batch-sizes", "64,512", "--pack-batches", "8"])
+    assert e.value.code == 2 and "--pack-batches must be among --batch-sizes" in capsys.readouterr().err
+
+
+def test_an_lstm_norm_the_arm_cannot_compile_is_refused_before_measuring(tiny_mnist, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(tiny_args(tiny_mnist, "--batch-sizes", "8", "--norms", "none", "--compile-batches", "8",
+                             "model=lstm"))
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: model=lstm is not benchmarked here") and err.count("\n") == 1
+    assert err.startswith("error: compile=") and err.count("\n") == 1
