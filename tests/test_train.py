@@ -299,11 +299,11 @@ def test_fused_step_updates_parameters_and_bn_statistics_like_autograd():
 @pytest.mark.parametrize("batch", [2, 64])
 @pytest.mark.parametrize("bias", [True, False])
 def test_fused_batch_norm_matches_autograd_in_packs_and_batches(runs, batch, bias):
-    """The fused step's own BN forward/backward (not torch's batch-norm kernels):
+    """The fused step's BN (its skipped bias update before BN included):
     parameters, running statistics after several steps and the eval-mode
-    outputs equal autograd + torch.optim.SGD's, for a pack of 1 and of 3
-    (each run its own learning rate), at the smallest batch BN trains on and
-    at the default one."""
+    outputs equal autograd + plain SGD's, for a pack of 1 and of 3 (each run
+    its own learning rate), at the smallest batch BN trains on and at the
+    default one."""
     from study.models.fused_sgd.step import fused_sgd_step
     from study.models.mlp import PackedMLP, build_mlp
 

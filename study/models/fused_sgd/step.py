@@ -15,8 +15,8 @@ def fused_sgd_step(model: PackedMLP, x: torch.Tensor, y: torch.Tensor,
     """One plain-SGD step (no momentum, no weight decay) without autograd.
 
     The same math as `loss.backward(); SGD.step()` with PyTorch's own kernels
-    for each piece (threshold/sigmoid/tanh backward; batch norm's forward and
-    backward written out in sums and elementwise ops, `_batch_norm_forward`), but each weight is updated in place from its gradient product
+    for each piece (native batch norm forward/backward, threshold/sigmoid/tanh
+    backward), but each weight is updated in place from its gradient product
     (`W.baddbmm_(a^T, g, alpha=-1)`) instead of writing a gradient tensor
     that an optimizer then reads: at small batches the per-step overhead of
     autograd and the optimizer, not arithmetic, is the limit.
@@ -39,9 +39,13 @@ def fused_sgd_step(model: PackedMLP, x: torch.Tensor, y: torch.Tensor,
             saved.append((layer, h))
             h = torch.bmm(h, layer.weight) if layer.bias is None else torch.baddbmm(layer.bias, h, layer.weight)
         elif kind is PackedBatchNorm:  # not ghost BN: its statistics differ
-            xhat, gain = _batch_norm_forward(layer, h)
-            saved.append((layer, xhat, gain))
-            h = torch.addcmul(layer.bias.view(r, 1, -1), xhat, layer.weight.view(r, 1, -1))
+            f = layer.features
+            flat = h.transpose(0, 1).reshape(b, r * f)
+            out, mean, invstd = torch.native_batch_norm(
+                flat, layer.weight, layer.bias, layer.running_mean, layer.running_var,
+                True, layer.momentum, layer.eps)
+            saved.append((layer, flat, mean, invstd))
+            h = out.view(b, r, f).transpose(0, 1)
         elif kind in _FORWARD:
             h = _FORWARD[kind](h)
             saved.append((layer, h))
@@ -64,59 +68,23 @@ def fused_sgd_step(model: PackedMLP, x: torch.Tensor, y: torch.Tensor,
             layer.weight.baddbmm_(a.transpose(1, 2), g, alpha=-1)
             # A bias that feeds BN gets no gradient: the batch mean removes it, and
             # BN's input gradient sums to zero over the batch (autograd's sum of it
-            # is rounding noise, ~1e-9), so its update is skipped, not computed.
+            # is rounding noise), so its update is skipped, not computed.
             if layer.bias is not None and not before_norm:
                 layer.bias.sub_(g.sum(1, keepdim=True))
             g, before_norm = g_in, False
         elif kind is PackedBatchNorm:
-            g = _batch_norm_backward(layer, g, item[1], item[2])
+            _, flat, mean, invstd = item
+            f = layer.features
+            g_flat = g.transpose(0, 1).reshape(b, r * f)
+            g_in, g_w, g_b = torch.ops.aten.native_batch_norm_backward(
+                g_flat, flat, layer.weight, layer.running_mean, layer.running_var, mean, invstd,
+                True, layer.eps, [True, True, True])
+            torch._foreach_sub_([layer.weight, layer.bias], [g_w, g_b])  # one op for both
+            g = g_in.view(b, r, f).transpose(0, 1)
             before_norm = True
         else:
             g = _BACKWARD[kind](g, item[1])
     return losses
-
-
-def _batch_norm_forward(layer: PackedBatchNorm, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training-mode BatchNorm1d of every run's (B, F) slice of `h` (R, B, F):
-    returns the normalized input (R, B, F) and gamma / std (R, 1, F), and
-    updates the running statistics as nn.BatchNorm1d does (momentum is the
-    new batch's weight; the running variance is the unbiased one).
-
-    Plain sums and elementwise ops on (R, B, F) as it lies, not
-    torch.native_batch_norm: at batch 64 (a 64 x 128 slice) the native
-    forward and backward kernels split their channels over OpenMP threads,
-    and waking the second thread costs more than the arithmetic (process
-    CPU time 2.4x and 3.8x their thread's own with 2 threads, and up to 9x
-    the wall time under load: docs/speed.md), while ops on tensors below
-    PyTorch's grain size (32,768 elements) run on the calling thread.
-    """
-    r, b, _ = h.shape
-    if b < 2:
-        raise ValueError("BatchNorm needs more than one example per batch to train")
-    # Two passes of plain sums (torch.var_mean's Welford kernel takes ~6x as long here).
-    total = h.sum(1, keepdim=True)  # (R, 1, F)
-    centered = torch.sub(h, total, alpha=1 / b)
-    squares = (centered * centered).sum(1, keepdim=True)  # b x the biased variance BN normalizes with
-    m = layer.momentum
-    torch._foreach_mul_([layer.running_mean, layer.running_var], 1 - m)
-    layer.running_mean.add_(total.view(-1), alpha=m / b)
-    layer.running_var.add_(squares.view(-1), alpha=m / (b - 1))  # unbiased, as BatchNorm1d's
-    invstd = squares.mul_(1 / b).add_(layer.eps).rsqrt_()
-    return centered.mul_(invstd), invstd.mul_(layer.weight.view(r, 1, -1))
-
-
-def _batch_norm_backward(layer: PackedBatchNorm, g: torch.Tensor, xhat: torch.Tensor,
-                         gain: torch.Tensor) -> torch.Tensor:
-    """BN's backward from the gradient `g` of its output (R, B, F, already
-    times lr / b): updates gamma and beta in place and returns the input's
-    gradient, gamma / std * (g - mean(g) - xhat * mean(g * xhat)) with the
-    means over each run's batch (Ioffe & Szegedy 2015, section 3)."""
-    b = g.shape[1]
-    g_bias = g.sum(1, keepdim=True)  # (R, 1, F)
-    g_weight = (g * xhat).sum(1, keepdim=True)
-    g_in = torch.addcmul(g, xhat, g_weight, value=-1 / b).sub_(g_bias, alpha=1 / b).mul_(gain)
-    torch._foreach_sub_([layer.weight, layer.bias], [g_weight.view(-1), g_bias.view(-1)])  # one op for both
-    return g_in
 
 
 # The activations it handles (study.models.fused_sgd.ACTIVATIONS, by name): forward,
