@@ -58,6 +58,7 @@ def fused_sgd_step(model: PackedMLP, x: torch.Tensor, y: torch.Tensor,
     g.scatter_add_(-1, target, torch.full_like(target, -1.0, dtype=g.dtype))
     g.mul_(scale)
     first = model.layers[0]
+    before_norm = False  # whether the layer being walked back feeds a BatchNorm
     for item in reversed(saved):
         layer = item[0]
         kind = type(layer)
@@ -65,9 +66,12 @@ def fused_sgd_step(model: PackedMLP, x: torch.Tensor, y: torch.Tensor,
             a = item[1]
             g_in = torch.bmm(g, layer.weight.transpose(1, 2)) if layer is not first else None
             layer.weight.baddbmm_(a.transpose(1, 2), g, alpha=-1)
-            if layer.bias is not None:
+            # A bias that feeds BN gets no gradient: the batch mean removes it, and
+            # BN's input gradient sums to zero over the batch (autograd's sum of it
+            # is rounding noise), so its update is skipped, not computed.
+            if layer.bias is not None and not before_norm:
                 layer.bias.sub_(g.sum(1, keepdim=True))
-            g = g_in
+            g, before_norm = g_in, False
         elif kind is PackedBatchNorm:
             _, flat, mean, invstd = item
             f = layer.features
@@ -75,9 +79,9 @@ def fused_sgd_step(model: PackedMLP, x: torch.Tensor, y: torch.Tensor,
             g_in, g_w, g_b = torch.ops.aten.native_batch_norm_backward(
                 g_flat, flat, layer.weight, layer.running_mean, layer.running_var, mean, invstd,
                 True, layer.eps, [True, True, True])
-            layer.weight.sub_(g_w)
-            layer.bias.sub_(g_b)
+            torch._foreach_sub_([layer.weight, layer.bias], [g_w, g_b])  # one op for both
             g = g_in.view(b, r, f).transpose(0, 1)
+            before_norm = True
         else:
             g = _BACKWARD[kind](g, item[1])
     return losses
