@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from study.data import MNISTSplits
+from study.models.lstm import ROWS, PackedLSTM
 from study.models.mlp import ACTIVATIONS, PackedBatchNorm, PackedLinear, PackedMLP, ghost_chunks
 from study.models.pack import evaluate
 from study.spec import TrainSpec
@@ -190,9 +191,12 @@ def reestimate_running_stats(net: PackedMLP, x: torch.Tensor, chunk: int) -> boo
     A cumulative average (PyTorch's momentum=None: the k-th chunk has weight
     1/k) over one pass in train mode in chunks of `chunk` (a trailing chunk
     of one joins the one before), as `torch.optim.swa_utils.update_bn` does.
-    Ghost BN is re-estimated like plain BN, over whole chunks. Returns False
-    (nothing done) when the model has no running statistics.
+    Ghost BN is re-estimated like plain BN, over whole chunks. A BN-LSTM
+    (`PackedLSTM`) is re-estimated per time step (`reestimate_step_statistics`).
+    Returns False (nothing done) when the model has no running statistics.
     """
+    if isinstance(net, PackedLSTM):
+        return reestimate_step_statistics(net, x, chunk)
     bns = [m for m in net.layers if isinstance(m, PackedBatchNorm)]
     if not bns:
         return False
@@ -207,6 +211,128 @@ def reestimate_running_stats(net: PackedMLP, x: torch.Tensor, chunk: int) -> boo
         for m in net.layers:
             h = PackedBatchNorm.forward(m, h) if isinstance(m, PackedBatchNorm) else m(h)
     return True
+
+
+# ------------------------------------------- recurrent nets: per-step statistics
+# A BN-LSTM (study/models/lstm.py, model.norm=batch) keeps one row of running
+# statistics per time step in each of its three norms (norm_x: W_x x_t,
+# norm_h: W_h h_{t-1}, norm_c: c_t); batch_shared keeps one row for all steps.
+STEP_NORMS = ("norm_x", "norm_h", "norm_c")
+
+
+def step_norms(net: Any) -> list[tuple[str, Any]]:
+    """A BN-LSTM pack's norms with running statistics, by name; [] for any other model."""
+    if not isinstance(net, PackedLSTM) or net.norm not in ("batch", "batch_shared"):
+        return []
+    return [(name, getattr(net, name)) for name in STEP_NORMS]
+
+
+def _row(norm: Any, t: int) -> int:
+    """The running-statistics row that step t uses (as study.models.lstm._PackedNorm.forward)."""
+    return 0 if norm.shared else min(t, norm.running_mean.shape[0] - 1)
+
+
+@torch.no_grad()
+def reestimate_step_statistics(net: PackedLSTM, x: torch.Tensor, chunk: int) -> bool:
+    """Reset a BN-LSTM's running statistics and re-estimate them on x, per time step.
+
+    One pass in train mode over x in chunks of `chunk` (a trailing chunk of
+    one joins the one before); each running row becomes the cumulative
+    average of the batch statistics (mean, unbiased variance) of the steps
+    that use it: row t those of step t in every chunk (batch_shared's one row:
+    of every step of every chunk), the k-th update weighted 1/k, as
+    `reestimate_running_stats` does for the MLP's BN. The weights are not
+    touched. Returns False (nothing done) for a model without running statistics.
+    """
+    norms = [m for _, m in step_norms(net)]
+    if not norms:
+        return False
+    updates: dict[tuple[int, int], int] = {}
+
+    def cumulative(m: Any, args: tuple[Any, ...]) -> None:  # before each call norm(x, t)
+        key = (id(m), _row(m, int(args[1])))
+        updates[key] = updates.get(key, 0) + 1
+        m.momentum = 1.0 / updates[key]
+
+    for m in norms:
+        m.running_mean.zero_()
+        m.running_var.fill_(1.0)
+    hooks = [m.register_forward_pre_hook(cumulative) for m in norms]
+    try:
+        net.train()
+        for xc in ghost_chunks(x, chunk, 0):
+            net(xc.unsqueeze(0).expand(net.runs, -1, -1))
+    finally:
+        for h in hooks:
+            h.remove()
+    return True
+
+
+def step_variances(net: Any) -> Optional[list[dict[str, Any]]]:
+    """Per run, the BN-LSTM's population variance estimates per time step (None for other models).
+
+    For each norm (`STEP_NORMS`) and each running row (time step 0..T-1; one
+    row for batch_shared), over that row's features: `min` and `median` of
+    running_var, and `below_eps`, the fraction of features whose running_var
+    is below the norm's eps (where eps, not the data, sets the scale an
+    input is divided by at evaluation). `eps` is the norms' eps.
+    """
+    norms = step_norms(net)
+    if not norms:
+        return None
+    out: list[dict[str, Any]] = [{"eps": float(norms[0][1].eps)} for _ in range(net.runs)]
+    for name, m in norms:
+        v = m.running_var.double()  # (rows, R, F)
+        low = v.min(-1).values.T.tolist()  # (R, rows)
+        mid = torch.quantile(v, 0.5, dim=-1).T.tolist()
+        below = (v < m.eps).double().mean(-1).T.tolist()
+        for k in range(net.runs):
+            out[k][name] = {"min": [_num(a) for a in low[k]], "median": [_num(a) for a in mid[k]],
+                            "below_eps": below[k]}
+    return out
+
+
+@torch.no_grad()
+def step_z_rms(net: Any, x: torch.Tensor, chunk: int) -> Optional[list[dict[str, list[Optional[float]]]]]:
+    """Per run, for each BN-LSTM norm and time step: the root mean square of
+    its normalized input, (v - running_mean) / sqrt(running_var + eps), over
+    the images x and the features, in eval mode (None for other models).
+
+    In training a step's normalized input has an RMS of at most 1 (its batch
+    statistics; about 0 where the batch variance is far below eps); at
+    evaluation, where the population statistics do not describe an image's
+    value (a mean off by d over a variance below eps), the RMS is d over
+    sqrt(eps): the amplification that breaks the population statistics.
+    """
+    norms = step_norms(net)
+    if not norms:
+        return None
+    steps = ROWS  # the time steps (batch_shared: one running row, 28 steps)
+    sums = {name: torch.zeros(steps, net.runs, dtype=torch.float64, device=x.device) for name, _ in norms}
+    count = {name: [0] * steps for name, _ in norms}
+
+    def hook(name: str) -> Any:
+        def record(m: Any, args: tuple[Any, ...]) -> None:
+            v, t = args[0], int(args[1])
+            row = _row(m, t)
+            z = (v - m.running_mean[row][:, None, :]) / torch.sqrt(m.running_var[row][:, None, :] + m.eps)
+            sums[name][t] += z.double().pow(2).mean((1, 2)) * v.shape[1]
+            count[name][t] += v.shape[1]
+        return record
+
+    hooks = [m.register_forward_pre_hook(hook(name)) for name, m in norms]
+    try:
+        evaluate(net, x, torch.zeros(len(x), dtype=torch.long, device=x.device), chunk)
+    finally:
+        for h in hooks:
+            h.remove()
+    out: list[dict[str, list[Optional[float]]]] = [{} for _ in range(net.runs)]
+    for name, _ in norms:
+        rms = (sums[name] / torch.tensor([max(c, 1) for c in count[name]], dtype=torch.float64,
+                                         device=x.device)[:, None]).sqrt().T.tolist()  # (R, T)
+        for k in range(net.runs):
+            out[k][name] = [_num(v) for v in rms[k]]
+    return out
 
 
 def precise_indices(n_train: int, n: int, seed: int = PRECISE_SEED) -> torch.Tensor:
@@ -371,15 +497,21 @@ class Probes:
         if "precise_bn" in self.kinds:
             net = copy.deepcopy(model)
             # First the EMA statistics as trained, then train mode (batch statistics), then the recomputed ones.
+            ema_vars, ema_z = step_variances(net), step_z_rms(net, d.test_x, chunk)
             ema, _ = evaluate(net, d.test_x, d.test_y, chunk)
             batch = train_mode_accuracy(net, d.test_x, d.test_y, self.batch_size)
             used, precise = precise_bn_accuracies(net, d.train_x, d.test_x, d.test_y, self.batch_size,
                                                   PRECISE_SAMPLES, chunk)
+            precise_vars = step_variances(net)  # recomputed from the largest sample
+            precise_z = step_z_rms(net, d.test_x, chunk)
             for k in range(r):
                 out[k]["precise_bn"] = {
                     "batch_size": self.batch_size, "samples": used, "sample_seed": PRECISE_SEED,
                     "ema_acc": _num(ema[k]), "train_mode_acc": _num(batch[k]),
                     "precise_acc": None if precise is None else [_num(a[k]) for a in precise]}
+                if ema_vars is not None:  # a BN-LSTM: its per-step statistics, as trained and recomputed
+                    out[k]["precise_bn"]["step_variances"] = {"ema": ema_vars[k], "precise": precise_vars[k]}
+                    out[k]["precise_bn"]["step_z_rms"] = {"ema": ema_z[k], "precise": precise_z[k]}
         return out
 
     def finish(self, model: PackedMLP, outcomes: Sequence[Any], alive: Sequence[bool]) -> None:

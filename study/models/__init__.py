@@ -93,8 +93,10 @@ FAMILIES = {
                   probes=EVALUATION_PROBES, check=_check_cnn),
     # One LSTM layer reading 28 rows of 28 pixels. batch: BN-LSTM, statistics per time step (Cooijmans et
     # al. 2016); batch_shared: the same with one set of population statistics for all steps; layer: LN-LSTM.
+    # precise_bn has PackedLSTM code of its own: statistics re-estimated per time step (study/probes.py).
     "lstm": Family(network="study.models.lstm.build_lstm", packed="study.models.lstm.PackedLSTM",
-                   norms=("none", "batch", "batch_shared", "layer"), probes=EVALUATION_PROBES, check=_check_lstm),
+                   norms=("none", "batch", "batch_shared", "layer"), probes=(*EVALUATION_PROBES, "precise_bn"),
+                   check=_check_lstm),
 }
 
 
