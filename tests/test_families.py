@@ -373,8 +373,9 @@ def test_training_a_family_end_to_end_is_deterministic(tiny_mnist, tmp_path, fam
 
 @pytest.mark.slow
 def test_the_rnn_preset_runs_end_to_end_with_its_claims_in_the_report(tmp_path, tiny_mnist):
-    """experiment=quick/rnn through the real CLI on tiny data: every arm at batch 8 and 128, the
-    records, and a report whose Findings carry the C16 rows."""
+    """experiment=quick/rnn through the real CLI on tiny data: every arm at batch 128 as a pack of
+    seeds, the records with the final probes and C16b's interleaved cost timing, and a report whose
+    Findings carry the C16 rows."""
     import json
     import subprocess
     import sys
@@ -388,9 +389,15 @@ def test_the_rnn_preset_runs_end_to_end_with_its_claims_in_the_report(tmp_path, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     recs = [json.loads(p.read_text()) for p in sweep.glob("*/result.json")]
     assert {(r["config"]["model"]["norm"], r["config"]["batch_size"]) for r in recs} == {
-        (n, b) for n in ("none", "batch", "layer") for b in (8, 128)}  # batch_shared: on demand only
-    assert len(recs) == 12 and all(r["status"] == "completed" and r["experiment"] == "quick/rnn" for r in recs)
-    assert all(r["pack"]["size"] == 1 and "modes" in r["probes"]["final"] for r in recs)
+        (n, 128) for n in ("none", "batch", "layer")}  # batch_shared: on demand only
+    assert len(recs) == 6 and all(r["status"] == "completed" and r["experiment"] == "quick/rnn" for r in recs)
+    assert all(r["pack"]["size"] == 2 and {"modes", "precise_bn"} <= set(r["probes"]["final"]) for r in recs)
+    bn = [r["probes"]["final"]["precise_bn"] for r in recs if r["config"]["model"]["norm"] == "batch"]
+    assert all(len(p["step_variances"]["ema"]["norm_x"]["min"]) == 28 for p in bn)
+    # C16b: one interleaved measurement of BN-LSTM against the LSTM per pack, in the pack's process
+    assert all("error" not in r["cost"] and r["cost"]["repeats"] == 4 and r["cost"]["batch_size"] == 128
+               for r in recs)
+    assert len({(r["cost"]["process"], r["cost"]["measured_at"]) for r in recs}) == 3
     report = (sweep / "report" / "report.md").read_text()
     for row in ("C16:", "C16b:", "C16c:", "C16d:"):
         assert row in report

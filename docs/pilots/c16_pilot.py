@@ -7,9 +7,9 @@ Each invocation trains one pack (the given seeds of one arm, `experiment=rnn`
 at `--epochs` epochs, `--batch` and `--eps`) through the study's own trainer
 (`study.train.train_runs`, the spec `python study/run.py -m experiment=rnn
 epochs=E steps=null ...` gives, so a seed's numbers are those of the preset's
-run at that budget), and after every epoch takes the final probes (`modes`,
-`precise_bn`: test accuracy with population, batch and recomputed statistics,
-and for BN-LSTM the per-step variances) on a copy of the model. Training at
+run at that budget), and after every epoch (or those of `--probe-epochs`) takes the final probe
+`precise_bn` (test accuracy with population, batch and recomputed statistics,
+the numbers `modes` gives as well, and for BN-LSTM the per-step variances) on a copy of the model. Training at
 budget B is the first B epochs of training at 2B (Adam without a schedule,
 the same data order), so one run at 2B gives the headline at every budget up
 to 2B: the pilot rule of docs/claims.md ("the headline statistic at the budget
@@ -48,7 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     overrides = ["experiment=rnn", f"model.norm={args.norm}", f"data.permute={str(args.permute).lower()}",
                  f"epochs={args.epochs}", "steps=null", f"batch_size={args.batch}", "threads=1",
-                 "probes.kinds=[modes,precise_bn]"]
+                 "probes.kinds=[precise_bn]"]
     if args.eps is not None:
         overrides.append(f"model.bn_eps={args.eps}")
     cfg = plain_config(compose_config(overrides))
