@@ -20,6 +20,7 @@ kept out of the wall times printed per epoch. Writes one JSON file per pack.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -28,10 +29,29 @@ import torch
 
 from study.config import compose_config
 from study.device import configure_determinism
-from study.probes import Probes
+from study.probes import Probes, step_norms
 from study.runner import get_data, plain_config
 from study.spec import train_spec
 from study.train import train_runs
+
+
+ABLATE_FIRST = (1, 2, 3, 4, 6, 8, 14)  # batch statistics at the first k steps, population statistics after
+
+
+@torch.no_grad()
+def first_steps_batch_acc(model, x: torch.Tensor, y: torch.Tensor, chunk: int, k: int) -> list[float]:
+    """Per run, test accuracy of a BN-LSTM pack with the test chunk's batch statistics at steps < k and the
+    population (running) statistics at the others: which steps' population statistics cost the accuracy."""
+    net = copy.deepcopy(model)
+    norms = [m for _, m in step_norms(net)]
+    hooks = [m.register_forward_pre_hook(lambda m, args: setattr(m, "training", int(args[1]) < k)) for m in norms]
+    net.eval()
+    correct = torch.zeros(net.runs)
+    for xc, yc in zip(x.split(chunk), y.split(chunk)):
+        correct += (net(xc.unsqueeze(0).expand(net.runs, -1, -1)).argmax(-1) == yc).sum(1)
+    for h in hooks:
+        h.remove()
+    return (correct / len(x)).tolist()
 
 
 def main() -> None:
@@ -44,6 +64,9 @@ def main() -> None:
     ap.add_argument("--eps", type=float, default=None, help="model.bn_eps (default: conf/model/lstm.yaml's)")
     ap.add_argument("--probe-epochs", default="", help="the epochs after which to probe, e.g. 1,2,3,4,5,6,8,10 "
                     "(default: every epoch)")
+    ap.add_argument("--ablate-epochs", default="", help="BN-LSTM: after these epochs also the accuracy with batch "
+                    f"statistics at the first k steps only, k in {ABLATE_FIRST} (default: the last epoch)")
+    ap.add_argument("--override", action="append", default=[], help="another config override (repeatable)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     overrides = ["experiment=rnn", f"model.norm={args.norm}", f"data.permute={str(args.permute).lower()}",
@@ -51,6 +74,7 @@ def main() -> None:
                  "probes.kinds=[precise_bn]"]
     if args.eps is not None:
         overrides.append(f"model.bn_eps={args.eps}")
+    overrides += args.override
     cfg = plain_config(compose_config(overrides))
     configure_determinism(1)
     device = torch.device("cpu")
@@ -58,18 +82,26 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
 
     per_epoch: list[dict] = []
+    models: list = []  # the pack after the last epoch, saved beside the JSON
     plain_on_epoch = Probes.on_epoch
     probe_at = {int(e) for e in args.probe_epochs.split(",") if e} or set(range(1, args.epochs + 1))
+    ablate_at = {int(e) for e in args.ablate_epochs.split(",") if e} or {args.epochs}
+    d = data
     epoch = 0
 
     def on_epoch(self: Probes, model):  # after each epoch's evaluation: the final probes, timed apart
         nonlocal epoch
         extra = plain_on_epoch(self, model)
         epoch += 1
+        models[:] = [model]
         if epoch not in probe_at:
             return extra
         t0 = time.perf_counter()
         final = self.final(model)
+        if epoch in ablate_at and step_norms(model):
+            accs = {k: first_steps_batch_acc(model, d.test_x, d.test_y, self.batch_size, k) for k in ABLATE_FIRST}
+            for r, f in enumerate(final):
+                f["first_steps_batch_acc"] = {str(k): a[r] for k, a in accs.items()}
         spent = time.perf_counter() - t0
         self.seconds += spent
         per_epoch.append({"epoch": epoch, "probe_seconds": spent, "final": final})
@@ -91,6 +123,7 @@ def main() -> None:
                      "per_epoch": [{"epoch": e["epoch"], "probe_seconds": e["probe_seconds"], **e["final"][k]}
                                    for e in per_epoch]} for k, o in enumerate(outcomes)]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().clone() for k, v in models[-1].state_dict().items()}, args.out.with_suffix(".pt"))
     args.out.write_text(json.dumps(out))
     print(f"wrote {args.out} ({wall:.0f} s)")
 
