@@ -32,8 +32,14 @@ def arm_of(d: dict) -> tuple[str, bool, int, str]:
 
 
 def series(d: dict, key: str) -> dict[int, list[float]]:
-    """epoch -> per-seed accuracy: pop (ema_acc), batch (train_mode_acc), precise (precise_acc[-1])."""
+    """epoch -> per-seed accuracy: pop (the history's test_acc, every epoch; the probes' ema_acc is the same
+    number), batch (train_mode_acc), precise (precise_acc[-1]); without batch statistics all three are pop."""
     out: dict[int, list[float]] = {}
+    if key == "pop" or not arm_of(d)[0].startswith("batch"):  # the history's test accuracy: population statistics
+        for run in d["runs"]:
+            for h in run["history"]:
+                out.setdefault(h["epoch"], []).append(100 * h["test_acc"])
+        return out
     for run in d["runs"]:
         for e in run["per_epoch"]:
             p = e["precise_bn"]
