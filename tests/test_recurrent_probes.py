@@ -14,7 +14,7 @@ import torch
 import study.probes as probes
 from helpers import tiny_overrides
 from study.config import ConfigError, compose_config, validate
-from study.recurrent import ROWS, PackedLSTM, StepBatchNorm, build_lstm
+from study.models.lstm import ROWS, PackedLSTM, StepBatchNorm, build_lstm
 from study.runner import plain_config
 from study.spec import train_spec
 from study.train import train_runs
