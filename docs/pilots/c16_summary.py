@@ -68,7 +68,7 @@ def main() -> None:
         pop, bat, pre = series(d, "pop"), series(d, "batch"), series(d, "precise")
         for ep in sorted(pop):
             line = f"epoch {ep:2d}: pop {fmt(pop[ep])}"
-            if norm.startswith("batch"):
+            if norm.startswith("batch") and ep in bat:
                 line += f" | batch {fmt(bat[ep])} | precise {fmt(pre[ep])}"
             print(line)
     print("\n## minus the LSTM of the same order and batch (points; difference of seed means)")
@@ -83,13 +83,13 @@ def main() -> None:
             if ep not in lstm:
                 continue
             parts = [f"{k} {mean(rows[k][ep]) - mean(lstm[ep]):+6.2f}" for k in rows
-                     if k == "pop" or norm.startswith("batch")]
+                     if ep in rows[k] and (k == "pop" or norm.startswith("batch"))]
             print(f"epoch {ep:2d}: " + " | ".join(parts))
         print("pilot rule (statistic at 2B minus at B; |.| < 0.5 point, half C16's margin):")
         for b in sorted(rows["pop"]):
             if 2 * b in rows["pop"] and b in lstm and 2 * b in lstm:
                 parts = [f"{k} {(mean(rows[k][2 * b]) - mean(lstm[2 * b])) - (mean(rows[k][b]) - mean(lstm[b])):+6.2f}"
-                         for k in rows if k == "pop" or norm.startswith("batch")]
+                         for k in rows if b in rows[k] and 2 * b in rows[k] and (k == "pop" or norm.startswith("batch"))]
                 print(f"  B={b}: " + " | ".join(parts))
     print("\n## LSTM and LN-LSTM on their own: statistic at 2B minus at B (points)")
     for (norm, perm, batch, eps), (name, d) in sorted(by_arm.items(), key=lambda kv: kv[1][0]):
