@@ -1,7 +1,8 @@
 """C14's measure of BN's compute cost: after a run with `cost_repeats` > 0
-trains, BN's and no norm's network of its shape are timed in its process,
-a training step and an inference pass each, arms interleaved; the record's
-`cost` (docs/claims.md, C14; docs/records.md)."""
+trains, BN's and no norm's network of its shape (for the LSTM also LN's:
+C16b) are timed in its process, a training step and an inference pass each,
+arms interleaved; the record's `cost` (docs/claims.md, C14 and C16b;
+docs/records.md)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from study.train import build_member, training_step
 
 COST_VERSION = 1
 ARMS = ("none", "batch")  # the baseline first
+# Arms timed beside them for a family (C16b: BN-LSTM against LN-LSTM too, every arm in PackedLSTM's one loop).
+EXTRA_ARMS = {"lstm": ("layer",)}
 KINDS = ("train", "infer")
 BLOCK_SECONDS = 0.01  # about this long per timed block (calls of one kind and arm)
 WARMUP_SECONDS = 0.25  # per kind and arm, before anything is timed
@@ -92,16 +95,17 @@ def measure(cfg: DictConfig, data: Any, device: torch.device, repeats: int) -> d
     idx = torch.randperm(len(data.train_x), generator=g)[:b].to(data.train_x.device)
     xb = data.train_x.index_select(0, idx).view(1, b, -1)
     yb = data.train_y.index_select(0, idx)
-    arms = {norm: Arm(cfg, norm, xb, yb, device) for norm in ARMS}
-    runs = {kind: {norm: arms[norm].calls(kind) for norm in ARMS} for kind in KINDS}
+    names = ARMS + EXTRA_ARMS.get(str(cfg.model.family), ())
+    arms = {norm: Arm(cfg, norm, xb, yb, device) for norm in names}
+    runs = {kind: {norm: arms[norm].calls(kind) for norm in names} for kind in KINDS}
     calls = {kind: _calls_per_block(runs[kind], device) for kind in KINDS}
     waited = settle(SETTLE_SECONDS)
-    times: dict[str, dict[str, list[float]]] = {kind: {norm: [] for norm in ARMS} for kind in KINDS}
+    times: dict[str, dict[str, list[float]]] = {kind: {norm: [] for norm in names} for kind in KINDS}
     load: dict[str, Any] = {}
     t0 = time.perf_counter()
     with cpu_wait(load):
         for rep in range(repeats):
-            order = ARMS if rep % 2 == 0 else ARMS[::-1]
+            order = names if rep % 2 == 0 else names[::-1]
             for kind in KINDS:
                 for norm in order:
                     times[kind][norm].append(_per_call(runs[kind][norm], calls[kind], device))
@@ -114,8 +118,8 @@ def measure(cfg: DictConfig, data: Any, device: torch.device, repeats: int) -> d
     }
     for kind in KINDS:
         t = times[kind]
-        med = {norm: median(t[norm]) for norm in ARMS}
-        out[kind] = {**{norm: {"median_seconds": med[norm], "seconds": t[norm]} for norm in ARMS},
+        med = {norm: median(t[norm]) for norm in names}
+        out[kind] = {**{norm: {"median_seconds": med[norm], "seconds": t[norm]} for norm in names},
                      "relative": med["batch"] / med["none"] - 1.0,
                      "paired": median(bn / no for bn, no in zip(t["batch"], t["none"])) - 1.0}
     return out
