@@ -179,18 +179,16 @@ def _accuracy(runs: ClaimRuns, out: Path) -> ClaimResult:
     details += eps_lines
     verdict = combine(v for *_, v in settings)
     label, c = headline(settings)
+    others = "; ".join(f"{_order(p)}, {READINGS[m]} {with_interval(other[(p, m)][0])} ({other[(p, m)][1]})"
+                       for p in (False, True) for m in ("batch_acc", "precise_acc") if (p, m) in other)
+    paid = "; ".join(f"{signed(cost[p].mean)} points on {_order(p)}" for p in cost if cost[p].n)
     evidence = ("BN-LSTM with its population statistics (as evaluated) minus LSTM: "
                 + "; ".join(f"{w} {with_interval(d)} ({v})" for w, d, v in settings)
                 + (f"; the verdict combines the {len(settings)} pixel orders" if len(settings) > 1 else "")
-                + f" (margin {margin:g} point). The same weights with other statistics: "
-                + "; ".join(f"{_order(p)}: batch statistics {with_interval(other[(p, 'batch_acc')][0])} "
-                            f"({other[(p, 'batch_acc')][1]}), re-estimated "
-                            f"{with_interval(other[(p, 'precise_acc')][0])} ({other[(p, 'precise_acc')][1]})"
-                            for p in (False, True) if (p, "batch_acc") in other and (p, "precise_acc") in other)
-                + ". Population statistics cost BN-LSTM "
-                + "; ".join(f"{signed(cost[p].mean)} points against its batch statistics on {_order(p)}"
-                            for p in cost)
-                + ". " + " ".join(m["summary"] for m in mech.values() if m["summary"]) + eps_summary
+                + f" (margin {margin:g} point)."
+                + (f" The same weights with other statistics, minus LSTM: {others}." if others else "")
+                + (f" BN-LSTM's batch minus population statistics, within each run: {paid}." if paid else "")
+                + " " + " ".join(m["summary"] for m in mech.values() if m["summary"]) + eps_summary
                 + f" {_budget(df)}. {DIVERGED_NOTE}. Figure: test accuracy per arm and statistics; per-step RMS "
                   "of BN-LSTM's normalized test inputs (rows).")
     figure = draw("C16", out, lambda: _accuracy_figure(df), details)
