@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.claims.plots import clamp_axis, draw, errorbar, legend, log_y
+from analysis.claims.plots import clamp_axis, draw, errorbar, legend
 from analysis.claims.result import ClaimResult
 from analysis.claims.rule import INCONCLUSIVE, NON_INFERIORITY, combine, headline, verdict_of
 from analysis.claims.runs import DIVERGED_NOTE, ClaimRuns, ExperimentRuns, acc_values, config_of, counts_note, \
@@ -302,12 +302,13 @@ def _accuracy_figure(df: pd.DataFrame) -> Figure:
     ax = axes[0, 1]
     rms = mechanism(_cell(df, "batch"))["rms"]
     for i, (norm, (ema, pre)) in enumerate(rms.items()):
-        ax.plot(range(len(ema)), np.maximum(ema, 1e-6), color=f"C{i}", label=f"{norm}, running")
-        ax.plot(range(len(pre)), np.maximum(pre, 1e-6), color=f"C{i}", ls="--", label=f"{norm}, re-estimated")
+        # floored at 0.01: norm_h's step 0 is exactly 0 (h_(-1) = 0), and the question is amplification
+        ax.plot(range(len(ema)), np.maximum(ema, 1e-2), color=f"C{i}", label=f"{norm}, running")
+        ax.plot(range(len(pre)), np.maximum(pre, 1e-2), color=f"C{i}", ls="--", label=f"{norm}, re-estimated")
     if rms:
-        log_y(ax)
+        ax.set_yscale("log")
         ax.axhline(1.0, color="0.5", lw=0.8)
-    ax.set(xlabel="time step (image row)", ylabel="RMS of normalized test input",
+    ax.set(xlabel="time step (image row)", ylabel="RMS of normalized test input (floor 0.01)",
            title="BN-LSTM on rows (mean over runs)")
     legend(ax, 6)
     return fig
