@@ -471,7 +471,7 @@ def _layer_norm(runs: ClaimRuns, out: Path) -> ClaimResult:
     evidence = ("LN-LSTM minus BN-LSTM with its population statistics: "
                 + "; ".join(f"{w} {with_interval(d)} ({v})" for w, d, v in settings)
                 + f"; non-inferiority with margin {margin:g} point: supported when the interval lies above "
-                  f"-{margin:g}, contradicted below it. Against BN-LSTM's better statistics: "
+                  f"-{margin:g}, contradicted below it. Against BN-LSTM's other statistics: "
                 + "; ".join(f"{_order(p)}, {READINGS[m]} {with_interval(found[(p, m)][0])} ({found[(p, m)][1]})"
                             for p in (False, True) for m in ("batch_acc", "precise_acc") if (p, m) in found)
                 + f". {DIVERGED_NOTE}. Figure: the differences with their intervals and -margin.")
