@@ -139,7 +139,7 @@ def test_c16_reads_rnn_eps(tmp_path: Path) -> None:
                  for s in SEEDS]
     res = run_claim("C16", tmp_path, recs)
     details = "\n".join(res.details)
-    assert "rnn_eps, bn_eps 1e-05: BN-LSTM test accuracy (%) population statistics +85.15" in details
+    assert "rnn_eps, bn_eps 1e-05: BN-LSTM test accuracy (%) population statistics 85.2 [" in details
     d = welch_difference(points(0.96), points(0.83))
     assert "rnn_eps, bn_eps 0.001 minus 1e-05: population statistics -10.00 points" in details
     assert f"re-estimated (precise) statistics {d.diff:+.2f} points" in details

@@ -273,13 +273,19 @@ def _eps(runs: ClaimRuns) -> tuple[list[str], str]:
     for e in values:
         g = bn[bn.eps == e]
         lines.append(f"rnn_eps, bn_eps {e:g}: BN-LSTM test accuracy (%) "
-                     + ", ".join(f"{READINGS[m]} {bracketed(_mean(g, m))}" for m in READINGS))
+                     + ", ".join(f"{READINGS[m]} {_accuracy_text(_mean(g, m))}" for m in READINGS))
     for m in READINGS:
         got = _diff(bn[bn.eps == hi], m, bn[bn.eps == lo], m)
         if got is not None:
             parts.append(f"{READINGS[m]} {with_interval(got[0])}")
     lines.append(f"rnn_eps, bn_eps {hi:g} minus {lo:g}: " + "; ".join(parts))
     return lines, f" bn_eps {hi:g} instead of {lo:g} changes BN-LSTM's accuracy (rows) by " + "; ".join(parts) + "."
+
+
+def _accuracy_text(m: MeanInterval) -> str:
+    """'85.15 [83.2, 87.1] (n=4)': an accuracy in percent, unsigned."""
+    iv = f" [{m.low:.2f}, {m.high:.2f}]" if finite(m.low) and finite(m.high) else ""
+    return f"{short(m.mean)}{iv} (n={m.n})"
 
 
 def _accuracy_figure(df: pd.DataFrame) -> Figure:
