@@ -399,5 +399,6 @@ def test_the_rnn_preset_runs_end_to_end_with_its_claims_in_the_report(tmp_path, 
                for r in recs)
     assert len({(r["cost"]["process"], r["cost"]["measured_at"]) for r in recs}) == 3
     report = (sweep / "report" / "report.md").read_text()
-    for row in ("C16:", "C16b:", "C16c:", "C16d:"):
+    for row in ("C16:", "C16b:", "C16d:"):
         assert row in report
+    assert "C16c:" not in report  # C16c reads experiment=rnn_small_batch (equal epochs at batch 32 and 128)
