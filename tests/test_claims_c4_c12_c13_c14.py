@@ -210,6 +210,19 @@ def test_c13_bimodal_no_norm_counted_as_shares(tmp_path):
     assert_png(tmp_path, res)
 
 
+def test_c13_says_the_budget_and_warm_up_it_read(tmp_path):
+    """Goyal et al.'s rule includes a gradual warm-up: the row says whether the runs had one (record "epochs": 1)."""
+    recs = c13_records({"batch": HOLDS, "none": BIMODAL})
+    res = run_claim("C13", tmp_path / "cold", recs)
+    assert res.evidence.startswith("Trained 1 epoch at lr = 0.01 x B/64, without warm-up.")
+    for r in recs:
+        r["config"].update(warmup_epochs=2.0, warmup_lr=0.01)
+    res = run_claim("C13", tmp_path / "warm", recs)
+    assert res.evidence.startswith("Trained 1 epoch at lr = 0.01 x B/64, with Goyal et al.'s gradual warm-up: the "
+                                   "lr rises linearly from 0.01 over the first 2 epochs")
+    assert res.verdict == SUPPORTED
+
+
 def test_c13_other_directions(tmp_path):
     res = run_claim("C13", tmp_path / "rev", c13_records({"batch": BIMODAL, "none": HOLDS}))
     assert res.verdict == CONTRADICTED

@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from analysis.claims.plots import clamp_axis, draw, label_axes, panel
 from analysis.claims.result import ClaimResult
 from analysis.claims.rule import verdict_of
-from analysis.claims.runs import CHANCE_ACC, ClaimRuns, acc_values, counts_note, runs_table
+from analysis.claims.runs import CHANCE_ACC, ClaimRuns, acc_values, column, counts_note, runs_table
 from analysis.figures import log2_batch_axis, palette
 from analysis.stats import LEVEL, Difference
 from analysis.summary import norm_name, norm_order
@@ -108,7 +108,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     d = diffs[b]
     (kb, nb), (kn, nn) = arms["batch"]["holds"][b], arms["none"]["holds"][b]
     figure = draw("C13", out, lambda: _figure(df, {n: a["ref"] for n, a in arms.items()}), details)
-    evidence = (f"At batch {b}, the largest of the preset (lr {0.01 * b / REFERENCE_BATCH:g}), {kb} of {nb} BN runs "
+    evidence = (f"{_schedule(df)} At batch {b}, the largest of the preset (lr {0.01 * b / REFERENCE_BATCH:g}), {kb} of {nb} BN runs "
                 f"and {kn} of {nn} no-norm runs end within {HOLD_POINTS:g} point of their arm's batch-"
                 f"{REFERENCE_BATCH} median: BN minus no norm {_share_text(d)} (Newcombe's hybrid score interval "
                 "of a difference of two shares; a share, not a mean, because the no-norm outcome at large batch "
@@ -120,6 +120,22 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     return runs.result(verdict_of(d, runs.claim.margin), STATISTIC, interval=d, unit="points",
                        n=n_text([d.n_a, d.n_b], "runs per arm at the largest batch"), evidence=evidence,
                        figure=figure, details=details)
+
+
+def _schedule(df: pd.DataFrame) -> str:
+    """The budget and warm-up the runs trained with (Goyal et al.'s rule includes a gradual warm-up)."""
+    epochs = pd.to_numeric(column(df, "epochs"), errors="coerce").dropna().unique()
+    warm = pd.to_numeric(column(df, "warmup_epochs"), errors="coerce").fillna(0).unique()
+    start = pd.to_numeric(column(df, "warmup_lr"), errors="coerce").dropna().unique()
+    budget = (f"{int(epochs[0])} epoch{'s' if int(epochs[0]) != 1 else ''}" if len(epochs) == 1
+              else "several budgets (see the runs)")
+    if len(warm) == 1 and warm[0] == 0:
+        return f"Trained {budget} at lr = 0.01 x B/{REFERENCE_BATCH}, without warm-up."
+    if len(warm) == 1 and len(start) == 1:
+        return (f"Trained {budget} at lr = 0.01 x B/{REFERENCE_BATCH}, with Goyal et al.'s gradual warm-up: the "
+                f"lr rises linearly from {start[0]:g} over the first {warm[0]:g} epochs (batch sizes whose lr is "
+                f"not above {start[0]:g} train at their lr throughout).")
+    return f"Trained {budget} at lr = 0.01 x B/{REFERENCE_BATCH}, with warm-ups that differ between runs."
 
 
 def _share_text(d: Difference) -> str:
