@@ -42,14 +42,22 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Pair:
+    budget: Any  # B
+    next: Any  # the next budget (2B in a pilot)
+    change: Optional[float]  # headline at `next` minus at `budget`
+    long_enough: Optional[bool]  # |change| < margin / 2 and the same verdict; None: not decidable
+    why: str
+
+
+@dataclass(frozen=True)
 class BudgetCheck:
     claim: str
     unit: str
     margin: Optional[float]
     steps: list[Step]  # one per budget, in increasing order
-    change: Optional[float]  # headline at the second budget minus at the first
-    long_enough: Optional[bool]  # |change| < margin / 2 and the same verdict; None: not decidable here
-    why: str
+    pairs: list[Pair]  # each budget against the next
+    shortest: Any  # the smallest budget that is long enough against the next; None: none is
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -66,29 +74,31 @@ def _order(values: list[Any]) -> list[Any]:
         return sorted(values, key=str)
 
 
+def _pair(a: Step, b: Step, margin: Optional[float]) -> Pair:
+    if a.value is None or b.value is None:
+        return Pair(a.budget, b.budget, None, None, "no headline at both budgets")
+    change = b.value - a.value
+    if margin is None or not math.isfinite(change):
+        return Pair(a.budget, b.budget, change, None, "no margin or no finite change")
+    same = a.verdict == b.verdict
+    ok = abs(change) < margin / 2 and same
+    why = (f"absolute change {abs(change):.3g} {'<' if abs(change) < margin / 2 else '>='} half the margin "
+           f"{margin / 2:.3g}; verdict {'unchanged' if same else 'changes'}")
+    return Pair(a.budget, b.budget, change, ok, why)
+
+
 def check(results_by_budget: list[tuple[Any, list]]) -> list[BudgetCheck]:
-    """One BudgetCheck per claim evaluated at the first two budgets (results: analysis.claims' ClaimResults)."""
+    """One BudgetCheck per claim run at some budget (results: analysis.claims' ClaimResults per budget)."""
     out = []
-    claims = [r.claim for r in results_by_budget[0][1]]
-    for claim in claims:
+    for claim in [r.claim for r in results_by_budget[0][1]]:
         rows = [(b, next(r for r in res if r.claim == claim)) for b, res in results_by_budget]
         if all(r.value is None for _, r in rows):
             continue  # not run at any budget
         steps = [Step(b, r.verdict, r.value, r.low, r.high, r.seeds) for b, r in rows]
-        first = rows[0][1]
-        margin, unit = first.margin, first.unit
-        if len(rows) < 2 or rows[0][1].value is None or rows[1][1].value is None:
-            out.append(BudgetCheck(claim, unit, margin, steps, None, None, "no headline at both budgets"))
-            continue
-        change = rows[1][1].value - rows[0][1].value
-        if margin is None or not math.isfinite(change):
-            out.append(BudgetCheck(claim, unit, margin, steps, change, None, "no margin or no finite change"))
-            continue
-        same_verdict = rows[0][1].verdict == rows[1][1].verdict
-        ok = abs(change) < margin / 2 and same_verdict
-        why = (f"|change| {abs(change):.3g} {'<' if abs(change) < margin / 2 else '>='} half the margin "
-               f"{margin / 2:.3g}; verdict {'unchanged' if same_verdict else 'changes'}")
-        out.append(BudgetCheck(claim, unit, margin, steps, change, ok, why))
+        margin = rows[0][1].margin
+        pairs = [_pair(a, b, margin) for a, b in zip(steps, steps[1:])]
+        shortest = next((p.budget for p in pairs if p.long_enough), None)
+        out.append(BudgetCheck(claim, rows[0][1].unit, margin, steps, pairs, shortest))
     return out
 
 
@@ -97,14 +107,16 @@ def markdown(checks: list[BudgetCheck], by: str) -> str:
         return "-" if x is None or not math.isfinite(x) else f"{x:+.3g}"
 
     budgets = [s.budget for s in checks[0].steps] if checks else []
-    head = ("| claim | " + " | ".join(f"{by}={b}" for b in budgets) + " | change | margin/2 | long enough |\n"
-            "|---|" + "---|" * len(budgets) + "---|---|---|")
+    head = ("| claim | " + " | ".join(f"{by}={b}" for b in budgets) + " | margin/2 | each budget against the next |"
+            " shortest long enough |\n|---|" + "---|" * len(budgets) + "---|---|---|")
     lines = []
     for c in checks:
         cells = [f"{s.verdict}: {f(s.value)} [{f(s.low)}, {f(s.high)}] (n={s.seeds or '-'})" for s in c.steps]
-        verdict = {True: "yes", False: "no", None: "-"}[c.long_enough]
         half = "-" if c.margin is None else f"{c.margin / 2:.3g} {c.unit}"
-        lines.append(f"| {c.claim} | " + " | ".join(cells) + f" | {f(c.change)} | {half} | {verdict}: {c.why} |")
+        pairs = "; ".join(f"{p.budget} -> {p.next}: {f(p.change)}, {({True: 'yes', False: 'no', None: '-'})[p.long_enough]}"
+                          f" ({p.why})" for p in c.pairs)
+        lines.append(f"| {c.claim} | " + " | ".join(cells) + f" | {half} | {pairs} | "
+                     f"{'-' if c.shortest is None else f'{by}={c.shortest}'} |")
     return "\n".join([head, *lines])
 
 

@@ -40,11 +40,23 @@ def test_the_headline_at_each_budget_and_the_rule(tmp_path, capsys, later, long_
     at_2 = evaluate_claim("C5", load(tmp_path / "two", second), tmp_path / "r2")
     assert [s["budget"] for s in row["steps"]] == [1, 2]
     assert row["steps"][0]["value"] == pytest.approx(at_1.value) and row["steps"][1]["value"] == pytest.approx(at_2.value)
-    assert row["change"] == pytest.approx(at_2.value - at_1.value)
-    assert row["long_enough"] is long_enough
-    assert ("<" if long_enough else ">=") + " half the margin 1" in row["why"]
+    (pair,) = row["pairs"]
+    assert pair["change"] == pytest.approx(at_2.value - at_1.value)
+    assert pair["long_enough"] is long_enough and row["shortest"] == (1 if long_enough else None)
+    assert pair["why"].startswith("absolute change") and ("<" if long_enough else ">=") + " half the margin 1" in pair["why"]
     code, out, _ = run(capsys, folder, "--by", "epochs", "--claims", "C5")
-    assert out.startswith("| claim | epochs=1 | epochs=2 |") and ("| yes:" if long_enough else "| no:") in out
+    assert out.startswith("| claim | epochs=1 | epochs=2 |")
+    assert ("1 -> 2: " + f"{pair['change']:+.3g}" + (", yes" if long_enough else ", no")) in out
+    assert out.rstrip().endswith("| epochs=1 |" if long_enough else "| - |")
+
+
+def test_the_shortest_budget_that_holds_against_the_next(tmp_path, capsys):
+    """Three budgets: 1 -> 2 moves the headline, 2 -> 4 does not: 2 is the shortest long enough."""
+    recs = c5_runs(1, [0.85, 0.86, 0.87]) + c5_runs(2, [0.78, 0.79, 0.80]) + c5_runs(4, [0.781, 0.791, 0.801])
+    code, out, err = run(capsys, write_runs(tmp_path / "pilot", recs), "--by", "epochs", "--claims", "C5", "--json")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert [p["long_enough"] for p in row["pairs"]] == [False, True] and row["shortest"] == 2
 
 
 def test_where_keeps_only_the_named_runs_and_bad_keys_are_one_line(tmp_path, capsys):
@@ -56,7 +68,7 @@ def test_where_keeps_only_the_named_runs_and_bad_keys_are_one_line(tmp_path, cap
         r["config"]["warmup_epochs"] = 1
     folder = write_runs(tmp_path / "pilot", recs + other)
     code, out, _ = run(capsys, folder, "--by", "epochs", "--where", "warmup_epochs=0", "--claims", "C5", "--json")
-    assert code == 0 and json.loads(out)[0]["long_enough"] is True
+    assert code == 0 and json.loads(out)[0]["shortest"] == 1
     code, _, err = run(capsys, folder, "--by", "no_such_key")
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: no config key no_such_key")
     code, _, err = run(capsys, folder, "--by", "epochs", "--where", "warmup_epochs=7")
