@@ -99,21 +99,43 @@ def workers_ignore_ctrl_c() -> None:
     loky_fork_exec.fork_exec = fork_exec
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (`kill PID`, a scheduler's time limit, a closed terminal), raised in the main thread
+    so that it ends as Ctrl-C does: joblib terminates the sweep's workers and their claims are released.
+    Without it the process died at once and left its workers running as orphans, holding their runs'
+    claims, so the same command refused those runs until the orphans were killed by hand."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def end_like_ctrl_c() -> None:
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_DFL:  # leave a parent's choice (e.g. nohup's ignored SIGHUP)
+            signal.signal(sig, handler)
+
+
 def cli() -> None:
     # Let Hydra raise instead of printing its multi-line report; the errors
     # that are the user's are reported below in one line.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     workers_ignore_ctrl_c()
+    end_like_ctrl_c()
     try:
         main()
     except ExitWithLine as e:
         print(f"error: {e.message}", file=sys.stderr)
         sys.exit(e.code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         # Finished runs are on disk (atomic records); reuse and resume pick up from there.
-        print("interrupted: finished runs are kept; run the same command again to go on",
-              file=sys.stderr)
-        sys.exit(130)
+        signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
+        what = "interrupted" if signum == signal.SIGINT else "terminated"
+        print(f"{what}: finished runs are kept; run the same command again to go on", file=sys.stderr)
+        sys.exit(128 + signum)
     except Exception as e:
         message = describe_user_error(e)
         if message is None:

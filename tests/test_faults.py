@@ -179,6 +179,29 @@ def test_ctrl_c_is_one_line_exit_130_and_keeps_finished_runs(tmp_path, tiny_mnis
 
 
 @pytest.mark.slow
+def test_sigterm_ends_as_ctrl_c_does_and_leaves_no_worker_behind(tmp_path, tiny_mnist):
+    """`kill PID` (SIGTERM, to the sweep's process only, as a scheduler sends it): exit 143 with one line,
+    the workers stop with it (no orphan holding a run's claim), and the same command goes on."""
+    sweep = tmp_path / "sweep"
+    args = sweep_args(tiny_mnist, tmp_path, sweep, "steps=400", "batch_size=16,32", "hydra.launcher.n_jobs=2")
+    proc = start(args, tmp_path)
+    wait_for(lambda: len(records(sweep)) >= 1)
+    finished = records(sweep)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-3000:]
+    assert [ln for ln in err.splitlines() if ln.strip()] == [
+        "terminated: finished runs are kept; run the same command again to go on"], err[-3000:]
+    assert "Traceback" not in out + err
+    wait_for(lambda: not _loky_worker_started(proc.pid))  # no worker left running in the sweep's group
+    for name, rec in finished.items():
+        assert records(sweep)[name] == rec
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(records(sweep)) == 12
+
+
+@pytest.mark.slow
 def test_two_identical_sweeps_started_together_train_each_run_once(tmp_path, tiny_mnist):
     """Default (timestamped) sweep dirs, one run index: a run in flight is claimed there."""
     common = ["-m"] + tiny_overrides(tiny_mnist) + ["force=false", f"run_index={tmp_path}/index", "batch_size=16",

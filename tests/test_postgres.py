@@ -226,18 +226,19 @@ def test_a_sweep_killed_beside_another_is_finished_by_the_survivor_without_a_hum
     grace period on another), asks its params again, confirms the study's
     best once and exits 0: nobody reruns anything.
 
-    The other sweep is frozen (SIGSTOP) as soon as its trial runs, so that the
-    trial is still RUNNING when the survivor's own trial ends, whatever the
-    machine's load; its heartbeat stops there, and the grace period is longer
-    than what is left of the survivor's trial."""
+    The survivor is frozen (SIGSTOP) from its trial's start until the other
+    sweep's trial runs, and the other sweep is frozen as soon as its trial
+    runs, so that each has its trial RUNNING in that order whatever the
+    machine's load; the other sweep's heartbeat stops there, and the grace
+    period is longer than what is left of the survivor's trial."""
     beat = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=12"]
     # Both sweeps run one config (the study refuses another).
     common = ("epochs=10", "hydra.sweeper.n_trials=2", *beat)
     logs = {s: open(tmp_path / f"{s}.log", "w") for s in "ab"}
     procs: dict[str, subprocess.Popen] = {}
 
-    def start(s: str, host: str) -> None:
-        cmd = sweep_cmd(tmp_path, tiny_mnist, pg_url, s, *common)
+    def start(s: str, host: str, *extra: str) -> None:
+        cmd = sweep_cmd(tmp_path, tiny_mnist, pg_url, s, *common, *extra)
         if host != "this host":
             cmd = ["unshare", "--uts", "sh", "-c", f"hostname {host} && exec {shlex.join(cmd)}"]  # one pid
         procs[s] = subprocess.Popen(cmd, cwd=tmp_path, env=env(), start_new_session=True, stdout=logs[s],
@@ -263,9 +264,14 @@ def test_a_sweep_killed_beside_another_is_finished_by_the_survivor_without_a_hum
     try:
         start("b", "this host")  # the survivor asks the first trial
         mine = wait_for("the survivor's trial", running_of("b"))
-        start("a", where)  # started then, the other sweep asks the second one
+        # Frozen until the other sweep has asked the second trial, however slowly it starts (a trial of b's
+        # takes a second; on a loaded machine b finished both before the other sweep asked one). The other
+        # sweep's grace period is long, so that it does not take the frozen survivor's trial for a dead one.
+        os.killpg(procs["b"].pid, signal.SIGSTOP)
+        start("a", where, "hydra.sweeper.grace_period=600")  # started then, the other sweep asks the second one
         dead = wait_for("the other sweep's trial", running_of("a"))
         os.killpg(procs["a"].pid, signal.SIGSTOP)
+        os.killpg(procs["b"].pid, signal.SIGCONT)
         wait_for("the survivor's trial to end", lambda trials: trials[mine.number].state.is_finished() or None)
         assert study_of(pg_url).get_trials()[dead.number].state == TrialState.RUNNING
         time.sleep(1.5)  # the survivor sees nothing left to ask
