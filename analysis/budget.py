@@ -77,7 +77,7 @@ def _order(values: list[Any]) -> list[Any]:
 def _pair(a: Step, b: Step, margin: Optional[float]) -> Pair:
     if a.value is None or b.value is None:
         return Pair(a.budget, b.budget, None, None, "no headline at both budgets")
-    change = b.value - a.value
+    change = round(b.value - a.value, 12)  # equal headlines print as 0, not as float noise (2.2e-16)
     if margin is None or not math.isfinite(change):
         return Pair(a.budget, b.budget, change, None, "no margin or no finite change")
     same = a.verdict == b.verdict
