@@ -132,7 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--claims", default="", help="comma-separated claim ids to show (default: every claim run)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     args = p.parse_args(argv)
-    from analysis.claims import evaluate_claims
+    from analysis.claims import CLAIMS, evaluate_claim
     from analysis.claims.runs import split_by_experiment, subset
     from analysis.collect import AnalysisError, collect
 
@@ -155,25 +155,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               file=sys.stderr)
         return 2
 
-    def keep(cfg: dict[str, Any], budget: Any) -> bool:
-        return _same(cfg.get(args.by), budget) and all(_same(cfg.get(k), v) for k, v in where)
+    def wanted_run(cfg: dict[str, Any]) -> bool:
+        return all(_same(cfg.get(k), v) for k, v in where)
 
-    kept = col.runs[[all(_same(row.get(k), v) for k, v in where) for row in col.runs[keys].to_dict("records")]]
+    configs = col.runs[keys].to_dict("records")
+    kept = col.runs[[wanted_run(c) for c in configs]]
     budgets = _order([v.item() if hasattr(v, "item") else v for v in kept[args.by].dropna().unique()])
     if len(budgets) < 2:
         print(f"error: --by {args.by}: the runs{' kept by --where' if where else ''} have {len(budgets)} "
               "value(s) of it; a pilot needs two budgets", file=sys.stderr)
         return 2
+    def keep(cfg: dict[str, Any], budget: Any) -> bool:
+        return _same(cfg.get(args.by), budget) and wanted_run(cfg)
+
+    wanted = [c.strip() for c in args.claims.split(",") if c.strip()]
+    known = [c.id for c in CLAIMS]
+    if unknown := [c for c in wanted if c not in known]:
+        print(f"error: --claims {','.join(unknown)}: no such claim; known: {', '.join(known)}", file=sys.stderr)
+        return 2
+    ids = wanted or known  # only the claims asked for are evaluated (each writes a figure)
     by_budget = []
     with tempfile.TemporaryDirectory() as figures:
         for b in budgets:
-            mask = [keep({k: row.get(k) for k in keys}, b) for row in col.runs[keys].to_dict("records")]
+            mask = [keep(c, b) for c in configs]
             records = [r for r in col.records if keep(flatten(r.get("config", {})), b)]
             exps = split_by_experiment(subset(col, mask, records), replication=False)
-            by_budget.append((b, evaluate_claims(exps, Path(figures) / str(b))))
+            by_budget.append((b, [evaluate_claim(i, exps, Path(figures) / str(b)) for i in ids]))
     rows = check(by_budget)
-    wanted = {c.strip() for c in args.claims.split(",") if c.strip()}
-    rows = [r for r in rows if not wanted or r.claim in wanted]
     print(json.dumps([asdict(r) for r in rows], indent=2, default=str) if args.json else markdown(rows, args.by))
     return 0
 

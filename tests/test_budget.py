@@ -71,5 +71,7 @@ def test_where_keeps_only_the_named_runs_and_bad_keys_are_one_line(tmp_path, cap
     assert code == 0 and json.loads(out)[0]["shortest"] == 1
     code, _, err = run(capsys, folder, "--by", "no_such_key")
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: no config key no_such_key")
+    code, _, err = run(capsys, folder, "--by", "epochs", "--claims", "C5,C99")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: --claims C99: no such claim; known: C1,")
     code, _, err = run(capsys, folder, "--by", "epochs", "--where", "warmup_epochs=7")
     assert code == 2 and "a pilot needs two budgets" in err
