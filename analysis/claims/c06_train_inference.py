@@ -21,7 +21,7 @@ from analysis.claims.plots import clamp_axis, draw, errorbar, legend
 from analysis.claims.probe_tables import counted, left_out, probe_finals
 from analysis.claims.result import ClaimResult
 from analysis.claims.rule import INCONCLUSIVE, combine, verdict_of
-from analysis.claims.runs import ClaimRuns
+from analysis.claims.runs import ClaimRuns, column
 from analysis.figures import grid, log2_batch_axis, palette
 from analysis.stats import Difference, mean_interval, welch_difference
 from analysis.summary import norm_name
@@ -45,12 +45,22 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     v_b, part_b, lines = _part_b(bn, none, runs.claim.margin)
     verdict = combine([v_a, v_b])
     details += lines + [f"verdict: (a) {v_a}, (b) {v_b} -> {verdict} (supported only when both parts are)"]
-    evidence = (f"{part_a}; {part_b}. Figure: left, the gap vs batch size per arm; right, shifted-test "
+    evidence = (f"{part_a}; {part_b}. {_budget(ok)}Figure: left, the gap vs batch size per arm; right, shifted-test "
                 "accuracy with running vs recomputed statistics and clean accuracy, per batch size "
                 f"(means over seeds, 95% t-intervals){note}.")
     figure = draw("C6", out, lambda: _figure(bn, none), details)
     return runs.result(verdict, STATISTIC, interval=d_a, unit="points", n=n, evidence=evidence, figure=figure,
                        details=details)
+
+
+def _budget(df: pd.DataFrame) -> str:
+    """The training length, read from the runs: the gap's size depends on it (it falls with training)."""
+    epochs = pd.to_numeric(column(df, "epochs"), errors="coerce").dropna().unique()
+    if len(epochs) != 1:
+        return ""
+    e = int(epochs[0])
+    return (f"Read after {e} epoch{'s' if e != 1 else ''}: the gap's size falls with training, the verdict "
+            "does not (the budget pilot, docs/claims.md#budgets). ")
 
 
 def _with_gaps(df: pd.DataFrame) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from analysis.summary import norm_name
 
 PERCENTILES = ("p15", "p50", "p85")
 LANDSCAPE = ("loss_range", "grad_change", "beta_smoothness")
-META = ("run", "experiment", "status", "seed", "norm", "activation", "batch_size", "lr", "finished_at")
+META = ("run", "experiment", "status", "seed", "norm", "activation", "batch_size", "lr", "epochs", "finished_at")
 SERIES_FIXED = ("step", "act_p15", "act_p50", "act_p85", *LANDSCAPE, "val_acc")
 FINAL_FIELDS = ("eval_mode_acc", "train_mode_acc", "modes_batch_size", "shift_brightness", "shift_contrast",
                 "clean_acc", "running_acc", "recomputed_acc")
@@ -32,7 +32,7 @@ def _meta(i: int, rec: dict[str, Any]) -> dict[str, Any]:
     return {"run": i, "experiment": rec.get("experiment"), "status": rec.get("status"), "seed": seed_of(rec),
             "norm": norm_of(rec), "activation": model.get("activation"),
             "batch_size": config_of(rec).get("batch_size"), "lr": config_of(rec).get("lr"),
-            "finished_at": rec.get("finished_at")}
+            "epochs": config_of(rec).get("epochs"), "finished_at": rec.get("finished_at")}
 
 
 def _dict(x: Any) -> dict[str, Any]:
