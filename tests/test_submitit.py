@@ -233,3 +233,21 @@ def test_without_the_slurm_extra_a_submitit_launch_is_one_line_exit_2(tmp_path, 
     assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [
         f"error: hydra/launcher={launch} needs hydra-submitit-launcher: uv sync --extra slurm"]  # as typed
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_plugins_import_quietly_where_the_config_store_already_holds_their_entries():
+    """A packed launcher's worker restores its parent's ConfigStore, then Hydra's plugin scan imports the
+    plugin modules again: storing the same entries must not warn (it printed a Hydra15MigrationWarning
+    into every sweep's log)."""
+    code = (
+        "import importlib, sys, warnings\n"
+        "mods = ['hydra_plugins.bn_study_launcher.submitit_support',"
+        " 'hydra_plugins.bn_study_launcher.packed_launcher', 'hydra_plugins.bn_study_sweeper.bn_optuna_sweeper']\n"
+        "for m in mods: importlib.import_module(m)\n"
+        "warnings.simplefilter('error')\n"
+        "for m in mods: del sys.modules[m]\n"
+        "for m in mods: importlib.import_module(m)\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok" and "Warning" not in done.stderr

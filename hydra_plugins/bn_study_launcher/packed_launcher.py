@@ -44,7 +44,7 @@ class PackedLauncherConf:
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedLauncherConf,
-                             provider="bn_study")
+                             provider="bn_study", replace=True)  # the same node again in a worker (submitit_support.py)
 
 
 def _run_pack(jobs: list[Job], configs: list[DictConfig], hydra_context: HydraContext, task_function: TaskFunction,

@@ -257,6 +257,11 @@ else:
     StudySlurmConf = {"_target_": "hydra_plugins.bn_study_launcher.submitit_support.SlurmLauncher"}
 
 # Outside hydra/launcher, so that they are not options of their own:
-# conf/hydra/launcher/submitit_local.yaml and submitit_slurm.yaml take them.
-ConfigStore.instance().store(group="bn_study/submitit", name="local", node=StudyLocalConf, provider="bn_study")
-ConfigStore.instance().store(group="bn_study/submitit", name="slurm", node=StudySlurmConf, provider="bn_study")
+# conf/hydra/launcher/submitit_local.yaml and submitit_slurm.yaml take them. replace=True: a packed
+# launcher's worker restores its parent's ConfigStore (Singleton.set_state), which holds these entries,
+# before the plugin scan imports this module again; the default warns (Hydra15MigrationWarning) in
+# every sweep's log about an entry that is the same node.
+ConfigStore.instance().store(group="bn_study/submitit", name="local", node=StudyLocalConf, provider="bn_study",
+                             replace=True)
+ConfigStore.instance().store(group="bn_study/submitit", name="slurm", node=StudySlurmConf, provider="bn_study",
+                             replace=True)

@@ -73,7 +73,7 @@ class BnOptunaSweeperConf(OptunaSweeperConf):
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="bn_optuna", node=BnOptunaSweeperConf,
-                             provider="bn_study")
+                             provider="bn_study", replace=True)  # the same node again in a worker (submitit_support.py)
 
 
 class BnOptunaSweeper(OptunaSweeper):
