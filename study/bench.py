@@ -325,8 +325,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError("compile=true is not allowed here: the trainer rows measure the default trainer; "
                         "--compile-batches adds the compiled one (default: at every batch size)")
     if args.compile_batches is None:
-        # The lstm's 28-step unroll, forward and backward, costs minutes of compiling per batch shape on
-        # a small CPU, and its plain arm does not compile (its check): measured only where asked.
+        # The lstm's 28-step unroll, forward and backward, costs about a minute of compiling per batch
+        # shape on a small CPU: measured only where asked.
         args.compile_batches = [] if cfg.model.family == "lstm" else list(args.batch_sizes)
     for bs in args.batch_sizes:  # every cell's values are checked before anything runs
         for norm in args.norms:

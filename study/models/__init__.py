@@ -69,9 +69,6 @@ def _check_cnn(cfg: Any, norm: str, need: Need) -> None:
 def _check_lstm(cfg: Any, norm: str, need: Need) -> None:
     m = cfg.model
     need(len(m.hidden) == 1, "model.hidden", list(m.hidden), "[units]: model=lstm has one LSTM layer")
-    # Dynamo refuses nn.LSTM (its RNN support is experimental, off by default); the hand-written cells compile.
-    need(not (cfg.compile and norm == "none"), "compile", "true",
-         "false with model=lstm model.norm=none (torch.compile does not trace nn.LSTM)")
     need(math.isfinite(m.bn_scale_init) and m.bn_scale_init > 0, "model.bn_scale_init", m.bn_scale_init,
          "a number > 0")
 
