@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 
 from helpers import REPO, RUN, tiny_overrides
 from hydra_plugins.bn_study_sweeper.accounting import counts_toward_target
+from study.claims import CLAIM_STALE_SECONDS
 
 DSN_VARIABLE = "BN_STUDY_TEST_POSTGRES"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -165,6 +166,13 @@ def test_a_sweep_killed_on_another_host_is_found_by_its_heartbeat_and_its_trial_
         proc.wait()
     dead = study_of(pg_url).get_trials(states=(TrialState.RUNNING,))
     assert len(dead) == 1 and dead[0].user_attrs["sweep"]["host"] == "other-host"
+    # Where the dead sweep had claimed its run in the shared run index, the retried trial (the same
+    # params, so the same run) waits for that claim until it goes stale: CLAIM_STALE_SECONDS (10 min)
+    # unrefreshed, the liveness test for another host's claims. Age it rather than wait 10 minutes.
+    stale = time.time() - CLAIM_STALE_SECONDS - 1
+    for claim in (tmp_path / ".run-index").glob("*.claim"):
+        assert json.loads(claim.read_text())["host"] == "other-host"
+        os.utime(claim, (stale, stale))
     time.sleep(4)  # past the grace period
 
     out = subprocess.run(sweep_cmd(tmp_path, tiny_mnist, pg_url, "b", *common), cwd=tmp_path, env=env(),
