@@ -32,7 +32,8 @@ STATISTIC = "BN minus no norm test accuracy in the 3x100 sigmoid network, in poi
 def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     exp = runs.need("ioffe2015")
     table = runs_table(exp)
-    act = column(table, "model.activation").fillna(DEFAULT_ACTIVATION).astype(str)
+    # object first: a column with no value at all is float64 (NaN), which pandas will not fill with a str
+    act = column(table, "model.activation").astype(object).fillna(DEFAULT_ACTIVATION).astype(str)
     df, relu = table[act == "sigmoid"], table[act == "relu"]
     if not {"none", "batch"} <= set(df.norm.dropna()):
         return runs.inconclusive(STATISTIC, "needs runs of both BN and no norm")
