@@ -272,3 +272,26 @@ def test_a_cell_the_config_refuses_is_refused_before_measuring(tiny_mnist, capsy
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: batch_size=") and err.count("\n") == 1
+
+
+def test_the_compiled_lstm_loop_gets_its_own_nn_lstm_target():
+    from study.measure.bench_report import targets
+
+    def row(pipeline, rate):
+        return {"pipeline": pipeline, "batch_size": 128, "norm": "none", "samples_per_second": rate}
+
+    out = targets("lstm", [row("trainer", 1000.0), row("trainer-nn-lstm", 1900.0), row("trainer-compiled", 1400.0)],
+                  [])
+    got = {t["pipeline"]: (round(t["value"], 4), t["met"]) for t in out if t["name"] == "nn_lstm_x_trainer"}
+    assert got == {"trainer": (1.9, False), "trainer-compiled": (round(1900 / 1400, 4), True)}
+
+
+def test_a_fraction_of_the_ceiling_target_prints_as_a_percentage():
+    from study.measure.bench_report import target_line
+
+    bn = {"name": "bn_fraction_of_ceiling", "pipeline": "trainer", "batch_size": 64, "norm": "batch",
+          "value": 0.262, "target": 0.6, "met": False}
+    assert target_line(bn) == "target bn_fraction_of_ceiling batch 64 norm batch: 26.2% (target >= 60%) NOT MET"
+    fused = {"name": "nn_lstm_x_trainer", "pipeline": "trainer-compiled", "batch_size": 128, "norm": "none",
+             "value": 1.09, "target": 1.5, "at_most": True, "met": True}
+    assert target_line(fused) == "target nn_lstm_x_trainer (compiled) batch 128 norm none: 1.09x (target <= 1.5x) met"

@@ -28,10 +28,11 @@ def targets(family: str, rows: list[dict[str, Any]], packs: list[dict[str, Any]]
     out = []
     rates = {(r["pipeline"], r["batch_size"], r["norm"]): r["samples_per_second"] for r in rows}
     for r in rows:
-        if family == "lstm" and r["pipeline"] == "trainer" and r["batch_size"] == TARGET_NN_LSTM[0] \
-                and ("trainer-nn-lstm", r["batch_size"], r["norm"]) in rates:
+        # The loop as it runs by default and compiled, each against nn.LSTM's kernel (which does not compile).
+        if family == "lstm" and r["pipeline"] in ("trainer", "trainer-compiled") \
+                and r["batch_size"] == TARGET_NN_LSTM[0] and ("trainer-nn-lstm", r["batch_size"], r["norm"]) in rates:
             value = rates[("trainer-nn-lstm", r["batch_size"], r["norm"])] / r["samples_per_second"]
-            out.append({"name": "nn_lstm_x_trainer", "pipeline": "trainer", "batch_size": r["batch_size"],
+            out.append({"name": "nn_lstm_x_trainer", "pipeline": r["pipeline"], "batch_size": r["batch_size"],
                         "norm": r["norm"], "value": value, "target": TARGET_NN_LSTM[1], "at_most": True,
                         "met": value <= TARGET_NN_LSTM[1]})
         cell = {"pipeline": r["pipeline"], "batch_size": r["batch_size"], "norm": r["norm"]}
@@ -96,15 +97,7 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"pack at batch {p['batch_size']}, norm {p['norm']}: {p['runs']} runs packed "
                      f"{p['pack_samples_per_second']:,.0f} samples/s vs one after another "
                      f"{p['sequential_samples_per_second']:,.0f} -> {p['ratio']:.2f}x")
-    for t in result["targets"]:
-        bound = "<=" if t.get("at_most") else ">="
-        shown = (f"{100 * t['value']:.1f}% (target >= {100 * t['target']:.0f}%)"
-                 if t["name"] == "trainer_fraction_of_ceiling"
-                 else f"{t['value']:.2f}x (target {bound} {t['target']:g}x)")
-        runs = f" pack of {t['runs']}" if "runs" in t else ""
-        compiled = " (compiled)" if t["pipeline"] == "trainer-compiled" else ""
-        lines.append(f"target {t['name']}{compiled} batch {t['batch_size']} norm {t['norm']}{runs}: {shown} "
-                     f"{'met' if t['met'] else 'NOT MET'}")
+    lines += [target_line(t) for t in result["targets"]]
     lines.append("cpu wait: share of a measurement's time in which some task waited for a CPU (Linux PSI);"
                  " well above 0, other processes competed and that row reads low")
     loaded = [r for r in result["rows"] if (r["cpu_wait"] or 0) > LOADED]
@@ -117,3 +110,15 @@ def format_table(result: dict[str, Any]) -> str:
                  f"{budget} per measurement after {s['warmup_samples']} warm-up samples, best of "
                  f"{s['repeats']}; data {result['data']['source']}; {result['wall_seconds']:.0f} s in all")
     return "\n".join(lines)
+
+
+def target_line(t: dict[str, Any]) -> str:
+    """One target as the table prints it: a fraction of the ceiling in %, a ratio as x."""
+    bound = "<=" if t.get("at_most") else ">="
+    shown = (f"{100 * t['value']:.1f}% (target {bound} {100 * t['target']:.0f}%)"
+             if t["name"].endswith("fraction_of_ceiling")
+             else f"{t['value']:.2f}x (target {bound} {t['target']:g}x)")
+    runs = f" pack of {t['runs']}" if "runs" in t else ""
+    compiled = " (compiled)" if t["pipeline"] == "trainer-compiled" else ""
+    return (f"target {t['name']}{compiled} batch {t['batch_size']} norm {t['norm']}{runs}: {shown} "
+            f"{'met' if t['met'] else 'NOT MET'}")
