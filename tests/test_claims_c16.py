@@ -130,6 +130,8 @@ def test_c16_mixed_when_the_pixel_orders_give_different_clear_answers(tmp_path: 
     assert res.verdict == MIXED
     assert "rows -18.00 points" in res.evidence and "permuted pixels +2.00 points" in res.evidence
     assert "the verdict combines the 2 pixel orders" in res.evidence
+    assert [(label, v) for label, _, v in res.settings] == [("rows", CONTRADICTED), ("permuted pixels", SUPPORTED)]
+    assert res.settings[0][1].startswith("-18 points [")  # each setting's own number, for the table
 
 
 def test_c16_reads_rnn_eps(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                for label, g in groups for r in g.itertuples()]
     n = min(int(min(g.n.min(), g.n_baseline.min())) for _, g in groups)
     figure = draw("C1", out, lambda: fig_accuracy_vs_batch(a)[0], details)
-    return runs.result(combine(v for *_, v in settings), STATISTIC, interval=c, unit="points",
+    return runs.result(combine(v for *_, v in settings), STATISTIC, settings=settings, interval=c, unit="points",
                        n=f"{n} seeds per arm and batch size (at least)", evidence=evidence, figure=figure,
                        details=details)
 

@@ -65,7 +65,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                 f"ending below {UNSTABLE_VAL_ACC:.0%} validation accuracy count as unstable. Figure: final "
                 f"validation accuracy against lr per arm, one point per seed, diverged runs as crosses at 0."
                 f"{bounds[label]}")
-    return runs.result(combine(v for *_, v in settings), STATISTIC, interval=m, unit="log10",
+    return runs.result(combine(v for *_, v in settings), STATISTIC, settings=settings, interval=m, unit="log10",
                        n=f"{m.n} paired seeds", evidence=evidence, figure=figure, details=details)
 
 

@@ -101,7 +101,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                 "lrs); where the chosen lr has one, the ratio is a bound and can only decide in its direction. "
                 "Figure: steps to target vs batch size (log-log), one point per seed, median line, dashed "
                 "perfect 1/B scaling, triangles: censored runs at the budget.")
-    return runs.result(combine(v for *_, v in settings), STATISTIC, interval=d, unit="log10",
+    return runs.result(combine(v for *_, v in settings), STATISTIC, settings=settings, interval=d, unit="log10",
                        n=n_text([min(d.n_a, d.n_b)], "seeds per arm (smallest)"), evidence=evidence,
                        figure=figure, details=details)
 

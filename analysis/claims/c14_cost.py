@@ -125,7 +125,7 @@ def _interleaved(runs: ClaimRuns, exp: ExperimentRuns, m: pd.DataFrame, out: Pat
                 "time over no norm's, minus 1, both arms timed in one process, interleaved; mean and 95% t interval "
                 "over measurements, one per run); verdict combined over every setting. Figure: the relative cost per "
                 "batch size, training step and inference pass, mean and 95% t interval.")
-    return runs.result(combine(v for *_, v in settings), STATISTIC, interval=d, unit="%",
+    return runs.result(combine(v for *_, v in settings), STATISTIC, settings=settings, interval=d, unit="%",
                        n=n_text([s[1].n for s in settings], "measurements per batch size"), evidence=evidence,
                        figure=figure, details=details)
 
@@ -180,7 +180,7 @@ def _epoch_timings(runs: ClaimRuns, exp: ExperimentRuns, out: Path) -> ClaimResu
                 + (f" ({NOT_COMPARABLE}, left out: {', '.join(apart)})" if apart else "")
                 + ". Figure: milliseconds per training step by batch size and arm, mean and 95% t-interval over "
                 "seeds.")
-    return runs.result(combine(v for *_, v in settings), EPOCH_STATISTIC, interval=d, unit="%",
+    return runs.result(combine(v for *_, v in settings), EPOCH_STATISTIC, settings=settings, interval=d, unit="%",
                        n=n_text([d.n_a, d.n_b], "seeds per arm"), evidence=evidence, figure=figure, details=details)
 
 

@@ -193,8 +193,8 @@ def _accuracy(runs: ClaimRuns, out: Path) -> ClaimResult:
                   "of BN-LSTM's normalized test inputs (rows).")
     figure = draw("C16", out, lambda: _accuracy_figure(df), details)
     n = n_text([x for _, d, _ in settings for x in (d.n_a, d.n_b)])
-    return runs.result(verdict, stat, interval=c, unit="points", n=n, evidence=evidence, figure=figure,
-                       details=details)
+    return runs.result(verdict, stat, settings=settings, interval=c, unit="points", n=n, evidence=evidence,
+                       figure=figure, details=details)
 
 
 def _per_step(probes: list[dict], key: str, which: str, norm: str, field: Optional[str]) -> np.ndarray:
@@ -482,7 +482,7 @@ def _layer_norm(runs: ClaimRuns, out: Path) -> ClaimResult:
                             for p in (False, True) for m in ("batch_acc", "precise_acc") if (p, m) in found)
                 + f". {DIVERGED_NOTE}. Figure: the differences with their intervals and -margin.")
     figure = draw("C16d", out, lambda: _ln_figure(found, margin), details)
-    return runs.result(combine(v for *_, v in settings), stat, interval=c, unit="points",
+    return runs.result(combine(v for *_, v in settings), stat, settings=settings, interval=c, unit="points",
                        n=n_text([x for _, d, _ in settings for x in (d.n_a, d.n_b)]), evidence=evidence,
                        figure=figure, details=details)
 

@@ -61,7 +61,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     details += _mlp_beside(runs, sizes)
     figure = draw("C17", out, lambda: _figure(df), details)
     n = n_text([x for d in diffs.values() for x in (d.n_a, d.n_b)], "seeds per arm and batch size")
-    return runs.result(combine(v for *_, v in settings), STATISTIC, interval=c, unit="points", n=n,
+    return runs.result(combine(v for *_, v in settings), STATISTIC, settings=settings, interval=c, unit="points", n=n,
                        evidence=evidence, figure=figure, details=details)
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from analysis.claims.result import ClaimResult, format_value
-from analysis.claims.rule import CONTRADICTED, NO_EFFECT, NOT_REPLICATED, NOT_RUN, SUPPORTED, TRIVIAL, combine
+from analysis.claims.rule import (CONTRADICTED, MIXED, NO_EFFECT, NOT_REPLICATED, NOT_RUN, SUPPORTED, TRIVIAL,
+                                  combine)
 
 # How a row's verdict reads for the notebook's claim it answers (docs/claims.md#the-notebooks-nine-claims):
 #   EFFECT:   the notebook claims the row's effect (its verdict as it is);
@@ -53,12 +54,25 @@ def notebook_verdicts(results: list[ClaimResult]) -> list[dict[str, str]]:
         for cid, reading in links:
             r = by_id.get(cid)
             v = r.settled if r is not None else NOT_RUN
-            verdicts.append(READINGS[reading].get(v, v))
+            read, how = READINGS[reading].get(v, v), READ_AS[reading]
+            if v == MIXED and reading != EFFECT and r.settings:
+                # Each setting through the reading: a row contradicted in one pixel order and without a
+                # meaningful effect in the other is, read as an absence, supported in both.
+                read = _per_setting(r, reading)
+                if r.replication is not None and r.replication.settings and _per_setting(r.replication,
+                                                                                         reading) != read:
+                    read = NOT_REPLICATED
+                how = f"{how[:-1]}, per setting: {read})"
+            verdicts.append(read)
             number_ = f": {format_value(r)}, n = {r.n}" if r is not None and r.verdict != NOT_RUN else ""
-            parts.append(f"{cid} {v}{READ_AS[reading]}{number_}")
+            parts.append(f"{cid} {v}{how}{number_}")
             if r is not None and r.figure:
                 figures.append(r.figure)
         verdict = NOT_REPLICATED if NOT_REPLICATED in verdicts else combine(verdicts)
         rows.append({"#": str(number), "notebook claim": text, "verdict": verdict,
                      "from": "; ".join(parts), "figures": ", ".join(figures) or "-"})
     return rows
+
+
+def _per_setting(r: ClaimResult, reading: str) -> str:
+    return combine(READINGS[reading].get(v, v) for *_, v in r.settings)

@@ -12,7 +12,7 @@ from typing import Optional
 
 import pandas as pd
 
-from analysis.claims.rule import (INCONCLUSIVE, NO_EFFECT, NOT_REPLICATED, NOT_RUN, TRIVIAL, ZERO_WIDTH_NOTE,
+from analysis.claims.rule import (INCONCLUSIVE, MIXED, NO_EFFECT, NOT_REPLICATED, NOT_RUN, TRIVIAL, ZERO_WIDTH_NOTE,
                                   zero_width)
 from analysis.text import BARE, SQUARE, interval_text
 
@@ -36,6 +36,9 @@ class ClaimResult:
     margin: Optional[float] = None  # the smallest effect that matters, in `unit` (Claim.margin)
     seeds: Optional[int] = None  # replicates behind the headline interval (the smaller arm's)
     replication: Optional["ClaimResult"] = None  # the same claim on the disjoint replication seed set
+    # The settings its verdict combines (rule.combine), each (label, value with interval, verdict): a mixed
+    # row's table cell shows them all, and the notebook's claims read each through their own reading.
+    settings: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def bound(self) -> Optional[float]:
@@ -84,9 +87,17 @@ def bound_note(res: ClaimResult) -> str:
             f"the interval runs from {interval_text(res.low, res.high, spec='+.3g', form=BARE)}){margin}")
 
 def format_value(r: ClaimResult) -> str:
-    """The statistic with its interval, for the tables: '+1.23 points [+0.50, +1.96]'."""
-    return interval_text(r.low, r.high, value=r.value, spec="+.3g", unit=f" {r.unit}" if r.unit else "",
-                         form=SQUARE, none="(no interval)")
+    """The statistic with its interval, for the tables: '+1.23 points [+0.50, +1.96]'. A mixed row, whose
+    headline is one setting's, gives every setting with its verdict: the headline alone would read as
+    the verdict's number."""
+    if r.verdict == MIXED and len(r.settings) > 1:
+        return "; ".join(f"{label}: {value} ({verdict})" for label, value, verdict in r.settings)
+    return value_text(r.value, r.low, r.high, r.unit)
+
+
+def value_text(value: Optional[float], low: Optional[float], high: Optional[float], unit: str) -> str:
+    return interval_text(low, high, value=value, spec="+.3g", unit=f" {unit}" if unit else "", form=SQUARE,
+                         none="(no interval)")
 
 
 def format_margin(r: ClaimResult) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.claims import Claim, in_replication
-from analysis.claims.result import ClaimResult, bound_note, flag_zero_width
+from analysis.claims.result import ClaimResult, bound_note, flag_zero_width, value_text
 from analysis.claims.rule import ERROR, INCONCLUSIVE, NOT_RUN, PREMISE_NOT_MET
 from analysis.collect import Collection, finite
 from analysis.stats import Difference, MeanInterval
@@ -159,6 +159,9 @@ class ClaimRuns:
         if interval is not None:
             fields["value"], fields["low"], fields["high"] = _bounds(interval)
             fields.setdefault("seeds", _replicates(interval))
+        if "settings" in fields:  # (label, interval, verdict) per setting, as rule.combine got them
+            fields["settings"] = tuple((str(label), value_text(*_bounds(x), fields.get("unit", "")), v)
+                                       for label, x, v in fields["settings"])
         if self.aliases and fields.get("evidence"):
             fields["evidence"] = f"On the conv net (model=cnn): {fields['evidence']}"
         fields.setdefault("experiment", self.experiment)
