@@ -17,7 +17,7 @@ import pandas as pd
 
 from analysis.claims.plots import draw
 from analysis.claims.result import ClaimResult
-from analysis.claims.rule import combine, headline, verdict_of
+from analysis.claims.rule import headline, verdict_of
 from analysis.claims.runs import ClaimRuns, ExperimentRuns, families
 from analysis.figures import fig_accuracy_vs_batch
 from analysis.stats import Difference, contrast, scaled
@@ -56,7 +56,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                for label, g in groups for r in g.itertuples()]
     n = min(int(min(g.n.min(), g.n_baseline.min())) for _, g in groups)
     figure = draw("C1", out, lambda: fig_accuracy_vs_batch(a)[0], details)
-    return runs.result(combine(v for *_, v in settings), STATISTIC, settings=settings, interval=c, unit="points",
+    return runs.combined(STATISTIC, settings, interval=c, unit="points",
                        n=f"{n} seeds per arm and batch size (at least)", evidence=evidence, figure=figure,
                        details=details)
 

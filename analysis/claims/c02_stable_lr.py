@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from analysis.claims.plots import clamp_axis, draw, label_axes, panel
 from analysis.claims.result import ClaimResult
-from analysis.claims.rule import combine, headline, verdict_of
+from analysis.claims.rule import headline, verdict_of
 from analysis.claims.runs import ClaimRuns, ExperimentRuns, column, families, runs_table
 from analysis.figures import palette
 from analysis.stats import MeanInterval, mean_interval
@@ -65,7 +65,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                 f"ending below {UNSTABLE_VAL_ACC:.0%} validation accuracy count as unstable. Figure: final "
                 f"validation accuracy against lr per arm, one point per seed, diverged runs as crosses at 0."
                 f"{bounds[label]}")
-    return runs.result(combine(v for *_, v in settings), STATISTIC, settings=settings, interval=m, unit="log10",
+    return runs.combined(STATISTIC, settings, interval=m, unit="log10",
                        n=f"{m.n} paired seeds", evidence=evidence, figure=figure, details=details)
 
 

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from analysis.claims.plots import clamp_axis, draw, label_axes, panel
 from analysis.claims.result import ClaimResult
-from analysis.claims.rule import SUPPORTED, combine, headline, verdict_of
+from analysis.claims.rule import SUPPORTED, headline, verdict_of
 from analysis.claims.runs import ClaimRuns, runs_table
 from analysis.collect import num
 from analysis.figures import palette
@@ -65,7 +65,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     evidence = (f"At {label} (least favourable of {len(settings)} batch size(s) with a clear fixed-lr gap) the "
                 f"fixed-lr gap exceeds the tuned gap by {with_interval(d)}; verdict combined over batch sizes. "
                 "Figure: BN minus no-norm test accuracy per batch size, fixed lr vs tuned lr, 95% Welch intervals.")
-    return runs.result(combine(v for *_, v in settings), STATISTIC, settings=settings, interval=d, unit="points",
+    return runs.combined(STATISTIC, settings, interval=d, unit="points",
                        n=n_text([min(d.n_a, d.n_b)], "seeds per arm (smallest)"), evidence=evidence,
                        figure=figure, details=details)
 

@@ -41,7 +41,7 @@ from matplotlib.figure import Figure
 
 from analysis.claims.plots import draw, label_axes, log_y, panel
 from analysis.claims.result import ClaimResult
-from analysis.claims.rule import CONTRADICTED, INCONCLUSIVE, NO_EFFECT, SUPPORTED, TRIVIAL, combine, headline, verdict_of
+from analysis.claims.rule import CONTRADICTED, INCONCLUSIVE, NO_EFFECT, SUPPORTED, TRIVIAL, headline, verdict_of
 from analysis.claims.runs import ClaimRuns, config_of, norm_of, seed_of, val_series
 from analysis.collect import counted_as, finite, num
 from analysis.figures import log2_batch_axis, palette
@@ -101,7 +101,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
                 "lrs); where the chosen lr has one, the ratio is a bound and can only decide in its direction. "
                 "Figure: steps to target vs batch size (log-log), one point per seed, median line, dashed "
                 "perfect 1/B scaling, triangles: censored runs at the budget.")
-    return runs.result(combine(v for *_, v in settings), STATISTIC, settings=settings, interval=d, unit="log10",
+    return runs.combined(STATISTIC, settings, interval=d, unit="log10",
                        n=n_text([min(d.n_a, d.n_b)], "seeds per arm (smallest)"), evidence=evidence,
                        figure=figure, details=details)
 

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from analysis.claims.plots import clamp_axis, draw, label_axes, panel
 from analysis.claims.result import ClaimResult
-from analysis.claims.rule import SUPPORTED, combine, headline, verdict_of
+from analysis.claims.rule import SUPPORTED, headline, verdict_of
 from analysis.claims.runs import DIVERGED_NOTE, ClaimRuns, acc_values, column, counts_note, runs_table
 from analysis.collect import counted_as
 from analysis.figures import palette
@@ -74,7 +74,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     evidence = (f"At batch {large}, {label} (least favourable of {len(settings)}) minus plain BN: "
                 f"{with_interval(d)}; verdict combined over ghost sizes. {DIVERGED_NOTE}. Figure: test accuracy per "
                 "arm, one point per seed, mean and 95% t-interval.")
-    return runs.result(combine(v for *_, v in settings), STATISTIC, settings=settings, interval=d, unit="points",
+    return runs.combined(STATISTIC, settings, interval=d, unit="points",
                        n=n_text([d.n_a, d.n_b], "seeds per arm"), evidence=evidence, figure=figure, details=details)
 
 

@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 
 from analysis.claims.plots import draw, errorbar, label_axes, log_y, mean_band, panel
 from analysis.claims.result import ClaimResult
-from analysis.claims.rule import combine, headline, verdict_of
+from analysis.claims.rule import headline, verdict_of
 from analysis.claims.runs import ClaimRuns, ExperimentRuns, column, families, norm_of, runs_table
 from analysis.collect import finite, num
 from analysis.figures import log2_batch_axis, palette
@@ -125,7 +125,7 @@ def _interleaved(runs: ClaimRuns, exp: ExperimentRuns, m: pd.DataFrame, out: Pat
                 "time over no norm's, minus 1, both arms timed in one process, interleaved; mean and 95% t interval "
                 "over measurements, one per run); verdict combined over every setting. Figure: the relative cost per "
                 "batch size, training step and inference pass, mean and 95% t interval.")
-    return runs.result(combine(v for *_, v in settings), STATISTIC, settings=settings, interval=d, unit="%",
+    return runs.combined(STATISTIC, settings, interval=d, unit="%",
                        n=n_text([s[1].n for s in settings], "measurements per batch size"), evidence=evidence,
                        figure=figure, details=details)
 
@@ -180,7 +180,7 @@ def _epoch_timings(runs: ClaimRuns, exp: ExperimentRuns, out: Path) -> ClaimResu
                 + (f" ({NOT_COMPARABLE}, left out: {', '.join(apart)})" if apart else "")
                 + ". Figure: milliseconds per training step by batch size and arm, mean and 95% t-interval over "
                 "seeds.")
-    return runs.result(combine(v for *_, v in settings), EPOCH_STATISTIC, settings=settings, interval=d, unit="%",
+    return runs.combined(EPOCH_STATISTIC, settings, interval=d, unit="%",
                        n=n_text([d.n_a, d.n_b], "seeds per arm"), evidence=evidence, figure=figure, details=details)
 
 

@@ -42,7 +42,7 @@ from matplotlib.figure import Figure
 
 from analysis.claims.plots import clamp_axis, draw, errorbar, legend
 from analysis.claims.result import ClaimResult
-from analysis.claims.rule import INCONCLUSIVE, NON_INFERIORITY, combine, headline, verdict_of
+from analysis.claims.rule import INCONCLUSIVE, NON_INFERIORITY, headline, verdict_of
 from analysis.claims.runs import DIVERGED_NOTE, ClaimRuns, ExperimentRuns, acc_values, config_of, counts_note, \
     norm_of, seed_of
 from analysis.collect import finite, num
@@ -177,7 +177,6 @@ def _accuracy(runs: ClaimRuns, out: Path) -> ClaimResult:
         details += [f"{_order(p)}, mechanism: {line}" for line in m["lines"]]
     eps_lines, eps_summary = _eps(runs)
     details += eps_lines
-    verdict = combine(v for *_, v in settings)
     label, c = headline(settings)
     others = "; ".join(f"{_order(p)}, {READINGS[m]} {with_interval(other[(p, m)][0])} ({other[(p, m)][1]})"
                        for p in (False, True) for m in ("batch_acc", "precise_acc") if (p, m) in other)
@@ -193,7 +192,7 @@ def _accuracy(runs: ClaimRuns, out: Path) -> ClaimResult:
                   "of BN-LSTM's normalized test inputs (rows).")
     figure = draw("C16", out, lambda: _accuracy_figure(df), details)
     n = n_text([x for _, d, _ in settings for x in (d.n_a, d.n_b)])
-    return runs.result(verdict, stat, settings=settings, interval=c, unit="points", n=n, evidence=evidence,
+    return runs.combined(stat, settings, interval=c, unit="points", n=n, evidence=evidence,
                        figure=figure, details=details)
 
 
@@ -482,7 +481,7 @@ def _layer_norm(runs: ClaimRuns, out: Path) -> ClaimResult:
                             for p in (False, True) for m in ("batch_acc", "precise_acc") if (p, m) in found)
                 + f". {DIVERGED_NOTE}. Figure: the differences with their intervals and -margin.")
     figure = draw("C16d", out, lambda: _ln_figure(found, margin), details)
-    return runs.result(combine(v for *_, v in settings), stat, settings=settings, interval=c, unit="points",
+    return runs.combined(stat, settings, interval=c, unit="points",
                        n=n_text([x for _, d, _ in settings for x in (d.n_a, d.n_b)]), evidence=evidence,
                        figure=figure, details=details)
 

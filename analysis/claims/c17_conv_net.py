@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from analysis.claims.plots import clamp_axis, draw, label_axes, mean_band, panel
 from analysis.claims.result import ClaimResult
-from analysis.claims.rule import combine, headline, verdict_of
+from analysis.claims.rule import headline, verdict_of
 from analysis.claims.runs import DIVERGED_NOTE, ClaimRuns, ExperimentRuns, acc_values, counts_note, families, runs_table
 from analysis.figures import log2_batch_axis, palette
 from analysis.stats import Difference, contrast, welch_difference
@@ -61,7 +61,7 @@ def evaluate(runs: ClaimRuns, out: Path) -> ClaimResult:
     details += _mlp_beside(runs, sizes)
     figure = draw("C17", out, lambda: _figure(df), details)
     n = n_text([x for d in diffs.values() for x in (d.n_a, d.n_b)], "seeds per arm and batch size")
-    return runs.result(combine(v for *_, v in settings), STATISTIC, settings=settings, interval=c, unit="points", n=n,
+    return runs.combined(STATISTIC, settings, interval=c, unit="points", n=n,
                        evidence=evidence, figure=figure, details=details)
 
 

@@ -20,7 +20,7 @@ READINGS: dict[str, dict[str, str]] = {
     REVERSED: {SUPPORTED: CONTRADICTED, CONTRADICTED: SUPPORTED, NO_EFFECT: CONTRADICTED, TRIVIAL: CONTRADICTED},
     ABSENT: {SUPPORTED: CONTRADICTED, CONTRADICTED: SUPPORTED, NO_EFFECT: SUPPORTED, TRIVIAL: SUPPORTED},
 }
-READ_AS = {EFFECT: "", REVERSED: " (read in reverse)", ABSENT: " (read as: the effect is absent)"}
+READ_AS = {EFFECT: "", REVERSED: "read in reverse", ABSENT: "read as: the effect is absent"}
 
 # Each notebook claim reads the rows that test it: speed (3) from steps to a target (C4), not from a final
 # accuracy; batch-size sensitivity through noisy statistics (7) from the small-batch and statistics claims
@@ -62,10 +62,10 @@ def notebook_verdicts(results: list[ClaimResult]) -> list[dict[str, str]]:
                 if r.replication is not None and r.replication.settings and _per_setting(r.replication,
                                                                                          reading) != read:
                     read = NOT_REPLICATED
-                how = f"{how[:-1]}, per setting: {read})"
+                how += f", per setting: {read}"
             verdicts.append(read)
             number_ = f": {format_value(r)}, n = {r.n}" if r is not None and r.verdict != NOT_RUN else ""
-            parts.append(f"{cid} {v}{how}{number_}")
+            parts.append(f"{cid} {v}{f' ({how})' if how else ''}{number_}")
             if r is not None and r.figure:
                 figures.append(r.figure)
         verdict = NOT_REPLICATED if NOT_REPLICATED in verdicts else combine(verdicts)

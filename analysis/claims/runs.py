@@ -20,7 +20,7 @@ import pandas as pd
 
 from analysis.claims import Claim, in_replication
 from analysis.claims.result import ClaimResult, bound_note, flag_zero_width, value_text
-from analysis.claims.rule import ERROR, INCONCLUSIVE, NOT_RUN, PREMISE_NOT_MET
+from analysis.claims.rule import ERROR, INCONCLUSIVE, NOT_RUN, PREMISE_NOT_MET, combine
 from analysis.collect import Collection, finite
 from analysis.stats import Difference, MeanInterval
 from analysis.summary import Analysis, analyze
@@ -168,6 +168,11 @@ class ClaimRuns:
         fields.setdefault("margin", self.claim.margin)
         return ClaimResult(claim=self.claim.id, title=self.claim.title, verdict=verdict, statistic=statistic,
                            literature=self.literature, **fields)
+
+    def combined(self, statistic: str, settings: list[tuple[str, Any, str]], **fields: Any) -> ClaimResult:
+        """The row of a claim checked per setting: its verdict combines the settings' (rule.combine), and the
+        row keeps each setting's (label, interval, verdict)."""
+        return self.result(combine(v for *_, v in settings), statistic, settings=settings, **fields)
 
     def inconclusive(self, statistic: str, why: str, **fields: Any) -> ClaimResult:
         return self.result(INCONCLUSIVE, statistic, evidence=why, **fields)
