@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import errno
+import signal
 from enum import Enum
 from typing import Any, Optional
 
@@ -165,3 +166,26 @@ def _choices(err: MissingConfigException) -> str:
         if inside:
             text += f"; or {sub.name}/<name> for " + ("each" if inside == sorted(names) else ", ".join(inside))
     return text
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (`kill PID`, a scheduler's time limit, a closed terminal), raised in the main thread
+    so that it ends as Ctrl-C does. In a sweep (study/run.py) joblib then terminates the workers and their
+    claims are released; without it the process died at once and left its workers running as orphans,
+    holding their runs' claims, so the same command refused those runs until the orphans were killed by
+    hand. The claims suite (study/suite.py) passes it on to the sweep it is running, for the same reason."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def end_like_ctrl_c() -> None:
+    """SIGTERM and SIGHUP raise `Terminated` in the main thread (where their action is still the default)."""
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_DFL:  # leave a parent's choice (e.g. nohup's ignored SIGHUP)
+            signal.signal(sig, handler)

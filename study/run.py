@@ -18,7 +18,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from study.config import register_configs, validate
-from study.errors import ExitWithLine, RunFailed, UserError, UserExit, describe_user_error
+from study.errors import (ExitWithLine, RunFailed, Terminated, UserError, UserExit, describe_user_error,
+                          end_like_ctrl_c)
 from study.help import register_help_resolver
 from study.records import CLAIM_FILE, RESULT_FILE, objective
 
@@ -97,26 +98,6 @@ def workers_ignore_ctrl_c() -> None:
 
     fork_exec.blocks_sigint = True
     loky_fork_exec.fork_exec = fork_exec
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (`kill PID`, a scheduler's time limit, a closed terminal), raised in the main thread
-    so that it ends as Ctrl-C does: joblib terminates the sweep's workers and their claims are released.
-    Without it the process died at once and left its workers running as orphans, holding their runs'
-    claims, so the same command refused those runs until the orphans were killed by hand."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def end_like_ctrl_c() -> None:
-    def handler(signum, frame):
-        raise Terminated(signum)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) == signal.SIG_DFL:  # leave a parent's choice (e.g. nohup's ignored SIGHUP)
-            signal.signal(sig, handler)
 
 
 def cli() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from analysis import build_report
 from analysis.claims import REPLICATION_SEED, suite_presets
 from study import REPO_ROOT
 from study.config import compose_config
+from study.errors import Terminated, end_like_ctrl_c
 from study.records import git_state, now_iso, write_json_atomic
 from study.sweep.progress import Tally, count_records, describe
 
@@ -141,10 +143,15 @@ class SuiteProgress:
                     return proc.wait(timeout=self.every if self.every > 0 else None)
                 except subprocess.TimeoutExpired:
                     self.report()
+        except Terminated as e:
+            # `kill PID` reaches this process only (Ctrl-C reaches the terminal's whole group): pass it on,
+            # so that the sweep stops its workers and releases their claims instead of training on orphaned
+            proc.send_signal(e.signum)
+            raise
         finally:
-            if proc.poll() is None:  # interrupted: the child got the same Ctrl-C; let it finish its line
+            if proc.poll() is None:  # interrupted: the child got the same signal; let it finish its line
                 try:
-                    proc.wait(timeout=30)
+                    proc.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     proc.kill()
             self.finished.append(self.tally_current())
@@ -195,7 +202,26 @@ def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
+STOPPED = {128 + signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGHUP}  # a sweep's exits on those signals
+
+
+def stopped(e: KeyboardInterrupt) -> int:
+    """The suite's one line and exit status for Ctrl-C, SIGTERM or SIGHUP (as study/run.py's)."""
+    signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
+    what = "interrupted" if signum == signal.SIGINT else "terminated"
+    print(f"{what}: finished runs are kept; run the same command again to go on", file=sys.stderr)
+    return 128 + signum
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    end_like_ctrl_c()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as e:  # while composing the presets or building the report
+        return stopped(e)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = parse(argv)
     except SuiteError as e:
@@ -228,13 +254,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             suite.report()
             if rc != 0:
                 failed.append(name)
-                if rc == 130:  # Ctrl-C in the child: stop the suite too
-                    raise KeyboardInterrupt
+                if rc in STOPPED:  # the sweep was stopped by a signal (Ctrl-C, kill): stop the suite too
+                    raise Terminated(rc - 128)
             write_json_atomic(log_path, {"quick": args.quick, "replicate": args.replicate, "presets": done, "git": git_state(), "updated_at": now_iso(),
                                          "seconds": round(time.perf_counter() - t_suite, 1)})
-    except KeyboardInterrupt:
-        print("interrupted: finished runs are kept; run the same command again to go on", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return stopped(e)
     total = time.perf_counter() - t_suite
     print(f"== suite: {len(done)} presets in {total / 60:.1f} min"
           + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
-from html import escape
+import os
+import signal
 import subprocess
 import sys
+import time
+from html import escape
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +18,7 @@ from analysis.claims import CLAIMS, REPLICATION_SEED
 from analysis.claims.notebook_claims import NOTEBOOK_CLAIMS
 from analysis.report import CLAIMS_REPORT_TITLES, REPORT_HTML
 from study.config import compose_config, validate
+from study.records import RESULT_FILE
 from study.suite import PRESETS, SUITE, commands, preset_seeds, shown
 from tests.helpers import REPO, tiny_overrides
 
@@ -144,3 +148,55 @@ def test_quick_suite_builds_the_claims_report(tiny_mnist: Path, tmp_path: Path) 
     for name in only:
         assert (report / "experiments" / name / REPORT_HTML).is_file()
         assert (report / "experiments" / f"{name}-replication" / REPORT_HTML).is_file()
+
+
+def _group_alive(pgid: int) -> list[str]:
+    """The command lines of the processes still in process group `pgid` (zombies excluded)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                alive.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, IndexError, ValueError):
+            continue
+    return alive
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_suite_and_its_running_sweep(tiny_mnist: Path, tmp_path: Path) -> None:
+    """`kill PID` on the suite (a scheduler's time limit) reaches the suite only: it passes the signal to
+    the sweep it is running, which stops its workers, and ends with one line and exit 143. Before, the
+    suite died at once and its sweep went on training as an orphan."""
+    out = tmp_path / "claims"
+    cmd = [sys.executable, "-m", "study.suite", "--quick", "--out", str(out), "--only", "ics", "--no-report",
+           "--progress-every", "0", "--", *tiny_overrides(tiny_mnist), "force=false", "epochs=3",
+           "hydra.launcher.n_jobs=1"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # its own process group: the sweep and its workers join it
+
+    def records() -> dict[str, str]:
+        return {str(p.relative_to(out)): p.read_text() for p in out.rglob(RESULT_FILE)}
+
+    deadline = time.time() + 300
+    while not records():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    finished = records()
+    assert len(finished) < 4, "the sweep ended before the signal: give its runs more epochs"
+    proc.send_signal(signal.SIGTERM)  # to the suite's process only
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "terminated: finished runs are kept; run the same command again to go on"
+    deadline = time.time() + 30  # the sweep and its workers stop with the suite, none left training
+    while _group_alive(proc.pid):
+        assert time.time() < deadline, _group_alive(proc.pid)
+        time.sleep(0.2)
+    kept = records()
+    assert all(kept[k] == v for k, v in finished.items())
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    reused = [json.loads(v) for k, v in records().items() if k not in kept]
+    assert len(reused) == 4 and sum("reused_from" in r for r in reused) == len(kept)
