@@ -245,6 +245,11 @@ def _curves(a: Analysis, metric: str, ylabel: str, what: str) -> tuple[Figure | 
         style = "setting"
     bs = sorted(int(b) for b in hist.batch_size.unique())
     fig, axes = grid(2, len(bs), sharey=True, sharex="row")
+    single = {x: float(hist[x].iloc[0]) for x in ("epoch", "step") if hist[x].nunique() == 1}
+    for i, x in enumerate(("epoch", "step")):
+        if x in single:  # one epoch: a row's shared x range would be a point (matplotlib warns, then widens it)
+            v = single[x]
+            axes[i, 0].set_xlim(*((v - 0.5, v + 0.5) if x == "epoch" or v <= 0 else (v / 2, v * 2)))
     for j, b in enumerate(bs):
         d = hist[hist.batch_size == b]
         for i, x in enumerate(("epoch", "step")):
@@ -256,7 +261,7 @@ def _curves(a: Analysis, metric: str, ylabel: str, what: str) -> tuple[Figure | 
             if x == "step":
                 _log_steps_axis(ax)
             else:
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.xaxis.set_major_locator(FixedLocator([single[x]]) if x in single else MaxNLocator(integer=True))
             ax.set_title(f"batch size {b}", fontsize=9)
     if metric == "train_loss":
         lo, hi = hist[metric].min(), hist[metric].max()

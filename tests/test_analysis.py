@@ -767,3 +767,13 @@ def test_a_real_tuning_sweep_resumed_into_another_dir_reports_every_trial(tmp_pa
     best = (report / "report.md").read_text().split("Best lr per (norm, batch size)")[1]
     for norm in ("none", "batch"):  # lrs tried: every trial of the study, not the second sweep's one
         assert re.search(rf"\n\| {norm} \| 32 \| [^|]+ \| 3 \|", best), best[:800]
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_curves_of_runs_that_all_end_at_one_step_draw_without_a_warning(tmp_path):
+    """Every run one epoch of the same number of steps: each row of the curves has one x value, and its
+    shared axis was set to a point (seaborn/matplotlib: "Attempting to set identical low and high xlims")."""
+    from tests.helpers import c2_untested_records, write_runs
+
+    report = build_report([write_runs(tmp_path / "runs", c2_untested_records(None))], out_dir=tmp_path / "report")
+    assert (report / "fig2_val_acc_curves.png").is_file() and (report / "fig3_train_loss_curves.png").is_file()
