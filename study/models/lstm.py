@@ -189,13 +189,20 @@ class PackedLSTM(nn.Module):
         r, b = x.shape[:2]
         if not self.training and b > self.EVAL_CHUNK:  # evaluation is per example (population statistics)
             return torch.cat([self(x[:, s:s + self.EVAL_CHUNK]) for s in range(0, b, self.EVAL_CHUNK)], 1)
-        seq = x.reshape(r, b * ROWS, PIXELS)
-        wx = torch.bmm(seq, self.weight_ih.transpose(1, 2)).view(r, b, ROWS, -1)  # every step's input term
+        # Every step's input term in one batched matmul, time-major within each member: the rows are put
+        # in step order on x (28 pixels a row) rather than on the product (4H a row, 14x larger at 100
+        # units), and the plain arm's biases are added by the matmul. Each step's (R, B, 4H) block is then
+        # a view (split once), contiguous per member. Indexing wx[:, :, t] in the loop made each step's
+        # backward write a zero-filled gradient of all of wx (28 full-size tensors a step); a copy of wx
+        # in step order, then split, cost a copy each way and the bias addition another pass: 1.2-1.3x
+        # of the plain and BN-LSTM step at batch 128 (docs/speed.md#the-packed-lstm-now-and-its-benchmark).
+        seq = x.reshape(r, b, ROWS, PIXELS).transpose(1, 2).reshape(r, ROWS * b, PIXELS)
+        w_ih = self.weight_ih.transpose(1, 2)
         if self.norm == "none":
-            wx = wx + (self.bias_ih + self.bias_hh)[:, None, None, :]
-        # One (R, B, 4H) block per step, split once: indexing wx[:, :, t] in the loop made each
-        # step's backward write a zero-filled gradient of all of wx (28 full-size tensors a step).
-        steps = wx.permute(2, 0, 1, 3).contiguous().unbind(0)
+            wx = torch.baddbmm((self.bias_ih + self.bias_hh)[:, None, :], seq, w_ih)
+        else:
+            wx = torch.bmm(seq, w_ih)
+        steps = wx.view(r, ROWS, b, -1).unbind(1)
         w_hh = self.weight_hh.transpose(1, 2)  # (R, H, 4H)
         # The zero initial state is not computed with: at t = 0 the recurrent term is zero (no matmul; a
         # normalized arm still normalizes it, for its statistics) and c = i g. Same values, fewer kernels.
