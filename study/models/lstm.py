@@ -194,8 +194,8 @@ class PackedLSTM(nn.Module):
         # units), and the plain arm's biases are added by the matmul. Each step's (R, B, 4H) block is then
         # a view (split once), contiguous per member. Indexing wx[:, :, t] in the loop made each step's
         # backward write a zero-filled gradient of all of wx (28 full-size tensors a step); a copy of wx
-        # in step order, then split, cost a copy each way and the bias addition another pass: 1.2-1.3x
-        # of the plain and BN-LSTM step at batch 128 (docs/speed.md#the-packed-lstm-now-and-its-benchmark).
+        # in step order, then split, cost a copy each way and the bias addition another pass: about 1.2x
+        # of the plain arm's step at batch 128 (docs/speed.md#the-packed-lstm-now-and-its-benchmark).
         seq = x.reshape(r, b, ROWS, PIXELS).transpose(1, 2).reshape(r, ROWS * b, PIXELS)
         w_ih = self.weight_ih.transpose(1, 2)
         if self.norm == "none":
