@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import signal
+import sys
 from enum import Enum
 from typing import Any, Optional
 
@@ -189,3 +190,12 @@ def end_like_ctrl_c() -> None:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(sig) == signal.SIG_DFL:  # leave a parent's choice (e.g. nohup's ignored SIGHUP)
             signal.signal(sig, handler)
+
+
+def stopped(e: KeyboardInterrupt) -> int:
+    """Print the one line for Ctrl-C, SIGTERM or SIGHUP (`Terminated`) and return the exit status, 128 + the
+    signal's number. Finished runs are on disk (atomic records); reuse and resume pick up from there."""
+    signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
+    what = "interrupted" if signum == signal.SIGINT else "terminated"
+    print(f"{what}: finished runs are kept; run the same command again to go on", file=sys.stderr)
+    return 128 + signum

@@ -18,8 +18,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from study.config import register_configs, validate
-from study.errors import (ExitWithLine, RunFailed, Terminated, UserError, UserExit, describe_user_error,
-                          end_like_ctrl_c)
+from study.errors import (ExitWithLine, RunFailed, UserError, UserExit, describe_user_error, end_like_ctrl_c,
+                          stopped)
 from study.help import register_help_resolver
 from study.records import CLAIM_FILE, RESULT_FILE, objective
 
@@ -112,11 +112,7 @@ def cli() -> None:
         print(f"error: {e.message}", file=sys.stderr)
         sys.exit(e.code)
     except KeyboardInterrupt as e:
-        # Finished runs are on disk (atomic records); reuse and resume pick up from there.
-        signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
-        what = "interrupted" if signum == signal.SIGINT else "terminated"
-        print(f"{what}: finished runs are kept; run the same command again to go on", file=sys.stderr)
-        sys.exit(128 + signum)
+        sys.exit(stopped(e))
     except Exception as e:
         message = describe_user_error(e)
         if message is None:

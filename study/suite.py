@@ -21,7 +21,7 @@ from analysis import build_report
 from analysis.claims import REPLICATION_SEED, suite_presets
 from study import REPO_ROOT
 from study.config import compose_config
-from study.errors import Terminated, end_like_ctrl_c
+from study.errors import Terminated, end_like_ctrl_c, stopped
 from study.records import git_state, now_iso, write_json_atomic
 from study.sweep.progress import Tally, count_records, describe
 
@@ -203,14 +203,6 @@ def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 STOPPED = {128 + signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGHUP}  # a sweep's exits on those signals
-
-
-def stopped(e: KeyboardInterrupt) -> int:
-    """The suite's one line and exit status for Ctrl-C, SIGTERM or SIGHUP (as study/run.py's)."""
-    signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
-    what = "interrupted" if signum == signal.SIGINT else "terminated"
-    print(f"{what}: finished runs are kept; run the same command again to go on", file=sys.stderr)
-    return 128 + signum
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -31,6 +31,19 @@ def run_cli(args, cwd, timeout=300, **extra_env) -> subprocess.CompletedProcess:
     return subprocess.run(RUN + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+
+def group_processes(pgid: int) -> list[bytes]:
+    """The command lines of the live (not zombie) processes in process group `pgid`, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append((stat.parent / "cmdline").read_bytes())
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
 def ok(proc: subprocess.CompletedProcess) -> str:
     """A finished command's output, asserting it exited 0."""
     out = proc.stdout + proc.stderr

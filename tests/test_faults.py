@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, RUN, run_cli, tiny_overrides
+from helpers import REPO, RUN, group_processes, run_cli, tiny_overrides
 from study.records import CLAIM_FILE, RESULT_FILE
 
 
@@ -142,14 +142,7 @@ def test_a_full_disk_mid_sweep_is_one_line_and_leaves_no_claimed_dir_without_a_r
 
 
 def _loky_worker_started(pgid: int) -> bool:
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and b"loky" in (stat.parent / "cmdline").read_bytes():
-                return True
-        except (OSError, IndexError, ValueError):
-            continue
-    return False
+    return any(b"loky" in cmdline for cmdline in group_processes(pgid))
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from analysis.report import CLAIMS_REPORT_TITLES, REPORT_HTML
 from study.config import compose_config, validate
 from study.records import RESULT_FILE
 from study.suite import PRESETS, SUITE, commands, preset_seeds, shown
-from tests.helpers import REPO, tiny_overrides
+from tests.helpers import REPO, group_processes, tiny_overrides
 
 CONF = REPO / "conf" / "experiment"
 
@@ -150,19 +150,6 @@ def test_quick_suite_builds_the_claims_report(tiny_mnist: Path, tmp_path: Path) 
         assert (report / "experiments" / f"{name}-replication" / REPORT_HTML).is_file()
 
 
-def _group_alive(pgid: int) -> list[str]:
-    """The command lines of the processes still in process group `pgid` (zombies excluded)."""
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                alive.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except (OSError, IndexError, ValueError):
-            continue
-    return alive
-
-
 @pytest.mark.slow
 def test_sigterm_stops_the_suite_and_its_running_sweep(tiny_mnist: Path, tmp_path: Path) -> None:
     """`kill PID` on the suite (a scheduler's time limit) reaches the suite only: it passes the signal to
@@ -191,8 +178,8 @@ def test_sigterm_stops_the_suite_and_its_running_sweep(tiny_mnist: Path, tmp_pat
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == "terminated: finished runs are kept; run the same command again to go on"
     deadline = time.time() + 30  # the sweep and its workers stop with the suite, none left training
-    while _group_alive(proc.pid):
-        assert time.time() < deadline, _group_alive(proc.pid)
+    while group_processes(proc.pid):
+        assert time.time() < deadline, group_processes(proc.pid)
         time.sleep(0.2)
     kept = records()
     assert all(kept[k] == v for k, v in finished.items())
