@@ -9,11 +9,12 @@ line naming the key, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -383,9 +384,18 @@ def validate(cfg: DictConfig) -> None:
 def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
     """The study's real config (conf/config.yaml, schema-checked), composed
     outside `@hydra.main`: for the tests, the benchmark and the suite."""
+    with composing() as compose_one:
+        return compose_one(overrides, return_hydra_config)
+
+
+@contextlib.contextmanager
+def composing() -> Iterator[Callable[[Sequence[str], bool], DictConfig]]:
+    """`compose_config` for many configs: one Hydra initialization for all
+    of them (a composition then takes about half as long)."""
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR)):
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+        yield lambda overrides=(), return_hydra_config=False: compose(
+            config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def linear_lr(base_lr: float, base_batch: int, batch_size: int) -> float:

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from analysis import build_report
@@ -24,6 +23,8 @@ from study.config import compose_config
 from study.errors import Terminated, end_like_ctrl_c, stopped
 from study.records import git_state, now_iso, write_json_atomic
 from study.sweep.progress import Tally, count_records, describe
+from study.sweep.workload import PresetPlan, Workload, fraction_done
+from study.sweep.workload import time_left as workload_time_left
 
 # (preset, extra overrides of the full suite), in the order they run: every
 # preset a claim reads, from the claims' registry (analysis/claims/__init__.py),
@@ -31,6 +32,7 @@ from study.sweep.progress import Tally, count_records, describe
 # the preset files.
 SUITE: tuple[tuple[str, tuple[str, ...]], ...] = suite_presets()
 PRESETS = tuple(name for name, _ in SUITE)
+REPLICATION = " (replication)"  # the name suffix of a preset's rerun on the replication seeds
 
 
 class SuiteError(Exception):
@@ -58,7 +60,7 @@ def commands(out: Path, quick: bool, only: Sequence[str], extra: Sequence[str],
                 # Quoted: Hydra's override grammar reads `?` and `=` inside a bare value.
                 argv.append(f"hydra.sweeper.storage='sqlite:///{out_abs / 'optuna.db'}?timeout=60'")
             kept = [o for o in extra if not (replication and o.split("=", 1)[0].lstrip("+~") in SEED_KEYS)]
-            todo.append((name + (" (replication)" if replication else ""), [*argv, *kept, *seeds]))
+            todo.append((name + (REPLICATION if replication else ""), [*argv, *kept, *seeds]))
     return todo
 
 
@@ -84,24 +86,6 @@ def preset_seeds(preset: str, overrides: Sequence[str]) -> tuple[list[int], list
     return seeds, confirm
 
 
-def planned_runs(overrides: Sequence[str]) -> int:
-    """How many runs a preset's sweep launches (`overrides`: its command line
-    after `-m`): its grid, or per cell its trials and confirmation seeds."""
-    parser = OverridesParser.create()
-    parsed = parser.parse_overrides([o for o in overrides if not o.startswith("hydra.")])
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    cfg = compose_config(fixed, return_hydra_config=True)
-    sweeper = cfg.hydra.sweeper
-    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-    params += [o.input_line for o in parsed if o.is_sweep_override()]  # the command line's win (later)
-    if "bn_optuna" in str(sweeper._target_):
-        from hydra_plugins.bn_study_sweeper.plan import plan_sweep  # loads optuna: only for the tuning preset
-
-        cells = len(plan_sweep(params, bool(sweeper.cells)).cells())
-        return cells * (int(sweeper.n_trials) + len(sweeper.confirm_seeds or []))
-    return sum(len(batch) for batch in BasicSweeper.split_arguments(parser.parse_overrides(params), None))
-
-
 def replication_seeds(preset: str, overrides: Sequence[str]) -> list[str]:
     """The overrides that rerun `preset` on the replication seed set: every seed + REPLICATION_SEED."""
     seeds, confirm = preset_seeds(preset, overrides)
@@ -124,18 +108,22 @@ def sweep_dir_of(argv: Sequence[str]) -> Path:
 class SuiteProgress:
     """The suite's own progress line: presets done, runs done of all presets'
     planned runs (each preset's sweep prints its own line too), elapsed and
-    the time left at the pace of the runs trained so far. Runs differ in cost
-    from preset to preset, so it is a rough guide until late in the suite."""
+    the time left. The time left weighs each preset by its work
+    (study/sweep/workload.py: its runs' arithmetic, reused runs none), at the
+    pace `pace_of` expects, or at the pace of all the work done so far."""
 
-    def __init__(self, planned: Sequence[int], every: float) -> None:
-        self.planned, self.every = list(planned), every
+    def __init__(self, plans: Sequence[PresetPlan], twins: Sequence[Optional[int]], every: float) -> None:
+        self.plans, self.twins, self.every = list(plans), list(twins), every
+        self.planned = [p.runs for p in self.plans]
         self.finished: list[Tally] = []  # each preset run so far, as its sweep dir's records count
+        self.seconds: list[float] = []  # and how long each took
         self.current: Optional[tuple[Path, float]] = None
         self.t0 = time.perf_counter()
 
     def run(self, i: int, argv: Sequence[str], sweep_dir: Path, **kwargs) -> int:
         """Run preset `i`'s command; print the suite's line every `every` seconds meanwhile."""
         self.current = (sweep_dir, time.time())
+        t0 = time.perf_counter()
         proc = subprocess.Popen(argv, **kwargs)
         try:
             while True:
@@ -155,6 +143,7 @@ class SuiteProgress:
                 except subprocess.TimeoutExpired:
                     proc.kill()
             self.finished.append(self.tally_current())
+            self.seconds.append(time.perf_counter() - t0)
             self.current = None
 
     def tally_current(self) -> Tally:
@@ -162,15 +151,42 @@ class SuiteProgress:
             return Tally(planned=0)
         return count_records(*self.current) if self.current[0].is_dir() else Tally(planned=0)
 
+    def time_left(self, current: Tally, elapsed: float) -> Optional[float]:
+        """Seconds left: each preset's work not yet done at its pace (study.sweep.workload.time_left)."""
+        n = len(self.finished)
+        fractions = [1.0] * n + [0.0] * (len(self.plans) - n)
+        if n < len(self.plans):
+            fractions[n] = fraction_done(current.trained, current.in_flight, current.reused, self.planned[n])
+        works = [p.work for p in self.plans]
+        done = sum(w * f for w, f in zip(works, fractions))
+        return workload_time_left(works, fractions, [self.pace_of(i) for i in range(len(self.plans))],
+                                  elapsed / done if done > 0 else None)
+
+    def pace_of(self, i: int) -> Optional[float]:
+        """Seconds per flop that preset i is expected to take, from the presets
+        finished so far: its twin's (the same runs on other seeds), else that of
+        the finished presets of its model family (a unit of an LSTM's work took
+        about 2.5x an MLP's on the development machine), else None (the
+        suite's pace so far)."""
+        finished = range(len(self.finished))
+        twin = self.twins[i]
+        if twin is not None and twin in finished and self.plans[twin].work > 0:
+            return self.seconds[twin] / self.plans[twin].work
+        family = self.plans[i].family
+        same = [k for k in finished if family is not None and self.plans[k].family == family]
+        work = sum(self.plans[k].work for k in same)
+        return sum(self.seconds[k] for k in same) / work if work > 0 else None
+
     def report(self) -> None:
-        parts = [*self.finished, self.tally_current()]
+        current = self.tally_current()
         total = Tally(planned=sum(self.planned))
-        for t in parts:
+        for t in [*self.finished, current]:
             total.trained += t.trained
             total.reused += t.reused
             total.failed += t.failed
             total.diverged += t.diverged
-        line = describe(total, time.perf_counter() - self.t0)
+        elapsed = time.perf_counter() - self.t0
+        line = describe(total, elapsed, left=self.time_left(current, elapsed))
         print(f"== suite: {len(self.finished)}/{len(self.planned)} presets, {line}", flush=True)
 
 
@@ -233,8 +249,12 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        planned = [planned_runs(argv_[3:]) for _, argv_ in todo]  # after `run.py -m`
-        suite = SuiteProgress(planned, args.progress_every)
+        workload = Workload()
+        plans = workload.presets([argv_[3:] for _, argv_ in todo])  # after `run.py -m`
+        planned = [p.runs for p in plans]
+        names = [name for name, _ in todo]
+        twins = [names.index(n[:-len(REPLICATION)]) if n.endswith(REPLICATION) else None for n in names]
+        suite = SuiteProgress(plans, twins, args.progress_every)
         for i, (name, argv_) in enumerate(todo):
             print(f"== {name} ({i + 1}/{len(todo)} presets, {planned[i]} runs): {' '.join(argv_[1:])}", flush=True)
             t0 = time.perf_counter()

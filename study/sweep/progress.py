@@ -49,15 +49,20 @@ def time_left(tally: Tally, elapsed: float) -> Optional[float]:
     return left * elapsed / work
 
 
-def describe(tally: Tally, elapsed: float, what: str = "runs") -> str:
-    """One plain line: done/planned, reused, failed, diverged, elapsed, time left."""
+_PACE = object()  # describe's default: the time left at the pace of the runs so far (time_left)
+
+
+def describe(tally: Tally, elapsed: float, what: str = "runs", left: Optional[float] | object = _PACE) -> str:
+    """One plain line: done/planned, reused, failed, diverged, elapsed, time
+    left (`left` seconds where the caller estimates it, None: not yet)."""
     parts = [f"{tally.done}/{tally.planned} {what} done"
              + (f" ({tally.reused} reused)" if tally.reused else ""),
              f"{tally.failed} failed", f"{tally.diverged} diverged", f"elapsed {clock_text(elapsed)}"]
     if tally.done >= tally.planned and tally.planned:
         parts.append("finished")
     else:
-        left = time_left(tally, elapsed)
+        if left is _PACE:
+            left = time_left(tally, elapsed)
         parts.append("estimating time left" if left is None else f"about {clock_text(left)} left")
     return ", ".join(parts)
 
