@@ -20,7 +20,7 @@ from analysis import build_report
 from analysis.claims import REPLICATION_SEED, suite_presets
 from study import REPO_ROOT
 from study.config import compose_config
-from study.errors import Terminated, end_like_ctrl_c, stopped
+from study.errors import Terminated, describe_user_error, end_like_ctrl_c, stopped
 from study.records import git_state, now_iso, write_json_atomic
 from study.sweep.progress import Tally, count_records, describe
 from study.sweep.workload import PresetPlan, Workload, fraction_done
@@ -236,24 +236,26 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    try:  # every preset's jobs composed before anything is written: a bad override is one line
+        todo = commands(out, args.quick, args.only, args.overrides, stamp, args.replicate)
+        plans = Workload().presets([argv_[3:] for _, argv_ in todo])  # after `run.py -m`
+    except Exception as e:
+        line = str(e) if isinstance(e, SuiteError) else describe_user_error(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
     log_path = out / "suite.json"
     done: list[dict] = []
     failed = []
     t_suite = time.perf_counter()
     env = dict(os.environ, HYDRA_FULL_ERROR="1")
+    planned = [p.runs for p in plans]
+    names = [name for name, _ in todo]
+    twins = [names.index(n[:-len(REPLICATION)]) if n.endswith(REPLICATION) else None for n in names]
     try:
-        todo = commands(out, args.quick, args.only, args.overrides, stamp, args.replicate)
-    except SuiteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        workload = Workload()
-        plans = workload.presets([argv_[3:] for _, argv_ in todo])  # after `run.py -m`
-        planned = [p.runs for p in plans]
-        names = [name for name, _ in todo]
-        twins = [names.index(n[:-len(REPLICATION)]) if n.endswith(REPLICATION) else None for n in names]
         suite = SuiteProgress(plans, twins, args.progress_every)
         for i, (name, argv_) in enumerate(todo):
             print(f"== {name} ({i + 1}/{len(todo)} presets, {planned[i]} runs): {' '.join(argv_[1:])}", flush=True)

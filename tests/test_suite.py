@@ -103,6 +103,21 @@ def test_bad_preset_name_is_one_line() -> None:
         "error: --only=nope is not allowed: presets are " + ", ".join(PRESETS)]
 
 
+@pytest.mark.parametrize("override, says", [
+    ("model.norm=foo", "Error merging override model.norm=foo: Invalid value 'foo', expected one of [none, batch"),
+    ("batch_size=0", "batch_size=0"),
+])
+def test_a_bad_override_is_one_line_before_anything_is_written(tmp_path: Path, override: str, says: str) -> None:
+    """Every preset's jobs are composed and checked first: no traceback, no out dir, no preset started."""
+    out = tmp_path / "claims"
+    proc = subprocess.run([sys.executable, "-m", "study.suite", "--quick", "--only", "ics,deep", "--out", str(out),
+                           "--", override], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], proc.stderr
+    assert "==" not in proc.stdout and not out.exists()
+
+
 @pytest.mark.slow
 def test_quick_suite_builds_the_claims_report(tiny_mnist: Path, tmp_path: Path) -> None:
     out = tmp_path / "claims"

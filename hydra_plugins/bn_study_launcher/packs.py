@@ -22,6 +22,7 @@ from study.records import RESULT_FILE, objective, read_record
 from study.reuse import record_in_dir
 from study.spec import lr_packable
 from study.sweep import progress
+from study.sweep.workload import STEP_OVERHEAD_SAMPLES
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +86,6 @@ def check_torch(cfgs: Iterable[DictConfig]) -> None:
 def _steps(cfg: DictConfig) -> float:
     """Rough optimizer-step count of a job (as if it trained on all MNIST training images)."""
     return cfg.steps if cfg.steps is not None else cfg.epochs * MNIST_TRAIN_IMAGES / cfg.batch_size
-
-
-# A training step's fixed cost (kernel launches, Python) in training samples'
-# worth of arithmetic: ~250 us a step vs ~6 us a sample on one thread here
-# (study.bench). Only the order of the packs depends on it.
-STEP_OVERHEAD_SAMPLES = 40
 
 
 def cost(cfg: DictConfig, runs: int) -> float:

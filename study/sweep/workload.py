@@ -27,8 +27,13 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hydra_plugins.bn_study_launcher.packs import STEP_OVERHEAD_SAMPLES
-from study.config import MNIST_TRAIN_IMAGES, compose_config, composing
+from study.config import MNIST_TRAIN_IMAGES, compose_config, composing, validate
+
+# A training step's fixed cost (kernel launches, Python) in training samples'
+# worth of arithmetic: ~250 us a step vs ~6 us a sample on one thread here
+# (study.bench). The launcher orders its packs by it (packs.cost), the suite
+# weighs its presets by it (run_work).
+STEP_OVERHEAD_SAMPLES = 40
 
 Compose = Callable[[Sequence[str], bool], DictConfig]  # study.config.composing's
 
@@ -100,6 +105,7 @@ class Workload:
         for job, count in jobs:
             runs += count
             cfg = self.job_config(fixed, [o for o in job if o.split("=", 1)[0] != "seed"], compose)
+            validate(cfg)  # a bad value is the suite's one line before any preset starts (ConfigError)
             families.add(str(getattr(cfg.model.family, "value", cfg.model.family)))
             w = run_work(cfg, self._flops_per_sample(cfg))
             seeds = [o.split("=", 1)[1] for o in job if o.split("=", 1)[0] == "seed"]
