@@ -6,13 +6,14 @@ one epoch) costs about a hundredth of a run of `rnn` (an LSTM, 5 epochs at
 batch 128). A run's work here is its matmul and conv arithmetic
 (`study.bench.flops_per_sample`) over its training samples, each step
 charged `STEP_OVERHEAD_SAMPLES` samples more for its fixed cost (as the
-launcher orders packs), plus its evaluations' forward passes. Measured
-against the suite's preset times on the 2-core development machine
-(docs/speed.md#the-claims-suite) it is within about 2x of each preset's
-minutes per unit of work, where run counts were off by up to 100x;
-`overhead` (timed one run at a time) and early-stopping presets are the
-outliers. Runs that will be reused (already finished, or trained by an
-earlier preset of the same suite) are no work.
+launcher orders packs), plus its evaluations' forward passes. Runs that
+will be reused (already finished, or trained by an earlier preset of the
+same suite) are no work. Per TFLOP of this work the first seed set's
+presets took 0.04-0.18 min (MLP; `overhead`, which times one run at a
+time, 0.46), 0.19-0.27 min (LSTM) and 0.10 min (conv net) on the 2-core
+development machine (docs/speed.md#the-claims-suite), where per run they
+took 0.008 min (`max_lr`) to 0.7 min (`rnn`): hence a pace per model family
+(study.suite.SuiteProgress.pace_of).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class Workload:
             families.add(str(getattr(cfg.model.family, "value", cfg.model.family)))
             w = run_work(cfg, self._flops_per_sample(cfg))
             seeds = [o.split("=", 1)[1] for o in job if o.split("=", 1)[0] == "seed"]
-            if count > 1 or not seeds:  # a tuning cell's trials: sampled lrs, none reused
+            if count > 1 or not seeds:  # a tuning cell's trials (sampled lrs), or no seed of its own: not reused
                 work += count * w
                 continue
             work += 0.0 if self._reused(cfg, int(seeds[-1])) else w
@@ -120,7 +121,7 @@ class Workload:
         overrides, `job`: its own). Where the job only sets values (`lr=0.1`,
         `model.norm=batch`), they are set on the preset's config, composed once:
         a Hydra composition takes about 0.1 s, and a suite has hundreds of jobs
-        (tests/test_suite.py checks that both give the same config)."""
+        (tests/test_workload.py checks that both give the same config)."""
         key = (*fixed, *job)
         if key not in self.composed:
             base = self.composed.get(tuple(fixed))
