@@ -113,6 +113,21 @@ def test_the_suites_line_paces_presets_by_twin_then_family_then_the_suite() -> N
     assert left == pytest.approx(50 * 1.0 + 300 * 3.0 + 50 * 1050 / 450)
     progress.twins = [None] * 5  # no twins: the family's finished presets set the pace
     assert progress.pace_of(2) == pytest.approx(1.0) and progress.pace_of(3) == pytest.approx(3.0)
+    assert progress.untimed_families() == ["cnn"]
+
+
+def test_the_suites_line_names_the_families_not_timed_yet(capsys: pytest.CaptureFixture[str]) -> None:
+    plans = [PresetPlan(10, 100.0, "mlp"), PresetPlan(10, 300.0, "lstm"), PresetPlan(10, 50.0, "cnn")]
+    progress = SuiteProgress(plans, twins=[None] * 3, every=0)
+    progress.finished, progress.seconds = [Tally(planned=10, trained=10)], [100.0]
+    progress.report()
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("== suite: 1/3 presets, 10/30 runs done") and line.endswith(
+        "left (cnn, lstm presets not timed yet)")
+    progress.finished.append(Tally(planned=10, trained=10))
+    progress.seconds.append(900.0)
+    progress.report()
+    assert capsys.readouterr().out.strip().endswith("left (cnn presets not timed yet)")
 
 
 def test_the_line_says_the_estimate_it_is_given() -> None:
