@@ -136,7 +136,7 @@ class BnOptunaSweeperImpl(Sweeper):
                 if others.wait(study, target):
                     continue
                 break
-            trials = [ask(study) for _ in range(k)]
+            trials = [self._ask(study) for _ in range(k)]
             returns = self._launch(study, trials, plan, cell)
             raised = sum(self._tell(study, t, ret, objective, errors) for t, ret in zip(trials, returns))
             asked += k
@@ -164,16 +164,11 @@ class BnOptunaSweeperImpl(Sweeper):
     def _launch(self, study: optuna.Study, trials: list[Trial], plan: SweepPlan,
                 cell: dict[str, str]) -> Sequence[JobReturn]:
         """Draw the trials' params and run their jobs, beating for them; an interrupted batch's trials fail."""
-        # Who runs these trials, and whether it beats for them: a sweep on another host waits for them only
-        # if it can tell them dead by their heartbeat.
-        owner = dict(this_sweep(), heartbeat=self.beat.interval)
         to_trial = (f"trial.storage={hydra_quote(self.url)}", f"trial.study={hydra_quote(study.study_name)}",
                     f"trial.prune={'true' if self.pruner is not None else 'false'}")
         try:
             with Heartbeat(self.storage, trials):  # other sweeps see these trials alive from their first moment
                 draw(study, trials, plan.search, self.sampler_conf)
-                for t in trials:
-                    t.set_user_attr("sweep", owner)
                 overrides = trial_overrides(trials, {**plan.fixed, **cell}, plan.passthrough, self.extend,
                                             self.config)
                 overrides = [o + to_trial + (f"trial.number={t.number}",) for o, t in zip(overrides, trials)]
@@ -183,6 +178,16 @@ class BnOptunaSweeperImpl(Sweeper):
             raise
         self.job_idx += len(returns)
         return returns
+
+    def _ask(self, study: optuna.Study) -> Trial:
+        """A new RUNNING trial with its owner recorded at once: who runs it, and whether it beats for
+        it (a sweep on another host waits for it only if it can tell it dead by its heartbeat). A
+        sweep killed between the two writes leaves a trial without an owner, which the next sweep
+        can fail only once it is OWNERLESS_STALE_AFTER old, so nothing else comes between them."""
+        owner = dict(this_sweep(), heartbeat=self.beat.interval)
+        trial = ask(study)
+        trial.set_user_attr("sweep", owner)
+        return trial
 
     def _tell(self, study: optuna.Study, trial: Trial, ret: JobReturn, objective: str, errors: list[str]) -> bool:
         """Tell the trial what its job's run record says; True if the job raised."""
