@@ -201,13 +201,18 @@ def test_a_diverging_lr_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_mnist):
     assert "1 complete, 1 failed (1 diverged)" in out
 
 
-def _finished(url: str) -> tuple[int, int]:
+def _finished(tmp_path: Path) -> tuple[int, int]:
+    # A short busy timeout: a read that meets the lock of a sweep frozen mid-write gives up at once.
+    url = f"sqlite:///{tmp_path}/optuna.db?timeout=1"
     try:
         trials = [t for name in optuna.get_all_study_names(url)
                   for t in optuna.load_study(study_name=name, storage=url).get_trials()]
     except Exception:  # not created yet
         return 0, 0
-    return (sum(t.state.is_finished() for t in trials), sum(t.state == TrialState.RUNNING for t in trials))
+    # RUNNING and owned: a sweep killed between asking a trial and recording itself on it leaves
+    # one that the next sweep may fail only after OWNERLESS_STALE_AFTER (10 min).
+    return (sum(t.state.is_finished() for t in trials),
+            sum(t.state == TrialState.RUNNING and "sweep" in t.user_attrs for t in trials))
 
 
 @pytest.mark.slow
@@ -219,8 +224,16 @@ def test_killed_sweep_resumes_to_the_requested_counts_without_retraining(tmp_pat
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 180
-        while min(_finished(storage_url(tmp_path))) < 1:  # a trial told, the next one training
+        while True:  # kill it with a trial told and the next one training
             assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before it was killed"
+            if min(_finished(tmp_path)) >= 1:
+                # Read again with the sweep frozen, so that what is read is what the
+                # kill leaves: a trial that ended between a read and the kill would
+                # leave nothing RUNNING (a race CI once lost).
+                os.killpg(proc.pid, signal.SIGSTOP)
+                if min(_finished(tmp_path)) >= 1:
+                    break
+                os.killpg(proc.pid, signal.SIGCONT)
             time.sleep(0.1)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
