@@ -31,7 +31,8 @@ from study.models.lstm import ROWS
 from study.records import environment, now_iso, write_json_atomic
 from study.runner import get_data, plain_config
 from study.spec import train_spec
-from study.train import batches_per_epoch, build_member, train_runs
+from study.spec import batches_per_epoch
+from study.train import build_member, train_runs
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from study import CONF_DIR
 from study.loggers import EXTRAS as LOGGER_EXTRAS, KINDS as LOGGER_KINDS
 from study.errors import ConfigError  # defined there; `from study.config import ConfigError` works too
 from study.models import FAMILIES
+from study.spec import MNIST_TRAIN_IMAGES
 
 # `model=<family>` (conf/model/<family>.yaml) and `model.norm`: the families' registry names them
 # (study/models/__init__.py); the schema's enums are its families and the union of their norms, and
@@ -257,7 +258,6 @@ def _validate_logger(logger: DictConfig, need: Any) -> None:
 
 
 OBJECTIVES = ("val_acc", "test_acc", "train_loss")
-MNIST_TRAIN_IMAGES = 60_000  # the official training set: data.val_size of them validate, the rest train
 DEVICES = ("cpu", "cuda", "auto")
 PRECISIONS = ("fp32", "tf32", "bf16")
 VALIDATION_PROBES = (Probe.activations.value, Probe.val_acc.value)  # the probes that read the validation split

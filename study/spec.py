@@ -70,6 +70,28 @@ def _plain(node: Any) -> dict[str, Any]:
     return OmegaConf.to_container(node, resolve=True, enum_to_str=True) if isinstance(node, DictConfig) else dict(node)
 
 
+MNIST_TRAIN_IMAGES = 60_000  # the official training set: data.val_size of them validate, the rest train
+
+
+def batches_per_epoch(n_train: int, batch_size: int) -> int:
+    """Full batches, plus the trailing partial one unless it has one example.
+
+    A trailing batch of a single example is dropped (for every norm, so both
+    arms see the same data): BN cannot normalize one example.
+    """
+    full, rest = divmod(n_train, batch_size)
+    return full + (1 if rest >= 2 else 0)
+
+
+def optimizer_steps(cfg: Any) -> tuple[int, int]:
+    """(steps, steps per epoch) of a job on MNIST's training split: `steps`,
+    else `epochs` epochs, as the trainer counts them (study.train.train_runs)
+    on the official files. The launcher orders its packs by it and the suite
+    weighs its presets by it, neither loading the data."""
+    per_epoch = max(1, batches_per_epoch(MNIST_TRAIN_IMAGES - int(cfg.data.val_size), int(cfg.batch_size)))
+    return (int(cfg.steps) if cfg.steps is not None else int(cfg.epochs) * per_epoch), per_epoch
+
+
 def lr_packable(cfg: Any) -> bool:
     """Whether runs of `cfg` that differ in learning rate can train as one pack.
 

@@ -22,7 +22,7 @@ from study.device import training_functions
 from study.models import FAMILIES
 from study.models.pack import evaluate
 from study.probes import Probes
-from study.spec import ModelSpec, OptimizerSpec, TrainSpec
+from study.spec import ModelSpec, OptimizerSpec, TrainSpec, batches_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +75,6 @@ def build_optimizer(o: OptimizerSpec, lr: float, params) -> torch.optim.Optimize
                                nesterov=o.nesterov, foreach=True)
     kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[o.name]
     return kind(params, lr=lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, foreach=True)
-
-
-def batches_per_epoch(n_train: int, batch_size: int) -> int:
-    """Full batches, plus the trailing partial one unless it has one example.
-
-    A trailing batch of a single example is dropped (for every norm, so both
-    arms see the same data): BN cannot normalize one example.
-    """
-    full, rest = divmod(n_train, batch_size)
-    return full + (1 if rest >= 2 else 0)
 
 
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -9,6 +9,7 @@ import pytest
 
 from study.config import compose_config
 from study.reuse import identity
+from study.spec import optimizer_steps
 from study.suite import SuiteProgress, commands
 from study.sweep.progress import Tally, describe
 from study.sweep.workload import PresetPlan, Workload, run_work, sweep_jobs, time_left
@@ -47,6 +48,14 @@ def test_a_runs_work_follows_its_architecture_and_budget() -> None:
     # a step's fixed cost: at batch 8 the same epochs cost more than the samples alone
     small = compose_config(["batch_size=8"])
     assert run_work(small, w._flops_per_sample(mlp)) > 1.5 * one
+
+
+def test_a_jobs_steps_are_counted_as_the_trainer_counts_them() -> None:
+    # 55,000 training images (5,000 validate) = 3 x 18,333 + 1: the lone example makes no step
+    assert optimizer_steps(compose_config(["batch_size=18333", "epochs=2"])) == (6, 3)
+    assert optimizer_steps(compose_config(["batch_size=18332", "epochs=2"])) == (8, 4)  # a trailing 4 does
+    assert optimizer_steps(compose_config(["batch_size=64", "steps=300"])) == (300, 860)
+    assert optimizer_steps(compose_config(["data.val_size=0", "batch_size=64"])) == (5 * 938, 938)
 
 
 def test_runs_an_earlier_preset_trains_are_no_work(tmp_path: Path) -> None:

@@ -17,10 +17,10 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from study.config import MNIST_TRAIN_IMAGES, validate
+from study.config import validate
 from study.records import RESULT_FILE, objective, read_record
 from study.reuse import record_in_dir
-from study.spec import lr_packable
+from study.spec import lr_packable, optimizer_steps
 from study.sweep import progress
 from study.sweep.workload import STEP_OVERHEAD_SAMPLES
 
@@ -83,16 +83,11 @@ def check_torch(cfgs: Iterable[DictConfig]) -> None:
                 check_precision("tf32", resolved)
 
 
-def _steps(cfg: DictConfig) -> float:
-    """Rough optimizer-step count of a job (as if it trained on all MNIST training images)."""
-    return cfg.steps if cfg.steps is not None else cfg.epochs * MNIST_TRAIN_IMAGES / cfg.batch_size
-
-
 def cost(cfg: DictConfig, runs: int) -> float:
     """Rough training cost of a pack of `runs` runs of `cfg`: steps x (per-step
     overhead + samples per step). Small batches cost in steps, large ones in
     samples; packs are started costliest first."""
-    return _steps(cfg) * (STEP_OVERHEAD_SAMPLES + cfg.batch_size * runs)
+    return optimizer_steps(cfg)[0] * (STEP_OVERHEAD_SAMPLES + cfg.batch_size * runs)
 
 
 def pack_key(cfg: Any) -> str:

@@ -28,7 +28,8 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from study.config import MNIST_TRAIN_IMAGES, compose_config, composing, validate
+from study.config import compose_config, composing, validate
+from study.spec import optimizer_steps
 
 # A training step's fixed cost (kernel launches, Python) in training samples'
 # worth of arithmetic: ~250 us a step vs ~6 us a sample on one thread here
@@ -78,9 +79,7 @@ def run_work(cfg: DictConfig, flops_per_sample: float) -> float:
     """One run's flops: its training steps (each `STEP_OVERHEAD_SAMPLES` samples
     more than its batch) and one evaluation of the validation and test images
     per epoch, a forward pass (a third of a training sample's flops) each."""
-    n_train = int(cfg.data.get("train_subset") or 0) or MNIST_TRAIN_IMAGES - int(cfg.data.val_size)
-    per_epoch = max(1, n_train // int(cfg.batch_size))
-    steps = int(cfg.steps) if cfg.steps is not None else int(cfg.epochs) * per_epoch
+    steps, per_epoch = optimizer_steps(cfg)
     evaluated = math.ceil(steps / per_epoch) * (int(cfg.data.val_size) + 10_000)
     return flops_per_sample * (steps * (STEP_OVERHEAD_SAMPLES + int(cfg.batch_size)) + evaluated / 3)
 
