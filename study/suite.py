@@ -151,16 +151,22 @@ class SuiteProgress:
             return Tally(planned=0)
         return count_records(*self.current) if self.current[0].is_dir() else Tally(planned=0)
 
-    def time_left(self, current: Tally, elapsed: float) -> Optional[float]:
-        """Seconds left: each preset's work not yet done at its pace (study.sweep.workload.time_left)."""
+    def time_left(self, current: Tally, elapsed: float,
+                  paces: Optional[Sequence[Optional[float]]] = None) -> Optional[float]:
+        """Seconds left: each preset's work not yet done at its pace (study.sweep.workload.time_left;
+        `paces`: each preset's `pace_of`, computed here unless given)."""
         n = len(self.finished)
         fractions = [1.0] * n + [0.0] * (len(self.plans) - n)
         if n < len(self.plans):
             fractions[n] = fraction_done(current.trained, current.in_flight, current.reused, self.planned[n])
         works = [p.work for p in self.plans]
         done = sum(w * f for w, f in zip(works, fractions))
-        return workload_time_left(works, fractions, [self.pace_of(i) for i in range(len(self.plans))],
-                                  elapsed / done if done > 0 else None)
+        if paces is None:
+            paces = self.paces()
+        return workload_time_left(works, fractions, paces, elapsed / done if done > 0 else None)
+
+    def paces(self) -> list[Optional[float]]:
+        return [self.pace_of(i) for i in range(len(self.plans))]
 
     def pace_of(self, i: int) -> Optional[float]:
         """Seconds per flop that preset i is expected to take, from the presets
@@ -186,18 +192,21 @@ class SuiteProgress:
             total.failed += t.failed
             total.diverged += t.diverged
         elapsed = time.perf_counter() - self.t0
-        left = self.time_left(current, elapsed)
+        paces = self.paces()
+        left = self.time_left(current, elapsed, paces)
         line = describe(total, elapsed, left=left)
-        untimed = self.untimed_families()
+        untimed = self.untimed_families(paces)
         if left is not None and untimed and total.done < total.planned:
             # their work is read at the other families' pace: an LSTM's took about 2.5x an MLP's here
             line += f" ({', '.join(untimed)} presets not timed yet)"
         print(f"== suite: {len(self.finished)}/{len(self.planned)} presets, {line}", flush=True)
 
-    def untimed_families(self) -> list[str]:
+    def untimed_families(self, paces: Optional[Sequence[Optional[float]]] = None) -> list[str]:
         """The model families of presets still to run that no finished preset has given a pace."""
+        if paces is None:
+            paces = self.paces()
         return sorted({p.family for i, p in enumerate(self.plans[len(self.finished):], len(self.finished))
-                       if p.family is not None and p.work > 0 and self.pace_of(i) is None})
+                       if p.family is not None and p.work > 0 and paces[i] is None})
 
 
 def shown(arg: str) -> str:
@@ -262,13 +271,12 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     failed = []
     t_suite = time.perf_counter()
     env = dict(os.environ, HYDRA_FULL_ERROR="1")
-    planned = [p.runs for p in plans]
     names = [name for name, _ in todo]
     twins = [names.index(n[:-len(REPLICATION)]) if n.endswith(REPLICATION) else None for n in names]
     try:
         suite = SuiteProgress(plans, twins, args.progress_every)
         for i, (name, argv_) in enumerate(todo):
-            print(f"== {name} ({i + 1}/{len(todo)} presets, {planned[i]} runs): {' '.join(argv_[1:])}", flush=True)
+            print(f"== {name} ({i + 1}/{len(todo)} presets, {plans[i].runs} runs): {' '.join(argv_[1:])}", flush=True)
             t0 = time.perf_counter()
             rc = suite.run(i, argv_, sweep_dir_of(argv_), cwd=REPO_ROOT, env=env)
             seconds = time.perf_counter() - t0
