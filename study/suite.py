@@ -5,6 +5,7 @@ one multirun, then one report whose claims section gives every verdict;
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -209,6 +210,13 @@ class SuiteProgress:
                        if p.family is not None and p.work > 0 and paces[i] is None})
 
 
+def plan(todo: Sequence[tuple[str, Sequence[str]]], root: Path = REPO_ROOT) -> list[PresetPlan]:
+    """Each preset's plan (study.sweep.workload), read in `root`, where its jobs run (`run`'s cwd): a
+    relative run_index is theirs, found wherever the suite was started."""
+    with contextlib.chdir(root):
+        return Workload().presets([argv[3:] for _, argv in todo])  # after `run.py -m`
+
+
 def shown(arg: str) -> str:
     """An argument as suite.json records it: paths relative to the repository,
     so that a committed suite.json names no machine's folders."""
@@ -258,7 +266,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     try:  # every preset's jobs composed before anything is written: a bad override is one line
         todo = commands(out, args.quick, args.only, args.overrides, stamp, args.replicate)
-        plans = Workload().presets([argv_[3:] for _, argv_ in todo])  # after `run.py -m`
+        plans = plan(todo)
     except Exception as e:
         line = str(e) if isinstance(e, SuiteError) else describe_user_error(e)
         if line is None:

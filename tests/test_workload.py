@@ -10,7 +10,7 @@ import pytest
 from study.config import compose_config
 from study.reuse import identity
 from study.spec import optimizer_steps
-from study.suite import SuiteProgress, commands
+from study.suite import SuiteProgress, commands, plan
 from study.sweep.progress import Tally, describe
 from study.sweep.workload import PresetPlan, Workload, run_work, sweep_jobs, time_left
 
@@ -87,6 +87,30 @@ def test_finished_runs_are_no_work(tmp_path: Path) -> None:
         again = Workload().presets(argv)[0]
     assert again.runs == fresh.runs
     assert again.work == pytest.approx(fresh.work * (1 - 1 / fresh.runs))
+
+
+def test_the_suite_reads_a_relative_run_index_where_its_jobs_run(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its jobs run in the repository root (`plan`'s root), so a run indexed under a relative
+    run_index there is reused by them, and the plan counts it as no work wherever the suite started."""
+    todo = commands(tmp_path, quick=True, only=["deep"], extra=["run_index=index"], stamp="S", replicate=False)
+    fresh = plan(todo, root=tmp_path)[0]
+    fixed, _, jobs = sweep_jobs(todo[0][1][3:])
+    cfg = compose_config([*fixed, *jobs[0][0]])
+    from study.records import write_json_atomic
+    from study.reuse import index_run, run_hash
+
+    record = tmp_path / "run" / "result.json"
+    write_json_atomic(record, {"status": "completed", "run_hash": run_hash(cfg)})
+    monkeypatch.chdir(tmp_path)
+    index_run(cfg, record)  # under tmp_path/index
+    assert (tmp_path / "index").is_dir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setattr("study.reuse.read_record", lambda p: json.loads(Path(p).read_text()))
+    again = plan(todo, root=tmp_path)[0]
+    assert again.work == pytest.approx(fresh.work * (1 - 1 / fresh.runs))
+    assert Path.cwd() == tmp_path / "elsewhere"
 
 
 def test_a_tuning_preset_counts_each_cells_trials_and_confirmations(tmp_path: Path) -> None:
