@@ -227,6 +227,34 @@ def test_a_stopped_heartbeat_fails_the_trial_and_asks_its_params_again(tmp_path)
     assert trials[1].params == trials[0].params
 
 
+def test_an_asked_trial_beats_before_its_owner_promises_beats(tmp_path):
+    """A sweep killed right after asking a trial: the trial's owner (a sweep on another host, whose
+    process cannot be looked up from here) promises heartbeats, so other hosts wait for it; it has
+    had its first beat, so once that is grace_period old the next sweep fails it instead of waiting
+    for ever (Optuna's stale-trial check skips a trial that never beat)."""
+    import time
+    from types import SimpleNamespace
+
+    import optuna
+
+    from hydra_plugins.bn_study_sweeper._impl import BnOptunaSweeperImpl
+    from hydra_plugins.bn_study_sweeper.beats import BeatSettings
+    from hydra_plugins.bn_study_sweeper.liveness import can_wait_for, fail_dead_trials
+    from hydra_plugins.bn_study_sweeper.storage import open_storage, trial_id
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    sweep = SimpleNamespace(storage=storage, beat=BeatSettings(interval=1, grace_period=2))
+    trial = BnOptunaSweeperImpl._ask(sweep, study)  # the sweep's own ask, and then it died
+    owner = study.get_trials()[0].user_attrs["sweep"]
+    assert owner["heartbeat"] == 1
+    storage.set_trial_user_attr(trial_id(storage, study, trial.number), "sweep", dict(owner, host="other-host"))
+    assert can_wait_for(study.get_trials()[0], 1)  # another host's sweep waits for it...
+    time.sleep(3)
+    assert fail_dead_trials(storage, study) == 1  # ...until its beat is stale
+    assert study.get_trials()[0].user_attrs["status"] == "stale"
+
+
 def test_one_sweep_claims_the_confirmation_of_a_best_trial(tmp_path):
     import optuna
 

@@ -32,7 +32,7 @@ from .lock import confirm_once
 from .plan import (SweepPlan, check_direction, draw, fixed_config, hydra_quote, launcher_batch, override_key,
                    plan_sweep, seeded_sampler, study_name, trial_overrides, trial_target)
 from .pruning import pruner_spec, store_pruner
-from .storage import ask, fail_interrupted, open_study, open_user_storage, tell
+from .storage import ask, fail_interrupted, open_study, open_user_storage, tell, trial_id
 
 log = logging.getLogger("study.tune")
 
@@ -167,7 +167,7 @@ class BnOptunaSweeperImpl(Sweeper):
         to_trial = (f"trial.storage={hydra_quote(self.url)}", f"trial.study={hydra_quote(study.study_name)}",
                     f"trial.prune={'true' if self.pruner is not None else 'false'}")
         try:
-            with Heartbeat(self.storage, trials):  # other sweeps see these trials alive from their first moment
+            with Heartbeat(self.storage, trials):  # beating on from the first beat each got when asked (_ask)
                 draw(study, trials, plan.search, self.sampler_conf)
                 overrides = trial_overrides(trials, {**plan.fixed, **cell}, plan.passthrough, self.extend,
                                             self.config)
@@ -180,12 +180,17 @@ class BnOptunaSweeperImpl(Sweeper):
         return returns
 
     def _ask(self, study: optuna.Study) -> Trial:
-        """A new RUNNING trial with its owner recorded at once: who runs it, and whether it beats for
-        it (a sweep on another host waits for it only if it can tell it dead by its heartbeat). A
-        sweep killed between the two writes leaves a trial without an owner, which the next sweep
-        can fail only once it is OWNERLESS_STALE_AFTER old, so nothing else comes between them."""
+        """A new RUNNING trial, its first heartbeat and its owner recorded at once: who runs it, and
+        whether it beats for it (a sweep on another host waits for it only if it can tell it dead by
+        its heartbeat). The beat comes first: an owner that promises beats must never stand on a
+        trial without one, which Optuna's stale-trial check skips, so another host would wait for it
+        for ever. A sweep killed before the owner is written leaves a trial without one, which the
+        next sweep fails once its beats are grace_period old or the trial OWNERLESS_STALE_AFTER
+        old, so nothing else comes between these writes (the batch's Heartbeat beats on from them)."""
         owner = dict(this_sweep(), heartbeat=self.beat.interval)
         trial = ask(study)
+        if self.storage.get_heartbeat_interval():
+            self.storage.record_heartbeat(trial_id(self.storage, study, trial.number))
         trial.set_user_attr("sweep", owner)
         return trial
 
