@@ -30,8 +30,7 @@ from study.models import FAMILIES
 from study.models.lstm import ROWS
 from study.records import environment, now_iso, write_json_atomic
 from study.runner import get_data, plain_config
-from study.spec import train_spec
-from study.spec import batches_per_epoch
+from study.spec import batches_per_epoch, train_spec
 from study.train import build_member, train_runs
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,7 @@ from study.data import load_mnist
 from study.errors import UserError
 from study.records import RESULT_FILE, objective
 from study.runner import Member, claim_dir, plain_config, run_job, run_pack
-from study.spec import train_spec
-from study.spec import batches_per_epoch
+from study.spec import batches_per_epoch, train_spec
 from study.train import train_runs
 
 RECORD_KEYS = {"schema_version", "status", "seed", "config", "overrides", "started_at", "finished_at",

@@ -207,7 +207,7 @@ def _finished(tmp_path: Path) -> tuple[int, int]:
     try:
         trials = [t for name in optuna.get_all_study_names(url)
                   for t in optuna.load_study(study_name=name, storage=url).get_trials()]
-    except Exception:  # not created yet
+    except Exception:  # not created yet, or locked by the frozen sweep
         return 0, 0
     # RUNNING and owned: a sweep killed between asking a trial and recording itself on it leaves
     # one that the next sweep may fail only after OWNERLESS_STALE_AFTER (10 min).

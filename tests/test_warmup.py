@@ -7,8 +7,7 @@ import torch
 from helpers import tiny_overrides
 from study.config import compose_config
 from study.runner import plain_config
-from study.spec import train_spec
-from study.spec import batches_per_epoch
+from study.spec import batches_per_epoch, train_spec
 from study.train import train_runs, training_step, warmup_lrs, warmup_steps
 
 CPU = torch.device("cpu")
