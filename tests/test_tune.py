@@ -168,11 +168,12 @@ def test_tune_one_study_per_cell_confirm_reruns_then_a_rerun_reuses_everything(t
 
 @pytest.mark.slow
 def test_pruning_stops_a_hopeless_lr_and_records_it(tmp_path, tiny_mnist):
-    # Two finished trials that reached 0.99 validation accuracy after epochs 1 and 2.
+    # Two finished trials that reached 0.99 validation accuracy after epochs 1 and 2 (made up, over the
+    # sweep's own search space: a study resumed over another is refused).
     study = optuna.create_study(study_name="prune-me", storage=storage_url(tmp_path), direction="maximize")
-    for lr in (0.1, 0.2):
+    for lr in (1.2e-7, 1.5e-7):
         study.add_trial(optuna.trial.create_trial(
-            params={"lr": lr}, distributions={"lr": FloatDistribution(1e-3, 1.0, log=True)},
+            params={"lr": lr}, distributions={"lr": FloatDistribution(1e-7, 2e-7, log=True)},
             intermediate_values={1: 0.99, 2: 0.99}, value=0.99))
     ok(run_cli(sweep_args(tmp_path, tiny_mnist, "hydra/sweeper=optuna", "hydra.sweeper.study_name=prune-me",
                           "hydra.sweeper.n_trials=3", "lr=tag(log, interval(1e-7, 2e-7))", "epochs=3",
@@ -199,6 +200,43 @@ def test_a_diverging_lr_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_mnist):
     assert isinstance(bad.user_attrs["diverged_at_step"], int) and counts_toward_target(bad)
     assert good.state == TrialState.COMPLETE and study.user_attrs["confirm"]["params"] == {"lr": 0.05}
     assert "1 complete, 1 failed (1 diverged)" in out
+
+
+@pytest.mark.slow
+def test_a_study_resumed_over_another_search_space_is_refused_in_one_line(tmp_path, tiny_mnist):
+    """The study name says which keys are tuned, not over what: a sweep over another lr range must not
+    pool its trials with the study's (nor answer with its old best) but say so, exit 2."""
+    def sweep(dir_name: str, *extra: str):
+        return run_cli(multirun_args(tmp_path, tiny_mnist, f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+                                     f"hydra.sweep.dir={tmp_path}/{dir_name}", "experiment=tune", "model.norm=none",
+                                     "batch_size=64", "epochs=1", "hydra.sweeper.n_trials=1",
+                                     "hydra.sweeper.confirm_seeds=[0]", *extra), cwd=tmp_path)
+
+    ok(sweep("first"))
+    proc = sweep("second", "lr=tag(log, interval(1e-5, 10))")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out, out[-3000:]
+    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "was tuned over another search space (lr: FloatDistribution(high=1.0" in errors[0]
+    assert "FloatDistribution(high=10.0, log=True, low=1e-05, step=None) here" in errors[0], errors
+    assert "hydra.sweeper.study_name=NAME" in errors[0]
+    (study,) = studies(tmp_path).values()
+    assert len(study.get_trials()) == 1  # nothing asked over the other range
+    ok(sweep("third"))  # the study's own space resumes it
+
+
+def test_a_study_from_before_its_space_was_stored_is_checked_against_its_trials(tmp_path):
+    from hydra_plugins.bn_study_sweeper.storage import open_storage, open_study
+    from study.errors import UserError
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}", None, None)
+    old = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    trial = old.ask({"lr": FloatDistribution(1e-3, 1.0, log=True)})
+    old.tell(trial, 0.5)
+    with pytest.raises(UserError, match="another search space"):
+        open_study(storage, "s", "maximize", {}, {}, "val_acc", {"lr": FloatDistribution(1e-5, 1.0, log=True)})
+    study = open_study(storage, "s", "maximize", {}, {}, "val_acc", {"lr": FloatDistribution(1e-3, 1.0, log=True)})
+    assert "search_space" in study.user_attrs  # stored now: later sweeps compare with it
 
 
 def _finished(tmp_path: Path) -> tuple[int, int]:

@@ -101,7 +101,7 @@ class BnOptunaSweeperImpl(Sweeper):
         """The cell's study, its dead sweeps' trials failed and its sampler seeded; and its target."""
         name = study_name(plan, cell, self.study_name, self._launch_only_keys())
         study = open_study(self.storage, name, direction, fixed_config(task, plan, self._launch_only_keys()),
-                           cell, str(task.objective))
+                           cell, str(task.objective), plan.search)
         if self.pruner is not None:
             store_pruner(study, self.pruner)
         stale = fail_dead_trials(self.storage, study)

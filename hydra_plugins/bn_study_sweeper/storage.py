@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 import optuna
 import sqlalchemy.engine
 import sqlalchemy.exc
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from study.errors import UserError
@@ -72,6 +72,30 @@ def open_storage(url: str, heartbeat_interval: Optional[int], grace_period: Opti
     raise AssertionError("unreachable")
 
 
+def _check_search_space(study: optuna.Study, search: dict[str, BaseDistribution]) -> None:
+    """Store the study's search space, or refuse another: the study name says which keys are tuned,
+    not over what, and trials drawn from another range would be pooled with its own."""
+    want = {k: distribution_to_json(d) for k, d in search.items()}
+    stored = study.user_attrs.get("search_space")
+    if stored is None:  # a new study, or one from before the space was stored: its trials say
+        stored = {}  # (params a custom_search_space function suggests are not the sweep's to check)
+        for t in study.get_trials(deepcopy=False):
+            stored.update({k: distribution_to_json(d) for k, d in t.distributions.items()
+                           if k in want and k not in stored})
+        if not stored or stored == want:
+            study.set_user_attr("search_space", want)
+            return
+    if stored != want:
+        diff = sorted(k for k in set(stored) | set(want) if stored.get(k) != want.get(k))
+        shown = "; ".join(f"{k}: {_shown(stored.get(k))} there, {_shown(want.get(k))} here" for k in diff)
+        raise UserError(f"study {study.study_name} was tuned over another search space ({shown}): give "
+                        "hydra.sweeper.study_name=NAME for a new study, or delete it (optuna delete-study)")
+
+
+def _shown(distribution_json: Optional[str]) -> str:
+    return "none" if distribution_json is None else repr(json_to_distribution(distribution_json))
+
+
 def open_user_storage(storage: Any, heartbeat_interval: Optional[int],
                       grace_period: Optional[int]) -> tuple[str, optuna.storages.RDBStorage]:
     """The storage's URL and the storage (resolve_storage, open_storage). One
@@ -109,9 +133,9 @@ def open_user_storage(storage: Any, heartbeat_interval: Optional[int],
 
 
 def open_study(storage: optuna.storages.RDBStorage, name: str, direction: str, fixed_config: dict[str, Any],
-               cell: dict[str, str], objective: str) -> optuna.Study:
-    """The cell's study, created or resumed; one tuned with another config or direction is refused.
-    It holds what reports read: the fixed config, the cell and the objective."""
+               cell: dict[str, str], objective: str, search: dict[str, BaseDistribution]) -> optuna.Study:
+    """The cell's study, created or resumed; one tuned with another config, search space or
+    direction is refused. It holds what reports read: the fixed config, the cell and the objective."""
     study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
     if study.direction.name.lower() != direction:
         raise UserError(f"study {name} exists with direction {study.direction.name.lower()}, "
@@ -126,6 +150,7 @@ def open_study(storage: optuna.storages.RDBStorage, name: str, direction: str, f
         raise UserError(f"study {name} was tuned with another config ({shown}"
                         f"{'; ...' if len(diff) > 4 else ''}): give hydra.sweeper.study_name=NAME "
                         f"for a new study, or delete it (optuna delete-study)")
+    _check_search_space(study, search)
     if study.user_attrs.get("objective") != objective:  # what a trial's value is, for a report without records
         study.set_user_attr("objective", objective)
     return study
