@@ -24,6 +24,7 @@ from hydra_plugins.bn_study_sweeper.liveness import sweep_is_gone, this_sweep
 from hydra_plugins.bn_study_sweeper.plan import plan_sweep
 from hydra_plugins.bn_study_sweeper.pruning import pruner_spec, stored_pruner
 from study.config import compose_config
+from study.errors import UserError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -225,9 +226,20 @@ def test_a_study_resumed_over_another_search_space_is_refused_in_one_line(tmp_pa
     ok(sweep("third"))  # the study's own space resumes it
 
 
+def test_a_range_optuna_refuses_is_one_line_exit_2_before_anything_is_written(tmp_path, tiny_mnist):
+    proc = run_cli(sweep_args(tmp_path, tiny_mnist, "experiment=tune", "lr=tag(log, interval(-1, 1))"), cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out, out[-3000:]
+    assert out.strip().splitlines() == ["error: lr=tag(log, interval(-1, 1)) is not allowed: `low > 0` must hold "
+                                        "for `log=True`, but got (low=-1.0, high=1.0) (e.g. lr=tag(log, "
+                                        "interval(1e-4, 1.0)); docs/tuning.md)"]
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "optuna.db").exists()
+    with pytest.raises(UserError, match=r"lr=interval\(2, 1\) is not allowed: `low <= high` must hold"):
+        plan_sweep(["lr=interval(2, 1)"], cells=True)
+
+
 def test_a_study_from_before_its_space_was_stored_is_checked_against_its_trials(tmp_path):
     from hydra_plugins.bn_study_sweeper.storage import open_storage, open_study
-    from study.errors import UserError
 
     storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}", None, None)
     old = optuna.create_study(study_name="s", storage=storage, direction="maximize")

@@ -72,7 +72,11 @@ def plan_sweep(arguments: Sequence[str], cells: bool) -> SweepPlan:
         if cells and override.is_choice_sweep() and getattr(override.value(), "simple_form", False):
             plan.grid[key] = list(override.sweep_string_iterator())
             continue
-        value = create_optuna_distribution_from_override(override)
+        try:
+            value = create_optuna_distribution_from_override(override)
+        except ValueError as e:  # Optuna's checks of a range: low > 0 for log, low <= high, ...
+            raise UserError(f"{override.input_line} is not allowed: {e}".rstrip(".") +
+                            " (e.g. lr=tag(log, interval(1e-4, 1.0)); docs/tuning.md)") from None
         if isinstance(value, BaseDistribution):
             plan.search[key] = value
         else:
