@@ -259,6 +259,7 @@ def _validate_logger(logger: DictConfig, need: Any) -> None:
 
 OBJECTIVES = ("val_acc", "test_acc", "train_loss")
 DEVICES = ("cpu", "cuda", "auto")
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without loading torch here
 PRECISIONS = ("fp32", "tf32", "bf16")
 VALIDATION_PROBES = (Probe.activations.value, Probe.val_acc.value)  # the probes that read the validation split
 BATCH_STATISTICS = ("batch", "ghost", "batch_shared")  # the norms that take statistics from the batch
@@ -276,14 +277,15 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(key, value, allowed)
 
     need(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "an integer >= 1")
-    need(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", cfg.lr, "a finite number > 0")
+    need(0 < cfg.lr <= FLOAT32_MAX, "lr", cfg.lr, f"a number > 0 and at most {FLOAT32_MAX:.4g} (float32's "
+         "largest: the optimizers step in float32)")
     need(cfg.epochs >= 1, "epochs", cfg.epochs, "an integer >= 1")
     need(cfg.steps is None or cfg.steps >= 1, "steps", cfg.steps, "null or an integer >= 1")
     need(math.isfinite(cfg.warmup_epochs) and 0 <= cfg.warmup_epochs and
          (cfg.steps is not None or cfg.warmup_epochs <= cfg.epochs), "warmup_epochs", cfg.warmup_epochs,
          f"a number from 0 (no warm-up) to epochs ({cfg.epochs})")
-    need(math.isfinite(cfg.warmup_lr) and cfg.warmup_lr >= 0, "warmup_lr", cfg.warmup_lr,
-         "a finite number >= 0 (the lr of the warm-up's first step)")
+    need(0 <= cfg.warmup_lr <= FLOAT32_MAX, "warmup_lr", cfg.warmup_lr,
+         f"a number >= 0 (the lr of the warm-up's first step) and at most {FLOAT32_MAX:.4g} (float32's largest)")
     need(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     need(cfg.threads is None or cfg.threads >= 1, "threads", cfg.threads, "null or an integer >= 1")
     need(cfg.device in DEVICES, "device", cfg.device, "one of " + ", ".join(DEVICES))

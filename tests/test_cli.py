@@ -17,6 +17,8 @@ from helpers import REPO, run_cli, tiny_overrides
         (["batch_size=0"], "batch_size", ">= 1"),
         (["batch_size=abc"], "batch_size", "Integer"),
         (["lr=-1"], "lr", "> 0"),
+        (["lr=1e39"], "lr", "at most 3.403e+38 (float32's largest"),  # diverged on one path, crashed on others
+        (["lr=nan"], "lr", "> 0"),
         (["epochs=0"], "epochs", ">= 1"),
         (["warmup_epochs=-1"], "warmup_epochs", "from 0 (no warm-up) to epochs (5)"),
         (["epochs=2", "warmup_epochs=3"], "warmup_epochs", "to epochs (2)"),
