@@ -8,7 +8,8 @@ a storage alone (another machine, record files elsewhere) the report takes
 each trial's value and each confirmation run's metrics from the study, and
 one warning line on stderr says how many records could not be read.
 Prints the path of report.html. Unusable input (no such path, no run records,
-an unknown study) ends with one line on stderr and exit status 1.
+an unknown study) or a report folder that cannot be made (a read-only results
+dir: give --out) ends with one line on stderr and exit status 1.
 """
 
 from __future__ import annotations

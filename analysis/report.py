@@ -73,8 +73,12 @@ def build_report(paths: list[str | Path], out_dir: Path | None = None, *,
         raise AnalysisError(f"refusing to replace {out}: it exists and is not a report folder")
     presets = {preset_of(e)[0] for e in (col.runs["experiment"] if "experiment" in col.runs else [])}
     several = len(presets - {NO_PRESET}) > 1  # a claims report splits (and analyzes) its runs per seed set itself
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-building-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-building-", dir=out.parent))
+    except OSError as e:  # a read-only results dir (the default out is inside it), a file in the way
+        raise AnalysisError(f"cannot write the report to {out}: {e.strerror or e} ({e.filename}); "
+                            "give --out DIR somewhere writable") from None
     staging.chmod(0o755)  # mkdtemp makes it private; a report is for reading
     try:
         if several:

@@ -339,6 +339,18 @@ def test_empty_and_bad_input_are_one_line_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "none.db").exists()
 
 
+def test_a_report_folder_that_cannot_be_made_is_one_line(grid, tmp_path, capsys):
+    """A file where the report's parent should be (a read-only results dir fails the same way: the
+    staging dir cannot be made beside the report)."""
+    out, _ = grid
+    (tmp_path / "afile").write_text("not a folder")
+    assert analysis_main([str(out), "--out", str(tmp_path / "afile" / "report")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot write the report to {tmp_path / 'afile' / 'report'}: ")
+    assert err[0].endswith("give --out DIR somewhere writable")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 def test_rebuild_replaces_the_report_and_never_clobbers_other_dirs(grid, tmp_path):
     out, _ = grid
     report = build_report([out], tmp_path / "r")
