@@ -53,6 +53,31 @@ def wait_for(condition, timeout=120.0):
 
 
 @pytest.mark.slow
+def test_workers_stop_when_their_sweep_is_killed_alone(tmp_path, tiny_mnist):
+    """SIGKILL to the sweep's process only (the OOM killer's way): its loky workers, which loky keeps
+    for reuse, stop within seconds instead of training on and then idling."""
+    sweep = tmp_path / "sweep"
+    proc = start(sweep_args(tiny_mnist, tmp_path, sweep, "steps=5000", "model.norm=none,batch",
+                            "hydra.launcher.n_jobs=2"), tmp_path)
+    try:
+        def workers() -> list[bytes]:
+            return [c for c in group_processes(proc.pid) if b"popen_loky_posix" in c]
+
+        wait_for(lambda: len(workers()) == 2 and (sweep / "multirun.yaml").exists())
+        time.sleep(2)  # both training their packs
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()  # not communicate(): live workers hold its pipes open
+        wait_for(lambda: not workers(), timeout=20)
+        proc.communicate()
+        assert not records(sweep)  # killed mid-pack: nothing that looks finished
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the group is gone already
+            pass
+
+
+@pytest.mark.slow
 def test_a_sweep_killed_mid_pack_finishes_when_rerun_into_its_dir(tmp_path, tiny_mnist):
     sweep = tmp_path / "sweep"
     args = sweep_args(tiny_mnist, tmp_path, sweep, "steps=600", "hydra.launcher.n_jobs=1")
