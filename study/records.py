@@ -70,6 +70,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide a record from the rest of a team
         with os.fdopen(fd, "w") as f:
             json.dump(_clean(obj), f, indent=1, allow_nan=False)
             f.flush()
@@ -78,6 +79,14 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process's umask (read by setting it, so once: it does not change under a run)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def now_iso() -> str:

@@ -38,6 +38,16 @@ def finished(tiny_mnist, tmp_path_factory):
     return out, job(tiny_mnist, out / "a", f"run_index={out}/index")
 
 
+def test_a_record_is_as_readable_as_the_files_beside_it(finished):
+    """The umask's mode, as the run's other files have (mkstemp's 0600 hid records from a team)."""
+    import os
+
+    out, _ = finished
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (out / "a" / RESULT_FILE).stat().st_mode & 0o777 == 0o666 & ~mask
+
+
 def test_what_the_runner_writes_passes(finished, tmp_path):
     out, rec = finished
     assert read_record(out / "a" / RESULT_FILE) == rec
