@@ -358,6 +358,8 @@ def validate(cfg: DictConfig) -> None:
 
     d = cfg.data
     need(d.name == "mnist", "data.name", d.name, "mnist")
+    need(str(d.root).strip() != "", "data.root", "''", "a folder (an empty one means the current folder: "
+         "BN_STUDY_DATA set but empty? unset it for the default ~/.cache/bn-study)")
     need(d.permute_seed >= 0, "data.permute_seed", d.permute_seed, "an integer >= 0")
     # The training split must hold one batch (BN: of 2+ examples), or a run
     # silently trains full-batch (batch_size above it) or takes no step at all.

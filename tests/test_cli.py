@@ -40,6 +40,15 @@ def test_bad_input_one_line_no_traceback_no_record(tmp_path, tiny_mnist, bad, ke
     assert not (tmp_path / "run").exists()  # no half-made run dir either
 
 
+def test_an_empty_data_root_is_refused_not_read_as_the_current_folder(tmp_path):
+    proc = run_cli(["epochs=1", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, BN_STUDY_DATA="")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [
+        "error: data.root='' is not allowed: a folder (an empty one means the current folder: BN_STUDY_DATA set "
+        "but empty? unset it for the default ~/.cache/bn-study)"]
+    assert list(tmp_path.iterdir()) == []  # no MNIST fetched here, no run dir
+
+
 def test_a_bad_job_stops_the_sweep_before_any_run(tmp_path, tiny_mnist):
     # batch_size=64 is valid and comes first; the launcher checks every job's
     # values before it starts the first one.
