@@ -58,6 +58,8 @@ def test_a_bad_job_stops_the_sweep_before_any_run(tmp_path, tiny_mnist):
     assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [
         "error: batch_size=1 is not allowed: an integer >= 2 with model.norm=batch (batch statistics need 2+ examples)"]
     assert not list(tmp_path.rglob("result.json"))
+    assert "results:" not in proc.stdout + proc.stderr  # nothing that reads as a sweep's results...
+    assert not (tmp_path / "sweep").exists()  # ...nor a dir holding only its config dump
 
 
 @pytest.mark.parametrize("multirun", [False, True])

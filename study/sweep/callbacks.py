@@ -174,6 +174,13 @@ class SweepSummary(Callback):
         if _refused or not sweep_dir.is_dir():  # refused, or stopped before it made its dir: nothing to say
             return
         counts = count_statuses(sweep_dir)
+        ended_by_error = sys.exc_info()[0] is not None
+        if ended_by_error and not counts and [p.name for p in sweep_dir.iterdir()] == ["multirun.yaml"]:
+            # Stopped before its first job (a refused value, an interrupt): its error line is all it says,
+            # and the dir Hydra made for it, holding only the config dump, goes rather than look like results.
+            (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
+            sweep_dir.rmdir()
+            return
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no runs"
         log.info("results: %s (%s)", sweep_dir, summary)
         if self.report and counts:
