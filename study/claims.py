@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 CLAIM_HEARTBEAT_SECONDS = 30.0
 CLAIM_STALE_SECONDS = 600.0
+UNREADABLE_STALE_SECONDS = 2 * CLAIM_HEARTBEAT_SECONDS
 
 
 def _proc_stat(pid: int) -> Optional[tuple[str, str]]:
@@ -85,15 +86,21 @@ def is_live(claim: dict[str, Any], path: Path) -> bool:
     pid = claim.get("pid")
     if isinstance(pid, int) and claim.get("host") == socket.gethostname():
         return pid_alive(pid, claim.get("start"))
-    try:  # another host, or a claim being written: alive while refreshed
-        return time.time() - Path(path).stat().st_mtime < CLAIM_STALE_SECONDS
+    # Another host's claim: alive while refreshed. One being written (empty, or unreadable: damaged) is
+    # written within moments of its file's creation and then touched with every refresh (every
+    # CLAIM_HEARTBEAT_SECONDS), so one left unreadable and untouched for UNREADABLE_STALE_SECONDS is no
+    # live process's.
+    limit = CLAIM_STALE_SECONDS if claim else UNREADABLE_STALE_SECONDS
+    try:
+        return time.time() - Path(path).stat().st_mtime < limit
     except FileNotFoundError:
         return False
 
 
 def describe(claim: dict[str, Any]) -> str:
     if not claim:
-        return "a process that is starting"
+        return (f"a process that is starting (its claim file is empty or unreadable; taken over once it is "
+                f"{UNREADABLE_STALE_SECONDS:.0f} s old)")
     return f"pid {claim.get('pid')} on {claim.get('host')} (since {claim.get('claimed_at', '?')})"
 
 

@@ -97,6 +97,18 @@ def test_another_hosts_claim_lives_while_refreshed(tmp_path, monkeypatch):
     assert claims.take(path) is None
 
 
+def test_an_unreadable_claim_is_taken_over_once_it_has_stayed_unreadable_a_minute(tmp_path):
+    """Empty is a claim being written (its owner writes it at once, then refreshes it); garbage (a disk
+    fault) is no live process's: it used to hold the run for CLAIM_STALE_SECONDS (10 min)."""
+    path = tmp_path / "x.claim"
+    path.write_text("garbage")
+    held = claims.take(path)
+    assert held == {} and "taken over once it is 60 s old" in claims.describe(held)
+    old = time.time() - claims.UNREADABLE_STALE_SECONDS - 1
+    os.utime(path, (old, old))
+    assert claims.take(path) is None and claims.is_mine(claims.read_claim(path))
+
+
 def test_an_old_style_claim_of_a_dead_pid_is_stale(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / CLAIM_FILE).write_text(f"{dead_pid()} 2026-12-01T00:00:00+00:00\n")
