@@ -10,6 +10,7 @@ line naming the key, the bad value and what is allowed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import math
 from dataclasses import dataclass, field
@@ -269,6 +270,29 @@ def _enum_value(value: Any) -> str:
     return value.value if isinstance(value, Enum) else str(value)
 
 
+ADDED_AT_LAUNCH = ("hydra", "pack")  # keys a job's config holds beside the schema's (the launcher's pack)
+
+
+@functools.lru_cache(maxsize=1)
+def _schema() -> DictConfig:
+    return OmegaConf.structured(Config)
+
+
+def _unknown_keys(node: DictConfig, schema: DictConfig, prefix: str = "") -> list[str]:
+    """Keys of `node` that its schema lacks: Hydra's `+key=value` adds them past the schema's struct
+    flag, and a typo so added (`+lr_typo=0.5`) would train at the default lr without a word."""
+    out = []
+    for key in node:
+        if not prefix and key in ADDED_AT_LAUNCH:
+            continue
+        if key not in schema:
+            out.append(f"{prefix}{key}")
+        elif OmegaConf.is_dict(node[key]) and OmegaConf.is_dict(schema[key]) and \
+                OmegaConf.get_type(schema[key]) is not dict:  # a dataclass node, not a free-form dict
+            out += _unknown_keys(node[key], schema[key], f"{prefix}{key}.")
+    return out
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the values that the schema's types cannot; raise ConfigError."""
 
@@ -276,6 +300,10 @@ def validate(cfg: DictConfig) -> None:
         if not ok:
             raise ConfigError(key, value, allowed)
 
+    unknown = _unknown_keys(cfg, _schema())
+    if unknown:
+        raise ConfigError(unknown[0], OmegaConf.select(cfg, unknown[0]), "the config has no such key (a '+' "
+                          "added it; `python study/run.py --help` lists the keys)")
     need(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "an integer >= 1")
     need(0 < cfg.lr <= FLOAT32_MAX, "lr", cfg.lr, f"a number > 0 and at most {FLOAT32_MAX:.4g} (float32's "
          "largest: the optimizers step in float32)")

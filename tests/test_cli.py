@@ -25,6 +25,8 @@ from helpers import REPO, run_cli, tiny_overrides
         (["warmup_lr=nan"], "warmup_lr", ">= 0"),
         (["model.norm=bogus"], "model.norm", "none, batch"),
         (["foo=1"], "foo", "not in"),
+        (["+lr_typo=0.5"], "lr_typo=0.5", "the config has no such key (a '+' added it"),  # trained at lr 0.01
+        (["+model.widht=3"], "model.widht=3", "no such key"),
         (["batch_size=1", "model.norm=batch"], "batch_size", ">= 2 with model.norm=batch"),
         (["experiment=nope"], "experiment/nope", "Could not find"),
     ],
