@@ -274,22 +274,33 @@ ADDED_AT_LAUNCH = ("hydra", "pack")  # keys a job's config holds beside the sche
 
 
 @functools.lru_cache(maxsize=1)
-def _schema() -> DictConfig:
-    return OmegaConf.structured(Config)
+def _schema_keys() -> dict[str, frozenset[str]]:
+    """The schema's keys in each of its dataclass nodes, by the node's dotted path ("" the top,
+    "model.", ...): built once, so that checking a job's keys is a set lookup per node (walking the
+    job's config took 3 ms, a third of planning the suite's ~2,800 jobs)."""
+    def walk(node: DictConfig, prefix: str) -> dict[str, frozenset[str]]:
+        out = {prefix: frozenset(node.keys())}
+        for key in node.keys():
+            child = node[key]
+            if OmegaConf.is_dict(child) and OmegaConf.get_type(child) is not dict:  # not a free-form dict
+                out.update(walk(child, f"{prefix}{key}."))
+        return out
+
+    return walk(OmegaConf.structured(Config), "")
 
 
-def _unknown_keys(node: DictConfig, schema: DictConfig, prefix: str = "") -> list[str]:
-    """Keys of `node` that its schema lacks: Hydra's `+key=value` adds them past the schema's struct
+def _unknown_keys(cfg: DictConfig) -> list[str]:
+    """Keys of `cfg` that the schema lacks: Hydra's `+key=value` adds them past the schema's struct
     flag, and a typo so added (`+lr_typo=0.5`) would train at the default lr without a word."""
     out = []
-    for key in node:
-        if not prefix and key in ADDED_AT_LAUNCH:
+    for path, known in _schema_keys().items():
+        node = cfg
+        for part in path.split(".")[:-1]:
+            node = node[part] if OmegaConf.is_dict(node) else None
+        if not OmegaConf.is_dict(node):  # a node the job set to null
             continue
-        if key not in schema:
-            out.append(f"{prefix}{key}")
-        elif OmegaConf.is_dict(node[key]) and OmegaConf.is_dict(schema[key]) and \
-                OmegaConf.get_type(schema[key]) is not dict:  # a dataclass node, not a free-form dict
-            out += _unknown_keys(node[key], schema[key], f"{prefix}{key}.")
+        out += [f"{path}{key}" for key in node.keys()
+                if key not in known and not (not path and key in ADDED_AT_LAUNCH)]
     return out
 
 
@@ -300,7 +311,7 @@ def validate(cfg: DictConfig) -> None:
         if not ok:
             raise ConfigError(key, value, allowed)
 
-    unknown = _unknown_keys(cfg, _schema())
+    unknown = _unknown_keys(cfg)
     if unknown:
         raise ConfigError(unknown[0], OmegaConf.select(cfg, unknown[0]), "the config has no such key (a '+' "
                           "added it; `python study/run.py --help` lists the keys)")
