@@ -50,7 +50,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedL
                              provider="bn_study", replace=True)  # the same node again in a worker (submitit_support.py)
 
 
-_watching: list[int] = []  # the sweep's pid, once this worker process watches it
+WATCH_THREAD = "watch-sweep"
 
 
 def _exit_with_the_sweep() -> None:
@@ -58,10 +58,9 @@ def _exit_with_the_sweep() -> None:
     for reuse, and a sweep killed with SIGKILL (the OOM killer, `kill -9`) left them training its
     packs and then idle, about 0.8 GB each, for as long as anyone let them (measured: 9 minutes and
     on). Its finished runs' records are written already; a rerun finds their claims dead."""
-    if _watching:
+    if any(t.name == WATCH_THREAD for t in threading.enumerate()):  # started by an earlier pack here
         return
     sweep = os.getppid()
-    _watching.append(sweep)
 
     def watch() -> None:
         while os.getppid() == sweep:
@@ -69,7 +68,7 @@ def _exit_with_the_sweep() -> None:
         log.warning("the sweep (pid %d) is gone: this worker (pid %d) stops", sweep, os.getpid())
         os._exit(1)
 
-    threading.Thread(target=watch, daemon=True, name="watch-sweep").start()
+    threading.Thread(target=watch, daemon=True, name=WATCH_THREAD).start()
 
 
 def _run_pack(jobs: list[Job], configs: list[DictConfig], hydra_context: HydraContext, task_function: TaskFunction,
