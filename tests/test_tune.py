@@ -259,8 +259,9 @@ def _finished(tmp_path: Path) -> tuple[int, int]:
                   for t in optuna.load_study(study_name=name, storage=url).get_trials()]
     except Exception:  # not created yet, or locked by the frozen sweep
         return 0, 0
-    # RUNNING and owned: a sweep killed between asking a trial and recording itself on it leaves
-    # one that the next sweep may fail only after OWNERLESS_STALE_AFTER (10 min).
+    # RUNNING and owned: a sweep killed between asking a trial and recording itself on it leaves one
+    # that the next sweep fails only once its beat is grace_period old (or, with no beat, after
+    # OWNERLESS_STALE_AFTER), not at once by its process, which is what this test checks.
     return (sum(t.state.is_finished() for t in trials),
             sum(t.state == TrialState.RUNNING and "sweep" in t.user_attrs for t in trials))
 
